@@ -1,0 +1,281 @@
+"""Voting math: turn the members' logits into one ensemble decision per row.
+
+Everything here is the reference semantics for voting; any faster path (a fused GPU kernel)
+must reproduce `aggregate` exactly, tie-breaks included. Weighted sums over members run in
+member order (0, 1, 2, ...) with elementwise float32 ops for soft scores and float64 for vote
+shares, so classes with identical inputs get bit-identical scores and tie exactly.
+
+Tie-breaking, in one place:
+
+* A member's own prediction is the argmax of its logits; equal logits -> the lowest class index.
+* Soft voting: the label is the argmax of the weighted mean probability; exact ties -> the
+  lowest class index.
+* Hard voting: the label is the class with the largest share of member weight. Classes whose
+  shares are equal (within ``_SHARE_TOL``, which only absorbs float rounding of sums such as
+  0.2 + 0.3 vs 0.5) are tied, and the tie goes to the one with the higher weighted mean
+  probability (the soft score); if that is exactly equal too, to the lowest class index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+import torch
+
+from ensemble.errors import EnsembleError
+
+__all__ = ["METHODS", "Vote", "aggregate"]
+
+METHODS = ("hard", "soft")
+
+ArrayLike = Union[torch.Tensor, np.ndarray, Sequence]
+
+# Elements of one (members, rows, classes) float32 intermediate per chunk: 64 MiB, i.e. about
+# 1M rows for 4 members x 4 classes. Sizing chunks by elements rather than rows keeps memory
+# bounded however many members or classes there are. Tests shrink it to force many chunks.
+_CHUNK_ELEMENTS = 1 << 24
+
+# Weight shares are sums of normalised weights (each share in [0, 1]); float64 rounding of such
+# sums is ~1e-16, so anything closer than this is a tie the user meant, not a real difference.
+_SHARE_TOL = 1e-9
+
+
+@dataclass(frozen=True)
+class Vote:
+    """The ensemble decision and the per-member facts the report is built from.
+
+    Attributes:
+        labels: (rows,) int64, the ensemble's class index per row.
+        scores: (rows, classes) float32. Soft: weighted mean of member probabilities. Hard: share
+            of member weight voting for each class. Rows sum to 1 either way.
+        confidence: (rows,) float32, ``scores[row, labels[row]]``.
+        agreement: (rows,) float32, share of member weight whose own prediction equals the
+            ensemble label.
+        member_labels: (members, rows) int64, each member's argmax.
+        member_confidence: (members, rows) float32, each member's probability of its own argmax
+            (after its temperature).
+        equal_counts: (members, members) int64, rows on which members i and j predict the same
+            class (the diagonal is the row count).
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+    confidence: np.ndarray
+    agreement: np.ndarray
+    member_labels: np.ndarray
+    member_confidence: np.ndarray
+    equal_counts: np.ndarray
+
+
+def aggregate(
+    logits: ArrayLike,
+    method: str = "soft",
+    weights: ArrayLike | None = None,
+    temperatures: ArrayLike | None = None,
+) -> Vote:
+    """Vote the members' logits into one label per row.
+
+    Member probabilities are ``softmax(logits[m] / temperatures[m])``; weights are normalised to
+    sum to 1. With ``method="soft"`` the label is the argmax of the weighted mean probability
+    (exact ties -> lowest class index). With ``method="hard"`` each member votes its argmax
+    (ties inside a member -> lowest class index) and the label is the class with the largest
+    share of member weight; ties between classes go to the higher soft score (the weighted mean
+    probability), and if that is also equal, to the lowest class index.
+
+    Computation is float32 in torch (vote shares float64), on the device of a tensor input
+    (CPU for MPS, which lacks float64), in row chunks so memory stays bounded; results are
+    numpy arrays.
+
+    Args:
+        logits: (members, rows, classes) tensor or array; float32, bfloat16, float16 or float64.
+        method: ``"soft"`` or ``"hard"``.
+        weights: one non-negative weight per member, not all zero; None means all equal.
+        temperatures: one positive, finite temperature per member; None means all 1.
+
+    Returns:
+        A `Vote`.
+
+    Raises:
+        EnsembleError: for an unknown method, logits that are not 3-D, non-numeric or
+            non-finite, or invalid weights or temperatures.
+
+    Example:
+        >>> import numpy as np
+        >>> logits = np.array([[[2.0, 0.0]], [[0.0, 1.0]], [[0.0, 1.0]]])  # 3 members, 1 row
+        >>> aggregate(logits, "hard").labels.tolist(), aggregate(logits, "soft").labels.tolist()
+        ([1], [1])
+        >>> aggregate(logits, "hard", weights=[2, 1, 0]).labels.tolist()
+        [0]
+    """
+    if method not in METHODS:
+        allowed = "{" + ", ".join(repr(m) for m in sorted(METHODS)) + "}"
+        raise EnsembleError(f"the 'method' parameter must be one of {allowed}; got {method!r}")
+    source = _as_source(logits)
+    members, rows, classes = (int(n) for n in source.shape)
+    weight = _member_vector(weights, "weights", members, default=1.0)
+    if not np.isfinite(weight).all():
+        raise EnsembleError(f"the 'weights' parameter must be finite; got {weight.tolist()}")
+    if (weight < 0).any():
+        raise EnsembleError(f"the 'weights' parameter must be non-negative; got {weight.tolist()}")
+    if not (weight > 0).any():
+        raise EnsembleError(f"the 'weights' parameter must not be all zero; got {weight.tolist()}")
+    temperature = _member_vector(temperatures, "temperatures", members, default=1.0)
+    if not (np.isfinite(temperature) & (temperature > 0)).all():
+        raise EnsembleError(
+            f"the 'temperatures' parameter must be positive and finite; got {temperature.tolist()}"
+        )
+
+    device = torch.device("cpu")
+    if isinstance(source, torch.Tensor) and source.device.type != "mps":  # MPS has no float64
+        device = source.device
+    weight64 = torch.tensor(weight / weight.sum(), dtype=torch.float64, device=device)
+    temperature32 = torch.tensor(temperature, dtype=torch.float32, device=device)
+
+    # Preallocated so that the chunks are written in place, never concatenated.
+    labels = np.empty(rows, dtype=np.int64)
+    scores = np.empty((rows, classes), dtype=np.float32)
+    confidence = np.empty(rows, dtype=np.float32)
+    agreement = np.empty(rows, dtype=np.float32)
+    member_labels = np.empty((members, rows), dtype=np.int64)
+    member_confidence = np.empty((members, rows), dtype=np.float32)
+    equal_counts = torch.zeros((members, members), dtype=torch.int64, device=device)
+
+    step = max(1, _CHUNK_ELEMENTS // (members * classes))
+    with torch.no_grad():
+        for start in range(0, rows, step):
+            stop = min(start + step, rows)
+            x = _chunk(source, start, stop, device)
+            part = _vote_chunk(x, method, weight64, temperature32)
+            labels[start:stop] = part["labels"].cpu().numpy()
+            scores[start:stop] = part["scores"].cpu().numpy()
+            confidence[start:stop] = part["confidence"].cpu().numpy()
+            agreement[start:stop] = part["agreement"].cpu().numpy()
+            member_labels[:, start:stop] = part["member_labels"].cpu().numpy()
+            member_confidence[:, start:stop] = part["member_confidence"].cpu().numpy()
+            equal_counts += part["equal_counts"]
+    return Vote(
+        labels=labels,
+        scores=scores,
+        confidence=confidence,
+        agreement=agreement,
+        member_labels=member_labels,
+        member_confidence=member_confidence,
+        equal_counts=equal_counts.cpu().numpy(),
+    )
+
+
+def _vote_chunk(
+    x: torch.Tensor, method: str, weight64: torch.Tensor, temperature32: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The whole vote for one (members, rows, classes) float32 chunk."""
+    members, rows, classes = x.shape
+    probs = torch.softmax(x / temperature32[:, None, None], dim=-1)
+    # Argmax of the logits themselves, not of the probabilities: softmax rounding could merge
+    # two close logits into an equal probability and change which one wins.
+    member_labels = x.argmax(dim=-1)  # torch returns the first maximum -> lowest class index
+    member_confidence = probs.gather(-1, member_labels.unsqueeze(-1)).squeeze(-1)
+    weight32 = weight64.to(torch.float32)
+    # Summed member by member, in member order, with plain elementwise ops: every class's score
+    # then goes through identical arithmetic, so identical inputs tie exactly. (A `.sum(dim=0)`
+    # reduction may round SIMD lanes and the scalar tail differently, breaking such ties.)
+    soft = weight32[0] * probs[0]
+    for m in range(1, members):
+        soft = soft + weight32[m] * probs[m]
+
+    if method == "soft":
+        scores = soft
+        labels = soft.argmax(dim=-1)
+        agreement64 = torch.zeros(rows, dtype=torch.float64, device=x.device)
+        for m in range(members):  # member order, as for the hard tally below
+            agreement64 = agreement64 + weight64[m] * (member_labels[m] == labels)
+        agreement = agreement64.to(torch.float32)
+    else:
+        # float64 tally, one scatter per member: no (members, rows, classes) one-hot needed.
+        shares = torch.zeros((rows, classes), dtype=torch.float64, device=x.device)
+        for m in range(members):
+            shares.scatter_add_(1, member_labels[m].unsqueeze(1), weight64[m].expand(rows, 1))
+        tied = shares >= shares.amax(dim=-1, keepdim=True) - _SHARE_TOL
+        # Soft scores are >= 0, so -1 excludes the untied classes; argmax's first-maximum rule
+        # then gives the lowest index among classes equal in soft score too.
+        labels = torch.where(tied, soft, torch.full_like(soft, -1.0)).argmax(dim=-1)
+        scores = shares.to(torch.float32)
+        agreement = scores.gather(1, labels.unsqueeze(1)).squeeze(1)
+
+    confidence = scores.gather(1, labels.unsqueeze(1)).squeeze(1)
+    equal_counts = (member_labels[:, None, :] == member_labels[None, :, :]).sum(dim=-1)
+    return {
+        "labels": labels,
+        "scores": scores,
+        "confidence": confidence,
+        "agreement": agreement,
+        "member_labels": member_labels,
+        "member_confidence": member_confidence,
+        "equal_counts": equal_counts,
+    }
+
+
+def _as_source(logits: ArrayLike) -> torch.Tensor | np.ndarray:
+    """Validate the logits' shape and type without converting the whole input at once."""
+    if isinstance(logits, torch.Tensor):
+        source: torch.Tensor | np.ndarray = logits.detach()
+        if logits.is_complex() or logits.dtype == torch.bool:
+            raise EnsembleError(
+                f"the 'logits' parameter must hold real numbers; got {logits.dtype}"
+            )
+    else:
+        source = np.asarray(logits)
+        if source.dtype.kind not in "iuf":
+            raise EnsembleError(
+                f"the 'logits' parameter must hold real numbers; got {source.dtype}"
+            )
+    shape = tuple(int(n) for n in source.shape)
+    if len(shape) != 3:
+        raise EnsembleError(
+            f"the 'logits' parameter must have shape (members, rows, classes); got shape {shape}"
+        )
+    if shape[0] == 0 or shape[2] == 0:
+        raise EnsembleError(
+            f"the 'logits' parameter needs at least one member and one class; got shape {shape}"
+        )
+    return source
+
+
+def _chunk(
+    source: torch.Tensor | np.ndarray, start: int, stop: int, device: torch.device
+) -> torch.Tensor:
+    """Rows [start, stop) of every member as a finite float32 tensor on ``device``."""
+    if isinstance(source, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(source[:, start:stop], dtype=np.float32))
+    else:
+        x = source[:, start:stop].to(device=device, dtype=torch.float32)
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        member, row, _ = (int(i) for i in (~finite).nonzero()[0])
+        raise EnsembleError(
+            f"the 'logits' parameter must be finite; got NaN or infinity at member {member}, "
+            f"row {start + row}"
+        )
+    return x
+
+
+def _member_vector(value: ArrayLike | None, name: str, members: int, default: float) -> np.ndarray:
+    """One float64 entry per member, or an EnsembleError naming the parameter."""
+    if value is None:
+        return np.full(members, default, dtype=np.float64)
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    try:
+        vector = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise EnsembleError(
+            f"the {name!r} parameter must be a sequence of numbers; got {value!r}"
+        ) from None
+    if vector.ndim != 1 or vector.shape[0] != members:
+        got = f"{vector.shape[0]} entries" if vector.ndim == 1 else f"shape {vector.shape}"
+        raise EnsembleError(
+            f"the {name!r} parameter must have one entry per member ({members}); got {got}"
+        )
+    return vector

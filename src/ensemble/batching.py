@@ -1,0 +1,83 @@
+"""Token ids and batches: tokenize once, pad each batch only to its own longest row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+
+@dataclass
+class Encoded(Dataset):
+    """Tokenized rows (unpadded) and optional label ids; a map-style torch dataset.
+
+    Example:
+        >>> enc = Encoded([[101, 7, 102]], None, [1])
+        >>> enc[0]
+        {'input_ids': [101, 7, 102], 'labels': 1}
+    """
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    labels: list[int] | None
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        row = {"input_ids": self.input_ids[i]}
+        if self.token_type_ids is not None:
+            row["token_type_ids"] = self.token_type_ids[i]
+        if self.labels is not None:
+            row["labels"] = self.labels[i]
+        return row
+
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
+
+def encode(tokenizer, texts: Sequence[str], pairs: Sequence[str] | None, max_length: int,
+           labels: Sequence[int] | None = None) -> Encoded:
+    """Tokenize all rows in one fast-tokenizer call, truncated to `max_length`, not padded."""
+    args = (list(texts), list(pairs)) if pairs is not None else (list(texts),)
+    out = tokenizer(*args, truncation=True, max_length=max_length, padding=False)
+    token_types = out.get("token_type_ids") if "token_type_ids" in tokenizer.model_input_names else None
+    return Encoded(out["input_ids"], token_types, list(labels) if labels is not None else None)
+
+
+class Collator:
+    """Pads a list of rows to the longest one in the batch (dynamic padding)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        types = torch.zeros((len(rows), width), dtype=torch.long) if "token_type_ids" in rows[0] else None
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n] = torch.tensor(r["input_ids"])
+            mask[i, :n] = 1
+            if types is not None:
+                types[i, :n] = torch.tensor(r["token_type_ids"])
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if types is not None:
+            batch["token_type_ids"] = types
+        if "labels" in rows[0]:
+            batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
+        return batch
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of similar length (longest first), for evaluation and prediction.
+
+    Example:
+        >>> length_sorted_batches([3, 9, 1, 8], 2)
+        [[1, 3], [0, 2]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

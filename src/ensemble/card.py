@@ -1,0 +1,62 @@
+"""The model card written into every member directory (its README.md)."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+from .recipe import MemberConfig, TrainConfig, recipe_dict
+
+
+def write_model_card(path: Path, cfg: MemberConfig, labels: list[str], result: dict, n_train: int, n_valid: int) -> None:
+    """Write a Hugging Face model card: base model, hyperparameters, metrics table, versions.
+
+    Example:
+        >>> write_model_card(Path("members/bert/README.md"), cfg, ["neg", "pos"], metrics, 900, 100)  # doctest: +SKIP
+    """
+    import accelerate
+    import tokenizers
+    import torch
+    import transformers
+
+    base = cfg.model if cfg.init == "pretrained" else f"none ({cfg.arch}, size {cfg.size}, trained from scratch)"
+    hyper = recipe_dict(cfg.train)
+    defaults = recipe_dict(TrainConfig())
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-classification",
+        "tags: [ensemble, text-classification]",
+        "---",
+        "",
+        f"# {cfg.name}",
+        "",
+        f"A `{cfg.arch or 'pretrained'}` sequence classifier trained by "
+        "`ensemble` as one member of a voted ensemble. It is a standard Hugging Face "
+        "directory: `AutoModelForSequenceClassification.from_pretrained(this_dir)` opens it.",
+        "",
+        f"- Base model: {base}",
+        f"- Labels: {', '.join(f'`{label}`' for label in labels)}",
+        f"- Data: {n_train} training rows, {n_valid} validation rows",
+        f"- Best epoch: {result['best_epoch']} of {len(result['history'])} (by {result['best_metric']})",
+        "",
+        "## Hyperparameters",
+        "",
+        "| field | value |",
+        "|---|---|",
+    ]
+    for key, value in hyper.items():
+        mark = "" if value == defaults[key] else " (set)"
+        lines.append(f"| {key} | {value}{mark} |")
+    lines += ["", "## Validation metrics per epoch", "",
+              "| epoch | train loss | valid loss | accuracy | macro-F1 | macro precision | macro recall |",
+              "|---|---|---|---|---|---|---|"]
+    for row in result["history"]:
+        best = " **(best)**" if row["epoch"] == result["best_epoch"] else ""
+        lines.append(f"| {row['epoch']}{best} | {row['train_loss']:.4f} | {row['valid_loss']:.4f} | {row['accuracy']:.4f} | "
+                     f"{row['macro_f1']:.4f} | {row['macro_precision']:.4f} | {row['macro_recall']:.4f} |")
+    lines += ["", "## Framework versions", "",
+              f"- Transformers {transformers.__version__}", f"- PyTorch {torch.__version__}",
+              f"- Accelerate {accelerate.__version__}", f"- Tokenizers {tokenizers.__version__}",
+              f"- Python {platform.python_version()}", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")

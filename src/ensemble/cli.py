@@ -1,0 +1,169 @@
+"""The `ensemble` command: thin typer commands over `fit`, `Ensemble` and `evaluate`.
+
+User mistakes print one line and exit 2; bugs print one line and exit 1; ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+
+from .errors import EnsembleError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune transformer text classifiers from a TOML recipe, vote them, report agreement.")
+# Options that take several values after one flag (`--members a b c`), as the README shows them.
+MULTI_VALUE = ("--members", "--weights", "--set")
+
+
+@app.command()
+def fit(
+    recipe: Path = typer.Argument(..., help="The TOML recipe."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<recipe name>)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a recipe field: KEY=VALUE, e.g. members.bert.lr=3e-5."),
+    scratch: Optional[str] = typer.Option(None, "--scratch", help="Replace every hub member by a scratch model of this size (tiny, mini, small, medium, base)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Reuse a non-empty --out directory."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Train every member of RECIPE, vote, and write the agreement report."""
+    from .fit import fit as run_fit
+    from .recipe import load_recipe
+
+    spec = load_recipe(recipe, set_, scratch)
+    out = out or Path("runs") / recipe.stem
+    report = run_fit(spec, out, overwrite=overwrite, progress=not quiet)
+    _summary(report, out)
+
+
+@app.command()
+def vote(
+    members: List[str] = typer.Option(..., "--members", help="Member directories, as DIR or NAME=DIR."),
+    data: Path = typer.Option(..., "--data", help="Data file to predict (csv, tsv, jsonl, npz, parquet)."),
+    out: Path = typer.Option(..., "--out", help="Output directory."),
+    method: str = typer.Option("soft", "--method", help="soft or hard."),
+    weights: List[str] = typer.Option([], "--weights", help="Member weights as NAME=WEIGHT (default 1 each)."),
+    text: Optional[str] = typer.Option(None, "--text", help="Text column (default: the members' recipe, else 'text')."),
+    text_pair: Optional[str] = typer.Option(None, "--text-pair", help="Second text column for sentence pairs."),
+    label: Optional[str] = typer.Option(None, "--label", help="Label column, if the data has labels (default: the members' recipe, else 'label')."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Combine trained members on a data file: predictions, agreement report, ensemble.json."""
+    from .data import load_table
+    from .ensemble import Ensemble, evaluate
+    from .train import replace_dir
+
+    if method not in ("soft", "hard"):
+        raise EnsembleError(f"--method: must be one of {{'hard', 'soft'}}; got '{method}'")
+    dirs = _named_dirs(members)
+    ens = Ensemble.from_dirs(dirs, method, _weights(weights))
+    columns = _member_columns(next(iter(dirs.values())))
+    text = text or columns.get("text") or "text"
+    text_pair = text_pair or columns.get("text_pair")
+    label = label or columns.get("label") or "label"
+    ds = load_table(data, text=text, text_pair=text_pair, label=label, field="--data", require_label=False)
+    if out.exists() and not overwrite:
+        raise EnsembleError(f"--out: '{out}' already exists; choose another directory or pass --overwrite")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        report = evaluate(ens, ds, data.name, tmp)
+        ens.save(tmp)
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _summary(report, out)
+
+
+def _named_dirs(items: list[str]) -> dict[str, Path]:
+    dirs: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        name, path = (name, path) if sep else (Path(item).name, item)
+        if name in dirs:
+            raise EnsembleError(f"--members: two members are named '{name}'; name them as NAME=DIR")
+        dirs[name] = Path(path)
+    return dirs
+
+
+def _weights(items: list[str]) -> dict[str, float]:
+    weights = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise EnsembleError(f"--weights: expected NAME=NUMBER (e.g. bert=2); got '{item}'")
+    return weights
+
+
+def _member_columns(path: Path) -> dict:
+    try:
+        return json.loads((path / "recipe.json").read_text(encoding="utf-8")).get("data", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _summary(report: dict, out: Path) -> None:
+    rows = [(name, m) for name, m in report["members"].items()] + [("ENSEMBLE", report["ensemble"])]
+    if "accuracy" in report["ensemble"]:
+        typer.echo(f"\n{report['split']} split, {report['rows']} rows, {report['method']} vote")
+        typer.echo(f"{'':<12} {'accuracy':>9} {'macro_f1':>9}")
+        for name, m in rows:
+            typer.echo(f"{name:<12} {m['accuracy']:>9.4f} {m['macro_f1']:>9.4f}")
+        typer.echo(f"oracle accuracy {report['oracle_accuracy']:.4f}, unanimous {report['agreement']['unanimous']:.4f}, "
+                   f"Fleiss kappa {report['agreement']['fleiss_kappa']:.4f}")
+    typer.echo(f"report: {out / 'report.md'}")
+
+
+def _expand_multi(args: list[str]) -> list[str]:
+    """`--members a b c` -> `--members a --members b --members c` (click wants the flag repeated)."""
+    result, current = [], None
+    for arg in args:
+        if arg.startswith("-"):
+            current = arg if arg in MULTI_VALUE else None
+            result.append(arg)
+        elif current and result[-1] != current:
+            result += [current, arg]
+        else:
+            result.append(arg)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: exit 2 for user errors, 1 for bugs, one line each unless --debug."""
+    args = _expand_multi(list(sys.argv[1:] if argv is None else argv))
+    debug = "--debug" in args or os.environ.get("ENSEMBLE_DEBUG") == "1"
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args, prog_name="ensemble", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except EnsembleError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except Exception as exc:  # a bug in this library, not the user's input
+        if debug:
+            raise
+        typer.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)

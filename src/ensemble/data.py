@@ -1,0 +1,432 @@
+"""Load labelled text tables (csv, tsv, jsonl, npz, parquet) and split them for training.
+
+Every problem a user can fix (a missing column, a non-UTF-8 byte, an empty label) becomes a
+one-line `EnsembleError` naming the recipe field, the file and the value, because the files
+people bring are dirty: unnamed index columns, BOMs, float labels, stray quotes.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from ensemble.errors import EnsembleError
+
+BAD_ROW_MODES = ("error", "skip")
+FORMATS = (".csv", ".tsv", ".jsonl", ".npz", ".parquet")
+
+
+@dataclass
+class TextDataset:
+    """Texts (and optional second texts and labels) of one table, row-aligned."""
+
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list[str] | None
+    path: str
+    skipped: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("pairs", "labels"):
+            values = getattr(self, name)
+            if values is not None and len(values) != len(self.texts):
+                raise ValueError(f"TextDataset.{name} has {len(values)} items but texts has {len(self.texts)}")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: Sequence[int]) -> TextDataset:
+        """Rows at `indices`, in that order; `skipped` is reset because it describes the file."""
+        pick = [int(i) for i in indices]
+        return TextDataset(
+            texts=[self.texts[i] for i in pick],
+            pairs=None if self.pairs is None else [self.pairs[i] for i in pick],
+            labels=None if self.labels is None else [self.labels[i] for i in pick],
+            path=self.path,
+        )
+
+
+@dataclass
+class _Row:
+    where: str  # "line 17" (text formats) or "row 17" (array formats), for messages
+    values: list[object]  # one per requested column, None where the row lacks it
+    problem: str | None = None  # a structural fault the reader found (too few fields, bad JSON)
+
+
+# A reader returns the column names and a function yielding rows for the columns asked for,
+# so that columns are checked by name before any row is judged.
+_Fetch = Callable[[list[str]], Iterator[_Row]]
+
+
+def load_table(
+    path: str | Path,
+    *,
+    text: str = "text",
+    text_pair: str | None = None,
+    label: str | None = "label",
+    field: str = "data",
+    on_bad_rows: str = "error",
+    require_label: bool = True,
+) -> TextDataset:
+    """Read a table of texts and labels, picking columns by name.
+
+    The format comes from the extension (.csv, .tsv, .jsonl, .npz, .parquet); a .csv whose
+    header holds a tab is read as TSV. Bad rows (empty text or label, missing fields) raise
+    on the first one, or are dropped and counted with ``on_bad_rows="skip"``.
+
+    Example:
+        >>> ds = load_table("ids-sst-train.csv", text="sentence", label="sentiment", field="data.train")
+        >>> ds.texts[0][:20], ds.labels[0]
+        ('The Rock is destined', '3')
+    """
+    if on_bad_rows not in BAD_ROW_MODES:
+        raise EnsembleError(f"the 'on_bad_rows' parameter must be one of {{'error', 'skip'}}; got {on_bad_rows!r}")
+    p, shown = Path(path), str(path)
+    if not p.exists():
+        raise EnsembleError(f"{field}: file not found: '{shown}' (relative paths start at the working directory)")
+    if p.is_dir():
+        raise EnsembleError(f"{field}: '{shown}' is a directory; give the path of a data file inside it")
+    reader = _READERS.get(p.suffix.lower())
+    if reader is None:
+        raise EnsembleError(
+            f"{field}: cannot read '{shown}': unknown extension {p.suffix!r}; use one of {', '.join(FORMATS)}"
+        )
+    columns, fetch = reader(p, shown, field)
+
+    def find(name: str, key: str) -> str:
+        if name not in columns:
+            listed = ", ".join(c for c in columns if c) or "(none)"
+            raise EnsembleError(
+                f"{field}: column '{name}' not found in '{shown}'; columns found: {listed} (set {key} to one of them)"
+            )
+        if columns.count(name) > 1:
+            raise EnsembleError(
+                f"{field}: column '{name}' appears {columns.count(name)} times in '{shown}'; rename the duplicates"
+            )
+        return name
+
+    wanted = [find(text, "data.text")]
+    if text_pair is not None:
+        wanted.append(find(text_pair, "data.text_pair"))
+    use_label = label is not None and (require_label or label in columns)
+    if use_label:
+        wanted.append(find(label, "data.label"))  # type: ignore[arg-type]  # not None when use_label
+    rows = list(fetch(wanted))
+    if not rows:
+        raise EnsembleError(f"{field}: '{shown}' has column names but no data rows; add rows or use another file")
+    # Prediction files often carry a blank label column: that means "unlabelled", not "all rows bad".
+    if use_label and not require_label and all(normalize_label(r.values[-1]) is None for r in rows):
+        use_label = False
+
+    texts: list[str] = []
+    pairs: list[str] | None = [] if text_pair is not None else None
+    labels: list[str] | None = [] if use_label else None
+    skipped = 0
+    for row in rows:
+        first = _as_text(row.values[0])
+        second = _as_text(row.values[1]) if pairs is not None else ""
+        name = normalize_label(row.values[-1]) if labels is not None else None
+        problem = row.problem
+        if problem is None and not first:
+            problem = f"has an empty text in column '{text}'"
+        elif problem is None and pairs is not None and not second:
+            problem = f"has an empty text in column '{text_pair}'"
+        elif problem is None and labels is not None and name is None:
+            problem = f"has an empty label in column '{label}'"
+        if problem is not None:
+            if on_bad_rows == "error":
+                raise EnsembleError(
+                    f"{field}: {row.where} of '{shown}' {problem}; fix the row or set data.on_bad_rows = \"skip\""
+                )
+            skipped += 1
+            continue
+        texts.append(first)
+        if pairs is not None:
+            pairs.append(second)
+        if labels is not None and name is not None:
+            labels.append(name)
+    if not texts:
+        raise EnsembleError(
+            f"{field}: all {skipped} rows of '{shown}' are bad and were skipped; check the column names and the file"
+        )
+    return TextDataset(texts=texts, pairs=pairs, labels=labels, path=shown, skipped=skipped)
+
+
+def normalize_label(value: object) -> str | None:
+    """A label as a clean string: integer-valued numbers lose their ".0"; blanks and NaN are None.
+
+    Example:
+        >>> normalize_label("1.0"), normalize_label(4.0), normalize_label(" pos "), normalize_label("nan")
+        ('1', '4', 'pos', None)
+    """
+    if value is None:
+        return None
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        return None if math.isnan(value) else _number_text(float(value))
+    s = str(value).strip()
+    if not s or s.lower() == "nan":
+        return None
+    try:
+        return str(int(s))  # exact, even for ints too large for a float
+    except ValueError:
+        pass
+    try:
+        return _number_text(float(s))
+    except ValueError:
+        return s
+
+
+def sorted_labels(labels: Iterable[str]) -> list[str]:
+    """Unique labels, numerically sorted when all are numbers ("2" before "10"), else as text.
+
+    Example:
+        >>> sorted_labels(["10", "2", "2"]), sorted_labels(["pos", "neg"])
+        (['2', '10'], ['neg', 'pos'])
+    """
+    unique = set(labels)
+    try:
+        return sorted(unique, key=lambda s: (float(s), s))
+    except ValueError:
+        return sorted(unique)
+
+
+def stratified_split(ds: TextDataset, fraction: float, seed: int) -> tuple[TextDataset, TextDataset]:
+    """Split off `fraction` of the rows as a validation part, keeping class proportions.
+
+    Falls back to a plain seeded shuffle when stratifying is impossible (a class with one row,
+    or fewer validation rows than classes). Both parts keep the original row order.
+
+    Example:
+        >>> train, valid = stratified_split(ds, 0.1, seed=0)
+        >>> len(train) + len(valid) == len(ds)
+        True
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
+        raise EnsembleError(f"validation fraction must be between 0 and 1 (exclusive); got {fraction!r}")
+    n = len(ds)
+    n_valid = math.ceil(fraction * n)
+    n_train = n - n_valid
+    if n_valid < 1 or n_train < 1:
+        where = f"'{ds.path}'" if ds.path else "the dataset"
+        raise EnsembleError(
+            f"{where} has {n} rows, too few to split off a {fraction} validation part and keep rows to train on; "
+            "add rows or give a separate validation file"
+        )
+    stratify = None
+    if ds.labels is not None:
+        counts = Counter(ds.labels)
+        # These are exactly the cases where sklearn refuses to stratify.
+        if min(counts.values()) >= 2 and min(n_valid, n_train) >= len(counts):
+            stratify = ds.labels
+    train_idx, valid_idx = train_test_split(np.arange(n), test_size=n_valid, random_state=seed, stratify=stratify)
+    return ds.subset(np.sort(train_idx).tolist()), ds.subset(np.sort(valid_idx).tolist())
+
+
+def check_known_labels(ds: TextDataset, known: Sequence[str], field: str) -> None:
+    """Raise if `ds` has labels outside `known`: a model cannot predict a class it never trained on.
+
+    Example:
+        >>> check_known_labels(valid, ["0", "1"], "data.valid")  # returns None, or raises EnsembleError
+    """
+    if ds.labels is None:
+        return
+    known_set = set(known)
+    unseen = Counter(lab for lab in ds.labels if lab not in known_set)
+    if not unseen:
+        return
+    most = unseen.most_common(10)
+    found = ", ".join(f"'{lab}' ({n} row{'s' if n != 1 else ''})" for lab, n in most)
+    more = f" and {len(unseen) - len(most)} more" if len(unseen) > len(most) else ""
+    plural = len(unseen) > 1
+    training = sorted_labels(known)
+    training_text = str(training) if len(training) <= 20 else str(training[:20])[:-1] + ", ...]"
+    raise EnsembleError(
+        f"{field}: label{'s' if plural else ''} {found}{more} in '{ds.path}' never appear{'' if plural else 's'} "
+        f"in the training labels {training_text}; fix those rows or add examples of them to the training data"
+    )
+
+
+def _number_text(f: float) -> str:
+    return str(int(f)) if math.isfinite(f) and f.is_integer() else repr(f)
+
+
+def _as_text(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def _read_text(p: Path, shown: str, field: str) -> str:
+    """The file decoded as UTF-8 with any BOM dropped (utf-8-sig); empty files are an error."""
+    data = p.read_bytes()
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    if not data[bom:].strip():
+        raise EnsembleError(f"{field}: '{shown}' is empty; it needs a header line and at least one row")
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        offset = bom + e.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise EnsembleError(
+            f"{field}: line {line} of '{shown}' is not valid UTF-8 (byte {data[offset]:#04x} at offset {offset}); "
+            "save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 in.csv > out.csv"
+        ) from None
+
+
+def _read_delimited(p: Path, shown: str, field: str) -> tuple[list[str], _Fetch]:
+    text = _read_text(p, shown, field)
+    tabbed = p.suffix.lower() == ".tsv" or "\t" in text.splitlines()[0]
+    stream = io.StringIO(text, newline="")
+    # TSV fields are never quoted, so a quote character is literal text (CFIMDB has stray ones);
+    # with normal quoting, one stray quote would swallow the following rows.
+    if tabbed:
+        reader = csv.reader(stream, delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(stream, strict=True)
+    columns = [c.strip() for c in _next_record(reader, shown, field) or []]
+
+    def fetch(names: list[str]) -> Iterator[_Row]:
+        idx = [columns.index(n) for n in names]
+        while True:
+            start = reader.line_num + 1  # a quoted record may span lines; report its first
+            record = _next_record(reader, shown, field)
+            if record is None:
+                return
+            if len(record) <= 1 and not "".join(record).strip():
+                continue  # a blank line is not a row
+            problem = None
+            # Extra empty fields are harmless (trailing tabs); extra text means a shifted row.
+            if len(record) < len(columns) or any(f.strip() for f in record[len(columns) :]):
+                problem = f"has {len(record)} fields but the header has {len(columns)}"
+            yield _Row(f"line {start}", [record[i] if i < len(record) else None for i in idx], problem)
+
+    return columns, fetch
+
+
+def _next_record(reader: Iterator[list[str]], shown: str, field: str) -> list[str] | None:
+    try:
+        return next(reader, None)
+    except csv.Error as e:
+        line = getattr(reader, "line_num", "?")
+        raise EnsembleError(
+            f"{field}: line {line} of '{shown}' is not valid CSV ({e}); fix the quoting, or save it tab-separated"
+        ) from None
+
+
+def _read_jsonl(p: Path, shown: str, field: str) -> tuple[list[str], _Fetch]:
+    parsed: list[tuple[int, object]] = []
+    columns: dict[str, None] = {}  # an ordered set: keys in order of first appearance
+    for number, line in enumerate(_read_text(p, shown, field).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj: object = json.loads(line)
+        except json.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict):
+            obj = {str(k).strip(): v for k, v in obj.items()}
+            columns.update(dict.fromkeys(obj))
+        parsed.append((number, obj))
+
+    def fetch(names: list[str]) -> Iterator[_Row]:
+        for number, obj in parsed:
+            if not isinstance(obj, dict):
+                yield _Row(f"line {number}", [None] * len(names), "is not a JSON object")
+                continue
+            absent = [n for n in names if n not in obj]
+            problem = f"has no field '{absent[0]}'" if absent else None
+            yield _Row(f"line {number}", [obj.get(n) for n in names], problem)
+
+    return list(columns), fetch
+
+
+def _read_npz(p: Path, shown: str, field: str) -> tuple[list[str], _Fetch]:
+    how = "save it with np.savez(path, text=np.array(texts, dtype=str), label=np.array(labels))"
+    try:
+        archive = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise EnsembleError(f"{field}: '{shown}' is not a valid .npz archive ({e}); {how}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise EnsembleError(f"{field}: '{shown}' holds a single array, not named columns; {how}")
+    arrays: dict[str, np.ndarray] = {}
+    refused: set[str] = set()
+    with archive:
+        columns = list(archive.files)
+        if not columns:
+            raise EnsembleError(f"{field}: '{shown}' is empty; it needs one named array per column")
+        for name in columns:
+            try:
+                arrays[name] = archive[name]
+            except ValueError as e:
+                if "pickle" not in str(e):
+                    raise EnsembleError(f"{field}: array '{name}' in '{shown}' cannot be read ({e}); {how}") from None
+                refused.add(name)  # refuse only if asked for: an unused object column does no harm
+
+    def fetch(names: list[str]) -> Iterator[_Row]:
+        for name in names:
+            if name in refused:
+                # Unpickling can run arbitrary code, so object arrays are refused rather than loaded.
+                raise EnsembleError(
+                    f"{field}: array '{name}' in '{shown}' is an object array, which needs pickle and is refused; "
+                    "save string arrays instead, e.g. np.array(texts, dtype=str)"
+                )
+            if arrays[name].ndim != 1:
+                raise EnsembleError(
+                    f"{field}: array '{name}' in '{shown}' has shape {arrays[name].shape}; "
+                    "save a 1-D array, one value per row"
+                )
+        lengths = {name: len(arrays[name]) for name in names}
+        if len(set(lengths.values())) > 1:
+            listed = ", ".join(f"{k}={v}" for k, v in lengths.items())
+            raise EnsembleError(f"{field}: arrays in '{shown}' have different lengths ({listed}); {how}")
+        values = [arrays[name].tolist() for name in names]
+        for i in range(lengths[names[0]]):
+            yield _Row(f"row {i + 1}", [v[i] for v in values])
+
+    return columns, fetch
+
+
+def _read_parquet(p: Path, shown: str, field: str) -> tuple[list[str], _Fetch]:
+    try:
+        import pyarrow.parquet as pq  # optional and heavy: imported only when a parquet file is read
+    except ImportError:
+        raise EnsembleError(
+            f"{field}: reading '{shown}' needs pyarrow; pip install pyarrow (or ensemble[parquet]), "
+            "or convert the file to .csv"
+        ) from None
+    try:
+        table = pq.read_table(p)
+    except Exception as e:  # pyarrow has its own error types for corrupt files
+        raise EnsembleError(
+            f"{field}: '{shown}' is not a readable parquet file ({e}); re-save it or convert it to .csv"
+        ) from None
+    data = table.to_pydict()
+    columns = [str(c).strip() for c in table.column_names]
+
+    def fetch(names: list[str]) -> Iterator[_Row]:
+        cols = [data[table.column_names[columns.index(n)]] for n in names]
+        for i in range(table.num_rows):
+            yield _Row(f"row {i + 1}", [c[i] for c in cols])
+
+    return columns, fetch
+
+
+_READERS: dict[str, Callable[[Path, str, str], tuple[list[str], _Fetch]]] = {
+    ".csv": _read_delimited,
+    ".tsv": _read_delimited,
+    ".jsonl": _read_jsonl,
+    ".npz": _read_npz,
+    ".parquet": _read_parquet,
+}

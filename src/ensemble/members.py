@@ -1,0 +1,294 @@
+"""Members: build one to train (hub, local directory or scratch) and load a trained one.
+
+A trained member is a plain Hugging Face directory: `AutoModelForSequenceClassification` and
+`AutoTokenizer` open it directly. Next to the weights it carries `recipe.json` (the resolved
+recipe that made it), `metrics.json` and a model card. Loading reads safetensors and JSON only
+and never runs code from the directory (`trust_remote_code=False`, `use_safetensors=True`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from .errors import EnsembleError
+from .recipe import ARCHES, MemberConfig
+
+# (layers, hidden, heads, intermediate, vocabulary) per size; tiny..medium follow Google's
+# compact BERT family (BERT-Tiny L-2 H-128, Mini L-4 H-256, Small L-4 H-512, Medium L-8 H-512).
+SIZES: dict[str, tuple[int, int, int, int, int]] = {
+    "tiny": (2, 128, 2, 512, 8000),
+    "mini": (4, 256, 4, 1024, 16000),
+    "small": (4, 512, 8, 2048, 30000),
+    "medium": (8, 512, 8, 2048, 30000),
+    "base": (12, 768, 12, 3072, 30000),
+}
+MAX_POSITIONS = 512
+RECIPE_FILE = "recipe.json"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class Member:
+    """A member ready to predict: model, tokenizer and its label names in model order."""
+
+    name: str
+    path: Path | None
+    model: nn.Module
+    tokenizer: object
+    labels: list[str]
+    max_length: int
+    text_pair: bool  # trained on sentence pairs
+
+
+def _quiet_transformers() -> None:
+    # The library's own progress bars and load reports would drown ours.
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+# ---------------------------------------------------------------- building members to train
+
+def build_member(cfg: MemberConfig, labels: list[str], texts: Iterable[str]) -> tuple[nn.Module, object]:
+    """A fresh model and tokenizer for `cfg`, with a head for `labels`.
+
+    Scratch members get a tokenizer trained on `texts` and a randomly initialised model of the
+    architecture's config at `cfg.size`; pretrained members load from the hub or a directory.
+
+    Example:
+        >>> model, tok = build_member(MemberConfig("b", init="scratch", arch="bert"),
+        ...                           ["neg", "pos"], ["good film", "bad film"])  # doctest: +SKIP
+    """
+    _quiet_transformers()
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    id2label = dict(enumerate(labels))
+    label2id = {name: i for i, name in id2label.items()}
+    dropout = {}
+    if cfg.train.dropout is not None:
+        dropout = {"hidden_dropout_prob": cfg.train.dropout, "attention_probs_dropout_prob": cfg.train.dropout}
+    if cfg.init == "scratch":
+        tokenizer = train_tokenizer(cfg.arch, texts, SIZES[cfg.size][4], cfg.train.max_length)
+        config = scratch_config(cfg.arch, cfg.size, tokenizer, num_labels=len(labels), id2label=id2label,
+                                label2id=label2id, **dropout)
+        model = AutoModelForSequenceClassification.from_config(config)
+        return model, tokenizer
+    source = cfg.model
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(source, num_labels=len(labels), id2label=id2label,
+                                            label2id=label2id, trust_remote_code=False, **dropout)
+        # A checkpoint may already carry a head for other labels: replace it, never reuse it.
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, config=config, ignore_mismatched_sizes=True, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise EnsembleError(f"members[{cfg.name}].model: cannot load '{source}': {_first_line(exc)}") from None
+    return model, tokenizer
+
+
+def scratch_config(arch: str, size: str, tokenizer, **extra):
+    """The transformers config of `arch` at `size`, sized to `tokenizer`'s vocabulary."""
+    from transformers import AutoConfig
+
+    layers, hidden, heads, inter, _ = SIZES[size]
+    kwargs = dict(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                  num_attention_heads=heads, intermediate_size=inter, pad_token_id=tokenizer.pad_token_id,
+                  max_position_embeddings=MAX_POSITIONS)
+    if arch == "roberta":
+        # RoBERTa numbers positions from pad_token_id + 1, so it needs that many more slots.
+        kwargs.update(max_position_embeddings=MAX_POSITIONS + tokenizer.pad_token_id + 1, type_vocab_size=1,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    elif arch == "albert":
+        kwargs.update(embedding_size=min(128, hidden))
+    elif arch == "electra":
+        kwargs.update(embedding_size=hidden)
+    return AutoConfig.for_model(arch, **kwargs, **extra)
+
+
+def train_tokenizer(arch: str, texts: Iterable[str], vocab_size: int, max_length: int):
+    """Train a tokenizer on `texts`: byte-level BPE for RoBERTa, uncased WordPiece otherwise.
+
+    Example:
+        >>> tok = train_tokenizer("bert", ["a good film", "a bad film"] * 10, 200, 64)
+        >>> tok("a good film")["input_ids"][0] == tok.cls_token_id
+        True
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if arch == "roberta":
+        special = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "mask_token": "<mask>"}
+        tok = Tokenizer(models.BPE(unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special.values()),
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(texts, trainer=trainer)
+        bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)])
+        names = ["input_ids", "attention_mask"]
+        special_kwargs = {**special, "cls_token": "<s>", "sep_token": "</s>"}
+    else:
+        special_kwargs = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(special_kwargs.values()))
+        tok.train_from_iterator(texts, trainer=trainer)
+        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+        names = ["input_ids", "token_type_ids", "attention_mask"]
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, model_input_names=names,
+                                   **special_kwargs)
+
+
+def freeze(model: nn.Module, trainable_layers: int | None) -> None:
+    """Freeze the encoder, leaving the top `trainable_layers` layers (and the head) trainable.
+
+    None leaves everything trainable; 0 trains only the classification head (and pooler).
+    ALBERT shares one layer's weights across depth, so for it k > 0 unfreezes the shared layer.
+    """
+    if trainable_layers is None:
+        return
+    base = model.base_model
+    for p in base.parameters():
+        p.requires_grad = False
+    layers = _encoder_layers(base)
+    top = list(layers)[-trainable_layers:] if trainable_layers else []
+    for module in top + [m for n, m in base.named_children() if n == "pooler"]:
+        for p in module.parameters():
+            p.requires_grad = True
+
+
+def _encoder_layers(base: nn.Module) -> nn.ModuleList:
+    encoder = getattr(base, "encoder", None)
+    for attr in ("layer", "albert_layer_groups", "layers"):
+        layers = getattr(encoder, attr, None)
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    raise EnsembleError(f"trainable_layers: cannot find the encoder layers of a {type(base).__name__}; remove trainable_layers")
+
+
+# ---------------------------------------------------------------- checking sources before training
+
+def preflight(members: Iterable[MemberConfig]) -> None:
+    """Fail fast, before any training, on a member whose model cannot be found.
+
+    Hub ids are looked up in the local cache first; when the hub cannot be reached the error
+    names ``--scratch tiny``, which turns hub members into scratch models of the same arch.
+    """
+    _quiet_transformers()
+    from transformers import AutoConfig
+
+    for m in members:
+        if m.init == "scratch":
+            continue
+        path = Path(m.model)
+        if path.exists() or m.model.startswith((".", "/", "~")):
+            if not (path / "config.json").is_file():
+                raise EnsembleError(f"members[{m.name}].model: '{m.model}' is not a model directory (no config.json)")
+            continue
+        try:
+            AutoConfig.from_pretrained(m.model, local_files_only=True)
+            continue
+        except (OSError, ValueError):
+            pass
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not _hub_reachable():
+            raise EnsembleError(
+                f"members[{m.name}].model: '{m.model}' is not in the local cache and the Hugging Face hub cannot be "
+                f"reached; run with --scratch tiny to train tiny scratch models of the same architectures instead, "
+                f"or set the model to a local directory")
+        try:
+            AutoConfig.from_pretrained(m.model)
+        except (OSError, ValueError) as exc:
+            raise EnsembleError(f"members[{m.name}].model: cannot load '{m.model}' from the hub: {_first_line(exc)}") from None
+
+
+def _hub_reachable() -> bool:
+    # One DNS lookup answers in milliseconds; the hub client would retry for half a minute.
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# ---------------------------------------------------------------- loading trained members
+
+def load_member(path: str | Path, name: str | None = None) -> Member:
+    """Open a trained member directory (safetensors and JSON only; no code from the directory).
+
+    Example:
+        >>> member = load_member("runs/demo/members/bert")  # doctest: +SKIP
+        >>> member.labels  # doctest: +SKIP
+        ['negative', 'neutral', 'positive']
+    """
+    _quiet_transformers()
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(path)
+    name = name or path.name
+    where = f"member '{name}' ({path})"
+    if not path.is_dir():
+        raise EnsembleError(f"{where}: not a directory")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise EnsembleError(f"{where}: not a member directory (no config.json); pass a directory written by 'ensemble fit'")
+    if not any(path.glob("*.safetensors")):
+        raise EnsembleError(f"{where}: no safetensors weights (model.safetensors); only safetensors are loaded")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise EnsembleError(f"{where}: config.json is not valid JSON ({exc})") from None
+    model_type = config.get("model_type")
+    if model_type not in ARCHES:
+        raise EnsembleError(f"{where}: model_type '{model_type}' is not supported; supported: {', '.join(ARCHES)}")
+    id2label = config.get("id2label") or {}
+    labels = [str(id2label.get(str(i), id2label.get(i, ""))) for i in range(len(id2label))]
+    if not labels or any(not label for label in labels):
+        raise EnsembleError(f"{where}: config.json has no usable id2label; the member must carry its label names")
+    recipe = {}
+    if (path / RECIPE_FILE).is_file():
+        recipe = json.loads((path / RECIPE_FILE).read_text(encoding="utf-8"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise EnsembleError(f"{where}: cannot load: {_first_line(exc)}") from None
+    model.eval()
+    train = recipe.get("member", {}).get("train", {})
+    data = recipe.get("data", {})
+    max_length = int(train.get("max_length", min(getattr(tokenizer, "model_max_length", 512), 512)))
+    return Member(name=name, path=path, model=model, tokenizer=tokenizer, labels=labels,
+                  max_length=max_length, text_pair=bool(data.get("text_pair")))
+
+
+def parameter_count(model: nn.Module) -> tuple[int, int]:
+    """(all parameters, trainable parameters)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,435 @@
+"""The recipe: a TOML file validated once, at load, into typed dataclasses.
+
+Everything downstream takes these objects, never raw dicts. A recipe has four tables::
+
+    [data]        train / valid / test files, column names, valid_fraction
+    [defaults]    training fields shared by every member (any TrainConfig field)
+    [[members]]   name + model (hub id or directory) or init = "scratch" with arch and size,
+                  plus any TrainConfig field overriding the defaults for that member
+    [vote]        method and per-member weights
+
+Mistakes raise `EnsembleError` with one line naming the file, the field path, the value and
+what is allowed, e.g. ``demo.toml: members[bert].lr: must be > 0; got -1.0``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import sys
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import EnsembleError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+ARCHES = ("albert", "bert", "electra", "roberta")
+SIZES = ("tiny", "mini", "small", "medium", "base")
+OPTIMIZERS = ("adam", "adamax", "adamw", "rmsprop", "sgd")
+SCHEDULERS = ("constant", "cosine", "exponential", "linear", "step")
+BEST_METRICS = ("accuracy", "macro_f1", "valid_loss")
+PRECISIONS = ("bf16", "fp16", "no")
+VOTE_METHODS = ("hard", "soft")
+BAD_ROWS = ("error", "skip")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the labelled texts are and which columns hold what."""
+
+    train: Path
+    valid: Path | None = None
+    test: Path | None = None
+    valid_fraction: float = 0.1  # split off train (stratified, seeded) when no valid file is given
+    split_seed: int = 42
+    text: str = "text"
+    text_pair: str | None = None
+    label: str = "label"
+    on_bad_rows: str = "error"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training knob; `[defaults]` sets them for all members, a member may override any."""
+
+    lr: float = 5e-5
+    batch_size: int = 32  # effective train batch: micro-batch x grad_accum
+    eval_batch_size: int = 64
+    epochs: int = 3
+    optimizer: str = "adamw"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    momentum: float = 0.0  # sgd and rmsprop only
+    weight_decay: float = 0.0
+    scheduler: str = "linear"
+    warmup_ratio: float = 0.0  # share of all optimizer steps spent warming up linearly from 0
+    step_size: int = 1  # epochs between lr drops, "step" scheduler
+    gamma: float = 0.1  # lr factor per drop ("step") or per epoch ("exponential")
+    max_length: int = 128
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    grad_accum: int = 1
+    mixed_precision: str = "no"
+    seed: int = 42
+    dropout: float | None = None  # overrides the model's hidden and attention dropout
+    trainable_layers: int | None = None  # None: all; 0: freeze the encoder; k: only the top k layers
+    patience: int | None = None  # early stopping: epochs without improvement before stopping
+    best_metric: str = "valid_loss"
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.batch_size // self.grad_accum
+
+
+@dataclass(frozen=True)
+class MemberConfig:
+    """One member: where its weights come from and how it trains."""
+
+    name: str
+    model: str | None = None  # hub id or local directory (init = "pretrained")
+    init: str = "pretrained"
+    arch: str | None = None  # scratch only
+    size: str = "tiny"  # scratch only
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class VoteConfig:
+    method: str = "soft"
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe. Load with `load_recipe`."""
+
+    path: Path
+    data: DataConfig
+    defaults: TrainConfig
+    members: tuple[MemberConfig, ...]
+    vote: VoteConfig
+
+    def member(self, name: str) -> MemberConfig:
+        for member in self.members:
+            if member.name == name:
+                return member
+        raise KeyError(name)
+
+
+# Allowed values and ranges, checked once for every field of the same name.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "best_metric": BEST_METRICS,
+    "mixed_precision": PRECISIONS, "method": VOTE_METHODS, "on_bad_rows": BAD_ROWS,
+    "init": ("pretrained", "scratch"), "arch": ARCHES, "size": SIZES,
+}
+# (low, high, low_inclusive): value must satisfy low </<= value <= high
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "lr": (0, 10, False), "batch_size": (1, 1 << 20, True), "eval_batch_size": (1, 1 << 20, True),
+    "epochs": (1, 10_000, True), "eps": (0, 1, False), "momentum": (0, 1, True),
+    "weight_decay": (0, 10, True), "warmup_ratio": (0, 1, True), "step_size": (1, 10_000, True),
+    "gamma": (0, 1, False), "max_length": (8, 8192, True), "max_grad_norm": (0, 1e6, True),
+    "grad_accum": (1, 1 << 16, True), "dropout": (0, 1, True), "trainable_layers": (0, 1000, True),
+    "patience": (1, 10_000, True), "valid_fraction": (0, 0.9, False), "split_seed": (0, 2**32 - 1, True),
+    "seed": (0, 2**32 - 1, True),
+}
+MEMBER_KEYS = ("name", "model", "init", "arch", "size")
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, scratch: str | None = None) -> Recipe:
+    """Read, override and validate a TOML recipe.
+
+    Args:
+        path: the recipe file; data paths inside it are relative to it.
+        overrides: ``--set`` items like ``"members.bert.lr=3e-5"`` or ``"data.train=x.csv"``;
+            values are TOML (``3e-5``, ``"x"``, ``[0.9, 0.98]``) or else a bare string; data
+            paths given here are relative to the current directory.
+        scratch: a size (e.g. ``"tiny"``) to turn every pretrained member into a scratch model of
+            the same architecture, so any recipe runs offline.
+
+    Example:
+        >>> recipe = load_recipe("recipes/demo.toml", ["defaults.epochs=1"])  # doctest: +SKIP
+        >>> [m.name for m in recipe.members]  # doctest: +SKIP
+        ['albert', 'electra', 'roberta', 'bert']
+    """
+    path = Path(path)
+    where = path.name
+    if not path.is_file():
+        raise EnsembleError(f"recipe: file not found: '{path}'")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise EnsembleError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise EnsembleError(f"{where}: TOML syntax error: {exc}") from None
+    for item in overrides or []:
+        _apply_override(raw, item)
+    recipe = _validate(raw, path.resolve().parent, where)
+    if scratch is not None:
+        recipe = to_scratch(recipe, scratch)
+    return recipe
+
+
+def to_scratch(recipe: Recipe, size: str) -> Recipe:
+    """Replace every pretrained member by a scratch model of the same architecture and `size`."""
+    if size not in SIZES:
+        raise EnsembleError(f"--scratch: must be one of {_set(SIZES)}; got '{size}'")
+    members = []
+    for m in recipe.members:
+        if m.init == "scratch":
+            members.append(replace(m, size=size))
+            continue
+        arch = infer_arch(m.model or "")
+        if arch is None:
+            raise EnsembleError(
+                f"--scratch: cannot tell the architecture of members[{m.name}].model = '{m.model}'; "
+                f"give it init = \"scratch\" and arch = one of {_set(ARCHES)}"
+            )
+        members.append(replace(m, init="scratch", arch=arch, size=size, model=None))
+    return replace(recipe, members=tuple(members))
+
+
+def infer_arch(model: str) -> str | None:
+    """The architecture of a hub id or local directory, from its config or, failing that, its name."""
+    config = Path(model) / "config.json"
+    if config.is_file():
+        import json
+
+        try:
+            model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type", "")
+        except (ValueError, OSError):
+            model_type = ""
+        if model_type in ARCHES:
+            return model_type
+    name = model.lower().rsplit("/", 1)[-1]
+    # roberta and albert contain "bert": test the longer names first
+    for arch in ("roberta", "albert", "electra", "bert"):
+        if arch in name:
+            return arch
+    return None
+
+
+# ---------------------------------------------------------------- overrides (--set)
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise EnsembleError(f"--set: expected KEY=VALUE (e.g. members.bert.lr=3e-5); got '{item}'")
+    value = _parse_value(text.strip())
+    parts = key.split(".")
+    if parts[0] == "data" and len(parts) == 2 and parts[1] in ("train", "valid", "test") and isinstance(value, str):
+        value = str(Path(value).resolve())  # typed on the command line: relative to where it was typed
+    if parts[0] == "members":
+        if len(parts) != 3:
+            raise EnsembleError(f"--set: member fields are set as members.NAME.FIELD; got '{key}'")
+        members = raw.get("members", [])
+        names = [m.get("name") for m in members if isinstance(m, dict)]
+        if parts[1] not in names:
+            raise EnsembleError(f"--set {key}: no member named '{parts[1]}'{_suggest(parts[1], names)}; members: {', '.join(map(str, names))}")
+        members[names.index(parts[1])][parts[2]] = value
+        return
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise EnsembleError(f"--set {key}: '{part}' is not a table")
+        node = child
+    node[parts[-1]] = value
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word such as cosine or data/train.csv
+
+
+# ---------------------------------------------------------------- validation
+
+def _validate(raw: dict, base: Path, where: str) -> Recipe:
+    _check_keys(raw, ("data", "defaults", "members", "vote"), "", where)
+    if "data" not in raw:
+        raise EnsembleError(f"{where}: missing [data] table (with at least train = \"path\")")
+    data = _build(DataConfig, _table(raw, "data", where), "data", where)
+    data = replace(data, **{k: _path(getattr(data, k), base) for k in ("train", "valid", "test")})
+    defaults = _build(TrainConfig, _table(raw, "defaults", where), "defaults", where)
+
+    raw_members = raw.get("members")
+    if not isinstance(raw_members, list) or not raw_members:
+        raise EnsembleError(f"{where}: no members; add at least one [[members]] table with a name")
+    members: list[MemberConfig] = []
+    for i, item in enumerate(raw_members):
+        if not isinstance(item, dict):
+            raise EnsembleError(f"{where}: members[{i}]: must be a table; got {item!r}")
+        members.append(_member(item, i, defaults, base, where))
+    names = [m.name for m in members]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise EnsembleError(f"{where}: members: duplicate name '{dupes[0]}'; every member needs its own name")
+
+    vote = _build(VoteConfig, _table(raw, "vote", where), "vote", where)
+    for name, weight in vote.weights.items():
+        if name not in names:
+            raise EnsembleError(f"{where}: vote.weights.{name}: no member named '{name}'{_suggest(name, names)}; members: {', '.join(names)}")
+        if not (math.isfinite(weight) and weight >= 0):
+            raise EnsembleError(f"{where}: vote.weights.{name}: must be a finite number >= 0; got {weight!r}")
+    if vote.weights and not any(vote.weights.get(n, 1.0) > 0 for n in names):
+        raise EnsembleError(f"{where}: vote.weights: at least one member needs a weight > 0")
+    return Recipe(path=base, data=data, defaults=defaults, members=tuple(members), vote=vote)
+
+
+def _member(item: dict, index: int, defaults: TrainConfig, base: Path, where: str) -> MemberConfig:
+    name = item.get("name")
+    label = f"members[{name}]" if isinstance(name, str) and name else f"members[{index}]"
+    allowed = MEMBER_KEYS + tuple(f.name for f in fields(TrainConfig))
+    _check_keys(item, allowed, label + ".", where)
+    if not isinstance(name, str) or not name.strip():
+        raise EnsembleError(f"{where}: {label}.name: every member needs a name (a non-empty string); got {name!r}")
+    if not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+        raise EnsembleError(f"{where}: {label}.name: use letters, digits, '-', '_' or '.' (it names a directory); got '{name}'")
+    own = {k: v for k, v in item.items() if k in MEMBER_KEYS}
+    train_raw = {k: v for k, v in item.items() if k not in MEMBER_KEYS}
+    train = _build(TrainConfig, {**dataclasses.asdict(defaults), **train_raw}, label, where)
+    member = _build(MemberConfig, {**own, "train": train}, label, where)
+    if member.init == "scratch":
+        if member.arch is None:
+            raise EnsembleError(f"{where}: {label}.arch: a scratch member needs arch = one of {_set(ARCHES)}")
+    elif not member.model:
+        raise EnsembleError(f"{where}: {label}.model: give a hub id or a local directory, or set init = \"scratch\" with an arch")
+    elif (base / member.model).is_dir():  # a local directory, relative to the recipe
+        member = replace(member, model=str((base / member.model).resolve()))
+    return member
+
+
+def _build(cls: type, values: dict, prefix: str, where: str):
+    """Type- and range-check `values` against the dataclass `cls` and construct it."""
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    _check_keys(values, tuple(known), prefix + ".", where)
+    kwargs = {}
+    for name, value in values.items():
+        path = f"{prefix}.{name}"
+        value = _coerce(value, hints[name], path, where)
+        if name in CHOICES and value is not None and value not in CHOICES[name]:
+            raise EnsembleError(f"{where}: {path}: must be one of {_set(CHOICES[name])}; got {value!r}{_suggest(str(value), CHOICES[name])}")
+        if name in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+            _check_range(value, RANGES[name], path, where)
+        kwargs[name] = value
+    missing = [f.name for f in fields(cls) if f.name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise EnsembleError(f"{where}: {prefix}.{missing[0]}: required field is missing")
+    obj = cls(**kwargs)
+    if isinstance(obj, TrainConfig):
+        _check_train(obj, prefix, where)
+    return obj
+
+
+def _check_train(cfg: TrainConfig, prefix: str, where: str) -> None:
+    if cfg.batch_size % cfg.grad_accum:
+        raise EnsembleError(
+            f"{where}: {prefix}.grad_accum: batch_size ({cfg.batch_size}) must be a multiple of grad_accum; got {cfg.grad_accum}"
+        )
+    if not all(0 <= b < 1 for b in cfg.betas):
+        raise EnsembleError(f"{where}: {prefix}.betas: both must be in [0, 1); got {list(cfg.betas)}")
+
+
+def _coerce(value: Any, hint: Any, path: str, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], path, where)
+    if hint is Path:
+        if isinstance(value, str) and value:
+            return Path(value)
+        raise _type_error(path, "a path (string)", value, where)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(path, "true or false", value, where)
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _type_error(path, "an integer", value, where)
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise _type_error(path, "a finite number", value, where)
+            return float(value)
+        raise _type_error(path, "a number", value, where)
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise _type_error(path, "a string", value, where)
+    if origin is tuple:
+        if isinstance(value, (list, tuple)) and len(value) == len(args):
+            return tuple(_coerce(v, a, f"{path}[{i}]", where) for i, (v, a) in enumerate(zip(value, args)))
+        raise _type_error(path, f"a list of {len(args)} numbers", value, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(path, "a table of member name = number", value, where)
+        return {str(k): _coerce(v, args[1], f"{path}.{k}", where) for k, v in value.items()}
+    if dataclasses.is_dataclass(hint) and isinstance(value, hint):
+        return value
+    raise _type_error(path, str(hint), value, where)  # pragma: no cover - schema bug
+
+
+def _check_range(value: float, bounds: tuple[float, float, bool], path: str, where: str) -> None:
+    low, high, inclusive = bounds
+    ok = (value >= low if inclusive else value > low) and value <= high
+    if not ok:
+        rule = f"{'>=' if inclusive else '>'} {low:g} and <= {high:g}"
+        raise EnsembleError(f"{where}: {path}: must be {rule}; got {value!r}")
+
+
+def _check_keys(table: dict, allowed: tuple[str, ...], prefix: str, where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise EnsembleError(f"{where}: {prefix}{key}: unknown key{_suggest(key, allowed)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _table(raw: dict, name: str, where: str) -> dict:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise EnsembleError(f"{where}: {name}: must be a table ([{name}]); got {value!r}")
+    return value
+
+
+def _path(value: Path | None, base: Path) -> Path | None:
+    return None if value is None else (base / value)
+
+
+def _type_error(path: str, expected: str, value: Any, where: str) -> EnsembleError:
+    return EnsembleError(f"{where}: {path}: must be {expected}; got {value!r} ({type(value).__name__})")
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _set(options) -> str:
+    return "{" + ", ".join(f"'{o}'" for o in options) + "}"
+
+
+def recipe_dict(obj: Any) -> Any:
+    """A JSON-ready copy of a recipe object (paths as strings), for the saved, resolved recipe."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: recipe_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (list, tuple)):
+        return [recipe_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: recipe_dict(v) for k, v in obj.items()}
+    return obj

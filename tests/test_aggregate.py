@@ -1,0 +1,497 @@
+"""Voting math: hand-computed cases, every validation error, dtypes, chunking, and properties
+checked against a plain Python-loop reference."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import math
+import re
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ensemble.aggregate import Vote, aggregate
+from ensemble.errors import EnsembleError
+
+# The package re-exports the function `aggregate`, which shadows the submodule attribute, so
+# `import ensemble.aggregate as m` would give the function; this always gives the module.
+aggregate_module = importlib.import_module("ensemble.aggregate")
+
+
+def from_probs(probs) -> np.ndarray:
+    """Logits whose softmax is ``probs``, so expected scores can be written as probabilities."""
+    return np.log(np.asarray(probs, dtype=np.float64)).astype(np.float32)
+
+
+# 3 members (A, B, C) x 4 rows x 3 classes, written as each member's probabilities.
+P = [
+    [[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.3, 0.5], [0.5, 0.3, 0.2]],  # A votes 0 1 2 0
+    [[0.6, 0.3, 0.1], [0.2, 0.2, 0.6], [0.1, 0.8, 0.1], [0.1, 0.2, 0.7]],  # B votes 0 2 1 2
+    [[0.2, 0.5, 0.3], [0.3, 0.5, 0.2], [0.1, 0.3, 0.6], [0.3, 0.3, 0.4]],  # C votes 1 1 2 2
+]
+LOGITS = from_probs(P)
+T = 1 / 3
+SOFT_MEAN = [  # column sums of P over members, divided by 3
+    [1.5 * T, 1.0 * T, 0.5 * T],
+    [0.6 * T, 1.3 * T, 1.1 * T],
+    [0.4 * T, 1.4 * T, 1.2 * T],
+    [0.9 * T, 0.8 * T, 1.3 * T],
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "weights", "labels", "scores", "agreement"),
+    [
+        # Mean probabilities; row 2 goes to 1 (B is very sure) although two members vote 2.
+        ("soft", None, [0, 1, 1, 2], SOFT_MEAN, [2 * T, 2 * T, T, 2 * T]),
+        # One vote each: row 2 now goes to 2.
+        ("hard", None, [0, 1, 2, 2],
+         [[2 * T, T, 0], [0, 2 * T, T], [0, T, 2 * T], [T, 0, 2 * T]], [2 * T] * 4),
+        # Weights 1:2:1 -> 0.25, 0.5, 0.25. Rows 1 and 2 tie 0.5/0.5 between classes 1 and 2;
+        # soft scores: row 1 class 1 = .25*.6 + .5*.2 + .25*.5 = .375 < class 2 = .425 -> 2,
+        #              row 2 class 1 = .25*.3 + .5*.8 + .25*.3 = .55 > class 2 = .325 -> 1.
+        ("hard", [1, 2, 1], [0, 2, 1, 2],
+         [[0.75, 0.25, 0], [0, 0.5, 0.5], [0, 0.5, 0.5], [0.25, 0, 0.75]], [0.75, 0.5, 0.5, 0.75]),
+        ("hard", [0.25, 0.5, 0.25], [0, 2, 1, 2],
+         [[0.75, 0.25, 0], [0, 0.5, 0.5], [0, 0.5, 0.5], [0.25, 0, 0.75]], [0.75, 0.5, 0.5, 0.75]),
+        ("soft", [1, 2, 1], [0, 2, 1, 2],
+         [[0.525, 0.325, 0.15], [0.2, 0.375, 0.425], [0.125, 0.55, 0.325], [0.25, 0.25, 0.5]],
+         [0.75, 0.5, 0.5, 0.75]),
+        # Only C counts: its votes win, and zero-weight dissenters do not lower agreement.
+        ("hard", [0, 0, 1], [1, 1, 2, 2],
+         [[0, 1, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]], [1.0] * 4),
+        ("soft", [5, 0, 0], [0, 1, 2, 0], P[0], [1.0] * 4),
+    ],
+)
+def test_hand_computed_vote(method, weights, labels, scores, agreement):
+    vote = aggregate(LOGITS, method, weights=weights)
+    assert vote.labels.tolist() == labels
+    np.testing.assert_allclose(vote.scores, scores, atol=1e-6)
+    np.testing.assert_allclose(vote.agreement, agreement, atol=1e-6)
+    expected_confidence = [scores[r][label] for r, label in enumerate(labels)]
+    np.testing.assert_allclose(vote.confidence, expected_confidence, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["soft", "hard"])
+def test_hand_computed_member_facts(method):
+    vote = aggregate(LOGITS, method, weights=[3, 1, 2], temperatures=[1, 1, 1])
+    assert vote.member_labels.tolist() == [[0, 1, 2, 0], [0, 2, 1, 2], [1, 1, 2, 2]]
+    np.testing.assert_allclose(
+        vote.member_confidence,
+        [[0.7, 0.6, 0.5, 0.5], [0.6, 0.6, 0.8, 0.7], [0.5, 0.5, 0.6, 0.4]],
+        atol=1e-6,
+    )
+    # A-B agree on row 0; A-C on rows 1 and 2; B-C on row 3.
+    assert vote.equal_counts.tolist() == [[4, 1, 2], [1, 4, 1], [2, 1, 4]]
+
+
+def test_output_types_and_shapes():
+    vote = aggregate(torch.from_numpy(LOGITS), "hard")
+    assert isinstance(vote, Vote)
+    expected = {
+        "labels": ((4,), np.int64),
+        "scores": ((4, 3), np.float32),
+        "confidence": ((4,), np.float32),
+        "agreement": ((4,), np.float32),
+        "member_labels": ((3, 4), np.int64),
+        "member_confidence": ((3, 4), np.float32),
+        "equal_counts": ((3, 3), np.int64),
+    }
+    for field, (shape, dtype) in expected.items():
+        value = getattr(vote, field)
+        assert isinstance(value, np.ndarray), field
+        assert (value.shape, value.dtype) == (shape, dtype), field
+
+
+def test_hard_tie_broken_by_soft_score():
+    # Two members split 0.5 / 0.5 between classes 0 and 2 on both rows.
+    logits = from_probs([
+        [[0.5, 0.2, 0.3], [0.1, 0.4, 0.5]],  # votes 0, 2
+        [[0.1, 0.3, 0.6], [0.8, 0.1, 0.1]],  # votes 2, 0
+    ])
+    vote = aggregate(logits, "hard")
+    # Row 0 soft: class 0 = (.5+.1)/2 = .30 < class 2 = (.3+.6)/2 = .45 -> 2 (the higher index).
+    # Row 1 soft: class 0 = (.1+.8)/2 = .45 > class 2 = (.5+.1)/2 = .30 -> 0.
+    assert vote.labels.tolist() == [2, 0]
+    np.testing.assert_allclose(vote.scores, [[0.5, 0, 0.5], [0.5, 0, 0.5]])
+    np.testing.assert_allclose(vote.agreement, [0.5, 0.5])
+    # Class 1 has the best soft score in neither row, and no votes: never a candidate.
+    assert aggregate(logits, "soft").labels.tolist() == [2, 0]
+
+
+@pytest.mark.parametrize("method", ["soft", "hard"])
+def test_tie_in_votes_and_soft_score_goes_to_lowest_index(method):
+    # Mirror-image members, each certain (a logit gap of 30 gives probability 1.0 in float32),
+    # so classes 1 and 2 tie exactly in votes (0.5 each) and in soft score (0.5 each).
+    logits = np.array([
+        [[0, 0, 30, 0], [0, 30, 0, 0]],
+        [[0, 30, 0, 0], [0, 0, 30, 0]],
+    ], dtype=np.float32)
+    vote = aggregate(logits, method)
+    assert vote.labels.tolist() == [1, 1]
+    assert vote.scores[:, 1].tolist() == vote.scores[:, 2].tolist() == [0.5, 0.5]
+    np.testing.assert_allclose(vote.agreement, [0.5, 0.5])
+
+
+def test_tie_inside_a_member_goes_to_lowest_index():
+    logits = np.array([[[1.0, 3.0, 3.0]], [[0.0, 0.0, 0.0]], [[2.0, 0.0, 2.0]]], dtype=np.float32)
+    vote = aggregate(logits, "hard")
+    assert vote.member_labels[:, 0].tolist() == [1, 0, 0]
+    assert vote.labels.tolist() == [0]
+    np.testing.assert_allclose(vote.scores, [[2 / 3, 1 / 3, 0]], atol=1e-6)
+    np.testing.assert_allclose(vote.member_confidence[:, 0], [0.46831, 1 / 3, 0.46831], atol=1e-5)
+
+
+def test_temperatures_change_a_soft_decision():
+    # A is sure of class 0 (logit gap 2), B less sure of class 1 (gap 1). With two classes the
+    # probability of the first is sigmoid(gap): sigmoid(2) = .880797, sigmoid(-1) = .268941.
+    logits = np.array([[[2.0, 0.0]], [[0.0, 1.0]]], dtype=np.float32)
+    plain = aggregate(logits, "soft")
+    assert plain.labels.tolist() == [0]
+    np.testing.assert_allclose(plain.scores, [[0.574869, 0.425131]], atol=1e-6)
+    # Cooling A by T = 4 leaves gap 0.5: sigmoid(.5) = .622459, mean (.622459+.268941)/2 = .4457.
+    cooled = aggregate(logits, "soft", temperatures=[4.0, 1.0])
+    assert cooled.labels.tolist() == [1]
+    np.testing.assert_allclose(cooled.scores, [[0.445700, 0.554300]], atol=1e-6)
+    np.testing.assert_allclose(cooled.member_confidence[:, 0], [0.622459, 0.731059], atol=1e-6)
+    assert cooled.member_labels.tolist() == plain.member_labels.tolist() == [[0], [1]]
+    # A hard vote without ties ignores temperatures: the argmax does not move.
+    np.testing.assert_array_equal(
+        aggregate(LOGITS, "hard", temperatures=[0.1, 5, 2]).labels, aggregate(LOGITS, "hard").labels
+    )
+
+
+def test_no_rows():
+    vote = aggregate(np.zeros((2, 0, 3), dtype=np.float32), "hard")
+    assert vote.labels.shape == (0,) and vote.scores.shape == (0, 3)
+    assert vote.member_labels.shape == (2, 0)
+    assert vote.equal_counts.tolist() == [[0, 0], [0, 0]]
+
+
+def test_single_member_single_class():
+    vote = aggregate(np.array([[[0.3], [-2.0]]]), "soft")
+    assert vote.labels.tolist() == [0, 0]
+    np.testing.assert_array_equal(vote.scores, [[1.0], [1.0]])
+    np.testing.assert_array_equal(vote.agreement, [1.0, 1.0])
+    assert vote.equal_counts.tolist() == [[2]]
+
+
+# ----------------------------------------------------------------------------- validation
+
+GOOD = np.zeros((3, 2, 4), dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "x"}, "the 'method' parameter must be one of {'hard', 'soft'}; got 'x'"),
+        ({"method": "Soft"}, "the 'method' parameter must be one of {'hard', 'soft'}; got 'Soft'"),
+        ({"logits": np.zeros((4, 3))},
+         "the 'logits' parameter must have shape (members, rows, classes); got shape (4, 3)"),
+        ({"logits": torch.zeros(1, 2, 3, 4)},
+         "the 'logits' parameter must have shape (members, rows, classes); got shape (1, 2, 3, 4)"),
+        ({"logits": np.zeros((0, 2, 3))},
+         "the 'logits' parameter needs at least one member and one class; got shape (0, 2, 3)"),
+        ({"logits": np.zeros((2, 2, 0))},
+         "the 'logits' parameter needs at least one member and one class; got shape (2, 2, 0)"),
+        ({"logits": np.array([[["a"]]])}, "the 'logits' parameter must hold real numbers; got <U1"),
+        ({"logits": torch.zeros(1, 1, 2, dtype=torch.complex64)},
+         "the 'logits' parameter must hold real numbers; got torch.complex64"),
+        ({"weights": [1, 1]}, "the 'weights' parameter must have one entry per member (3); got 2 entries"),
+        ({"weights": [[1, 1, 1]]},
+         "the 'weights' parameter must have one entry per member (3); got shape (1, 3)"),
+        ({"weights": 1.0}, "the 'weights' parameter must have one entry per member (3); got shape ()"),
+        ({"weights": ["a", "b", "c"]},
+         "the 'weights' parameter must be a sequence of numbers; got ['a', 'b', 'c']"),
+        ({"weights": [1, -1, 1]}, "the 'weights' parameter must be non-negative; got [1.0, -1.0, 1.0]"),
+        ({"weights": [0, 0, 0]}, "the 'weights' parameter must not be all zero; got [0.0, 0.0, 0.0]"),
+        ({"weights": [1, float("nan"), 1]}, "the 'weights' parameter must be finite; got [1.0, nan, 1.0]"),
+        ({"weights": [1, float("inf"), 1]}, "the 'weights' parameter must be finite; got [1.0, inf, 1.0]"),
+        ({"temperatures": [1, 1, 1, 1]},
+         "the 'temperatures' parameter must have one entry per member (3); got 4 entries"),
+        ({"temperatures": [1, 0, 1]},
+         "the 'temperatures' parameter must be positive and finite; got [1.0, 0.0, 1.0]"),
+        ({"temperatures": [1, -2, 1]},
+         "the 'temperatures' parameter must be positive and finite; got [1.0, -2.0, 1.0]"),
+        ({"temperatures": [1, float("inf"), 1]},
+         "the 'temperatures' parameter must be positive and finite; got [1.0, inf, 1.0]"),
+        ({"temperatures": [1, float("nan"), 1]},
+         "the 'temperatures' parameter must be positive and finite; got [1.0, nan, 1.0]"),
+    ],
+)
+def test_validation_errors(kwargs, message):
+    arguments = {"logits": GOOD, "method": "soft", **kwargs}
+    with pytest.raises(EnsembleError, match=f"^{re.escape(message)}$"):
+        aggregate(**arguments)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_logits_name_member_and_row(monkeypatch, bad):
+    # A tiny chunk, so the reported row is the global row, not the row within the chunk.
+    monkeypatch.setattr(aggregate_module, "_CHUNK_ELEMENTS", 4)
+    logits = np.zeros((3, 5, 4), dtype=np.float32)
+    logits[1, 3, 2] = bad
+    message = "the 'logits' parameter must be finite; got NaN or infinity at member 1, row 3"
+    with pytest.raises(EnsembleError, match=f"^{re.escape(message)}$"):
+        aggregate(torch.from_numpy(logits), "hard")
+
+
+# ----------------------------------------------------------------------------- dtypes, inputs
+
+
+def random_logits(seed: int, shape=(3, 40, 5), scale: float = 3.0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
+
+
+def assert_same_vote(a: Vote, b: Vote) -> None:
+    for field in Vote.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+
+
+@pytest.mark.parametrize("method", ["soft", "hard"])
+def test_bf16_matches_fp32(method):
+    x = torch.from_numpy(random_logits(0))
+    x_bf16 = x.bfloat16()
+    vote_bf16 = aggregate(x_bf16, method, weights=[1, 2, 3], temperatures=[0.5, 1, 2])
+    # Computation is float32: bf16 input is exactly its float32 widening...
+    widened = aggregate(x_bf16.float(), method, weights=[1, 2, 3], temperatures=[0.5, 1, 2])
+    assert_same_vote(vote_bf16, widened)
+    # ...and close to the unrounded fp32 logits (bf16 keeps ~3 significant digits).
+    vote_fp32 = aggregate(x, method, weights=[1, 2, 3], temperatures=[0.5, 1, 2])
+    np.testing.assert_allclose(vote_bf16.scores, vote_fp32.scores, atol=0.03)
+    np.testing.assert_allclose(vote_bf16.member_confidence, vote_fp32.member_confidence, atol=0.03)
+    if method == "soft":
+        # Labels may only differ where the fp32 decision is a near-tie.
+        top2 = np.sort(vote_fp32.scores, axis=1)[:, -2:]
+        clear = (top2[:, 1] - top2[:, 0]) > 0.05
+        np.testing.assert_array_equal(vote_bf16.labels[clear], vote_fp32.labels[clear])
+
+
+@pytest.mark.parametrize("method", ["soft", "hard"])
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda x: x,
+        lambda x: x.astype(np.float64),
+        lambda x: x.astype(np.float16),
+        lambda x: torch.from_numpy(x),
+        lambda x: torch.from_numpy(x).half(),
+        lambda x: torch.from_numpy(x).bfloat16(),
+        lambda x: torch.from_numpy(x).double(),
+        lambda x: x.tolist(),
+        lambda x: np.asfortranarray(x),
+        lambda x: np.flip(np.flip(x, 1).copy(), 1),
+    ],
+    ids=["np32", "np64", "np16", "t32", "t16", "bf16", "t64", "list", "fortran", "strided"],
+)
+def test_input_types_agree_on_exactly_representable_logits(method, convert):
+    # Small multiples of 1/4 are exact in every float type, so every input gives the same vote.
+    x = np.round(random_logits(1) * 4) / 4
+    expected = aggregate(x, method, weights=[2, 1, 1])
+    assert_same_vote(aggregate(convert(x), method, weights=[2, 1, 1]), expected)
+
+
+@pytest.mark.parametrize("method", ["soft", "hard"])
+@pytest.mark.parametrize("chunk_elements", [1, 5 * 3, 5 * 3 * 7, 5 * 3 * 40, 1 << 24])
+def test_chunking_gives_identical_results(monkeypatch, method, chunk_elements):
+    x = torch.from_numpy(np.round(random_logits(2) * 2) / 2)  # coarse values -> many ties
+    whole = aggregate(x, method, weights=[1, 1, 2], temperatures=[1, 2, 0.5])
+    monkeypatch.setattr(aggregate_module, "_CHUNK_ELEMENTS", chunk_elements)
+    chunked = aggregate(x, method, weights=[1, 1, 2], temperatures=[1, 2, 0.5])
+    assert_same_vote(chunked, whole)
+    assert chunked.equal_counts.trace() == 3 * 40
+
+
+def test_gradients_do_not_matter():
+    x = torch.from_numpy(random_logits(3)).requires_grad_(True)
+    assert_same_vote(aggregate(x, "soft"), aggregate(x.detach(), "soft"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["soft", "hard"])
+def test_cuda_input_matches_cpu(method):
+    x = torch.from_numpy(np.round(random_logits(4) * 4) / 4)
+    on_gpu = aggregate(x.cuda(), method, weights=[1, 2, 1])
+    on_cpu = aggregate(x, method, weights=[1, 2, 1])
+    np.testing.assert_array_equal(on_gpu.member_labels, on_cpu.member_labels)
+    np.testing.assert_array_equal(on_gpu.equal_counts, on_cpu.equal_counts)
+    np.testing.assert_allclose(on_gpu.scores, on_cpu.scores, atol=1e-6)
+
+
+def test_docstring_examples():
+    assert doctest.testmod(aggregate_module).failed == 0
+
+
+# ----------------------------------------------------------------------------- properties
+
+SHARE_TOL = 1e-9  # the same tolerance for "equal weight share" that aggregate documents
+SOFT_TOL = 1e-5  # float32 soft scores vs this float64 reference: closer than this is a near-tie
+
+
+def reference_vote(x: np.ndarray, method: str, weights, temperatures) -> dict:
+    """The voting rules written as plain loops over members, rows and classes, in float64.
+
+    ``allowed[r]`` is the set of labels the rules permit for row r: one label, unless the
+    deciding soft scores are within float32 noise of each other, in which case any of them.
+    """
+    members, rows, classes = x.shape
+    w = [1.0] * members if weights is None else [float(v) for v in weights]
+    w = [v / sum(w) for v in w]
+    t = [1.0] * members if temperatures is None else [float(v) for v in temperatures]
+    member_labels = [[0] * rows for _ in range(members)]
+    probs = [[[0.0] * classes for _ in range(rows)] for _ in range(members)]
+    for m in range(members):
+        for r in range(rows):
+            row = [float(v) for v in x[m, r]]
+            best = 0
+            for c in range(classes):
+                if row[c] > row[best]:  # strictly greater: the first maximum wins
+                    best = c
+            member_labels[m][r] = best
+            top = max(v / t[m] for v in row)
+            exps = [math.exp(v / t[m] - top) for v in row]
+            probs[m][r] = [e / sum(exps) for e in exps]
+    soft = [[sum(w[m] * probs[m][r][c] for m in range(members)) for c in range(classes)]
+            for r in range(rows)]
+    shares = [[sum(w[m] for m in range(members) if member_labels[m][r] == c) for c in range(classes)]
+              for r in range(rows)]
+    allowed = []
+    for r in range(rows):
+        if method == "soft":
+            candidates = list(range(classes))
+        else:
+            most = max(shares[r])
+            candidates = [c for c in range(classes) if shares[r][c] >= most - SHARE_TOL]
+        best_soft = max(soft[r][c] for c in candidates)
+        allowed.append({c for c in candidates if soft[r][c] >= best_soft - SOFT_TOL})
+    return {"member_labels": member_labels, "probs": probs, "soft": soft, "shares": shares,
+            "weights": w, "allowed": allowed}
+
+
+@st.composite
+def vote_inputs(draw):
+    members = draw(st.integers(1, 4))
+    rows = draw(st.integers(0, 6))
+    classes = draw(st.integers(1, 5))
+    # Mostly a few coarse values, so ties inside members and between classes are common.
+    value = st.one_of(
+        st.sampled_from([-2.0, -1.0, 0.0, 0.5, 1.0, 3.0]),
+        st.floats(-20, 20, allow_nan=False, width=32),
+    )
+    flat = draw(st.lists(value, min_size=members * rows * classes, max_size=members * rows * classes))
+    x = np.array(flat, dtype=np.float32).reshape(members, rows, classes)
+    weights = draw(st.one_of(
+        st.none(),
+        st.lists(st.integers(0, 3), min_size=members, max_size=members).filter(any),
+        st.lists(st.floats(0.01, 10.0), min_size=members, max_size=members),
+    ))
+    temperatures = draw(st.one_of(
+        st.none(), st.lists(st.floats(0.25, 4.0), min_size=members, max_size=members)
+    ))
+    dtype = draw(st.sampled_from(["fp32", "bf16", "np32", "np64"]))
+    method = draw(st.sampled_from(["soft", "hard"]))
+    chunk_elements = draw(st.sampled_from([1, 7, 1 << 24]))
+    return x, weights, temperatures, dtype, method, chunk_elements
+
+
+def as_input(x: np.ndarray, dtype: str):
+    """The input as the given type, and the float32 values aggregate will actually see."""
+    if dtype == "bf16":
+        tensor = torch.from_numpy(x).bfloat16()
+        return tensor, tensor.float().numpy()
+    return {"fp32": torch.from_numpy(x), "np32": x, "np64": x.astype(np.float64)}[dtype], x
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(vote_inputs())
+def test_matches_loop_reference(case):
+    x, weights, temperatures, dtype, method, chunk_elements = case
+    logits, seen = as_input(x, dtype)
+    with mock.patch.object(aggregate_module, "_CHUNK_ELEMENTS", chunk_elements):
+        vote = aggregate(logits, method, weights=weights, temperatures=temperatures)
+    ref = reference_vote(seen, method, weights, temperatures)
+    members, rows, classes = x.shape
+
+    assert vote.member_labels.tolist() == ref["member_labels"]
+    for r in range(rows):
+        label = int(vote.labels[r])
+        assert label in ref["allowed"][r]
+        if len(ref["allowed"][r]) == 1:
+            assert {label} == ref["allowed"][r]
+        expected_scores = ref["soft"][r] if method == "soft" else ref["shares"][r]
+        np.testing.assert_allclose(vote.scores[r], expected_scores, atol=1e-5)
+        assert vote.confidence[r] == vote.scores[r, label]
+        agreeing = sum(ref["weights"][m] for m in range(members) if ref["member_labels"][m][r] == label)
+        assert vote.agreement[r] == pytest.approx(agreeing, abs=1e-6)
+        for m in range(members):
+            own = ref["member_labels"][m][r]
+            assert vote.member_confidence[m, r] == pytest.approx(ref["probs"][m][r][own], abs=1e-5)
+    if rows:
+        np.testing.assert_allclose(vote.scores.sum(axis=1), 1.0, atol=1e-5)
+    equal = [[sum(ref["member_labels"][i][r] == ref["member_labels"][j][r] for r in range(rows))
+              for j in range(members)] for i in range(members)]
+    assert vote.equal_counts.tolist() == equal
+
+
+@settings(max_examples=60, deadline=None)
+@given(vote_inputs(), st.data())
+def test_duplicate_class_never_wins_over_its_lower_twin(case, data):
+    """Classes i < j with identical logits in every member tie exactly; j must never win."""
+    x, weights, temperatures, dtype, method, _ = case
+    classes = x.shape[2]
+    if classes < 2:
+        return
+    i = data.draw(st.integers(0, classes - 2))
+    j = data.draw(st.integers(i + 1, classes - 1))
+    x = x.copy()
+    x[:, :, j] = x[:, :, i]
+    logits, _ = as_input(x, dtype)
+    vote = aggregate(logits, method, weights=weights, temperatures=temperatures)
+    assert not (vote.labels == j).any()
+    assert not (vote.member_labels == j).any()
+
+
+@pytest.mark.parametrize("method", ["soft", "hard"])
+@pytest.mark.parametrize(
+    ("members", "rows", "classes", "i", "j"), [(5, 4, 21, 0, 20), (5, 108, 34, 5, 32), (3, 50, 129, 7, 128)]
+)
+def test_duplicate_class_ties_exactly_with_many_classes(method, members, rows, classes, i, j):
+    # Regression: a `.sum(dim=0)` over members rounded SIMD lanes and the scalar tail
+    # differently, so with a few dozen classes identical columns could differ by one ulp.
+    rng = np.random.default_rng(classes)
+    x = (rng.standard_normal((members, rows, classes)) * 3).astype(np.float32)
+    x[:, :, i] += 4  # make the twins the favourites, so the tie actually decides rows
+    x[:, :, j] = x[:, :, i]
+    weights, temperatures = rng.random(members) + 0.1, rng.random(members) + 0.5
+    vote = aggregate(x, method, weights=weights, temperatures=temperatures)
+    if method == "soft":
+        np.testing.assert_array_equal(vote.scores[:, i], vote.scores[:, j])
+    assert not (vote.member_labels == j).any()
+    assert (vote.labels == i).any() and not (vote.labels == j).any()
+
+
+@settings(max_examples=40, deadline=None)
+@given(vote_inputs())
+def test_scaling_weights_by_a_power_of_two_changes_nothing(case):
+    x, weights, temperatures, dtype, method, _ = case
+    if weights is None:
+        return
+    logits, _ = as_input(x, dtype)
+    assert_same_vote(
+        aggregate(logits, method, weights=weights, temperatures=temperatures),
+        aggregate(logits, method, weights=[4 * w for w in weights], temperatures=temperatures),
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(vote_inputs())
+def test_hard_agreement_is_confidence(case):
+    x, weights, temperatures, dtype, _, _ = case
+    logits, _ = as_input(x, dtype)
+    vote = aggregate(logits, "hard", weights=weights, temperatures=temperatures)
+    np.testing.assert_array_equal(vote.agreement, vote.confidence)

@@ -1,0 +1,449 @@
+"""Tests for ensemble.data: every format, every user error, splitting, and the real datasets' dirty spots."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ensemble.data import (
+    TextDataset,
+    check_known_labels,
+    load_table,
+    normalize_label,
+    sorted_labels,
+    stratified_split,
+)
+from ensemble.errors import EnsembleError
+
+ROWS = [("good film", "a pair", "1"), ("bad film", "b pair", "0"), ("fine film", "c pair", "2")]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+def write_comma_csv(tmp: Path) -> Path:
+    body = "".join(f'{t},"{p}",{lab}\n' for t, p, lab in ROWS)
+    return write(tmp / "d.csv", "text,pair,label\n" + body)
+
+
+def write_tsv(tmp: Path) -> Path:
+    return write(tmp / "d.tsv", "text\tpair\tlabel\n" + "".join(f"{t}\t{p}\t{lab}\n" for t, p, lab in ROWS))
+
+
+def write_tab_csv(tmp: Path) -> Path:
+    # cs224n layout: named .csv, tab-separated, unnamed index column first.
+    body = "".join(f"{i}\t{t}\t{p}\t{lab}\n" for i, (t, p, lab) in enumerate(ROWS))
+    return write(tmp / "d.csv", "\ttext\tpair\tlabel\n" + body)
+
+
+def write_jsonl(tmp: Path) -> Path:
+    lines = [json.dumps({"text": t, "pair": p, "label": int(lab)}) for t, p, lab in ROWS]
+    return write(tmp / "d.jsonl", "\n".join(lines) + "\n\n")
+
+
+def write_npz(tmp: Path) -> Path:
+    path = tmp / "d.npz"
+    cols = list(zip(*ROWS))
+    texts, pairs, labels = (np.array(c, dtype=str) for c in cols)
+    np.savez(path, text=texts, pair=pairs, label=labels.astype(int))
+    return path
+
+
+@pytest.mark.parametrize("writer", [write_comma_csv, write_tsv, write_tab_csv, write_jsonl, write_npz])
+def test_every_format_loads_the_same_rows(tmp_path: Path, writer: Callable[[Path], Path]) -> None:
+    path = writer(tmp_path)
+    ds = load_table(path, text="text", text_pair="pair", label="label")
+    assert ds.texts == [r[0] for r in ROWS]
+    assert ds.pairs == [r[1] for r in ROWS]
+    assert ds.labels == [r[2] for r in ROWS]
+    assert ds.path == str(path) and ds.skipped == 0 and len(ds) == 3
+
+
+def test_comma_csv_quoted_field_spans_lines_and_later_line_numbers_stay_right(tmp_path: Path) -> None:
+    path = write(tmp_path / "q.csv", 'text,label\n"one, with comma",a\n"two\nlines",b\n,c\n')
+    with pytest.raises(EnsembleError, match=r"line 5 of .* has an empty text in column 'text'"):
+        load_table(path)
+    ds = load_table(path, on_bad_rows="skip")
+    assert ds.texts == ["one, with comma", "two\nlines"] and ds.skipped == 1
+
+
+def test_comma_csv_unclosed_quote_is_a_one_line_error(tmp_path: Path) -> None:
+    path = write(tmp_path / "q.csv", 'text,label\nok,a\n"never closed,b\n')
+    with pytest.raises(EnsembleError, match=r"^data: line \d+ of .*q\.csv' is not valid CSV"):
+        load_table(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(EnsembleError, match=r"^data\.train: file not found: '.*nope\.csv'"):
+        load_table(tmp_path / "nope.csv", field="data.train")
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    with pytest.raises(EnsembleError, match="is a directory"):
+        load_table(tmp_path)
+
+
+def test_unknown_extension_lists_allowed_ones(tmp_path: Path) -> None:
+    path = write(tmp_path / "d.xlsx", "text,label\na,1\n")
+    allowed = r"unknown extension '\.xlsx'; use one of \.csv, \.tsv, \.jsonl, \.npz, \.parquet"
+    with pytest.raises(EnsembleError, match=allowed):
+        load_table(path)
+
+
+@pytest.mark.parametrize("name", ["e.csv", "e.tsv", "e.jsonl"])
+@pytest.mark.parametrize("content", [b"", b"\n \n", b"\xef\xbb\xbf"])
+def test_empty_file(tmp_path: Path, name: str, content: bytes) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(EnsembleError, match=r"data\.valid: '.*' is empty"):
+        load_table(path, field="data.valid")
+
+
+def test_header_only(tmp_path: Path) -> None:
+    path = write(tmp_path / "h.csv", "text,label\n")
+    with pytest.raises(EnsembleError, match="has column names but no data rows"):
+        load_table(path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "missing", "key"),
+    [
+        ({"text": "text"}, "text", "data.text"),
+        ({"text": "sentence", "text_pair": "second"}, "second", "data.text_pair"),
+        ({"text": "sentence", "label": "label"}, "label", "data.label"),
+    ],
+)
+def test_missing_column_lists_found_columns_and_recipe_key(
+    tmp_path: Path, kwargs: dict, missing: str, key: str
+) -> None:
+    path = write(tmp_path / "x.csv", "\tid\tsentence\tsentiment\n0\ta\thello\t1\n")
+    expected = (
+        f"data.train: column '{missing}' not found in '{path}'; "
+        f"columns found: id, sentence, sentiment (set {key} to one of them)"
+    )
+    with pytest.raises(EnsembleError) as info:
+        load_table(path, field="data.train", **kwargs)
+    assert str(info.value) == expected
+
+
+def test_duplicate_column_name_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path / "d.csv", "text,text,label\na,b,1\n")
+    with pytest.raises(EnsembleError, match="column 'text' appears 2 times"):
+        load_table(path)
+
+
+def test_non_utf8_names_line_and_says_save_as_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin.csv"
+    path.write_bytes(b"text,label\nfine,1\ncaf\xe9,0\n")
+    expected = r"^data: line 3 of '.*latin\.csv' is not valid UTF-8 .*save the file as UTF-8"
+    with pytest.raises(EnsembleError, match=expected):
+        load_table(path)
+
+
+def test_bom_is_stripped_from_first_header(tmp_path: Path) -> None:
+    path = tmp_path / "bom.tsv"
+    path.write_bytes(b"\xef\xbb\xbfQuality\t#1 String\t#2 String\n1\tfirst\tsecond\n")
+    ds = load_table(path, text="#1 String", text_pair="#2 String", label="Quality")
+    assert (ds.texts, ds.pairs, ds.labels) == (["first"], ["second"], ["1"])
+
+
+def test_quotes_in_tsv_stay_literal_and_do_not_merge_rows(tmp_path: Path) -> None:
+    rows = '0\ta\t" it opens a quote\t1\n1\tb\tsays "hi\t0\n2\tc\t""x""\t1\n'
+    path = write(tmp_path / "q.csv", "\tid\tsentence\tsentiment\n" + rows)
+    ds = load_table(path, text="sentence", label="sentiment")
+    assert ds.texts == ['" it opens a quote', 'says "hi', '""x""']
+    assert ds.labels == ["1", "0", "1"]
+
+
+def test_texts_and_headers_are_stripped(tmp_path: Path) -> None:
+    path = write(tmp_path / "s.tsv", " text \t label\n  leading space\t 1 \n")
+    ds = load_table(path)
+    assert ds.texts == ["leading space"] and ds.labels == ["1"]
+
+
+@pytest.mark.parametrize(
+    ("content", "kwargs", "message"),
+    [
+        ("text\tlabel\na\t1\n   \t0\nc\t1\n", {}, "line 3 of '{p}' has an empty text in column 'text'"),
+        (
+            "text\tpair\tlabel\na\tb\t1\nc\t\t0\n",
+            {"text_pair": "pair"},
+            "line 3 of '{p}' has an empty text in column 'pair'",
+        ),
+        ("text\tlabel\na\t1\nb\t\n", {}, "line 3 of '{p}' has an empty label in column 'label'"),
+        ("text\tlabel\na\t1\nb\tnan\n", {}, "line 3 of '{p}' has an empty label in column 'label'"),
+        ("text\tlabel\na\t1\nb\n", {}, "line 3 of '{p}' has 1 fields but the header has 2"),
+        ("text\tlabel\na\t1\nb\t0\textra\n", {}, "line 3 of '{p}' has 3 fields but the header has 2"),
+    ],
+)
+def test_bad_row_errors_on_first_and_skip_counts(tmp_path: Path, content: str, kwargs: dict, message: str) -> None:
+    path = write(tmp_path / "bad.tsv", content)
+    expected = f"data.train: {message.format(p=path)}; fix the row or set data.on_bad_rows = \"skip\""
+    with pytest.raises(EnsembleError) as info:
+        load_table(path, field="data.train", **kwargs)
+    assert str(info.value) == expected
+    ds = load_table(path, on_bad_rows="skip", **kwargs)
+    assert ds.skipped == 1 and len(ds) == content.count("\n") - 2
+
+
+def test_blank_lines_and_trailing_empty_fields_are_not_bad_rows(tmp_path: Path) -> None:
+    path = write(tmp_path / "b.tsv", "text\tlabel\na\t1\t\n\nb\t0\n\n")
+    ds = load_table(path)
+    assert ds.texts == ["a", "b"] and ds.skipped == 0
+
+
+def test_all_rows_bad_under_skip_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path / "b.tsv", "text\tlabel\na\t\nb\t\n")
+    with pytest.raises(EnsembleError, match="all 2 rows .* are bad"):
+        load_table(path, on_bad_rows="skip")
+
+
+@pytest.mark.parametrize("mode", ["x", "ignore", ""])
+def test_bad_on_bad_rows_value(tmp_path: Path, mode: str) -> None:
+    path = write_tsv(tmp_path)
+    with pytest.raises(EnsembleError) as info:
+        load_table(path, on_bad_rows=mode)
+    assert str(info.value) == f"the 'on_bad_rows' parameter must be one of {{'error', 'skip'}}; got {mode!r}"
+
+
+def test_float_and_mixed_labels_become_strings(tmp_path: Path) -> None:
+    path = write(tmp_path / "f.csv", "text,label\na,1.0\nb,0.0\nc,positive\nd,2.5\ne,3\n")
+    assert load_table(path).labels == ["1", "0", "positive", "2.5", "3"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "content"),
+    [
+        ({"label": None}, "text,label\na,1\n"),
+        ({"require_label": False}, "text,id\na,1\n"),
+        ({"require_label": False}, "text,label\na,\nb,\n"),  # a blank label column means unlabelled
+    ],
+)
+def test_unlabelled_data(tmp_path: Path, kwargs: dict, content: str) -> None:
+    ds = load_table(write(tmp_path / "u.csv", content), **kwargs)
+    assert ds.labels is None and ds.texts[0] == "a"
+
+
+def test_optional_label_is_read_when_present(tmp_path: Path) -> None:
+    ds = load_table(write(tmp_path / "u.csv", "text,label\na,1\n"), require_label=False)
+    assert ds.labels == ["1"]
+
+
+def test_required_label_column_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(EnsembleError, match=r"column 'label' not found .*\(set data\.label"):
+        load_table(write(tmp_path / "u.csv", "text,id\na,1\n"))
+
+
+def test_npz_float_labels_and_numeric_texts(tmp_path: Path) -> None:
+    path = tmp_path / "f.npz"
+    np.savez(path, text=np.array([10, 20]), label=np.array([1.0, 0.0]))
+    ds = load_table(path)
+    assert ds.texts == ["10", "20"] and ds.labels == ["1", "0"]
+
+
+def test_npz_object_array_is_refused_with_how_to_fix(tmp_path: Path) -> None:
+    path = tmp_path / "o.npz"
+    np.savez(path, text=np.array(["a", None], dtype=object), label=np.array([1, 0]))
+    with pytest.raises(EnsembleError, match=r"array 'text' .* object array.*np\.array\(texts, dtype=str\)"):
+        load_table(path)
+
+
+def test_npz_unused_object_array_is_harmless(tmp_path: Path) -> None:
+    path = tmp_path / "o.npz"
+    np.savez(path, text=np.array(["a"]), label=np.array([1]), meta=np.array([{"k": 1}], dtype=object))
+    assert load_table(path).texts == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"text": np.array([["a", "b"]]), "label": np.array([1])}, r"has shape \(1, 2\)"),
+        ({"text": np.array(["a", "b"]), "label": np.array([1])}, r"different lengths \(text=2, label=1\)"),
+    ],
+)
+def test_npz_shape_errors(tmp_path: Path, arrays: dict, message: str) -> None:
+    path = tmp_path / "s.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(EnsembleError, match=message):
+        load_table(path)
+
+
+def test_npz_that_is_not_an_archive(tmp_path: Path) -> None:
+    path = write(tmp_path / "x.npz", "text,label\na,1\n")
+    with pytest.raises(EnsembleError, match=r"not a valid \.npz archive"):
+        load_table(path)
+
+
+def test_jsonl_bad_lines(tmp_path: Path) -> None:
+    lines = ['{"text": "a", "label": 1}', "{not json", "[1, 2]", '{"text": "b"}', '{"text": "c", "label": "x"}']
+    path = write(tmp_path / "j.jsonl", "\n".join(lines) + "\n")
+    with pytest.raises(EnsembleError, match=r"line 2 of .* is not a JSON object"):
+        load_table(path)
+    ds = load_table(path, on_bad_rows="skip")
+    assert ds.texts == ["a", "c"] and ds.labels == ["1", "x"] and ds.skipped == 3
+    missing = write(tmp_path / "k.jsonl", '{"text": "a", "label": 1}\n\n{"text": "b"}\n')
+    with pytest.raises(EnsembleError, match=r"line 3 of .* has no field 'label'"):
+        load_table(missing)
+
+
+def test_parquet_needs_pyarrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # makes `import pyarrow` fail even where installed
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    path = write(tmp_path / "d.parquet", "x")
+    with pytest.raises(EnsembleError, match=r"needs pyarrow; pip install pyarrow.*convert the file to \.csv"):
+        load_table(path)
+
+
+def test_parquet_round_trip(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": [" a", "b"], "label": [1.0, 0.0]}), path)
+    ds = load_table(path)
+    assert ds.texts == ["a", "b"] and ds.labels == ["1", "0"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1.0", "1"), (4.0, "4"), (3, "3"), ("3", "3"), (np.int64(2), "2"), (np.float32(1.0), "1"),
+        (" pos ", "pos"), ("2.5", "2.5"), ("0.50", "0.5"), ("-1", "-1"),
+        ("12345678901234567890", "12345678901234567890"),
+        ("", None), ("  ", None), ("nan", None), ("NaN", None), (float("nan"), None), (None, None),
+    ],
+)
+def test_normalize_label(value: object, expected: str | None) -> None:
+    assert normalize_label(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        (["10", "2", "1", "2"], ["1", "2", "10"]),
+        (["0.5", "-1", "3"], ["-1", "0.5", "3"]),
+        (["pos", "neg", "neutral"], ["neg", "neutral", "pos"]),
+        (["10", "2", "x"], ["10", "2", "x"]),  # mixed: plain text order
+        ([], []),
+    ],
+)
+def test_sorted_labels(labels: list[str], expected: list[str]) -> None:
+    assert sorted_labels(labels) == expected
+
+
+def make_ds(labels: list[str]) -> TextDataset:
+    return TextDataset(texts=[f"t{i}" for i in range(len(labels))], pairs=None, labels=labels, path="mem.csv")
+
+
+def test_stratified_split_keeps_proportions_order_and_is_reproducible() -> None:
+    ds = make_ds(["a"] * 80 + ["b"] * 20)
+    train, valid = stratified_split(ds, 0.2, seed=7)
+    assert len(train) == 80 and len(valid) == 20
+    assert Counter(valid.labels) == {"a": 16, "b": 4}
+    for part in (train, valid):
+        numbers = [int(t[1:]) for t in part.texts]
+        assert numbers == sorted(numbers) and part.path == "mem.csv"
+    assert sorted(train.texts + valid.texts) == sorted(ds.texts)
+    again = stratified_split(ds, 0.2, seed=7)
+    assert (again[0].texts, again[1].texts) == (train.texts, valid.texts)
+    assert stratified_split(ds, 0.2, seed=8)[1].texts != valid.texts
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [["a"] * 9 + ["b"], ["a", "b", "c", "d"] * 2 + ["a", "b"]],  # singleton class; fewer valid rows than classes
+)
+def test_stratified_split_falls_back_to_plain_split(labels: list[str]) -> None:
+    train, valid = stratified_split(make_ds(labels), 0.2, seed=0)
+    assert len(train) + len(valid) == len(labels) and len(valid) == 2
+    assert stratified_split(make_ds(labels), 0.2, seed=0)[1].texts == valid.texts
+
+
+def test_stratified_split_unlabelled() -> None:
+    ds = TextDataset(texts=list("abcdefghij"), pairs=list("ABCDEFGHIJ"), labels=None, path="")
+    train, valid = stratified_split(ds, 0.3, seed=1)
+    assert len(valid) == 3 and train.labels is None
+    assert [ds.texts.index(t) for t in valid.texts] == [ds.pairs.index(p) for p in valid.pairs]
+
+
+@pytest.mark.parametrize("fraction", [0, 1, -0.1, 1.5, True])
+def test_stratified_split_bad_fraction(fraction: float) -> None:
+    with pytest.raises(EnsembleError, match="between 0 and 1"):
+        stratified_split(make_ds(["a", "b"] * 5), fraction, seed=0)
+
+
+def test_stratified_split_too_small() -> None:
+    with pytest.raises(EnsembleError, match="'mem.csv' has 1 rows, too few"):
+        stratified_split(make_ds(["a"]), 0.5, seed=0)
+
+
+def test_subset_keeps_path_and_resets_skipped() -> None:
+    ds = TextDataset(texts=["a", "b", "c"], pairs=["x", "y", "z"], labels=["1", "0", "1"], path="p.csv", skipped=4)
+    sub = ds.subset([2, 0])
+    assert (sub.texts, sub.pairs, sub.labels, sub.path, sub.skipped) == (["c", "a"], ["z", "x"], ["1", "1"], "p.csv", 0)
+
+
+def test_check_known_labels() -> None:
+    check_known_labels(make_ds(["0", "1", "1"]), ["0", "1"], "data.valid")
+    check_known_labels(TextDataset(["a"], None, None, ""), ["0"], "data.test")
+    with pytest.raises(EnsembleError) as info:
+        check_known_labels(make_ds(["0", "x", "x", "x", "1"]), ["1", "0"], "data.valid")
+    message = str(info.value)
+    assert message.startswith(
+        "data.valid: label 'x' (3 rows) in 'mem.csv' never appears in the training labels ['0', '1']; "
+    )
+    with pytest.raises(EnsembleError, match=r"labels 'y' \(2 rows\), 'z' \(1 row\) .* never appear"):
+        check_known_labels(make_ds(["y", "z", "y"]), ["0"], "data.test")
+
+
+# Real data: one test per dirty spot named in shared/data/README.md.
+
+
+def test_real_sst_unnamed_index_leading_spaces(shared_data: Path) -> None:
+    ds = load_table(shared_data / "cs224n/ids-sst-train.csv", text="sentence", label="sentiment")
+    assert len(ds) == 8544 and ds.skipped == 0
+    assert sorted_labels(ds.labels) == ["0", "1", "2", "3", "4"]
+    assert ds.texts[0].startswith("The Rock is destined")
+    assert not any(t != t.strip() for t in ds.texts)
+
+
+def test_real_cfimdb_stray_quotes(shared_data: Path) -> None:
+    ds = load_table(shared_data / "cs224n/ids-cfimdb-train.csv", text="sentence", label="sentiment")
+    assert len(ds) == 1707 and sorted_labels(ds.labels) == ["0", "1"]
+    # Line 3 is `1<TAB>id<TAB>" """""" I vaguely ...`: the quotes are kept as literal text.
+    assert ds.texts[1].startswith('" """""" I vaguely remember Ben')
+
+
+def test_real_quora_float_and_empty_labels(shared_data: Path) -> None:
+    path = shared_data / "cs224n/quora-dev.csv"
+    cols = {"text": "sentence1", "text_pair": "sentence2", "label": "is_duplicate"}
+    expected = r"data\.train: line 2577 of .* has an empty label in column 'is_duplicate'"
+    with pytest.raises(EnsembleError, match=expected):
+        load_table(path, field="data.train", **cols)
+    ds = load_table(path, on_bad_rows="skip", **cols)
+    assert len(ds) == 20212 and ds.skipped == 2
+    assert sorted_labels(ds.labels) == ["0", "1"] and all(ds.pairs)
+
+
+def test_real_mrpc_bom(shared_data: Path) -> None:
+    path = shared_data / "glue/MRPC/train.tsv"
+    ds = load_table(path, text="#1 String", text_pair="#2 String", label="Quality")
+    # Independent count: non-blank physical lines minus the header (MRPC fields never span lines).
+    lines = [ln for ln in path.read_bytes().split(b"\n") if ln.strip()]
+    assert len(ds) == len(lines) - 1 == 3667
+    assert sorted_labels(ds.labels) == ["0", "1"]
+    assert ds.texts[0].startswith("Amrozi accused his brother") and ds.pairs[0].startswith("Referring to him")
+
+
+def test_real_rte_string_labels(shared_data: Path) -> None:
+    ds = load_table(shared_data / "glue/RTE/train.tsv", text="sentence1", text_pair="sentence2", label="label")
+    assert len(ds) == 2490
+    assert sorted_labels(ds.labels) == ["entailment", "not_entailment"]

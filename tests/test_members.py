@@ -1,0 +1,134 @@
+"""Members: scratch builds per architecture, pretrained loading, freezing, loading trained dirs."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from ensemble.errors import EnsembleError
+from ensemble.members import build_member, freeze, load_member, parameter_count, preflight, train_tokenizer
+from ensemble.recipe import ARCHES, MemberConfig, TrainConfig
+
+TEXTS = ["a wonderful film", "a dull film", "the plot is clever", "the acting is awful"] * 20
+LABELS = ["neg", "pos"]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_scratch_member_builds_encodes_pairs_and_round_trips(arch, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    cfg = MemberConfig("m", init="scratch", arch=arch, train=TrainConfig(max_length=32))
+    model, tok = build_member(cfg, LABELS, TEXTS)
+    assert model.config.model_type == arch and model.config.id2label == {0: "neg", 1: "pos"}
+    enc = tok(["a wonderful film"], ["the plot"], return_tensors="pt")
+    if arch != "roberta":
+        assert enc["token_type_ids"][0].tolist().count(1) > 0  # the second text is typed as segment B
+    assert enc["input_ids"][0, 0].item() == tok.cls_token_id
+    logits = model(**enc).logits
+    assert logits.shape == (1, 2)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    model.eval()
+    torch.testing.assert_close(reloaded(**AutoTokenizer.from_pretrained(tmp_path)(["a dull film"], return_tensors="pt")).logits,
+                               model(**tok(["a dull film"], return_tensors="pt")).logits)
+
+
+def test_roberta_positions_cover_max_length():
+    cfg = MemberConfig("r", init="scratch", arch="roberta", train=TrainConfig(max_length=512))
+    model, tok = build_member(cfg, LABELS, TEXTS)
+    ids = tok([" ".join(["film"] * 600)], truncation=True, max_length=512, return_tensors="pt")
+    assert ids["input_ids"].shape[1] == 512
+    assert model(**ids).logits.shape == (1, 2)  # no index error in the position embeddings
+
+
+def test_tokenizer_is_trained_on_the_texts():
+    tok = train_tokenizer("bert", ["zorblax quintessential"] * 50, 300, 32)
+    assert "[UNK]" not in tok.convert_ids_to_tokens(tok("zorblax")["input_ids"])
+
+
+def test_pretrained_minilm_gets_a_fresh_head_for_our_labels(minilm):
+    cfg = MemberConfig("minilm", model=str(minilm))
+    model, tok = build_member(cfg, ["a", "b", "c"], [])
+    assert model.config.num_labels == 3 and model.config.label2id == {"a": 0, "b": 1, "c": 2}
+    assert model.bert.encoder.layer[0].attention.self.query.weight.abs().sum() > 0
+    assert tok("hello world")["input_ids"][0] == 101  # the checkpoint's own vocabulary
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_freeze_leaves_only_the_top_layers_and_head_trainable(k):
+    model, _ = build_member(MemberConfig("b", init="scratch", arch="bert"), LABELS, TEXTS)
+    total, _ = parameter_count(model)
+    freeze(model, k)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("classifier") for n in trainable)
+    assert not any("embeddings" in n for n in trainable)
+    layer_names = {n.split(".")[3] for n in trainable if ".encoder.layer." in n}
+    assert layer_names == ({"1"} if k == 1 else set())
+
+
+def test_freeze_albert_shared_layer():
+    model, _ = build_member(MemberConfig("a", init="scratch", arch="albert"), LABELS, TEXTS)
+    freeze(model, 0)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "encoder" in n)
+    freeze(model, 1)
+    assert any(p.requires_grad for n, p in model.named_parameters() if "albert_layer_groups" in n)
+
+
+def test_preflight_offline_hub_id_names_the_scratch_switch(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(EnsembleError, match="--scratch tiny"):
+        preflight([MemberConfig("bert", model="some-org/not-cached-model-xyz")])
+
+
+def test_preflight_local_dir_without_config(tmp_path):
+    with pytest.raises(EnsembleError, match="not a model directory"):
+        preflight([MemberConfig("x", model=str(tmp_path))])
+
+
+@pytest.fixture(scope="module")
+def member_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("member") / "bert"
+    model, tok = build_member(MemberConfig("bert", init="scratch", arch="bert"), LABELS, TEXTS)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_load_member(member_dir):
+    member = load_member(member_dir)
+    assert member.name == "bert" and member.labels == LABELS and not member.text_pair
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "not a directory"),
+    ("no_config", "no config.json"),
+    ("no_weights", "no safetensors weights"),
+    ("bad_json", "config.json is not valid JSON"),
+    ("gpt2", "model_type 'gpt2' is not supported"),
+    ("no_labels", "no usable id2label"),
+])
+def test_load_member_refuses_broken_directories(member_dir, tmp_path, damage, message):
+    path = tmp_path / "m"
+    shutil.copytree(member_dir, path)
+    config = path / "config.json"
+    if damage == "missing":
+        shutil.rmtree(path)
+    elif damage == "no_config":
+        config.unlink()
+    elif damage == "no_weights":
+        (path / "model.safetensors").unlink()
+    elif damage == "bad_json":
+        config.write_text("{not json")
+    else:
+        data = json.loads(config.read_text())
+        if damage == "gpt2":
+            data["model_type"] = "gpt2"
+        else:
+            data.pop("id2label")
+            data.pop("label2id")
+        config.write_text(json.dumps(data))
+    with pytest.raises(EnsembleError) as info:
+        load_member(path)
+    assert message in str(info.value)
