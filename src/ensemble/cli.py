@@ -13,10 +13,15 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import click
 import typer
 
 from .errors import EnsembleError
+
+try:  # recent typer carries its own copy of click; older releases use click itself
+    from typer._click.exceptions import ClickException
+    from typer.exceptions import Abort
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click.exceptions import Abort, ClickException
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune transformer text classifiers from a TOML recipe, vote them, report agreement.")
@@ -26,7 +31,7 @@ MULTI_VALUE = ("--members", "--weights", "--set")
 
 @app.command()
 def fit(
-    recipe: Path = typer.Argument(..., help="The TOML recipe."),
+    recipe: Path = typer.Argument(..., metavar="RECIPE", help="The TOML recipe."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<recipe name>)."),
     set_: List[str] = typer.Option([], "--set", help="Override a recipe field: KEY=VALUE, e.g. members.bert.lr=3e-5."),
     scratch: Optional[str] = typer.Option(None, "--scratch", help="Replace every hub member by a scratch model of this size (tiny, mini, small, medium, base)."),
@@ -151,10 +156,10 @@ def main(argv: list[str] | None = None) -> None:
         code = command.main(args, prog_name="ensemble", standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
-    except click.exceptions.ClickException as exc:
+    except ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (Abort, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except EnsembleError as exc:

@@ -62,6 +62,11 @@ class Ensemble:
             if sorted(m.labels) != sorted(self.labels):
                 raise EnsembleError(f"member '{m.name}' has labels {m.labels} but member '{members[0].name}' has "
                                     f"{self.labels}; members must be trained on the same label names")
+        for m in members[1:]:
+            if m.text_pair != members[0].text_pair:
+                kinds = {True: "sentence pairs", False: "single texts"}
+                raise EnsembleError(f"member '{m.name}' was trained on {kinds[m.text_pair]} but member "
+                                    f"'{members[0].name}' on {kinds[members[0].text_pair]}; they cannot vote together")
         self.classes_ = np.array(self.labels, dtype=object)
         self.method = method
         self.weights = {n: float(weights.get(n, 1.0)) for n in names}

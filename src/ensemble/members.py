@@ -132,7 +132,7 @@ def train_tokenizer(arch: str, texts: Iterable[str], vocab_size: int, max_length
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special.values()),
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
         tok.train_from_iterator(texts, trainer=trainer)
         bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
         tok.post_processor = processors.TemplateProcessing(
@@ -145,7 +145,8 @@ def train_tokenizer(arch: str, texts: Iterable[str], vocab_size: int, max_length
         tok.normalizer = normalizers.BertNormalizer(lowercase=True)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(special_kwargs.values()))
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(special_kwargs.values()),
+                                            show_progress=False)
         tok.train_from_iterator(texts, trainer=trainer)
         cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(

@@ -294,6 +294,8 @@ def _member(item: dict, index: int, defaults: TrainConfig, base: Path, where: st
         raise EnsembleError(f"{where}: {label}.name: every member needs a name (a non-empty string); got {name!r}")
     if not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
         raise EnsembleError(f"{where}: {label}.name: use letters, digits, '-', '_' or '.' (it names a directory); got '{name}'")
+    if name == "ensemble":  # predictions.csv has ensemble_label next to <member>_label columns
+        raise EnsembleError(f"{where}: {label}.name: 'ensemble' is reserved; choose another name")
     own = {k: v for k, v in item.items() if k in MEMBER_KEYS}
     train_raw = {k: v for k, v in item.items() if k not in MEMBER_KEYS}
     train = _build(TrainConfig, {**dataclasses.asdict(defaults), **train_raw}, label, where)

@@ -1,0 +1,162 @@
+"""The command line: one-line errors with exit code 2, bugs exit 1, --debug shows tracebacks,
+and the shipped project1 recipe runs offline with --scratch tiny."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ensemble import Ensemble
+from ensemble.cli import _expand_multi, main
+from ensemble.errors import EnsembleError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "recipes" / "demo"
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def small_recipe(tmp_path: Path, members: str = "bert,roberta", extra: str = "") -> Path:
+    lines = (DEMO / "train.csv").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "train.csv").write_text("\n".join(lines[:301]) + "\n", encoding="utf-8")
+    body = "".join(f'[[members]]\nname = "{a}"\ninit = "scratch"\narch = "{a}"\n' for a in members.split(","))
+    recipe = tmp_path / "small.toml"
+    recipe.write_text(f'[data]\ntrain = "train.csv"\nvalid_fraction = 0.2\n\n[defaults]\nepochs = 1\nmax_length = 32\n'
+                      f'lr = 5e-4\n\n{body}{extra}', encoding="utf-8")
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    main(["fit", str(small_recipe(tmp)), "--out", str(tmp / "run"), "--quiet"])
+    return tmp
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "nope.toml"], "error: recipe: file not found: 'nope.toml'"),
+    (["fit", "{recipe}", "--set", "defaults.lr=-1"], "defaults.lr: must be > 0"),
+    (["fit", "{recipe}", "--set", "members.bret.lr=1"], "no member named 'bret'"),
+    (["fit", "{recipe}", "--set", "data.train=missing.csv"], "data.train"),
+    (["fit", "{recipe}", "--scratch", "huge"], "--scratch: must be one of"),
+    (["vote", "--members", "nowhere", "--data", "x.csv", "--out", "o"], "member 'nowhere' (nowhere): not a directory"),
+    (["vote", "--members", "{member}", "--data", "x.csv", "--out", "o", "--method", "average"], "--method: must be one of {'hard', 'soft'}; got 'average'"),
+    (["vote", "--members", "{member}", "--data", "x.csv", "--out", "o", "--weights", "bert"], "--weights: expected NAME=NUMBER"),
+    (["vote", "--members", "{member}", "--data", "x.csv", "--out", "o", "--weights", "bret=2"], "weights: no member named 'bret'"),
+    (["vote", "--members", "{member}", "{member}", "--data", "x.csv", "--out", "o"], "two members are named 'bert'"),
+    (["vote", "--members", "{member}", "--data", "missing.csv", "--out", "o"], "--data"),
+])
+def test_user_errors_exit_2_with_one_line(fitted, capsys, tmp_path, args, message):
+    recipe = small_recipe(tmp_path)
+    member = str(fitted / "run" / "members" / "bert")
+    args = [a.format(recipe=recipe, member=member) for a in args]
+    code, out, err = run_cli(args, capsys)
+    assert code == 2, err
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_usage_errors_exit_2(capsys):
+    code, _, err = run_cli(["fit", "--no-such-flag"], capsys)
+    assert code == 2 and "No such option" in err
+
+
+def test_debug_shows_the_traceback(capsys):
+    with pytest.raises(EnsembleError, match="file not found"):
+        main(["fit", "nope.toml", "--debug"])
+
+
+def test_internal_errors_exit_1(monkeypatch, capsys, tmp_path):
+    import ensemble.fit
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ensemble.fit, "fit", broken)
+    code, _, err = run_cli(["fit", str(small_recipe(tmp_path))], capsys)
+    assert code == 1 and "internal error: RuntimeError: boom" in err and "--debug" in err
+
+
+def test_out_must_be_new_or_overwritten(fitted, capsys, tmp_path):
+    code, _, err = run_cli(["fit", str(small_recipe(tmp_path)), "--out", str(fitted / "run")], capsys)
+    assert code == 2 and "already exists" in err and "--overwrite" in err
+
+
+def test_hub_recipe_offline_names_the_scratch_switch(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = run_cli(["fit", str(ROOT / "recipes" / "project1.toml"), "--out", "/tmp/never-written"], capsys)
+    assert code == 2 and "--scratch tiny" in err and "albert-base-v2" in err
+    assert not Path("/tmp/never-written").exists()
+
+
+def test_vote_refuses_members_with_different_labels(fitted, capsys, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(fitted / "run" / "members" / "bert", other)
+    config = json.loads((other / "config.json").read_text())
+    config["id2label"] = {"0": "bad", "1": "meh", "2": "good"}
+    config["label2id"] = {"bad": 0, "meh": 1, "good": 2}
+    (other / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(["vote", "--members", str(fitted / "run" / "members" / "bert"), str(other),
+                            "--data", str(fitted / "train.csv"), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "must be trained on the same label names" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_vote_on_unlabelled_data_writes_predictions_without_metrics(fitted, capsys, tmp_path):
+    data = tmp_path / "texts.jsonl"
+    data.write_text('{"text": "the film is wonderful"}\n{"text": "the plot is dull"}\n', encoding="utf-8")
+    members = [f"a={fitted / 'run' / 'members' / 'bert'}", f"b={fitted / 'run' / 'members' / 'roberta'}"]
+    code, out, err = run_cli(["vote", "--members", *members, "--data", str(data), "--out", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["rows"] == 2 and "accuracy" not in report["ensemble"] and list(report["members"]) == ["a", "b"]
+    assert Ensemble.load(tmp_path / "o").predict(["the film is wonderful"])[0] in ("negative", "neutral", "positive")
+
+
+def test_manifest_cannot_point_outside_its_directory(fitted, tmp_path):
+    shutil.copytree(fitted / "run", tmp_path / "run")
+    manifest = json.loads((tmp_path / "run" / "ensemble.json").read_text())
+    manifest["members"]["bert"] = "../../elsewhere/bert"
+    (tmp_path / "run" / "ensemble.json").write_text(json.dumps(manifest))
+    with pytest.raises(EnsembleError, match="outside the ensemble directory"):
+        Ensemble.load(tmp_path / "run")
+    with pytest.raises(EnsembleError, match="no ensemble.json"):
+        Ensemble.load(tmp_path)
+
+
+def test_multi_value_flags_expand():
+    assert _expand_multi(["vote", "--members", "a", "b", "--data", "x", "--weights", "a=1", "b=2"]) == [
+        "vote", "--members", "a", "--members", "b", "--data", "x", "--weights", "a=1", "--weights", "b=2"]
+
+
+@pytest.mark.slow
+def test_project1_runs_offline_with_scratch_tiny(capsys, tmp_path):
+    code, out, err = run_cli([
+        "fit", str(ROOT / "recipes" / "project1.toml"), "--scratch", "tiny", "--out", str(tmp_path / "p1"),
+        "--set", "defaults.epochs=1", "--set", "defaults.batch_size=32", "--set", "defaults.grad_accum=1",
+        "--set", "defaults.max_length=48", "--quiet"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "p1" / "report.json").read_text())
+    assert list(report["members"]) == ["albert", "electra", "roberta", "bert"] and report["split"] == "test"
+    card = (tmp_path / "p1" / "members" / "albert" / "README.md").read_text()
+    assert "albert" in card and "| lr | 1e-05 (set) |" in card
+
+
+def test_console_script_exit_code_and_no_traceback(tmp_path):
+    exe = Path(sys.executable).parent / "ensemble"
+    result = subprocess.run([str(exe), "fit", str(tmp_path / "missing.toml")], capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: recipe: file not found: '{tmp_path / 'missing.toml'}'"
