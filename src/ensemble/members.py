@@ -116,7 +116,7 @@ def scratch_config(arch: str, size: str, tokenizer, **extra):
 
 
 def train_tokenizer(arch: str, texts: Iterable[str], vocab_size: int, max_length: int):
-    """Train a tokenizer on `texts`: byte-level BPE for RoBERTa, uncased WordPiece otherwise.
+    """Train a reproducible BPE tokenizer on `texts`: byte-level for RoBERTa, BERT-style uncased otherwise.
 
     Example:
         >>> tok = train_tokenizer("bert", ["a good film", "a bad film"] * 10, 200, 64)
@@ -141,12 +141,14 @@ def train_tokenizer(arch: str, texts: Iterable[str], vocab_size: int, max_length
         special_kwargs = {**special, "cls_token": "<s>", "sep_token": "</s>"}
     else:
         special_kwargs = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
-        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        # BERT's normalisation and word splitting with plain BPE subwords: the tokenizers library's
+        # WordPiece trainer (and BPE with a "##" prefix) breaks count ties in hash order, so the
+        # vocabulary would change from run to run; plain BPE is reproducible.
+        tok = Tokenizer(models.BPE(unk_token="[UNK]"))
         tok.normalizer = normalizers.BertNormalizer(lowercase=True)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(special_kwargs.values()),
-                                            show_progress=False)
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_kwargs.values()),
+                                      show_progress=False)
         tok.train_from_iterator(texts, trainer=trainer)
         cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(

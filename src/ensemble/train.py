@@ -144,13 +144,17 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
     if accelerator.is_main_process:
         tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        unwrapped.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        resolved = {"member": recipe_dict(cfg), "data": recipe_dict(data), "labels": labels}
-        (tmp / RECIPE_FILE).write_text(json.dumps(resolved, indent=2), encoding="utf-8")
-        (tmp / METRICS_FILE).write_text(json.dumps(result, indent=2), encoding="utf-8")
-        write_model_card(tmp / "README.md", cfg, labels, result, len(train_set), len(valid_set))
-        replace_dir(tmp, out_dir)
+        try:
+            unwrapped.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            resolved = {"member": recipe_dict(cfg), "data": recipe_dict(data), "labels": labels}
+            (tmp / RECIPE_FILE).write_text(json.dumps(resolved, indent=2), encoding="utf-8")
+            (tmp / METRICS_FILE).write_text(json.dumps(result, indent=2), encoding="utf-8")
+            write_model_card(tmp / "README.md", cfg, labels, result, len(train_set), len(valid_set))
+            replace_dir(tmp, out_dir)
+        finally:
+            # after a crash, leave no half-written member behind (a loadable one, even)
+            shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.free_memory()
     return result
@@ -227,8 +231,14 @@ def replace_dir(tmp: Path, final: Path) -> None:
     """Move a finished directory into place so a reader never sees a half-written one."""
     final.parent.mkdir(parents=True, exist_ok=True)
     old = final.parent / f".{final.name}.old-{os.getpid()}"
-    if final.exists():
+    moved = final.exists()
+    if moved:
         os.replace(final, old)
-    os.replace(tmp, final)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if moved:
+            os.replace(old, final)  # put the previous directory back rather than lose it
+        raise
     shutil.rmtree(old, ignore_errors=True)
 

@@ -1,0 +1,504 @@
+"""The training loop: determinism, schedules, optimizers, best-epoch selection, early stopping,
+gradient accumulation, freezing, precision, sentence pairs, atomic saving and divergence.
+
+Training runs use tiny scratch BERTs on small slices of the generated demo data (recipes/demo),
+max_length 32 and 1-3 epochs, so each takes about a second on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import ensemble.train as train_mod
+from ensemble.batching import Collator, encode, length_sorted_batches
+from ensemble.data import load_table, sorted_labels
+from ensemble.ensemble import Ensemble
+from ensemble.errors import EnsembleError
+from ensemble.members import build_member, load_member
+from ensemble.recipe import DataConfig, MemberConfig, TrainConfig
+from ensemble.train import Splits, make_optimizer, make_scheduler, replace_dir, train_member
+
+DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo"
+WEIGHTS = "model.safetensors"
+
+
+# ---------------------------------------------------------------- helpers
+
+@pytest.fixture(scope="module")
+def demo_splits() -> Splits:
+    """200 training rows and 60 validation rows of the 3-class demo data."""
+    train = load_table(DEMO / "train.csv").subset(range(200))
+    valid = load_table(DEMO / "valid.csv").subset(range(60))
+    return Splits(train, valid)
+
+
+@pytest.fixture(scope="module")
+def small_splits() -> Splits:
+    """64 / 32 rows: for runs whose metrics are scripted and only the loop's logic matters."""
+    train = load_table(DEMO / "train.csv").subset(range(64))
+    valid = load_table(DEMO / "valid.csv").subset(range(32))
+    return Splits(train, valid)
+
+
+def member(name: str = "bert", arch: str = "bert", **train) -> MemberConfig:
+    base = dict(max_length=32, batch_size=16, eval_batch_size=32, epochs=2, lr=1e-3, seed=1)
+    return MemberConfig(name, init="scratch", arch=arch, size="tiny", train=TrainConfig(**{**base, **train}))
+
+
+def fit(cfg: MemberConfig, splits: Splits, out: Path, data: DataConfig | None = None) -> dict:
+    labels = sorted_labels(splits.train.labels)
+    return train_member(cfg, splits, labels, data or DataConfig(train=DEMO / "train.csv"), out, progress=False)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / WEIGHTS))
+
+
+def member_valid_metrics(path: Path, valid, eval_batch_size: int) -> tuple[float, float]:
+    """(valid loss, accuracy) of a saved member, batched exactly as the training loop evaluates."""
+    m = load_member(path)
+    label_id = {name: i for i, name in enumerate(m.labels)}
+    enc = encode(m.tokenizer, valid.texts, valid.pairs, m.max_length, [label_id[y] for y in valid.labels])
+    collate = Collator(m.tokenizer.pad_token_id)
+    logits, targets = [], []
+    with torch.inference_mode():
+        for rows in length_sorted_batches(enc.lengths(), eval_batch_size):
+            batch = collate([enc[i] for i in rows])
+            targets.append(batch.pop("labels"))
+            logits.append(m.model(**batch).logits.float())
+    logits, targets = torch.cat(logits), torch.cat(targets)
+    loss = torch.nn.functional.cross_entropy(logits, targets).item()
+    accuracy = (logits.argmax(-1) == targets).sum().item() / len(targets)
+    return loss, accuracy
+
+
+def script_metrics(monkeypatch, key: str, values: list[float]) -> list[dict[str, torch.Tensor]]:
+    """Make `evaluate` report `values[epoch - 1]` as `key`; returns the weights seen at each evaluation."""
+    real = train_mod.evaluate
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    def scripted(model, loader, accelerator, n_classes):
+        metrics = real(model, loader, accelerator, n_classes)
+        metrics[key] = values[len(snapshots)]
+        state = accelerator.unwrap_model(model).state_dict()
+        snapshots.append({k: v.detach().clone() for k, v in state.items()})
+        return metrics
+
+    monkeypatch.setattr(train_mod, "evaluate", scripted)
+    return snapshots
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() <= b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- make_scheduler
+
+# steps_per_epoch=10; warmup = round(warmup_ratio * total) steps at (step + 1) / warmup.
+SCHEDULES = [
+    # linear, 3 epochs, 3 warmup steps, then 1 - (step - 3) / 27
+    (dict(scheduler="linear", epochs=3, warmup_ratio=0.1),
+     {0: 1 / 3, 1: 2 / 3, 2: 1.0, 3: 1.0, 12: 2 / 3, 21: 1 / 3, 29: 1 / 27, 30: 0.0}),
+    # cosine: 0.5 * (1 + cos(pi * (step - 3) / 27))
+    (dict(scheduler="cosine", epochs=3, warmup_ratio=0.1),
+     {0: 1 / 3, 1: 2 / 3, 2: 1.0, 3: 1.0, 12: 0.75, 21: 0.25, 30: 0.0}),
+    (dict(scheduler="constant", epochs=3, warmup_ratio=0.1),
+     {0: 1 / 3, 1: 2 / 3, 2: 1.0, 3: 1.0, 15: 1.0, 29: 1.0}),
+    # step: 5 epochs -> 5 warmup steps; gamma ** (epoch // 2): epochs 0-1 x1, 2-3 x0.5, 4 x0.25
+    (dict(scheduler="step", epochs=5, warmup_ratio=0.1, step_size=2, gamma=0.5),
+     {0: 0.2, 3: 0.8, 4: 1.0, 5: 1.0, 19: 1.0, 20: 0.5, 39: 0.5, 40: 0.25, 49: 0.25}),
+    # exponential: gamma ** epoch, once per epoch
+    (dict(scheduler="exponential", epochs=3, warmup_ratio=0.1, gamma=0.5),
+     {0: 1 / 3, 2: 1.0, 9: 1.0, 10: 0.5, 19: 0.5, 20: 0.25, 29: 0.25}),
+    # no warmup: the docstring's example
+    (dict(scheduler="step", epochs=2, gamma=0.5), {0: 1.0, 9: 1.0, 10: 0.5, 19: 0.5}),
+    (dict(scheduler="linear", epochs=2), {0: 1.0, 10: 0.5, 19: 0.05}),
+]
+
+
+SCHEDULE_IDS = [f"{f['scheduler']}-warmup{f.get('warmup_ratio', 0)}" for f, _ in SCHEDULES]
+
+
+@pytest.mark.parametrize("fields, expected", SCHEDULES, ids=SCHEDULE_IDS)
+def test_scheduler_multiplier_matches_hand_computed_values(fields, expected):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = make_scheduler(opt, TrainConfig(**fields), steps_per_epoch=10)
+    factor = sched.lr_lambdas[0]
+    for step, want in expected.items():
+        assert factor(step) == pytest.approx(want, abs=1e-12), f"step {step}"
+    # Stepping the real scheduler gives the same rates: lr after k steps is base * factor(k).
+    seen = {0: opt.param_groups[0]["lr"]}
+    for k in range(1, max(expected) + 1):
+        opt.step()
+        sched.step()
+        seen[k] = opt.param_groups[0]["lr"]
+    for step, want in expected.items():
+        assert seen[step] == pytest.approx(2.0 * want, abs=1e-12), f"step {step}"
+
+
+# ---------------------------------------------------------------- make_optimizer
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(10, 4)
+        self.lin = torch.nn.Linear(4, 3)
+        self.norm = torch.nn.LayerNorm(3)
+        self.frozen = torch.nn.Linear(3, 3)
+        self.frozen.requires_grad_(False)
+
+
+OPTIMIZERS = [
+    ("adamw", torch.optim.AdamW, {"betas": (0.8, 0.95), "eps": 1e-6}),
+    ("adam", torch.optim.Adam, {"betas": (0.8, 0.95), "eps": 1e-6}),
+    ("adamax", torch.optim.Adamax, {"betas": (0.8, 0.95), "eps": 1e-6}),
+    ("rmsprop", torch.optim.RMSprop, {"eps": 1e-6, "momentum": 0.7}),
+    ("sgd", torch.optim.SGD, {"momentum": 0.7}),
+]
+
+
+@pytest.mark.parametrize("name, cls, settings", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
+def test_optimizer_class_settings_and_decay_groups(name, cls, settings):
+    model = Tiny()
+    t = TrainConfig(optimizer=name, lr=0.003, betas=(0.8, 0.95), eps=1e-6, momentum=0.7, weight_decay=0.05)
+    opt = make_optimizer(model, t)
+    assert type(opt) is cls
+    decay, no_decay = opt.param_groups
+    for group in opt.param_groups:
+        assert group["lr"] == 0.003
+        for key, value in settings.items():
+            assert group[key] == value, key
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
+    assert ids(decay["params"]) == ids([model.emb.weight, model.lin.weight])
+    assert ids(no_decay["params"]) == ids([model.lin.bias, model.norm.weight, model.norm.bias])
+    # frozen parameters are left out of the optimizer altogether
+    assert not ids(model.frozen.parameters()) & (ids(decay["params"]) | ids(no_decay["params"]))
+
+
+def test_bert_biases_and_layernorms_are_exempt_from_weight_decay():
+    cfg = member()
+    model, _ = build_member(cfg, ["a", "b"], ["a good film", "a bad film"] * 20)
+    decay, no_decay = make_optimizer(model, replace(cfg.train, weight_decay=0.01)).param_groups
+    no_decay_ids = {id(p) for p in no_decay["params"]}
+    names = dict(model.named_parameters())
+    for n, p in names.items():
+        exempt = n.endswith(".bias") or "LayerNorm" in n
+        assert (id(p) in no_decay_ids) == exempt, n
+    assert len(decay["params"]) + len(no_decay["params"]) == len(names)
+    assert id(names["bert.embeddings.word_embeddings.weight"]) not in no_decay_ids
+
+
+# ---------------------------------------------------------------- determinism
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["roberta", "bert"])
+def test_same_seed_is_bit_identical_and_another_seed_is_not(arch, demo_splits, tmp_path):
+    a = fit(member(arch=arch, seed=7), demo_splits, tmp_path / "a" / "m")
+    b = fit(member(arch=arch, seed=7), demo_splits, tmp_path / "b" / "m")
+    c = fit(member(arch=arch, seed=8), demo_splits, tmp_path / "c" / "m")
+    hist = [json.loads((tmp_path / d / "m" / "metrics.json").read_text())["history"] for d in "ab"]
+    assert len(hist[0]) == len(hist[1]) == 2
+    for ra, rb in zip(*hist):
+        for key in ("train_loss", "valid_loss", "accuracy", "macro_f1", "lr", "confusion"):
+            assert ra[key] == rb[key], key
+    assert a["best_epoch"] == b["best_epoch"]
+    wa, wb, wc = (weights(tmp_path / d / "m") for d in "abc")
+    assert wa.keys() == wb.keys() == wc.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    tokenizers = [(tmp_path / d / "m" / "tokenizer.json").read_bytes() for d in "ab"]
+    assert tokenizers[0] == tokenizers[1]
+    head = "classifier.out_proj.weight" if arch == "roberta" else "classifier.weight"
+    assert not torch.equal(wa[head], wc[head])
+    embeddings = f"{arch}.embeddings.word_embeddings.weight"
+    assert not torch.equal(wa[embeddings], wc[embeddings])
+    assert c["history"][0]["train_loss"] != a["history"][0]["train_loss"]
+
+
+@pytest.mark.parametrize("arch", ["albert", "bert", "electra", "roberta"])
+def test_scratch_tokenizer_is_reproducible(arch, demo_splits):
+    # tokenizers' WordPiece trainer breaks count ties in hash order (huggingface/tokenizers#1794);
+    # train_tokenizer uses plain BPE so the same texts always give the same vocabulary.
+    from ensemble.members import train_tokenizer
+
+    vocabs = [train_tokenizer(arch, demo_splits.train.texts, 8000, 32).get_vocab() for _ in range(5)]
+    assert all(v == vocabs[0] for v in vocabs)
+
+
+# ---------------------------------------------------------------- best epoch
+
+@pytest.mark.slow
+@pytest.mark.parametrize("metric", ["valid_loss", "accuracy"])
+def test_best_epoch_is_the_best_of_history_and_its_weights_are_saved(metric, demo_splits, tmp_path):
+    cfg = member(epochs=3, lr=3e-3, best_metric=metric)
+    out = tmp_path / "m"
+    result = fit(cfg, demo_splits, out)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["best_metric"] == metric and len(saved["history"]) == 3
+    values = [r[metric] for r in saved["history"]]
+    # first occurrence: a tie is not an improvement
+    best = values.index(min(values) if metric == "valid_loss" else max(values)) + 1
+    assert saved["best_epoch"] == result["best_epoch"] == best
+    assert saved["best"] == saved["history"][best - 1]
+    loss, accuracy = member_valid_metrics(out, demo_splits.valid, cfg.train.eval_batch_size)
+    assert loss == pytest.approx(saved["history"][best - 1]["valid_loss"], rel=1e-5, abs=1e-6)
+    assert accuracy == saved["history"][best - 1]["accuracy"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("metric, values, best", [
+    ("valid_loss", [0.9, 0.5, 0.7], 2),
+    ("valid_loss", [0.5, 0.5, 0.6], 1),  # a tie does not move the best epoch
+    ("accuracy", [0.4, 0.8, 0.6], 2),
+    ("macro_f1", [0.3, 0.3, 0.2], 1),
+])
+def test_saved_weights_are_the_best_epochs_not_the_last(metric, values, best, monkeypatch, small_splits, tmp_path):
+    snapshots = script_metrics(monkeypatch, metric, values)
+    out = tmp_path / "m"
+    result = fit(member(epochs=3, lr=3e-3, best_metric=metric), small_splits, out)
+    assert result["best_epoch"] == best
+    assert [r[metric] for r in result["history"]] == values
+    saved = weights(out)
+    assert same_tensors(saved, snapshots[best - 1])
+    assert not same_tensors(saved, snapshots[-1])  # training moved on after the best epoch
+
+
+# ---------------------------------------------------------------- early stopping
+
+LOSSES = [1.0, 0.8, 0.9, 0.85, 0.7]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("metric, values, patience, epochs_run, best", [
+    ("valid_loss", LOSSES, 1, 3, 2),
+    ("valid_loss", LOSSES, 2, 4, 2),
+    ("valid_loss", LOSSES, 3, 5, 5),  # epoch 5 improves just in time
+    ("valid_loss", LOSSES, None, 5, 5),
+    ("accuracy", [0.5, 0.7, 0.7, 0.6, 0.9], 2, 4, 2),  # equal accuracy counts as no improvement
+])
+def test_patience_stops_after_that_many_epochs_without_improvement(metric, values, patience, epochs_run, best,
+                                                                  monkeypatch, small_splits, tmp_path):
+    snapshots = script_metrics(monkeypatch, metric, values)
+    out = tmp_path / "m"
+    result = fit(member(epochs=5, patience=patience, best_metric=metric), small_splits, out)
+    assert len(snapshots) == epochs_run
+    assert [r["epoch"] for r in result["history"]] == list(range(1, epochs_run + 1))
+    assert result["best_epoch"] == best
+    assert json.loads((out / "metrics.json").read_text())["best_epoch"] == best
+    assert same_tensors(weights(out), snapshots[best - 1])
+
+
+# ---------------------------------------------------------------- gradient accumulation
+
+@pytest.mark.slow
+def test_gradient_accumulation_steps_once_per_group_and_matches_full_batches(monkeypatch, demo_splits, tmp_path):
+    # 200 rows in micro-batches of 16 / 4 = 4: 50 micro-batches, ceil(50 / 4) = 13 optimizer steps per epoch
+    # (the last group has only 2 micro-batches and still steps).
+    real_make_optimizer = train_mod.make_optimizer
+    steps: list[int] = []
+    micro: list[int] = []
+
+    def counting(model, t):
+        opt = real_make_optimizer(model, t)
+        opt.register_step_post_hook(lambda *_: steps.append(1))
+        model.register_forward_pre_hook(
+            lambda mod, args, kwargs: micro.append(kwargs["input_ids"].shape[0]) if mod.training else None,
+            with_kwargs=True)
+        return opt
+
+    monkeypatch.setattr(train_mod, "make_optimizer", counting)
+    accum = fit(member(batch_size=16, grad_accum=4, dropout=0.0), demo_splits, tmp_path / "accum")
+    assert micro == [4] * 100  # 2 epochs of 50 micro-batches of 4 rows
+    assert len(steps) == 2 * 13
+    # linear schedule over 2 * 13 steps: after epoch 1 (13 steps) the rate is halved, after epoch 2 it is 0
+    assert [r["lr"] for r in accum["history"]] == [pytest.approx(1e-3 * (1 - 13 / 26)), pytest.approx(0.0)]
+
+    steps.clear()
+    micro.clear()
+    full = fit(member(batch_size=16, grad_accum=1, dropout=0.0), demo_splits, tmp_path / "full")
+    assert micro == [16] * 12 + [8] + [16] * 12 + [8] and len(steps) == 2 * 13
+    # Same rows in the same order: close, not equal (padding and summation order differ, and the last
+    # partial group's gradient is divided by grad_accum).
+    for a, f in zip(accum["history"], full["history"]):
+        assert a["valid_loss"] == pytest.approx(f["valid_loss"], abs=0.02)
+        assert a["train_loss"] == pytest.approx(f["train_loss"], abs=0.02)
+
+
+# ---------------------------------------------------------------- freezing
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainable_layers", [0, 1])
+def test_frozen_layers_stay_at_their_seeded_initialisation(trainable_layers, monkeypatch,
+                                                          demo_splits, tmp_path):
+    from accelerate.utils import set_seed
+
+    real_build = train_mod.build_member
+    built: list[dict[str, torch.Tensor]] = []
+
+    def recording(cfg, labels, texts):
+        model, tokenizer = real_build(cfg, labels, texts)
+        built.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return model, tokenizer
+
+    monkeypatch.setattr(train_mod, "build_member", recording)
+    cfg = member(trainable_layers=trainable_layers, seed=3)
+    fit(cfg, demo_splits, tmp_path / "m")
+    saved, init = weights(tmp_path / "m"), built[0]
+    # The initialisation is the seeded one: a fresh build after set_seed(seed) reproduces it.
+    set_seed(cfg.train.seed)
+    fresh, _ = build_member(cfg, sorted_labels(demo_splits.train.labels), demo_splits.train.texts)
+    assert same_tensors(init, fresh.state_dict())
+    assert saved.keys() <= init.keys()
+
+    def unchanged(prefix: str) -> bool:
+        keys = [k for k in saved if k.startswith(prefix)]
+        assert keys, prefix
+        return all(torch.equal(saved[k], init[k]) for k in keys)
+
+    assert unchanged("bert.embeddings.")
+    assert unchanged("bert.encoder.layer.0.")
+    assert unchanged("bert.encoder.layer.1.") == (trainable_layers == 0)
+    assert not torch.equal(saved["classifier.weight"], init["classifier.weight"])
+    assert not torch.equal(saved["bert.pooler.dense.weight"], init["bert.pooler.dense.weight"])
+
+
+# ---------------------------------------------------------------- precision
+
+@pytest.mark.slow
+def test_bf16_trains_on_cpu_and_saves_a_loadable_fp32_member(demo_splits, tmp_path):
+    result = fit(member(mixed_precision="bf16", epochs=1), demo_splits, tmp_path / "m")
+    assert math.isfinite(result["history"][0]["train_loss"]) and math.isfinite(result["history"][0]["valid_loss"])
+    assert all(t.dtype == torch.float32 for t in weights(tmp_path / "m").values())
+    loaded = load_member(tmp_path / "m")
+    assert loaded.labels == ["negative", "neutral", "positive"] and loaded.max_length == 32
+    assert Ensemble([loaded]).predict(["a charming film"])[0] in loaded.labels
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is allowed where CUDA is available")
+def test_fp16_on_cpu_is_refused_with_a_pointer_to_bf16(small_splits, tmp_path):
+    with pytest.raises(EnsembleError, match=r"members\[half\]\.mixed_precision: fp16 needs a GPU.*bf16"):
+        fit(member("half", mixed_precision="fp16"), small_splits, tmp_path / "m")
+    assert not tmp_path.joinpath("m").exists()
+
+
+# ---------------------------------------------------------------- sentence pairs
+
+@pytest.mark.slow
+def test_sentence_pair_member_records_and_requires_pairs(shared_data, tmp_path):
+    rte = load_table(shared_data / "glue" / "RTE" / "train.tsv", text="sentence1", text_pair="sentence2")
+    sample = rte.subset(range(300))
+    splits = Splits(sample.subset(range(240)), sample.subset(range(240, 300)))
+    data = DataConfig(train=tmp_path / "rte.tsv", text="sentence1", text_pair="sentence2")
+    out = tmp_path / "rte"
+    result = fit(member("rte", epochs=1), splits, out, data)
+    assert len(result["history"]) == 1
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["data"]["text_pair"] == "sentence2" and recipe["labels"] == ["entailment", "not_entailment"]
+    loaded = load_member(out)
+    assert loaded.text_pair is True
+    ens = Ensemble.from_dirs({"rte": out})
+    with pytest.raises(EnsembleError, match="sentence pairs"):
+        ens.predict(["A man is sleeping."])
+    pairs = [("A man is sleeping.", "A person rests."), ("The cat sat.", "A dog barked loudly.")]
+    got = ens.predict(pairs)
+    assert len(got) == 2 and set(got) <= {"entailment", "not_entailment"}
+    assert ens.predict([p[0] for p in pairs], pairs=[p[1] for p in pairs]) == got
+
+
+# ---------------------------------------------------------------- atomic save
+
+def crash_card(*args, **kwargs):
+    raise OSError("disk full (simulated)")
+
+
+@pytest.mark.slow
+def test_crash_while_saving_leaves_nothing_behind(monkeypatch, small_splits, tmp_path):
+    monkeypatch.setattr(train_mod, "write_model_card", crash_card)
+    out = tmp_path / "members" / "m"
+    with pytest.raises(OSError, match="simulated"):
+        fit(member("m", epochs=1), small_splits, out)
+    assert not out.exists()
+    # no temporary directory with weights that load_member would open
+    assert [p for p in tmp_path.rglob("*") if p != tmp_path / "members"] == []
+
+
+@pytest.mark.slow
+def test_crash_while_resaving_keeps_the_old_member_intact(monkeypatch, small_splits, tmp_path):
+    out = tmp_path / "members" / "m"
+    fit(member("m", epochs=1, seed=1), small_splits, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(train_mod, "write_model_card", crash_card)
+    with pytest.raises(OSError, match="simulated"):
+        fit(member("m", epochs=1, seed=2), small_splits, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in (tmp_path / "members").iterdir()] == ["m"]
+    assert load_member(out).labels == ["negative", "neutral", "positive"]
+
+
+def make_dir(path: Path, text: str) -> Path:
+    path.mkdir(parents=True)
+    (path / "file.txt").write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_replace_dir_moves_the_new_directory_into_place(existing, tmp_path):
+    final = tmp_path / "out" / "m"
+    if existing:
+        make_dir(final, "old")
+    tmp = make_dir(tmp_path / "out" / ".m.tmp", "new")
+    replace_dir(tmp, final)
+    assert (final / "file.txt").read_text() == "new"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m"]
+
+
+def test_replace_dir_restores_the_old_directory_when_the_move_fails(monkeypatch, tmp_path):
+    final = make_dir(tmp_path / "m", "old")
+    tmp = make_dir(tmp_path / ".m.tmp", "new")
+    real_replace = os.replace
+
+    def failing(src, dst):
+        if Path(src) == tmp:
+            raise OSError("cross-device link (simulated)")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="simulated"):
+        replace_dir(tmp, final)
+    monkeypatch.undo()
+    assert (final / "file.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.tmp", "m"]  # the caller removes its tmp
+
+
+# ---------------------------------------------------------------- divergence
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_loss_raises_naming_the_member(bad, monkeypatch, small_splits, tmp_path):
+    real_build = train_mod.build_member
+
+    def poisoned(cfg, labels, texts):
+        model, tokenizer = real_build(cfg, labels, texts)
+
+        def hook(module, args, output):
+            if module.training:
+                # the value becomes `bad`, the gradient stays the true one (weights stay finite)
+                output.loss = output.loss - output.loss.detach() + bad
+            return output
+
+        model.register_forward_hook(hook)
+        return model, tokenizer
+
+    monkeypatch.setattr(train_mod, "build_member", poisoned)
+    out = tmp_path / "m"
+    with pytest.raises(EnsembleError, match=rf"members\[diverger\]: training loss became {bad} in epoch 1; lower lr"):
+        fit(member("diverger", epochs=2), small_splits, out)
+    assert list(tmp_path.iterdir()) == []
