@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tracemalloc
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from ensemble.data import (
     TextDataset,
     check_known_labels,
+    iter_table,
     load_table,
     normalize_label,
     sorted_labels,
@@ -402,6 +405,241 @@ def test_check_known_labels() -> None:
     )
     with pytest.raises(EnsembleError, match=r"labels 'y' \(2 rows\), 'z' \(1 row\) .* never appear"):
         check_known_labels(make_ds(["y", "z", "y"]), ["0"], "data.test")
+
+
+# Streaming: iter_table gives load_table's rows in chunks, with the same errors, in bounded memory.
+
+
+def write_many(tmp: Path, kind: str, n: int = 23) -> Path:
+    """`n` rows of text, pair and label in one format; the labels are varied (ints, text, floats)."""
+    rows = [(f"text {i}", f"pair {i}", ["0", "1", "pos", "2.5"][i % 4]) for i in range(n)]
+    if kind == "csv":
+        body = "".join(f'"{t}, quoted",{p},{lab}\n' for t, p, lab in rows)
+        return write(tmp / "m.csv", "text,pair,label\n" + body)
+    if kind == "tsv":
+        return write(tmp / "m.tsv", "text\tpair\tlabel\n" + "".join(f"{t}\t{p}\t{lab}\n\n" for t, p, lab in rows))
+    if kind == "jsonl":
+        lines = [json.dumps({"text": t, "pair": p, "label": lab}) for t, p, lab in rows]
+        return write(tmp / "m.jsonl", "\n".join(lines) + "\n")
+    path = tmp / "m.npz"
+    texts, pairs, labels = (np.array(c, dtype=str) for c in zip(*rows))
+    np.savez(path, text=texts, pair=pairs, label=labels)
+    return path
+
+
+def concat(chunks: list[TextDataset]) -> tuple[list, list | None, list | None, int]:
+    def join(name: str) -> list | None:
+        parts = [getattr(c, name) for c in chunks]
+        return None if parts[0] is None else [v for part in parts for v in part]
+
+    return join("texts"), join("pairs"), join("labels"), sum(c.skipped for c in chunks)
+
+
+@pytest.mark.parametrize("kind", ["csv", "tsv", "jsonl", "npz"])
+@pytest.mark.parametrize(("chunk_rows", "sizes"), [(1, [1] * 23), (5, [5, 5, 5, 5, 3]), (23, [23]), (100, [23])])
+def test_iter_table_chunks_concatenate_to_load_table(tmp_path: Path, kind: str, chunk_rows: int, sizes: list) -> None:
+    path = write_many(tmp_path, kind)
+    whole = load_table(path, text_pair="pair")
+    chunks = list(iter_table(path, chunk_rows=chunk_rows, text_pair="pair"))
+    assert [len(c) for c in chunks] == sizes
+    assert all(c.path == str(path) for c in chunks)
+    assert concat(chunks) == (whole.texts, whole.pairs, whole.labels, 0)
+    assert whole.texts[0].startswith("text 0") and whole.labels[:4] == ["0", "1", "pos", "2.5"]
+
+
+@pytest.mark.parametrize("writer", [write_comma_csv, write_tsv, write_tab_csv, write_jsonl, write_npz])
+def test_iter_table_reads_every_small_format_like_load_table(tmp_path: Path, writer: Callable[[Path], Path]) -> None:
+    path = writer(tmp_path)
+    chunks = list(iter_table(path, chunk_rows=2, text_pair="pair"))
+    whole = load_table(path, text_pair="pair")
+    assert [len(c) for c in chunks] == [2, 1]
+    assert concat(chunks) == (whole.texts, whole.pairs, whole.labels, 0)
+
+
+@pytest.mark.parametrize(
+    ("content", "kwargs", "message"),
+    [
+        ("\tid\tsentence\n0\ta\n", {}, "data.x: column 'text' not found in '{p}'; columns found: id, sentence"),
+        ("text,text,label\na,b,1\n", {}, "data.x: column 'text' appears 2 times in '{p}'"),
+        ("", {}, "data.x: '{p}' is empty"),
+        ("\ufeff \n\n", {}, "data.x: '{p}' is empty"),
+        ("text,label\n\n", {}, "data.x: '{p}' has column names but no data rows"),
+        ("text,label\n", {"require_label": False}, "data.x: '{p}' has column names but no data rows"),
+    ],
+)
+def test_iter_table_file_errors_come_before_the_first_chunk(
+    tmp_path: Path, content: str, kwargs: dict, message: str
+) -> None:
+    path = write(tmp_path / "e.csv", content)
+    chunks = iter_table(path, chunk_rows=1, field="data.x", **kwargs)
+    with pytest.raises(EnsembleError) as info:
+        next(chunks)
+    assert str(info.value).startswith(message.format(p=path))
+    with pytest.raises(EnsembleError) as again:
+        load_table(path, field="data.x", **kwargs)
+    assert str(again.value) == str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"chunk_rows": 0}, "the 'chunk_rows' parameter must be a positive integer; got 0"),
+        ({"chunk_rows": -5}, "the 'chunk_rows' parameter must be a positive integer; got -5"),
+        ({"chunk_rows": 2.5}, "the 'chunk_rows' parameter must be a positive integer; got 2.5"),
+        ({"chunk_rows": True}, "the 'chunk_rows' parameter must be a positive integer; got True"),
+        ({"on_bad_rows": "drop"}, "the 'on_bad_rows' parameter must be one of {'error', 'skip'}; got 'drop'"),
+    ],
+)
+def test_iter_table_bad_parameters_raise_at_the_call(tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(EnsembleError) as info:
+        iter_table(tmp_path / "not-even-there.csv", **kwargs)  # raises before the file is looked at
+    assert str(info.value) == message
+
+
+def test_iter_table_non_utf8_deep_in_the_file_names_its_line(tmp_path: Path) -> None:
+    lines = [b"text,label\n"] + [b"row %d,%d\n" % (i, i % 2) for i in range(2, 10_001)]
+    lines[4999] = b"caf\xe9 on line 5000,1\n"
+    path = tmp_path / "late.csv"
+    path.write_bytes(b"".join(lines))
+    offset = sum(len(line) for line in lines[:4999]) + 3
+    expected = (
+        f"data.x: line 5000 of '{path}' is not valid UTF-8 (byte 0xe9 at offset {offset}); "
+        "save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 in.csv > out.csv"
+    )
+    got: list[TextDataset] = []
+    with pytest.raises(EnsembleError) as info:
+        for chunk in iter_table(path, chunk_rows=1000, field="data.x"):
+            got.append(chunk)
+    assert str(info.value) == expected
+    # The rows before the bad byte were streamed out first: whole chunks, in order.
+    assert 1 <= len(got) <= 4 and all(len(c) == 1000 for c in got)
+    assert got[0].texts[0] == "row 2" and got[-1].texts[-1] == f"row {len(got) * 1000 + 1}"
+    with pytest.raises(EnsembleError) as whole:
+        load_table(path, field="data.x")
+    assert str(whole.value) == expected
+    # The same for jsonl, which reads lines itself.
+    jsonl = tmp_path / "late.jsonl"
+    jsonl.write_bytes(b"".join(b'{"text": "%d", "label": 1}\n' % i for i in range(6000)).replace(b'"4999"', b'"\xff"'))
+    with pytest.raises(EnsembleError, match=r"^data: line 5000 of '.*late\.jsonl' is not valid UTF-8 \(byte 0xff"):
+        list(iter_table(jsonl))
+
+
+def test_iter_table_counts_skipped_rows_per_chunk(tmp_path: Path) -> None:
+    # Rows 1..12; every third one has no label, and two bad rows trail the last good one.
+    body = "".join(f"t{i}\t{'' if i % 3 == 0 else i % 2}\n" for i in range(1, 13)) + "t13\t\n\tx\n"
+    path = write(tmp_path / "b.tsv", "text\tlabel\n" + body)
+    chunks = list(iter_table(path, chunk_rows=3, on_bad_rows="skip"))
+    assert [c.texts for c in chunks] == [["t1", "t2", "t4"], ["t5", "t7", "t8"], ["t10", "t11"]]
+    # A skipped row counts in the last chunk that starts before it: t3 | t6, t9 | t12, t13, the empty text.
+    assert [c.skipped for c in chunks] == [1, 2, 3]
+    whole = load_table(path, on_bad_rows="skip")
+    assert concat(chunks) == (whole.texts, None, whole.labels, whole.skipped) and whole.skipped == 6
+    # Under "error" the chunks before the bad row come out, then the same error as load_table.
+    stream = iter_table(path, chunk_rows=1)
+    assert [next(stream).texts, next(stream).texts] == [["t1"], ["t2"]]
+    expected = f"data: line 4 of '{path}' has an empty label in column 'label'"
+    with pytest.raises(EnsembleError, match=f"^{expected}"):
+        next(stream)
+
+
+def test_iter_table_all_rows_bad_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path / "b.tsv", "text\tlabel\na\t\nb\t\nc\t\n")
+    with pytest.raises(EnsembleError, match=r"all 3 rows .* are bad and were skipped"):
+        list(iter_table(path, chunk_rows=1, on_bad_rows="skip"))
+
+
+def test_iter_table_decides_unlabelled_from_the_first_chunk(tmp_path: Path) -> None:
+    # Blank labels in the first 3 rows: unlabelled throughout, later labels are ignored.
+    path = write(tmp_path / "u.csv", "text,label\na,\nb,\nc, \nd,1\ne,\n")
+    chunks = list(iter_table(path, chunk_rows=3, require_label=False))
+    assert [c.texts for c in chunks] == [["a", "b", "c"], ["d", "e"]]
+    assert all(c.labels is None for c in chunks) and sum(c.skipped for c in chunks) == 0
+    # load_table looks at every row: "d" has a label, so the file is labelled and "a" is a bad row.
+    with pytest.raises(EnsembleError, match="line 2 of .* has an empty label"):
+        load_table(path, require_label=False)
+    # A chunk as big as the file decides as load_table does.
+    with pytest.raises(EnsembleError, match="line 2 of .* has an empty label"):
+        list(iter_table(path, chunk_rows=5, require_label=False))
+    # A label in the first chunk makes the file labelled; a later blank label is a bad row.
+    labelled = write(tmp_path / "l.csv", "text,label\na,1\nb,0\nc,\n")
+    with pytest.raises(EnsembleError, match="line 4 of .* has an empty label"):
+        list(iter_table(labelled, chunk_rows=2, require_label=False))
+    kept = list(iter_table(labelled, chunk_rows=2, require_label=False, on_bad_rows="skip"))
+    assert [c.labels for c in kept] == [["1", "0"]] and kept[0].skipped == 1
+    # Entirely blank, or no label column at all: unlabelled.
+    for content in ("text,label\na,\nb,\nc,\n", "text,id\na,1\nb,2\nc,3\n"):
+        chunks = list(iter_table(write(tmp_path / "n.csv", content), chunk_rows=2, require_label=False))
+        assert [c.texts for c in chunks] == [["a", "b"], ["c"]] and all(c.labels is None for c in chunks)
+
+
+def test_jsonl_columns_are_the_keys_of_the_first_object(tmp_path: Path) -> None:
+    # No pre-scan: a key that first appears after the first object is not a column.
+    path = write(tmp_path / "j.jsonl", '{"text": "a"}\n{"text": "b", "label": 1}\n')
+    with pytest.raises(EnsembleError, match=r"column 'label' not found in .*; columns found: text \(set data\.label"):
+        load_table(path)
+    assert load_table(path, require_label=False).labels is None
+    # Lines before the first object are still rows, judged in file order.
+    early = write(tmp_path / "e.jsonl", '\n{oops\n[1]\n{"text": "c", "label": 2}\n{"text": "d", "label": 3}\n')
+    with pytest.raises(EnsembleError, match=r"line 2 of .* is not a JSON object"):
+        next(iter_table(early))
+    chunks = list(iter_table(early, chunk_rows=1, on_bad_rows="skip"))
+    assert [(c.texts, c.labels, c.skipped) for c in chunks] == [(["c"], ["2"], 2), (["d"], ["3"], 0)]
+    none = write(tmp_path / "n.jsonl", "[1]\n2\n")
+    with pytest.raises(EnsembleError, match=r"column 'text' not found .*; columns found: \(none\)"):
+        load_table(none)
+
+
+@pytest.mark.parametrize(
+    "content", [b"text,label\r\na,1\r\nb,0\r\n", b"text,label\ra,1\rb,0\r", b"text\tlabel\ra\t1\rb\t0"]
+)
+def test_crlf_and_lone_cr_line_endings(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "n.csv"
+    path.write_bytes(content)
+    assert load_table(path).texts == ["a", "b"]
+    assert [c.labels for c in iter_table(path, chunk_rows=1)] == [["1"], ["0"]]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through /proc")
+def test_iter_table_closes_the_file_when_stopped_or_failing(tmp_path: Path) -> None:
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    path = write_many(tmp_path, "csv")
+    before = open_files()
+    stream = iter_table(path, chunk_rows=2)
+    next(stream)
+    assert open_files() == before + 1  # held open while streaming
+    stream.close()
+    assert open_files() == before
+    with pytest.raises(EnsembleError, match="not found"):
+        next(iter_table(path, text="nope"))
+    assert open_files() == before
+
+
+def test_iter_table_memory_stays_bounded_by_the_chunk(tmp_path: Path) -> None:
+    # ~20 MB, 200,000 rows. Streaming holds about two chunks of strings (the one the caller has and the
+    # one being built), ~4.2 MB measured with require_label=False (which also looks a chunk ahead);
+    # load_table holds every row (~41 MB measured), and a regression to reading the whole file would
+    # trace at least the file's 20 MB.
+    path = tmp_path / "big.csv"
+    filler = "lorem ipsum dolor sit amet " * 3
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("id,text,label\n")
+        f.writelines(f"{i},row {i} {filler},{i % 3}\n" for i in range(200_000))
+    size = path.stat().st_size
+    assert size > 19_000_000
+    rows, last = 0, ""
+    tracemalloc.start()
+    try:
+        for chunk in iter_table(path, chunk_rows=10_000, require_label=False):
+            assert len(chunk) == 10_000 and chunk.labels is not None
+            rows += len(chunk)
+            last = chunk.texts[-1]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rows == 200_000 and last.startswith("row 199999 lorem")
+    assert peak < 8_000_000, f"peak {peak / 1e6:.1f} MB for a {size / 1e6:.1f} MB file"
 
 
 # Real data: one test per dirty spot named in shared/data/README.md.

@@ -75,6 +75,7 @@ def aggregate(
     method: str = "soft",
     weights: ArrayLike | None = None,
     temperatures: ArrayLike | None = None,
+    inputs: str = "logits",
 ) -> Vote:
     """Vote the members' logits into one label per row.
 
@@ -85,15 +86,21 @@ def aggregate(
     share of member weight; ties between classes go to the higher soft score (the weighted mean
     probability), and if that is also equal, to the lowest class index.
 
-    Computation is float32 in torch (vote shares float64), on the device of a tensor input
-    (CPU for MPS, which lacks float64), in row chunks so memory stays bounded; results are
-    numpy arrays.
+    Computation is float32 in row chunks, so memory stays bounded and the input is never copied
+    whole. On CPU one fused numba pass does each chunk (`ensemble.kernels_cpu`); on CUDA one
+    fused Triton kernel (`ensemble.kernels`); elsewhere, or without those packages, the torch
+    reference below (vote shares in float64; the fused kernels use float32 shares with a 1e-6
+    tie tolerance). Results are numpy arrays.
 
     Args:
         logits: (members, rows, classes) tensor or array; float32, bfloat16, float16 or float64.
         method: ``"soft"`` or ``"hard"``.
         weights: one non-negative weight per member, not all zero; None means all equal.
         temperatures: one positive, finite temperature per member; None means all 1.
+        inputs: ``"logits"`` (the default) or ``"probs"`` when `logits` already holds member
+            probabilities (e.g. scikit-learn ``predict_proba`` outputs stacked); they are then
+            averaged as they are, or sharpened as ``p ** (1 / T)`` renormalised when
+            temperatures are given.
 
     Returns:
         A `Vote`.
@@ -113,6 +120,8 @@ def aggregate(
     if method not in METHODS:
         allowed = "{" + ", ".join(repr(m) for m in sorted(METHODS)) + "}"
         raise EnsembleError(f"the 'method' parameter must be one of {allowed}; got {method!r}")
+    if inputs not in ("logits", "probs"):
+        raise EnsembleError(f"the 'inputs' parameter must be one of {{'logits', 'probs'}}; got {inputs!r}")
     source = _as_source(logits)
     members, rows, classes = (int(n) for n in source.shape)
     weight = _member_vector(weights, "weights", members, default=1.0)
@@ -143,12 +152,41 @@ def aggregate(
     member_confidence = np.empty((members, rows), dtype=np.float32)
     equal_counts = torch.zeros((members, members), dtype=torch.int64, device=device)
 
+    probs_in = inputs == "probs"
+    if probs_in and not np.all(temperature == 1.0):
+        probs_in = False  # p ** (1/T) renormalised is softmax(log(p) / T): vote the log-probabilities
+        source = _log_probs(source)
+    fused = _fused_backend(device, members, classes)
     step = max(1, _CHUNK_ELEMENTS // (members * classes))
     with torch.no_grad():
         for start in range(0, rows, step):
             stop = min(start + step, rows)
-            x = _chunk(source, start, stop, device)
-            part = _vote_chunk(x, method, weight64, temperature32)
+            if fused == "numba":
+                from . import kernels_cpu
+
+                chunk = _chunk_numpy(source, start, stop)
+                views = {"labels": labels[start:stop], "scores": scores[start:stop], "confidence": confidence[start:stop],
+                         "agreement": agreement[start:stop], "member_labels": member_labels[:, start:stop],
+                         "member_confidence": member_confidence[:, start:stop]}
+                part = kernels_cpu.fused_vote(chunk, method, weight / weight.sum(), temperature, probs_in, out=views)
+                _check_finite(chunk, part["bad_row"], start)
+                equal_counts += torch.from_numpy(part["equal_counts"])
+                continue  # written in place
+            if fused == "triton" and not probs_in:
+                from . import kernels
+
+                # The kernel reads bf16 / fp16 as they are: half the bytes of an upcast copy.
+                x = source[:, start:stop]
+                if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+                    x = x.to(torch.float32)
+                if not bool(torch.isfinite(x).all()):
+                    _chunk(source, start, stop, device)  # raises, naming the member and row
+                part = kernels.fused_vote(x, method, weight64.to(torch.float32), temperature32)
+            else:
+                x = _chunk(source, start, stop, device)
+                if probs_in:
+                    x = torch.log(x.clamp_min(torch.finfo(torch.float32).tiny))
+                part = _vote_chunk(x, method, weight64, temperature32)
             labels[start:stop] = part["labels"].cpu().numpy()
             scores[start:stop] = part["scores"].cpu().numpy()
             confidence[start:stop] = part["confidence"].cpu().numpy()
@@ -215,6 +253,49 @@ def _vote_chunk(
         "member_confidence": member_confidence,
         "equal_counts": equal_counts,
     }
+
+
+def _fused_backend(device: torch.device, members: int, classes: int) -> str:
+    """Which fused kernel votes on `device`: "numba" (CPU), "triton" (CUDA) or "" (torch reference)."""
+    if _FORCE_REFERENCE:
+        return ""
+    if device.type == "cpu":
+        from . import kernels_cpu
+
+        return "numba" if kernels_cpu.available() else ""
+    if device.type == "cuda":
+        try:
+            from . import kernels
+        except ImportError:
+            return ""
+        fits = members <= kernels.MAX_MEMBERS and classes <= kernels.MAX_CLASSES
+        return "triton" if kernels.available() and fits else ""
+    return ""
+
+
+# Tests set this to compare the fused kernels with the torch reference.
+_FORCE_REFERENCE = False
+
+
+def _chunk_numpy(source: torch.Tensor | np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) as float32 numpy, without a copy when the input already is float32."""
+    if isinstance(source, torch.Tensor):
+        part = source[:, start:stop]
+        return (part if part.dtype == torch.float32 else part.to(torch.float32)).cpu().numpy()
+    part = source[:, start:stop]
+    return part if part.dtype == np.float32 else part.astype(np.float32)
+
+
+def _check_finite(chunk: np.ndarray, bad_row: int, start: int) -> None:
+    if bad_row >= 0:
+        member = int(np.flatnonzero(~np.isfinite(chunk[:, bad_row]).all(axis=-1))[0])
+        raise EnsembleError(
+            f"the 'logits' parameter must be finite; got NaN or infinity at member {member}, row {start + bad_row}")
+
+
+def _log_probs(source: torch.Tensor | np.ndarray) -> torch.Tensor:
+    x = source if isinstance(source, torch.Tensor) else torch.from_numpy(np.asarray(source, dtype=np.float32))
+    return torch.log(x.to(torch.float32).clamp_min(torch.finfo(torch.float32).tiny))
 
 
 def _as_source(logits: ArrayLike) -> torch.Tensor | np.ndarray:

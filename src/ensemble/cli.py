@@ -6,7 +6,6 @@ traceback instead.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -69,12 +68,8 @@ def vote(
 
     if method not in ("soft", "hard"):
         raise EnsembleError(f"--method: must be one of {{'hard', 'soft'}}; got '{method}'")
-    dirs = _named_dirs(members)
-    ens = Ensemble.from_dirs(dirs, method, _weights(weights))
-    columns = _member_columns(next(iter(dirs.values())))
-    text = text or columns.get("text") or "text"
-    text_pair = text_pair or columns.get("text_pair")
-    label = label or columns.get("label") or "label"
+    ens = Ensemble.from_dirs(_named_dirs(members), method, _weights(weights))
+    text, text_pair, label = _columns(ens, text, text_pair, label)
     ds = load_table(data, text=text, text_pair=text_pair, label=label, field="--data", require_label=False)
     if out.exists() and not overwrite:
         raise EnsembleError(f"--out: '{out}' already exists; choose another directory or pass --overwrite")
@@ -114,11 +109,34 @@ def _weights(items: list[str]) -> dict[str, float]:
     return weights
 
 
-def _member_columns(path: Path) -> dict:
-    try:
-        return json.loads((path / "recipe.json").read_text(encoding="utf-8")).get("data", {})
-    except (OSError, ValueError):
-        return {}
+@app.command()
+def predict(
+    ensemble: Path = typer.Option(..., "--ensemble", help="An ensemble directory (from fit or vote)."),
+    data: Path = typer.Option(..., "--data", help="Data file (csv, tsv, jsonl, npz, parquet), any size: it is streamed."),
+    out: Path = typer.Option(..., "--out", help="Output CSV: texts, member and ensemble labels, confidence, agreement."),
+    text: Optional[str] = typer.Option(None, "--text", help="Text column (default: the members' recipe, else 'text')."),
+    text_pair: Optional[str] = typer.Option(None, "--text-pair", help="Second text column for sentence pairs."),
+    label: Optional[str] = typer.Option(None, "--label", help="Gold label column, copied through when present."),
+    chunk_rows: int = typer.Option(10_000, "--chunk-rows", min=1, help="Rows per chunk (bounds the memory)."),
+    device: str = typer.Option("auto", "--device", help="auto (all GPUs, else CPU), cpu, or cuda:N."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Predict a data file of any size with a saved ensemble, streaming it in chunks."""
+    from .ensemble import Ensemble, predict_file
+
+    ens = Ensemble.load(ensemble, device=device)
+    text, text_pair, label = _columns(ens, text, text_pair, label)
+    rows = predict_file(ens, data, out, text=text, text_pair=text_pair, label=label, chunk_rows=chunk_rows,
+                        progress=not quiet)
+    typer.echo(f"{rows} rows predicted: {out}")
+
+
+def _columns(ens, text: str | None, text_pair: str | None, label: str | None) -> tuple[str, str | None, str]:
+    """Data columns: the flags, else what the members were trained with, else text / label."""
+    recorded = ens.data_columns()
+    return (text or recorded.get("text") or "text", text_pair or recorded.get("text_pair"),
+            label or recorded.get("label") or "label")
 
 
 def _summary(report: dict, out: Path) -> None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 import json
 import math
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
@@ -56,16 +57,18 @@ class TextDataset:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class _Row:
     where: str  # "line 17" (text formats) or "row 17" (array formats), for messages
     values: list[object]  # one per requested column, None where the row lacks it
     problem: str | None = None  # a structural fault the reader found (too few fields, bad JSON)
 
 
-# A reader returns the column names and a function yielding rows for the columns asked for,
-# so that columns are checked by name before any row is judged.
+# A reader is a context manager (it may hold the file open) giving the column names and a
+# function yielding rows for the columns asked for, so that columns are checked by name before
+# any row is judged.
 _Fetch = Callable[[list[str]], Iterator[_Row]]
+_Reader = Callable[[Path, str, str], AbstractContextManager[tuple[list[str], _Fetch]]]
 
 
 def load_table(
@@ -82,15 +85,86 @@ def load_table(
 
     The format comes from the extension (.csv, .tsv, .jsonl, .npz, .parquet); a .csv whose
     header holds a tab is read as TSV. Bad rows (empty text or label, missing fields) raise
-    on the first one, or are dropped and counted with ``on_bad_rows="skip"``.
+    on the first one, or are dropped and counted with ``on_bad_rows="skip"``. With
+    ``require_label=False`` a label column that is blank in every row means "unlabelled"
+    (``labels`` is None). `iter_table` reads the same files in chunks, for files too big to hold.
 
     Example:
         >>> ds = load_table("ids-sst-train.csv", text="sentence", label="sentiment", field="data.train")
         >>> ds.texts[0][:20], ds.labels[0]
         ('The Rock is destined', '3')
     """
+    _check_bad_row_mode(on_bad_rows)
+    # One chunk holding every row: the shared streaming code with no chunk limit.
+    (ds,) = _stream_table(
+        path, chunk_rows=None, text=text, text_pair=text_pair, label=label,
+        field=field, on_bad_rows=on_bad_rows, require_label=require_label,
+    )
+    return ds
+
+
+def iter_table(
+    path: str | Path,
+    *,
+    chunk_rows: int = 10_000,
+    text: str = "text",
+    text_pair: str | None = None,
+    label: str | None = "label",
+    field: str = "data",
+    on_bad_rows: str = "error",
+    require_label: bool = True,
+) -> Iterator[TextDataset]:
+    """`load_table` in consecutive chunks of at most `chunk_rows` rows, in file order.
+
+    csv, tsv and jsonl files are read incrementally, so memory is bounded by the chunk, not the
+    file; npz and parquet files are loaded whole and then chunked. Rows are cleaned, checked and
+    skipped exactly as in `load_table`, with the same messages and line numbers. A chunk spans the
+    file from its first row to the next chunk's first row, and its ``skipped`` counts the bad rows
+    skipped in that span (bad rows before the first good row count in the first chunk), so the
+    chunks' ``skipped`` add up to `load_table`'s. Chunks are never empty; only the last one may
+    hold fewer than `chunk_rows` rows.
+
+    Parameter errors (`chunk_rows`, `on_bad_rows`) raise at once. Everything about the file is
+    checked when the first chunk is asked for and before it is yielded: the path, an empty file,
+    missing or duplicate columns, a header without rows. Problems further on (a bad row under
+    ``on_bad_rows="error"``, a non-UTF-8 byte, broken quoting) raise when reading gets there,
+    after the chunks before them were yielded.
+
+    With ``require_label=False``, whether a blank label column means "unlabelled" is decided
+    from the first `chunk_rows` data rows (`load_table` looks at all rows): if every label there
+    is blank, every chunk has ``labels`` None and later labels are ignored; otherwise the file
+    is labelled and a later blank label is a bad row.
+
+    Example:
+        >>> for chunk in iter_table("big.csv", chunk_rows=10_000, require_label=False):
+        ...     predict(chunk.texts)  # doctest: +SKIP
+    """
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int | np.integer) or chunk_rows < 1:
+        raise EnsembleError(f"the 'chunk_rows' parameter must be a positive integer; got {chunk_rows!r}")
+    _check_bad_row_mode(on_bad_rows)
+    return _stream_table(
+        path, chunk_rows=int(chunk_rows), text=text, text_pair=text_pair, label=label,
+        field=field, on_bad_rows=on_bad_rows, require_label=require_label,
+    )
+
+
+def _check_bad_row_mode(on_bad_rows: str) -> None:
     if on_bad_rows not in BAD_ROW_MODES:
         raise EnsembleError(f"the 'on_bad_rows' parameter must be one of {{'error', 'skip'}}; got {on_bad_rows!r}")
+
+
+def _stream_table(
+    path: str | Path,
+    *,
+    chunk_rows: int | None,
+    text: str,
+    text_pair: str | None,
+    label: str | None,
+    field: str,
+    on_bad_rows: str,
+    require_label: bool,
+) -> Iterator[TextDataset]:
+    """The one implementation behind `load_table` and `iter_table`; `chunk_rows=None` is one chunk."""
     p, shown = Path(path), str(path)
     if not p.exists():
         raise EnsembleError(f"{field}: file not found: '{shown}' (relative paths start at the working directory)")
@@ -101,37 +175,82 @@ def load_table(
         raise EnsembleError(
             f"{field}: cannot read '{shown}': unknown extension {p.suffix!r}; use one of {', '.join(FORMATS)}"
         )
-    columns, fetch = reader(p, shown, field)
+    with reader(p, shown, field) as (columns, fetch):
 
-    def find(name: str, key: str) -> str:
-        if name not in columns:
-            listed = ", ".join(c for c in columns if c) or "(none)"
-            raise EnsembleError(
-                f"{field}: column '{name}' not found in '{shown}'; columns found: {listed} (set {key} to one of them)"
-            )
-        if columns.count(name) > 1:
-            raise EnsembleError(
-                f"{field}: column '{name}' appears {columns.count(name)} times in '{shown}'; rename the duplicates"
-            )
-        return name
+        def find(name: str, key: str) -> str:
+            if name not in columns:
+                listed = ", ".join(c for c in columns if c) or "(none)"
+                raise EnsembleError(
+                    f"{field}: column '{name}' not found in '{shown}'; "
+                    f"columns found: {listed} (set {key} to one of them)"
+                )
+            if columns.count(name) > 1:
+                raise EnsembleError(
+                    f"{field}: column '{name}' appears {columns.count(name)} times in '{shown}'; rename the duplicates"
+                )
+            return name
 
-    wanted = [find(text, "data.text")]
-    if text_pair is not None:
-        wanted.append(find(text_pair, "data.text_pair"))
-    use_label = label is not None and (require_label or label in columns)
-    if use_label:
-        wanted.append(find(label, "data.label"))  # type: ignore[arg-type]  # not None when use_label
-    rows = list(fetch(wanted))
-    if not rows:
-        raise EnsembleError(f"{field}: '{shown}' has column names but no data rows; add rows or use another file")
-    # Prediction files often carry a blank label column: that means "unlabelled", not "all rows bad".
-    if use_label and not require_label and all(normalize_label(r.values[-1]) is None for r in rows):
-        use_label = False
+        wanted = [find(text, "data.text")]
+        if text_pair is not None:
+            wanted.append(find(text_pair, "data.text_pair"))
+        use_label = label is not None and (require_label or label in columns)
+        if use_label:
+            wanted.append(find(label, "data.label"))  # type: ignore[arg-type]  # not None when use_label
+        rows = fetch(wanted)
+        # Look ahead only as far as the decision below needs: one row, or the first chunk.
+        decide = use_label and not require_label
+        head = list(rows) if decide and chunk_rows is None else list(islice(rows, chunk_rows if decide else 1))
+        if not head:
+            raise EnsembleError(f"{field}: '{shown}' has column names but no data rows; add rows or use another file")
+        # Prediction files often carry a blank label column: that means "unlabelled", not "all rows bad".
+        if decide and all(normalize_label(r.values[-1]) is None for r in head):
+            use_label = False
+        ahead = deque(head)
+        del head
+        yield from _clean_rows(
+            chain(_drain(ahead), rows), shown=shown, field=field, chunk_rows=chunk_rows, text=text,
+            text_pair=text_pair, label=label if use_label else None, on_bad_rows=on_bad_rows,
+        )
 
+
+def _drain(items: deque[_Row]) -> Iterator[_Row]:
+    """Yield and forget the looked-ahead rows, so that they are freed as they are judged."""
+    while items:
+        yield items.popleft()
+
+
+def _clean_rows(
+    rows: Iterator[_Row],
+    *,
+    shown: str,
+    field: str,
+    chunk_rows: int | None,
+    text: str,
+    text_pair: str | None,
+    label: str | None,
+    on_bad_rows: str,
+) -> Iterator[TextDataset]:
+    """Judge each row (empty text, empty label, the reader's problem) and group the good ones in chunks.
+
+    Under "skip" a full chunk is held back until the next good row arrives, so that it counts the
+    bad rows up to the next chunk's first row (and those after the last good row) and no chunk is
+    ever empty; under "error" nothing is skipped, and a full chunk is yielded at once.
+    """
     texts: list[str] = []
     pairs: list[str] | None = [] if text_pair is not None else None
-    labels: list[str] | None = [] if use_label else None
-    skipped = 0
+    labels: list[str] | None = [] if label is not None else None
+    skipped, yielded = 0, False
+
+    def take() -> TextDataset:
+        """The rows gathered so far as a chunk, starting an empty one."""
+        nonlocal texts, pairs, labels, skipped, yielded
+        done = TextDataset(texts=texts, pairs=pairs, labels=labels, path=shown, skipped=skipped)
+        texts, skipped, yielded = [], 0, True
+        pairs = [] if pairs is not None else None
+        labels = [] if labels is not None else None
+        return done
+
+    hold = on_bad_rows == "skip"
     for row in rows:
         first = _as_text(row.values[0])
         second = _as_text(row.values[1]) if pairs is not None else ""
@@ -150,16 +269,21 @@ def load_table(
                 )
             skipped += 1
             continue
+        if hold and len(texts) == chunk_rows:  # this good row starts the next chunk
+            yield take()
         texts.append(first)
         if pairs is not None:
             pairs.append(second)
         if labels is not None and name is not None:
             labels.append(name)
-    if not texts:
+        if not hold and len(texts) == chunk_rows:
+            yield take()
+    if texts:
+        yield take()
+    elif not yielded:  # every row was bad and skipped (under "error" the first one raised)
         raise EnsembleError(
             f"{field}: all {skipped} rows of '{shown}' are bad and were skipped; check the column names and the file"
         )
-    return TextDataset(texts=texts, pairs=pairs, labels=labels, path=shown, skipped=skipped)
 
 
 def normalize_label(value: object) -> str | None:
@@ -268,51 +392,97 @@ def _as_text(value: object) -> str:
     return str(value).strip()
 
 
-def _read_text(p: Path, shown: str, field: str) -> str:
-    """The file decoded as UTF-8 with any BOM dropped (utf-8-sig); empty files are an error."""
-    data = p.read_bytes()
-    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
-    if not data[bom:].strip():
-        raise EnsembleError(f"{field}: '{shown}' is empty; it needs a header line and at least one row")
-    try:
-        return data[bom:].decode("utf-8")
-    except UnicodeDecodeError as e:
-        offset = bom + e.start
-        line = data.count(b"\n", 0, offset) + 1
-        raise EnsembleError(
-            f"{field}: line {line} of '{shown}' is not valid UTF-8 (byte {data[offset]:#04x} at offset {offset}); "
-            "save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 in.csv > out.csv"
-        ) from None
-
-
-def _read_delimited(p: Path, shown: str, field: str) -> tuple[list[str], _Fetch]:
-    text = _read_text(p, shown, field)
-    tabbed = p.suffix.lower() == ".tsv" or "\t" in text.splitlines()[0]
-    stream = io.StringIO(text, newline="")
-    # TSV fields are never quoted, so a quote character is literal text (CFIMDB has stray ones);
-    # with normal quoting, one stray quote would swallow the following rows.
-    if tabbed:
-        reader = csv.reader(stream, delimiter="\t", quoting=csv.QUOTE_NONE)
-    else:
-        reader = csv.reader(stream, strict=True)
-    columns = [c.strip() for c in _next_record(reader, shown, field) or []]
-
-    def fetch(names: list[str]) -> Iterator[_Row]:
-        idx = [columns.index(n) for n in names]
-        while True:
-            start = reader.line_num + 1  # a quoted record may span lines; report its first
-            record = _next_record(reader, shown, field)
-            if record is None:
+def _check_not_empty(p: Path, shown: str, field: str) -> None:
+    """Raise if the file holds nothing but a BOM and whitespace; reads only until the first content."""
+    with open(p, "rb") as f:
+        block = f.read(1 << 16)
+        if block.startswith(codecs.BOM_UTF8):
+            block = block[len(codecs.BOM_UTF8) :]
+        while block:
+            if block.strip():
                 return
-            if len(record) <= 1 and not "".join(record).strip():
-                continue  # a blank line is not a row
-            problem = None
-            # Extra empty fields are harmless (trailing tabs); extra text means a shifted row.
-            if len(record) < len(columns) or any(f.strip() for f in record[len(columns) :]):
-                problem = f"has {len(record)} fields but the header has {len(columns)}"
-            yield _Row(f"line {start}", [record[i] if i < len(record) else None for i in idx], problem)
+            block = f.read(1 << 16)
+    raise EnsembleError(f"{field}: '{shown}' is empty; it needs a header line and at least one row")
 
-    return columns, fetch
+
+@contextmanager
+def _open_text(p: Path, shown: str, field: str) -> Iterator[Iterator[str]]:
+    """The file's lines, decoded as UTF-8 with any BOM dropped (utf-8-sig), read as they are asked for.
+
+    Lines end at LF, CRLF or a lone CR and keep their endings (newline=""), as the csv module needs.
+    A non-UTF-8 byte raises a one-line error naming its line, when reading gets near it.
+    """
+    _check_not_empty(p, shown, field)
+    with open(p, encoding="utf-8-sig", newline="") as f:
+
+        def lines() -> Iterator[str]:
+            try:
+                yield from f
+            except UnicodeDecodeError:
+                raise _not_utf8(p, shown, field) from None
+
+        yield lines()
+
+
+def _not_utf8(p: Path, shown: str, field: str) -> EnsembleError:
+    """The error for the first non-UTF-8 byte of `p`, found again by a block-wise scan.
+
+    The text reader decodes ahead in blocks, so its error does not say which line is bad;
+    this scan runs only on that error path and keeps memory bounded by the block size.
+    """
+    how = "save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 in.csv > out.csv"
+    with open(p, "rb") as f:
+        offset = len(codecs.BOM_UTF8) if f.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8 else 0
+        f.seek(offset)
+        line, carry = 1, b""
+        while True:
+            block = f.read(1 << 20)
+            data = carry + block
+            try:
+                _, used = codecs.utf_8_decode(data, "strict", not block)
+            except UnicodeDecodeError as e:
+                line += data.count(b"\n", 0, e.start)
+                return EnsembleError(
+                    f"{field}: line {line} of '{shown}' is not valid UTF-8 "
+                    f"(byte {data[e.start]:#04x} at offset {offset + e.start}); {how}"
+                )
+            if not block:  # the file changed under us: say what we know
+                return EnsembleError(f"{field}: '{shown}' is not valid UTF-8; {how}")
+            line += data.count(b"\n", 0, used)
+            offset += used
+            carry = data[used:]
+
+
+@contextmanager
+def _read_delimited(p: Path, shown: str, field: str) -> Iterator[tuple[list[str], _Fetch]]:
+    with _open_text(p, shown, field) as lines:
+        header = next(lines, "")
+        tabbed = p.suffix.lower() == ".tsv" or "\t" in header
+        stream = chain([header], lines)
+        # TSV fields are never quoted, so a quote character is literal text (CFIMDB has stray ones);
+        # with normal quoting, one stray quote would swallow the following rows.
+        if tabbed:
+            reader = csv.reader(stream, delimiter="\t", quoting=csv.QUOTE_NONE)
+        else:
+            reader = csv.reader(stream, strict=True)
+        columns = [c.strip() for c in _next_record(reader, shown, field) or []]
+
+        def fetch(names: list[str]) -> Iterator[_Row]:
+            idx = [columns.index(n) for n in names]
+            while True:
+                start = reader.line_num + 1  # a quoted record may span lines; report its first
+                record = _next_record(reader, shown, field)
+                if record is None:
+                    return
+                if len(record) <= 1 and not "".join(record).strip():
+                    continue  # a blank line is not a row
+                problem = None
+                # Extra empty fields are harmless (trailing tabs); extra text means a shifted row.
+                if len(record) < len(columns) or any(f.strip() for f in record[len(columns) :]):
+                    problem = f"has {len(record)} fields but the header has {len(columns)}"
+                yield _Row(f"line {start}", [record[i] if i < len(record) else None for i in idx], problem)
+
+        yield columns, fetch
 
 
 def _next_record(reader: Iterator[list[str]], shown: str, field: str) -> list[str] | None:
@@ -325,34 +495,62 @@ def _next_record(reader: Iterator[list[str]], shown: str, field: str) -> list[st
         ) from None
 
 
-def _read_jsonl(p: Path, shown: str, field: str) -> tuple[list[str], _Fetch]:
-    parsed: list[tuple[int, object]] = []
-    columns: dict[str, None] = {}  # an ordered set: keys in order of first appearance
-    for number, line in enumerate(_read_text(p, shown, field).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj: object = json.loads(line)
-        except json.JSONDecodeError:
-            obj = None
-        if isinstance(obj, dict):
-            obj = {str(k).strip(): v for k, v in obj.items()}
-            columns.update(dict.fromkeys(obj))
-        parsed.append((number, obj))
+@contextmanager
+def _read_jsonl(p: Path, shown: str, field: str) -> Iterator[tuple[list[str], _Fetch]]:
+    # The columns are the keys of the first JSON object: there is no pre-scan of the whole file.
+    # Non-object lines before it are remembered (line numbers only) to be judged in order.
+    with _open_text(p, shown, field) as lines:
+        numbered = enumerate(lines, start=1)
+        before: list[int] = []
+        first: tuple[int, dict[str, object]] | None = None
+        for number, line in numbered:
+            obj = _parse_json_line(line)
+            if isinstance(obj, dict):
+                first = (number, obj)
+                break
+            if obj is not _BLANK:
+                before.append(number)
+        columns = list(first[1]) if first is not None else []
 
-    def fetch(names: list[str]) -> Iterator[_Row]:
-        for number, obj in parsed:
-            if not isinstance(obj, dict):
-                yield _Row(f"line {number}", [None] * len(names), "is not a JSON object")
-                continue
-            absent = [n for n in names if n not in obj]
-            problem = f"has no field '{absent[0]}'" if absent else None
-            yield _Row(f"line {number}", [obj.get(n) for n in names], problem)
+        def parsed() -> Iterator[tuple[int, object]]:
+            yield from ((number, None) for number in before)
+            if first is not None:
+                yield first
+            for number, line in numbered:
+                obj = _parse_json_line(line)
+                if obj is not _BLANK:
+                    yield number, obj
 
-    return list(columns), fetch
+        def fetch(names: list[str]) -> Iterator[_Row]:
+            for number, obj in parsed():
+                if not isinstance(obj, dict):
+                    yield _Row(f"line {number}", [None] * len(names), "is not a JSON object")
+                    continue
+                absent = [n for n in names if n not in obj]
+                problem = f"has no field '{absent[0]}'" if absent else None
+                yield _Row(f"line {number}", [obj.get(n) for n in names], problem)
+
+        yield columns, fetch
 
 
-def _read_npz(p: Path, shown: str, field: str) -> tuple[list[str], _Fetch]:
+_BLANK = object()  # a blank jsonl line: not a row
+
+
+def _parse_json_line(line: str) -> object:
+    """A JSON object with its keys stripped, `_BLANK` for a blank line, or anything else (a bad row)."""
+    if not line.strip():
+        return _BLANK
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if isinstance(obj, dict):
+        return {str(k).strip(): v for k, v in obj.items()}
+    return obj
+
+
+@contextmanager
+def _read_npz(p: Path, shown: str, field: str) -> Iterator[tuple[list[str], _Fetch]]:
     how = "save it with np.savez(path, text=np.array(texts, dtype=str), label=np.array(labels))"
     try:
         archive = np.load(p, allow_pickle=False)
@@ -395,10 +593,11 @@ def _read_npz(p: Path, shown: str, field: str) -> tuple[list[str], _Fetch]:
         for i in range(lengths[names[0]]):
             yield _Row(f"row {i + 1}", [v[i] for v in values])
 
-    return columns, fetch
+    yield columns, fetch
 
 
-def _read_parquet(p: Path, shown: str, field: str) -> tuple[list[str], _Fetch]:
+@contextmanager
+def _read_parquet(p: Path, shown: str, field: str) -> Iterator[tuple[list[str], _Fetch]]:
     try:
         import pyarrow.parquet as pq  # optional and heavy: imported only when a parquet file is read
     except ImportError:
@@ -420,10 +619,10 @@ def _read_parquet(p: Path, shown: str, field: str) -> tuple[list[str], _Fetch]:
         for i in range(table.num_rows):
             yield _Row(f"row {i + 1}", [c[i] for c in cols])
 
-    return columns, fetch
+    yield columns, fetch
 
 
-_READERS: dict[str, Callable[[Path, str, str], tuple[list[str], _Fetch]]] = {
+_READERS: dict[str, _Reader] = {
     ".csv": _read_delimited,
     ".tsv": _read_delimited,
     ".jsonl": _read_jsonl,

@@ -11,19 +11,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .aggregate import Vote, aggregate
-from .batching import Collator, encode, length_sorted_batches
-from .data import TextDataset
+from .batching import Collator, Encoded, encode, length_sorted_batches
+from .data import TextDataset, iter_table
 from .errors import EnsembleError
 from .members import Member, device_of, load_member
 from .recipe import VOTE_METHODS
-from .report import build_report, write_predictions, write_report
+from .report import append_predictions, build_report, write_predictions, write_report
 
 MANIFEST = "ensemble.json"
 FORMAT = "ensemble/1"
@@ -78,8 +81,8 @@ class Ensemble:
     # ------------------------------------------------------------ loading and saving
 
     @classmethod
-    def load(cls, path: str | Path) -> "Ensemble":
-        """Open a directory written by ``ensemble fit`` or ``ensemble vote``."""
+    def load(cls, path: str | Path, device: str | Sequence[str] = "auto") -> "Ensemble":
+        """Open a directory written by ``ensemble fit`` or ``ensemble vote``; see `to` for `device`."""
         path = Path(path)
         manifest_file = path / MANIFEST
         if not manifest_file.is_file():
@@ -98,12 +101,21 @@ class Ensemble:
             if root not in member_dir.parents:
                 raise EnsembleError(f"ensemble '{path}': member '{name}' path '{rel}' points outside the ensemble directory")
             members.append(load_member(member_dir, name))
-        return cls(members, manifest.get("method", "soft"), manifest.get("weights"))
+        return cls(members, manifest.get("method", "soft"), manifest.get("weights")).to(device)
 
     @classmethod
-    def from_dirs(cls, dirs: dict[str, str | Path], method: str = "soft", weights: dict[str, float] | None = None) -> "Ensemble":
+    def from_dirs(cls, dirs: dict[str, str | Path], method: str = "soft", weights: dict[str, float] | None = None,
+                  device: str | Sequence[str] = "auto") -> "Ensemble":
         """Members from their directories, keyed by name."""
-        return cls([load_member(d, name) for name, d in dirs.items()], method, weights)
+        return cls([load_member(d, name) for name, d in dirs.items()], method, weights).to(device)
+
+    def data_columns(self) -> dict:
+        """The data columns (text, text_pair, label) the first member was trained with, if recorded."""
+        member = next(iter(self.members.values()))
+        try:
+            return json.loads((member.path / "recipe.json").read_text(encoding="utf-8")).get("data", {})
+        except (OSError, TypeError, ValueError):
+            return {}
 
     def manifest(self) -> dict:
         return {"format": FORMAT, "labels": self.labels, "method": self.method, "weights": self.weights,
@@ -121,13 +133,60 @@ class Ensemble:
 
     # ------------------------------------------------------------ predicting
 
-    def member_logits(self, texts: Sequence, pairs: Sequence[str] | None = None) -> np.ndarray:
-        """Logits of every member, shape (members, rows, classes), columns in `self.labels` order."""
-        texts, pairs = self._split_pairs(texts, pairs)
-        out = np.empty((len(self.members), len(texts), len(self.labels)), dtype=np.float32)
+    def to(self, device: str | Sequence[str] = "auto") -> "Ensemble":
+        """Place the members: ``"auto"`` spreads them over all GPUs (round robin), else CPU.
+
+        A single device (``"cpu"``, ``"cuda:1"``) takes every member; a list spreads them over it.
+        Members on different GPUs then predict concurrently.
+        """
+        if device == "auto":
+            count = torch.cuda.device_count()
+            devices = [f"cuda:{i}" for i in range(count)] if count else ["cpu"]
+        elif isinstance(device, str):
+            devices = [device]
+        else:
+            devices = list(device)
+        for d in devices:
+            kind, _, index = str(d).partition(":")
+            ok = (kind == "cpu" and not index) or (
+                kind == "cuda" and (not index or index.isdigit()) and int(index or 0) < torch.cuda.device_count())
+            if not ok:
+                raise EnsembleError(f"device: must be 'auto', 'cpu' or 'cuda[:N]' with N below the number of GPUs "
+                                    f"({torch.cuda.device_count()}); got '{d}'")
         for k, member in enumerate(self.members.values()):
-            order = [member.labels.index(label) for label in self.labels]
-            out[k] = _predict_logits(member, texts, pairs, self.batch_size)[:, order]
+            member.model.to(devices[k % len(devices)])
+        return self
+
+    def member_logits(self, texts: Sequence, pairs: Sequence[str] | None = None) -> np.ndarray:
+        """Logits of every member, shape (members, rows, classes), columns in `self.labels` order.
+
+        Texts are tokenized once per distinct tokenizer (members fine-tuned from one checkpoint
+        share the token ids); members on different GPUs run concurrently, in bf16 autocast.
+        """
+        texts, pairs = self._split_pairs(texts, pairs)
+        members = list(self.members.values())
+        out = np.empty((len(members), len(texts), len(self.labels)), dtype=np.float32)
+        encodings: dict[str, Encoded] = {}
+        for member in members:
+            key = member.tokenizer_key or member.name
+            if key not in encodings:
+                encodings[key] = encode(member.tokenizer, texts, pairs, member.max_length)
+
+        def run(indices: list[int]) -> None:
+            for k in indices:
+                member = members[k]
+                order = [member.labels.index(label) for label in self.labels]
+                enc = encodings[member.tokenizer_key or member.name]
+                out[k] = _predict_logits(member, enc, self.batch_size)[:, order]
+
+        by_device: dict[str, list[int]] = {}
+        for k, member in enumerate(members):
+            by_device.setdefault(str(device_of(member.model)), []).append(k)
+        if len(by_device) > 1:
+            with ThreadPoolExecutor(len(by_device)) as pool:
+                list(pool.map(run, by_device.values()))
+        else:
+            run(list(range(len(members))))
         return out
 
     def vote(self, texts: Sequence, pairs: Sequence[str] | None = None) -> Vote:
@@ -163,28 +222,65 @@ class Ensemble:
 
 
 @torch.inference_mode()
-def _predict_logits(member: Member, texts: list[str], pairs: list[str] | None, batch_size: int) -> np.ndarray:
+def _predict_logits(member: Member, enc: Encoded, batch_size: int) -> np.ndarray:
     """One member's logits in input order; batches of similar length, padded per batch."""
-    enc = encode(member.tokenizer, texts, pairs, member.max_length)
     collate = Collator(member.tokenizer.pad_token_id)
     device = device_of(member.model)
-    logits = np.empty((len(texts), member.model.config.num_labels), dtype=np.float32)
-    for rows in length_sorted_batches(enc.lengths(), batch_size):
-        batch = {k: v.to(device) for k, v in collate([enc[i] for i in rows]).items()}
-        logits[rows] = member.model(**batch).logits.float().cpu().numpy()
+    logits = np.empty((len(enc), member.model.config.num_labels), dtype=np.float32)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        for rows in length_sorted_batches(enc.lengths(), batch_size):
+            batch = {k: v.to(device, non_blocking=True) for k, v in collate([enc[i] for i in rows]).items()}
+            logits[rows] = member.model(**batch).logits.float().cpu().numpy()
     return logits
+
+
+def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str = "text", text_pair: str | None = None,
+                 label: str | None = "label", chunk_rows: int = 10_000, progress: bool = True) -> int:
+    """Stream `data` through the ensemble into the CSV `out`, `chunk_rows` rows at a time.
+
+    Memory is bounded by the chunk, not the file. The columns are those of predictions.csv
+    (the gold label only when the file has one). Written to a temporary file and renamed at the
+    end, so `out` never holds a partial result. Returns the number of rows written.
+
+    Example:
+        >>> predict_file(Ensemble.load("runs/demo"), "big.csv", "big-predictions.csv")  # doctest: +SKIP
+        1000000
+    """
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    names, rows = list(ens.members), 0
+    bar = tqdm(desc="predict", unit="rows", disable=not progress, mininterval=0.5 if sys.stderr.isatty() else 30)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            for chunk in iter_table(data, chunk_rows=chunk_rows, text=text, text_pair=text_pair, label=label,
+                                    field="--data", require_label=False):
+                vote = ens.vote(chunk.texts, chunk.pairs)
+                append_predictions(handle, names=names, labels=ens.labels, vote=vote, texts=chunk.texts,
+                                   pairs=chunk.pairs, y_true=_gold(ens, chunk, "--data"), header=rows == 0)
+                rows += len(chunk)
+                bar.update(len(chunk))
+        os.replace(tmp, out)
+    finally:
+        bar.close()
+        tmp.unlink(missing_ok=True)
+    return rows
+
+
+def _gold(ens: Ensemble, ds: TextDataset, split: str) -> np.ndarray | None:
+    """Gold labels as indices into `ens.labels`; an error names a label the members do not know."""
+    if ds.labels is None:
+        return None
+    unknown = sorted(set(ds.labels) - set(ens.labels))
+    if unknown:
+        raise EnsembleError(f"{split}: label '{unknown[0]}' is not one the members know ({', '.join(ens.labels)})")
+    index = {label: i for i, label in enumerate(ens.labels)}
+    return np.array([index[y] for y in ds.labels])
 
 
 def evaluate(ens: Ensemble, ds: TextDataset, split: str, out: Path) -> dict:
     """Vote on `ds`, write predictions.csv, report.json and report.md into `out`; return the report."""
     vote = ens.vote(ds.texts, ds.pairs)
-    y_true = None
-    if ds.labels is not None:
-        unknown = sorted(set(ds.labels) - set(ens.labels))
-        if unknown:
-            raise EnsembleError(f"{split}: label '{unknown[0]}' is not one the members know ({', '.join(ens.labels)})")
-        index = {label: i for i, label in enumerate(ens.labels)}
-        y_true = np.array([index[y] for y in ds.labels])
+    y_true = _gold(ens, ds, split)
     names = list(ens.members)
     report = build_report(names=names, labels=ens.labels, vote=vote, method=ens.method, weights=ens.weights,
                           y_true=y_true, texts=ds.texts, pairs=ds.pairs, split=split)

@@ -8,6 +8,7 @@ and never runs code from the directory (`trust_remote_code=False`, `use_safetens
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -33,6 +34,8 @@ SIZES: dict[str, tuple[int, int, int, int, int]] = {
 }
 MAX_POSITIONS = 512
 RECIPE_FILE = "recipe.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "merges.txt", "vocab.json", "spiece.model")
 METRICS_FILE = "metrics.json"
 
 
@@ -47,6 +50,7 @@ class Member:
     labels: list[str]
     max_length: int
     text_pair: bool  # trained on sentence pairs
+    tokenizer_key: str = ""  # equal keys: the same tokenizer files and max_length, so the same token ids
 
 
 def _quiet_transformers() -> None:
@@ -283,7 +287,18 @@ def load_member(path: str | Path, name: str | None = None) -> Member:
     data = recipe.get("data", {})
     max_length = int(train.get("max_length", min(getattr(tokenizer, "model_max_length", 512), 512)))
     return Member(name=name, path=path, model=model, tokenizer=tokenizer, labels=labels,
-                  max_length=max_length, text_pair=bool(data.get("text_pair")))
+                  max_length=max_length, text_pair=bool(data.get("text_pair")),
+                  tokenizer_key=tokenizer_key(path, max_length))
+
+
+def tokenizer_key(path: Path, max_length: int) -> str:
+    """A fingerprint of a member's tokenizer files: members fine-tuned from one checkpoint share it."""
+    digest = hashlib.sha256(str(max_length).encode())
+    for name in TOKENIZER_FILES:
+        file = path / name
+        if file.is_file():
+            digest.update(name.encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
 
 
 def parameter_count(model: nn.Module) -> tuple[int, int]:

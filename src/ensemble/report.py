@@ -189,13 +189,23 @@ def write_predictions(path: str | os.PathLike, *, names: list[str], labels: list
         >>> out.read_text().splitlines()[1]
         'fine,neg,0.880797,pos,0.731059,neg,0.574869,0.5'
     """
+    _atomic_write(Path(path), lambda handle: append_predictions(
+        handle, names=names, labels=labels, vote=vote, texts=texts, pairs=pairs, y_true=y_true, header=True))
+
+
+def append_predictions(handle: IO[str], *, names: list[str], labels: list[str], vote: Vote, texts: list[str],
+                       pairs: list[str] | None, y_true: np.ndarray | None, header: bool) -> None:
+    """Write prediction rows (and the header line when `header`) to an open text file.
+
+    The streaming form of `write_predictions`: ``ensemble predict`` appends one chunk at a time.
+    """
     member_labels, gold = _check_inputs(vote, names, len(labels), texts, pairs, y_true)
-    header = ["text"] + (["text_pair"] if pairs is not None else [])
-    header += ["label"] if gold is not None else []
+    columns = ["text"] + (["text_pair"] if pairs is not None else [])
+    columns += ["label"] if gold is not None else []
     for name in names:
-        header += [f"{name}_label", f"{name}_confidence"]
-    header += ["ensemble_label", "ensemble_confidence", "agreement"]
-    clashes = sorted({c for c in header if header.count(c) > 1})
+        columns += [f"{name}_label", f"{name}_confidence"]
+    columns += ["ensemble_label", "ensemble_confidence", "agreement"]
+    clashes = sorted({c for c in columns if columns.count(c) > 1})
     if clashes:
         raise EnsembleError(
             f"member names {names!r} clash with predictions.csv columns {clashes!r}; "
@@ -204,20 +214,17 @@ def write_predictions(path: str | os.PathLike, *, names: list[str], labels: list
 
     names_of = np.asarray(labels, dtype=object)  # index -> label name, vectorised
     member_names, ensemble_names = names_of[member_labels], names_of[vote.labels]
-
-    def write(handle: IO[str]) -> None:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for row in range(len(texts)):
-            line = [texts[row]] + ([pairs[row]] if pairs is not None else [])
-            if gold is not None:
-                line.append(labels[gold[row]])
-            for m in range(len(names)):
-                line += [member_names[m, row], _g6(vote.member_confidence[m, row])]
-            line += [ensemble_names[row], _g6(vote.confidence[row]), _g6(vote.agreement[row])]
-            writer.writerow(line)
-
-    _atomic_write(Path(path), write)
+    writer = csv.writer(handle)
+    if header:
+        writer.writerow(columns)
+    for row in range(len(texts)):
+        line = [texts[row]] + ([pairs[row]] if pairs is not None else [])
+        if gold is not None:
+            line.append(labels[gold[row]])
+        for m in range(len(names)):
+            line += [member_names[m, row], _g6(vote.member_confidence[m, row])]
+        line += [ensemble_names[row], _g6(vote.confidence[row]), _g6(vote.agreement[row])]
+        writer.writerow(line)
 
 
 def write_report(out_dir: str | os.PathLike, report: dict) -> None:

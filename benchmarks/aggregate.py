@@ -1,0 +1,126 @@
+"""Voting speed: `ensemble.aggregate` against scikit-learn's VotingClassifier and unfused torch.
+
+scikit-learn gets prefit members: `sklearn.frozen.FrozenEstimator` around estimators whose
+``predict_proba`` returns fixed probability arrays, so its time is its own voting work
+(stacking, averaging, per-row ``np.bincount`` for hard votes). `aggregate` gets the SAME
+probability arrays (``inputs="probs"``) and, separately, the logits they came from. "unfused
+torch" is the torch reference path of `aggregate` (many passes, no fused kernel).
+
+`aggregate` computes more than scikit-learn: besides labels and scores, every member's label and
+confidence, the per-row agreement and the member x member equal-prediction counts.
+
+Run: ``python benchmarks/aggregate.py [--max-rows 10000000]`` (markdown table on stdout,
+benchmarks/aggregate.json next to this file). On a CUDA machine it also times the Triton kernel
+and reports the share of the measured device-to-device copy bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.ensemble import VotingClassifier
+from sklearn.frozen import FrozenEstimator
+
+from ensemble.aggregate import aggregate
+
+agg = importlib.import_module("ensemble.aggregate")  # the module (ensemble.aggregate is also the function)
+
+HERE = Path(__file__).resolve().parent
+
+
+class FixedProba(ClassifierMixin, BaseEstimator):
+    """A prefit classifier whose predictions are a fixed probability array (rows are X's rows)."""
+
+    def __init__(self, proba=None):
+        self.proba = proba
+
+    def fit(self, X, y):
+        self.classes_ = np.arange(self.proba.shape[1])
+        return self
+
+    def predict_proba(self, X):
+        return self.proba[: len(X)]
+
+    def predict(self, X):
+        return self.proba[: len(X)].argmax(axis=1)
+
+
+def best_of(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def sklearn_rate(probs: np.ndarray, voting: str, rows: int, repeat: int) -> float:
+    X, y = np.zeros((rows, 1)), np.arange(rows) % probs.shape[2]
+    members = [(f"m{i}", FrozenEstimator(FixedProba(probs[i, :rows]).fit(X, y))) for i in range(probs.shape[0])]
+    clf = VotingClassifier(members, voting=voting).fit(X, y)
+    return rows / best_of(lambda: clf.predict(X), repeat)
+
+
+def moved_bytes(members: int, rows: int, classes: int, itemsize: int = 4) -> int:
+    """Bytes `aggregate` must move: read the input once, write every output once."""
+    read = members * rows * classes * itemsize
+    write = rows * (classes * 4 + 8 + 4 + 4) + members * rows * (8 + 4)
+    return read + write
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--max-rows", type=int, default=10_000_000)
+    parser.add_argument("--max-elements", type=int, default=200_000_000, help="members x rows x classes cap (memory)")
+    parser.add_argument("--sklearn-rows", type=int, default=200_000, help="rows timed for scikit-learn (it is linear)")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    results = []
+    aggregate(rng.standard_normal((2, 100, 3)).astype(np.float32))  # compile the fused kernel once
+    for members in (4, 8, 16):
+        for classes in (2, 5, 20):
+            rows = min(args.max_rows, args.max_elements // (members * classes))
+            logits = rng.standard_normal((members, rows, classes)).astype(np.float32)
+            probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+            sk_rows = min(rows, args.sklearn_rows)
+            row = {"members": members, "classes": classes, "rows": rows}
+            for voting in ("soft", "hard"):
+                row[f"sklearn_{voting}"] = sklearn_rate(probs, voting, sk_rows, args.repeat)
+                row[f"fused_{voting}_probs"] = rows / best_of(lambda: aggregate(probs, voting, inputs="probs"), args.repeat)
+                row[f"fused_{voting}_logits"] = rows / best_of(lambda: aggregate(logits, voting), args.repeat)
+                agg._FORCE_REFERENCE = True
+                ref_rows = min(rows, 1_000_000)
+                row[f"torch_{voting}_logits"] = ref_rows / best_of(lambda: aggregate(logits[:, :ref_rows], voting), 1)
+                agg._FORCE_REFERENCE = False
+                row[f"fused_{voting}_GBps"] = moved_bytes(members, rows, classes) * row[f"fused_{voting}_logits"] / rows / 1e9
+            results.append(row)
+            print(f"members {members:2d} classes {classes:2d} rows {rows:>9,}: "
+                  f"soft x{row['fused_soft_probs'] / row['sklearn_soft']:.1f}  hard x{row['fused_hard_probs'] / row['sklearn_hard']:.0f} vs sklearn",
+                  flush=True)
+            del logits, probs
+
+    info = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "cuda": torch.cuda.is_available()}
+    (HERE / "aggregate.json").write_text(json.dumps({"info": info, "results": results}, indent=2))
+    print("\n| members | classes | rows | sklearn soft | fused soft (probs) | x | sklearn hard | fused hard (probs) | x "
+          "| fused soft (logits) | unfused torch soft | fused GB/s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['members']} | {r['classes']} | {r['rows']:,} | {r['sklearn_soft'] / 1e6:.2f}M | {r['fused_soft_probs'] / 1e6:.2f}M "
+              f"| {r['fused_soft_probs'] / r['sklearn_soft']:.1f} | {r['sklearn_hard'] / 1e6:.3f}M | {r['fused_hard_probs'] / 1e6:.2f}M "
+              f"| {r['fused_hard_probs'] / r['sklearn_hard']:.0f} | {r['fused_soft_logits'] / 1e6:.2f}M "
+              f"| {r['torch_soft_logits'] / 1e6:.2f}M | {r['fused_soft_GBps']:.1f} |")
+    print("\nrows/s; x = fused / scikit-learn on the same probability arrays")
+
+
+if __name__ == "__main__":
+    main()

