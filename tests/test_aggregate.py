@@ -495,3 +495,16 @@ def test_hard_agreement_is_confidence(case):
     logits, _ = as_input(x, dtype)
     vote = aggregate(logits, "hard", weights=weights, temperatures=temperatures)
     np.testing.assert_array_equal(vote.agreement, vote.confidence)
+
+
+@pytest.mark.parametrize("method", ["soft", "hard"])
+@pytest.mark.parametrize("force_reference", [False, True])
+def test_member_details_off_changes_nothing_else(monkeypatch, method, force_reference):
+    module = importlib.import_module("ensemble.aggregate")
+    monkeypatch.setattr(module, "_FORCE_REFERENCE", force_reference)
+    logits = np.random.default_rng(3).standard_normal((4, 500, 6)).astype(np.float32)
+    full = aggregate(logits, method, weights=[1, 2, 3, 4])
+    lean = aggregate(logits, method, weights=[1, 2, 3, 4], member_details=False)
+    assert lean.member_labels is None and lean.member_confidence is None
+    for field in ("labels", "scores", "confidence", "agreement", "equal_counts"):
+        np.testing.assert_array_equal(getattr(lean, field), getattr(full, field), err_msg=field)

@@ -54,8 +54,10 @@ class Vote:
         confidence: (rows,) float32, ``scores[row, labels[row]]``.
         agreement: (rows,) float32, share of member weight whose own prediction equals the
             ensemble label.
-        member_labels: (members, rows) int64, each member's argmax.
+        member_labels: (members, rows) int64, each member's argmax (None with
+            ``member_details=False``).
         member_confidence: (members, rows) float32, each member's probability of its own argmax
+            (None with ``member_details=False``)
             (after its temperature).
         equal_counts: (members, members) int64, rows on which members i and j predict the same
             class (the diagonal is the row count).
@@ -65,8 +67,8 @@ class Vote:
     scores: np.ndarray
     confidence: np.ndarray
     agreement: np.ndarray
-    member_labels: np.ndarray
-    member_confidence: np.ndarray
+    member_labels: np.ndarray | None
+    member_confidence: np.ndarray | None
     equal_counts: np.ndarray
 
 
@@ -76,6 +78,7 @@ def aggregate(
     weights: ArrayLike | None = None,
     temperatures: ArrayLike | None = None,
     inputs: str = "logits",
+    member_details: bool = True,
 ) -> Vote:
     """Vote the members' logits into one label per row.
 
@@ -101,6 +104,9 @@ def aggregate(
             probabilities (e.g. scikit-learn ``predict_proba`` outputs stacked); they are then
             averaged as they are, or sharpened as ``p ** (1 / T)`` renormalised when
             temperatures are given.
+        member_details: keep every member's label and confidence (members x rows arrays, the
+            largest outputs). Agreement and the equal-prediction counts are computed either way;
+            prediction that needs only the ensemble's answer passes False.
 
     Returns:
         A `Vote`.
@@ -148,8 +154,9 @@ def aggregate(
     scores = np.empty((rows, classes), dtype=np.float32)
     confidence = np.empty(rows, dtype=np.float32)
     agreement = np.empty(rows, dtype=np.float32)
-    member_labels = np.empty((members, rows), dtype=np.int64)
-    member_confidence = np.empty((members, rows), dtype=np.float32)
+    # Without member details the fused CPU kernel writes them into a small scratch it reuses.
+    member_labels = np.empty((members, rows), dtype=np.int64) if member_details else None
+    member_confidence = np.empty((members, rows), dtype=np.float32) if member_details else None
     equal_counts = torch.zeros((members, members), dtype=torch.int64, device=device)
 
     probs_in = inputs == "probs"
@@ -166,9 +173,11 @@ def aggregate(
 
                 chunk = _chunk_numpy(source, start, stop)
                 views = {"labels": labels[start:stop], "scores": scores[start:stop], "confidence": confidence[start:stop],
-                         "agreement": agreement[start:stop], "member_labels": member_labels[:, start:stop],
-                         "member_confidence": member_confidence[:, start:stop]}
-                part = kernels_cpu.fused_vote(chunk, method, weight / weight.sum(), temperature, probs_in, out=views)
+                         "agreement": agreement[start:stop]}
+                if member_details:
+                    views.update(member_labels=member_labels[:, start:stop], member_confidence=member_confidence[:, start:stop])
+                part = kernels_cpu.fused_vote(chunk, method, weight / weight.sum(), temperature, probs_in, out=views,
+                                              member_details=member_details)
                 _check_finite(chunk, part["bad_row"], start)
                 equal_counts += torch.from_numpy(part["equal_counts"])
                 continue  # written in place
@@ -191,8 +200,9 @@ def aggregate(
             scores[start:stop] = part["scores"].cpu().numpy()
             confidence[start:stop] = part["confidence"].cpu().numpy()
             agreement[start:stop] = part["agreement"].cpu().numpy()
-            member_labels[:, start:stop] = part["member_labels"].cpu().numpy()
-            member_confidence[:, start:stop] = part["member_confidence"].cpu().numpy()
+            if member_details:
+                member_labels[:, start:stop] = part["member_labels"].cpu().numpy()
+                member_confidence[:, start:stop] = part["member_confidence"].cpu().numpy()
             equal_counts += part["equal_counts"]
     return Vote(
         labels=labels,

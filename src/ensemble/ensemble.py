@@ -189,21 +189,21 @@ class Ensemble:
             run(list(range(len(members))))
         return out
 
-    def vote(self, texts: Sequence, pairs: Sequence[str] | None = None) -> Vote:
+    def vote(self, texts: Sequence, pairs: Sequence[str] | None = None, member_details: bool = True) -> Vote:
         """The full vote: labels, scores, confidence, agreement, member predictions."""
         weights = [self.weights[n] for n in self.members]
-        return aggregate(self.member_logits(texts, pairs), self.method, weights)
+        return aggregate(self.member_logits(texts, pairs), self.method, weights, member_details=member_details)
 
     def predict(self, texts: Sequence, pairs: Sequence[str] | None = None) -> list[str]:
         """Ensemble label names. `texts` are strings, or (text, text_pair) tuples."""
-        return [self.labels[i] for i in self.vote(texts, pairs).labels]
+        return [self.labels[i] for i in self.vote(texts, pairs, member_details=False).labels]
 
     def predict_proba(self, texts: Sequence, pairs: Sequence[str] | None = None) -> np.ndarray:
         """(rows, classes) probabilities in `classes_` order; soft voting only."""
         if self.method != "soft":
             raise EnsembleError("predict_proba needs soft voting (method 'soft'); a hard vote gives labels and "
                                 "vote shares, not probabilities: use predict(), or vote() for the shares")
-        return self.vote(texts, pairs).scores
+        return self.vote(texts, pairs, member_details=False).scores
 
     def _split_pairs(self, texts: Sequence, pairs: Sequence[str] | None) -> tuple[list[str], list[str] | None]:
         texts = list(texts)

@@ -36,7 +36,7 @@ if numba is not None:
 
     @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
     def _vote(x, probs_in, hard, weight, inv_temp, labels, scores, confidence, agreement,
-              member_labels, member_confidence, equal_partial, bad):  # pragma: no cover - compiled
+              member_labels, member_confidence, equal_partial, bad, details):  # pragma: no cover - compiled
         members, rows, classes = x.shape
         blocks = equal_partial.shape[0]
         per_block = (rows + blocks - 1) // blocks
@@ -83,8 +83,9 @@ if numba is not None:
                         for c in range(classes):
                             for r in range(n):
                                 soft[c, r] += w * xt[c, r]
-                        for r in range(n):
-                            member_confidence[m, t0 + r] = best[r]
+                        if details:
+                            for r in range(n):
+                                member_confidence[m, t0 + r] = best[r]
                     else:
                         t = inv_temp[m]
                         for r in range(n):
@@ -97,10 +98,13 @@ if numba is not None:
                         for c in range(classes):
                             for r in range(n):
                                 soft[c, r] += w * (xt[c, r] / total[r])
+                        if details:
+                            for r in range(n):
+                                member_confidence[m, t0 + r] = np.float32(1.0) / total[r]
+                    if details:
                         for r in range(n):
-                            member_confidence[m, t0 + r] = np.float32(1.0) / total[r]
+                            member_labels[m, t0 + r] = arg[r]
                     for r in range(n):
-                        member_labels[m, t0 + r] = arg[r]
                         own[m, r] = arg[r]
                         shares[arg[r], r] += w
                 # the ensemble label, with the documented tie-breaks
@@ -154,7 +158,8 @@ if numba is not None:
 
 
 def fused_vote(x: np.ndarray, method: str, weight: np.ndarray, temperature: np.ndarray,
-               probs_in: bool = False, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+               probs_in: bool = False, out: dict[str, np.ndarray] | None = None,
+               member_details: bool = True) -> dict[str, np.ndarray]:
     """Vote one float32 (members, rows, classes) array in a single parallel pass.
 
     Returns the same keys as `aggregate._vote_chunk` (numpy arrays) plus ``bad_row``: the index
@@ -169,13 +174,16 @@ def fused_vote(x: np.ndarray, method: str, weight: np.ndarray, temperature: np.n
               "member_labels": ((members, rows), np.int64), "member_confidence": ((members, rows), np.float32)}
     for key, (shape, dtype) in shapes.items():
         if key not in out:
-            out[key] = np.empty(shape, dtype)
+            # without member details the kernel never writes them: a 1-row placeholder suffices
+            out[key] = np.empty((members, 1) if key.startswith("member") and not member_details else shape, dtype)
     partial = np.zeros((blocks, members, members), np.int64)
     bad = np.full(blocks, -1, np.int64)
     _vote(x, probs_in, method == "hard", weight.astype(np.float32), (1.0 / temperature).astype(np.float32),
           out["labels"], out["scores"], out["confidence"], out["agreement"], out["member_labels"],
-          out["member_confidence"], partial, bad)
+          out["member_confidence"], partial, bad, member_details)
     equal = partial.sum(axis=0)
     out["equal_counts"] = equal + equal.T + np.diag(np.full(members, rows, np.int64))
     out["bad_row"] = int(bad[bad >= 0].min()) if (bad >= 0).any() else -1
+    if not member_details:
+        out.pop("member_labels"), out.pop("member_confidence")
     return out
