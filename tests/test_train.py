@@ -315,7 +315,8 @@ def test_gradient_accumulation_steps_once_per_group_and_matches_full_batches(mon
         return opt
 
     monkeypatch.setattr(train_mod, "make_optimizer", counting)
-    accum = fit(member(batch_size=16, grad_accum=4, dropout=0.0), demo_splits, tmp_path / "accum")
+    # plain shuffling (no length grouping): both runs then see the same rows in the same order
+    accum = fit(member(batch_size=16, grad_accum=4, dropout=0.0, group_by_length=False), demo_splits, tmp_path / "accum")
     assert micro == [4] * 100  # 2 epochs of 50 micro-batches of 4 rows
     assert len(steps) == 2 * 13
     # linear schedule over 2 * 13 steps: after epoch 1 (13 steps) the rate is halved, after epoch 2 it is 0
@@ -323,7 +324,7 @@ def test_gradient_accumulation_steps_once_per_group_and_matches_full_batches(mon
 
     steps.clear()
     micro.clear()
-    full = fit(member(batch_size=16, grad_accum=1, dropout=0.0), demo_splits, tmp_path / "full")
+    full = fit(member(batch_size=16, grad_accum=1, dropout=0.0, group_by_length=False), demo_splits, tmp_path / "full")
     assert micro == [16] * 12 + [8] + [16] * 12 + [8] and len(steps) == 2 * 13
     # Same rows in the same order: close, not equal (padding and summation order differ, and the last
     # partial group's gradient is divided by grad_accum).
@@ -426,8 +427,12 @@ def test_crash_while_saving_leaves_nothing_behind(monkeypatch, small_splits, tmp
     with pytest.raises(OSError, match="simulated"):
         fit(member("m", epochs=1), small_splits, out)
     assert not out.exists()
-    # no temporary directory with weights that load_member would open
-    assert [p for p in tmp_path.rglob("*") if p != tmp_path / "members"] == []
+    # no temporary directory with weights that load_member would open; only the hidden resumable
+    # checkpoint stays (for --resume), and it is not a member directory
+    ckpt = tmp_path / "members" / ".m.ckpt"
+    assert [p for p in (tmp_path / "members").iterdir()] == [ckpt]
+    with pytest.raises(EnsembleError, match="not a member directory"):
+        load_member(ckpt)
 
 
 @pytest.mark.slow
@@ -439,7 +444,7 @@ def test_crash_while_resaving_keeps_the_old_member_intact(monkeypatch, small_spl
     with pytest.raises(OSError, match="simulated"):
         fit(member("m", epochs=1, seed=2), small_splits, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert [p.name for p in (tmp_path / "members").iterdir()] == ["m"]
+    assert sorted(p.name for p in (tmp_path / "members").iterdir()) == [".m.ckpt", "m"]  # resumable state
     assert load_member(out).labels == ["negative", "neutral", "positive"]
 
 
@@ -501,4 +506,6 @@ def test_non_finite_loss_raises_naming_the_member(bad, monkeypatch, small_splits
     out = tmp_path / "m"
     with pytest.raises(EnsembleError, match=rf"members\[diverger\]: training loss became {bad} in epoch 1; lower lr"):
         fit(member("diverger", epochs=2), small_splits, out)
-    assert list(tmp_path.iterdir()) == []
+    # no member; only the hidden checkpoint directory, which has no saved state before the first epoch ends
+    assert [p.name for p in tmp_path.iterdir()] == [".m.ckpt"]
+    assert not (tmp_path / ".m.ckpt" / "progress.json").exists()

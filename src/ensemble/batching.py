@@ -81,3 +81,48 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class EpochBatches:
+    """Training batches in an order that depends only on (seed, epoch): a resumed run replays it.
+
+    With `group_by_length` the rows are shuffled, cut into groups of 50 batches, sorted by length
+    inside each group and cut into batches whose order is shuffled again (as Trainer's
+    ``group_by_length``): batches hold rows of similar length, so dynamic padding wastes little.
+
+    Example:
+        >>> batches = EpochBatches([5, 1, 9, 3], batch_size=2, seed=0)
+        >>> batches.start_epoch(1); sorted(sum(list(batches), []))
+        [0, 1, 2, 3]
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True,
+                 groups_of: int = 50):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group_by_length = group_by_length
+        self.groups_of = groups_of
+        self.epoch = 1
+
+    def start_epoch(self, epoch: int) -> None:
+        """Use `epoch`'s order from now on. (Deliberately not named set_epoch: Accelerate's loaders
+        call set_epoch with their own pass count, which restarts at 0 in a resumed run.)"""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        if not self.group_by_length:
+            yield from (order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size))
+            return
+        group = self.batch_size * self.groups_of
+        batches = []
+        for start in range(0, len(order), group):
+            rows = sorted(order[start:start + group], key=lambda i: -self.lengths[i])
+            batches += [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+        for k in torch.randperm(len(batches), generator=generator).tolist():
+            yield batches[k]

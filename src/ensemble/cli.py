@@ -34,7 +34,8 @@ def fit(
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<recipe name>)."),
     set_: List[str] = typer.Option([], "--set", help="Override a recipe field: KEY=VALUE, e.g. members.bert.lr=3e-5."),
     scratch: Optional[str] = typer.Option(None, "--scratch", help="Replace every hub member by a scratch model of this size (tiny, mini, small, medium, base)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Reuse a non-empty --out directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Reuse a non-empty --out directory, retraining every member."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out: keep finished members, resume the rest from their checkpoints."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
@@ -44,8 +45,9 @@ def fit(
 
     spec = load_recipe(recipe, set_, scratch)
     out = out or Path("runs") / recipe.stem
-    report = run_fit(spec, out, overwrite=overwrite, progress=not quiet)
-    _summary(report, out)
+    report = run_fit(spec, out, overwrite=overwrite, resume=resume, progress=not quiet)
+    if report:  # empty on the non-main processes of a distributed run
+        _summary(report, out)
 
 
 @app.command()

@@ -39,6 +39,7 @@ BEST_METRICS = ("accuracy", "macro_f1", "valid_loss")
 PRECISIONS = ("bf16", "fp16", "no")
 VOTE_METHODS = ("hard", "soft")
 BAD_ROWS = ("error", "skip")
+TRACKERS = ("aim", "clearml", "comet_ml", "dvclive", "mlflow", "swanlab", "tensorboard", "trackio", "wandb")
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,11 @@ class TrainConfig:
     trainable_layers: int | None = None  # None: all; 0: freeze the encoder; k: only the top k layers
     patience: int | None = None  # early stopping: epochs without improvement before stopping
     best_metric: str = "valid_loss"
+    group_by_length: bool = True  # batches of similar length (shuffled): less padding per batch
+    compile: bool = False  # torch.compile the model (opt-in: compiling takes a while)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, slower
+    checkpoint_every: int = 0  # also save resumable state every N optimizer steps (0: each epoch only)
+    log_with: tuple[str, ...] = ()  # Accelerate trackers: tensorboard, wandb, mlflow, ...
 
     @property
     def micro_batch_size(self) -> int:
@@ -127,7 +133,7 @@ class Recipe:
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "best_metric": BEST_METRICS,
     "mixed_precision": PRECISIONS, "method": VOTE_METHODS, "on_bad_rows": BAD_ROWS,
-    "init": ("pretrained", "scratch"), "arch": ARCHES, "size": SIZES,
+    "init": ("pretrained", "scratch"), "arch": ARCHES, "size": SIZES, "log_with": TRACKERS,
 }
 # (low, high, low_inclusive): value must satisfy low </<= value <= high
 RANGES: dict[str, tuple[float, float, bool]] = {
@@ -137,7 +143,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "gamma": (0, 1, False), "max_length": (8, 8192, True), "max_grad_norm": (0, 1e6, True),
     "grad_accum": (1, 1 << 16, True), "dropout": (0, 1, True), "trainable_layers": (0, 1000, True),
     "patience": (1, 10_000, True), "valid_fraction": (0, 0.9, False), "split_seed": (0, 2**32 - 1, True),
-    "seed": (0, 2**32 - 1, True),
+    "seed": (0, 2**32 - 1, True), "checkpoint_every": (0, 1 << 40, True),
 }
 MEMBER_KEYS = ("name", "model", "init", "arch", "size")
 
@@ -319,8 +325,9 @@ def _build(cls: type, values: dict, prefix: str, where: str):
     for name, value in values.items():
         path = f"{prefix}.{name}"
         value = _coerce(value, hints[name], path, where)
-        if name in CHOICES and value is not None and value not in CHOICES[name]:
-            raise EnsembleError(f"{where}: {path}: must be one of {_set(CHOICES[name])}; got {value!r}{_suggest(str(value), CHOICES[name])}")
+        for item in value if isinstance(value, tuple) and name in CHOICES else [value]:
+            if name in CHOICES and item is not None and item not in CHOICES[name]:
+                raise EnsembleError(f"{where}: {path}: must be one of {_set(CHOICES[name])}; got {item!r}{_suggest(str(item), CHOICES[name])}")
         if name in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
             _check_range(value, RANGES[name], path, where)
         kwargs[name] = value
@@ -373,6 +380,12 @@ def _coerce(value: Any, hint: Any, path: str, where: str) -> Any:
         if isinstance(value, str):
             return value
         raise _type_error(path, "a string", value, where)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            return tuple(_coerce(v, args[0], f"{path}[{i}]", where) for i, v in enumerate(value))
+        raise _type_error(path, "a list of strings", value, where)
     if origin is tuple:
         if isinstance(value, (list, tuple)) and len(value) == len(args):
             return tuple(_coerce(v, a, f"{path}[{i}]", where) for i, (v, a) in enumerate(zip(value, args)))

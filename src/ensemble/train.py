@@ -21,7 +21,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .batching import Collator, encode, length_sorted_batches
+from .batching import Collator, EpochBatches, encode, length_sorted_batches
+from .checkpoint import Checkpoint, Progress, cpu_state, fingerprint
 from .card import write_model_card
 from .data import TextDataset
 from .errors import EnsembleError
@@ -39,8 +40,14 @@ class Splits:
 
 
 def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: DataConfig, out_dir: Path,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, resume: bool = False) -> dict:
     """Train one member and write it to `out_dir`; returns its metrics (as in metrics.json).
+
+    Under ``accelerate launch`` every process runs this; the effective batch (`batch_size`) is
+    the same for any number of processes. State is checkpointed each epoch (and every
+    `checkpoint_every` optimizer steps) beside `out_dir`; with `resume` an interrupted run
+    continues from its last checkpoint. On out-of-memory the micro-batch shrinks and gradient
+    accumulation grows, keeping the effective batch.
 
     Example:
         >>> metrics = train_member(recipe.members[0], splits, ["neg", "pos"], recipe.data,
@@ -48,52 +55,108 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
         >>> metrics["best_epoch"]  # doctest: +SKIP
         3
     """
+    from accelerate import PartialState
+    from accelerate.utils import find_executable_batch_size
+
+    t = cfg.train
+    if t.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise EnsembleError(f"members[{cfg.name}].mixed_precision: fp16 needs a GPU; use \"bf16\" or \"no\" on CPU")
+    world = PartialState().num_processes
+    if t.batch_size % (t.grad_accum * world):
+        raise EnsembleError(f"members[{cfg.name}].batch_size: {t.batch_size} must be a multiple of grad_accum "
+                            f"({t.grad_accum}) x processes ({world})")
+    per_process = t.batch_size // world
+    ckpt = Checkpoint(out_dir.parent / f".{out_dir.name}.ckpt", fingerprint(
+        recipe_dict(cfg), labels, len(splits.train), len(splits.valid), world))
+    saved = ckpt.load() if resume else None
+    if not resume:
+        ckpt.clear()
+
+    def smaller(current: list[int]) -> int:
+        # the next micro-batch that divides the per-process batch: the effective batch stays exact
+        current[0] = max([d for d in range(1, current[0]) if per_process % d == 0], default=0)
+        return current[0]
+
+    micro = [saved.micro_batch_size if saved else per_process // t.grad_accum]
+    attempt = find_executable_batch_size(
+        _train_loop, starting_batch_size=micro[0], reduce_batch_size_fn=lambda: smaller(micro))
+    return attempt(cfg, splits, labels, data, out_dir, progress, ckpt, saved, per_process)
+
+
+def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str], data: DataConfig, out_dir: Path,
+                progress: bool, ckpt: Checkpoint, saved: Progress | None, per_process: int) -> dict:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
     t = cfg.train
-    if t.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise EnsembleError(f"members[{cfg.name}].mixed_precision: fp16 needs a GPU; use \"bf16\" or \"no\" on CPU")
-    # Each member has its own precision and accumulation: start Accelerate's shared state afresh.
+    if saved is not None and saved.micro_batch_size != micro:
+        saved = None  # the saved optimizer steps assumed another micro-batch: start over
+    # Each member (and each batch-size attempt) has its own precision and accumulation.
     AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum)
+    logs = out_dir.parent.parent / "logs"
+    accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=per_process // micro,
+                              log_with=list(t.log_with) or None, project_dir=str(logs))
     set_seed(t.seed)
 
     # build the member and tokenize once
     texts = splits.train.texts + (splits.train.pairs or [])
     model, tokenizer = build_member(cfg, labels, texts)
     freeze(model, t.trainable_layers)
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     label_id = {name: i for i, name in enumerate(labels)}
     train_set = encode(tokenizer, splits.train.texts, splits.train.pairs, t.max_length,
                        [label_id[y] for y in splits.train.labels])
     valid_set = encode(tokenizer, splits.valid.texts, splits.valid.pairs, t.max_length,
                        [label_id[y] for y in splits.valid.labels])
     collate = Collator(tokenizer.pad_token_id)
-    train_dl = DataLoader(train_set, batch_size=t.micro_batch_size, shuffle=True, collate_fn=collate,
-                          generator=torch.Generator().manual_seed(t.seed))
+    sampler = EpochBatches(train_set.lengths(), micro, t.seed, t.group_by_length)
+    # Own generators: starting an iterator draws a seed from its loader's generator, and drawing it
+    # from the global RNG would shift dropout after a resume (the iterator is created anew there).
+    train_dl = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate, generator=torch.Generator())
     valid_dl = DataLoader(valid_set, batch_sampler=length_sorted_batches(valid_set.lengths(), t.eval_batch_size),
-                          collate_fn=collate)
-    steps_per_epoch = math.ceil(len(train_dl) / t.grad_accum)
+                          collate_fn=collate, generator=torch.Generator())
+    accum = per_process // micro
+    # Accelerate steps a prepared scheduler once per process per optimizer step, so count its
+    # ticks over all processes' batches: the same schedule for any number of processes.
     optimizer = make_optimizer(model, t)
-    scheduler = make_scheduler(optimizer, t, steps_per_epoch)
+    scheduler = make_scheduler(optimizer, t, math.ceil(len(train_dl) / accum))
+    if t.compile:
+        model = torch.compile(model, dynamic=True)
     model, optimizer, train_dl, valid_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, valid_dl, scheduler)
+    if t.log_with:
+        accelerator.init_trackers(cfg.name, config={k: str(v) for k, v in recipe_dict(t).items()})
 
+    # resume, or start afresh
+    state = saved or Progress(fingerprint=ckpt.fingerprint, micro_batch_size=micro)
+    best_state = ckpt.restore(accelerator, state) if saved else None
+    main = accelerator.is_main_process
     total_params, trainable = parameter_count(model)
     # In a log file (no terminal) redraw rarely: one line per 30 s instead of one per batch.
     bar = tqdm(total=len(train_dl) * t.epochs, desc=cfg.name, unit="batch", dynamic_ncols=True,
-               mininterval=0.2 if sys.stderr.isatty() else 30,
-               disable=not (progress and accelerator.is_local_main_process))
+               initial=(state.epoch - 1) * len(train_dl) + state.batches_done,
+               mininterval=0.2 if sys.stderr.isatty() else 30, disable=not (progress and accelerator.is_local_main_process))
     bar.write(f"{cfg.name}: {cfg.model or f'{cfg.arch}-{cfg.size} from scratch'}, "
               f"{total_params / 1e6:.1f}M parameters ({trainable / 1e6:.1f}M trainable), "
-              f"{len(train_set)} train / {len(valid_set)} valid rows")
-    history: list[dict] = []
-    best_value, best_epoch, best_state, stale = None, 0, None, 0
-    for epoch in range(1, t.epochs + 1):
-        # train one epoch
+              f"{len(train_set)} train / {len(valid_set)} valid rows"
+              + (f", resumed at epoch {state.epoch} batch {state.batches_done}" if saved else ""))
+    steps_per_epoch = math.ceil(len(train_dl) / accum)  # this process's optimizer steps (len is per process now)
+    step = (state.epoch - 1) * steps_per_epoch + math.ceil(state.batches_done / accum)
+    stop = t.patience is not None and state.stale >= t.patience
+    for epoch in range(state.epoch, t.epochs + 1):
+        if stop:
+            break
+        # train one epoch (skipping the batches a resumed run already did)
         model.train()
-        loss_sum, seen, start = 0.0, 0, time.perf_counter()
-        for batch in train_dl:
+        done = state.batches_done if epoch == state.epoch else 0
+        if done == 0:
+            state.loss_sum, state.seen = 0.0, 0
+        sampler.start_epoch(epoch)  # the batch order depends on (seed, epoch) only: a resume replays it
+        batches = accelerator.skip_first_batches(train_dl, done) if done else train_dl
+        start = time.perf_counter()
+        seen_at_start = state.seen
+        for batch in batches:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
@@ -103,45 +166,65 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
                 scheduler.step()
                 optimizer.zero_grad()
             rows = batch["input_ids"].shape[0]
-            loss_sum += loss.item() * rows
-            seen += rows
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(epoch=f"{epoch}/{t.epochs}", loss=f"{loss_sum / seen:.4f}",
-                            samples_s=f"{seen * accelerator.num_processes / max(elapsed, 1e-9):.0f}")
+            state.loss_sum += loss.item() * rows
+            state.seen += rows
+            done += 1
+            rate = (state.seen - seen_at_start) * accelerator.num_processes / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(epoch=f"{epoch}/{t.epochs}", loss=f"{state.loss_sum / state.seen:.4f}", samples_s=f"{rate:.0f}")
             bar.update(1)
-        if not math.isfinite(loss_sum):
-            raise EnsembleError(f"members[{cfg.name}]: training loss became {loss_sum} in epoch {epoch}; "
+            if accelerator.sync_gradients:
+                step += 1
+                if main:
+                    ckpt.log({"event": "step", "epoch": epoch, "step": step, "loss": loss.item(),
+                              "lr": scheduler.get_last_lr()[0], "samples_per_s": rate})
+                if t.log_with:
+                    accelerator.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, step=step)
+                if t.checkpoint_every and step % t.checkpoint_every == 0 and done < len(train_dl):
+                    state.epoch, state.batches_done = epoch, done
+                    ckpt.save(accelerator, state, best_state)
+        if not math.isfinite(state.loss_sum):
+            raise EnsembleError(f"members[{cfg.name}]: training loss became {state.loss_sum} in epoch {epoch}; "
                                 f"lower lr (now {t.lr:g}) or enable max_grad_norm")
-        train_seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
 
         # evaluate on the validation split
         metrics = evaluate(model, valid_dl, accelerator, len(labels))
-        record = {"epoch": epoch, "train_loss": loss_sum / seen, **metrics, "lr": scheduler.get_last_lr()[0],
-                  "seconds": train_seconds, "samples_per_s": seen * accelerator.num_processes / train_seconds}
-        history.append(record)
+        record = {"epoch": epoch, "train_loss": state.loss_sum / state.seen, **metrics, "lr": scheduler.get_last_lr()[0],
+                  "seconds": seconds, "samples_per_s": (state.seen - seen_at_start) * accelerator.num_processes / seconds}
+        state.history.append(record)
         bar.write(f"{cfg.name} epoch {epoch}: train_loss {record['train_loss']:.4f}  valid_loss {metrics['valid_loss']:.4f}  "
                   f"accuracy {metrics['accuracy']:.4f}  macro_f1 {metrics['macro_f1']:.4f}")
+        if main:
+            ckpt.log({"event": "epoch", **record})
+        if t.log_with:
+            accelerator.log({f"valid/{k}": v for k, v in metrics.items() if k != "confusion"}, step=step)
 
         # keep the best epoch's weights; stop early when patience runs out
         value = metrics[t.best_metric]
-        better = best_value is None or (value < best_value if t.best_metric == "valid_loss" else value > best_value)
+        better = state.best_value is None or (
+            value < state.best_value if t.best_metric == "valid_loss" else value > state.best_value)
         if better:
-            best_value, best_epoch, stale = value, epoch, 0
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            state.best_value, state.best_epoch, state.stale = value, epoch, 0
+            best_state = cpu_state(accelerator.unwrap_model(model))
         else:
-            stale += 1
-            if t.patience is not None and stale >= t.patience:
-                bar.write(f"{cfg.name}: no better {t.best_metric} for {stale} epochs; stopping early")
-                break
+            state.stale += 1
+            if t.patience is not None and state.stale >= t.patience:
+                bar.write(f"{cfg.name}: no better {t.best_metric} for {state.stale} epochs; stopping early")
+                stop = True
+        state.epoch, state.batches_done = epoch + 1, 0
+        ckpt.save(accelerator, state, best_state)
     bar.close()
+    if t.log_with:
+        accelerator.end_training()
 
     # save the best epoch as a standard Hugging Face directory, atomically
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.load_state_dict(best_state)
-    result = {"member": cfg.name, "best_metric": t.best_metric, "best_epoch": best_epoch,
-              "best": history[best_epoch - 1], "history": history}
+    history = state.history
+    result = {"member": cfg.name, "best_metric": t.best_metric, "best_epoch": state.best_epoch,
+              "best": history[state.best_epoch - 1], "history": history}
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    if main:
         tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
@@ -150,11 +233,14 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
             resolved = {"member": recipe_dict(cfg), "data": recipe_dict(data), "labels": labels}
             (tmp / RECIPE_FILE).write_text(json.dumps(resolved, indent=2), encoding="utf-8")
             (tmp / METRICS_FILE).write_text(json.dumps(result, indent=2), encoding="utf-8")
+            if (ckpt.root / "log.jsonl").is_file():
+                shutil.copy2(ckpt.root / "log.jsonl", tmp / "log.jsonl")
             write_model_card(tmp / "README.md", cfg, labels, result, len(train_set), len(valid_set))
             replace_dir(tmp, out_dir)
         finally:
             # after a crash, leave no half-written member behind (a loadable one, even)
             shutil.rmtree(tmp, ignore_errors=True)
+        ckpt.clear()
     accelerator.wait_for_everyone()
     accelerator.free_memory()
     return result

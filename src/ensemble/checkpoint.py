@@ -1,0 +1,112 @@
+"""Resumable training state: what a member's run needs to continue after a hard kill.
+
+A checkpoint lives next to the member directory being trained (``members/.<name>.ckpt``):
+two slots ``state-0`` / ``state-1`` alternate, each holding Accelerate's `save_state` (model,
+optimizer, scheduler, RNG of every process) and the best epoch's weights so far; then
+``progress.json`` is replaced atomically to name the complete slot. A kill at any moment leaves
+the previous slot and its manifest intact. ``log.jsonl`` records every step and epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+PROGRESS = "progress.json"
+BEST = "best.safetensors"
+
+
+@dataclass
+class Progress:
+    """Where training stands: the epoch in progress and how many of its batches are done."""
+
+    fingerprint: str
+    micro_batch_size: int
+    epoch: int = 1
+    batches_done: int = 0
+    loss_sum: float = 0.0  # running train loss of the epoch in progress
+    seen: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_value: float | None = None
+    best_epoch: int = 0
+    stale: int = 0
+    slot: int = -1  # the slot holding this state; -1 before the first save
+
+
+class Checkpoint:
+    """Save and restore one member's training state under `root`.
+
+    Example:
+        >>> ckpt = Checkpoint(Path("runs/x/members/.bert.ckpt"), fingerprint="...")  # doctest: +SKIP
+        >>> progress = ckpt.load()  # None when there is nothing to resume  # doctest: +SKIP
+    """
+
+    def __init__(self, root: Path, fingerprint: str):
+        self.root = root
+        self.fingerprint = fingerprint
+
+    def load(self) -> Progress | None:
+        """The saved progress, or None if there is none or it belongs to another recipe."""
+        try:
+            data = json.loads((self.root / PROGRESS).read_text(encoding="utf-8"))
+            progress = Progress(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+        if progress.fingerprint != self.fingerprint or not self.slot_dir(progress.slot).is_dir():
+            return None
+        return progress
+
+    def slot_dir(self, slot: int) -> Path:
+        return self.root / f"state-{slot}"
+
+    def save(self, accelerator, progress: Progress, best_state: dict | None) -> None:
+        """Write the state into the free slot, then point progress.json at it (all processes call this)."""
+        from safetensors.torch import save_file
+
+        slot = 1 - progress.slot if progress.slot in (0, 1) else 0
+        target = self.slot_dir(slot)
+        if accelerator.is_main_process:
+            shutil.rmtree(target, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(target))
+        if accelerator.is_main_process:
+            if best_state is not None:
+                save_file({k: v.contiguous() for k, v in best_state.items()}, str(target / BEST))
+            progress.slot = slot
+            tmp = self.root / f".{PROGRESS}.tmp"
+            tmp.write_text(json.dumps(asdict(progress)), encoding="utf-8")
+            os.replace(tmp, self.root / PROGRESS)
+        accelerator.wait_for_everyone()
+
+    def restore(self, accelerator, progress: Progress) -> dict | None:
+        """Load the model, optimizer, scheduler and RNG state; return the best weights so far."""
+        from safetensors.torch import load_file
+
+        accelerator.load_state(str(self.slot_dir(progress.slot)))
+        best = self.slot_dir(progress.slot) / BEST
+        return load_file(str(best)) if best.is_file() else None
+
+    def log(self, record: dict) -> None:
+        """Append one JSON line to log.jsonl (main process only: the caller checks)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def clear(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def fingerprint(*parts) -> str:
+    """A stable hash of everything that must match for a checkpoint to be resumed."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the model's weights (the best epoch's, kept while training goes on)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

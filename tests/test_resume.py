@@ -1,0 +1,80 @@
+"""Checkpoint and resume with a real kill: SIGKILL a fit mid-member, --resume it, and get the
+same metrics and bit-identical weights as a run that was never interrupted (CPU)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def recipe(tmp_path: Path) -> Path:
+    lines = (ROOT / "recipes" / "demo" / "train.csv").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "train.csv").write_text("\n".join(lines[:401]) + "\n", encoding="utf-8")
+    path = tmp_path / "r.toml"
+    path.write_text(
+        '[data]\ntrain = "train.csv"\nvalid_fraction = 0.2\n'
+        "[defaults]\nepochs = 3\nbatch_size = 16\nmax_length = 32\nlr = 5e-4\ncheckpoint_every = 4\n"
+        + "".join(f'[[members]]\nname = "{a}"\ninit = "scratch"\narch = "{a}"\nseed = {i}\n'
+                  for i, a in enumerate(("bert", "roberta"))), encoding="utf-8")
+    return path
+
+
+def cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # same threads: same float order
+    return subprocess.Popen([sys.executable, "-m", "ensemble", *args, "--quiet"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
+    path = recipe(tmp_path)
+    finish(cli("fit", str(path), "--out", str(tmp_path / "whole")))
+
+    # kill -9 once the second member has a mid-epoch checkpoint in its second epoch
+    proc = cli("fit", str(path), "--out", str(tmp_path / "cut"))
+    progress = tmp_path / "cut" / "members" / ".roberta.ckpt" / "progress.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            state = json.loads(progress.read_text())
+            if state["epoch"] == 2 and state["batches_done"] > 0:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut" / "ensemble.json").exists()  # nothing looks complete
+    assert not (tmp_path / "cut" / "members" / "roberta").exists()
+
+    out = finish(cli("fit", str(path), "--out", str(tmp_path / "cut"), "--resume"))
+    assert "bert: already trained with these settings; kept" in out
+    assert "resumed at epoch 2" in out
+    for name in ("bert", "roberta"):
+        whole, cut = (json.loads((tmp_path / d / "members" / name / "metrics.json").read_text()) for d in ("whole", "cut"))
+        assert whole["best_epoch"] == cut["best_epoch"]
+        for a, b in zip(whole["history"], cut["history"], strict=True):
+            for key in ("train_loss", "valid_loss", "accuracy", "macro_f1", "lr", "confusion"):
+                assert a[key] == b[key], (name, key)
+        wa, wb = (load_file(tmp_path / d / "members" / name / "model.safetensors") for d in ("whole", "cut"))
+        assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa), name
+    assert json.loads((tmp_path / "whole" / "report.json").read_text())["ensemble"] == \
+        json.loads((tmp_path / "cut" / "report.json").read_text())["ensemble"]
+    assert not (tmp_path / "cut" / "members" / ".roberta.ckpt").exists()  # cleaned up once finished
+    steps = [json.loads(line) for line in (tmp_path / "cut" / "members" / "roberta" / "log.jsonl").read_text().splitlines()]
+    assert {s["event"] for s in steps} == {"step", "epoch"}
