@@ -509,3 +509,39 @@ def test_non_finite_loss_raises_naming_the_member(bad, monkeypatch, small_splits
     # no member; only the hidden checkpoint directory, which has no saved state before the first epoch ends
     assert [p.name for p in tmp_path.iterdir()] == [".m.ckpt"]
     assert not (tmp_path / ".m.ckpt" / "progress.json").exists()
+
+
+# ---------------------------------------------------------------- out-of-memory backoff
+
+@pytest.mark.slow
+def test_out_of_memory_shrinks_the_micro_batch_and_keeps_the_effective_batch(monkeypatch, demo_splits, tmp_path):
+    real = train_mod.build_member
+    sizes: list[int] = []
+
+    def small_memory(cfg, labels, texts):
+        model, tokenizer = real(cfg, labels, texts)
+
+        def pre(module, args, kwargs):
+            if module.training:
+                rows = kwargs["input_ids"].shape[0]
+                if rows > 8:  # what the CPU allocator says when it runs out
+                    raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+                sizes.append(rows)
+
+        model.register_forward_pre_hook(pre, with_kwargs=True)
+        return model, tokenizer
+
+    monkeypatch.setattr(train_mod, "build_member", small_memory)
+    steps: list[int] = []
+    real_opt = train_mod.make_optimizer
+
+    def counting(model, t):
+        opt = real_opt(model, t)
+        opt.register_step_post_hook(lambda *_: steps.append(1))
+        return opt
+
+    monkeypatch.setattr(train_mod, "make_optimizer", counting)
+    result = fit(member(batch_size=32, grad_accum=1, epochs=1, group_by_length=False), demo_splits, tmp_path / "m")
+    # 32 -> 16 -> 8: micro-batches of 8, four per optimizer step, ceil(200 / 32) = 7 steps
+    assert sizes == [8] * 25 and len(steps) == 7
+    assert result["history"][0]["lr"] == pytest.approx(0.0)  # the linear schedule ran its full length

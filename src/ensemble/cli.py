@@ -36,16 +36,24 @@ def fit(
     scratch: Optional[str] = typer.Option(None, "--scratch", help="Replace every hub member by a scratch model of this size (tiny, mini, small, medium, base)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Reuse a non-empty --out directory, retraining every member."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out: keep finished members, resume the rest from their checkpoints."),
+    concurrent: int = typer.Option(0, "--concurrent", min=0, help="Train members concurrently in this many worker processes, one per GPU (or a share of the CPU cores each)."),
+    only: Optional[str] = typer.Option(None, "--only", help="Train only these members (comma-separated) and skip the vote."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Train every member of RECIPE, vote, and write the agreement report."""
     from .fit import fit as run_fit
+    from .fit import fit_concurrent
     from .recipe import load_recipe
 
     spec = load_recipe(recipe, set_, scratch)
     out = out or Path("runs") / recipe.stem
-    report = run_fit(spec, out, overwrite=overwrite, resume=resume, progress=not quiet)
+    if concurrent:
+        argv = [str(recipe)] + [a for item in set_ for a in ("--set", item)] + (["--scratch", scratch] if scratch else [])
+        report = fit_concurrent(spec, argv, out, concurrent, overwrite=overwrite, resume=resume)
+    else:
+        names = [n.strip() for n in only.split(",") if n.strip()] if only else None
+        report = run_fit(spec, out, overwrite=overwrite, resume=resume, progress=not quiet, only=names)
     if report:  # empty on the non-main processes of a distributed run
         _summary(report, out)
 

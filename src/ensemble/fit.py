@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from .data import TextDataset, check_known_labels, load_table, sorted_labels, stratified_split
@@ -11,7 +12,7 @@ from .ensemble import MANIFEST, Ensemble, evaluate, write_json
 from .errors import EnsembleError
 from .members import METRICS_FILE, RECIPE_FILE, preflight
 from .recipe import DataConfig, MemberConfig, Recipe, recipe_dict
-from .train import Splits, train_member
+from .train import Splits, process_state, train_member
 
 
 def load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str]]:
@@ -32,23 +33,23 @@ def load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str]
     return Splits(train, valid), test, labels
 
 
-def fit(recipe: Recipe, out: Path, overwrite: bool = False, resume: bool = False, progress: bool = True) -> dict:
+def fit(recipe: Recipe, out: Path, overwrite: bool = False, resume: bool = False, progress: bool = True,
+        only: Sequence[str] | None = None) -> dict:
     """Train every member of `recipe` into ``out/members``, vote, and write the report.
 
     The test split is reported when the recipe has one, else the validation split. With
     `resume`, members already finished with the same settings are kept and an interrupted member
     continues from its last checkpoint. Under ``accelerate launch`` every process trains; the
-    main process votes and writes the report (the others return an empty dict).
+    main process votes and writes the report (the others return an empty dict). `only` trains
+    just the named members and skips the vote (a worker of `fit_concurrent`).
 
     Example:
         >>> report = fit(load_recipe("recipes/demo.toml"), Path("runs/demo"))  # doctest: +SKIP
         >>> report["ensemble"]["accuracy"]  # doctest: +SKIP
         0.93
     """
-    from accelerate import PartialState
-
     out = Path(out)
-    state = PartialState()
+    state = process_state()
     if out.exists() and not out.is_dir():
         raise EnsembleError(f"--out: '{out}' exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
@@ -61,13 +62,18 @@ def fit(recipe: Recipe, out: Path, overwrite: bool = False, resume: bool = False
         (out / MANIFEST).unlink(missing_ok=True)  # the run is incomplete until the manifest is back
         out.mkdir(parents=True, exist_ok=True)
         members_dir = out / "members"
-        if members_dir.is_dir():
+        if members_dir.is_dir() and only is None:
             for old in members_dir.iterdir():
                 if old.name not in {m.name for m in recipe.members} and not old.name.startswith("."):
                     shutil.rmtree(old, ignore_errors=True)
     state.wait_for_everyone()
 
+    unknown = sorted(set(only or ()) - {m.name for m in recipe.members})
+    if unknown:
+        raise EnsembleError(f"--only: no member named '{unknown[0]}'; members: {', '.join(m.name for m in recipe.members)}")
     for member in recipe.members:
+        if only is not None and member.name not in only:
+            continue
         target = out / "members" / member.name
         if resume and finished(target, member, labels):
             if state.is_main_process:
@@ -75,7 +81,7 @@ def fit(recipe: Recipe, out: Path, overwrite: bool = False, resume: bool = False
             continue
         train_member(member, splits, labels, recipe.data, target, progress=progress, resume=resume)
 
-    if not state.is_main_process:
+    if not state.is_main_process or only is not None:
         return {}
     ens = Ensemble.from_dirs({m.name: out / "members" / m.name for m in recipe.members},
                              recipe.vote.method, recipe.vote.weights)
@@ -93,3 +99,46 @@ def finished(path: Path, member: MemberConfig, labels: list[str]) -> bool:
         return False
     complete = (path / METRICS_FILE).is_file() and any(path.glob("*.safetensors"))
     return complete and saved.get("member") == recipe_dict(member) and saved.get("labels") == labels
+
+
+def fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: int, overwrite: bool = False,
+                   resume: bool = False) -> dict:
+    """Train members concurrently, one worker process per device (round robin), then vote.
+
+    Each worker runs ``ensemble fit ... --only NAMES`` with one GPU visible (``CUDA_VISIBLE_DEVICES``)
+    or, without GPUs, an equal share of the CPU cores; `argv` is the recipe path and its --set /
+    --scratch options. The vote and report follow once every worker has finished.
+
+    Example:
+        >>> fit_concurrent(recipe, ["recipes/project1.toml"], Path("runs/p1"), workers=4)  # doctest: +SKIP
+    """
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
+        raise EnsembleError(f"--out: '{out}' already exists and is not empty; choose another --out, "
+                            "pass --resume to continue it, or --overwrite to start again")
+    if overwrite:
+        shutil.rmtree(out, ignore_errors=True)
+    gpus = torch.cuda.device_count()
+    names = [m.name for m in recipe.members]
+    jobs = []
+    for k in range(min(workers, len(names))):
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(k % gpus)
+        else:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+        mine = ",".join(names[k::workers])
+        command = [sys.executable, "-m", "ensemble", "fit", *argv, "--out", str(out), "--only", mine, "--resume", "--quiet"]
+        jobs.append((mine, subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)))
+    for mine, job in jobs:
+        _, err = job.communicate()
+        if job.returncode:
+            last = (err.strip().splitlines() or ["(no output)"])[-1]
+            raise EnsembleError(f"--concurrent: the worker training {mine} failed: {last}")
+    return fit(recipe, out, resume=True)

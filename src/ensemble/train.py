@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .batching import Collator, EpochBatches, encode, length_sorted_batches
+from .batching import Collator, EpochBatches, encode
 from .checkpoint import Checkpoint, Progress, cpu_state, fingerprint
 from .card import write_model_card
 from .data import TextDataset
@@ -55,13 +55,12 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
         >>> metrics["best_epoch"]  # doctest: +SKIP
         3
     """
-    from accelerate import PartialState
     from accelerate.utils import find_executable_batch_size
 
     t = cfg.train
     if t.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise EnsembleError(f"members[{cfg.name}].mixed_precision: fp16 needs a GPU; use \"bf16\" or \"no\" on CPU")
-    world = PartialState().num_processes
+    world = process_state().num_processes
     if t.batch_size % (t.grad_accum * world):
         raise EnsembleError(f"members[{cfg.name}].batch_size: {t.batch_size} must be a multiple of grad_accum "
                             f"({t.grad_accum}) x processes ({world})")
@@ -96,7 +95,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     AcceleratorState._reset_state()
     logs = out_dir.parent.parent / "logs"
     accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=per_process // micro,
-                              log_with=list(t.log_with) or None, project_dir=str(logs))
+                              log_with=list(t.log_with) or None, project_dir=str(logs), cpu=use_cpu())
     set_seed(t.seed)
 
     # build the member and tokenize once
@@ -115,8 +114,11 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     # Own generators: starting an iterator draws a seed from its loader's generator, and drawing it
     # from the global RNG would shift dropout after a resume (the iterator is created anew there).
     train_dl = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate, generator=torch.Generator())
-    valid_dl = DataLoader(valid_set, batch_sampler=length_sorted_batches(valid_set.lengths(), t.eval_batch_size),
-                          collate_fn=collate, generator=torch.Generator())
+    # Validation rows in length order (little padding) in equal-size batches: across processes,
+    # Accelerate evens out the last batch and gather_for_metrics drops the repeats.
+    by_length = sorted(range(len(valid_set)), key=lambda i: -valid_set.lengths()[i])
+    valid_dl = DataLoader(valid_set, sampler=by_length, batch_size=t.eval_batch_size, collate_fn=collate,
+                          generator=torch.Generator())
     accum = per_process // micro
     # Accelerate steps a prepared scheduler once per process per optimizer step, so count its
     # ticks over all processes' batches: the same schedule for any number of processes.
@@ -186,10 +188,13 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
             raise EnsembleError(f"members[{cfg.name}]: training loss became {state.loss_sum} in epoch {epoch}; "
                                 f"lower lr (now {t.lr:g}) or enable max_grad_norm")
         seconds = time.perf_counter() - start
+        # every process saw its own rows: the epoch's train loss is over all of them
+        totals = accelerator.reduce(torch.tensor([state.loss_sum, float(state.seen)], device=accelerator.device), "sum")
+        train_loss = (totals[0] / totals[1]).item()
 
         # evaluate on the validation split
         metrics = evaluate(model, valid_dl, accelerator, len(labels))
-        record = {"epoch": epoch, "train_loss": state.loss_sum / state.seen, **metrics, "lr": scheduler.get_last_lr()[0],
+        record = {"epoch": epoch, "train_loss": train_loss, **metrics, "lr": scheduler.get_last_lr()[0],
                   "seconds": seconds, "samples_per_s": (state.seen - seen_at_start) * accelerator.num_processes / seconds}
         state.history.append(record)
         bar.write(f"{cfg.name} epoch {epoch}: train_loss {record['train_loss']:.4f}  valid_loss {metrics['valid_loss']:.4f}  "
@@ -244,6 +249,23 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     accelerator.wait_for_everyone()
     accelerator.free_memory()
     return result
+
+
+def use_cpu() -> bool:
+    """Train on CPU: no GPU here, or ACCELERATE_USE_CPU set (as ``accelerate launch --cpu`` does)."""
+    flag = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return flag or not torch.cuda.is_available()
+
+
+def process_state():
+    """Accelerate's process state, initialised so that ``torchrun`` on CPUs runs data-parallel (gloo).
+
+    Accelerate reads ACCELERATE_USE_CPU only when an Accelerator is built; the process state is
+    shared and set up once, so it must know about CPU training from the first call.
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=use_cpu())
 
 
 @torch.inference_mode()
