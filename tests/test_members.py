@@ -132,3 +132,26 @@ def test_load_member_refuses_broken_directories(member_dir, tmp_path, damage, me
     with pytest.raises(EnsembleError) as info:
         load_member(path)
     assert message in str(info.value)
+
+
+def test_a_planted_pickle_is_never_loaded(member_dir, tmp_path):
+    """A member directory whose weights are a pickle that runs code when unpickled is refused,
+    and the code never runs: only safetensors weights are read."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "m"
+    shutil.copytree(member_dir, path)
+    (path / "model.safetensors").unlink()
+    (path / "pytorch_model.bin").write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(EnsembleError, match="only safetensors are loaded"):
+        load_member(path)
+    assert not marker.exists()
+    # with the safetensors back, the stray pickle next to it is still ignored
+    shutil.copy2(member_dir / "model.safetensors", path / "model.safetensors")
+    assert load_member(path).labels == LABELS and not marker.exists()

@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except (Abort, KeyboardInterrupt):
-        typer.echo("interrupted", err=True)
+        hint = " (training state is saved after every epoch: rerun with --resume to continue)" if "fit" in args else ""
+        typer.echo(f"interrupted{hint}", err=True)
         sys.exit(130)
     except EnsembleError as exc:
         if debug:
