@@ -185,7 +185,9 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except ClickException as exc:
-        exc.show()
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        typer.echo(f"error: {exc.format_message()}{where}", err=True)
         sys.exit(exc.exit_code)
     except (Abort, KeyboardInterrupt):
         hint = " (training state is saved after every epoch: rerun with --resume to continue)" if "fit" in args else ""

@@ -277,11 +277,15 @@ def load_member(path: str | Path, name: str | None = None) -> Member:
     recipe = {}
     if (path / RECIPE_FILE).is_file():
         recipe = json.loads((path / RECIPE_FILE).read_text(encoding="utf-8"))
+    from safetensors import SafetensorError
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False, use_safetensors=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise EnsembleError(f"{where}: cannot load: {_first_line(exc)}") from None
+    except SafetensorError as exc:
+        raise EnsembleError(f"{where}: model.safetensors is corrupt ({_first_line(exc)}); retrain or recopy the member") from None
+    except Exception as exc:  # noqa: BLE001 - any parser's failure on these files is the directory's problem
+        raise EnsembleError(f"{where}: cannot load: {type(exc).__name__}: {_first_line(exc)}") from None
     model.eval()
     train = recipe.get("member", {}).get("train", {})
     data = recipe.get("data", {})

@@ -1,0 +1,189 @@
+"""The bad-input matrix: every input a user can get wrong, through the command line, with its
+expected exit code and message fragment. One line on stderr, no traceback, and no output
+directory that looks complete."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ensemble.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_ROWS = (ROOT / "recipes" / "demo" / "train.csv").read_text(encoding="utf-8").splitlines()[1:121]
+
+
+@pytest.fixture(scope="module")
+def member(tmp_path_factory) -> Path:
+    """One tiny trained member (bert, demo labels) to vote with."""
+    tmp = tmp_path_factory.mktemp("bad")
+    (tmp / "train.csv").write_text("text,label\n" + "\n".join(TRAIN_ROWS) + "\n", encoding="utf-8")
+    (tmp / "r.toml").write_text('[data]\ntrain = "train.csv"\nvalid_fraction = 0.25\n[defaults]\nepochs = 1\n'
+                                'max_length = 32\n[[members]]\nname = "bert"\ninit = "scratch"\narch = "bert"\n',
+                                encoding="utf-8")
+    main(["fit", str(tmp / "r.toml"), "--out", str(tmp / "run"), "--quiet"])
+    return tmp / "run" / "members" / "bert"
+
+
+GOOD_RECIPE = '[data]\ntrain = "train.csv"\nvalid_fraction = 0.25\n[defaults]\nepochs = 1\n' \
+              '[[members]]\nname = "bert"\ninit = "scratch"\narch = "bert"\n'
+
+
+def recipe(text: str):
+    def setup(tmp: Path, member: Path) -> list[str]:
+        (tmp / "train.csv").write_text("text,label\n" + "\n".join(TRAIN_ROWS) + "\n", encoding="utf-8")
+        (tmp / "r.toml").write_text(text, encoding="utf-8")
+        return ["fit", str(tmp / "r.toml"), "--out", str(tmp / "out")]
+    return setup
+
+
+def override(*items: str):
+    def setup(tmp: Path, member: Path) -> list[str]:
+        args = recipe(GOOD_RECIPE)(tmp, member)
+        return args + [a for item in items for a in ("--set", item)]
+    return setup
+
+
+def train_file(content: bytes | str, name: str = "train.csv", extra: str = ""):
+    """A recipe whose training file holds `content` (fails before any training starts)."""
+    def setup(tmp: Path, member: Path) -> list[str]:
+        data = content.encode("utf-8") if isinstance(content, str) else content
+        (tmp / name).write_bytes(data)
+        (tmp / "r.toml").write_text(GOOD_RECIPE.replace("train.csv", name) + extra, encoding="utf-8")
+        return ["fit", str(tmp / "r.toml"), "--out", str(tmp / "out")]
+    return setup
+
+
+def vote_file(content: str, name: str = "data.csv", *flags: str):
+    """`ensemble vote` with the fixture member on a data file holding `content`."""
+    def setup(tmp: Path, member: Path) -> list[str]:
+        (tmp / name).write_text(content, encoding="utf-8")
+        return ["vote", "--members", str(member), "--data", str(tmp / name), "--out", str(tmp / "out"), *flags]
+    return setup
+
+
+def damaged_member(damage):
+    def setup(tmp: Path, member: Path) -> list[str]:
+        copy = tmp / "m"
+        shutil.copytree(member, copy)
+        damage(copy)
+        (tmp / "d.csv").write_text("text,label\na film,positive\n", encoding="utf-8")
+        return ["vote", "--members", str(copy), "--data", str(tmp / "d.csv"), "--out", str(tmp / "out")]
+    return setup
+
+
+def relabel(path: Path) -> None:
+    config = json.loads((path / "config.json").read_text())
+    config["id2label"] = {"0": "bad", "1": "meh", "2": "good"}
+    config["label2id"] = {"bad": 0, "meh": 1, "good": 2}
+    (path / "config.json").write_text(json.dumps(config))
+
+
+def two_members(tmp: Path, member: Path) -> list[str]:
+    other = tmp / "other"
+    shutil.copytree(member, other)
+    relabel(other)
+    (tmp / "d.csv").write_text("text,label\na film,positive\n", encoding="utf-8")
+    return ["vote", "--members", str(member), str(other), "--data", str(tmp / "d.csv"), "--out", str(tmp / "out")]
+
+
+def set_config(key: str, value):
+    def damage(path: Path) -> None:
+        config = json.loads((path / "config.json").read_text())
+        config[key] = value
+        (path / "config.json").write_text(json.dumps(config))
+    return damage
+
+
+LONG = " ".join(["wonderful"] * 5000)
+CASES = [
+    # recipe
+    ("toml syntax", recipe('[data]\ntrain = "train.csv\n'), 2, "TOML syntax error"),
+    ("toml line and column", recipe('[data]\ntrain = "x"\n[[members]]\nname = "a" arch = "b"\n'), 2, "(at line 4, column"),
+    ("unknown key", recipe(GOOD_RECIPE.replace("epochs", "epoch")), 2, "defaults.epoch: unknown key (did you mean 'epochs'?)"),
+    ("wrong type", recipe(GOOD_RECIPE.replace("epochs = 1", 'epochs = "one"')), 2, "defaults.epochs: must be an integer; got 'one'"),
+    ("out of range", recipe(GOOD_RECIPE.replace("epochs = 1", "epochs = 0")), 2, "defaults.epochs: must be >= 1"),
+    ("missing member name", recipe('[data]\ntrain = "x.csv"\n[[members]]\nmodel = "m"\n'), 2, "members[0].name: every member needs a name"),
+    ("missing member model", recipe('[data]\ntrain = "x.csv"\n[[members]]\nname = "a"\n'), 2, "members[a].model: give a hub id"),
+    ("duplicate members", recipe(GOOD_RECIPE + '[[members]]\nname = "bert"\ninit = "scratch"\narch = "bert"\n'), 2, "duplicate name 'bert'"),
+    ("weights for unknown member", recipe(GOOD_RECIPE + "[vote]\nweights = { bret = 1.0 }\n"), 2, "vote.weights.bret: no member named 'bret' (did you mean 'bert'?)"),
+    ("--set bad path", override("members.bret.lr=1e-5"), 2, "--set members.bret.lr: no member named 'bret'"),
+    ("--set bad value", override("defaults.lr=fast"), 2, "defaults.lr: must be a number; got 'fast'"),
+    ("--set not key=value", override("defaults.lr"), 2, "--set: expected KEY=VALUE"),
+    ("bad --scratch", lambda tmp, m: recipe(GOOD_RECIPE)(tmp, m) + ["--scratch", "huge"], 2, "--scratch: must be one of"),
+    ("unknown flag", lambda tmp, m: ["fit", "--epochs", "3"], 2, "No such option: --epochs"),
+    # data
+    ("missing data file", recipe(GOOD_RECIPE.replace("train.csv", "nope.csv")), 2, "data.train: file not found"),
+    ("empty file", train_file(""), 2, "is empty"),
+    ("header only", train_file("text,label\n"), 2, "has column names but no data rows"),
+    ("missing column", train_file("sentence,label\na,b\n"), 2, "column 'text' not found"),
+    ("empty text", train_file("text,label\n,positive\ngood,positive\n"), 2, "has an empty text in column 'text'"),
+    ("NaN label", train_file("text,label\ngood,nan\nbad,negative\n"), 2, "has an empty label in column 'label'"),
+    ("missing label", train_file("text,label\ngood,\nbad,negative\n"), 2, "set data.on_bad_rows = \"skip\""),
+    ("single-class train", train_file("text,label\n" + "\n".join(f"film {i},positive" for i in range(20)) + "\n"), 2,
+     "a classifier needs at least two labels"),
+    ("label unseen in valid", train_file("text,label\n" + "\n".join(TRAIN_ROWS[:60]) + "\n", extra="",
+                                         name="train.csv"), None, None),  # replaced below
+    ("non-UTF-8 bytes", train_file(b"text,label\ncaf\xe9,positive\n"), 2, "is not valid UTF-8"),
+    ("quote breaks comma CSV", train_file('text,label\n"unclosed,positive\n'), 2, "is not valid CSV"),
+    ("unknown extension", train_file("x", name="train.xlsx"), 2, "unknown extension '.xlsx'"),
+    ("labels the members do not know", vote_file("text,label\na film,7\n"), 2, "label '7' is not one the members know"),
+    ("mixed numbers and strings", vote_file("text,label\na film,positive\nanother,3\n"), 2, "label '3' is not one the members know"),
+    # data that must work
+    ("byte-order mark", vote_file("\ufefftext,label\na film,positive\n"), 0, "report:"),
+    ("quotes inside TSV", vote_file('text\tlabel\nsay "hi\tpositive\n', "d.tsv"), 0, "report:"),
+    ("text far longer than max_length", vote_file(f"text,label\n{LONG},positive\n"), 0, "report:"),
+    ("unlabelled data", vote_file("text\na film\n"), 0, "report:"),
+    # members
+    ("label sets differ", two_members, 2, "must be trained on the same label names"),
+    ("missing weights", damaged_member(lambda p: (p / "model.safetensors").unlink()), 2, "no safetensors weights"),
+    ("corrupt weights", damaged_member(lambda p: (p / "model.safetensors").write_bytes(b"\x00" * 64)), 2, "model.safetensors is corrupt"),
+    ("corrupt tokenizer", damaged_member(lambda p: (p / "tokenizer.json").write_text("{oops")), 2, "cannot load"),
+    ("unsupported architecture", damaged_member(set_config("model_type", "gpt2")), 2, "model_type 'gpt2' is not supported"),
+    ("not a member directory", damaged_member(lambda p: (p / "config.json").unlink()), 2, "not a member directory"),
+    ("no label names", damaged_member(set_config("id2label", {})), 2, "no usable id2label"),
+    ("bad --method", lambda tmp, m: vote_file("text\na\n")(tmp, m) + ["--method", "mean"], 2, "--method: must be one of {'hard', 'soft'}; got 'mean'"),
+    ("bad --weights", lambda tmp, m: vote_file("text\na\n")(tmp, m) + ["--weights", "bert=x"], 2, "--weights: expected NAME=NUMBER"),
+    ("bad --device", lambda tmp, m: ["predict", "--ensemble", str(m.parent.parent), "--data", "x.csv", "--out", str(tmp / "p.csv"),
+                                     "--device", "tpu"], 2, "device: must be 'auto', 'cpu' or 'cuda[:N]'"),
+    ("ensemble dir without manifest", lambda tmp, m: ["predict", "--ensemble", str(tmp), "--data", "x.csv", "--out", str(tmp / "p.csv")],
+     2, "no ensemble.json"),
+]
+# a label in valid never seen in train: train on two labels, validate on a third
+CASES[[c[0] for c in CASES].index("label unseen in valid")] = (
+    "label unseen in valid",
+    lambda tmp, m: _unseen(tmp),
+    2, "never appears in the training labels")
+
+
+def _unseen(tmp: Path) -> list[str]:
+    rows = [r for r in TRAIN_ROWS if not r.endswith(",neutral")]
+    (tmp / "train.csv").write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    (tmp / "valid.csv").write_text("text,label\nthe film runs two hours,neutral\n", encoding="utf-8")
+    (tmp / "r.toml").write_text(GOOD_RECIPE.replace('valid_fraction = 0.25', 'valid = "valid.csv"'), encoding="utf-8")
+    return ["fit", str(tmp / "r.toml"), "--out", str(tmp / "out")]
+
+
+@pytest.mark.parametrize("name, setup, code, fragment", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_matrix(name, setup, code, fragment, member, tmp_path, capsys):
+    args = setup(tmp_path, member)
+    try:
+        main(args)
+        got = 0
+    except SystemExit as exc:
+        got = exc.code or 0
+    captured = capsys.readouterr()
+    assert got == code, captured.err
+    assert "Traceback" not in captured.err
+    if code:
+        assert fragment in captured.err
+        assert captured.err.count("\n") == 1  # one line
+        # nothing that looks complete was written
+        assert not (tmp_path / "out" / "ensemble.json").exists()
+        assert not (tmp_path / "out" / "report.json").exists()
+    else:
+        assert fragment in captured.out
+        assert (tmp_path / "out" / "ensemble.json").is_file() and (tmp_path / "out" / "predictions.csv").is_file()

@@ -1,0 +1,92 @@
+"""Fuzzing the loaders: random bytes and random TOML structures into the recipe loader, random
+CSV / TSV / JSONL content into the data loader. Only the library's own error may come out."""
+
+import string
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ensemble.data import iter_table, load_table
+from ensemble.errors import EnsembleError
+from ensemble.recipe import load_recipe
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+keys = st.sampled_from(["data", "defaults", "members", "vote", "train", "valid", "test", "text", "label", "lr",
+                        "epochs", "name", "model", "init", "arch", "size", "method", "weights", "batch_size",
+                        "grad_accum", "optimizer", "scheduler", "betas", "log_with", "x"])
+scalars = st.one_of(st.integers(-5, 10**6), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                    st.text(max_size=12), st.sampled_from(["bert", "scratch", "soft", "hard", "adamw", "x.csv"]))
+values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                       st.dictionaries(keys, inner, max_size=4)), max_leaves=12)
+tables = st.dictionaries(keys, values, max_size=5)
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return {float("inf"): "inf", float("-inf"): "-inf"}.get(value, "nan" if value != value else repr(value))
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+
+
+def expect_only_our_error(call) -> None:
+    try:
+        call()
+    except EnsembleError as exc:
+        assert str(exc) and "\n" not in str(exc).strip().split("\n")[0]
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_random_bytes_into_the_recipe_loader(data):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "r.toml"
+        path.write_bytes(data)
+        expect_only_our_error(lambda: load_recipe(path))
+
+
+@FUZZ
+@given(tables, st.lists(st.text(alphabet=string.ascii_letters + ".=[]0123456789-", max_size=20), max_size=3))
+def test_random_toml_structures_and_overrides(table, overrides):
+    text = "\n".join(f"{k} = {toml_value(v)}" for k, v in table.items())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "r.toml"
+        path.write_text(text, encoding="utf-8")
+        expect_only_our_error(lambda: load_recipe(path, overrides))
+
+
+cells = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=8)
+
+
+@FUZZ
+@given(st.sampled_from([".csv", ".tsv", ".jsonl"]), st.one_of(
+    st.binary(max_size=200),
+    st.lists(st.lists(cells, max_size=4), max_size=6).map(
+        lambda rows: "\n".join([",".join(["text", "label"])] + [",".join(r) for r in rows]).encode("utf-8"))),
+    st.sampled_from(["error", "skip"]))
+def test_random_table_content_into_the_data_loaders(suffix, data, on_bad_rows):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"d{suffix}"
+        path.write_bytes(data)
+        expect_only_our_error(lambda: load_table(path, on_bad_rows=on_bad_rows))
+        expect_only_our_error(lambda: list(iter_table(path, chunk_rows=2, on_bad_rows=on_bad_rows, require_label=False)))
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".parquet"])
+@FUZZ
+@given(data=st.binary(max_size=200))
+def test_random_bytes_into_the_binary_formats(suffix, data):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"d{suffix}"
+        path.write_bytes(data)
+        expect_only_our_error(lambda: load_table(path))
