@@ -90,3 +90,43 @@ def test_random_bytes_into_the_binary_formats(suffix, data):
         path = Path(tmp) / f"d{suffix}"
         path.write_bytes(data)
         expect_only_our_error(lambda: load_table(path))
+
+
+# ---------------------------------------------------------------- aggregate invariants
+
+import numpy as np  # noqa: E402
+
+from ensemble.aggregate import aggregate  # noqa: E402
+
+shapes = st.tuples(st.integers(1, 5), st.integers(1, 40), st.integers(2, 6))
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes, st.integers(0, 2**31 - 1), st.sampled_from(["soft", "hard"]))
+def test_aggregate_invariants(shape, seed, method):
+    rng = np.random.default_rng(seed)
+    members, rows, classes = shape
+    logits = (rng.standard_normal(shape) * 3).astype(np.float32)
+    weights = rng.uniform(0.1, 2.0, members)
+    vote = aggregate(logits, method, weights)
+    # scores are a distribution over the classes
+    np.testing.assert_allclose(vote.scores.sum(axis=1), 1.0, rtol=1e-5)
+    # member order does not change the result (away from near-ties, which float order may flip)
+    perm = rng.permutation(members)
+    permuted = aggregate(logits[perm], method, weights[perm])
+    margin = np.sort(vote.scores, axis=1)[:, -1] - np.sort(vote.scores, axis=1)[:, -2] if classes > 1 else np.ones(rows)
+    clear = margin > 1e-4
+    assert (permuted.labels[clear] == vote.labels[clear]).all()
+    np.testing.assert_array_equal(permuted.equal_counts, vote.equal_counts[np.ix_(perm, perm)])
+    # scaling every weight changes nothing
+    scaled = aggregate(logits, method, weights * 7.5)
+    assert (scaled.labels[clear] == vote.labels[clear]).all()
+    np.testing.assert_allclose(scaled.scores, vote.scores, rtol=1e-5, atol=1e-6)
+    # one member holding all the weight is that member
+    solo = np.zeros(members)
+    solo[0] = 1.0
+    alone = aggregate(logits, method, solo)
+    assert (alone.labels == logits[0].argmax(axis=1)).all()
+    if method == "soft":
+        e = np.exp(logits[0] - logits[0].max(axis=1, keepdims=True))
+        np.testing.assert_allclose(alone.scores, e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
