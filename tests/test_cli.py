@@ -18,16 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "recipes" / "demo"
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def small_recipe(tmp_path: Path, members: str = "bert,roberta", extra: str = "") -> Path:
     lines = (DEMO / "train.csv").read_text(encoding="utf-8").splitlines()
     (tmp_path / "train.csv").write_text("\n".join(lines[:301]) + "\n", encoding="utf-8")
@@ -58,18 +48,18 @@ def fitted(tmp_path_factory):
     (["vote", "--members", "{member}", "{member}", "--data", "x.csv", "--out", "o"], "two members are named 'bert'"),
     (["vote", "--members", "{member}", "--data", "missing.csv", "--out", "o"], "--data"),
 ])
-def test_user_errors_exit_2_with_one_line(fitted, capsys, tmp_path, args, message):
+def test_user_errors_exit_2_with_one_line(fitted, cli, tmp_path, args, message):
     recipe = small_recipe(tmp_path)
     member = str(fitted / "run" / "members" / "bert")
     args = [a.format(recipe=recipe, member=member) for a in args]
-    code, out, err = run_cli(args, capsys)
+    code, out, err = cli(args)
     assert code == 2, err
     assert message in err
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_usage_errors_exit_2(capsys):
-    code, _, err = run_cli(["fit", "--no-such-flag"], capsys)
+def test_usage_errors_exit_2(cli):
+    code, _, err = cli(["fit", "--no-such-flag"])
     assert code == 2 and "No such option" in err
 
 
@@ -78,47 +68,47 @@ def test_debug_shows_the_traceback(capsys):
         main(["fit", "nope.toml", "--debug"])
 
 
-def test_internal_errors_exit_1(monkeypatch, capsys, tmp_path):
+def test_internal_errors_exit_1(monkeypatch, cli, tmp_path):
     import ensemble.fit
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(ensemble.fit, "fit", broken)
-    code, _, err = run_cli(["fit", str(small_recipe(tmp_path))], capsys)
+    code, _, err = cli(["fit", str(small_recipe(tmp_path))])
     assert code == 1 and "internal error: RuntimeError: boom" in err and "--debug" in err
 
 
-def test_out_must_be_new_or_overwritten(fitted, capsys, tmp_path):
-    code, _, err = run_cli(["fit", str(small_recipe(tmp_path)), "--out", str(fitted / "run")], capsys)
+def test_out_must_be_new_or_overwritten(fitted, cli, tmp_path):
+    code, _, err = cli(["fit", str(small_recipe(tmp_path)), "--out", str(fitted / "run")])
     assert code == 2 and "already exists" in err and "--overwrite" in err
 
 
-def test_hub_recipe_offline_names_the_scratch_switch(capsys, monkeypatch):
+def test_hub_recipe_offline_names_the_scratch_switch(cli, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code, _, err = run_cli(["fit", str(ROOT / "recipes" / "project1.toml"), "--out", "/tmp/never-written"], capsys)
+    code, _, err = cli(["fit", str(ROOT / "recipes" / "project1.toml"), "--out", "/tmp/never-written"])
     assert code == 2 and "--scratch tiny" in err and "albert-base-v2" in err
     assert not Path("/tmp/never-written").exists()
 
 
-def test_vote_refuses_members_with_different_labels(fitted, capsys, tmp_path):
+def test_vote_refuses_members_with_different_labels(fitted, cli, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(fitted / "run" / "members" / "bert", other)
     config = json.loads((other / "config.json").read_text())
     config["id2label"] = {"0": "bad", "1": "meh", "2": "good"}
     config["label2id"] = {"bad": 0, "meh": 1, "good": 2}
     (other / "config.json").write_text(json.dumps(config))
-    code, _, err = run_cli(["vote", "--members", str(fitted / "run" / "members" / "bert"), str(other),
-                            "--data", str(fitted / "train.csv"), "--out", str(tmp_path / "o")], capsys)
+    code, _, err = cli(["vote", "--members", str(fitted / "run" / "members" / "bert"), str(other),
+                            "--data", str(fitted / "train.csv"), "--out", str(tmp_path / "o")])
     assert code == 2 and "must be trained on the same label names" in err
     assert not (tmp_path / "o").exists()
 
 
-def test_vote_on_unlabelled_data_writes_predictions_without_metrics(fitted, capsys, tmp_path):
+def test_vote_on_unlabelled_data_writes_predictions_without_metrics(fitted, cli, tmp_path):
     data = tmp_path / "texts.jsonl"
     data.write_text('{"text": "the film is wonderful"}\n{"text": "the plot is dull"}\n', encoding="utf-8")
     members = [f"a={fitted / 'run' / 'members' / 'bert'}", f"b={fitted / 'run' / 'members' / 'roberta'}"]
-    code, out, err = run_cli(["vote", "--members", *members, "--data", str(data), "--out", str(tmp_path / "o")], capsys)
+    code, out, err = cli(["vote", "--members", *members, "--data", str(data), "--out", str(tmp_path / "o")])
     assert code == 0, err
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["rows"] == 2 and "accuracy" not in report["ensemble"] and list(report["members"]) == ["a", "b"]
@@ -142,11 +132,11 @@ def test_multi_value_flags_expand():
 
 
 @pytest.mark.slow
-def test_project1_runs_offline_with_scratch_tiny(capsys, tmp_path):
-    code, out, err = run_cli([
+def test_project1_runs_offline_with_scratch_tiny(cli, tmp_path):
+    code, out, err = cli([
         "fit", str(ROOT / "recipes" / "project1.toml"), "--scratch", "tiny", "--out", str(tmp_path / "p1"),
         "--set", "defaults.epochs=1", "--set", "defaults.batch_size=32", "--set", "defaults.grad_accum=1",
-        "--set", "defaults.max_length=48", "--quiet"], capsys)
+        "--set", "defaults.max_length=48", "--quiet"])
     assert code == 0, err
     report = json.loads((tmp_path / "p1" / "report.json").read_text())
     assert list(report["members"]) == ["albert", "electra", "roberta", "bert"] and report["split"] == "test"

@@ -50,6 +50,7 @@ class Checkpoint:
     def __init__(self, root: Path, fingerprint: str):
         self.root = root
         self.fingerprint = fingerprint
+        self._log = None  # log.jsonl, opened once: it is written every optimizer step
 
     def load(self) -> Progress | None:
         """The saved progress, or None if there is none or it belongs to another recipe."""
@@ -94,11 +95,16 @@ class Checkpoint:
 
     def log(self, record: dict) -> None:
         """Append one JSON line to log.jsonl (main process only: the caller checks)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        if self._log is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            # line-buffered: every record is on disk before the next step, as a kill may come any time
+            self._log = open(self.root / "log.jsonl", "a", encoding="utf-8", buffering=1)
+        self._log.write(json.dumps(record) + "\n")
 
     def clear(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         shutil.rmtree(self.root, ignore_errors=True)
 
 

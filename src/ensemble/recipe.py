@@ -358,28 +358,13 @@ def _coerce(value: Any, hint: Any, path: str, where: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], path, where)
-    if hint is Path:
-        if isinstance(value, str) and value:
-            return Path(value)
-        raise _type_error(path, "a path (string)", value, where)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise _type_error(path, "true or false", value, where)
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _type_error(path, "an integer", value, where)
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise _type_error(path, "a finite number", value, where)
-            return float(value)
-        raise _type_error(path, "a number", value, where)
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise _type_error(path, "a string", value, where)
+    if hint in SCALARS:
+        expected, accepts, convert = SCALARS[hint]
+        if not accepts(value):
+            raise _type_error(path, expected, value, where)
+        if hint is float and not math.isfinite(value):
+            raise _type_error(path, "a finite number", value, where)
+        return convert(value)
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         if isinstance(value, str):
             value = [value]
@@ -397,6 +382,16 @@ def _coerce(value: Any, hint: Any, path: str, where: str) -> Any:
     if dataclasses.is_dataclass(hint) and isinstance(value, hint):
         return value
     raise _type_error(path, str(hint), value, where)  # pragma: no cover - schema bug
+
+
+# What a scalar field accepts: (description, test, conversion). bool is not an int here.
+SCALARS: dict[type, tuple[str, typing.Callable[[Any], bool], typing.Callable[[Any], Any]]] = {
+    Path: ("a path (string)", lambda v: isinstance(v, str) and bool(v), Path),
+    bool: ("true or false", lambda v: isinstance(v, bool), bool),
+    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool), int),
+    float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), float),
+    str: ("a string", lambda v: isinstance(v, str), str),
+}
 
 
 def _check_range(value: float, bounds: tuple[float, float, bool], path: str, where: str) -> None:
