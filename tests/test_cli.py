@@ -42,7 +42,7 @@ def fitted(tmp_path_factory):
     (["fit", "{recipe}", "--set", "data.train=missing.csv"], "data.train"),
     (["fit", "{recipe}", "--scratch", "huge"], "--scratch: must be one of"),
     (["vote", "--members", "nowhere", "--data", "x.csv", "--out", "o"], "member 'nowhere' (nowhere): not a directory"),
-    (["vote", "--members", "{member}", "--data", "x.csv", "--out", "o", "--method", "average"], "--method: must be one of {'hard', 'soft'}; got 'average'"),
+    (["vote", "--members", "{member}", "--data", "x.csv", "--out", "o", "--method", "average"], "--method: must be one of {'hard', 'soft', 'weighted', 'selection', 'stacking'}; got 'average'"),
     (["vote", "--members", "{member}", "--data", "x.csv", "--out", "o", "--weights", "bert"], "--weights: expected NAME=NUMBER"),
     (["vote", "--members", "{member}", "--data", "x.csv", "--out", "o", "--weights", "bret=2"], "weights: no member named 'bret'"),
     (["vote", "--members", "{member}", "{member}", "--data", "x.csv", "--out", "o"], "two members are named 'bert'"),

@@ -163,5 +163,5 @@ def test_vote_command_reproduces_and_switches_method(run):
     assert ens.method == "hard" and (run / "hard" / "members" / "minilm" / "model.safetensors").is_file()
     rows = read_predictions(run / "hard" / "predictions.csv")
     assert ens.predict([r["text"] for r in rows]) == [r["ensemble_label"] for r in rows]
-    with pytest.raises(Exception, match="soft voting"):
+    with pytest.raises(Exception, match="a hard vote gives labels"):
         ens.predict_proba(["a film"])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import ensemble.ensemble as ensemble_mod
+import ensemble.evaluate as evaluate_mod
 from ensemble import Ensemble
 from ensemble.cli import main
 from ensemble.errors import EnsembleError
@@ -81,7 +82,7 @@ def test_predict_file_streams_in_chunks_and_matches_vote(run, tmp_path):
         writer.writerow(["text"])
         writer.writerows([t] for t in rows)
     out = tmp_path / "pred.csv"
-    assert ensemble_mod.predict_file(ens, data, out, chunk_rows=128, progress=False) == len(rows)
+    assert evaluate_mod.predict_file(ens, data, out, chunk_rows=128, progress=False) == len(rows)
     with open(out, newline="", encoding="utf-8") as f:
         got = list(csv.DictReader(f))
     vote = ens.vote(rows)
@@ -112,7 +113,106 @@ def test_bad_devices_are_refused(run, device):
 
 def test_hard_vote_predict_proba_refused_and_pairs_checked(run):
     ens = Ensemble([load_member(run / "run" / "members" / "bert")], method="hard")
-    with pytest.raises(EnsembleError, match="soft voting"):
+    with pytest.raises(EnsembleError, match="a hard vote gives labels"):
         ens.predict_proba(["a film"])
     with pytest.raises(EnsembleError, match="single texts, not pairs"):
         ens.predict([("a", "b")])
+
+
+# ---------------------------------------------------------------- learned combining, saved and loaded
+
+def valid_split(run):
+    from ensemble.data import load_table
+
+    rows = (ROOT / "recipes" / "demo" / "valid.csv").read_text(encoding="utf-8").splitlines()
+    (run / "valid.csv").write_text("\n".join(rows[:201]) + "\n", encoding="utf-8")
+    return load_table(run / "valid.csv")
+
+
+@pytest.mark.parametrize("method", ["soft", "hard", "weighted", "selection", "stacking"])
+def test_fit_vote_saves_and_loads_to_the_same_vote(run, tmp_path, method):
+    from ensemble.evaluate import gold
+    from ensemble.recipe import VoteConfig
+
+    ens, valid = three(run), valid_split(run)
+    info = ens.fit_vote(ens.member_logits(valid.texts), gold(ens, valid, "valid"), VoteConfig(method=method))
+    assert info["fitted_on"] == "valid" and info["valid_rows"] == len(valid) == 200
+    assert set(info["temperatures"]) == {"bert", "roberta", "bert_twin"}
+    assert all(0.05 <= t <= 20 for t in ens.temperatures.values())
+    assert (ens.stacker is not None) == (method == "stacking")
+    if method in ("weighted", "selection"):
+        assert sum(ens.weights.values()) == pytest.approx(1.0)
+    ens.save(tmp_path / "e")
+    again = Ensemble.load(tmp_path / "e")
+    assert again.method == method and again.temperatures == ens.temperatures and again.weights == ens.weights
+    a, b = ens.vote(TEXTS[:50]), again.vote(TEXTS[:50])
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(a.scores.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_weighted_and_selection_starve_a_member_that_is_always_wrong(run):
+    from ensemble.evaluate import gold
+    from ensemble.recipe import VoteConfig
+
+    ens, valid = three(run), valid_split(run)
+    logits, y = ens.member_logits(valid.texts), gold(ens, valid, "valid")
+    worst = int(np.argmin([(logits[k].argmax(1) == y).mean() for k in range(3)]))
+    for method in ("weighted", "selection"):
+        ens.fit_vote(logits, y, VoteConfig(method=method))
+        weights = list(ens.weights.values())
+        assert weights[worst] <= min(weights) + 1e-9, (method, weights)
+
+
+def test_abstain_below_marks_rows_in_predict_and_predictions_csv(run, tmp_path):
+    from ensemble.data import load_table
+    from ensemble.evaluate import evaluate
+
+    ens = Ensemble.from_dirs({n: run / "run" / "members" / n for n in ("bert", "roberta")})
+    confidence = ens.vote(TEXTS[:100]).confidence
+    ens.abstain_below = float(np.median(confidence))
+    predicted = ens.predict(TEXTS[:100])
+    expected = confidence < ens.abstain_below
+    assert [p == "abstain" for p in predicted] == expected.tolist() and 0 < expected.sum() < 100
+    ds = load_table(ROOT / "recipes" / "demo" / "test.csv").subset(range(100))
+    report = evaluate(ens, ds, "test", tmp_path)
+    with open(tmp_path / "predictions.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["ensemble_label"] == "abstain" for r in rows] == expected.tolist()
+    assert report["abstention"]["abstained"] == int(expected.sum())
+    assert report["abstention"]["coverage"] == pytest.approx(1 - expected.mean())
+    curve = report["abstention"]["curve"]
+    assert curve[0]["coverage"] == 1.0 and all(a["coverage"] >= b["coverage"] for a, b in zip(curve, curve[1:]))
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda m: m.update(stacker={"format": "ensemble.stacker", "version": 1}), "stacker dict"),
+    (lambda m: m.update(temperatures={"bert": -1.0}), "temperatures.bert: must be a finite number > 0"),
+    (lambda m: m.update(method="average"), "the 'method' parameter must be one of"),
+    (lambda m: m.update(abstain_on="mood"), "the 'abstain_on' parameter must be one of"),
+])
+def test_a_tampered_manifest_is_refused_with_one_line(run, tmp_path, change, fragment):
+    shutil.copytree(run / "run", tmp_path / "e")
+    manifest = json.loads((tmp_path / "e" / "ensemble.json").read_text())
+    change(manifest)
+    (tmp_path / "e" / "ensemble.json").write_text(json.dumps(manifest))
+    with pytest.raises(EnsembleError, match="ensemble.json: ") as error:
+        Ensemble.load(tmp_path / "e")
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def test_vote_command_learns_on_valid_only(run, tmp_path, cli):
+    members = [str(run / "run" / "members" / n) for n in ("bert", "roberta")]
+    valid_split(run)
+    test = str(ROOT / "recipes" / "demo" / "test.csv")
+    code, out, err = cli(["vote", "--members", *members, "--data", test, "--valid", str(run / "valid.csv"),
+                          "--method", "stacking", "--out", str(tmp_path / "v")])
+    assert code == 0, err
+    report = json.loads((tmp_path / "v" / "report.json").read_text())
+    assert report["method"] == "stacking" and report["combining"]["valid_rows"] == 200
+    assert "warning" not in report["combining"]  # scored on --data, fitted on --valid
+    assert report["calibration"]["fitted_on"] == "valid"
+    assert Ensemble.load(tmp_path / "v").stacker is not None
+    code, _, err = cli(["vote", "--members", *members, "--data", test, "--valid", test, "--method", "weighted",
+                        "--out", str(tmp_path / "w")])
+    assert code == 2 and "--valid: is the --data file" in err

@@ -116,7 +116,7 @@ BAD = [
     ('[data]\ntrain = "x.csv"\n[defaults]\noptimizer = "adamm"\n', "defaults.optimizer: must be one of {'adam', 'adamax', 'adamw', 'rmsprop', 'sgd'}; got 'adamm' (did you mean 'adam'?)"),
     ('[data]\ntrain = "x.csv"\n[defaults]\nbatch_size = 30\ngrad_accum = 4\n', "batch_size (30) must be a multiple of grad_accum"),
     ('[data]\ntrain = "x.csv"\n[[members]]\nname = "a"\ninit = "scratch"\narch = "gpt2"\n', "members[a].arch: must be one of"),
-    ('[data]\ntrain = "x.csv"\n[[members]]\nname = "a"\nmodel = "m"\n[vote]\nmethod = "average"\n', "vote.method: must be one of {'hard', 'soft'}"),
+    ('[data]\ntrain = "x.csv"\n[[members]]\nname = "a"\nmodel = "m"\n[vote]\nmethod = "average"\n', "vote.method: must be one of {'hard', 'soft', 'weighted', 'selection', 'stacking'}"),
     # members: missing fields, duplicates
     ('[data]\ntrain = "x.csv"\n', "no members"),
     ('[data]\ntrain = "x.csv"\n[[members]]\nmodel = "bert-base-uncased"\n', "members[0].name: every member needs a name"),

@@ -319,7 +319,8 @@ def test_write_report_with_gold(tmp_path):
     report = make_report(pairs=PAIRS, top_disputed=5)
     write_report(tmp_path / "out", report)
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["plots", "report.html", "report.json", "report.md"]
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["agreement.png", "confusion.png"]
     assert json.loads((out / "report.json").read_text(encoding="utf-8")) == report
     assert (out / "report.json").read_text(encoding="utf-8").startswith('{\n  "split": "test"')
     md = (out / "report.md").read_text(encoding="utf-8")
@@ -368,9 +369,9 @@ def test_write_report_replaces_existing_files_and_refuses_nan(tmp_path):
     with pytest.raises(ValueError):
         write_report(tmp_path, broken)
     assert (tmp_path / "report.json").read_text(encoding="utf-8") == before
-    write_report(tmp_path, make_report(split="dev"))
+    write_report(tmp_path, make_report(split="dev"), plots=False)
     assert json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))["split"] == "dev"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plots", "report.html", "report.json", "report.md"]
 
 
 def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):

@@ -504,7 +504,7 @@ def test_non_finite_loss_raises_naming_the_member(bad, monkeypatch, small_splits
 
     monkeypatch.setattr(train_mod, "build_member", poisoned)
     out = tmp_path / "m"
-    with pytest.raises(EnsembleError, match=rf"members\[diverger\]: training loss became {bad} in epoch 1; lower lr"):
+    with pytest.raises(EnsembleError, match=rf"members\[diverger\]: training loss became {bad} at epoch 1, batch 1; lower lr"):
         fit(member("diverger", epochs=2), small_splits, out)
     # no member; only the hidden checkpoint directory, which has no saved state before the first epoch ends
     assert [p.name for p in tmp_path.iterdir()] == [".m.ckpt"]

@@ -22,6 +22,8 @@ class Encoded(Dataset):
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
     labels: list[int] | None
+    truncated: int = 0  # rows longer than max_length, cut to fit (reported, never silent)
+    teacher: Sequence[Sequence[float]] | None = None  # distillation: the teacher's probabilities per row
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -32,6 +34,8 @@ class Encoded(Dataset):
             row["token_type_ids"] = self.token_type_ids[i]
         if self.labels is not None:
             row["labels"] = self.labels[i]
+        if self.teacher is not None:
+            row["teacher"] = self.teacher[i]
         return row
 
     def lengths(self) -> list[int]:
@@ -40,11 +44,17 @@ class Encoded(Dataset):
 
 def encode(tokenizer, texts: Sequence[str], pairs: Sequence[str] | None, max_length: int,
            labels: Sequence[int] | None = None) -> Encoded:
-    """Tokenize all rows in one fast-tokenizer call, truncated to `max_length`, not padded."""
+    """Tokenize all rows in one fast-tokenizer call, truncated to `max_length`, not padded.
+
+    ``truncated`` counts the rows that did not fit: a fast tokenizer keeps the cut-off tokens of
+    each row as its "overflowing" pieces, so no second, untruncated pass is needed.
+    """
     args = (list(texts), list(pairs)) if pairs is not None else (list(texts),)
     out = tokenizer(*args, truncation=True, max_length=max_length, padding=False)
     token_types = out.get("token_type_ids") if "token_type_ids" in tokenizer.model_input_names else None
-    return Encoded(out["input_ids"], token_types, list(labels) if labels is not None else None)
+    rows = out.encodings or []  # None for a slow (Python) tokenizer: nothing to count then
+    truncated = sum(1 for row in rows if row.overflowing)
+    return Encoded(out["input_ids"], token_types, list(labels) if labels is not None else None, truncated)
 
 
 class Collator:
@@ -69,6 +79,8 @@ class Collator:
             batch["token_type_ids"] = types
         if "labels" in rows[0]:
             batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
+        if "teacher" in rows[0]:
+            batch["teacher"] = torch.tensor([list(r["teacher"]) for r in rows], dtype=torch.float32)
         return batch
 
 

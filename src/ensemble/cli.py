@@ -6,6 +6,7 @@ traceback instead.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
@@ -63,8 +64,12 @@ def vote(
     members: List[str] = typer.Option(..., "--members", help="Member directories, as DIR or NAME=DIR."),
     data: Path = typer.Option(..., "--data", help="Data file to predict (csv, tsv, jsonl, npz, parquet)."),
     out: Path = typer.Option(..., "--out", help="Output directory."),
-    method: str = typer.Option("soft", "--method", help="soft or hard."),
-    weights: List[str] = typer.Option([], "--weights", help="Member weights as NAME=WEIGHT (default 1 each)."),
+    method: str = typer.Option("soft", "--method", help="soft, hard, or learned on --valid: weighted, selection, stacking."),
+    weights: List[str] = typer.Option([], "--weights", help="Member weights as NAME=WEIGHT (default 1 each; soft and hard only)."),
+    valid: Optional[Path] = typer.Option(None, "--valid", help="Labelled validation file the vote learns on (temperatures, weights); never --data itself."),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Fit per-member temperatures on --valid before voting."),
+    abstain_below: Optional[float] = typer.Option(None, "--abstain-below", help="Answer 'abstain' when --abstain-on is below this (0-1)."),
+    abstain_on: str = typer.Option("confidence", "--abstain-on", help="confidence or agreement."),
     text: Optional[str] = typer.Option(None, "--text", help="Text column (default: the members' recipe, else 'text')."),
     text_pair: Optional[str] = typer.Option(None, "--text-pair", help="Second text column for sentence pairs."),
     label: Optional[str] = typer.Option(None, "--label", help="Label column, if the data has labels (default: the members' recipe, else 'label')."),
@@ -73,21 +78,42 @@ def vote(
 ) -> None:
     """Combine trained members on a data file: predictions, agreement report, ensemble.json."""
     from .data import load_table
-    from .ensemble import Ensemble, evaluate
+    from .ensemble import Ensemble
+    from .evaluate import evaluate, gold
+    from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig
     from .train import replace_dir
 
-    if method not in ("soft", "hard"):
-        raise EnsembleError(f"--method: must be one of {{'hard', 'soft'}}; got '{method}'")
-    ens = Ensemble.from_dirs(_named_dirs(members), method, _weights(weights))
+    if method not in VOTE_METHODS:
+        raise EnsembleError(f"--method: must be one of {{{', '.join(repr(m) for m in VOTE_METHODS)}}}; got '{method}'")
+    if abstain_on not in ABSTAIN_ON:
+        raise EnsembleError(f"--abstain-on: must be one of {{'agreement', 'confidence'}}; got '{abstain_on}'")
+    if abstain_below is not None and not 0 <= abstain_below <= 1:
+        raise EnsembleError(f"--abstain-below: must be between 0 and 1; got {abstain_below}")
+    if method in LEARNED_METHODS and valid is None:
+        raise EnsembleError(f"--method {method}: learns on labelled validation data; give --valid FILE (not the --data file)")
+    if weights and method in LEARNED_METHODS:
+        raise EnsembleError(f"--weights: method '{method}' learns its own weights; drop --weights or use soft/hard")
+    if valid is not None and data.resolve() == valid.resolve():
+        raise EnsembleError("--valid: is the --data file; the vote must learn on other rows than it is scored on")
+    ens = Ensemble.from_dirs(_named_dirs(members), method if method not in LEARNED_METHODS else "soft", _weights(weights))
     text, text_pair, label = _columns(ens, text, text_pair, label)
-    ds = load_table(data, text=text, text_pair=text_pair, label=label, field="--data", require_label=False)
+    columns = dict(text=text, text_pair=text_pair, label=label)
+    ds = load_table(data, **columns, field="--data", require_label=False)
     if out.exists() and not overwrite:
         raise EnsembleError(f"--out: '{out}' already exists; choose another directory or pass --overwrite")
+    spec = VoteConfig(method=method, weights=_weights(weights), calibrate=calibrate and valid is not None,
+                      abstain_below=abstain_below, abstain_on=abstain_on)
+    fitted = None
+    if valid is not None:
+        held = load_table(valid, **columns, field="--valid")
+        fitted = ens.fit_vote(ens.member_logits(held.texts, held.pairs), gold(ens, held, "--valid"), spec)
+    else:
+        ens.abstain_below, ens.abstain_on = abstain_below, abstain_on
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        report = evaluate(ens, ds, data.name, tmp)
+        report = evaluate(ens, ds, data.name, tmp, fitted=fitted)
         ens.save(tmp)
         replace_dir(tmp, out)
     finally:
@@ -128,18 +154,57 @@ def predict(
     text_pair: Optional[str] = typer.Option(None, "--text-pair", help="Second text column for sentence pairs."),
     label: Optional[str] = typer.Option(None, "--label", help="Gold label column, copied through when present."),
     chunk_rows: int = typer.Option(10_000, "--chunk-rows", min=1, help="Rows per chunk (bounds the memory)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run into the same --out, after its last finished chunk."),
     device: str = typer.Option("auto", "--device", help="auto (all GPUs, else CPU), cpu, or cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Predict a data file of any size with a saved ensemble, streaming it in chunks."""
-    from .ensemble import Ensemble, predict_file
+    from .ensemble import Ensemble
+    from .evaluate import predict_file
 
     ens = Ensemble.load(ensemble, device=device)
     text, text_pair, label = _columns(ens, text, text_pair, label)
     rows = predict_file(ens, data, out, text=text, text_pair=text_pair, label=label, chunk_rows=chunk_rows,
-                        progress=not quiet)
+                        progress=not quiet, resume=resume)
     typer.echo(f"{rows} rows predicted: {out}")
+
+
+@app.command()
+def distill(
+    ensemble: Path = typer.Option(..., "--ensemble", help="An ensemble directory from 'ensemble fit'."),
+    student: str = typer.Option(..., "--student", help="Hub id or checkpoint directory, or scratch:ARCH[:SIZE] (e.g. scratch:bert:mini)."),
+    out: Path = typer.Option(..., "--out", help="The student's member directory."),
+    name: str = typer.Option("student", "--name", help="The student's member name."),
+    temperature: float = typer.Option(2.0, "--temperature", help="Softens the ensemble's probabilities (and the student's)."),
+    hard_weight: float = typer.Option(0.5, "--hard-weight", help="Share of the loss on the gold labels (0: soft labels only)."),
+    set_: List[str] = typer.Option([], "--set", help="Training field for the student: FIELD=VALUE, e.g. lr=1e-4 (default: the first member's)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted distillation from its checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Train one student member on the ensemble's soft labels; compare accuracy and predict speed."""
+    from .distill import distill as run_distill
+    from .distill import student_config
+    from .ensemble import Ensemble
+
+    if out.exists() and not (overwrite or resume):
+        raise EnsembleError(f"--out: '{out}' already exists; choose another directory, or pass --overwrite or --resume")
+    ens = Ensemble.load(ensemble)
+    spec = student_config(student, name, ens, set_)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = run_distill(ens, spec, out, temperature=temperature, hard_weight=hard_weight, progress=not quiet,
+                         resume=resume)
+    typer.echo(f"\n{result['split']} split, {result['rows']} rows")
+    typer.echo(f"{'':<22} {'accuracy':>9} {'rows/s':>9}")
+    typer.echo(f"{'ensemble':<22} {result['ensemble_accuracy']:>9.4f} {result['ensemble_rows_per_s']:>9.1f}")
+    best = result["best_member"]
+    typer.echo(f"{'best member (' + best + ')':<22} {result['members_accuracy'][best]:>9.4f}")
+    typer.echo(f"{'student':<22} {result['student_accuracy']:>9.4f} {result['student_rows_per_s']:>9.1f}")
+    kept = result["gain_kept"]
+    typer.echo("gain over the best member kept: " + ("n/a (the ensemble does not beat it)" if kept is None else f"{kept:.0%}"))
+    typer.echo(f"student: {out}")
 
 
 def _columns(ens, text: str | None, text_pair: str | None, label: str | None) -> tuple[str, str | None, str]:
@@ -190,7 +255,9 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {exc.format_message()}{where}", err=True)
         sys.exit(exc.exit_code)
     except (Abort, KeyboardInterrupt):
-        hint = " (training state is saved after every epoch: rerun with --resume to continue)" if "fit" in args else ""
+        hints = {"fit": " (training state is saved after every epoch: rerun with --resume to continue)",
+                 "predict": " (finished chunks are kept: rerun with --resume to continue)"}
+        hint = next((h for command, h in hints.items() if command in args), "")
         typer.echo(f"interrupted{hint}", err=True)
         sys.exit(130)
     except EnsembleError as exc:
@@ -198,8 +265,26 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except Exception as exc:  # a bug in this library, not the user's input
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            _bug(exc, debug)
         if debug:
             raise
-        typer.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
-        sys.exit(1)
+        where = f" '{exc.filename}'" if exc.filename else ""
+        typer.echo(f"error: {_DISK_ERRORS[exc.errno]} while writing{where}; nothing half-written was kept as a "
+                   "result: make room and rerun (with --resume, fit and predict keep what was finished)", err=True)
+        sys.exit(2)
+    except Exception as exc:
+        _bug(exc, debug)
+
+
+# The machine's problems, not the library's: the user can act on them (exit 2, not 1).
+_DISK_ERRORS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system"}
+
+
+def _bug(exc: Exception, debug: bool) -> None:
+    """A bug in this library, not the user's input: one line and exit 1 (the traceback under --debug)."""
+    if debug:
+        raise exc
+    typer.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+    sys.exit(1)

@@ -1,9 +1,9 @@
 """The `Ensemble` class: trained members keyed by name, voted, saved as a JSON manifest.
 
-An ensemble directory holds ``ensemble.json`` (labels, vote method, weights, member paths),
-``members/<name>/`` (Hugging Face directories) and, after `evaluate`, ``predictions.csv``,
-``report.json`` and ``report.md``. ``ensemble.json`` is written last, so a directory that has
-it is complete.
+An ensemble directory holds ``ensemble.json`` (labels, vote method, weights, temperatures, the
+stacker's coefficients, abstention, member paths), ``members/<name>/`` (Hugging Face directories)
+and, after `evaluate.evaluate`, ``predictions.csv`` and the report. ``ensemble.json`` is written
+last, so a directory that has it is complete.
 """
 
 from __future__ import annotations
@@ -13,23 +13,23 @@ import os
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from . import combine
 from .aggregate import Vote, aggregate
 from .batching import Collator, Encoded, encode, length_sorted_batches
-from .data import TextDataset, iter_table
 from .errors import EnsembleError
 from .members import Member, device_of, load_member
-from .recipe import VOTE_METHODS
-from .report import append_predictions, build_report, write_predictions, write_report
+from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig
 
 MANIFEST = "ensemble.json"
 FORMAT = "ensemble/1"
+ABSTAIN = "abstain"  # the label of rows the ensemble is not sure enough to answer
 
 
 class Ensemble:
@@ -44,21 +44,30 @@ class Ensemble:
     """
 
     def __init__(self, members: Sequence[Member], method: str = "soft", weights: dict[str, float] | None = None,
-                 batch_size: int = 64):
+                 batch_size: int = 64, *, temperatures: dict[str, float] | None = None,
+                 stacker: combine.Stacker | None = None, abstain_below: float | None = None,
+                 abstain_on: str = "confidence"):
         if method not in VOTE_METHODS:
-            raise EnsembleError(f"the 'method' parameter must be one of {{'hard', 'soft'}}; got '{method}'")
+            raise EnsembleError(f"the 'method' parameter must be one of {_set(VOTE_METHODS)}; got '{method}'")
+        if abstain_on not in ABSTAIN_ON:
+            raise EnsembleError(f"the 'abstain_on' parameter must be one of {_set(ABSTAIN_ON)}; got '{abstain_on}'")
+        if abstain_below is not None and not (isinstance(abstain_below, (int, float)) and 0 <= abstain_below <= 1):
+            raise EnsembleError(f"the 'abstain_below' parameter must be a number in [0, 1] or None; got {abstain_below!r}")
         if not members:
             raise EnsembleError("an ensemble needs at least one member")
         names = [m.name for m in members]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise EnsembleError(f"members: two members are named '{dupes[0]}'; give each its own name (NAME=DIR)")
-        weights = dict(weights or {})
-        for name, w in weights.items():
-            if name not in names:
-                raise EnsembleError(f"weights: no member named '{name}'; members: {', '.join(names)}")
-            if not (np.isfinite(w) and w >= 0):
-                raise EnsembleError(f"weights.{name}: must be a finite number >= 0; got {w!r}")
+        weights, temperatures = dict(weights or {}), dict(temperatures or {})
+        for label, given, low in (("weights", weights, 0.0), ("temperatures", temperatures, None)):
+            for name, w in given.items():
+                if name not in names:
+                    raise EnsembleError(f"{label}: no member named '{name}'; members: {', '.join(names)}")
+                ok = isinstance(w, (int, float)) and np.isfinite(w) and (w >= low if low is not None else w > 0)
+                if not ok:
+                    rule = ">= 0" if low is not None else "> 0"
+                    raise EnsembleError(f"{label}.{name}: must be a finite number {rule}; got {w!r}")
         self.members = {m.name: m for m in members}
         self.labels = list(members[0].labels)
         for m in members[1:]:
@@ -70,11 +79,21 @@ class Ensemble:
                 kinds = {True: "sentence pairs", False: "single texts"}
                 raise EnsembleError(f"member '{m.name}' was trained on {kinds[m.text_pair]} but member "
                                     f"'{members[0].name}' on {kinds[members[0].text_pair]}; they cannot vote together")
+        if abstain_below is not None and ABSTAIN in self.labels:
+            raise EnsembleError(f"abstain_below: '{ABSTAIN}' is one of the labels, so abstaining rows could not be told "
+                                "apart; rename that label or leave abstain_below unset")
+        if stacker is not None and (stacker.n_members_, stacker.n_classes_) != (len(members), len(self.labels)):
+            raise EnsembleError(f"stacker: fitted for {stacker.n_members_} members x {stacker.n_classes_} classes; this "
+                                f"ensemble has {len(members)} x {len(self.labels)}: fit it again")
         self.classes_ = np.array(self.labels, dtype=object)
         self.method = method
         self.weights = {n: float(weights.get(n, 1.0)) for n in names}
         if not any(self.weights.values()):
             raise EnsembleError("weights: at least one member needs a weight > 0")
+        self.temperatures = {n: float(temperatures.get(n, 1.0)) for n in names}
+        self.stacker = stacker
+        self.abstain_below = None if abstain_below is None else float(abstain_below)
+        self.abstain_on = abstain_on
         self.text_pair = members[0].text_pair
         self.batch_size = batch_size
 
@@ -101,7 +120,15 @@ class Ensemble:
             if root not in member_dir.parents:
                 raise EnsembleError(f"ensemble '{path}': member '{name}' path '{rel}' points outside the ensemble directory")
             members.append(load_member(member_dir, name))
-        return cls(members, manifest.get("method", "soft"), manifest.get("weights")).to(device)
+        stacker = manifest.get("stacker")
+        try:
+            return cls(members, manifest.get("method", "soft"), manifest.get("weights"),
+                       temperatures=manifest.get("temperatures"),
+                       stacker=None if stacker is None else combine.Stacker.from_dict(stacker),
+                       abstain_below=manifest.get("abstain_below"),
+                       abstain_on=manifest.get("abstain_on", "confidence")).to(device)
+        except EnsembleError as exc:
+            raise EnsembleError(f"ensemble '{path}': {MANIFEST}: {exc}") from None
 
     @classmethod
     def from_dirs(cls, dirs: dict[str, str | Path], method: str = "soft", weights: dict[str, float] | None = None,
@@ -119,7 +146,57 @@ class Ensemble:
 
     def manifest(self) -> dict:
         return {"format": FORMAT, "labels": self.labels, "method": self.method, "weights": self.weights,
+                "temperatures": self.temperatures,
+                "stacker": None if self.stacker is None else self.stacker.to_dict(),
+                "abstain_below": self.abstain_below, "abstain_on": self.abstain_on,
                 "text_pair": self.text_pair, "members": {name: f"members/{name}" for name in self.members}}
+
+    # ------------------------------------------------------------ fitting the vote
+
+    def fit_vote(self, logits: np.ndarray, y: np.ndarray, vote: VoteConfig) -> dict:
+        """Fit what the vote learns — temperatures, weights, the stacker — on validation logits.
+
+        `logits` are `member_logits` of the validation split and `y` its label indices. Only
+        the validation split is used, so a report on another split is honest. Returns what was
+        fitted, for the report: temperatures, weights (or picks) and the validation score of the
+        combiner (out-of-fold for stacking; in-sample for weighted and selection).
+
+        Example:
+            >>> info = ens.fit_vote(ens.member_logits(valid_texts), y_valid, VoteConfig("weighted"))  # doctest: +SKIP
+            >>> info["weights"]  # doctest: +SKIP
+            {'albert': 0.0, 'bert': 0.61, 'minilm': 0.39}
+        """
+        names = list(self.members)
+        y = np.asarray(y)
+        if logits.shape[:2] != (len(names), len(y)):
+            raise EnsembleError(f"fit_vote: logits have shape {logits.shape}; expected ({len(names)}, {len(y)}, classes)")
+        self.method, self.abstain_below, self.abstain_on = vote.method, vote.abstain_below, vote.abstain_on
+        if vote.weights:
+            self.weights = {n: float(vote.weights.get(n, 1.0)) for n in names}
+        temps = combine.fit_temperatures(logits, y) if vote.calibrate else np.ones(len(names))
+        self.temperatures = dict(zip(names, map(float, temps), strict=True))
+        probs = combine.softmax(logits, temps)
+        info: dict = {"method": vote.method, "fitted_on": "valid", "valid_rows": int(len(y)),
+                      "calibrated": bool(vote.calibrate), "temperatures": dict(self.temperatures)}
+        if vote.method == "weighted":
+            self.weights = dict(zip(names, map(float, combine.fit_weights(probs, y)), strict=True))
+        elif vote.method == "selection":
+            weights, picks = combine.caruana_selection(probs, y, rounds=vote.selection_rounds)
+            self.weights = dict(zip(names, map(float, weights), strict=True))
+            info["picks"] = {n: int(picks.count(k)) for k, n in enumerate(names)}
+        elif vote.method == "stacking":
+            self.stacker = combine.Stacker().fit(probs, y, folds=vote.stacking_folds)
+            oof = self.stacker.oof_probs_
+            info["valid"] = {"accuracy": float((oof.argmax(1) == y).mean()), "nll": combine.nll(oof, y)}
+            info["valid_scored"] = "out-of-fold (cross-fitted)"
+        if vote.method != "stacking":
+            self.stacker = None
+            scores = self.vote_logits(logits, member_details=False).scores
+            info["valid"] = {"accuracy": float((scores.argmax(1) == y).mean()), "nll": combine.nll(scores, y)}
+            info["valid_scored"] = "in-sample (fitted on these rows)" if vote.method in LEARNED_METHODS else "nothing fitted but temperatures"
+        if vote.method != "stacking":
+            info["weights"] = dict(self.weights)
+        return info
 
     def save(self, path: str | Path) -> None:
         """Write the manifest and the members (hard links where possible) under `path`."""
@@ -157,11 +234,13 @@ class Ensemble:
             member.model.to(devices[k % len(devices)])
         return self
 
-    def member_logits(self, texts: Sequence, pairs: Sequence[str] | None = None) -> np.ndarray:
+    def member_logits(self, texts: Sequence, pairs: Sequence[str] | None = None,
+                      truncated: dict[str, int] | None = None) -> np.ndarray:
         """Logits of every member, shape (members, rows, classes), columns in `self.labels` order.
 
         Texts are tokenized once per distinct tokenizer (members fine-tuned from one checkpoint
-        share the token ids); members on different GPUs run concurrently, in bf16 autocast.
+        share the token ids); members on different GPUs run concurrently, in bf16 autocast. Pass a
+        dict as `truncated` to receive, per member, how many rows were cut to its max_length.
         """
         texts, pairs = self._split_pairs(texts, pairs)
         members = list(self.members.values())
@@ -171,6 +250,8 @@ class Ensemble:
             key = member.tokenizer_key or member.name
             if key not in encodings:
                 encodings[key] = encode(member.tokenizer, texts, pairs, member.max_length)
+            if truncated is not None:
+                truncated[member.name] = encodings[key].truncated
 
         def run(indices: list[int]) -> None:
             for k in indices:
@@ -189,20 +270,49 @@ class Ensemble:
             run(list(range(len(members))))
         return out
 
+    def vote_logits(self, logits: np.ndarray, member_details: bool = True) -> Vote:
+        """Combine member logits (members, rows, classes) as this ensemble's method says."""
+        names = list(self.members)
+        temps = [self.temperatures[n] for n in names]
+        if self.method == "hard":
+            return aggregate(logits, "hard", [self.weights[n] for n in names], temps, member_details=member_details)
+        if self.method != "stacking":
+            return aggregate(logits, "soft", [self.weights[n] for n in names], temps, member_details=member_details)
+        if self.stacker is None:
+            raise EnsembleError("method 'stacking' learns on validation data first: call fit_vote (the CLI's "
+                                "'ensemble vote --valid FILE' or 'ensemble fit' do)")
+        # member facts from the plain soft vote; the decision from the stacker
+        base = aggregate(logits, "soft", None, temps, member_details=True)
+        scores = self.stacker.predict_proba(combine.softmax(logits, np.asarray(temps))).astype(np.float32)
+        labels = scores.argmax(axis=1)
+        agreement = (base.member_labels == labels[None, :]).mean(axis=0).astype(np.float32)
+        return replace(base, labels=labels, scores=scores, confidence=scores[np.arange(len(labels)), labels],
+                       agreement=agreement,
+                       **({} if member_details else {"member_labels": None, "member_confidence": None}))
+
+    def abstained(self, vote: Vote) -> np.ndarray | None:
+        """Rows the ensemble declines to answer (True), or None without ``abstain_below``."""
+        if self.abstain_below is None:
+            return None
+        values = vote.confidence if self.abstain_on == "confidence" else vote.agreement
+        return combine.abstain_mask(values, self.abstain_below)
+
     def vote(self, texts: Sequence, pairs: Sequence[str] | None = None, member_details: bool = True) -> Vote:
         """The full vote: labels, scores, confidence, agreement, member predictions."""
-        weights = [self.weights[n] for n in self.members]
-        return aggregate(self.member_logits(texts, pairs), self.method, weights, member_details=member_details)
+        return self.vote_logits(self.member_logits(texts, pairs), member_details=member_details)
 
     def predict(self, texts: Sequence, pairs: Sequence[str] | None = None) -> list[str]:
-        """Ensemble label names. `texts` are strings, or (text, text_pair) tuples."""
-        return [self.labels[i] for i in self.vote(texts, pairs, member_details=False).labels]
+        """Ensemble label names (``"abstain"`` below ``abstain_below``). `texts` are strings, or (text, text_pair) tuples."""
+        vote = self.vote(texts, pairs, member_details=False)
+        abstain = self.abstained(vote)
+        return [ABSTAIN if abstain is not None and abstain[row] else self.labels[i]
+                for row, i in enumerate(vote.labels.tolist())]
 
     def predict_proba(self, texts: Sequence, pairs: Sequence[str] | None = None) -> np.ndarray:
-        """(rows, classes) probabilities in `classes_` order; soft voting only."""
-        if self.method != "soft":
-            raise EnsembleError("predict_proba needs soft voting (method 'soft'); a hard vote gives labels and "
-                                "vote shares, not probabilities: use predict(), or vote() for the shares")
+        """(rows, classes) probabilities in `classes_` order; not for hard voting."""
+        if self.method == "hard":
+            raise EnsembleError("predict_proba needs probabilities, and a hard vote gives labels and vote shares: "
+                                "use predict(), or vote() for the shares, or method 'soft'")
         return self.vote(texts, pairs, member_details=False).scores
 
     def _split_pairs(self, texts: Sequence, pairs: Sequence[str] | None) -> tuple[list[str], list[str] | None]:
@@ -234,62 +344,6 @@ def _predict_logits(member: Member, enc: Encoded, batch_size: int) -> np.ndarray
     return logits
 
 
-def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str = "text", text_pair: str | None = None,
-                 label: str | None = "label", chunk_rows: int = 10_000, progress: bool = True) -> int:
-    """Stream `data` through the ensemble into the CSV `out`, `chunk_rows` rows at a time.
-
-    Memory is bounded by the chunk, not the file. The columns are those of predictions.csv
-    (the gold label only when the file has one). Written to a temporary file and renamed at the
-    end, so `out` never holds a partial result. Returns the number of rows written.
-
-    Example:
-        >>> predict_file(Ensemble.load("runs/demo"), "big.csv", "big-predictions.csv")  # doctest: +SKIP
-        1000000
-    """
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    names, rows = list(ens.members), 0
-    bar = tqdm(desc="predict", unit="rows", disable=not progress, mininterval=0.5 if sys.stderr.isatty() else 30)
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            for chunk in iter_table(data, chunk_rows=chunk_rows, text=text, text_pair=text_pair, label=label,
-                                    field="--data", require_label=False):
-                vote = ens.vote(chunk.texts, chunk.pairs)
-                append_predictions(handle, names=names, labels=ens.labels, vote=vote, texts=chunk.texts,
-                                   pairs=chunk.pairs, y_true=_gold(ens, chunk, "--data"), header=rows == 0)
-                rows += len(chunk)
-                bar.update(len(chunk))
-        os.replace(tmp, out)
-    finally:
-        bar.close()
-        tmp.unlink(missing_ok=True)
-    return rows
-
-
-def _gold(ens: Ensemble, ds: TextDataset, split: str) -> np.ndarray | None:
-    """Gold labels as indices into `ens.labels`; an error names a label the members do not know."""
-    if ds.labels is None:
-        return None
-    unknown = sorted(set(ds.labels) - set(ens.labels))
-    if unknown:
-        raise EnsembleError(f"{split}: label '{unknown[0]}' is not one the members know ({', '.join(ens.labels)})")
-    index = {label: i for i, label in enumerate(ens.labels)}
-    return np.array([index[y] for y in ds.labels])
-
-
-def evaluate(ens: Ensemble, ds: TextDataset, split: str, out: Path) -> dict:
-    """Vote on `ds`, write predictions.csv, report.json and report.md into `out`; return the report."""
-    vote = ens.vote(ds.texts, ds.pairs)
-    y_true = _gold(ens, ds, split)
-    names = list(ens.members)
-    report = build_report(names=names, labels=ens.labels, vote=vote, method=ens.method, weights=ens.weights,
-                          y_true=y_true, texts=ds.texts, pairs=ds.pairs, split=split)
-    write_predictions(out / "predictions.csv", names=names, labels=ens.labels, vote=vote, texts=ds.texts,
-                      pairs=ds.pairs, y_true=y_true)
-    write_report(out, report)
-    return report
-
-
 def write_json(path: Path, obj) -> None:
     """Write JSON through a temporary file and a rename: never a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -302,3 +356,7 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+def _set(options) -> str:
+    return "{" + ", ".join(f"'{o}'" for o in options) + "}"

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .data import TextDataset, check_known_labels, load_table, sorted_labels, stratified_split
-from .ensemble import MANIFEST, Ensemble, evaluate, write_json
+from .ensemble import MANIFEST, Ensemble, write_json
 from .errors import EnsembleError
+from .evaluate import evaluate, gold
 from .members import METRICS_FILE, RECIPE_FILE, preflight
 from .recipe import DataConfig, MemberConfig, Recipe, recipe_dict
-from .train import Splits, process_state, train_member
+from .train import Diverged, Splits, process_state, train_member
 
 
 def load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str]]:
@@ -22,7 +24,9 @@ def load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str]
     if data.valid is not None:
         valid = load_table(data.valid, field="data.valid", **columns)
     else:
+        skipped = train.skipped
         train, valid = stratified_split(train, data.valid_fraction, data.split_seed)
+        train.skipped = skipped  # bad rows of the file, counted once, on the split they came from
     test = load_table(data.test, field="data.test", **columns) if data.test is not None else None
     labels = sorted_labels(train.labels)
     if len(labels) < 2:
@@ -68,6 +72,7 @@ def fit(recipe: Recipe, out: Path, overwrite: bool = False, resume: bool = False
                     shutil.rmtree(old, ignore_errors=True)
     state.wait_for_everyone()
 
+    failed: dict[str, str] = {}  # members whose loss diverged, under on_diverge = "skip"
     unknown = sorted(set(only or ()) - {m.name for m in recipe.members})
     if unknown:
         raise EnsembleError(f"--only: no member named '{unknown[0]}'; members: {', '.join(m.name for m in recipe.members)}")
@@ -79,14 +84,31 @@ def fit(recipe: Recipe, out: Path, overwrite: bool = False, resume: bool = False
             if state.is_main_process:
                 print(f"{member.name}: already trained with these settings; kept")
             continue
-        train_member(member, splits, labels, recipe.data, target, progress=progress, resume=resume)
+        try:
+            train_member(member, splits, labels, recipe.data, target, progress=progress, resume=resume)
+        except Diverged as exc:
+            if member.train.on_diverge == "stop":
+                raise
+            failed[member.name] = str(exc)
+            if state.is_main_process:  # an older member of that name must not vote in its place
+                shutil.rmtree(target, ignore_errors=True)
+                print(f"{member.name}: {exc}; left out of the vote (on_diverge = \"skip\")", file=sys.stderr)
 
     if not state.is_main_process or only is not None:
         return {}
-    ens = Ensemble.from_dirs({m.name: out / "members" / m.name for m in recipe.members},
-                             recipe.vote.method, recipe.vote.weights)
+    voters = [m.name for m in recipe.members if m.name not in failed]
+    if not voters:
+        raise EnsembleError("every member diverged (NaN or infinite loss); lower the learning rates and run again")
+    ens = Ensemble.from_dirs({name: out / "members" / name for name in voters}, recipe.vote.method,
+                             {k: v for k, v in recipe.vote.weights.items() if k in voters})
+    # everything the vote learns (temperatures, weights, the stacker) comes from validation rows only
+    fitted = ens.fit_vote(ens.member_logits(splits.valid.texts, splits.valid.pairs),
+                          gold(ens, splits.valid, "data.valid"), recipe.vote)
     eval_data, split = (test, "test") if test is not None else (splits.valid, "valid")
-    report = evaluate(ens, eval_data, split, out)
+    skipped = {"train": splits.train.skipped, "valid": splits.valid.skipped if recipe.data.valid else 0,
+               "test": test.skipped if test is not None else 0}
+    report = evaluate(ens, eval_data, split, out, fitted=fitted,
+                      data_info={"skipped_rows": skipped, "failed_members": failed})
     write_json(out / MANIFEST, ens.manifest())
     return report
 

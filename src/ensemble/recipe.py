@@ -37,8 +37,11 @@ OPTIMIZERS = ("adam", "adamax", "adamw", "rmsprop", "sgd")
 SCHEDULERS = ("constant", "cosine", "exponential", "linear", "step")
 BEST_METRICS = ("accuracy", "macro_f1", "valid_loss")
 PRECISIONS = ("bf16", "fp16", "no")
-VOTE_METHODS = ("hard", "soft")
+VOTE_METHODS = ("hard", "soft", "weighted", "selection", "stacking")
+LEARNED_METHODS = ("weighted", "selection", "stacking")  # fitted on the validation split
+ABSTAIN_ON = ("agreement", "confidence")
 BAD_ROWS = ("error", "skip")
+ON_DIVERGE = ("skip", "stop")
 TRACKERS = ("aim", "clearml", "comet_ml", "dvclive", "mlflow", "swanlab", "tensorboard", "trackio", "wandb")
 
 
@@ -88,6 +91,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, slower
     checkpoint_every: int = 0  # also save resumable state every N optimizer steps (0: each epoch only)
     log_with: tuple[str, ...] = ()  # Accelerate trackers: tensorboard, wandb, mlflow, ...
+    on_diverge: str = "stop"  # NaN/inf loss: "stop" the fit, or "skip" this member and vote without it
 
     @property
     def micro_batch_size(self) -> int:
@@ -108,8 +112,15 @@ class MemberConfig:
 
 @dataclass(frozen=True)
 class VoteConfig:
-    method: str = "soft"
-    weights: dict[str, float] = field(default_factory=dict)
+    """How the members are combined; learned parts are fitted on the validation split only."""
+
+    method: str = "soft"  # hard, soft, or learned on validation: weighted, selection, stacking
+    weights: dict[str, float] = field(default_factory=dict)  # fixed weights (hard and soft only)
+    calibrate: bool = True  # per-member temperature scaling, fitted on validation, before voting
+    selection_rounds: int = 50  # "selection": greedy picks (with replacement)
+    stacking_folds: int = 5  # "stacking": cross-fitting folds on the validation split
+    abstain_below: float | None = None  # answer "abstain" when abstain_on is below this
+    abstain_on: str = "confidence"  # or "agreement": share of member weight behind the answer
 
 
 @dataclass(frozen=True)
@@ -134,6 +145,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "best_metric": BEST_METRICS,
     "mixed_precision": PRECISIONS, "method": VOTE_METHODS, "on_bad_rows": BAD_ROWS,
     "init": ("pretrained", "scratch"), "arch": ARCHES, "size": SIZES, "log_with": TRACKERS,
+    "on_diverge": ON_DIVERGE, "abstain_on": ABSTAIN_ON,
 }
 # (low, high, low_inclusive): value must satisfy low </<= value <= high
 RANGES: dict[str, tuple[float, float, bool]] = {
@@ -144,6 +156,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "grad_accum": (1, 1 << 16, True), "dropout": (0, 1, True), "trainable_layers": (0, 1000, True),
     "patience": (1, 10_000, True), "valid_fraction": (0, 0.9, False), "split_seed": (0, 2**32 - 1, True),
     "seed": (0, 2**32 - 1, True), "checkpoint_every": (0, 1 << 40, True),
+    "selection_rounds": (1, 100_000, True), "stacking_folds": (2, 100, True), "abstain_below": (0, 1, True),
 }
 MEMBER_KEYS = ("name", "model", "init", "arch", "size")
 
@@ -180,6 +193,22 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, scratch: s
     if scratch is not None:
         recipe = to_scratch(recipe, scratch)
     return recipe
+
+
+def train_config(values: dict, overrides: list[str] | None = None, where: str = "--set") -> TrainConfig:
+    """A validated `TrainConfig` from `values` (e.g. a saved member's) and ``FIELD=VALUE`` overrides.
+
+    Example:
+        >>> train_config({"lr": 5e-5}, ["epochs=2"]).epochs
+        2
+    """
+    values = dict(values)
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise EnsembleError(f"{where}: expected FIELD=VALUE (e.g. lr=3e-5); got '{item}'")
+        values[key.strip()] = _parse_value(text.strip())
+    return _build(TrainConfig, values, "train", where)
 
 
 def to_scratch(recipe: Recipe, size: str) -> Recipe:
@@ -288,6 +317,9 @@ def _validate(raw: dict, base: Path, where: str) -> Recipe:
             raise EnsembleError(f"{where}: vote.weights.{name}: must be a finite number >= 0; got {weight!r}")
     if vote.weights and not any(vote.weights.get(n, 1.0) > 0 for n in names):
         raise EnsembleError(f"{where}: vote.weights: at least one member needs a weight > 0")
+    if vote.weights and vote.method in LEARNED_METHODS:
+        raise EnsembleError(f"{where}: vote.weights: method '{vote.method}' learns its own weights on the "
+                            "validation split; remove [vote.weights] or use method = \"soft\" or \"hard\"")
     return Recipe(path=base, data=data, defaults=defaults, members=tuple(members), vote=vote)
 
 

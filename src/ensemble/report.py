@@ -1,8 +1,9 @@
-"""Metrics, member agreement, and the report files (report.json, report.md, predictions.csv).
+"""Metrics, member agreement, and the report files (report.json/.md/.html, plots, predictions.csv).
 
-`build_report` turns a `Vote` into one JSON-serialisable dict; `write_report` renders that dict,
-so report.md can always be regenerated from a saved report.json. Without gold labels the metric
-keys are absent rather than null, so a consumer can test ``"accuracy" in report["ensemble"]``.
+`build_report` turns a `Vote` into one JSON-serialisable dict; `write_report` saves it and renders
+it (`ensemble.render`, `ensemble.plots`), so the pages can always be regenerated from a saved
+report.json. Without gold labels the metric keys are absent rather than null, so a consumer can
+test ``"accuracy" in report["ensemble"]``.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import numpy as np
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix
 from sklearn.metrics import precision_recall_fscore_support
 
+from ensemble import render
 from ensemble.aggregate import Vote
 from ensemble.errors import EnsembleError
+from ensemble.plots import write_plots
 
 __all__ = ["agreement_stats", "build_report", "classification_metrics", "fleiss_kappa",
            "write_predictions", "write_report"]
-
-_TEXT_WIDTH = 80  # characters of a text shown in report.md's disputed table
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
@@ -172,12 +173,14 @@ def build_report(*, names: list[str], labels: list[str], vote: Vote, method: str
 
 
 def write_predictions(path: str | os.PathLike, *, names: list[str], labels: list[str], vote: Vote,
-                      texts: list[str], pairs: list[str] | None, y_true: np.ndarray | None) -> None:
+                      texts: list[str], pairs: list[str] | None, y_true: np.ndarray | None,
+                      abstain: np.ndarray | None = None) -> None:
     """Write one CSV row per input row: the text(s), the gold label, each member, the ensemble.
 
     Columns: ``text``, ``text_pair`` (with pairs), ``label`` (with gold), ``<name>_label`` and
     ``<name>_confidence`` per member, ``ensemble_label``, ``ensemble_confidence``, ``agreement``.
-    Labels are names, floats have 6 significant digits. Written atomically.
+    Labels are names, floats have 6 significant digits. Rows marked in `abstain` get the
+    ensemble label ``abstain`` (their confidence and agreement stay). Written atomically.
 
     Example:
         >>> import tempfile
@@ -190,11 +193,13 @@ def write_predictions(path: str | os.PathLike, *, names: list[str], labels: list
         'fine,neg,0.880797,pos,0.731059,neg,0.574869,0.5'
     """
     _atomic_write(Path(path), lambda handle: append_predictions(
-        handle, names=names, labels=labels, vote=vote, texts=texts, pairs=pairs, y_true=y_true, header=True))
+        handle, names=names, labels=labels, vote=vote, texts=texts, pairs=pairs, y_true=y_true, header=True,
+        abstain=abstain))
 
 
 def append_predictions(handle: IO[str], *, names: list[str], labels: list[str], vote: Vote, texts: list[str],
-                       pairs: list[str] | None, y_true: np.ndarray | None, header: bool) -> None:
+                       pairs: list[str] | None, y_true: np.ndarray | None, header: bool,
+                       abstain: np.ndarray | None = None) -> None:
     """Write prediction rows (and the header line when `header`) to an open text file.
 
     The streaming form of `write_predictions`: ``ensemble predict`` appends one chunk at a time.
@@ -214,6 +219,8 @@ def append_predictions(handle: IO[str], *, names: list[str], labels: list[str], 
 
     names_of = np.asarray(labels, dtype=object)  # index -> label name, vectorised
     member_names, ensemble_names = names_of[member_labels], names_of[vote.labels]
+    if abstain is not None:
+        ensemble_names = np.where(np.asarray(abstain, dtype=bool), "abstain", ensemble_names)
     writer = csv.writer(handle)
     if header:
         writer.writerow(columns)
@@ -227,8 +234,12 @@ def append_predictions(handle: IO[str], *, names: list[str], labels: list[str], 
         writer.writerow(line)
 
 
-def write_report(out_dir: str | os.PathLike, report: dict) -> None:
-    """Write ``report.json`` (indent 2) and a readable ``report.md`` into ``out_dir``, atomically.
+def write_report(out_dir: str | os.PathLike, report: dict, plots: bool = True) -> None:
+    """Write ``report.json``, the plots, ``report.md`` and ``report.html`` into ``out_dir``.
+
+    Every file is written atomically, report.json first: the pages are rendered from the report
+    dict alone (`ensemble.render`), so they can always be regenerated from a saved report.json.
+    ``plots=False`` skips the PNGs (`ensemble.plots.write_plots`) and the pages link none.
 
     Example:
         >>> import tempfile
@@ -236,102 +247,16 @@ def write_report(out_dir: str | os.PathLike, report: dict) -> None:
         >>> write_report(out, {"split": "test", "rows": 0, "method": "soft", "weights": {},
         ...     "labels": [], "members": {}, "ensemble": {}, "disputed": []})
         >>> sorted(p.name for p in out.iterdir())
-        ['report.json', 'report.md']
+        ['report.html', 'report.json', 'report.md']
     """
     out = Path(out_dir)
     # allow_nan=False: a NaN here is a bug upstream, and it would make the file invalid JSON.
     text = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     _atomic_write(out / "report.json", lambda handle: handle.write(text))
-    markdown = _markdown(report)
-    _atomic_write(out / "report.md", lambda handle: handle.write(markdown))
-
-
-# --------------------------------------------------------------------------- markdown
-
-
-def _markdown(report: dict) -> str:
-    """report.md, rendered from the report dict alone."""
-    names = list(report["members"])
-    labels = list(report["labels"])
-    ensemble = report["ensemble"]
-    has_gold = "accuracy" in ensemble
-    lines = [f"# Ensemble report: {_cell(report['split'])}", "",
-             f"- Split: `{report['split']}`", f"- Rows: {report['rows']}",
-             f"- Method: {report['method']} voting", f"- Labels: {', '.join(map(_cell, labels))}",
-             "", "## Metrics", ""]
-    metrics = {"accuracy": "accuracy", "macro_f1": "macro-F1", "macro_precision": "macro precision",
-               "macro_recall": "macro recall"} if has_gold else {}
-    metrics["mean_confidence"] = "mean confidence"
-    keys, columns = list(metrics), ["model", "weight", *metrics.values()]
-    rows = [[_cell(name), _num(report["weights"].get(name))]
-            + [_num(report["members"][name].get(k)) for k in keys] for name in names]
-    rows.append(["**ensemble**", ""] + [_num(ensemble.get(k)) for k in keys])
-    lines += _table(columns, rows)
-    if "oracle_accuracy" in report:
-        lines += ["", f"Oracle accuracy (some member right): {_num(report['oracle_accuracy'])}"]
-
-    agreement = report.get("agreement")
-    if agreement:
-        for title, key, note in (
-            ("Pairwise agreement", "pairwise", "Share of rows where two members predict the same."),
-            ("Cohen's kappa", "cohen_kappa", "Agreement between two members beyond chance."),
-        ):
-            lines += ["", f"## {title}", "", note, ""]
-            matrix = [[_cell(a)] + [_num(agreement[key][a][b]) for b in names] for a in names]
-            lines += _table([""] + [_cell(b) for b in names], matrix)
-        lines += ["", f"Fleiss' kappa (all members): {_num(agreement['fleiss_kappa'])}",
-                  "", f"Unanimous rows: {_num(agreement['unanimous'])}"]
-
-    if has_gold:
-        lines += ["", "## Ensemble confusion matrix", "", "Rows: gold; columns: predicted.", ""]
-        confusion = ensemble["confusion"]
-        matrix = [[_cell(labels[i])] + [str(n) for n in row] for i, row in enumerate(confusion)]
-        lines += _table(["gold \\ predicted"] + [_cell(label) for label in labels], matrix)
-
-    disputed = report.get("disputed") or []
-    if disputed:
-        with_pairs = "text_pair" in disputed[0]
-        lines += ["", "## Disputed examples", "", "Rows with the lowest member agreement.", ""]
-        columns = ["row", "text"] + (["text pair"] if with_pairs else [])
-        columns += ["gold"] if has_gold else []
-        columns += ["ensemble", "confidence", "agreement"] + [_cell(n) for n in names]
-        rows = []
-        for item in disputed:
-            row = [str(item["row"]), _cell(item["text"], _TEXT_WIDTH)]
-            if with_pairs:
-                row.append(_cell(item["text_pair"], _TEXT_WIDTH))
-            if has_gold:
-                row.append(_cell(item["gold"]))
-            row += [_cell(item["ensemble"]), _num(item.get("confidence")), _num(item["agreement"])]
-            row += [_cell(item["members"][n]) for n in names]
-            rows.append(row)
-        # Right-align the numbers: row, confidence, agreement.
-        numeric = [True] + [False] * (len(columns) - len(names) - 3) + [True, True]
-        numeric += [False] * len(names)
-        lines += _table(columns, rows, numeric)
-    return "\n".join(lines) + "\n"
-
-
-def _table(columns: list[str], rows: list[list[str]], numeric: list[bool] | None = None
-           ) -> list[str]:
-    """A markdown table; numeric columns (by default all but the first) are right-aligned."""
-    if numeric is None:
-        numeric = [False] + [True] * (len(columns) - 1)
-    align = ["---:" if number else "---" for number in numeric]
-    return [f"| {' | '.join(cells)} |" for cells in [columns, align, *rows]]
-
-
-def _cell(text: str, width: int | None = None) -> str:
-    """One line, at most ``width`` characters, safe inside a markdown table cell."""
-    flat = " ".join(str(text).split())
-    if width is not None and len(flat) > width:
-        flat = flat[: width - 1] + "…"
-    # Escaped after shortening, so a cut never splits an escape.
-    return flat.replace("\\", "\\\\").replace("|", "\\|")
-
-
-def _num(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
+    images = write_plots(report, out) if plots else {}
+    for name, page in (("report.md", render.markdown(report, images)),
+                       ("report.html", render.html(report, images))):
+        _atomic_write(out / name, lambda handle, page=page: handle.write(page))
 
 
 # --------------------------------------------------------------------------- helpers

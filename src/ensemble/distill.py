@@ -1,0 +1,144 @@
+"""`ensemble distill`: one student member learns the ensemble's soft labels.
+
+The student is an ordinary member (a Hugging Face directory any tool loads) of any architecture
+and size: a hub id or local checkpoint, or a scratch model. It trains on the ensemble's training
+split with `train.distill_loss` — the ensemble's probabilities softened by a temperature plus the
+gold labels — and is compared with the ensemble and its best member on the held-out split, in
+accuracy and in predict speed (``distill.json`` next to the student's weights).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .aggregate import aggregate
+from .data import TextDataset
+from .ensemble import Ensemble, write_json
+from .errors import EnsembleError
+from .evaluate import gold
+from .members import RECIPE_FILE, load_member, preflight
+from .recipe import ARCHES, SIZES, DataConfig, MemberConfig, infer_arch, train_config
+from .train import Teacher, train_member
+
+REPORT = "distill.json"
+
+
+def student_config(spec: str, name: str, ens: Ensemble, overrides: list[str]) -> MemberConfig:
+    """The student from ``--student``: a hub id or directory, or ``scratch:ARCH[:SIZE]``.
+
+    Training settings start from the ensemble's first member's and take ``--set`` overrides.
+
+    Example:
+        >>> student_config("scratch:bert:mini", "student", ens, ["epochs=2"]).size  # doctest: +SKIP
+        'mini'
+    """
+    first = next(iter(ens.members.values()))
+    saved = _recipe(first.path).get("member", {}).get("train", {})
+    train = train_config({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}, overrides)
+    if spec.startswith("scratch:"):
+        parts = spec.split(":")
+        arch, size = parts[1], parts[2] if len(parts) > 2 else "tiny"
+        if arch not in ARCHES or size not in SIZES or len(parts) > 3:
+            raise EnsembleError(f"--student: scratch students are scratch:ARCH[:SIZE] with ARCH one of "
+                                f"{', '.join(ARCHES)} and SIZE one of {', '.join(SIZES)}; got '{spec}'")
+        return MemberConfig(name, init="scratch", arch=arch, size=size, train=train)
+    model = str(Path(spec).resolve()) if Path(spec).is_dir() else spec
+    if infer_arch(model) is None:
+        raise EnsembleError(f"--student: cannot tell the architecture of '{spec}'; give a {', '.join(ARCHES)} "
+                            "checkpoint, or scratch:ARCH[:SIZE]")
+    return MemberConfig(name, model=model, train=train)
+
+
+def training_data(ens: Ensemble) -> DataConfig:
+    """The data the ensemble's members were trained on, from their saved recipe."""
+    first = next(iter(ens.members.values()))
+    data = _recipe(first.path).get("data")
+    if not isinstance(data, dict) or not data.get("train"):
+        raise EnsembleError(f"--ensemble: member '{first.name}' has no {RECIPE_FILE} naming its training data; "
+                            "distill an ensemble made by 'ensemble fit'")
+    paths = {k: Path(data[k]) if data.get(k) else None for k in ("train", "valid", "test")}
+    for key, path in paths.items():
+        if path is not None and not path.is_file():
+            raise EnsembleError(f"--ensemble: the members were trained on data.{key} = '{path}', which is gone; "
+                                "put it back to distill")
+    known = ("valid_fraction", "split_seed", "text", "text_pair", "label", "on_bad_rows")
+    return DataConfig(**paths, **{k: data[k] for k in known if k in data})
+
+
+def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: float = 2.0, hard_weight: float = 0.5,
+            progress: bool = True, resume: bool = False) -> dict:
+    """Train `student` on `ens`'s soft labels into `out` (a member directory); return the comparison.
+
+    Example:
+        >>> ens = Ensemble.load("runs/demo")  # doctest: +SKIP
+        >>> result = distill(ens, student_config("scratch:bert:mini", "student", ens, []), Path("runs/student"))  # doctest: +SKIP
+        >>> result["gain_kept"]  # doctest: +SKIP
+        0.93
+    """
+    from .fit import load_splits
+
+    if not temperature > 0:
+        raise EnsembleError(f"--temperature: must be > 0; got {temperature}")
+    if not 0 <= hard_weight <= 1:
+        raise EnsembleError(f"--hard-weight: must be between 0 and 1; got {hard_weight}")
+    splits, test, labels = load_splits(training_data(ens))
+    if sorted(labels) != sorted(ens.labels):
+        raise EnsembleError(f"--ensemble: its labels {ens.labels} differ from its training data's {labels}")
+    preflight([student])
+    # the teacher's probabilities for every training row, in the student's label order
+    order = [ens.labels.index(label) for label in labels]
+    probs = _soft_scores(ens, ens.member_logits(splits.train.texts, splits.train.pairs))[:, order]
+    train_member(student, splits, labels, training_data(ens), out, progress=progress, resume=resume,
+                 teacher=Teacher(probs.astype(np.float32), temperature, hard_weight))
+
+    held, split = (test, "test") if test is not None else (splits.valid, "valid")
+    result = compare(ens, load_member(out, student.name), held, split)
+    result.update(temperature=temperature, hard_weight=hard_weight, student=student.model or
+                  f"scratch:{student.arch}:{student.size}")
+    write_json(out / REPORT, result)
+    return result
+
+
+def compare(ens: Ensemble, student, held: TextDataset, split: str) -> dict:
+    """Accuracy of the ensemble, its best member and the student on `held`; predict rows/s of each."""
+    y = gold(ens, held, split)
+    if y is None:
+        raise EnsembleError(f"{split}: has no labels; the student is compared on labelled held-out rows")
+    alone = Ensemble([student])
+    start = time.perf_counter()
+    logits = ens.member_logits(held.texts, held.pairs)
+    ensemble_labels = ens.vote_logits(logits, member_details=False).labels
+    ensemble_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    student_labels = np.array([alone.labels.index(x) for x in alone.predict(list(zip(held.texts, held.pairs))
+                                                                            if held.pairs else held.texts)])
+    student_seconds = time.perf_counter() - start
+    student_labels = np.array([ens.labels.index(alone.labels[i]) for i in student_labels])
+    members = {name: float((logits[k].argmax(1) == y).mean()) for k, name in enumerate(ens.members)}
+    best = max(members, key=members.get)
+    acc_ens, acc_student = float((ensemble_labels == y).mean()), float((student_labels == y).mean())
+    gain = acc_ens - members[best]
+    return {"split": split, "rows": int(len(y)), "ensemble_accuracy": acc_ens, "student_accuracy": acc_student,
+            "members_accuracy": members, "best_member": best,
+            "gain_kept": None if gain <= 0 else (acc_student - members[best]) / gain,
+            "ensemble_rows_per_s": len(y) / ensemble_seconds, "student_rows_per_s": len(y) / student_seconds}
+
+
+def _soft_scores(ens: Ensemble, logits: np.ndarray) -> np.ndarray:
+    """The ensemble's probabilities; a hard vote's shares are too coarse to teach, so its soft vote."""
+    if ens.method != "hard":
+        return ens.vote_logits(logits, member_details=False).scores
+    names = list(ens.members)
+    return aggregate(logits, "soft", [ens.weights[n] for n in names], [ens.temperatures[n] for n in names],
+                     member_details=False).scores
+
+
+def _recipe(path: Path | None) -> dict:
+    try:
+        return json.loads((Path(path) / RECIPE_FILE).read_text(encoding="utf-8"))
+    except (OSError, TypeError, ValueError):
+        return {}

@@ -1,0 +1,237 @@
+"""Scoring an ensemble on a split (the report) and predicting files of any size (resumable).
+
+`evaluate` votes on one split and writes predictions.csv and the report, with the sections a
+person needs to trust the numbers: calibration before/after, what the vote learned and on which
+rows, the accuracy-coverage curve, the members' training curves, and what the data lost (skipped
+rows, truncated texts). `predict_file` streams a file through the ensemble in chunks and can pick
+an interrupted run up where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import combine
+from .data import TextDataset, iter_table
+from .ensemble import ABSTAIN, Ensemble, write_json
+from .errors import EnsembleError
+from .members import METRICS_FILE
+from .report import append_predictions, build_report, write_predictions, write_report
+
+
+def gold(ens: Ensemble, ds: TextDataset, split: str) -> np.ndarray | None:
+    """Gold labels as indices into `ens.labels`; an error names a label the members do not know."""
+    if ds.labels is None:
+        return None
+    unknown = sorted(set(ds.labels) - set(ens.labels))
+    if unknown:
+        raise EnsembleError(f"{split}: label '{unknown[0]}' is not one the members know ({', '.join(ens.labels)})")
+    index = {label: i for i, label in enumerate(ens.labels)}
+    return np.array([index[y] for y in ds.labels])
+
+
+def evaluate(ens: Ensemble, ds: TextDataset, split: str, out: Path, *, fitted: dict | None = None,
+             data_info: dict | None = None) -> dict:
+    """Vote on `ds`, write predictions.csv and the report into `out`; return the report dict.
+
+    `fitted` is what `Ensemble.fit_vote` returned (it becomes the report's ``combining``);
+    `data_info` adds to the report's ``data`` section (skipped rows, members that failed).
+
+    Example:
+        >>> report = evaluate(Ensemble.load("runs/demo"), load_table("test.csv"), "test", Path("out"))  # doctest: +SKIP
+        >>> report["ensemble"]["accuracy"], report["calibration"]["ensemble"]["nll_after"]  # doctest: +SKIP
+        (0.968, 0.11)
+    """
+    truncated: dict[str, int] = {}
+    logits = ens.member_logits(ds.texts, ds.pairs, truncated)
+    vote = ens.vote_logits(logits)
+    y = gold(ens, ds, split)
+    names = list(ens.members)
+    report = build_report(names=names, labels=ens.labels, vote=vote, method=ens.method, weights=ens.weights,
+                          y_true=y, texts=ds.texts, pairs=ds.pairs, split=split)
+    abstain = ens.abstained(vote)
+    if y is not None:
+        _probability_scores(report, ens, logits, vote, y)
+        report["abstention"] = _abstention(ens, vote, y, abstain)
+    if fitted is not None:
+        report["combining"] = dict(fitted)
+        if split == fitted.get("fitted_on"):
+            report["combining"]["warning"] = (f"evaluated on the '{split}' split the vote was fitted on, so these "
+                                              "scores are optimistic; give the recipe a test file")
+    report["training"] = _histories(ens)
+    report["data"] = _data_section(ens, data_info or {}, truncated)
+    write_predictions(out / "predictions.csv", names=names, labels=ens.labels, vote=vote, texts=ds.texts,
+                      pairs=ds.pairs, y_true=y, abstain=abstain)
+    write_report(out, report)
+    return report
+
+
+def _probability_scores(report: dict, ens: Ensemble, logits: np.ndarray, vote, y: np.ndarray) -> None:
+    """NLL and ECE of each member and of the ensemble, and soft voting before/after calibration."""
+    names = list(ens.members)
+    temps = np.array([ens.temperatures[n] for n in names])
+    raw, calibrated = combine.softmax(logits), combine.softmax(logits, temps)
+    members = {}
+    for k, name in enumerate(names):
+        after = {"nll": combine.nll(calibrated[k], y), "ece": combine.ece(calibrated[k], y)}
+        report["members"][name].update(after)
+        members[name] = {"nll_before": combine.nll(raw[k], y), "ece_before": combine.ece(raw[k], y),
+                         "nll_after": after["nll"], "ece_after": after["ece"]}
+    if ens.method != "hard":  # hard-vote scores are vote shares, not probabilities
+        report["ensemble"].update(nll=combine.nll(vote.scores, y), ece=combine.ece(vote.scores, y))
+    # Calibration is judged on the plain soft vote (the members' weights as used): the one place
+    # where temperatures alone change the ensemble's probabilities.
+    weights = np.array([ens.weights[n] for n in names], dtype=np.float64)
+    weights = weights / weights.sum()
+    before = np.einsum("m,mnc->nc", weights, raw)
+    after = np.einsum("m,mnc->nc", weights, calibrated)
+    report["calibration"] = {
+        "fitted_on": "valid", "temperatures": dict(ens.temperatures), "members": members,
+        "ensemble": {"nll_before": combine.nll(before, y), "ece_before": combine.ece(before, y),
+                     "nll_after": combine.nll(after, y), "ece_after": combine.ece(after, y)},
+    }
+
+
+def _abstention(ens: Ensemble, vote, y: np.ndarray, abstain: np.ndarray | None) -> dict:
+    """The accuracy-coverage curve on `abstain_on`, and the outcome at the chosen threshold."""
+    values = vote.confidence if ens.abstain_on == "confidence" else vote.agreement
+    correct = vote.labels == y
+    answered = ~abstain if abstain is not None else np.ones(len(y), dtype=bool)
+    return {"on": ens.abstain_on, "threshold": ens.abstain_below, "abstained": int((~answered).sum()),
+            "coverage": float(answered.mean()),
+            "accuracy_answered": float(correct[answered].mean()) if answered.any() else None,
+            "curve": combine.coverage_curve(values, correct)}
+
+
+def _histories(ens: Ensemble) -> dict:
+    """Each member's per-epoch history from its metrics.json (members from elsewhere have none)."""
+    histories = {}
+    for name, member in ens.members.items():
+        try:
+            metrics = json.loads((member.path / METRICS_FILE).read_text(encoding="utf-8"))
+            history = metrics["history"]
+        except (OSError, TypeError, ValueError, KeyError):
+            continue
+        keep = ("epoch", "train_loss", "valid_loss", "accuracy", "macro_f1", "lr", "seconds", "samples_per_s")
+        histories[name] = [{k: row[k] for k in keep if k in row} for row in history if isinstance(row, dict)]
+    return histories
+
+
+def _data_section(ens: Ensemble, data_info: dict, truncated: dict[str, int]) -> dict:
+    """Rows skipped as bad, and per member the rows cut to its max_length in train, valid and "eval"."""
+    counts = {}
+    for name, member in ens.members.items():
+        entry = {}
+        try:
+            saved = json.loads((member.path / METRICS_FILE).read_text(encoding="utf-8")).get("truncated", {})
+            entry.update({k: int(v) for k, v in saved.items() if k in ("train", "valid")})
+        except (OSError, TypeError, ValueError, AttributeError):
+            pass
+        entry["eval"] = truncated.get(name, 0)  # the split this report is about
+        counts[name] = entry
+    return {**data_info, "truncated": counts, "max_length": {n: m.max_length for n, m in ens.members.items()}}
+
+
+# --------------------------------------------------------------------------- files of any size
+
+
+def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str = "text", text_pair: str | None = None,
+                 label: str | None = "label", chunk_rows: int = 10_000, progress: bool = True,
+                 resume: bool = False) -> int:
+    """Stream `data` through the ensemble into the CSV `out`, `chunk_rows` rows at a time.
+
+    Memory is bounded by the chunk, not the file. The columns are those of predictions.csv
+    (the gold label only when the file has one). Rows go to a hidden ``.<out>.partial`` file,
+    renamed to `out` at the end, so `out` never holds a partial result. After each chunk the
+    partial file is synced and its progress recorded; with `resume`, an interrupted run (killed,
+    Ctrl-C, a full disk) continues after its last finished chunk instead of starting again.
+    Returns the number of rows written.
+
+    Example:
+        >>> predict_file(Ensemble.load("runs/demo"), "big.csv", "big-predictions.csv")  # doctest: +SKIP
+        1000000
+    """
+    out, data = Path(out), Path(data)
+    partial = out.with_name(f".{out.name}.partial")
+    state_file = out.with_name(f".{out.name}.partial.json")
+    identity = _identity(ens, data, text, text_pair, label, chunk_rows)
+    done_rows, done_bytes = 0, 0
+    if resume:
+        state = _read_state(state_file)
+        if state is not None and state.get("identity") != identity:
+            raise EnsembleError(f"--resume: '{partial}' was written for another data file, ensemble or column/chunk "
+                                "settings; run again without --resume to start over")
+        if state is not None and partial.is_file() and partial.stat().st_size >= state["bytes"]:
+            done_rows, done_bytes = int(state["rows"]), int(state["bytes"])
+    names, rows = list(ens.members), done_rows
+    bar = tqdm(desc="predict", unit="rows", initial=done_rows, disable=not progress,
+               mininterval=0.5 if sys.stderr.isatty() else 30)
+    if done_rows:
+        bar.write(f"resuming after row {done_rows} of '{data}'")
+    try:
+        with open(partial, "r+b" if done_bytes else "wb") as raw:
+            raw.truncate(done_bytes)  # drop whatever the interrupted chunk left after the last good one
+            raw.seek(done_bytes)
+            skipped = 0
+            for chunk in iter_table(data, chunk_rows=chunk_rows, text=text, text_pair=text_pair, label=label,
+                                    field="--data", require_label=False):
+                if skipped < done_rows:  # finished before the interruption: read, not predicted
+                    skipped += len(chunk)
+                    continue
+                vote = ens.vote(chunk.texts, chunk.pairs)
+                handle = _TextSink()
+                append_predictions(handle, names=names, labels=ens.labels, vote=vote, texts=chunk.texts,
+                                   pairs=chunk.pairs, y_true=gold(ens, chunk, "--data"), header=rows == 0,
+                                   abstain=ens.abstained(vote))
+                raw.write(handle.getvalue())
+                raw.flush()
+                os.fsync(raw.fileno())
+                rows += len(chunk)
+                write_json(state_file, {"identity": identity, "rows": rows, "bytes": raw.tell()})
+                bar.update(len(chunk))
+        os.replace(partial, out)
+        state_file.unlink(missing_ok=True)
+    finally:
+        bar.close()
+    return rows
+
+
+class _TextSink:
+    """A text handle for csv.writer that collects UTF-8 bytes (the partial file is binary to seek by byte)."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return len(text)
+
+    def getvalue(self) -> bytes:
+        return "".join(self.parts).encode("utf-8")
+
+
+def _identity(ens: Ensemble, data: Path, text: str, text_pair: str | None, label: str | None, chunk_rows: int) -> str:
+    """What a partial output depends on: the data file (path, size, mtime), the ensemble, the columns."""
+    stat = data.stat() if data.is_file() else None
+    parts = [str(data.resolve()), stat and stat.st_size, stat and stat.st_mtime_ns, ens.manifest(),
+             {n: str(m.path) for n, m in ens.members.items()}, text, text_pair, label, chunk_rows]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _read_state(path: Path) -> dict | None:
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(state, dict) and isinstance(state.get("rows"), int) and isinstance(state.get("bytes"), int)
+    return state if ok else None
+
+
+__all__ = ["ABSTAIN", "evaluate", "gold", "predict_file"]

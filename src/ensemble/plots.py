@@ -1,0 +1,300 @@
+"""PNG plots for the report, drawn from the report dict (report.json) alone.
+
+`write_plots` draws what the report has data for: confusion matrices (needs gold labels), the
+pairwise agreement heatmap (needs two members), training curves (``training``) and the
+accuracy-coverage curve (``abstention``). Anything missing is skipped, not drawn empty.
+
+Matplotlib is imported inside the functions so that importing this module, and so starting the
+CLI, stays fast. Figures are plain `matplotlib.figure.Figure` objects on an Agg canvas rather than
+pyplot figures: no GUI backend gets chosen, the user's backend is left as it is, and no global
+figure registry keeps them alive after they are saved.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["write_plots"]
+
+_DPI = 100
+_LABEL_WIDTH = 18  # characters of a class or member name shown on an axis or in a legend
+_MAX_ANNOTATED = 30  # classes beyond this make per-cell numbers unreadable: colour only
+_PAGE_WIDTH = 16.0  # inches a multi-panel figure may grow to before wrapping into rows
+_CURVES = (("train_loss", "train loss"), ("valid_loss", "valid loss"),
+           ("accuracy", "valid accuracy"))
+
+
+def write_plots(report: dict, out_dir: str | os.PathLike) -> dict[str, str]:
+    """Write the report's plots as PNGs into ``out_dir/plots/``, each file atomically.
+
+    Returns ``{key: "plots/<key>.png"}`` for the plots written, in a fixed order: ``confusion``,
+    ``agreement``, ``training``, ``coverage``. Paths are relative to ``out_dir``, as the report
+    pages link them. The same report gives the same bytes.
+
+    Example:
+        >>> import tempfile
+        >>> report = {"labels": ["neg", "pos"], "members": {"a": {}, "b": {}},
+        ...     "ensemble": {}, "agreement": {"pairwise": {"a": {"a": 1.0, "b": 0.8},
+        ...                                                "b": {"a": 0.8, "b": 1.0}}}}
+        >>> write_plots(report, tempfile.mkdtemp())
+        {'agreement': 'plots/agreement.png'}
+    """
+    import matplotlib.style
+
+    out = Path(out_dir) / "plots"
+    drawers: tuple[tuple[str, Callable[[dict], Figure | None]], ...] = (
+        ("confusion", _confusion), ("agreement", _agreement), ("training", _training),
+        ("coverage", _coverage),
+    )
+    written: dict[str, str] = {}
+    # The default style, not the user's rcParams, so the same report always gives the same PNG;
+    # the context restores the user's settings afterwards.
+    with warnings.catch_warnings(), matplotlib.style.context("default"):
+        # Labels in scripts DejaVu lacks are drawn as boxes; that is no reason to warn per glyph.
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from")
+        for key, draw in drawers:
+            figure = draw(report)
+            if figure is not None:
+                _save(figure, out / f"{key}.png")
+                written[key] = f"plots/{key}.png"
+    return written
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _confusion(report: dict) -> Figure | None:
+    """One panel per member plus the ensemble: counts written in, colour = share of the gold row."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    labels = [_short(label) for label in report.get("labels") or []]
+    k = len(labels)
+    entries = [(str(name), entry) for name, entry in (report.get("members") or {}).items()]
+    entries.append(("ensemble", report.get("ensemble") or {}))
+    panels = [(name, entry) for name, entry in entries if _is_square(entry.get("confusion"), k)]
+    if not panels or k == 0:
+        return None
+
+    side = 1.7 + 0.3 * k  # inches per panel: room for the tick labels plus a readable cell
+    columns = max(1, min(len(panels), 4, int(_PAGE_WIDTH // side)))
+    rows = math.ceil(len(panels) / columns)
+    # A little short rather than tall: "compressed" then closes the gaps between panels and the
+    # tight crop on saving trims the spare width, whereas spare height would stay as a gap.
+    height = rows * side + 0.6
+    figure = Figure(figsize=(columns * side + 1.0, height), layout="compressed")
+    axes = figure.subplots(rows, columns, squeeze=False)
+    font = 8 if k <= 10 else 6 if k <= 20 else 5
+    rotate = k > 6 or max(map(len, labels)) > 5
+    image = None
+    for ax, (name, entry) in zip(axes.flat, panels):
+        counts = np.asarray(entry["confusion"], dtype=np.float64)
+        totals = counts.sum(axis=1, keepdims=True)
+        shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+        image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+        if k <= _MAX_ANNOTATED:
+            for (i, j), count in np.ndenumerate(counts):
+                ax.text(j, i, f"{count:.0f}", ha="center", va="center", fontsize=font,
+                        color="white" if shares[i, j] > 0.55 else "black")
+        ax.set_xticks(range(k), labels, fontsize=font + 1, rotation=90 if rotate else 0)
+        ax.set_yticks(range(k), labels, fontsize=font + 1)
+        ax.set_xlabel("predicted", fontsize=9)
+        ax.set_ylabel("gold", fontsize=9)
+        accuracy = _number(entry.get("accuracy"))
+        title = _short(name, 2 * _LABEL_WIDTH)
+        title += "" if accuracy is None else f"\naccuracy {accuracy:.3f}"
+        ax.set_title(title, fontsize=10, fontweight="bold" if name == "ensemble" else "normal")
+    for ax in axes.flat[len(panels):]:
+        ax.set_axis_off()
+    # Beside one row; above several, where a bar as tall as the figure would dwarf the panels.
+    placement = {"location": "right", "shrink": 0.8} if rows == 1 else {
+        "location": "top", "shrink": min(0.5, 6.0 / (columns * side)), "aspect": 30,
+        "pad": 0.2 / height}  # pad is a share of the figure's height: keep it to 0.2 inch
+    figure.colorbar(image, ax=axes, label="share of gold row", **placement)
+    return figure
+
+
+def _agreement(report: dict) -> Figure | None:
+    """Heatmap of the share of rows on which two members predict the same class."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    pairwise = (report.get("agreement") or {}).get("pairwise") or {}
+    names = list(pairwise)
+    if len(names) < 2:
+        return None
+    shares = np.array([[_number((pairwise.get(a) or {}).get(b)) for b in names] for a in names],
+                      dtype=np.float64)  # None -> nan: drawn blank
+    off_diagonal = shares[~np.eye(len(names), dtype=bool)]
+    if np.isnan(off_diagonal).all():
+        return None
+    # Members mostly agree (0.8-0.95); a colour scale from 0 would paint them all alike.
+    low = min(0.9, math.floor(float(np.nanmin(off_diagonal)) * 10) / 10)
+    side = 2.6 + 0.5 * len(names)
+    figure = Figure(figsize=(side + 1.2, side), layout="constrained")
+    ax = figure.subplots()
+    image = ax.imshow(shares, cmap="viridis", vmin=low, vmax=1.0)
+    font = 9 if len(names) <= 8 else 7
+    for (i, j), share in np.ndenumerate(shares):
+        if not math.isnan(share):
+            dark = share < low + 0.6 * (1.0 - low)  # viridis is dark at the low end
+            ax.text(j, i, f"{share:.2f}", ha="center", va="center", fontsize=font,
+                    color="white" if dark else "black")
+    ticks = [_short(name) for name in names]
+    ax.set_xticks(range(len(names)), ticks, rotation=90 if len(names) > 4 else 0, fontsize=font)
+    ax.set_yticks(range(len(names)), ticks, fontsize=font)
+    ax.set_title("Pairwise agreement", fontsize=11)
+    figure.colorbar(image, ax=ax, shrink=0.8, label="share of rows predicted alike")
+    return figure
+
+
+def _training(report: dict) -> Figure | None:
+    """Train loss, valid loss and valid accuracy per epoch; one line per member, one legend."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    history = report.get("training")
+    if not isinstance(history, dict):
+        return None
+    names = [str(name) for name in history]
+    panels = []
+    for key, title in _CURVES:
+        lines = []
+        for name, epochs in zip(names, history.values()):
+            points = [(_number(e.get("epoch")), _number(e.get(key)))
+                      for e in (epochs if isinstance(epochs, list) else []) if isinstance(e, dict)]
+            points = sorted((x, y) for x, y in points if x is not None and y is not None)
+            if points:
+                lines.append((name, points))
+        if lines:
+            panels.append((title, lines))
+    if not panels:
+        return None
+
+    styles = _member_styles(names)
+    columns = min(4, len(names))
+    legend_rows = math.ceil(len(names) / columns)
+    figure = Figure(figsize=(4.2 * len(panels), 3.4 + 0.25 * legend_rows), layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, lines) in zip(axes, panels):
+        for name, points in lines:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, **styles[name])
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    plotted = {name for _, lines in panels for name, _ in lines}
+    drawn = [name for name in names if name in plotted]
+    handles = [Line2D([], [], marker="o", markersize=3, **styles[name]) for name in drawn]
+    figure.legend(handles, [_legend_label(name) for name in drawn], loc="outside lower center",
+                  ncols=min(4, len(drawn)), fontsize=9, frameon=False)
+    return figure
+
+
+def _coverage(report: dict) -> Figure | None:
+    """Accuracy on the answered rows against the share answered, the chosen threshold marked."""
+    from matplotlib.figure import Figure
+
+    abstention = report.get("abstention")
+    if not isinstance(abstention, dict):
+        return None
+    points = []
+    for point in abstention.get("curve") or []:
+        if isinstance(point, dict):  # no accuracy where nothing is answered: no point
+            xy = (_number(point.get("coverage")), _number(point.get("accuracy")))
+            points += [xy] if None not in xy else []
+    points.sort()
+    if not points:
+        return None
+    figure = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = figure.subplots()
+    xs, ys = zip(*points)
+    ax.plot(xs, ys, marker=".", linewidth=1.5, color="C0", label="ensemble")
+    threshold = _number(abstention.get("threshold"))
+    coverage = _number(abstention.get("coverage"))
+    accuracy = _number(abstention.get("accuracy_answered"))
+    if threshold is not None and coverage is not None and accuracy is not None:
+        on = _short(abstention.get("on") or "score")
+        ax.axvline(coverage, color="C3", linestyle=":", linewidth=1)
+        ax.plot([coverage], [accuracy], linestyle="", marker="o", markersize=9, color="C3",
+                markerfacecolor="none", markeredgewidth=2,
+                label=f"chosen {on} threshold {threshold:.3g}\n(coverage {coverage:.3f}, "
+                      f"accuracy {accuracy:.3f})")
+    ax.set_xlim(0.0, 1.02)
+    ax.set_xlabel("coverage (share of rows answered)")
+    ax.set_ylabel("accuracy on answered rows")
+    ax.set_title("Accuracy vs coverage", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=9)
+    return figure
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _save(figure: Figure, path: Path) -> None:
+    """Save as PNG via a temporary file in the same folder and os.replace: never half a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)  # attaches itself to the figure: Agg without choosing a backend
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temporary, "xb") as handle:
+            # No "Software" stamp: the bytes then depend on the drawing, not the library version.
+            figure.savefig(handle, format="png", dpi=_DPI, bbox_inches="tight", pad_inches=0.15,
+                           metadata={"Software": None})
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _member_styles(names: list[str]) -> dict[str, dict[str, Any]]:
+    """A colour and line style per member, distinct for up to 20 members."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    dashes = ("-", "--", "-.", ":")
+    return {name: {"color": palette(i % palette.N), "linestyle": dashes[(i // palette.N) % 4]}
+            for i, name in enumerate(names)}
+
+
+def _is_square(matrix: Any, k: int) -> bool:
+    return (isinstance(matrix, list) and len(matrix) == k
+            and all(isinstance(row, list) and len(row) == k for row in matrix))
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for anything else (absent, None, NaN, text, bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _short(text: Any, width: int = _LABEL_WIDTH) -> str:
+    """One line of at most ``width`` characters, shown literally by matplotlib."""
+    flat = " ".join(str(text).split())
+    if len(flat) > width:
+        flat = flat[: width - 1] + "…"
+    # Two "$" would switch matplotlib to math mode (and can fail to parse); "\$" is a plain "$".
+    return flat.replace("$", r"\$")
+
+
+def _legend_label(name: str) -> str:
+    # Matplotlib leaves labels starting with "_" out of legends; a leading space keeps them in.
+    label = _short(name)
+    return " " + label if label.startswith("_") else label

@@ -1,0 +1,416 @@
+"""Combining math: hand-computed scores, recovered temperatures, weights, Caruana traces, the
+cross-fitted stacker and its JSON round trip, coverage curves, and a few properties."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ensemble.combine import (
+    Stacker,
+    abstain_mask,
+    caruana_selection,
+    coverage_curve,
+    ece,
+    fit_temperatures,
+    fit_weights,
+    nll,
+    softmax,
+)
+from ensemble.errors import EnsembleError
+
+# Two members x 3 rows x 2 classes; their mean is [[.8, .2], [.4, .6], [.3, .7]].
+P0 = [[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]]
+P1 = [[0.7, 0.3], [0.2, 0.8], [0.4, 0.6]]
+MEAN = np.mean([P0, P1], axis=0)
+Y3 = np.array([0, 0, 1])  # row 1 is predicted as class 1: wrong
+
+
+def log_loss(p2d, y) -> float:
+    return -float(np.mean(np.log(np.asarray(p2d)[np.arange(len(y)), y])))
+
+
+def random_probs(rng, members, rows, classes, alpha=1.0):
+    return rng.dirichlet(np.full(classes, alpha), size=(members, rows))
+
+
+# ---------------------------------------------------------------- softmax, nll, ece
+
+
+def test_softmax_hand_values_and_temperatures():
+    logits = np.log(np.array([[[1.0, 3.0]], [[1.0, 9.0]]]))
+    np.testing.assert_allclose(softmax(logits), [[[0.25, 0.75]], [[0.1, 0.9]]])
+    # Member 1 at T=2 has logits (0, ln 3): back to 1:3.
+    np.testing.assert_allclose(softmax(logits, [1.0, 2.0]), [[[0.25, 0.75]], [[0.25, 0.75]]])
+
+
+def test_softmax_is_stable_for_huge_logits():
+    out = softmax(np.array([[[1000.0, 0.0, -1000.0]]]))
+    np.testing.assert_allclose(out, [[[1.0, 0.0, 0.0]]])
+    assert np.all(np.isfinite(out))
+
+
+@pytest.mark.parametrize(
+    "probs, y, expected",
+    [
+        (MEAN, Y3, -(math.log(0.8) + math.log(0.4) + math.log(0.7)) / 3),
+        ([P0[0], P1[1]], [0, 1], -(math.log(0.9) + math.log(0.8)) / 2),
+        ([[1.0, 0.0]], [1], -math.log(1e-12)),  # the floor keeps a confident miss finite
+    ],
+)
+def test_nll_hand_computed(probs, y, expected):
+    assert nll(probs, np.array(y)) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "probs, y, bins, expected",
+    [
+        # bins=3: conf .8 and .7 (both right) share (2/3, 1]: |1 - .75| * 2/3; conf .6 (wrong)
+        # is alone in (1/3, 2/3]: |0 - .6| * 1/3.
+        (MEAN, Y3, 3, 0.25 * 2 / 3 + 0.6 / 3),
+        # bins=5: (.8, 1]: .85 right, .9 wrong -> |.5 - .875| * 2/5; (.6, .8]: .65, .7 right ->
+        # |1 - .675| * 2/5; (.4, .6]: .55 wrong -> .55 * 1/5.
+        (
+            [[0.85, 0.15], [0.1, 0.9], [0.65, 0.35], [0.3, 0.7], [0.55, 0.45]],
+            [0, 0, 0, 1, 1],
+            5,
+            0.375 * 0.4 + 0.325 * 0.4 + 0.55 * 0.2,
+        ),
+        ([[1.0, 0.0], [0.0, 1.0]], [0, 1], 15, 0.0),  # confidence 1.0 lands in the last bin
+        # Bins are (lo, hi]: 0.5 belongs to (0, .5] with bins=2, 0.75 to (.5, .75] with bins=4.
+        ([[0.5, 0.5], [0.75, 0.25]], [1, 0], 2, (0.5 + 0.25) / 2),
+        ([[0.5, 0.5], [0.75, 0.25], [0.8, 0.2]], [0, 1, 0], 4, (0.5 + 0.75 + 0.2) / 3),
+    ],
+)
+def test_ece_hand_computed(probs, y, bins, expected):
+    assert ece(probs, np.array(y), bins=bins) == pytest.approx(expected, abs=1e-12)
+
+
+# ---------------------------------------------------------------- temperatures
+
+
+def test_fit_temperatures_recovers_known_temperatures():
+    rng = np.random.default_rng(0)
+    true_t = np.array([0.5, 2.0, 1.0])
+    z = rng.normal(0.0, 2.0, size=(4000, 4))
+    probs = softmax(z[None])[0]
+    y = np.array([rng.choice(4, p=row) for row in probs])
+    logits = true_t[:, None, None] * z[None]  # softmax(logits[m] / T_m) == softmax(z)
+    fitted = fit_temperatures(logits, y)
+    np.testing.assert_allclose(fitted, true_t, rtol=0.05)
+    assert np.array_equal(fitted, fit_temperatures(logits, y))  # deterministic
+    assert nll(softmax(logits, fitted)[0], y) <= nll(softmax(logits)[0], y)
+
+
+def test_fit_temperatures_hits_the_bound_for_a_perfect_member():
+    logits = np.array([[[3.0, 0.0], [0.0, 3.0]]])
+    assert fit_temperatures(logits, np.array([0, 1]))[0] == pytest.approx(0.05, rel=1e-3)
+
+
+# ---------------------------------------------------------------- weights
+
+
+def test_fit_weights_finds_the_perfect_member():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, size=200)
+    perfect = np.eye(3)[y]
+    noise = random_probs(rng, 1, 200, 3)[0]
+    w = fit_weights(np.stack([noise, perfect]), y)
+    assert w[1] > 0.95 and w[0] < w[1]
+    assert w.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fit_weights_never_worse_than_best_single_or_uniform(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, size=80)
+    # Members of varying skill: a share of the mass on the truth, the rest random.
+    skill = rng.uniform(0.0, 0.8, size=(4, 1, 1))
+    probs = skill * np.eye(3)[y][None] + (1 - skill) * random_probs(rng, 4, 80, 3)
+    w = fit_weights(probs, y)
+    loss = log_loss(np.tensordot(w, probs, axes=1), y)
+    assert loss <= min(log_loss(p, y) for p in probs) + 1e-12
+    assert loss <= log_loss(probs.mean(axis=0), y) + 1e-12
+
+
+# ---------------------------------------------------------------- Caruana
+
+A = [[0.6, 0.4], [0.6, 0.4]]
+B = [[0.4, 0.6], [0.4, 0.6]]
+
+
+def test_caruana_hand_trace_with_ties():
+    # y = [0, 1]. Round 1: A, B and A' all score -(ln .6 + ln .4)/2 -> tie -> lowest index 0.
+    # Round 2: +B gives [.5, .5] (ln 2 = .693) beats +A (.714) -> 1. Round 3: +A and +B both
+    # give (1.6, 1.4)/3 mirrored -> tie -> 0. Round 4: +B gives [.5, .5] again -> 1. The
+    # duplicate A' (index 2) always ties with A and loses on index.
+    w, picks = caruana_selection(np.array([A, B, A]), np.array([0, 1]), rounds=6)
+    assert picks == [0, 1, 0, 1, 0, 1]
+    np.testing.assert_allclose(w, [0.5, 0.5, 0.0])
+
+
+# y = [0, 1, 1]. M0: right everywhere, unsure; M1: right everywhere, sure; M3: lower log-loss
+# than M0 but wrong on row 2.
+M0 = [[0.55, 0.45], [0.45, 0.55], [0.45, 0.55]]  # acc 1, ll .598
+M1 = [[0.9, 0.1], [0.1, 0.9], [0.1, 0.9]]  # acc 1, ll .105
+M3 = [[0.9, 0.1], [0.1, 0.9], [0.6, 0.4]]  # acc 2/3, ll .375
+
+
+@pytest.mark.parametrize(
+    "members, metric, first_pick",
+    [
+        ([M0, M3], "log_loss", 1),
+        ([M0, M3], "accuracy", 0),  # accuracy first, whatever the log-loss
+        ([M0, M1], "accuracy", 1),  # equal accuracy -> lower log-loss, beating the lower index
+        ([M1, M1], "accuracy", 0),  # equal everything -> lower index
+    ],
+)
+def test_caruana_metric_and_tie_breaks(members, metric, first_pick):
+    w, picks = caruana_selection(np.array(members), np.array([0, 1, 1]), rounds=3, metric=metric)
+    assert picks[0] == first_pick
+    assert len(picks) == 3 and w.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(w, np.bincount(picks, minlength=len(members)) / 3)
+
+
+def test_caruana_rejects_bad_parameters():
+    probs = np.array([A])
+    with pytest.raises(EnsembleError, match=r"the 'metric' parameter must be one of \{'accuracy', 'log_loss'\}; got 'x'"):
+        caruana_selection(probs, np.array([0, 1]), metric="x")
+    with pytest.raises(EnsembleError, match="'rounds' parameter must be an int >= 1; got 0"):
+        caruana_selection(probs, np.array([0, 1]), rounds=0)
+    with pytest.raises(EnsembleError, match=r"'y' has shape \(3,\) but 'probs' has shape \(1, 2, 2\)"):
+        caruana_selection(probs, np.array([0, 1, 1]))
+
+
+# ---------------------------------------------------------------- Stacker
+
+
+def permuted_case(seed=0, rows=300):
+    """Three members on 3 classes; member 2 is sharp but names class (k + 1) % 3 for class k."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, size=rows)
+    truth = np.eye(3)[y]
+    good = [0.5 * truth + 0.5 * random_probs(rng, 1, rows, 3)[0] for _ in range(2)]
+    swapped = 0.9 * np.roll(truth, 1, axis=1) + 0.1 * random_probs(rng, 1, rows, 3)[0]
+    return np.stack([good[0], good[1], swapped]), y
+
+
+def test_stacker_learns_a_permuted_member():
+    probs, y = permuted_case()
+    s = Stacker().fit(probs, y)
+    np.testing.assert_allclose(s.oof_probs_.sum(axis=1), 1.0)
+    assert s.oof_probs_.shape == (300, 3) and s.folds_ == 5
+    assert nll(s.oof_probs_, y) <= nll(probs.mean(axis=0), y)
+    assert (s.oof_probs_.argmax(axis=1) == y).mean() > 0.95  # member 2 un-permuted
+
+
+def test_stacker_is_deterministic_and_seeded():
+    probs, y = permuted_case(rows=60)
+    a, b = Stacker().fit(probs, y, seed=3), Stacker().fit(probs, y, seed=3)
+    assert np.array_equal(a.oof_probs_, b.oof_probs_) and np.array_equal(a.coef_, b.coef_)
+
+
+def test_stacker_round_trip_is_exact_and_json():
+    probs, y = permuted_case(rows=90)
+    s = Stacker().fit(probs, y, folds=3, C=0.5)
+    d = s.to_dict()
+    again = Stacker.from_dict(json.loads(json.dumps(d)))
+    assert np.array_equal(again.predict_proba(probs), s.predict_proba(probs))
+    assert again.to_dict() == d
+
+
+def test_stacker_matches_sklearn():
+    from sklearn.linear_model import LogisticRegression
+
+    probs, y = permuted_case(rows=90)
+    s = Stacker().fit(probs, y, C=0.5)
+    x = np.log(probs).transpose(1, 0, 2).reshape(90, -1)
+    ref = LogisticRegression(C=0.5, max_iter=2000).fit(x, y).predict_proba(x)
+    np.testing.assert_allclose(s.predict_proba(probs), ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_stacker_binary_and_absent_classes(classes):
+    # Labels only ever use classes 0 and 1: binary when classes=2, two absent columns when 4.
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, size=40)
+    probs = 0.6 * np.eye(classes)[y][None] + 0.4 * random_probs(rng, 2, 40, classes)
+    s = Stacker().fit(probs, y, folds=4)
+    out = s.predict_proba(probs)
+    assert out.shape == s.oof_probs_.shape == (40, classes)
+    assert s.coef_.shape == (2, 2 * classes)  # binary: the 2-row form
+    np.testing.assert_allclose(out.sum(axis=1), 1.0)
+    assert np.all(out[:, 2:] == 0) and np.all(s.oof_probs_[:, 2:] == 0)
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.log(probs).transpose(1, 0, 2).reshape(40, -1)
+    ref = LogisticRegression(max_iter=2000).fit(x, y).predict_proba(x)
+    np.testing.assert_allclose(out[:, :2], ref, atol=1e-10)
+
+
+def test_stacker_reduces_folds_for_rare_classes_and_single_class():
+    probs = random_probs(np.random.default_rng(3), 2, 9, 3)
+    s = Stacker().fit(probs, np.array([0, 0, 0, 0, 1, 1, 1, 2, 2]))
+    assert s.folds_ == 2  # the rarest class has 2 rows
+    s = Stacker().fit(probs, np.array([0, 0, 0, 0, 1, 1, 1, 1, 2]))
+    assert s.folds_ == 2  # not below 2; the 1-row class gets 0 where its fold missed it
+    np.testing.assert_allclose(s.oof_probs_.sum(axis=1), 1.0)
+    s = Stacker().fit(probs, np.zeros(9, dtype=int))
+    np.testing.assert_array_equal(s.predict_proba(probs), np.tile([1.0, 0.0, 0.0], (9, 1)))
+    s = Stacker().fit(probs[:, :3], np.array([0, 1, 2]))  # no class has 2 rows: plain K-fold
+    np.testing.assert_allclose(s.oof_probs_.sum(axis=1), 1.0)
+
+
+def valid_dict():
+    return {"format": "ensemble.stacker", "version": 1, "n_members": 1, "n_classes": 2,
+            "folds": 5, "classes": [0, 1], "coef": [[0.0, 0.0], [1.0, -1.0]], "intercept": [0.0, 0.5]}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"coef": [[0.0, 0.0]]}, r"'coef' must be a list of numbers of shape \(2, 2\)"),
+        ({"coef": [[0.0, "1"], [1.0, 2.0]]}, "'coef' must be a list of numbers"),
+        ({"coef": [[0.0, 0.0], [1.0]]}, "'coef' must be a list of numbers"),
+        ({"coef": "abc"}, "'coef' must be a list of numbers"),
+        ({"intercept": [0.0, float("nan")]}, "'intercept' contains NaN"),
+        ({"intercept": [True, 0.0]}, "'intercept' must be a list of numbers"),
+        ({"classes": [1, 0]}, "'classes' must be a non-empty increasing list"),
+        ({"classes": [0, 2]}, "'classes' must be a non-empty increasing list"),
+        ({"n_members": "1"}, "'n_members' must be an int >= 1"),
+        ({"folds": 1}, "'folds' must be an int >= 2"),
+        ({"format": "pickle"}, "expected format 'ensemble.stacker' version 1"),
+        ({"version": 2}, "expected format 'ensemble.stacker' version 1"),
+    ],
+)
+def test_stacker_from_dict_rejects_malformed(change, message):
+    d = valid_dict() | change
+    with pytest.raises(EnsembleError, match=message) as info:
+        Stacker.from_dict(d)
+    assert "\n" not in str(info.value)
+
+
+def test_stacker_from_dict_rejects_non_dicts_and_missing_keys():
+    Stacker.from_dict(valid_dict())
+    with pytest.raises(EnsembleError, match="expected a dict; got list"):
+        Stacker.from_dict([])
+    d = valid_dict()
+    del d["coef"]
+    with pytest.raises(EnsembleError, match=r"missing key\(s\) \['coef'\]"):
+        Stacker.from_dict(d)
+
+
+def test_stacker_parameter_and_shape_errors():
+    probs, y = permuted_case(rows=30)
+    with pytest.raises(EnsembleError, match="not fitted"):
+        Stacker().predict_proba(probs)
+    with pytest.raises(EnsembleError, match="'folds' parameter must be an int >= 2; got 1"):
+        Stacker().fit(probs, y, folds=1)
+    with pytest.raises(EnsembleError, match="'C' parameter must be a float > 0; got 0"):
+        Stacker().fit(probs, y, C=0)
+    s = Stacker().fit(probs, y, folds=2)
+    with pytest.raises(EnsembleError, match=r"'probs' has shape \(2, 30, 3\) but the stacker was fitted on shape \(3, rows, 3\)"):
+        s.predict_proba(probs[:2])
+
+
+# ---------------------------------------------------------------- abstention
+
+
+def test_coverage_curve_hand_computed():
+    values = [0.9, 0.6, 0.8, 0.6, 0.3]
+    correct = np.array([True, False, True, True, False])
+    assert coverage_curve(values, correct) == [
+        {"threshold": 0.3, "coverage": 1.0, "accuracy": 0.6},
+        {"threshold": 0.6, "coverage": 0.8, "accuracy": 0.75},
+        {"threshold": 0.8, "coverage": 0.4, "accuracy": 1.0},
+        {"threshold": 0.9, "coverage": 0.2, "accuracy": 1.0},
+    ]
+    # Explicit thresholds: "answer everything" is added, and coverage 0 has no accuracy.
+    assert coverage_curve(values, correct, points=[0.85, 0.95]) == [
+        {"threshold": 0.3, "coverage": 1.0, "accuracy": 0.6},
+        {"threshold": 0.85, "coverage": 0.2, "accuracy": 1.0},
+        {"threshold": 0.95, "coverage": 0.0, "accuracy": None},
+    ]
+    assert coverage_curve([], np.array([], dtype=bool)) == []
+
+
+@pytest.mark.parametrize("points", [None, 5, 1])
+def test_coverage_curve_quantiles_are_monotone(points):
+    rng = np.random.default_rng(4)
+    values = rng.uniform(size=500)
+    correct = rng.uniform(size=500) < values
+    rows = coverage_curve(values, correct, points=points)
+    assert len(rows) <= (20 if points is None else points)
+    assert rows[0]["coverage"] == 1.0 and rows[0]["threshold"] == values.min()
+    cov = [r["coverage"] for r in rows]
+    assert cov == sorted(cov, reverse=True)
+    for r in rows:  # each row agrees with abstain_mask
+        answered = ~abstain_mask(values, r["threshold"])
+        assert r["coverage"] == answered.mean() and r["accuracy"] == correct[answered].mean()
+
+
+def test_abstain_mask_and_errors():
+    np.testing.assert_array_equal(abstain_mask([0.2, 0.5, 0.7], 0.5), [True, False, False])
+    with pytest.raises(EnsembleError, match="'threshold' parameter must be a finite number"):
+        abstain_mask([0.2], float("nan"))
+    with pytest.raises(EnsembleError, match=r"'values' has shape \(2,\) and 'correct' has shape \(3,\)"):
+        coverage_curve([0.1, 0.2], np.array([True, False, True]))
+    with pytest.raises(EnsembleError, match="'correct' must be a bool array"):
+        coverage_curve([0.1, 0.2], [1, 0])
+
+
+# ---------------------------------------------------------------- input validation
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: nll([[0.5, 0.5]], np.array([2])), r"'y' must hold class indices in \[0, 2\); got 2"),
+        (lambda: nll([[0.5, 0.5]], np.array([0.0])), "integer class indices"),
+        (lambda: nll([0.5, 0.5], np.array([0])), r"non-empty \(rows, classes\) array; got shape \(2,\)"),
+        (lambda: nll([[0.5, np.nan]], np.array([0])), "NaN or infinite"),
+        (lambda: nll([[-0.5, 1.5]], np.array([0])), "must be >= 0"),
+        (lambda: ece([[0.5, 0.5]], np.array([0]), bins=0), "'bins' parameter must be an int >= 1"),
+        (lambda: softmax(np.zeros((2, 1, 2)), [1.0]), r"'temperatures' has shape \(1,\) but 'logits' has shape \(2, 1, 2\)"),
+        (lambda: softmax(np.zeros((1, 1, 2)), [0.0]), "'temperatures' must be > 0"),
+        (lambda: fit_temperatures(np.zeros((1, 2, 2)), np.array([], dtype=int)), r"'y' has shape \(0,\)"),
+        (lambda: fit_weights(np.zeros((1, 0, 2)), np.array([], dtype=int)), "'y' is empty"),
+    ],
+)
+def test_bad_inputs_raise_one_line(call, message):
+    with pytest.raises(EnsembleError, match=message) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- properties
+
+prob_arrays = st.tuples(st.integers(1, 4), st.integers(1, 12), st.integers(2, 4), st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prob_arrays)
+def test_weights_are_on_the_simplex(shape):
+    members, rows, classes, seed = shape
+    rng = np.random.default_rng(seed)
+    probs = random_probs(rng, members, rows, classes, alpha=0.3)
+    w = fit_weights(probs, rng.integers(0, classes, size=rows))
+    assert w.shape == (members,) and np.all(np.isfinite(w)) and np.all(w >= 0)
+    assert w.sum() == pytest.approx(1.0, abs=1e-12)
+    assert np.all((w == 0) | (w >= 1e-4 / 2))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prob_arrays, st.floats(0.01, 100.0))
+def test_temperatures_positive_and_finite(shape, scale):
+    members, rows, classes, seed = shape
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0.0, scale, size=(members, rows, classes))
+    t = fit_temperatures(logits, rng.integers(0, classes, size=rows))
+    assert t.shape == (members,) and np.all(np.isfinite(t))
+    assert np.all((t >= 0.05) & (t <= 20.0))

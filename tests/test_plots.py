@@ -1,0 +1,157 @@
+"""The report's PNG plots: written when their data is there, skipped when not, valid and stable."""
+
+from __future__ import annotations
+
+import doctest
+import subprocess
+import sys
+import warnings
+
+import matplotlib
+import matplotlib.figure
+import matplotlib.image
+import numpy as np
+import pytest
+
+import ensemble.plots as plots_module
+from ensemble.aggregate import aggregate
+from ensemble.plots import write_plots
+from ensemble.report import build_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ALL = ["confusion", "agreement", "training", "coverage"]
+
+
+def report(*, members: int = 3, classes: int = 3, gold: bool = True, extras: bool = True,
+           names: list[str] | None = None, labels: list[str] | None = None) -> dict:
+    """A real soft vote on seeded synthetic logits; ``extras`` adds training and abstention."""
+    rng = np.random.default_rng(3)
+    rows = 40
+    names = names or [f"member{i}" for i in range(members)]
+    labels = labels or [f"class {i}" for i in range(classes)]
+    y_true = rng.integers(0, classes, rows)
+    logits = rng.normal(size=(members, rows, classes))
+    logits[:, np.arange(rows), y_true] += 1.5
+    result = build_report(names=names, labels=labels, vote=aggregate(logits, "soft"),
+                          method="soft", weights={n: 1 / members for n in names},
+                          y_true=y_true if gold else None, texts=[f"t{i}" for i in range(rows)],
+                          pairs=None, split="test")
+    if extras:
+        result["training"] = {
+            name: [{"epoch": e, "train_loss": 1 / e + i / 50, "valid_loss": 0.8 / e + 0.1,
+                    "accuracy": 0.6 + e / 20 - i / 100} for e in (1, 2, 3)]
+            for i, name in enumerate(names)
+        }
+        result["abstention"] = {
+            "on": "confidence", "threshold": 0.6, "abstained": 8, "coverage": 0.8,
+            "accuracy_answered": 0.9,
+            "curve": [{"threshold": t, "coverage": 1 - t * 0.9, "accuracy": 0.8 + t / 6}
+                      for t in np.linspace(0, 0.9, 10).tolist()]
+                     + [{"threshold": 1.0, "coverage": 0.0, "accuracy": None}],
+        }
+    return result
+
+
+def check_png(path, max_side: int = 4000) -> tuple[int, int]:
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    height, width, channels = matplotlib.image.imread(path).shape
+    assert 150 <= height <= max_side and 300 <= width <= max_side and channels == 4
+    return height, width
+
+
+def test_every_plot_written_when_its_data_is_there_and_again_byte_for_byte(tmp_path):
+    data = report()
+    written = write_plots(data, tmp_path)
+    assert written == {key: f"plots/{key}.png" for key in ALL}  # fixed order, relative paths
+    sizes = {key: check_png(tmp_path / path) for key, path in written.items()}
+    # One confusion panel per member plus the ensemble, side by side.
+    assert sizes["confusion"][1] > 3 * sizes["confusion"][0]
+    # Only the PNGs: no temporary file is left behind.
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(
+        f"{key}.png" for key in ALL)
+    # The same report gives the same bytes.
+    assert write_plots(data, tmp_path / "again") == written
+    for path in written.values():
+        assert (tmp_path / path).read_bytes() == (tmp_path / "again" / path).read_bytes()
+
+
+def test_plots_skipped_when_their_data_is_missing(tmp_path):
+    assert list(write_plots(report(gold=False), tmp_path / "a")) == ALL[1:]  # no gold: no confusion
+    assert list(write_plots(report(extras=False), tmp_path / "b")) == ALL[:2]
+    # One member without gold: nothing to draw, and no empty plots folder either.
+    assert write_plots(report(members=1, gold=False, extras=False), tmp_path / "c") == {}
+    assert not (tmp_path / "c").exists()
+    old = {"split": "test", "rows": 0, "method": "soft", "weights": {}, "labels": [],
+           "members": {}, "ensemble": {}, "disputed": []}
+    assert write_plots(old, tmp_path / "d") == {}
+
+
+def test_partial_or_odd_optional_data_is_drawn_from_what_is_usable(tmp_path):
+    odd = report()
+    odd["training"] = {"member0": [{"epoch": 1, "train_loss": 0.9}, {"epoch": 2, "train_loss": None},
+                                   "not a dict"],
+                       "member1": []}
+    odd["abstention"]["threshold"] = None  # nothing chosen: the curve without a marker
+    assert list(write_plots(odd, tmp_path)) == ALL
+    odd["training"] = {"member0": [{"epoch": 1}]}
+    odd["abstention"]["curve"] = [{"threshold": 1.0, "coverage": 0.0, "accuracy": None}]
+    assert list(write_plots(odd, tmp_path / "again")) == ALL[:2]
+
+
+def test_many_classes_and_members_stay_readable_sizes(tmp_path):
+    # Labels and names with "$" (matplotlib math), "_" (hidden legend entries), long text.
+    labels = [f"label ${i}$ with a long name {i}" for i in range(20)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no glyph, layout or parsing warnings
+        wide = write_plots(report(members=2, classes=20, labels=labels, extras=False),
+                           tmp_path / "wide")
+        many = write_plots(report(members=12, names=[f"_m${i}" for i in range(12)]),
+                           tmp_path / "many")
+    assert list(wide) == ALL[:2] and list(many) == ALL
+    _, width = check_png(tmp_path / "wide" / wide["confusion"])
+    assert width >= 1200  # 20 x 20 cells need room: about 30 pixels a cell
+    for key in many:
+        check_png(tmp_path / "many" / many[key])
+
+
+def test_failed_save_keeps_the_old_png(tmp_path, monkeypatch):
+    data = report(extras=False)
+    write_plots(data, tmp_path)
+    before = (tmp_path / "plots" / "confusion.png").read_bytes()
+
+    def broken(self, handle, **kwargs):
+        handle.write(b"half a png")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_plots(data, tmp_path)
+    assert (tmp_path / "plots" / "confusion.png").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["agreement.png", "confusion.png"]
+
+
+def test_no_global_matplotlib_state_is_touched(tmp_path):
+    from matplotlib import _pylab_helpers
+
+    def settings() -> dict:
+        # Reading "backend" itself would make matplotlib pick one: compare it separately.
+        return {key: matplotlib.rcParams[key] for key in matplotlib.rcParams if key != "backend"}
+
+    rc_before = settings()
+    backend_before = matplotlib.rcParams._get_backend_or_none()
+    figures_before = _pylab_helpers.Gcf.get_num_fig_managers()
+    write_plots(report(), tmp_path)
+    assert settings() == rc_before
+    assert matplotlib.rcParams._get_backend_or_none() == backend_before
+    assert _pylab_helpers.Gcf.get_num_fig_managers() == figures_before
+
+
+def test_importing_the_report_modules_does_not_import_matplotlib():
+    # The CLI imports ensemble.report; matplotlib must wait until a plot is drawn.
+    code = ("import sys, ensemble.report, ensemble.plots, ensemble.render; "
+            "sys.exit('matplotlib' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120, check=False).returncode == 0
+
+
+def test_docstring_examples():
+    assert doctest.testmod(plots_module).failed == 0

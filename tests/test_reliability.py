@@ -1,0 +1,208 @@
+"""Runtime failures end cleanly and lose nothing: a diverging member (stop, or skip and carry on),
+a full disk while saving a member or writing predictions, a killed `ensemble predict` resumed
+after its last finished chunk, and the report counting skipped rows and truncated texts."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import ensemble.train as train_mod
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = (ROOT / "recipes" / "demo" / "train.csv").read_text(encoding="utf-8").splitlines()[1:241]
+
+
+def write_recipe(tmp: Path, members=("bert", "roberta"), extra: str = "", rows=ROWS) -> Path:
+    (tmp / "train.csv").write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    body = "".join(f'[[members]]\nname = "{a}"\ninit = "scratch"\narch = "{a}"\n' for a in members)
+    (tmp / "r.toml").write_text('[data]\ntrain = "train.csv"\nvalid_fraction = 0.25\n[defaults]\nepochs = 2\n'
+                                f'max_length = 32\nlr = 5e-4\n{extra}\n{body}', encoding="utf-8")
+    return tmp / "r.toml"
+
+
+def poison(monkeypatch, name: str, epoch: int) -> None:
+    """Member `name`'s training loss becomes NaN from `epoch` on (its gradients stay finite)."""
+    real_build = train_mod.build_member
+
+    def build(cfg, labels, texts):
+        model, tokenizer = real_build(cfg, labels, texts)
+        if cfg.name == name:
+            calls = {"n": 0}
+            per_epoch = -(-int(len(ROWS) * 0.75) // cfg.train.micro_batch_size)
+
+            def hook(module, args, output):
+                if module.training:
+                    calls["n"] += 1
+                    if calls["n"] > (epoch - 1) * per_epoch:
+                        output.loss = output.loss - output.loss.detach() + float("nan")
+                return output
+
+            model.register_forward_hook(hook)
+        return model, tokenizer
+
+    monkeypatch.setattr(train_mod, "build_member", build)
+
+
+# ---------------------------------------------------------------- NaN / inf loss
+
+def test_a_diverging_member_stops_the_fit_and_keeps_its_last_good_checkpoint(monkeypatch, tmp_path, cli):
+    poison(monkeypatch, "roberta", epoch=2)
+    code, _, err = cli(["fit", str(write_recipe(tmp_path)), "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "members[roberta]: training loss became nan at epoch 2, batch 1; lower lr (now 0.0005)" in err
+    progress = json.loads((tmp_path / "run" / "members" / ".roberta.ckpt" / "progress.json").read_text())
+    assert progress["epoch"] == 2 and progress["batches_done"] == 0  # the state after epoch 1: resumable
+    assert (tmp_path / "run" / "members" / "bert" / "model.safetensors").is_file()
+    assert not (tmp_path / "run" / "members" / "roberta").exists()
+    assert not (tmp_path / "run" / "ensemble.json").exists()
+
+
+def test_on_diverge_skip_leaves_the_member_out_and_the_others_vote(monkeypatch, tmp_path, cli):
+    poison(monkeypatch, "roberta", epoch=2)
+    recipe = write_recipe(tmp_path, members=("bert", "roberta", "electra"), extra='on_diverge = "skip"')
+    code, out, err = cli(["fit", str(recipe), "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 0, err
+    assert "roberta: members[roberta]: training loss became nan" in err and "left out of the vote" in err
+    manifest = json.loads((tmp_path / "run" / "ensemble.json").read_text())
+    assert list(manifest["members"]) == ["bert", "electra"]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert list(report["members"]) == ["bert", "electra"]
+    assert "roberta" in report["data"]["failed_members"]
+    assert (tmp_path / "run" / "members" / ".roberta.ckpt").is_dir()  # kept for a later run
+
+
+def test_every_member_diverging_is_an_error(monkeypatch, tmp_path, cli):
+    poison(monkeypatch, "bert", epoch=1)
+    recipe = write_recipe(tmp_path, members=("bert",), extra='on_diverge = "skip"')
+    code, _, err = cli(["fit", str(recipe), "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 2 and "every member diverged" in err
+    assert "no checkpoint was saved before it" in err
+
+
+# ---------------------------------------------------------------- disk full
+
+def test_disk_full_while_saving_a_member_leaves_no_partial_member(monkeypatch, tmp_path, cli):
+    from transformers import PreTrainedModel
+
+    def full(self, path, *args, **kwargs):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "model.safetensors").write_bytes(b"\0" * 100)  # what a full disk leaves: a torn file
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(path) / "model.safetensors"))
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    code, _, err = cli(["fit", str(write_recipe(tmp_path, members=("bert",))), "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: disk full while writing")
+    members = tmp_path / "run" / "members"
+    assert sorted(p.name for p in members.iterdir()) == [".bert.ckpt"]  # no member, no temp dir; state kept
+    assert not (tmp_path / "run" / "ensemble.json").exists()
+
+
+# ---------------------------------------------------------------- resumable predict
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    from ensemble.cli import main
+
+    tmp = tmp_path_factory.mktemp("rel")
+    main(["fit", str(write_recipe(tmp, members=("bert",))), "--out", str(tmp / "run"), "--quiet"])
+    lines = ROWS * 10  # 2,400 rows
+    (tmp / "big.csv").write_text("text,label\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    return tmp
+
+
+def test_disk_full_while_predicting_then_resume(trained, monkeypatch, tmp_path, cli):
+    real_fsync, calls = os.fsync, {"n": 0}
+
+    def fsync(fd):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    args = ["predict", "--ensemble", str(trained / "run"), "--data", str(trained / "big.csv"), "--chunk-rows", "500", "--quiet"]
+    monkeypatch.setattr(os, "fsync", fsync)
+    code, _, err = cli(args + ["--out", str(tmp_path / "p.csv")])
+    assert code == 2 and "disk full" in err
+    assert not (tmp_path / "p.csv").exists()
+    assert json.loads((tmp_path / ".p.csv.partial.json").read_text())["rows"] == 1000
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    code, out, err = cli(args + ["--out", str(tmp_path / "p.csv"), "--resume"])
+    assert code == 0, err
+    assert "resuming after row 1000" in out + err
+    code, _, err = cli(args + ["--out", str(tmp_path / "whole.csv")])
+    assert (tmp_path / "p.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    assert not (tmp_path / ".p.csv.partial").exists() and not (tmp_path / ".p.csv.partial.json").exists()
+
+
+def test_predict_killed_then_resumed_redoes_no_finished_chunk(trained, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "ensemble", "predict", "--ensemble", str(trained / "run"), "--data",
+            str(trained / "big.csv"), "--chunk-rows", "200", "--quiet"]
+    state = tmp_path / ".cut.csv.partial.json"
+    proc = subprocess.Popen(args + ["--out", str(tmp_path / "cut.csv")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            done = json.loads(state.read_text())["rows"]
+        except (OSError, ValueError, KeyError):
+            done = 0
+        if done >= 400:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "predict finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut.csv").exists()
+    done = json.loads(state.read_text())["rows"]
+    resumed = subprocess.run(args + ["--out", str(tmp_path / "cut.csv"), "--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming after row {done}" in resumed.stdout + resumed.stderr
+    whole = subprocess.run(args + ["--out", str(tmp_path / "whole.csv")], env=env, capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    assert (tmp_path / "cut.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+
+
+def test_resume_refuses_a_partial_of_another_file(trained, tmp_path, cli):
+    args = ["predict", "--ensemble", str(trained / "run"), "--chunk-rows", "500", "--quiet", "--out", str(tmp_path / "p.csv")]
+    other = tmp_path / "other.csv"
+    other.write_text("text,label\n" + "\n".join(ROWS[:10]) + "\n", encoding="utf-8")
+    (tmp_path / ".p.csv.partial").write_bytes(b"text\n")
+    (tmp_path / ".p.csv.partial.json").write_text(json.dumps({"identity": "x", "rows": 1, "bytes": 5}))
+    code, _, err = cli(args + ["--data", str(other), "--resume"])
+    assert code == 2 and "--resume: " in err and "without --resume" in err
+
+
+# ---------------------------------------------------------------- what the data lost, in the report
+
+def test_report_counts_skipped_rows_and_truncated_texts(tmp_path, cli):
+    long_text = "the film " + "goes on and on " * 40
+    rows = ROWS[:200] + [",positive", "a fine film,", f"{long_text},negative", f"{long_text} again,positive"]
+    recipe = write_recipe(tmp_path, members=("bert",), rows=rows, extra="").read_text()
+    recipe = recipe.replace('valid_fraction = 0.25', 'valid_fraction = 0.25\non_bad_rows = "skip"')
+    (tmp_path / "r.toml").write_text(recipe, encoding="utf-8")
+    code, _, err = cli(["fit", str(tmp_path / "r.toml"), "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 0, err
+    data = json.loads((tmp_path / "run" / "report.json").read_text())["data"]
+    assert data["skipped_rows"] == {"train": 2, "valid": 0, "test": 0}
+    counts = data["truncated"]["bert"]
+    # counted independently: every good row tokenized in full by the member's own tokenizer
+    from ensemble.members import load_member
+
+    tokenizer = load_member(tmp_path / "run" / "members" / "bert").tokenizer
+    texts = [r.rsplit(",", 1)[0].strip('"') for r in rows if not r.startswith(",") and not r.endswith(",")]
+    longer = sum(len(tokenizer(t)["input_ids"]) > 32 for t in texts)
+    assert counts["train"] + counts["valid"] == longer >= 2  # the two long texts at least
+    assert counts["eval"] == counts["valid"]  # no test file: the report's split is valid, the same rows
+    assert data["max_length"] == {"bert": 32}

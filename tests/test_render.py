@@ -1,0 +1,276 @@
+"""report.md and report.html from a report dict: the new sections, escaping, old reports, files."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+import ensemble.render as render_module
+from ensemble.aggregate import aggregate
+from ensemble.render import html, markdown
+from ensemble.report import build_report, write_report
+
+NAMES = ["albert", "electra", "roberta"]
+LABELS = ["negative", "neutral", "positive"]
+ROWS = 30
+SCRIPT = "<script>alert('pwned')</script>"
+PLOTS = {"confusion": "plots/confusion.png", "agreement": "plots/agreement.png",
+         "training": "plots/training.png", "coverage": "plots/coverage.png"}
+
+
+def base_report(*, gold: bool = True, members: int = 3) -> dict:
+    """A real vote on seeded synthetic logits, through build_report: the always-present keys."""
+    rng = np.random.default_rng(7)
+    y_true = rng.integers(0, len(LABELS), ROWS)
+    logits = rng.normal(size=(members, ROWS, len(LABELS)))
+    logits[:, np.arange(ROWS), y_true] += 1.0  # members better than chance, but not unanimous
+    texts = [f"row {i}: {SCRIPT} & \"quotes\" | pipe" for i in range(ROWS)]
+    return build_report(names=NAMES[:members], labels=LABELS, vote=aggregate(logits, "soft"),
+                        method="soft", weights={n: 1 / members for n in NAMES[:members]},
+                        y_true=y_true if gold else None, texts=texts, pairs=None, split="test")
+
+
+def full_report() -> dict:
+    """`base_report` plus every optional key, with round numbers to look for in the pages."""
+    report = base_report()
+    for i, name in enumerate(NAMES):
+        report["members"][name].update(nll=0.5 + i / 10, ece=0.05 + i / 100)
+    report["ensemble"].update(nll=0.45, ece=0.04)
+    report["calibration"] = {
+        "fitted_on": "valid", "temperatures": {"albert": 1.25, "electra": 0.9, "roberta": 1.5},
+        "members": {n: {"nll_before": 0.61, "ece_before": 0.081, "nll_after": 0.55,
+                        "ece_after": 0.032} for n in NAMES},
+        "ensemble": {"nll_before": 0.5, "ece_before": 0.07, "nll_after": 0.47, "ece_after": 0.02},
+    }
+    report["combining"] = {"method": "weighted", "fitted_on": "valid", "valid_rows": 120,
+                           "weights": {"albert": 0.5, "electra": 0.3, "roberta": 0.2},
+                           "valid": {"accuracy": 0.85, "nll": 0.41}}
+    report["abstention"] = {
+        "on": "confidence", "threshold": 0.6, "abstained": 6, "coverage": 0.8,
+        "accuracy_answered": 0.9167,
+        "curve": [{"threshold": 0.0, "coverage": 1.0, "accuracy": 0.8333},
+                  {"threshold": 0.5, "coverage": 0.9, "accuracy": 0.8889},
+                  {"threshold": 0.6, "coverage": 0.8, "accuracy": 0.9167},
+                  {"threshold": 1.0, "coverage": 0.0, "accuracy": None}],
+    }
+    report["training"] = {
+        name: [{"epoch": e, "train_loss": 0.8 - e / 5, "valid_loss": 0.6 - e / 10,
+                "accuracy": 0.5 + e / 10, "seconds": 12.5} for e in (1, 2, 3)]
+        for name in NAMES
+    }
+    report["data"] = {
+        "skipped_rows": {"train": 3, "valid": 0, "test": 1},
+        "truncated": {n: {"train": 12 + i, "valid": 2, "eval": 1} for i, n in enumerate(NAMES)},
+        "max_length": {"albert": 128, "electra": 256, "roberta": 512},
+    }
+    return report
+
+
+def tables(md: str) -> list[list[str]]:
+    return [block.splitlines() for block in md.split("\n\n") if block.startswith("|")]
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def test_markdown_renders_the_new_sections_with_their_numbers():
+    md = markdown(full_report(), PLOTS)
+    headings = re.findall(r"^## (.+)$", md, flags=re.MULTILINE)
+    assert headings == ["Metrics", "Pairwise agreement", "Cohen's kappa", "Ensemble confusion matrix",
+                        "Calibration", "Combining", "Abstention", "Training", "Data",
+                        "Disputed examples"]
+    # Metrics grow NLL and ECE columns.
+    assert "| mean confidence | NLL | ECE |" in md
+    assert re.search(r"^\| electra \| 0\.3333 \|( [0-9.]+ \|){5} 0\.6000 \| 0\.0600 \|$", md, re.MULTILINE)
+    # Calibration: temperature, then NLL and ECE before and after.
+    assert "| model | temperature | NLL before | NLL after | ECE before | ECE after |" in md
+    assert "| albert | 1.2500 | 0.6100 | 0.5500 | 0.0810 | 0.0320 |" in md
+    assert "| **ensemble** |  | 0.5000 | 0.4700 | 0.0700 | 0.0200 |" in md
+    assert "Temperatures fitted on `valid`" in md
+    # Combining.
+    assert "- Method: weighted\n- Fitted on: `valid` (120 rows)" in md
+    assert "- Validation accuracy: 0.8500\n- Validation NLL: 0.4100" in md
+    assert "| model | weight |\n| --- | ---: |\n| albert | 0.5000 |" in md
+    # Abstention, its curve as a table (no accuracy where nothing is answered).
+    assert "- Abstain on: confidence\n- Threshold: 0.6000\n- Abstained rows: 6 of 30" in md
+    assert "- Coverage: 0.8000\n- Accuracy on answered rows: 0.9167" in md
+    assert "| threshold | coverage | accuracy |\n| ---: | ---: | ---: |" in md
+    assert "| 0.5000 | 0.9000 | 0.8889 |" in md and "| 1.0000 | 0.0000 |  |" in md
+    # Training: the last epoch, extra numbers (seconds) as further columns.
+    assert "| model | epoch | train loss | valid loss | valid accuracy | seconds |" in md
+    assert "| roberta | 3 | 0.2000 | 0.3000 | 0.8000 | 12.5000 |" in md
+    # Data: skipped rows per split, truncation per member.
+    assert "| split | rows skipped |" in md and "| train | 3 |" in md and "| test | 1 |" in md
+    assert "| model | max length | train | valid | eval |" in md
+    assert "| electra | 256 | 13 | 2 | 1 |" in md
+    # Plots are linked in their sections.
+    for key, alt in (("confusion", "Confusion matrices"), ("agreement", "Pairwise agreement"),
+                     ("training", "Training curves"), ("coverage", "Accuracy against coverage")):
+        assert re.search(rf"^!\[{alt}[^\]]*\]\(plots/{key}\.png\)$", md, re.MULTILINE), key
+    assert md.index("plots/coverage.png") > md.index("## Abstention") > md.index("## Combining")
+    # Every table row has as many cells as its header.
+    for table in tables(md):
+        counts = {line.replace("\\|", "").count("|") for line in table}
+        assert len(counts) == 1, table
+
+
+def test_markdown_selection_picks_and_no_weights_for_stacking():
+    report = full_report()
+    report["combining"] = {"method": "selection", "fitted_on": "valid", "valid_rows": 50,
+                           "weights": {"albert": 0.6, "electra": 0.4, "roberta": 0.0},
+                           "picks": {"albert": 3, "electra": 2}, "valid": {"accuracy": 0.9}}
+    md = markdown(report)
+    assert "| model | weight | picks |" in md and "| roberta | 0.0000 | 0 |" in md
+    assert "| albert | 0.6000 | 3 |" in md
+    report["combining"] = {"method": "stacking", "fitted_on": "valid", "valid_rows": 50,
+                           "valid": {"accuracy": 0.9, "nll": 0.3}}
+    section = markdown(report).split("## Combining")[1].split("##")[0]
+    assert "- Method: stacking" in section and "|" not in section  # no weights table
+
+
+def test_markdown_without_plots_or_optional_keys_is_the_old_report():
+    report = base_report(gold=False)
+    md = markdown(report)
+    assert md == markdown(report, {})
+    assert "![" not in md and "plots/" not in md
+    for absent in ("Calibration", "Combining", "Abstention", "Training", "## Data", "NLL", "ECE"):
+        assert absent not in md
+    assert "| model | weight | mean confidence |" in md
+    assert "confusion" not in md.lower() and "accuracy" not in md.lower()
+    # Old reports also lack "agreement" and "disputed" can be empty.
+    minimal = {k: v for k, v in report.items() if k != "agreement"} | {"disputed": []}
+    assert re.findall(r"^## (.+)$", markdown(minimal), flags=re.MULTILINE) == ["Metrics"]
+
+
+def test_markdown_escapes_table_syntax_and_html_in_texts():
+    md = markdown(base_report())
+    disputed = md.split("## Disputed examples")[1]
+    assert "\\<script>" in disputed and "<script>" not in disputed.replace("\\<script>", "")
+    assert "pipe" in disputed and " | pipe" not in disputed and "\\| pipe" in disputed
+
+
+def test_unknown_plot_keys_get_a_plots_section():
+    md = markdown(base_report(), {"calibration": "plots/calibration.png"})
+    assert md.rstrip().endswith("## Plots\n\n![calibration](plots/calibration.png)")
+
+
+# --------------------------------------------------------------------------- html
+
+
+class TagChecker(HTMLParser):
+    """Records every tag and attribute; fails on an end tag that closes the wrong element."""
+
+    VOID = frozenset({"meta", "img", "br", "hr", "link", "input"})
+
+    def __init__(self):
+        super().__init__()
+        self.open: list[str] = []
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.open and self.open.pop() == tag, (tag, self.open)
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(page: str) -> TagChecker:
+    checker = TagChecker()
+    checker.feed(page)
+    checker.close()
+    assert checker.open == [], checker.open
+    return checker
+
+
+def test_html_escapes_texts_from_the_data():
+    report = full_report()
+    report["labels"][0] = "<b>neg</b>"
+    report["disputed"][0]["text"] = f'{SCRIPT} "long" ' + "word " * 40
+    page = html(report, PLOTS)
+    assert "<script" not in page.lower() and "<b>" not in page
+    assert "&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;" in page
+    assert "&lt;b&gt;neg&lt;/b&gt;" in page
+    checker = parse(page)
+    assert {tag for tag, _ in checker.tags} <= {
+        "html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "ul", "li", "code",
+        "strong", "table", "thead", "tbody", "tr", "th", "td", "span", "figure", "img",
+        "figcaption"}
+    # The shortened text keeps its full version as a hover title, parsed back intact.
+    titles = [attrs["title"] for tag, attrs in checker.tags if tag == "span"]
+    assert titles[0] == report["disputed"][0]["text"]
+    assert "".join(checker.text).count(SCRIPT) == len(report["disputed"])  # shown as text
+
+
+def test_html_has_the_sections_images_and_no_outside_resources():
+    page = html(full_report(), PLOTS)
+    checker = parse(page)
+    headings = re.findall(r"<h2>(.+?)</h2>", page)
+    assert headings[4:] == ["Calibration", "Combining", "Abstention", "Training", "Data",
+                            "Disputed examples"]
+    images = [attrs["src"] for tag, attrs in checker.tags if tag == "img"]
+    assert sorted(images) == sorted(PLOTS.values())
+    assert "<td>albert</td><td class=\"num\">1.2500</td><td class=\"num\">0.6100</td>" in page
+    assert "<li>Fitted on: <code>valid</code> (120 rows)</li>" in page
+    lowered = page.lower()
+    for outside in ("http://", "https://", "<link", "@import", "url(", "<iframe", "javascript:"):
+        assert outside not in lowered, outside
+    assert not [name for _, attrs in checker.tags for name in attrs if name.startswith("on")]
+    assert "script-src 'none'" in page  # browsers refuse scripts even if one slipped through
+
+
+def test_html_of_an_old_report_without_plots():
+    page = html(base_report(gold=False))
+    parse(page)
+    assert "<img" not in page and "Calibration" not in page
+    assert page.startswith("<!DOCTYPE html>") and "<h2>Disputed examples</h2>" in page
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_write_report_writes_json_pages_and_plots(tmp_path):
+    report = full_report()
+    write_report(tmp_path, report)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "plots", "report.html", "report.json", "report.md"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "agreement.png", "confusion.png", "coverage.png", "training.png"]
+    saved = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert saved == report
+    # Both pages come back byte for byte from the saved report.json alone.
+    assert (tmp_path / "report.md").read_text(encoding="utf-8") == markdown(saved, PLOTS)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert page == html(saved, PLOTS)
+    for tag, attrs in parse(page).tags:
+        if tag == "img":
+            assert (tmp_path / attrs["src"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_write_report_without_plots(tmp_path):
+    write_report(tmp_path, full_report(), plots=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.json", "report.md"]
+    assert "plots/" not in (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "<img" not in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+def test_docstring_examples():
+    assert doctest.testmod(render_module).failed == 0
+
+
+@pytest.mark.parametrize("page", [markdown, html])
+def test_rendering_does_not_change_the_report(page):
+    report = full_report()
+    before = json.dumps(report, sort_keys=True)
+    page(report, PLOTS)
+    assert json.dumps(report, sort_keys=True) == before
