@@ -64,12 +64,14 @@ def recipe_text(train: Path, dev: Path, max_length: int, epochs: int, minilm: Pa
     return "\n".join(lines)
 
 
-def scores(probs: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
+def scores(probs: np.ndarray, y: np.ndarray, n_classes: int, probabilities: bool = True) -> dict:
+    """Accuracy (and its standard error), macro-F1, and NLL / ECE when `probs` are probabilities."""
     labels = probs.argmax(axis=1)
     acc = float((labels == y).mean())
     return {"accuracy": acc, "se": math.sqrt(acc * (1 - acc) / len(y)),
             "macro_f1": classification_metrics(y, labels, n_classes)["macro_f1"],
-            "nll": combine.nll(probs, y), "ece": combine.ece(probs, y)}
+            "nll": combine.nll(probs, y) if probabilities else None,
+            "ece": combine.ece(probs, y) if probabilities else None}
 
 
 def run_dataset(name: str, args, minilm: Path) -> dict:
@@ -111,7 +113,7 @@ def run_dataset(name: str, args, minilm: Path) -> dict:
             info = sub.fit_vote(valid_logits[index], y_valid, spec)
             key = f"{pool_name}: {method}" + (" (calibrated)" if calibrate and method in ("hard", "soft") else "")
             vote = sub.vote_logits(dev_logits[index], member_details=False)
-            rows[key] = scores(vote.scores, y_dev, C)
+            rows[key] = scores(vote.scores, y_dev, C, probabilities=method != "hard")  # hard: vote shares
             rows[key]["fitted"] = {k: v for k, v in info.items() if k in ("weights", "picks", "valid")}
             if pool_name == "all" and method != "hard":
                 candidates.append((info["valid"]["nll"], key, spec))
@@ -161,7 +163,8 @@ def markdown(r: dict) -> str:
     out = [f"### {r['dataset']} (train {r['train_rows']}, valid {r['valid_rows']}, dev {r['dev_rows']})", "",
            "| member / method | accuracy | ± SE | macro-F1 | NLL | ECE |", "|---|---:|---:|---:|---:|---:|"]
     for key, s in r["rows"].items():
-        out.append(f"| {key} | {s['accuracy']:.4f} | {s['se']:.4f} | {s['macro_f1']:.4f} | {s['nll']:.4f} | {s['ece']:.4f} |")
+        nll, ece = (f"{s[k]:.4f}" if s[k] is not None else "—" for k in ("nll", "ece"))
+        out.append(f"| {key} | {s['accuracy']:.4f} | {s['se']:.4f} | {s['macro_f1']:.4f} | {nll} | {ece} |")
     return "\n".join(out)
 
 
