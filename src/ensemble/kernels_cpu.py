@@ -2,16 +2,22 @@
 
 Eager torch needs a dozen passes for a vote, and its reductions over a small class dimension
 are slow (a softmax over 5 classes costs ten times an `exp` of the same tensor). This numba
-kernel walks the rows in tiles of `TILE`: each member's (tile x classes) block is copied once
-into a small class-major scratch that stays in L1, so every inner loop runs along rows with
-unit stride (and vectorises); member argmax and confidence, temperature softmax, weighted soft
-scores, hard vote shares, the tie-broken label, agreement and the member x member
-equal-prediction counts (one partial table per thread block, summed at the end) all come from
-that one read. It follows `aggregate`'s tie-breaking rules exactly: sums run in member order
-and identical inputs go through identical float32 arithmetic, so they tie exactly.
+kernel walks the rows in tiles of `TILE`. Each member's tile (TILE x classes values, one
+contiguous block of the input) is read once, transposed on the way into a small class-major
+scratch that stays in L1, so that every later loop runs along rows with unit stride and no
+data-dependent branch (compare-and-select only), which LLVM vectorises (AVX-512: 16 rows per
+instruction). From that one read come the member argmax and confidence, the temperature
+softmax (through `_exp`, a branch-free float32 exp that vectorises: numba has no vector `exp`
+without Intel's SVML), weighted soft scores, hard vote shares, the tie-broken label, agreement
+and the member x member equal-prediction counts (one partial table per thread block, summed at
+the end).
+
+It follows `aggregate`'s tie-breaking rules exactly: sums run in member order and identical
+inputs go through identical float32 arithmetic, so they tie exactly.
 
 Bytes per row: read members*classes*itemsize; write classes*4 (scores) + 8 (label) +
-4 (confidence) + 4 (agreement) + members*(8 + 4) (member labels and confidences).
+4 (confidence) + 4 (agreement) + members*(8 + 4) (member labels and confidences; only with
+member details).
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ import numpy as np
 
 try:
     import numba
-    from numba import njit, prange
+    from llvmlite import ir
+    from numba import njit, prange, types
+    from numba.extending import intrinsic
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps the torch fallback usable
     numba = None
 
 SHARE_TOL = 1e-6  # float32 vote shares: sums such as 0.2 + 0.3 vs 0.5 differ by rounding only
-TILE = 256  # rows per tile: classes x TILE float32 scratch arrays stay in L1
+TILE = 512  # rows per tile: classes x TILE float32 scratch arrays stay in L1 (L2 for many classes)
 
 
 def available() -> bool:
@@ -34,139 +42,267 @@ def available() -> bool:
 
 if numba is not None:
 
+    @intrinsic
+    def _scale_by_pow2(typingctx, t, p):  # pragma: no cover - compiled
+        """``p * 2**k`` for the float32 ``t = k + 1.5 * 2**23`` (k an integer in [-126, 127]).
+
+        The "round by adding 1.5 * 2**23" trick leaves k in the low mantissa bits of t, so 2**k
+        is t's bit pattern shifted left by 23 plus a constant: two integer ops on the bits, which
+        (unlike `math.ldexp`) vectorise.
+        """
+        sig = types.float32(types.float32, types.float32)
+
+        def codegen(context, builder, signature, args):
+            i32 = ir.IntType(32)
+            bits = builder.bitcast(args[0], i32)
+            # (bits - bits(1.5 * 2**23) + 127) << 23, modulo 2**32
+            exponent = builder.add(builder.shl(bits, ir.Constant(i32, 23)),
+                                   ir.Constant(i32, ((127 - 0x4B400000) << 23) & 0xFFFFFFFF))
+            return builder.fmul(args[1], builder.bitcast(exponent, ir.FloatType()))
+
+        return sig, codegen
+
+    @njit(inline="always")
+    def _exp(x):  # pragma: no cover - compiled
+        """float32 ``exp(x)`` for ``x <= 0``, within 2 ulp; 0 below -87 (where exp < 1.7e-38).
+
+        Cody-Waite reduction x = k ln2 + r, |r| <= ln2 / 2, and Cephes' degree-6 polynomial for
+        exp(r). Branch-free (selects only), so a loop of it vectorises; the same input always
+        gives the same output, so exact ties stay exact.
+        """
+        y = max(x, np.float32(-87.0))
+        t = y * np.float32(1.44269504) + np.float32(12582912.0)  # round(y / ln2) + 1.5 * 2**23
+        k = t - np.float32(12582912.0)
+        r = y - k * np.float32(0.693359375)
+        r = r - k * np.float32(-2.12194440e-4)
+        p = np.float32(1.9875691500e-4)
+        p = p * r + np.float32(1.3981999507e-3)
+        p = p * r + np.float32(8.3334519073e-3)
+        p = p * r + np.float32(4.1665795894e-2)
+        p = p * r + np.float32(1.6666665459e-1)
+        p = p * r + np.float32(5.0000001201e-1)
+        p = p * (r * r) + r + np.float32(1.0)
+        e = _scale_by_pow2(t, p)
+        return np.float32(0.0) if x < np.float32(-87.0) else e
+
     @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
-    def _vote(x, probs_in, hard, weight, inv_temp, labels, scores, confidence, agreement,
+    def _vote(x, start, stop, probs_in, hard, weight, inv_temp, labels, scores, confidence, agreement,
               member_labels, member_confidence, equal_partial, bad, details):  # pragma: no cover - compiled
-        members, rows, classes = x.shape
+        """Rows [start, stop) of the C-contiguous (members, all_rows, classes) `x`; the outputs
+        hold those rows only (output row 0 is input row `start`).
+
+        Every inner loop runs over the rows of a tile and touches at most three or four arrays:
+        with more, LLVM gives up the runtime overlap checks it needs to vectorise (numba cannot
+        tell it that the scratch arrays never overlap), and the loop runs one row at a time.
+        """
+        members, all_rows, classes = x.shape
+        flat = x.reshape(members, all_rows * classes)
+        rows = stop - start
         blocks = equal_partial.shape[0]
         per_block = (rows + blocks - 1) // blocks
         zero = np.float32(0.0)
         for b in prange(blocks):
             xt = np.empty((classes, TILE), np.float32)  # one member's tile, class-major
-            soft = np.empty((classes, TILE), np.float32)
-            shares = np.empty((classes, TILE), np.float32)
-            own = np.empty((members, TILE), np.int64)
+            soft = np.zeros((classes, TILE), np.float32)
+            shares = np.zeros((classes, TILE), np.float32)
+            own = np.empty((members, TILE), np.int32)
             best = np.empty(TILE, np.float32)
-            arg = np.empty(TILE, np.int64)
+            arg = np.empty(TILE, np.int32)
             total = np.empty(TILE, np.float32)
             check = np.empty(TILE, np.float32)
-            label = np.empty(TILE, np.int64)
+            label = np.empty(TILE, np.int32)
             top = np.empty(TILE, np.float32)
+            same = np.zeros((members, members), np.int64)
             end = min(rows, (b + 1) * per_block)
             for t0 in range(b * per_block, end, TILE):
                 n = min(TILE, end - t0)
                 for c in range(classes):
+                    soft_c = soft[c]
                     for r in range(n):
-                        soft[c, r] = zero
-                        shares[c, r] = zero
+                        soft_c[r] = zero
+                    if hard:
+                        shares_c = shares[c]
+                        for r in range(n):
+                            shares_c[r] = zero
+                for r in range(n):
+                    check[r] = zero
                 for m in range(members):
                     w = weight[m]
-                    for r in range(n):
-                        for c in range(classes):
-                            xt[c, r] = x[m, t0 + r, c]
-                    # member argmax on the raw values: the first maximum wins
-                    for r in range(n):
-                        best[r] = xt[0, r]
-                        arg[r] = 0
-                        check[r] = xt[0, r]
-                    for c in range(1, classes):
+                    xm = flat[m]
+                    o = (start + t0) * classes  # the member's tile: xm[o:o + n * classes], row-major
+                    for c in range(classes):  # transpose into the class-major scratch
+                        xc = xt[c]
                         for r in range(n):
-                            v = xt[c, r]
-                            check[r] += v  # NaN or infinity anywhere makes the sum non-finite
-                            if v > best[r]:
-                                best[r] = v
-                                arg[r] = c
+                            xc[r] = xm[o + r * classes + c]
+                    # member argmax on the raw values: the first maximum wins
+                    x0 = xt[0]
                     for r in range(n):
-                        if not np.isfinite(check[r]) and bad[b] < 0:
-                            bad[b] = t0 + r
+                        best[r] = x0[r]
+                        arg[r] = 0
+                    for c in range(1, classes):
+                        xc = xt[c]
+                        for r in range(n):
+                            v = xc[r]
+                            greater = v > best[r]
+                            best[r] = v if greater else best[r]
+                            arg[r] = c if greater else arg[r]
                     if probs_in:
+                        # non-finite inputs make the soft sums non-finite (0 * inf is NaN too)
                         for c in range(classes):
+                            xc = xt[c]
+                            soft_c = soft[c]
                             for r in range(n):
-                                soft[c, r] += w * xt[c, r]
+                                soft_c[r] += w * xc[r]
                         if details:
+                            mc = member_confidence[m]
                             for r in range(n):
-                                member_confidence[m, t0 + r] = best[r]
+                                mc[t0 + r] = best[r]
                     else:
+                        for c in range(classes):  # a sum is non-finite if any term is (or overflows)
+                            xc = xt[c]
+                            for r in range(n):
+                                check[r] += xc[r]
                         t = inv_temp[m]
                         for r in range(n):
                             total[r] = zero
                         for c in range(classes):
+                            xc = xt[c]
                             for r in range(n):
-                                e = np.float32(np.exp((xt[c, r] - best[r]) * t))
-                                xt[c, r] = e
+                                e = _exp((xc[r] - best[r]) * t)
+                                xc[r] = e
                                 total[r] += e
-                        for c in range(classes):
-                            for r in range(n):
-                                soft[c, r] += w * (xt[c, r] / total[r])
-                        if details:
-                            for r in range(n):
-                                member_confidence[m, t0 + r] = np.float32(1.0) / total[r]
-                    if details:
                         for r in range(n):
-                            member_labels[m, t0 + r] = arg[r]
+                            total[r] = np.float32(1.0) / total[r]
+                        for c in range(classes):
+                            xc = xt[c]
+                            soft_c = soft[c]
+                            for r in range(n):
+                                soft_c[r] += w * (xc[r] * total[r])
+                        if details:
+                            mc = member_confidence[m]
+                            for r in range(n):
+                                mc[t0 + r] = total[r]  # exp(0) / sum
+                    if details:
+                        ml = member_labels[m]
+                        for r in range(n):
+                            ml[t0 + r] = arg[r]
+                    own_m = own[m]
                     for r in range(n):
-                        own[m, r] = arg[r]
-                        shares[arg[r], r] += w
+                        own_m[r] = arg[r]
+                    if hard:
+                        for c in range(classes):
+                            shares_c = shares[c]
+                            for r in range(n):
+                                shares_c[r] += w if arg[r] == c else zero
+                if probs_in:
+                    for c in range(classes):
+                        soft_c = soft[c]
+                        for r in range(n):
+                            check[r] += soft_c[r]
+                flagged = False
+                for r in range(n):
+                    flagged |= check[r] - check[r] != zero
+                if flagged and bad[b] < 0:  # rare: find the first row that really is non-finite
+                    for r in range(n):
+                        for m in range(members):
+                            for c in range(classes):
+                                if not np.isfinite(x[m, start + t0 + r, c]) and bad[b] < 0:
+                                    bad[b] = start + t0 + r
                 # the ensemble label, with the documented tie-breaks
                 if hard:
+                    s0 = shares[0]
                     for r in range(n):
-                        top[r] = shares[0, r]
+                        top[r] = s0[r]
                     for c in range(1, classes):
+                        shares_c = shares[c]
                         for r in range(n):
-                            top[r] = max(top[r], shares[c, r])
+                            top[r] = max(top[r], shares_c[r])
                     for r in range(n):
-                        label[r] = -1
+                        top[r] = top[r] - SHARE_TOL
+                    # tied classes (share within SHARE_TOL of the top) compete on soft score, the
+                    # lowest index winning exact ties; the others are out (-inf)
+                    for r in range(n):
+                        best[r] = -np.inf
+                        label[r] = 0
                     for c in range(classes):
+                        shares_c = shares[c]
+                        soft_c = soft[c]
+                        xc = xt[c]
                         for r in range(n):
-                            if shares[c, r] >= top[r] - SHARE_TOL and (label[r] < 0 or soft[c, r] > soft[label[r], r]):
-                                label[r] = c
+                            xc[r] = soft_c[r] if shares_c[r] >= top[r] else -np.inf
+                        for r in range(n):
+                            v = xc[r]
+                            greater = v > best[r]
+                            best[r] = v if greater else best[r]
+                            label[r] = c if greater else label[r]
+                    for r in range(n):
+                        top[r] = shares[label[r], r]
                     for r in range(n):
                         labels[t0 + r] = label[r]
-                        confidence[t0 + r] = shares[label[r], r]
+                    for r in range(n):
+                        confidence[t0 + r] = top[r]
+                        agreement[t0 + r] = top[r]  # the label's share is the agreeing weight
+                    for r in range(n):
                         for c in range(classes):
                             scores[t0 + r, c] = shares[c, r]
                 else:
+                    s0 = soft[0]
                     for r in range(n):
                         label[r] = 0
-                        top[r] = soft[0, r]
+                        top[r] = s0[r]
                     for c in range(1, classes):
+                        soft_c = soft[c]
                         for r in range(n):
-                            if soft[c, r] > top[r]:
-                                top[r] = soft[c, r]
-                                label[r] = c
+                            v = soft_c[r]
+                            greater = v > top[r]
+                            top[r] = v if greater else top[r]
+                            label[r] = c if greater else label[r]
+                    for r in range(n):
+                        total[r] = zero
+                    for m in range(members):
+                        w = weight[m]
+                        own_m = own[m]
+                        for r in range(n):
+                            total[r] += w if own_m[r] == label[r] else zero
                     for r in range(n):
                         labels[t0 + r] = label[r]
+                    for r in range(n):
                         confidence[t0 + r] = top[r]
+                        agreement[t0 + r] = total[r]
+                    for r in range(n):
                         for c in range(classes):
                             scores[t0 + r, c] = soft[c, r]
-                for r in range(n):
-                    total[r] = zero
-                for m in range(members):
-                    w = weight[m]
-                    for r in range(n):
-                        if own[m, r] == label[r]:
-                            total[r] += w
-                for r in range(n):
-                    agreement[t0 + r] = total[r]
                 for i in range(members):
+                    own_i = own[i]
                     for j in range(i + 1, members):
-                        same = 0
+                        own_j = own[j]
+                        count = 0
                         for r in range(n):
-                            if own[i, r] == own[j, r]:
-                                same += 1
-                        equal_partial[b, i, j] += same
+                            count += own_i[r] == own_j[r]
+                        same[i, j] += count
+            for i in range(members):
+                for j in range(i + 1, members):
+                    equal_partial[b, i, j] = same[i, j]
 
 
 def fused_vote(x: np.ndarray, method: str, weight: np.ndarray, temperature: np.ndarray,
                probs_in: bool = False, out: dict[str, np.ndarray] | None = None,
-               member_details: bool = True) -> dict[str, np.ndarray]:
-    """Vote one float32 (members, rows, classes) array in a single parallel pass.
+               member_details: bool = True, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+    """Vote rows [start, stop) of one float32 (members, rows, classes) array in one parallel pass.
 
     Returns the same keys as `aggregate._vote_chunk` (numpy arrays) plus ``bad_row``: the index
-    of the first row found with a non-finite value, or -1. `out` may hold preallocated output
-    arrays (views into the caller's final arrays), which are then written in place.
+    (relative to `start`) of the first row found with a non-finite value, or -1. `out` may hold
+    preallocated output arrays for those rows (views into the caller's final arrays), which are
+    then written in place. Passing the whole array with a row range, rather than a row slice,
+    keeps the kernel on contiguous memory without a copy.
     """
-    members, rows, classes = x.shape
+    if not x.flags.c_contiguous:
+        x = x[:, start:stop]
+        start, stop = 0, None
+        x = np.ascontiguousarray(x)
+    stop = x.shape[1] if stop is None else stop
+    members, _, classes = x.shape
+    rows = stop - start
     blocks = max(1, min((rows + TILE - 1) // TILE, 4 * numba.get_num_threads()))
     out = dict(out or {})
     shapes = {"labels": ((rows,), np.int64), "scores": ((rows, classes), np.float32),
@@ -178,12 +314,12 @@ def fused_vote(x: np.ndarray, method: str, weight: np.ndarray, temperature: np.n
             out[key] = np.empty((members, 1) if key.startswith("member") and not member_details else shape, dtype)
     partial = np.zeros((blocks, members, members), np.int64)
     bad = np.full(blocks, -1, np.int64)
-    _vote(x, probs_in, method == "hard", weight.astype(np.float32), (1.0 / temperature).astype(np.float32),
-          out["labels"], out["scores"], out["confidence"], out["agreement"], out["member_labels"],
-          out["member_confidence"], partial, bad, member_details)
+    _vote(x, start, stop, probs_in, method == "hard", weight.astype(np.float32),
+          (1.0 / temperature).astype(np.float32), out["labels"], out["scores"], out["confidence"],
+          out["agreement"], out["member_labels"], out["member_confidence"], partial, bad, member_details)
     equal = partial.sum(axis=0)
     out["equal_counts"] = equal + equal.T + np.diag(np.full(members, rows, np.int64))
-    out["bad_row"] = int(bad[bad >= 0].min()) if (bad >= 0).any() else -1
+    out["bad_row"] = int(bad[bad >= 0].min()) - start if (bad >= 0).any() else -1
     if not member_details:
         out.pop("member_labels"), out.pop("member_confidence")
     return out
