@@ -508,3 +508,84 @@ def test_member_details_off_changes_nothing_else(monkeypatch, method, force_refe
     assert lean.member_labels is None and lean.member_confidence is None
     for field in ("labels", "scores", "confidence", "agreement", "equal_counts"):
         np.testing.assert_array_equal(getattr(lean, field), getattr(full, field), err_msg=field)
+
+
+# ----------------------------------------------------------------------------- the numba kernel
+
+
+kernels_cpu = pytest.importorskip("ensemble.kernels_cpu")
+needs_numba = pytest.mark.skipif(not kernels_cpu.available(), reason="numba is not installed")
+
+
+@needs_numba
+def test_kernel_exp_is_within_two_ulp():
+    import numba
+
+    @numba.njit
+    def vexp(x):
+        out = np.empty_like(x)
+        for i in range(x.shape[0]):
+            out[i] = kernels_cpu._exp(x[i])
+        return out
+
+    x = -np.concatenate([np.linspace(0, 87, 200_001), np.geomspace(1e-8, 87, 10_001), [0.0]]).astype(np.float32)
+    got, want = vexp(x).astype(np.float64), np.exp(x.astype(np.float64))
+    assert (np.abs(got - want) <= 2 * np.spacing(want.astype(np.float32)).astype(np.float64)).all()
+    assert vexp(np.float32([-87.5, -100.0, -np.inf])).tolist() == [0.0, 0.0, 0.0]
+
+
+@needs_numba
+@pytest.mark.parametrize("method", ["soft", "hard"])
+@pytest.mark.parametrize("inputs", ["logits", "probs"])
+@pytest.mark.parametrize(("members", "rows", "classes"), [(3, 5000, 2), (5, 3001, 7), (2, 1500, 33)])
+def test_kernel_matches_reference_over_many_tiles(monkeypatch, method, inputs, members, rows, classes):
+    # Many tiles and thread blocks, a ragged last tile, coarse values (many ties), a zero weight.
+    rng = np.random.default_rng(rows + classes)
+    x = np.round(rng.standard_normal((members, rows, classes)) * 2) / 2
+    if inputs == "probs":
+        x = np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True)
+    x = x.astype(np.float32)
+    weights = [0.0] + [1.0 + i for i in range(members - 1)]
+    temperatures = None if inputs == "probs" else [0.5 + i for i in range(members)]
+    got = aggregate(x, method, weights=weights, temperatures=temperatures, inputs=inputs)
+    monkeypatch.setattr(aggregate_module, "_FORCE_REFERENCE", True)
+    want = aggregate(x, method, weights=weights, temperatures=temperatures, inputs=inputs)
+    for field in ("labels", "member_labels", "equal_counts"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+    for field in ("scores", "confidence", "agreement", "member_confidence"):
+        np.testing.assert_allclose(getattr(got, field), getattr(want, field), atol=2e-6, err_msg=field)
+
+
+@needs_numba
+@pytest.mark.parametrize("inputs", ["logits", "probs"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_kernel_finds_the_first_non_finite_row(monkeypatch, inputs, bad):
+    monkeypatch.setattr(aggregate_module, "_CHUNK_ELEMENTS", 3 * 4 * 2000)  # whole-array path, 2 chunks
+    x = np.full((3, 5000, 4), 0.25, dtype=np.float32)
+    x[2, 4321, 1] = bad
+    x[1, 4500, 0] = bad
+    message = "the 'logits' parameter must be finite; got NaN or infinity at member 2, row 4321"
+    with pytest.raises(EnsembleError, match=f"^{re.escape(message)}$"):
+        aggregate(x, "hard", inputs=inputs, weights=[0, 1, 1])
+
+
+@needs_numba
+@pytest.mark.parametrize("inputs", ["logits", "probs"])
+def test_kernel_huge_finite_values_are_not_reported_as_non_finite(inputs):
+    # Sums of such values overflow; the kernel's cheap check must then look again, exactly.
+    x = np.full((4, 700, 3), 3e38, dtype=np.float32)
+    x[:, :, 2] = -3e38
+    vote = aggregate(x, "soft", inputs=inputs)
+    assert vote.labels.tolist() == [0] * 700
+
+
+@needs_numba
+def test_kernel_row_range_of_the_whole_array_equals_a_copied_chunk():
+    x = np.random.default_rng(5).standard_normal((4, 3000, 6)).astype(np.float32)
+    w, t = np.full(4, 0.25), np.array([1.0, 2.0, 0.5, 1.0])
+    whole = kernels_cpu.fused_vote(x, "hard", w, t, start=1000, stop=2777)
+    chunk = kernels_cpu.fused_vote(np.ascontiguousarray(x[:, 1000:2777]), "hard", w, t)
+    strided = kernels_cpu.fused_vote(x[:, 1000:2777], "hard", w, t)
+    for key in chunk:
+        np.testing.assert_array_equal(whole[key], chunk[key], err_msg=key)
+        np.testing.assert_array_equal(strided[key], chunk[key], err_msg=key)

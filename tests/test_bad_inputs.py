@@ -139,6 +139,12 @@ CASES = [
     ("unlabelled data", vote_file("text\na film\n"), 0, "report:"),
     # members
     ("label sets differ", two_members, 2, "must be trained on the same label names"),
+    ("pairs member on single texts", lambda tmp, m: _pairs_member(tmp, "vote"), 2,
+     "single.csv'; columns found: text, label (set --text-pair to one of them; the members were trained on sentence pairs)"),
+    ("pairs member on single texts (predict)", lambda tmp, m: _pairs_member(tmp, "predict"), 2,
+     "(set --text-pair to one of them; the members were trained on sentence pairs)"),
+    ("pairs and single-text members together", lambda tmp, m: _pairs_member(tmp, "mixed", m), 2,
+     "was trained on single texts but member 'bert' on sentence pairs; they cannot vote together"),
     ("missing weights", damaged_member(lambda p: (p / "model.safetensors").unlink()), 2, "no safetensors weights"),
     ("corrupt weights", damaged_member(lambda p: (p / "model.safetensors").write_bytes(b"\x00" * 64)), 2, "model.safetensors is corrupt"),
     ("corrupt tokenizer", damaged_member(lambda p: (p / "tokenizer.json").write_text("{oops")), 2, "cannot load"),
@@ -174,6 +180,20 @@ CASES[[c[0] for c in CASES].index("label unseen in valid")] = (
     "label unseen in valid",
     lambda tmp, m: _unseen(tmp),
     2, "never appears in the training labels")
+
+
+def _pairs_member(tmp: Path, command: str, single: Path | None = None) -> list[str]:
+    """A member trained on (text, text2) pairs, asked to read a file of single texts."""
+    rows = [f"{r.rsplit(',', 1)[0]},{r.rsplit(',', 1)[0]},{r.rsplit(',', 1)[1]}" for r in TRAIN_ROWS]
+    (tmp / "pairs.csv").write_text("text,text2,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    (tmp / "p.toml").write_text(GOOD_RECIPE.replace('train = "train.csv"', 'train = "pairs.csv"\ntext_pair = "text2"'),
+                                encoding="utf-8")
+    main(["fit", str(tmp / "p.toml"), "--out", str(tmp / "pairs"), "--quiet"])
+    (tmp / "single.csv").write_text("text,label\na film,positive\n", encoding="utf-8")
+    if command == "predict":
+        return ["predict", "--ensemble", str(tmp / "pairs"), "--data", str(tmp / "single.csv"), "--out", str(tmp / "p.csv")]
+    members = [str(tmp / "pairs" / "members" / "bert")] + ([f"single={single}"] if single else [])
+    return ["vote", "--members", *members, "--data", str(tmp / "single.csv"), "--out", str(tmp / "out")]
 
 
 def _unseen(tmp: Path) -> list[str]:

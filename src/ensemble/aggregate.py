@@ -164,6 +164,9 @@ def aggregate(
         probs_in = False  # p ** (1/T) renormalised is softmax(log(p) / T): vote the log-probabilities
         source = _log_probs(source)
     fused = _fused_backend(device, members, classes)
+    # float32 C-contiguous input goes to the numba kernel whole, with a row range per chunk:
+    # contiguous memory, no copy (other dtypes and layouts are converted chunk by chunk)
+    whole = _contiguous_float32(source) if fused == "numba" else None
     step = max(1, _CHUNK_ELEMENTS // (members * classes))
     with torch.no_grad():
         for start in range(0, rows, step):
@@ -171,13 +174,14 @@ def aggregate(
             if fused == "numba":
                 from . import kernels_cpu
 
-                chunk = _chunk_numpy(source, start, stop)
+                chunk = _chunk_numpy(source, start, stop) if whole is None else whole[:, start:stop]
                 views = {"labels": labels[start:stop], "scores": scores[start:stop], "confidence": confidence[start:stop],
                          "agreement": agreement[start:stop]}
                 if member_details:
                     views.update(member_labels=member_labels[:, start:stop], member_confidence=member_confidence[:, start:stop])
-                part = kernels_cpu.fused_vote(chunk, method, weight / weight.sum(), temperature, probs_in, out=views,
-                                              member_details=member_details)
+                part = kernels_cpu.fused_vote(chunk if whole is None else whole, method, weight / weight.sum(),
+                                              temperature, probs_in, out=views, member_details=member_details,
+                                              start=0 if whole is None else start, stop=None if whole is None else stop)
                 _check_finite(chunk, part["bad_row"], start)
                 equal_counts += torch.from_numpy(part["equal_counts"])
                 continue  # written in place
@@ -294,6 +298,14 @@ def _chunk_numpy(source: torch.Tensor | np.ndarray, start: int, stop: int) -> np
         return (part if part.dtype == torch.float32 else part.to(torch.float32)).cpu().numpy()
     part = source[:, start:stop]
     return part if part.dtype == np.float32 else part.astype(np.float32)
+
+
+def _contiguous_float32(source: torch.Tensor | np.ndarray) -> np.ndarray | None:
+    """`source` as a float32 C-contiguous numpy array without copying, or None if it is not one."""
+    if isinstance(source, torch.Tensor):
+        ok = source.dtype == torch.float32 and source.device.type == "cpu" and source.is_contiguous()
+        return source.numpy() if ok else None
+    return source if source.dtype == np.float32 and source.flags.c_contiguous else None
 
 
 def _check_finite(chunk: np.ndarray, bad_row: int, start: int) -> None:

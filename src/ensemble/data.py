@@ -21,6 +21,7 @@ from ensemble.errors import EnsembleError
 from ensemble.readers import READERS, Row
 
 BAD_ROW_MODES = ("error", "skip")
+_FLAGS = {"data.text": "--text", "data.text_pair": "--text-pair", "data.label": "--label"}
 FORMATS = (".csv", ".tsv", ".jsonl", ".npz", ".parquet")
 
 
@@ -164,9 +165,13 @@ def _stream_table(
         def find(name: str, key: str) -> str:
             if name not in columns:
                 listed = ", ".join(c for c in columns if c) or "(none)"
+                hint = f"set {key} to one of them"
+                if field.startswith("--"):  # a command-line file: name the flag, not the recipe field
+                    hint = f"set {_FLAGS[key]} to one of them"
+                    if key == "data.text_pair":  # only asked for when the members were trained on pairs
+                        hint += "; the members were trained on sentence pairs"
                 raise EnsembleError(
-                    f"{field}: column '{name}' not found in '{shown}'; "
-                    f"columns found: {listed} (set {key} to one of them)"
+                    f"{field}: column '{name}' not found in '{shown}'; columns found: {listed} ({hint})"
                 )
             if columns.count(name) > 1:
                 raise EnsembleError(

@@ -10,6 +10,7 @@ an interrupted run up where it stopped.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -171,6 +172,10 @@ def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str 
         if state is not None and partial.is_file() and partial.stat().st_size >= state["bytes"]:
             done_rows, done_bytes = int(state["rows"]), int(state["bytes"])
     names, rows = list(ens.members), done_rows
+    # the file's own problems (path, columns, header) surface here, before any progress is drawn
+    chunks = iter_table(data, chunk_rows=chunk_rows, text=text, text_pair=text_pair, label=label,
+                        field="--data", require_label=False)
+    first = next(chunks, None)
     bar = tqdm(desc="predict", unit="rows", initial=done_rows, disable=not progress,
                mininterval=0.5 if sys.stderr.isatty() else 30)
     if done_rows:
@@ -180,8 +185,7 @@ def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str 
             raw.truncate(done_bytes)  # drop whatever the interrupted chunk left after the last good one
             raw.seek(done_bytes)
             skipped = 0
-            for chunk in iter_table(data, chunk_rows=chunk_rows, text=text, text_pair=text_pair, label=label,
-                                    field="--data", require_label=False):
+            for chunk in itertools.chain([first] if first is not None else [], chunks):
                 if skipped < done_rows:  # finished before the interruption: read, not predicted
                     skipped += len(chunk)
                     continue

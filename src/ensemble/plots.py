@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -247,20 +246,12 @@ def _save(figure: Figure, path: Path) -> None:
     """Save as PNG via a temporary file in the same folder and os.replace: never half a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    from .report import _atomic_write
+
     FigureCanvasAgg(figure)  # attaches itself to the figure: Agg without choosing a backend
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "xb") as handle:
-            # No "Software" stamp: the bytes then depend on the drawing, not the library version.
-            figure.savefig(handle, format="png", dpi=_DPI, bbox_inches="tight", pad_inches=0.15,
-                           metadata={"Software": None})
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    # No "Software" stamp: the bytes then depend on the drawing, not the library version.
+    _atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=_DPI, bbox_inches="tight",
+                                                      pad_inches=0.15, metadata={"Software": None}), binary=True)
 
 
 def _member_styles(names: list[str]) -> dict[str, dict[str, Any]]:

@@ -313,13 +313,14 @@ def _check_inputs(vote: Vote, names: Sequence[str], n_classes: int, texts: Seque
     return member_labels, None if y_true is None else _indices(y_true, n_classes, 1)
 
 
-def _atomic_write(path: Path, write: Callable[[IO[str]], Any]) -> None:
+def _atomic_write(path: Path, write: Callable[[IO], Any], binary: bool = False) -> None:
     """Write via a temporary file in the same folder and os.replace: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # Our own name with mode "x" rather than mkstemp: the file gets the usual umask permissions.
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    text = {} if binary else {"encoding": "utf-8", "newline": ""}
     try:
-        with open(temporary, "x", encoding="utf-8", newline="") as handle:
+        with open(temporary, "xb" if binary else "x", **text) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
