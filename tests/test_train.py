@@ -554,3 +554,18 @@ def test_compile_opt_in_trains_and_saves_a_loadable_member(small_splits, tmp_pat
     saved = load_member(tmp_path / "m")  # compiled wrappers do not leak into the saved weights
     assert saved.labels == ["negative", "neutral", "positive"]
     assert not any(k.startswith("_orig_mod") for k in weights(tmp_path / "m"))
+
+
+# ---------------------------------------------------------------- trackers
+
+@pytest.mark.slow
+def test_tensorboard_tracker_gets_every_step_and_epoch(small_splits, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = fit(member(epochs=2, log_with=("tensorboard",)), small_splits, tmp_path / "run" / "members" / "bert")
+    events = EventAccumulator(str(tmp_path / "run" / "logs" / "bert"))
+    events.Reload()
+    steps = [s.step for s in events.Scalars("train/loss")]
+    assert steps == list(range(1, 9))  # 64 rows / 16 per step x 2 epochs, one point per optimizer step
+    logged = [s.value for s in events.Scalars("valid/accuracy")]
+    assert logged == pytest.approx([h["accuracy"] for h in result["history"]])

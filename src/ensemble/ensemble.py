@@ -171,8 +171,7 @@ class Ensemble:
         if logits.shape[:2] != (len(names), len(y)):
             raise EnsembleError(f"fit_vote: logits have shape {logits.shape}; expected ({len(names)}, {len(y)}, classes)")
         self.method, self.abstain_below, self.abstain_on = vote.method, vote.abstain_below, vote.abstain_on
-        if vote.weights:
-            self.weights = {n: float(vote.weights.get(n, 1.0)) for n in names}
+        self.weights = {n: float(vote.weights.get(n, 1.0)) for n in names}  # the config says it all
         temps = combine.fit_temperatures(logits, y) if vote.calibrate else np.ones(len(names))
         self.temperatures = dict(zip(names, map(float, temps), strict=True))
         probs = combine.softmax(logits, temps)
