@@ -69,10 +69,10 @@ def sklearn_rate(probs: np.ndarray, voting: str, rows: int, repeat: int) -> floa
     return rows / best_of(lambda: clf.predict(X), repeat)
 
 
-def moved_bytes(members: int, rows: int, classes: int, itemsize: int = 4) -> int:
+def moved_bytes(members: int, rows: int, classes: int, itemsize: int = 4, details: bool = True) -> int:
     """Bytes `aggregate` must move: read the input once, write every output once."""
     read = members * rows * classes * itemsize
-    write = rows * (classes * 4 + 8 + 4 + 4) + members * rows * (8 + 4)
+    write = rows * (classes * 4 + 8 + 4 + 4) + (members * rows * (8 + 4) if details else 0)
     return read + write
 
 
@@ -83,12 +83,14 @@ def main() -> None:
     parser.add_argument("--hard-rows", type=int, default=500_000,
                         help="rows timed for scikit-learn's hard vote (a Python call per row: linear, slow)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--members", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--classes", type=int, nargs="+", default=[2, 5, 20])
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     results = []
     aggregate(rng.standard_normal((2, 100, 3)).astype(np.float32))  # compile the fused kernel once
-    for members in (4, 8, 16):
-        for classes in (2, 5, 20):
+    for members in args.members:
+        for classes in args.classes:
             rows = min(args.max_rows, args.max_elements // (members * classes))
             logits = rng.standard_normal((members, rows, classes)).astype(np.float32)
             probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
@@ -105,6 +107,9 @@ def main() -> None:
                 row[f"torch_{voting}_logits"] = ref_rows / best_of(lambda: aggregate(logits[:, :ref_rows], voting), 1)
                 agg._FORCE_REFERENCE = False
                 row[f"fused_{voting}_GBps"] = moved_bytes(members, rows, classes) * row[f"fused_{voting}_logits"] / rows / 1e9
+                for kind, details in (("fused", True), ("lean", False)):
+                    row[f"{kind}_{voting}_probs_GBps"] = (
+                        moved_bytes(members, rows, classes, details=details) * row[f"{kind}_{voting}_probs"] / rows / 1e9)
             results.append(row)
             print(f"members {members:2d} classes {classes:2d} rows {rows:>9,}: "
                   f"soft x{row['fused_soft_probs'] / row['sklearn_soft']:.1f} (lean x{row['lean_soft_probs'] / row['sklearn_soft']:.1f})"
@@ -115,15 +120,19 @@ def main() -> None:
             "torch": torch.__version__, "cuda": torch.cuda.is_available()}
     (HERE / "aggregate.json").write_text(json.dumps({"info": info, "results": results}, indent=2))
     print("\n| members | classes | rows | sklearn soft | fused soft | x | lean soft | x | sklearn hard | fused hard | x "
-          "| lean hard | x | fused soft (logits) | unfused torch soft (logits) | fused GB/s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| lean hard | x | fused soft (logits) | unfused torch soft (logits) | GB/s soft fused / lean (probs) "
+          "| GB/s hard fused / lean (probs) | GB/s soft / hard (logits) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         m = lambda v: f"{v / 1e6:.2f}M"  # noqa: E731
         print(f"| {r['members']} | {r['classes']} | {r['rows']:,} | {m(r['sklearn_soft'])} | {m(r['fused_soft_probs'])} "
               f"| {r['fused_soft_probs'] / r['sklearn_soft']:.1f} | {m(r['lean_soft_probs'])} | {r['lean_soft_probs'] / r['sklearn_soft']:.1f} "
               f"| {m(r['sklearn_hard'])} | {m(r['fused_hard_probs'])} | {r['fused_hard_probs'] / r['sklearn_hard']:.0f} "
               f"| {m(r['lean_hard_probs'])} | {r['lean_hard_probs'] / r['sklearn_hard']:.0f} "
-              f"| {m(r['fused_soft_logits'])} | {m(r['torch_soft_logits'])} | {r['fused_soft_GBps']:.1f} |")
+              f"| {m(r['fused_soft_logits'])} | {m(r['torch_soft_logits'])} "
+              f"| {r['fused_soft_probs_GBps']:.1f} / {r['lean_soft_probs_GBps']:.1f} "
+              f"| {r['fused_hard_probs_GBps']:.1f} / {r['lean_hard_probs_GBps']:.1f} "
+              f"| {r['fused_soft_GBps']:.1f} / {r['fused_hard_GBps']:.1f} |")
     print("\nrows/s on the same probability arrays; fused = every output incl. member labels and confidences; "
           "lean = member_details=False (labels, scores, confidence, agreement, equal counts)")
 
