@@ -206,3 +206,33 @@ def test_report_counts_skipped_rows_and_truncated_texts(tmp_path, cli):
     assert counts["train"] + counts["valid"] == longer >= 2  # the two long texts at least
     assert counts["eval"] == counts["valid"]  # no test file: the report's split is valid, the same rows
     assert data["max_length"] == {"bert": 32}
+
+
+def test_ctrl_c_stops_predict_cleanly_and_it_resumes(trained, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "ensemble", "predict", "--ensemble", str(trained / "run"), "--data",
+            str(trained / "big.csv"), "--chunk-rows", "200", "--quiet", "--out", str(tmp_path / "p.csv")]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / ".p.csv.partial.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not state.is_file():
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted (finished chunks are kept: rerun with --resume to continue)"
+    assert not (tmp_path / "p.csv").exists()
+    resumed = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0 and "resuming after row" in resumed.stdout + resumed.stderr
+    assert len((tmp_path / "p.csv").read_text(encoding="utf-8").splitlines()) == 1 + 2400
+
+
+def test_ctrl_c_during_fit_exits_130_with_the_resume_hint(monkeypatch, tmp_path, cli):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "build_member", interrupted)
+    code, _, err = cli(["fit", str(write_recipe(tmp_path)), "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 130
+    assert err == "interrupted (training state is saved after every epoch: rerun with --resume to continue)\n"
+    assert not (tmp_path / "run" / "ensemble.json").exists()

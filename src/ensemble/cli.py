@@ -247,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     try:
         code = command.main(args, prog_name="ensemble", standalone_mode=False)
+        if code == 130:  # typer's click turns Ctrl-C into this return code, silently
+            raise KeyboardInterrupt
         if isinstance(code, int) and code:
             sys.exit(code)
     except ClickException as exc:
