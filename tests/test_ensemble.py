@@ -216,3 +216,27 @@ def test_vote_command_learns_on_valid_only(run, tmp_path, cli):
     code, _, err = cli(["vote", "--members", *members, "--data", test, "--valid", test, "--method", "weighted",
                         "--out", str(tmp_path / "w")])
     assert code == 2 and "--valid: is the --data file" in err
+
+
+def test_report_calibration_numbers_recomputed_from_the_logits(run, tmp_path):
+    from ensemble.evaluate import evaluate, gold
+    from ensemble.recipe import VoteConfig
+
+    ens, valid = three(run), valid_split(run)
+    logits, y = ens.member_logits(valid.texts), gold(ens, valid, "valid")
+    fitted = ens.fit_vote(logits, y, VoteConfig(method="soft", calibrate=True))
+    report = evaluate(ens, valid, "valid", tmp_path, fitted=fitted)
+    assert "optimistic" in report["combining"]["warning"]  # scored on the rows it was fitted on
+    for k, name in enumerate(ens.members):
+        z = logits[k].astype(np.float64)
+        for key, t in (("nll_before", 1.0), ("nll_after", ens.temperatures[name])):
+            logp = z / t - np.log(np.exp(z / t).sum(axis=1, keepdims=True))
+            assert report["calibration"]["members"][name][key] == pytest.approx(-logp[np.arange(len(y)), y].mean(), rel=1e-5)
+        # fitted on these rows: the temperature can only lower each member's NLL here
+        member = report["calibration"]["members"][name]
+        assert member["nll_after"] <= member["nll_before"] + 1e-7
+    assert report["ensemble"]["nll"] == pytest.approx(report["calibration"]["ensemble"]["nll_after"], rel=1e-5)
+    rows = list(csv.DictReader(open(tmp_path / "predictions.csv", newline="", encoding="utf-8")))
+    assert len(rows) == len(valid)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["agreement.png", "confusion.png", "coverage.png",
+                                                                     "training.png"]

@@ -87,6 +87,8 @@ def _probability_scores(report: dict, ens: Ensemble, logits: np.ndarray, vote, y
                          "nll_after": after["nll"], "ece_after": after["ece"]}
     if ens.method != "hard":  # hard-vote scores are vote shares, not probabilities
         report["ensemble"].update(nll=combine.nll(vote.scores, y), ece=combine.ece(vote.scores, y))
+    if all(t == 1.0 for t in temps):
+        return  # never calibrated (e.g. `ensemble vote` without --valid): no before/after to show
     # Calibration is judged on the plain soft vote (the members' weights as used): the one place
     # where temperatures alone change the ensemble's probabilities.
     weights = np.array([ens.weights[n] for n in names], dtype=np.float64)
