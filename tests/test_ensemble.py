@@ -145,6 +145,8 @@ def test_fit_vote_saves_and_loads_to_the_same_vote(run, tmp_path, method):
     ens.save(tmp_path / "e")
     again = Ensemble.load(tmp_path / "e")
     assert again.method == method and again.temperatures == ens.temperatures and again.weights == ens.weights
+    assert again.ensemble_temperature == ens.ensemble_temperature
+    assert (ens.ensemble_temperature != 1.0) == (method in ("soft", "weighted", "selection"))  # the vote's own
     a, b = ens.vote(TEXTS[:50]), again.vote(TEXTS[:50])
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-7)

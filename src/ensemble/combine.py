@@ -104,6 +104,22 @@ def softmax(logits, temperatures=None) -> np.ndarray:
     return _softmax_last(z)
 
 
+def soften(probs2d, temperature: float) -> np.ndarray:
+    """Rescale probabilities by a temperature: ``softmax(log p / T)``; argmax and ties are kept.
+
+    Averaging calibrated members makes an under-confident ensemble; one temperature on the
+    averaged probabilities (fitted like a member's, see `fit_temperatures`) puts that right.
+
+    Example:
+        >>> soften(np.array([[0.25, 0.75]]), 0.5)
+        array([[0.1, 0.9]])
+    """
+    p = _floats("probs", probs2d, 2, probs=True)
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise EnsembleError(f"the 'temperature' parameter must be a finite number > 0; got {temperature!r}")
+    return _softmax_last(np.log(np.clip(p, 1e-12, None)) / temperature)
+
+
 def nll(probs2d, y) -> float:
     """Mean negative log-likelihood of the true class (probabilities floored at 1e-12).
 

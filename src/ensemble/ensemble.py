@@ -46,13 +46,16 @@ class Ensemble:
     def __init__(self, members: Sequence[Member], method: str = "soft", weights: dict[str, float] | None = None,
                  batch_size: int = 64, *, temperatures: dict[str, float] | None = None,
                  stacker: combine.Stacker | None = None, abstain_below: float | None = None,
-                 abstain_on: str = "confidence"):
+                 abstain_on: str = "confidence", ensemble_temperature: float = 1.0):
         if method not in VOTE_METHODS:
             raise EnsembleError(f"the 'method' parameter must be one of {_set(VOTE_METHODS)}; got '{method}'")
         if abstain_on not in ABSTAIN_ON:
             raise EnsembleError(f"the 'abstain_on' parameter must be one of {_set(ABSTAIN_ON)}; got '{abstain_on}'")
         if abstain_below is not None and not (isinstance(abstain_below, (int, float)) and 0 <= abstain_below <= 1):
             raise EnsembleError(f"the 'abstain_below' parameter must be a number in [0, 1] or None; got {abstain_below!r}")
+        if not (isinstance(ensemble_temperature, (int, float)) and np.isfinite(ensemble_temperature)
+                and ensemble_temperature > 0):
+            raise EnsembleError(f"the 'ensemble_temperature' parameter must be a finite number > 0; got {ensemble_temperature!r}")
         if not members:
             raise EnsembleError("an ensemble needs at least one member")
         names = [m.name for m in members]
@@ -91,6 +94,7 @@ class Ensemble:
         if not any(self.weights.values()):
             raise EnsembleError("weights: at least one member needs a weight > 0")
         self.temperatures = {n: float(temperatures.get(n, 1.0)) for n in names}
+        self.ensemble_temperature = float(ensemble_temperature)  # on the soft vote's probabilities
         self.stacker = stacker
         self.abstain_below = None if abstain_below is None else float(abstain_below)
         self.abstain_on = abstain_on
@@ -126,7 +130,8 @@ class Ensemble:
                        temperatures=manifest.get("temperatures"),
                        stacker=None if stacker is None else combine.Stacker.from_dict(stacker),
                        abstain_below=manifest.get("abstain_below"),
-                       abstain_on=manifest.get("abstain_on", "confidence")).to(device)
+                       abstain_on=manifest.get("abstain_on", "confidence"),
+                       ensemble_temperature=manifest.get("ensemble_temperature", 1.0)).to(device)
         except EnsembleError as exc:
             raise EnsembleError(f"ensemble '{path}': {MANIFEST}: {exc}") from None
 
@@ -146,7 +151,7 @@ class Ensemble:
 
     def manifest(self) -> dict:
         return {"format": FORMAT, "labels": self.labels, "method": self.method, "weights": self.weights,
-                "temperatures": self.temperatures,
+                "temperatures": self.temperatures, "ensemble_temperature": self.ensemble_temperature,
                 "stacker": None if self.stacker is None else self.stacker.to_dict(),
                 "abstain_below": self.abstain_below, "abstain_on": self.abstain_on,
                 "text_pair": self.text_pair, "members": {name: f"members/{name}" for name in self.members}}
@@ -188,9 +193,15 @@ class Ensemble:
             oof = self.stacker.oof_probs_
             info["valid"] = {"accuracy": float((oof.argmax(1) == y).mean()), "nll": combine.nll(oof, y)}
             info["valid_scored"] = "out-of-fold (cross-fitted)"
+        self.ensemble_temperature = 1.0
         if vote.method != "stacking":
             self.stacker = None
             scores = self.vote_logits(logits, member_details=False).scores
+            if vote.calibrate and vote.method != "hard":  # hard-vote shares are not probabilities
+                log_scores = np.log(np.clip(scores, 1e-12, None))[None].astype(np.float64)
+                self.ensemble_temperature = float(combine.fit_temperatures(log_scores, y)[0])
+                scores = combine.soften(scores, self.ensemble_temperature)
+                info["ensemble_temperature"] = self.ensemble_temperature
             info["valid"] = {"accuracy": float((scores.argmax(1) == y).mean()), "nll": combine.nll(scores, y)}
             info["valid_scored"] = "in-sample (fitted on these rows)" if vote.method in LEARNED_METHODS else "nothing fitted but temperatures"
         if vote.method != "stacking":
@@ -276,7 +287,11 @@ class Ensemble:
         if self.method == "hard":
             return aggregate(logits, "hard", [self.weights[n] for n in names], temps, member_details=member_details)
         if self.method != "stacking":
-            return aggregate(logits, "soft", [self.weights[n] for n in names], temps, member_details=member_details)
+            vote = aggregate(logits, "soft", [self.weights[n] for n in names], temps, member_details=member_details)
+            if self.ensemble_temperature == 1.0:
+                return vote
+            scores = combine.soften(vote.scores, self.ensemble_temperature).astype(np.float32)
+            return replace(vote, scores=scores, confidence=scores[np.arange(len(vote.labels)), vote.labels])
         if self.stacker is None:
             raise EnsembleError("method 'stacking' learns on validation data first: call fit_vote (the CLI's "
                                 "'ensemble vote --valid FILE' or 'ensemble fit' do)")

@@ -87,7 +87,7 @@ def _probability_scores(report: dict, ens: Ensemble, logits: np.ndarray, vote, y
                          "nll_after": after["nll"], "ece_after": after["ece"]}
     if ens.method != "hard":  # hard-vote scores are vote shares, not probabilities
         report["ensemble"].update(nll=combine.nll(vote.scores, y), ece=combine.ece(vote.scores, y))
-    if all(t == 1.0 for t in temps):
+    if all(t == 1.0 for t in temps) and ens.ensemble_temperature == 1.0:
         return  # never calibrated (e.g. `ensemble vote` without --valid): no before/after to show
     # Calibration is judged on the plain soft vote (the members' weights as used): the one place
     # where temperatures alone change the ensemble's probabilities.
@@ -95,8 +95,11 @@ def _probability_scores(report: dict, ens: Ensemble, logits: np.ndarray, vote, y
     weights = weights / weights.sum()
     before = np.einsum("m,mnc->nc", weights, raw)
     after = np.einsum("m,mnc->nc", weights, calibrated)
+    if ens.ensemble_temperature != 1.0:
+        after = combine.soften(after, ens.ensemble_temperature)
     report["calibration"] = {
-        "fitted_on": "valid", "temperatures": dict(ens.temperatures), "members": members,
+        "fitted_on": "valid", "temperatures": dict(ens.temperatures),
+        "ensemble_temperature": ens.ensemble_temperature, "members": members,
         "ensemble": {"nll_before": combine.nll(before, y), "ece_before": combine.ece(before, y),
                      "nll_after": combine.nll(after, y), "ece_after": combine.ece(after, y)},
     }

@@ -165,7 +165,8 @@ def _calibration(section: Any, report: dict, names: list[str]) -> list:
     temperatures = section.get("temperatures") or {}
     keys = ("nll_before", "nll_after", "ece_before", "ece_after")
     entries = [(n, (section.get("members") or {}).get(n), temperatures.get(n)) for n in names]
-    entries.append((_Span("ensemble", "strong"), section.get("ensemble"), None))
+    # the ensemble's own temperature rescales the soft vote's probabilities after the members'
+    entries.append((_Span("ensemble", "strong"), section.get("ensemble"), section.get("ensemble_temperature")))
     rows = [[name, _num(temperature)] + [_num((scores or {}).get(k)) for k in keys]
             for name, scores, temperature in entries if scores or temperature is not None]
     columns = ["model", "temperature", "NLL before", "NLL after", "ECE before", "ECE after"]
