@@ -11,7 +11,7 @@ best-on-validation ensemble and compared at single-model cost.
 
 Columns: accuracy (± one standard error, sqrt(p(1-p)/n)), macro-F1, NLL, ECE (15 bins).
 
-Run: ``python benchmarks/combining.py`` (about 40 min on 2 CPU cores; ``--rows 500 --epochs 1``
+Run: ``python benchmarks/combining.py`` (about an hour on 2 CPU cores; ``--rows 500 --epochs 1``
 for a quick look). Prints markdown tables; writes benchmarks/combining.json.
 """
 
