@@ -504,11 +504,10 @@ def test_non_finite_loss_raises_naming_the_member(bad, monkeypatch, small_splits
 
     monkeypatch.setattr(train_mod, "build_member", poisoned)
     out = tmp_path / "m"
-    with pytest.raises(EnsembleError, match=rf"members\[diverger\]: training loss became {bad} at epoch 1, batch 1; lower lr"):
+    with pytest.raises(EnsembleError, match=rf"members\[diverger\]: training loss became {bad} at epoch 1, batch 1; lower lr .* no checkpoint was saved"):
         fit(member("diverger", epochs=2), small_splits, out)
-    # no member; only the hidden checkpoint directory, which has no saved state before the first epoch ends
-    assert [p.name for p in tmp_path.iterdir()] == [".m.ckpt"]
-    assert not (tmp_path / ".m.ckpt" / "progress.json").exists()
+    # stopped at the first batch: no member, and nothing saved yet (not even a log line)
+    assert [p.name for p in tmp_path.iterdir()] == []
 
 
 # ---------------------------------------------------------------- out-of-memory backoff
