@@ -117,6 +117,8 @@ def trained(tmp_path_factory) -> Path:
     main(["fit", str(write_recipe(tmp, members=("bert",))), "--out", str(tmp / "run"), "--quiet"])
     lines = ROWS * 10  # 2,400 rows
     (tmp / "big.csv").write_text("text,label\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    # for the signal tests: long enough (120 chunks of 200) that a signal surely lands mid-run
+    (tmp / "huge.csv").write_text("text,label\n" + "\n".join(lines * 10) + "\n", encoding="utf-8")
     return tmp
 
 
@@ -147,7 +149,7 @@ def test_disk_full_while_predicting_then_resume(trained, monkeypatch, tmp_path, 
 def test_predict_killed_then_resumed_redoes_no_finished_chunk(trained, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "ensemble", "predict", "--ensemble", str(trained / "run"), "--data",
-            str(trained / "big.csv"), "--chunk-rows", "200", "--quiet"]
+            str(trained / "huge.csv"), "--chunk-rows", "200", "--quiet"]
     state = tmp_path / ".cut.csv.partial.json"
     proc = subprocess.Popen(args + ["--out", str(tmp_path / "cut.csv")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -211,12 +213,13 @@ def test_report_counts_skipped_rows_and_truncated_texts(tmp_path, cli):
 def test_ctrl_c_stops_predict_cleanly_and_it_resumes(trained, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "ensemble", "predict", "--ensemble", str(trained / "run"), "--data",
-            str(trained / "big.csv"), "--chunk-rows", "200", "--quiet", "--out", str(tmp_path / "p.csv")]
+            str(trained / "huge.csv"), "--chunk-rows", "200", "--quiet", "--out", str(tmp_path / "p.csv")]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = tmp_path / ".p.csv.partial.json"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None and not state.is_file():
         time.sleep(0.005)
+    assert proc.poll() is None, "predict finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -224,7 +227,7 @@ def test_ctrl_c_stops_predict_cleanly_and_it_resumes(trained, tmp_path):
     assert not (tmp_path / "p.csv").exists()
     resumed = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0 and "resuming after row" in resumed.stdout + resumed.stderr
-    assert len((tmp_path / "p.csv").read_text(encoding="utf-8").splitlines()) == 1 + 2400
+    assert len((tmp_path / "p.csv").read_text(encoding="utf-8").splitlines()) == 1 + 24_000
 
 
 def test_ctrl_c_during_fit_exits_130_with_the_resume_hint(monkeypatch, tmp_path, cli):
