@@ -214,7 +214,10 @@ def test_ctrl_c_stops_predict_cleanly_and_it_resumes(trained, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "ensemble", "predict", "--ensemble", str(trained / "run"), "--data",
             str(trained / "huge.csv"), "--chunk-rows", "200", "--quiet", "--out", str(tmp_path / "p.csv")]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell starts background jobs with SIGINT ignored, and children inherit that (CI may run us
+    # so): give the child the default disposition, as a terminal's foreground job has.
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     state = tmp_path / ".p.csv.partial.json"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None and not state.is_file():
