@@ -39,19 +39,23 @@ def gold(ens: Ensemble, ds: TextDataset, split: str) -> np.ndarray | None:
 
 
 def evaluate(ens: Ensemble, ds: TextDataset, split: str, out: Path, *, fitted: dict | None = None,
-             data_info: dict | None = None) -> dict:
+             data_info: dict | None = None, logits: np.ndarray | None = None,
+             truncated: dict[str, int] | None = None) -> dict:
     """Vote on `ds`, write predictions.csv and the report into `out`; return the report dict.
 
     `fitted` is what `Ensemble.fit_vote` returned (it becomes the report's ``combining``);
     `data_info` adds to the report's ``data`` section (skipped rows, members that failed).
+    `logits` and `truncated` are `ds`'s member logits and truncation counts when the caller has
+    them already (the vote was fitted on this very split): they are not computed again.
 
     Example:
         >>> report = evaluate(Ensemble.load("runs/demo"), load_table("test.csv"), "test", Path("out"))  # doctest: +SKIP
         >>> report["ensemble"]["accuracy"], report["calibration"]["ensemble"]["nll_after"]  # doctest: +SKIP
         (0.968, 0.11)
     """
-    truncated: dict[str, int] = {}
-    logits = ens.member_logits(ds.texts, ds.pairs, truncated)
+    if logits is None:
+        truncated = {}
+        logits = ens.member_logits(ds.texts, ds.pairs, truncated)
     vote = ens.vote_logits(logits)
     y = gold(ens, ds, split)
     names = list(ens.members)
@@ -67,7 +71,7 @@ def evaluate(ens: Ensemble, ds: TextDataset, split: str, out: Path, *, fitted: d
             report["combining"]["warning"] = (f"evaluated on the '{split}' split the vote was fitted on, so these "
                                               "scores are optimistic; give the recipe a test file")
     report["training"] = _histories(ens)
-    report["data"] = _data_section(ens, data_info or {}, truncated)
+    report["data"] = _data_section(ens, data_info or {}, truncated or {})
     write_predictions(out / "predictions.csv", names=names, labels=ens.labels, vote=vote, texts=ds.texts,
                       pairs=ds.pairs, y_true=y, abstain=abstain)
     write_report(out, report)

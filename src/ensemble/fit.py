@@ -102,13 +102,17 @@ def fit(recipe: Recipe, out: Path, overwrite: bool = False, resume: bool = False
     ens = Ensemble.from_dirs({name: out / "members" / name for name in voters}, recipe.vote.method,
                              {k: v for k, v in recipe.vote.weights.items() if k in voters})
     # everything the vote learns (temperatures, weights, the stacker) comes from validation rows only
-    fitted = ens.fit_vote(ens.member_logits(splits.valid.texts, splits.valid.pairs),
-                          gold(ens, splits.valid, "data.valid"), recipe.vote)
-    eval_data, split = (test, "test") if test is not None else (splits.valid, "valid")
+    truncated: dict[str, int] = {}
+    valid_logits = ens.member_logits(splits.valid.texts, splits.valid.pairs, truncated)
+    fitted = ens.fit_vote(valid_logits, gold(ens, splits.valid, "data.valid"), recipe.vote)
     skipped = {"train": splits.train.skipped, "valid": splits.valid.skipped if recipe.data.valid else 0,
                "test": test.skipped if test is not None else 0}
-    report = evaluate(ens, eval_data, split, out, fitted=fitted,
-                      data_info={"skipped_rows": skipped, "failed_members": failed})
+    info = {"skipped_rows": skipped, "failed_members": failed}
+    if test is not None:
+        report = evaluate(ens, test, "test", out, fitted=fitted, data_info=info)
+    else:  # no test file: the report is on valid, whose logits are at hand
+        report = evaluate(ens, splits.valid, "valid", out, fitted=fitted, data_info=info,
+                          logits=valid_logits, truncated=truncated)
     write_json(out / MANIFEST, ens.manifest())
     return report
 
