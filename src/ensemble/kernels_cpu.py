@@ -85,6 +85,25 @@ if numba is not None:
         e = _scale_by_pow2(t, p)
         return np.float32(0.0) if x < np.float32(-87.0) else e
 
+    @njit(inline="always")
+    def _argmax_rows(tile, n, best, arg):  # pragma: no cover - compiled
+        """Per row r < n, the class of the largest ``tile[c, r]`` (first on ties) and its value.
+
+        Class-outer, rows-inner over a class-major tile, compare-and-select only: the row loop
+        touches three arrays and vectorises.
+        """
+        x0 = tile[0]
+        for r in range(n):
+            best[r] = x0[r]
+            arg[r] = 0
+        for c in range(1, tile.shape[0]):
+            xc = tile[c]
+            for r in range(n):
+                v = xc[r]
+                greater = v > best[r]
+                best[r] = v if greater else best[r]
+                arg[r] = c if greater else arg[r]
+
     @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
     def _vote(x, start, stop, probs_in, hard, weight, inv_temp, labels, scores, confidence, agreement,
               member_labels, member_confidence, equal_partial, bad, details):  # pragma: no cover - compiled
@@ -135,17 +154,7 @@ if numba is not None:
                         for r in range(n):
                             xc[r] = xm[o + r * classes + c]
                     # member argmax on the raw values: the first maximum wins
-                    x0 = xt[0]
-                    for r in range(n):
-                        best[r] = x0[r]
-                        arg[r] = 0
-                    for c in range(1, classes):
-                        xc = xt[c]
-                        for r in range(n):
-                            v = xc[r]
-                            greater = v > best[r]
-                            best[r] = v if greater else best[r]
-                            arg[r] = c if greater else arg[r]
+                    _argmax_rows(xt, n, best, arg)
                     if probs_in:
                         # non-finite inputs make the soft sums non-finite (0 * inf is NaN too)
                         for c in range(classes):
@@ -221,20 +230,13 @@ if numba is not None:
                         top[r] = top[r] - SHARE_TOL
                     # tied classes (share within SHARE_TOL of the top) compete on soft score, the
                     # lowest index winning exact ties; the others are out (-inf)
-                    for r in range(n):
-                        best[r] = -np.inf
-                        label[r] = 0
                     for c in range(classes):
                         shares_c = shares[c]
                         soft_c = soft[c]
                         xc = xt[c]
                         for r in range(n):
                             xc[r] = soft_c[r] if shares_c[r] >= top[r] else -np.inf
-                        for r in range(n):
-                            v = xc[r]
-                            greater = v > best[r]
-                            best[r] = v if greater else best[r]
-                            label[r] = c if greater else label[r]
+                    _argmax_rows(xt, n, best, label)
                     for r in range(n):
                         top[r] = shares[label[r], r]
                     for r in range(n):
@@ -246,17 +248,7 @@ if numba is not None:
                         for c in range(classes):
                             scores[t0 + r, c] = shares[c, r]
                 else:
-                    s0 = soft[0]
-                    for r in range(n):
-                        label[r] = 0
-                        top[r] = s0[r]
-                    for c in range(1, classes):
-                        soft_c = soft[c]
-                        for r in range(n):
-                            v = soft_c[r]
-                            greater = v > top[r]
-                            top[r] = v if greater else top[r]
-                            label[r] = c if greater else label[r]
+                    _argmax_rows(soft, n, top, label)
                     for r in range(n):
                         total[r] = zero
                     for m in range(members):
