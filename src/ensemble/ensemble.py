@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ from .batching import Collator, Encoded, encode, length_sorted_batches
 from .errors import EnsembleError
 from .members import Member, device_of, load_member
 from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig
+from .stacking import Stacker
 
 MANIFEST = "ensemble.json"
 FORMAT = "ensemble/1"
@@ -45,7 +45,7 @@ class Ensemble:
 
     def __init__(self, members: Sequence[Member], method: str = "soft", weights: dict[str, float] | None = None,
                  batch_size: int = 64, *, temperatures: dict[str, float] | None = None,
-                 stacker: combine.Stacker | None = None, abstain_below: float | None = None,
+                 stacker: Stacker | None = None, abstain_below: float | None = None,
                  abstain_on: str = "confidence", ensemble_temperature: float = 1.0):
         if method not in VOTE_METHODS:
             raise EnsembleError(f"the 'method' parameter must be one of {_set(VOTE_METHODS)}; got '{method}'")
@@ -104,7 +104,7 @@ class Ensemble:
     # ------------------------------------------------------------ loading and saving
 
     @classmethod
-    def load(cls, path: str | Path, device: str | Sequence[str] = "auto") -> "Ensemble":
+    def load(cls, path: str | Path, device: str | Sequence[str] = "auto") -> Ensemble:
         """Open a directory written by ``ensemble fit`` or ``ensemble vote``; see `to` for `device`."""
         path = Path(path)
         manifest_file = path / MANIFEST
@@ -128,7 +128,7 @@ class Ensemble:
         try:
             return cls(members, manifest.get("method", "soft"), manifest.get("weights"),
                        temperatures=manifest.get("temperatures"),
-                       stacker=None if stacker is None else combine.Stacker.from_dict(stacker),
+                       stacker=None if stacker is None else Stacker.from_dict(stacker),
                        abstain_below=manifest.get("abstain_below"),
                        abstain_on=manifest.get("abstain_on", "confidence"),
                        ensemble_temperature=manifest.get("ensemble_temperature", 1.0)).to(device)
@@ -137,7 +137,7 @@ class Ensemble:
 
     @classmethod
     def from_dirs(cls, dirs: dict[str, str | Path], method: str = "soft", weights: dict[str, float] | None = None,
-                  device: str | Sequence[str] = "auto") -> "Ensemble":
+                  device: str | Sequence[str] = "auto") -> Ensemble:
         """Members from their directories, keyed by name."""
         return cls([load_member(d, name) for name, d in dirs.items()], method, weights).to(device)
 
@@ -180,7 +180,7 @@ class Ensemble:
         temps = combine.fit_temperatures(logits, y) if vote.calibrate else np.ones(len(names))
         self.temperatures = dict(zip(names, map(float, temps), strict=True))
         probs = combine.softmax(logits, temps)
-        info: dict = {"method": vote.method, "fitted_on": "valid", "valid_rows": int(len(y)),
+        info: dict = {"method": vote.method, "fitted_on": "valid", "valid_rows": len(y),
                       "calibrated": bool(vote.calibrate), "temperatures": dict(self.temperatures)}
         if vote.method == "weighted":
             self.weights = dict(zip(names, map(float, combine.fit_weights(probs, y)), strict=True))
@@ -189,7 +189,7 @@ class Ensemble:
             self.weights = dict(zip(names, map(float, weights), strict=True))
             info["picks"] = {n: int(picks.count(k)) for k, n in enumerate(names)}
         elif vote.method == "stacking":
-            self.stacker = combine.Stacker().fit(probs, y, folds=vote.stacking_folds)
+            self.stacker = Stacker().fit(probs, y, folds=vote.stacking_folds)
             oof = self.stacker.oof_probs_
             info["valid"] = {"accuracy": float((oof.argmax(1) == y).mean()), "nll": combine.nll(oof, y)}
             info["valid_scored"] = "out-of-fold (cross-fitted)"
@@ -220,7 +220,7 @@ class Ensemble:
 
     # ------------------------------------------------------------ predicting
 
-    def to(self, device: str | Sequence[str] = "auto") -> "Ensemble":
+    def to(self, device: str | Sequence[str] = "auto") -> Ensemble:
         """Place the members: ``"auto"`` spreads them over all GPUs (round robin), else CPU.
 
         A single device (``"cpu"``, ``"cuda:1"``) takes every member; a list spreads them over it.
