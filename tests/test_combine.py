@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from ensemble.combine import (
     abstain_mask,
+    abstain_threshold,
     caruana_selection,
     coverage_curve,
     ece,
@@ -281,3 +282,55 @@ def test_temperatures_positive_and_finite(shape, scale):
     t = fit_temperatures(logits, rng.integers(0, classes, size=rows))
     assert t.shape == (members,) and np.all(np.isfinite(t))
     assert np.all((t >= 0.05) & (t <= 20.0))
+
+
+# Rows by value: 0.9 T, 0.8 T, 0.8 F, 0.7 T, 0.6 F -> answered above each cut: 1, 3, 4, 5 rows,
+# accuracy 1, 2/3, 3/4, 3/5. Ties (the two 0.8s) are answered or refused together.
+VALUES, CORRECT = [0.8, 0.6, 0.9, 0.7, 0.8], [True, False, True, True, False]
+
+
+@pytest.mark.parametrize("target, expected", [
+    ({"coverage": 0.2}, (0.9, 0.2, 1.0)),
+    ({"coverage": 0.4}, (0.8, 0.6, 2 / 3)),  # 2 rows would do, but the tie brings in a third
+    ({"coverage": 0.6}, (0.8, 0.6, 2 / 3)),
+    ({"coverage": 0.61}, (0.7, 0.8, 0.75)),
+    ({"coverage": 1.0}, (0.6, 1.0, 0.6)),
+    ({"accuracy": 1.0}, (0.9, 0.2, 1.0)),
+    ({"accuracy": 0.75}, (0.7, 0.8, 0.75)),  # 2/3 at 0.8 dips below, 3/4 at 0.7 is back up: most rows wins
+    ({"accuracy": 0.7}, (0.7, 0.8, 0.75)),
+    ({"accuracy": 0.6}, (0.6, 1.0, 0.6)),
+])
+def test_abstain_threshold_hand_computed(target, expected):
+    got = abstain_threshold(VALUES, np.array(CORRECT), **target)
+    assert (got["threshold"], got["coverage"]) == pytest.approx(expected[:2])
+    assert got["accuracy"] == pytest.approx(expected[2])
+    answered = ~abstain_mask(VALUES, got["threshold"])  # the same rule as predicting
+    assert answered.mean() == pytest.approx(got["coverage"])
+
+
+@given(st.lists(st.tuples(st.sampled_from([0.1, 0.3, 0.5, 0.7, 0.9]), st.booleans()), min_size=1, max_size=40),
+       st.floats(0.01, 1.0))
+@settings(max_examples=200, deadline=None)
+def test_abstain_threshold_coverage_is_the_highest_threshold_that_meets_it(rows, coverage):
+    values, correct = np.array([v for v, _ in rows]), np.array([c for _, c in rows])
+    got = abstain_threshold(values, correct, coverage=coverage)
+    assert got["coverage"] >= coverage - 1e-9
+    higher = values[values > got["threshold"]]
+    assert higher.size == 0 or (values >= higher.min()).mean() < coverage - 1e-9
+
+
+def test_abstain_threshold_errors():
+    # 0.9 wrong, 0.5 right: accuracy 0 answering 1 row, 0.5 answering both
+    with pytest.raises(EnsembleError, match=r"abstain_accuracy: no threshold reaches accuracy 0.99 on the 2 validation "
+                                            r"rows \(the best is 0.5000, answering 2 rows\); lower it"):
+        abstain_threshold([0.9, 0.5], np.array([False, True]), accuracy=0.99)
+    with pytest.raises(EnsembleError, match="no threshold reaches accuracy 0.5 on the 2 validation rows"):
+        abstain_threshold([0.5, 0.9], np.array([False, False]), accuracy=0.5)
+    with pytest.raises(EnsembleError, match="give exactly one of 'coverage' and 'accuracy'"):
+        abstain_threshold(VALUES, np.array(CORRECT), coverage=0.5, accuracy=0.5)
+    with pytest.raises(EnsembleError, match="give exactly one"):
+        abstain_threshold(VALUES, np.array(CORRECT))
+    with pytest.raises(EnsembleError, match=r"the 'coverage' parameter must be a number in \(0, 1\]; got 0"):
+        abstain_threshold(VALUES, np.array(CORRECT), coverage=0)
+    with pytest.raises(EnsembleError, match="'correct' must be a bool array"):
+        abstain_threshold(VALUES, [1, 0, 1, 1, 0], coverage=0.5)

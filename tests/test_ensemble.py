@@ -242,3 +242,45 @@ def test_report_calibration_numbers_recomputed_from_the_logits(run, tmp_path):
     assert len(rows) == len(valid)
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["agreement.png", "confusion.png", "coverage.png",
                                                                      "training.png"]
+
+
+@pytest.mark.parametrize("method, target", [("soft", {"abstain_coverage": 0.7}), ("stacking", {"abstain_coverage": 0.5}),
+                                            ("weighted", {"abstain_accuracy": 0.5}),
+                                            ("soft", {"abstain_coverage": 0.8, "abstain_on": "agreement"})])
+def test_the_abstention_threshold_is_chosen_on_validation_for_a_target(run, tmp_path, method, target):
+    from ensemble.data import load_table
+    from ensemble.evaluate import evaluate, gold
+    from ensemble.recipe import VoteConfig
+
+    ens, valid = three(run), valid_split(run)
+    logits, y = ens.member_logits(valid.texts), gold(ens, valid, "valid")
+    info = ens.fit_vote(logits, y, VoteConfig(method=method, **target))
+    chosen = info["abstention"]
+    assert ens.abstain_below == chosen["threshold"]
+    if "abstain_coverage" in target:
+        assert chosen["valid_coverage"] >= target["abstain_coverage"]
+    else:
+        assert chosen["valid_accuracy"] >= target["abstain_accuracy"]
+    if method != "stacking":  # the stacker's threshold is chosen on its out-of-fold confidence
+        vote = ens.vote_logits(logits)
+        answered = ~ens.abstained(vote)
+        assert answered.mean() == pytest.approx(chosen["valid_coverage"])
+        assert (vote.labels == y)[answered].mean() == pytest.approx(chosen["valid_accuracy"])
+    ens.save(tmp_path / "e")
+    assert Ensemble.load(tmp_path / "e").abstain_below == chosen["threshold"]
+    test = load_table(ROOT / "recipes" / "demo" / "test.csv").subset(range(100))
+    report = evaluate(ens, test, "test", tmp_path / "r", fitted=info)
+    assert report["abstention"]["chosen"] == chosen and report["abstention"]["threshold"] == chosen["threshold"]
+    assert "Chosen on the validation rows for" in (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+
+
+def test_vote_cli_chooses_the_threshold_for_a_coverage(run, tmp_path):
+    valid_split(run)
+    members = [str(run / "run" / "members" / n) for n in ("bert", "roberta")]
+    code = main(["vote", "--members", *members, "--data", str(ROOT / "recipes" / "demo" / "test.csv"),
+                 "--valid", str(run / "valid.csv"), "--abstain-coverage", "0.75", "--out", str(tmp_path / "v")])
+    assert code == 0
+    report = json.loads((tmp_path / "v" / "report.json").read_text())
+    assert report["abstention"]["chosen"]["valid_coverage"] >= 0.75
+    assert json.loads((tmp_path / "v" / "ensemble.json").read_text())["abstain_below"] == \
+        report["abstention"]["chosen"]["threshold"]

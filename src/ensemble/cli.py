@@ -70,6 +70,8 @@ def vote(
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Fit per-member temperatures on --valid before voting."),
     abstain_below: Optional[float] = typer.Option(None, "--abstain-below", help="Answer 'abstain' when --abstain-on is below this (0-1)."),
     abstain_on: str = typer.Option("confidence", "--abstain-on", help="confidence or agreement."),
+    abstain_coverage: Optional[float] = typer.Option(None, "--abstain-coverage", help="Choose the threshold on --valid: answer at least this share of rows (0-1]."),
+    abstain_accuracy: Optional[float] = typer.Option(None, "--abstain-accuracy", help="Choose the threshold on --valid: answer the most rows at this accuracy (0-1]."),
     text: Optional[str] = typer.Option(None, "--text", help="Text column (default: the members' recipe, else 'text')."),
     text_pair: Optional[str] = typer.Option(None, "--text-pair", help="Second text column for sentence pairs."),
     label: Optional[str] = typer.Option(None, "--label", help="Label column, if the data has labels (default: the members' recipe, else 'label')."),
@@ -89,6 +91,16 @@ def vote(
         raise EnsembleError(f"--abstain-on: must be one of {{'agreement', 'confidence'}}; got '{abstain_on}'")
     if abstain_below is not None and not 0 <= abstain_below <= 1:
         raise EnsembleError(f"--abstain-below: must be between 0 and 1; got {abstain_below}")
+    for flag, value in (("--abstain-coverage", abstain_coverage), ("--abstain-accuracy", abstain_accuracy)):
+        if value is not None and not 0 < value <= 1:
+            raise EnsembleError(f"{flag}: must be > 0 and <= 1; got {value}")
+        if value is not None and valid is None:
+            raise EnsembleError(f"{flag}: the threshold is chosen on labelled validation data; give --valid FILE")
+    given = [f for f, v in (("--abstain-below", abstain_below), ("--abstain-coverage", abstain_coverage),
+                            ("--abstain-accuracy", abstain_accuracy)) if v is not None]
+    if len(given) > 1:
+        raise EnsembleError(f"{given[1]}: give at most one of --abstain-below, --abstain-coverage, --abstain-accuracy; "
+                            f"got {' and '.join(given)}")
     if method in LEARNED_METHODS and valid is None:
         raise EnsembleError(f"--method {method}: learns on labelled validation data; give --valid FILE (not the --data file)")
     if weights and method in LEARNED_METHODS:
@@ -102,7 +114,8 @@ def vote(
     if out.exists() and not overwrite:
         raise EnsembleError(f"--out: '{out}' already exists; choose another directory or pass --overwrite")
     spec = VoteConfig(method=method, weights=_weights(weights), calibrate=calibrate and valid is not None,
-                      abstain_below=abstain_below, abstain_on=abstain_on)
+                      abstain_below=abstain_below, abstain_on=abstain_on, abstain_coverage=abstain_coverage,
+                      abstain_accuracy=abstain_accuracy)
     fitted = None
     if valid is not None:
         held = load_table(valid, **columns, field="--valid")

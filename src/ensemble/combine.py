@@ -7,7 +7,7 @@ int (N,). All float64 and deterministic; fit on a validation split, never the tr
 * `fit_temperatures`: one temperature per member (temperature scaling, Guo et al. 2017).
 * `fit_weights`: member weights on the simplex minimising the log-loss of the weighted mean.
 * `caruana_selection`: greedy ensemble selection with replacement (Caruana et al. 2004).
-* `coverage_curve`, `abstain_mask`: accuracy when answering only the confident rows.
+* `coverage_curve`, `abstain_mask`, `abstain_threshold`: answer only the confident rows.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from scipy.optimize import minimize, minimize_scalar
 
 from ensemble.errors import EnsembleError
 
-__all__ = ["abstain_mask", "caruana_selection", "coverage_curve", "ece",
+__all__ = ["abstain_mask", "abstain_threshold", "caruana_selection", "coverage_curve", "ece",
            "fit_temperatures", "fit_weights", "nll", "softmax"]
 
 # Probability floor before taking logs: a confidently wrong member costs log(1e12) ~ 27.6 nats
@@ -307,3 +307,49 @@ def abstain_mask(values, threshold: float) -> np.ndarray:
             or not np.isfinite(threshold):
         raise EnsembleError(f"the 'threshold' parameter must be a finite number; got {threshold!r}")
     return np.asarray(values, dtype=np.float64) < float(threshold)
+
+
+def abstain_threshold(values, correct, *, coverage: float | None = None, accuracy: float | None = None) -> dict:
+    """Choose the abstention threshold on validation rows, for a target coverage or accuracy.
+
+    Rows are answered when ``value >= threshold`` (as in `abstain_mask`). Give exactly one target:
+
+    * ``coverage``: the highest threshold that still answers at least this share of the rows;
+    * ``accuracy``: the lowest threshold (so the most rows answered) at which the answered rows
+      are at least this accurate; an error if no threshold gets there.
+
+    Returns the threshold and what it gives on these rows: ``{"threshold", "coverage", "accuracy"}``.
+
+    Example:
+        >>> abstain_threshold([0.9, 0.6, 0.8, 0.7], [True, False, True, False], coverage=0.5)
+        {'threshold': 0.8, 'coverage': 0.5, 'accuracy': 1.0}
+        >>> abstain_threshold([0.9, 0.6, 0.8, 0.7], [True, False, True, False], accuracy=0.6)
+        {'threshold': 0.7, 'coverage': 0.75, 'accuracy': 0.6666666666666666}
+    """
+    if (coverage is None) == (accuracy is None):
+        raise EnsembleError("abstain_threshold: give exactly one of 'coverage' and 'accuracy'")
+    name, target = ("coverage", coverage) if coverage is not None else ("accuracy", accuracy)
+    if isinstance(target, bool) or not isinstance(target, (int, float, np.number)) or not 0 < target <= 1:
+        raise EnsembleError(f"the '{name}' parameter must be a number in (0, 1]; got {target!r}")
+    v = _floats("values", values, 1)
+    ok = np.asarray(correct)
+    if ok.shape != v.shape or ok.dtype != bool:
+        raise EnsembleError(f"'correct' must be a bool array of shape {v.shape}; got {ok.dtype} {ok.shape}")
+    order = np.argsort(-v, kind="stable")
+    ranked, hits = v[order], np.cumsum(ok[order])
+    # Cut only between distinct values: rows tied with the threshold are answered together.
+    last = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))  # index of each value's last row
+    answered = last + 1
+    if coverage is not None:
+        # float slack: a coverage of 0.9 over 10 rows must accept 9 answered rows
+        k = last[np.searchsorted(answered, np.ceil(coverage * v.size - 1e-9))]
+    else:
+        reach = np.flatnonzero(hits[last] / answered >= accuracy - 1e-12)
+        if reach.size == 0:
+            best = int(np.argmax(hits[last] / answered))
+            raise EnsembleError(
+                f"abstain_accuracy: no threshold reaches accuracy {accuracy} on the {v.size} validation rows "
+                f"(the best is {hits[last][best] / answered[best]:.4f}, answering {answered[best]} rows); "
+                "lower it, or set abstain_coverage instead")
+        k = last[reach[-1]]
+    return {"threshold": float(ranked[k]), "coverage": float((k + 1) / v.size), "accuracy": float(hits[k] / (k + 1))}

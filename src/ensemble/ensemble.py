@@ -206,7 +206,30 @@ class Ensemble:
             info["valid_scored"] = "in-sample (fitted on these rows)" if vote.method in LEARNED_METHODS else "nothing fitted but temperatures"
         if vote.method != "stacking":
             info["weights"] = dict(self.weights)
+        if vote.abstain_target is not None:
+            info["abstention"] = self._fit_abstention(logits, y, vote)
         return info
+
+    def _fit_abstention(self, logits: np.ndarray, y: np.ndarray, vote: VoteConfig) -> dict:
+        """Set ``abstain_below`` from the validation rows for the recipe's coverage or accuracy target.
+
+        The stacker's confidence is taken out-of-fold, like its validation score; the other
+        methods' is in-sample (they fit at most M weights and a temperature on these rows).
+        """
+        if vote.abstain_below is not None:
+            raise EnsembleError("vote: set at most one of abstain_below, abstain_coverage, abstain_accuracy")
+        target, value = vote.abstain_target
+        scored = self.vote_logits(logits, member_details=False)
+        values, correct = scored.confidence, scored.labels == y
+        if vote.abstain_on == "agreement":
+            values = scored.agreement
+        elif self.stacker is not None:
+            oof = self.stacker.oof_probs_
+            values, correct = oof.max(axis=1), oof.argmax(axis=1) == y
+        chosen = combine.abstain_threshold(values, correct, **{target: value})
+        self.abstain_below = chosen["threshold"]
+        return {"target": target, "value": float(value), "on": vote.abstain_on, "threshold": chosen["threshold"],
+                "valid_coverage": chosen["coverage"], "valid_accuracy": chosen["accuracy"]}
 
     def save(self, path: str | Path) -> None:
         """Write the manifest and the members (hard links where possible) under `path`."""

@@ -65,6 +65,8 @@ def evaluate(ens: Ensemble, ds: TextDataset, split: str, out: Path, *, fitted: d
     if y is not None:
         _probability_scores(report, ens, logits, vote, y)
         report["abstention"] = _abstention(ens, vote, y, abstain)
+        if fitted is not None and "abstention" in fitted:  # the threshold was chosen on validation
+            report["abstention"]["chosen"] = fitted["abstention"]
     if fitted is not None:
         report["combining"] = dict(fitted)
         if split == fitted.get("fitted_on"):

@@ -121,6 +121,19 @@ class VoteConfig:
     stacking_folds: int = 5  # "stacking": cross-fitting folds on the validation split
     abstain_below: float | None = None  # answer "abstain" when abstain_on is below this
     abstain_on: str = "confidence"  # or "agreement": share of member weight behind the answer
+    # Or let validation choose abstain_below: answer at least this share of the rows, or
+    # answer as many rows as possible at this accuracy (`combine.abstain_threshold`).
+    abstain_coverage: float | None = None
+    abstain_accuracy: float | None = None
+
+    @property
+    def abstain_target(self) -> tuple[str, float] | None:
+        """("coverage" | "accuracy", value) when the threshold is chosen on validation."""
+        if self.abstain_coverage is not None:
+            return "coverage", self.abstain_coverage
+        if self.abstain_accuracy is not None:
+            return "accuracy", self.abstain_accuracy
+        return None
 
 
 @dataclass(frozen=True)
@@ -157,6 +170,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "patience": (1, 10_000, True), "valid_fraction": (0, 0.9, False), "split_seed": (0, 2**32 - 1, True),
     "seed": (0, 2**32 - 1, True), "checkpoint_every": (0, 1 << 40, True),
     "selection_rounds": (1, 100_000, True), "stacking_folds": (2, 100, True), "abstain_below": (0, 1, True),
+    "abstain_coverage": (0, 1, False), "abstain_accuracy": (0, 1, False),
 }
 MEMBER_KEYS = ("name", "model", "init", "arch", "size")
 
@@ -320,6 +334,10 @@ def _validate(raw: dict, base: Path, where: str) -> Recipe:
     if vote.weights and vote.method in LEARNED_METHODS:
         raise EnsembleError(f"{where}: vote.weights: method '{vote.method}' learns its own weights on the "
                             "validation split; remove [vote.weights] or use method = \"soft\" or \"hard\"")
+    given = [k for k in ("abstain_below", "abstain_coverage", "abstain_accuracy") if getattr(vote, k) is not None]
+    if len(given) > 1:
+        raise EnsembleError(f"{where}: vote: set at most one of abstain_below, abstain_coverage, abstain_accuracy; "
+                            f"got {' and '.join(given)}")
     return Recipe(path=base, data=data, defaults=defaults, members=tuple(members), vote=vote)
 
 

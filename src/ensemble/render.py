@@ -205,6 +205,7 @@ def _abstention(section: Any, report: dict, names: list[str]) -> list:
     threshold = section.get("threshold")
     items = [(f"Abstain on: {section.get('on', '?')}",),
              (f"Threshold: {'none (every row answered)' if threshold is None else _num(threshold)}",),
+             *_chosen(section.get("chosen")),
              (f"Abstained rows: {section.get('abstained', '?')} of {report['rows']}",),
              (f"Coverage: {_num(section.get('coverage'))}",),
              (f"Accuracy on answered rows: {_num(section.get('accuracy_answered')) or 'n/a'}",)]
@@ -216,6 +217,15 @@ def _abstention(section: Any, report: dict, names: list[str]) -> list:
         blocks += [("Accuracy on the answered rows at each threshold:",),
                    _Table(["threshold", "coverage", "accuracy"], rows, [True] * 3)]
     return blocks
+
+
+def _chosen(chosen: Any) -> list[tuple[str]]:
+    """How validation picked the threshold, when the recipe gave a coverage or accuracy target."""
+    if not isinstance(chosen, dict):
+        return []
+    return [(f"Chosen on the validation rows for {chosen.get('target', '?')} >= {_num(chosen.get('value'))}: "
+             f"there it answered {_num(chosen.get('valid_coverage'))} of the rows at accuracy "
+             f"{_num(chosen.get('valid_accuracy'))}",)]
 
 
 def _training(section: Any, report: dict, names: list[str]) -> list:
