@@ -1,6 +1,6 @@
 """The recipe: a TOML file validated once, at load, into typed dataclasses.
 
-Everything downstream takes these objects, never raw dicts. A recipe has four tables::
+Everything downstream takes these objects (defined in `ensemble.config`), never raw dicts. A recipe has four tables::
 
     [data]        train / valid / test files, column names, valid_fraction
     [defaults]    training fields shared by every member (any TrainConfig field)
@@ -20,160 +20,36 @@ import math
 import sys
 import types
 import typing
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from .config import (  # re-exported: the recipe's types are imported from here too
+    ABSTAIN_ON,
+    ARCHES,
+    CHOICES,
+    LEARNED_METHODS,
+    MEMBER_KEYS,
+    RANGES,
+    SIZES,
+    VOTE_METHODS,
+    DataConfig,
+    MemberConfig,
+    Recipe,
+    TrainConfig,
+    VoteConfig,
+    recipe_dict,
+)
 from .errors import EnsembleError
+
+__all__ = ["ABSTAIN_ON", "ARCHES", "LEARNED_METHODS", "SIZES", "VOTE_METHODS", "DataConfig", "MemberConfig",
+           "Recipe", "TrainConfig", "VoteConfig", "infer_arch", "load_recipe", "recipe_dict", "to_scratch",
+           "train_config"]
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
-
-ARCHES = ("albert", "bert", "electra", "roberta")
-SIZES = ("tiny", "mini", "small", "medium", "base")
-OPTIMIZERS = ("adam", "adamax", "adamw", "rmsprop", "sgd")
-SCHEDULERS = ("constant", "cosine", "exponential", "linear", "step")
-BEST_METRICS = ("accuracy", "macro_f1", "valid_loss")
-PRECISIONS = ("bf16", "fp16", "no")
-VOTE_METHODS = ("hard", "soft", "weighted", "selection", "stacking")
-LEARNED_METHODS = ("weighted", "selection", "stacking")  # fitted on the validation split
-ABSTAIN_ON = ("agreement", "confidence")
-BAD_ROWS = ("error", "skip")
-ON_DIVERGE = ("skip", "stop")
-TRACKERS = ("aim", "clearml", "comet_ml", "dvclive", "mlflow", "swanlab", "tensorboard", "trackio", "wandb")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where the labelled texts are and which columns hold what."""
-
-    train: Path
-    valid: Path | None = None
-    test: Path | None = None
-    valid_fraction: float = 0.1  # split off train (stratified, seeded) when no valid file is given
-    split_seed: int = 42
-    text: str = "text"
-    text_pair: str | None = None
-    label: str = "label"
-    on_bad_rows: str = "error"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every training knob; `[defaults]` sets them for all members, a member may override any."""
-
-    lr: float = 5e-5
-    batch_size: int = 32  # effective train batch: micro-batch x grad_accum
-    eval_batch_size: int = 64
-    epochs: int = 3
-    optimizer: str = "adamw"
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    momentum: float = 0.0  # sgd and rmsprop only
-    weight_decay: float = 0.0
-    scheduler: str = "linear"
-    warmup_ratio: float = 0.0  # share of all optimizer steps spent warming up linearly from 0
-    step_size: int = 1  # epochs between lr drops, "step" scheduler
-    gamma: float = 0.1  # lr factor per drop ("step") or per epoch ("exponential")
-    max_length: int = 128
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    grad_accum: int = 1
-    mixed_precision: str = "no"
-    seed: int = 42
-    dropout: float | None = None  # overrides the model's hidden and attention dropout
-    trainable_layers: int | None = None  # None: all; 0: freeze the encoder; k: only the top k layers
-    patience: int | None = None  # early stopping: epochs without improvement before stopping
-    best_metric: str = "valid_loss"
-    group_by_length: bool = True  # batches of similar length (shuffled): less padding per batch
-    compile: bool = False  # torch.compile the model (opt-in: compiling takes a while)
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, slower
-    checkpoint_every: int = 0  # also save resumable state every N optimizer steps (0: each epoch only)
-    log_with: tuple[str, ...] = ()  # Accelerate trackers: tensorboard, wandb, mlflow, ...
-    on_diverge: str = "stop"  # NaN/inf loss: "stop" the fit, or "skip" this member and vote without it
-
-    @property
-    def micro_batch_size(self) -> int:
-        return self.batch_size // self.grad_accum
-
-
-@dataclass(frozen=True)
-class MemberConfig:
-    """One member: where its weights come from and how it trains."""
-
-    name: str
-    model: str | None = None  # hub id or local directory (init = "pretrained")
-    init: str = "pretrained"
-    arch: str | None = None  # scratch only
-    size: str = "tiny"  # scratch only
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-
-@dataclass(frozen=True)
-class VoteConfig:
-    """How the members are combined; learned parts are fitted on the validation split only."""
-
-    method: str = "soft"  # hard, soft, or learned on validation: weighted, selection, stacking
-    weights: dict[str, float] = field(default_factory=dict)  # fixed weights (hard and soft only)
-    calibrate: bool = True  # per-member temperature scaling, fitted on validation, before voting
-    selection_rounds: int = 50  # "selection": greedy picks (with replacement)
-    stacking_folds: int = 5  # "stacking": cross-fitting folds on the validation split
-    abstain_below: float | None = None  # answer "abstain" when abstain_on is below this
-    abstain_on: str = "confidence"  # or "agreement": share of member weight behind the answer
-    # Or let validation choose abstain_below: answer at least this share of the rows, or
-    # answer as many rows as possible at this accuracy (`combine.abstain_threshold`).
-    abstain_coverage: float | None = None
-    abstain_accuracy: float | None = None
-
-    @property
-    def abstain_target(self) -> tuple[str, float] | None:
-        """("coverage" | "accuracy", value) when the threshold is chosen on validation."""
-        if self.abstain_coverage is not None:
-            return "coverage", self.abstain_coverage
-        if self.abstain_accuracy is not None:
-            return "accuracy", self.abstain_accuracy
-        return None
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A validated recipe. Load with `load_recipe`."""
-
-    path: Path
-    data: DataConfig
-    defaults: TrainConfig
-    members: tuple[MemberConfig, ...]
-    vote: VoteConfig
-
-    def member(self, name: str) -> MemberConfig:
-        for member in self.members:
-            if member.name == name:
-                return member
-        raise KeyError(name)
-
-
-# Allowed values and ranges, checked once for every field of the same name.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "best_metric": BEST_METRICS,
-    "mixed_precision": PRECISIONS, "method": VOTE_METHODS, "on_bad_rows": BAD_ROWS,
-    "init": ("pretrained", "scratch"), "arch": ARCHES, "size": SIZES, "log_with": TRACKERS,
-    "on_diverge": ON_DIVERGE, "abstain_on": ABSTAIN_ON,
-}
-# (low, high, low_inclusive): value must satisfy low </<= value <= high
-RANGES: dict[str, tuple[float, float, bool]] = {
-    "lr": (0, 10, False), "batch_size": (1, 1 << 20, True), "eval_batch_size": (1, 1 << 20, True),
-    "epochs": (1, 10_000, True), "eps": (0, 1, False), "momentum": (0, 1, True),
-    "weight_decay": (0, 10, True), "warmup_ratio": (0, 1, True), "step_size": (1, 10_000, True),
-    "gamma": (0, 1, False), "max_length": (8, 8192, True), "max_grad_norm": (0, 1e6, True),
-    "grad_accum": (1, 1 << 16, True), "dropout": (0, 1, True), "trainable_layers": (0, 1000, True),
-    "patience": (1, 10_000, True), "valid_fraction": (0, 0.9, False), "split_seed": (0, 2**32 - 1, True),
-    "seed": (0, 2**32 - 1, True), "checkpoint_every": (0, 1 << 40, True),
-    "selection_rounds": (1, 100_000, True), "stacking_folds": (2, 100, True), "abstain_below": (0, 1, True),
-    "abstain_coverage": (0, 1, False), "abstain_accuracy": (0, 1, False),
-}
-MEMBER_KEYS = ("name", "model", "init", "arch", "size")
-
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, scratch: str | None = None) -> Recipe:
     """Read, override and validate a TOML recipe.
@@ -480,16 +356,3 @@ def _suggest(word: str, options) -> str:
 
 def _set(options) -> str:
     return "{" + ", ".join(f"'{o}'" for o in options) + "}"
-
-
-def recipe_dict(obj: Any) -> Any:
-    """A JSON-ready copy of a recipe object (paths as strings), for the saved, resolved recipe."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: recipe_dict(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (list, tuple)):
-        return [recipe_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: recipe_dict(v) for k, v in obj.items()}
-    return obj
