@@ -43,7 +43,9 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     path = recipe(tmp_path)
     run([sys.executable, "-m", "ensemble", "fit", str(path), "--out", str(tmp_path / "one"), "--quiet"])
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    run([torchrun, "--nproc_per_node", "2", "-m", "ensemble", "fit", str(path), "--out", str(tmp_path / "two"), "--quiet"])
+    out = run([torchrun, "--nproc_per_node", "2", "-m", "ensemble", "fit", str(path), "--out", str(tmp_path / "two"),
+               "--quiet"])
+    assert out.count("bert epoch 1:") == 1 and out.count("bert epoch 2:") == 1  # the main process speaks, once
     # Tolerance: DDP sums the two processes' gradients with an all-reduce, a different float32
     # summation order than one process's backward pass; that moves losses by ~1e-7 per step, far
     # below 1e-4 after 40 steps. Accuracy may flip only on a row whose top two logits tie to 1e-4.

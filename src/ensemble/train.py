@@ -180,10 +180,15 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     bar = tqdm(total=len(train_dl) * t.epochs, desc=cfg.name, unit="batch", dynamic_ncols=True,
                initial=(state.epoch - 1) * len(train_dl) + state.batches_done,
                mininterval=0.2 if sys.stderr.isatty() else 30, disable=not (progress and accelerator.is_local_main_process))
-    bar.write(f"{cfg.name}: {cfg.model or f'{cfg.arch}-{cfg.size} from scratch'}, "
-              f"{total_params / 1e6:.1f}M parameters ({trainable / 1e6:.1f}M trainable), "
-              f"{len(train_set)} train / {len(valid_set)} valid rows"
-              + (f", resumed at epoch {state.epoch} batch {state.batches_done}" if saved else ""))
+
+    def say(line: str) -> None:  # one copy of each line, not one per process (a disabled bar still writes)
+        if main:
+            bar.write(line)
+
+    say(f"{cfg.name}: {cfg.model or f'{cfg.arch}-{cfg.size} from scratch'}, "
+        f"{total_params / 1e6:.1f}M parameters ({trainable / 1e6:.1f}M trainable), "
+        f"{len(train_set)} train / {len(valid_set)} valid rows"
+        + (f", resumed at epoch {state.epoch} batch {state.batches_done}" if saved else ""))
     steps_per_epoch = math.ceil(len(train_dl) / accum)  # this process's optimizer steps (len is per process now)
     step = (state.epoch - 1) * steps_per_epoch + math.ceil(state.batches_done / accum)
     stop = t.patience is not None and state.stale >= t.patience
@@ -243,8 +248,8 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
         record = {"epoch": epoch, "train_loss": train_loss, **metrics, "lr": scheduler.get_last_lr()[0],
                   "seconds": seconds, "samples_per_s": (state.seen - seen_at_start) * accelerator.num_processes / seconds}
         state.history.append(record)
-        bar.write(f"{cfg.name} epoch {epoch}: train_loss {record['train_loss']:.4f}  valid_loss {metrics['valid_loss']:.4f}  "
-                  f"accuracy {metrics['accuracy']:.4f}  macro_f1 {metrics['macro_f1']:.4f}")
+        say(f"{cfg.name} epoch {epoch}: train_loss {record['train_loss']:.4f}  valid_loss {metrics['valid_loss']:.4f}  "
+            f"accuracy {metrics['accuracy']:.4f}  macro_f1 {metrics['macro_f1']:.4f}")
         if main:
             ckpt.log({"event": "epoch", **record})
         if t.log_with:
@@ -260,7 +265,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
         else:
             state.stale += 1
             if t.patience is not None and state.stale >= t.patience:
-                bar.write(f"{cfg.name}: no better {t.best_metric} for {state.stale} epochs; stopping early")
+                say(f"{cfg.name}: no better {t.best_metric} for {state.stale} epochs; stopping early")
                 stop = True
         state.epoch, state.batches_done = epoch + 1, 0
         ckpt.save(accelerator, state, best_state)
