@@ -537,7 +537,12 @@ def test_kernel_exp_is_within_two_ulp():
 @needs_numba
 @pytest.mark.parametrize("method", ["soft", "hard"])
 @pytest.mark.parametrize("inputs", ["logits", "probs"])
-@pytest.mark.parametrize(("members", "rows", "classes"), [(3, 5000, 2), (5, 3001, 7), (2, 1500, 33)])
+@pytest.mark.parametrize(
+    ("members", "rows", "classes"),
+    # every class count the kernel compiles a constant-stride copy for (2-8), one either side
+    [(3, 5000, 2), (2, 1300, 1), (4, 1300, 3), (3, 1300, 4), (2, 1300, 5), (3, 1300, 6), (5, 3001, 7),
+     (2, 1300, 8), (3, 1300, 9), (2, 1500, 33)],
+)
 def test_kernel_matches_reference_over_many_tiles(monkeypatch, method, inputs, members, rows, classes):
     # Many tiles and thread blocks, a ragged last tile, coarse values (many ties), a zero weight.
     rng = np.random.default_rng(rows + classes)

@@ -104,6 +104,76 @@ if numba is not None:
                 best[r] = v if greater else best[r]
                 arg[r] = c if greater else arg[r]
 
+    @njit(inline="always")
+    def _transpose(src, n, xt, classes):  # pragma: no cover - compiled
+        """``xt[c, r] = src[r * classes + c]`` for r < n: one member's row-major tile, class-major.
+
+        Written class-outer over a strided view so that, when `classes` is a compile-time
+        constant (see `_transpose_tile`), LLVM turns each row loop into wide loads and shuffles
+        rather than one scalar load per value (about 1.5x faster for 5 to 20 classes).
+        """
+        for c in range(classes):
+            xc = xt[c]
+            s = src[c:]
+            for r in range(n):
+                xc[r] = s[r * classes]
+
+    @njit(inline="always")
+    def _transpose_tile(xm, o, n, xt, classes):  # pragma: no cover - compiled
+        """`_transpose` of ``xm[o:o + n * classes]`` with the class count a constant for 2-8."""
+        src = xm[o:o + n * classes]
+        if classes == 2:  # deinterleaving two streams: twice as fast as the general loop
+            x0 = xt[0]
+            x1 = xt[1]
+            for r in range(n):
+                x0[r] = src[2 * r]
+                x1[r] = src[2 * r + 1]
+        elif classes == 3:
+            _transpose(src, n, xt, 3)
+        elif classes == 4:
+            _transpose(src, n, xt, 4)
+        elif classes == 5:
+            _transpose(src, n, xt, 5)
+        elif classes == 6:
+            _transpose(src, n, xt, 6)
+        elif classes == 7:
+            _transpose(src, n, xt, 7)
+        elif classes == 8:
+            _transpose(src, n, xt, 8)
+        else:
+            _transpose(src, n, xt, classes)
+
+    @njit(inline="always")
+    def _untranspose(xt, n, dst, classes):  # pragma: no cover - compiled
+        """``dst[r * classes + c] = xt[c, r]``: the class-major scratch back to row-major.
+
+        Row-outer (the opposite of `_transpose`): with a constant class count the stores of a
+        row form one interleaved group, which LLVM writes with shuffles and full-width stores.
+        """
+        for r in range(n):
+            for c in range(classes):
+                dst[r * classes + c] = xt[c, r]
+
+    @njit(inline="always")
+    def _untranspose_tile(xt, n, dst, classes):  # pragma: no cover - compiled
+        """`_untranspose` with the class count a constant for 2-8 (3-6x faster stores)."""
+        if classes == 2:
+            _untranspose(xt, n, dst, 2)
+        elif classes == 3:
+            _untranspose(xt, n, dst, 3)
+        elif classes == 4:
+            _untranspose(xt, n, dst, 4)
+        elif classes == 5:
+            _untranspose(xt, n, dst, 5)
+        elif classes == 6:
+            _untranspose(xt, n, dst, 6)
+        elif classes == 7:
+            _untranspose(xt, n, dst, 7)
+        elif classes == 8:
+            _untranspose(xt, n, dst, 8)
+        else:
+            _untranspose(xt, n, dst, classes)
+
     @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
     def _vote(x, start, stop, probs_in, hard, weight, inv_temp, labels, scores, confidence, agreement,
               member_labels, member_confidence, equal_partial, bad, details):  # pragma: no cover - compiled
@@ -148,11 +218,8 @@ if numba is not None:
                 for m in range(members):
                     w = weight[m]
                     xm = flat[m]
-                    o = (start + t0) * classes  # the member's tile: xm[o:o + n * classes], row-major
-                    for c in range(classes):  # transpose into the class-major scratch
-                        xc = xt[c]
-                        for r in range(n):
-                            xc[r] = xm[o + r * classes + c]
+                    # the member's tile, xm[o:o + n * classes] row-major, into the class-major scratch
+                    _transpose_tile(xm, (start + t0) * classes, n, xt, classes)
                     # member argmax on the raw values: the first maximum wins
                     _argmax_rows(xt, n, best, arg)
                     if probs_in:
@@ -244,9 +311,7 @@ if numba is not None:
                     for r in range(n):
                         confidence[t0 + r] = top[r]
                         agreement[t0 + r] = top[r]  # the label's share is the agreeing weight
-                    for r in range(n):
-                        for c in range(classes):
-                            scores[t0 + r, c] = shares[c, r]
+                    _untranspose_tile(shares, n, scores[t0 * classes:(t0 + n) * classes], classes)
                 else:
                     _argmax_rows(soft, n, top, label)
                     for r in range(n):
@@ -261,9 +326,7 @@ if numba is not None:
                     for r in range(n):
                         confidence[t0 + r] = top[r]
                         agreement[t0 + r] = total[r]
-                    for r in range(n):
-                        for c in range(classes):
-                            scores[t0 + r, c] = soft[c, r]
+                    _untranspose_tile(soft, n, scores[t0 * classes:(t0 + n) * classes], classes)
                 for i in range(members):
                     own_i = own[i]
                     for j in range(i + 1, members):
@@ -306,8 +369,11 @@ def fused_vote(x: np.ndarray, method: str, weight: np.ndarray, temperature: np.n
             out[key] = np.empty((members, 1) if key.startswith("member") and not member_details else shape, dtype)
     partial = np.zeros((blocks, members, members), np.int64)
     bad = np.full(blocks, -1, np.int64)
+    scores = out["scores"].reshape(-1)  # the kernel writes row-major scores through a flat view
+    if not np.shares_memory(scores, out["scores"]):  # pragma: no cover - callers pass contiguous rows
+        raise ValueError("fused_vote needs a C-contiguous 'scores' output")
     _vote(x, start, stop, probs_in, method == "hard", weight.astype(np.float32),
-          (1.0 / temperature).astype(np.float32), out["labels"], out["scores"], out["confidence"],
+          (1.0 / temperature).astype(np.float32), out["labels"], scores, out["confidence"],
           out["agreement"], out["member_labels"], out["member_confidence"], partial, bad, member_details)
     equal = partial.sum(axis=0)
     out["equal_counts"] = equal + equal.T + np.diag(np.full(members, rows, np.int64))
