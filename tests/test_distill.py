@@ -12,7 +12,8 @@ import torch
 from ensemble.data import load_table, sorted_labels
 from ensemble.members import load_member
 from ensemble.recipe import DataConfig, MemberConfig, TrainConfig
-from ensemble.train import Splits, Teacher, distill_loss, train_member
+from ensemble.errors import EnsembleError
+from ensemble.train import IGNORE, Splits, Teacher, distill_loss, train_member
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "recipes" / "demo"
@@ -33,11 +34,36 @@ def test_distill_loss_matches_the_formula(t):
         assert got.item() == pytest.approx(hard_weight * ce.item() + (1 - hard_weight) * t * t * kl.item(), rel=1e-5)
 
 
+def test_distill_loss_unlabelled_rows_count_in_the_soft_term_only():
+    torch.manual_seed(1)
+    logits, teacher = torch.randn(6, 3), torch.softmax(torch.randn(6, 3), -1)
+    labels = torch.tensor([0, IGNORE, 2, IGNORE, 1, 2])
+    known = labels != IGNORE
+    spec = Teacher(np.zeros((1, 3)), 2.0, 0.4)
+    soft_only = distill_loss(logits, labels, teacher, Teacher(np.zeros((1, 3)), 2.0, 0.0))
+    ce = torch.nn.functional.cross_entropy(logits[known], labels[known])
+    got = distill_loss(logits, labels, teacher, spec)
+    assert got.item() == pytest.approx(0.4 * ce.item() + 0.6 * soft_only.item(), rel=1e-5)
+    # a batch of unlabelled rows only: the soft term alone, not NaN
+    none = torch.full((6,), IGNORE)
+    assert distill_loss(logits, none, teacher, spec).item() == pytest.approx(0.6 * soft_only.item(), rel=1e-5)
+
+
+def test_training_rows_without_labels_need_a_teacher(tmp_path):
+    train = load_table(DEMO / "train.csv").subset(range(8))
+    train.labels[3] = None
+    cfg = MemberConfig("m", init="scratch", arch="bert", size="tiny", train=TrainConfig(epochs=1))
+    with pytest.raises(EnsembleError, match=r"^members\[m\]: training rows without a label need a teacher"):
+        train_member(cfg, Splits(train, train), sorted_labels(["negative", "neutral", "positive"]),
+                     DataConfig(train=DEMO / "train.csv"), tmp_path / "m", progress=False)
+
+
 @pytest.mark.slow
 def test_a_student_learns_what_its_teacher_says_not_the_labels(tmp_path):
     train = load_table(DEMO / "train.csv").subset(range(192))
     valid = load_table(DEMO / "valid.csv").subset(range(48))
     labels = sorted_labels(train.labels)
+    train.labels[96:] = [None] * 96  # half the rows are a transfer set: teacher only
     # a teacher that always says "neutral", whatever the gold label: with hard_weight 0 only it counts
     probs = np.tile(np.array([[0.02, 0.96, 0.02]], dtype=np.float32), (len(train), 1))
     cfg = MemberConfig("student", init="scratch", arch="bert", size="tiny",
@@ -84,6 +110,23 @@ def test_distill_command_writes_an_ordinary_member_and_the_comparison(fitted, tm
     assert member.labels == ["negative", "neutral", "positive"]
 
 
+@pytest.mark.slow
+def test_distill_command_learns_from_unlabelled_texts(fitted, tmp_path, cli):
+    rows = (DEMO / "valid.csv").read_text(encoding="utf-8").splitlines()[1:61]
+    unlabelled = tmp_path / "more.jsonl"  # another format, text column only
+    unlabelled.write_text("".join(json.dumps({"text": row.rsplit(",", 1)[0].strip('"')}) + "\n" for row in rows),
+                          encoding="utf-8")
+    code, out, err = cli(["distill", "--ensemble", str(fitted / "run"), "--student", "scratch:bert:tiny",
+                          "--out", str(tmp_path / "student"), "--set", "epochs=1", "--unlabeled", str(unlabelled),
+                          "--hard-weight", "0.3", "--quiet"])
+    assert code == 0, err
+    assert "60 unlabelled rows" in out
+    result = json.loads((tmp_path / "student" / "distill.json").read_text())
+    assert result["unlabeled_rows"] == 60 and result["hard_weight"] == 0.3
+    card = (tmp_path / "student" / "README.md").read_text(encoding="utf-8")
+    assert "- Data: 360 training rows, 100 validation rows" in card  # 300 labelled rows and the transfer set
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--student", "scratch:gpt:tiny"], "--student: scratch students are scratch:ARCH[:SIZE]"),
     (["--student", "scratch:bert:huge"], "--student: scratch students are scratch:ARCH[:SIZE]"),
@@ -91,6 +134,9 @@ def test_distill_command_writes_an_ordinary_member_and_the_comparison(fitted, tm
     (["--student", "scratch:bert", "--hard-weight", "2"], "--hard-weight: must be between 0 and 1"),
     (["--student", "scratch:bert", "--set", "lrr=1"], "unknown key (did you mean 'lr'?)"),
     (["--student", "somewhere/unknown-model"], "--student: cannot tell the architecture"),
+    (["--student", "scratch:bert", "--unlabeled", "nowhere.csv"], "--unlabeled: file not found: 'nowhere.csv'"),
+    (["--student", "scratch:bert", "--unlabeled", str(DEMO / "train.csv"), "--text", "body"],
+     "--unlabeled: column 'body' not found"),
 ])
 def test_distill_input_errors(fitted, tmp_path, cli, args, fragment):
     code, _, err = cli(["distill", "--ensemble", str(fitted / "run"), "--out", str(tmp_path / "s"), *args])

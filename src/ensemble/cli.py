@@ -191,6 +191,9 @@ def distill(
     name: str = typer.Option("student", "--name", help="The student's member name."),
     temperature: float = typer.Option(2.0, "--temperature", help="Softens the ensemble's probabilities (and the student's)."),
     hard_weight: float = typer.Option(0.5, "--hard-weight", help="Share of the loss on the gold labels (0: soft labels only)."),
+    unlabeled: Optional[Path] = typer.Option(None, "--unlabeled", help="Extra texts without labels (same text columns as the training data) that the ensemble labels for the student: a transfer set."),
+    text: Optional[str] = typer.Option(None, "--text", help="--unlabeled's text column (default: the members' recipe, else 'text')."),
+    text_pair: Optional[str] = typer.Option(None, "--text-pair", help="--unlabeled's second text column, for sentence pairs."),
     set_: List[str] = typer.Option([], "--set", help="Training field for the student: FIELD=VALUE, e.g. lr=1e-4 (default: the first member's)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted distillation from its checkpoint."),
@@ -206,9 +209,17 @@ def distill(
         raise EnsembleError(f"--out: '{out}' already exists; choose another directory, or pass --overwrite or --resume")
     ens = Ensemble.load(ensemble)
     spec = student_config(student, name, ens, set_)
+    extra = None
+    if unlabeled is not None:
+        from .data import load_table
+
+        text, text_pair, _ = _columns(ens, text, text_pair, None)
+        extra = load_table(unlabeled, text=text, text_pair=text_pair, label=None, field="--unlabeled", require_label=False)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = run_distill(ens, spec, out, temperature=temperature, hard_weight=hard_weight, progress=not quiet,
-                         resume=resume)
+    result = run_distill(ens, spec, out, temperature=temperature, hard_weight=hard_weight, unlabeled=extra,
+                         progress=not quiet, resume=resume)
+    if extra is not None:
+        typer.echo(f"\n{len(extra)} unlabelled rows from {unlabeled}, taught by the ensemble alone")
     typer.echo(f"\n{result['split']} split, {result['rows']} rows")
     typer.echo(f"{'':<22} {'accuracy':>9} {'rows/s':>9}")
     typer.echo(f"{'ensemble':<22} {result['ensemble_accuracy']:>9.4f} {result['ensemble_rows_per_s']:>9.1f}")

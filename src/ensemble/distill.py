@@ -22,7 +22,7 @@ from .errors import EnsembleError
 from .evaluate import gold
 from .members import RECIPE_FILE, load_member, preflight
 from .recipe import ARCHES, SIZES, DataConfig, MemberConfig, infer_arch, train_config
-from .train import Teacher, train_member
+from .train import Splits, Teacher, train_member
 
 REPORT = "distill.json"
 
@@ -70,8 +70,13 @@ def training_data(ens: Ensemble) -> DataConfig:
 
 
 def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: float = 2.0, hard_weight: float = 0.5,
-            progress: bool = True, resume: bool = False) -> dict:
+            unlabeled: TextDataset | None = None, progress: bool = True, resume: bool = False) -> dict:
     """Train `student` on `ens`'s soft labels into `out` (a member directory); return the comparison.
+
+    `unlabeled` adds a transfer set: texts without gold labels that the ensemble labels and the
+    student learns from the soft labels alone. The members fitted the training rows, so there
+    their probabilities are overconfident echoes of the labels; on unseen text they carry what
+    the ensemble knows beyond its best member.
 
     Example:
         >>> ens = Ensemble.load("runs/demo")  # doctest: +SKIP
@@ -89,6 +94,15 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
     if sorted(labels) != sorted(ens.labels):
         raise EnsembleError(f"--ensemble: its labels {ens.labels} differ from its training data's {labels}")
     preflight([student])
+    if unlabeled is not None:
+        if (unlabeled.pairs is None) != (splits.train.pairs is None):
+            need = "needs a second text column" if splits.train.pairs is not None else "must have one text column"
+            raise EnsembleError(f"--unlabeled: '{unlabeled.path}' {need}, like the members' training data")
+        train = splits.train
+        splits = Splits(TextDataset(
+            texts=train.texts + unlabeled.texts,
+            pairs=None if train.pairs is None else train.pairs + unlabeled.pairs,
+            labels=list(train.labels) + [None] * len(unlabeled), path=train.path), splits.valid)
     # the teacher's probabilities for every training row, in the student's label order
     order = [ens.labels.index(label) for label in labels]
     probs = _soft_scores(ens, ens.member_logits(splits.train.texts, splits.train.pairs))[:, order]
@@ -97,7 +111,8 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
 
     held, split = (test, "test") if test is not None else (splits.valid, "valid")
     result = compare(ens, load_member(out, student.name), held, split)
-    result.update(temperature=temperature, hard_weight=hard_weight, student=student.model or
+    result.update(temperature=temperature, hard_weight=hard_weight, unlabeled_rows=0 if unlabeled is None else len(unlabeled),
+                  student=student.model or
                   f"scratch:{student.arch}:{student.size}")
     write_json(out / REPORT, result)
     return result

@@ -34,12 +34,16 @@ from .recipe import DataConfig, MemberConfig, recipe_dict
 from .report import classification_metrics
 
 
+IGNORE = -100  # the label id of a training row without a gold label (cross_entropy's ignore_index)
+
+
 @dataclass(frozen=True)
 class Teacher:
     """Distillation targets: an ensemble's probabilities for every training row, and how to use them.
 
     The student's loss is ``hard_weight * CE(labels) + (1 - hard_weight) * T^2 * KL(teacher_T || student_T)``
-    with both distributions softened by the temperature T (Hinton et al., 2015).
+    with both distributions softened by the temperature T (Hinton et al., 2015). Training rows
+    whose label is None (unlabelled transfer rows) count in the KL term only.
     """
 
     probs: np.ndarray  # (train rows, classes), rows in the training split's order
@@ -56,7 +60,9 @@ def distill_loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tens
         0.0
     """
     t = spec.temperature
-    hard = torch.nn.functional.cross_entropy(logits.float(), labels)
+    # rows without a gold label (a transfer set, label IGNORE) learn from the teacher only
+    known = (labels != IGNORE).sum().clamp_min(1)
+    hard = torch.nn.functional.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="sum") / known
     # softening probabilities p by T: p^(1/T), renormalised (a softmax of log p / T)
     target = torch.softmax(torch.log(teacher.clamp_min(1e-12)) / t, dim=-1)
     soft = torch.nn.functional.kl_div(torch.log_softmax(logits.float() / t, dim=-1), target, reduction="batchmean")
@@ -98,6 +104,8 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
         raise EnsembleError(f"members[{cfg.name}].batch_size: {t.batch_size} must be a multiple of grad_accum "
                             f"({t.grad_accum}) x processes ({world})")
     per_process = t.batch_size // world
+    if teacher is None and any(y is None for y in splits.train.labels):
+        raise EnsembleError(f"members[{cfg.name}]: training rows without a label need a teacher (ensemble distill)")
     if teacher is not None and teacher.probs.shape != (len(splits.train), len(labels)):
         raise EnsembleError(f"members[{cfg.name}]: teacher probabilities have shape {teacher.probs.shape}; "
                             f"expected ({len(splits.train)}, {len(labels)}) (train rows, classes)")
@@ -145,7 +153,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     label_id = {name: i for i, name in enumerate(labels)}
     train_set = encode(tokenizer, splits.train.texts, splits.train.pairs, t.max_length,
-                       [label_id[y] for y in splits.train.labels])
+                       [IGNORE if y is None else label_id[y] for y in splits.train.labels])
     if teacher is not None:
         train_set.teacher = teacher.probs.astype(np.float32)
     valid_set = encode(tokenizer, splits.valid.texts, splits.valid.pairs, t.max_length,
