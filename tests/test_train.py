@@ -510,6 +510,53 @@ def test_non_finite_loss_raises_naming_the_member(bad, monkeypatch, small_splits
     assert [p.name for p in tmp_path.iterdir()] == []
 
 
+@pytest.mark.slow
+def test_non_finite_loss_read_back_late_names_its_batch_and_saves_nothing_after_it(monkeypatch, demo_splits, tmp_path):
+    # As on a GPU: losses read back every 4 batches (and before each checkpoint). Batch 6 (of 13)
+    # goes NaN and is found when batches 6-9 are read back: the step checkpoint of batch 5 stays,
+    # the one due after batch 10 is never written.
+    monkeypatch.setattr(train_mod, "_sync_every", lambda device: 4)
+    real_build = train_mod.build_member
+    calls = []
+
+    def poisoned(cfg, labels, texts):
+        model, tokenizer = real_build(cfg, labels, texts)
+
+        def hook(module, args, output):
+            if module.training:
+                calls.append(1)
+                if len(calls) == 6:
+                    output.loss = output.loss - output.loss.detach() + float("nan")
+            return output
+
+        model.register_forward_hook(hook)
+        return model, tokenizer
+
+    monkeypatch.setattr(train_mod, "build_member", poisoned)
+    with pytest.raises(EnsembleError, match=r"members\[late\]: training loss became nan at epoch 1, batch 6; .* "
+                                            r"the last good checkpoint is kept"):
+        fit(member("late", epochs=1, checkpoint_every=5), demo_splits, tmp_path / "m")
+    progress = json.loads((tmp_path / ".m.ckpt" / "progress.json").read_text())
+    assert progress["batches_done"] == 5
+    steps = [json.loads(x) for x in (tmp_path / ".m.ckpt" / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in steps if x["event"] == "step"] == [1, 2, 3, 4, 5]  # none from the NaN on
+
+
+@pytest.mark.slow
+def test_reading_losses_back_in_windows_changes_nothing(monkeypatch, demo_splits, tmp_path):
+    every = fit(member("w", epochs=2, checkpoint_every=3), demo_splits, tmp_path / "every")
+    monkeypatch.setattr(train_mod, "_sync_every", lambda device: 5)
+    windows = fit(member("w", epochs=2, checkpoint_every=3), demo_splits, tmp_path / "windows")
+    for a, b in zip(every["history"], windows["history"], strict=True):
+        for key in ("train_loss", "valid_loss", "accuracy", "lr"):
+            assert a[key] == b[key], key
+    wa, wb = weights(tmp_path / "every"), weights(tmp_path / "windows")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    logs = [[{k: v for k, v in json.loads(x).items() if k not in ("samples_per_s", "seconds")}
+             for x in (tmp_path / d / "log.jsonl").read_text().splitlines()] for d in ("every", "windows")]
+    assert logs[0] == logs[1] and sum(x["event"] == "step" for x in logs[0]) == 2 * 13
+
+
 # ---------------------------------------------------------------- out-of-memory backoff
 
 @pytest.mark.slow

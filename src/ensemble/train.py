@@ -189,6 +189,8 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
                initial=(state.epoch - 1) * len(train_dl) + state.batches_done,
                mininterval=0.2 if sys.stderr.isatty() else 30, disable=not (progress and accelerator.is_local_main_process))
 
+    sync_every = _sync_every(accelerator.device)
+
     def say(line: str) -> None:  # one copy of each line, not one per process (a disabled bar still writes)
         if main:
             bar.write(line)
@@ -212,6 +214,39 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
         batches = accelerator.skip_first_batches(train_dl, done) if done else train_dl
         start = time.perf_counter()
         seen_at_start = state.seen
+        pending: list[tuple] = []  # (batch, rows, loss on the device, lr, step or None) not yet read back
+
+        def settle() -> None:
+            """Read the pending losses back in one transfer; check them, count them, log them.
+
+            On a GPU a `.item()` per batch would stall the host until the device finishes, so the
+            next batch could not be queued meanwhile: losses are read every `_sync_every` batches,
+            and always before a checkpoint is written (a diverged step never reaches one).
+            """
+            if not pending:
+                return
+            values = torch.stack([p[2] for p in pending]).float().tolist()
+            bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+            if not _finite_everywhere(accelerator, values[bad] if bad is not None else 0.0):
+                batch_no, value = (pending[bad][0], values[bad]) if bad is not None else (pending[-1][0], "non-finite elsewhere")
+                # nothing of this epoch is saved: the checkpoint of the last good epoch (or step) stays
+                kept = (f"the last good checkpoint is kept in '{ckpt.root}'" if (ckpt.root / PROGRESS).is_file()
+                        else "no checkpoint was saved before it")
+                raise Diverged(f"members[{cfg.name}]: training loss became {value} at epoch {epoch}, batch {batch_no}; "
+                               f"lower lr (now {t.lr:g}) or set max_grad_norm (now {t.max_grad_norm:g}); {kept}")
+            rate = 0.0
+            for (_, rows, _, lr, stepped), value in zip(pending, values):
+                state.loss_sum += value * rows
+                state.seen += rows
+                rate = (state.seen - seen_at_start) * accelerator.num_processes / max(time.perf_counter() - start, 1e-9)
+                if stepped is not None and main:
+                    ckpt.log({"event": "step", "epoch": epoch, "step": stepped, "loss": value, "lr": lr, "samples_per_s": rate})
+                if stepped is not None and t.log_with:
+                    accelerator.log({"train/loss": value, "train/lr": lr}, step=stepped)
+            bar.set_postfix(epoch=f"{epoch}/{t.epochs}", loss=f"{state.loss_sum / state.seen:.4f}", samples_s=f"{rate:.0f}")
+            bar.update(len(pending))
+            pending.clear()
+
         for batch in batches:
             with accelerator.accumulate(model):
                 targets = batch.pop("teacher", None)
@@ -223,29 +258,19 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            rows, value = batch["input_ids"].shape[0], loss.item()
-            if not _finite_everywhere(accelerator, value):
-                # nothing of this epoch is saved: the checkpoint of the last good epoch (or step) stays
-                kept = (f"the last good checkpoint is kept in '{ckpt.root}'" if (ckpt.root / PROGRESS).is_file()
-                        else "no checkpoint was saved before it")
-                raise Diverged(f"members[{cfg.name}]: training loss became {value} at epoch {epoch}, batch {done + 1}; "
-                               f"lower lr (now {t.lr:g}) or set max_grad_norm (now {t.max_grad_norm:g}); {kept}")
-            state.loss_sum += value * rows
-            state.seen += rows
             done += 1
-            rate = (state.seen - seen_at_start) * accelerator.num_processes / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(epoch=f"{epoch}/{t.epochs}", loss=f"{state.loss_sum / state.seen:.4f}", samples_s=f"{rate:.0f}")
-            bar.update(1)
             if accelerator.sync_gradients:
                 step += 1
-                if main:
-                    ckpt.log({"event": "step", "epoch": epoch, "step": step, "loss": value,
-                              "lr": scheduler.get_last_lr()[0], "samples_per_s": rate})
-                if t.log_with:
-                    accelerator.log({"train/loss": value, "train/lr": scheduler.get_last_lr()[0]}, step=step)
-                if t.checkpoint_every and step % t.checkpoint_every == 0 and done < len(train_dl):
-                    state.epoch, state.batches_done = epoch, done
-                    ckpt.save(accelerator, state, best_state)
+            pending.append((done, batch["input_ids"].shape[0], loss.detach(), scheduler.get_last_lr()[0],
+                            step if accelerator.sync_gradients else None))
+            save = (accelerator.sync_gradients and t.checkpoint_every and step % t.checkpoint_every == 0
+                    and done < len(train_dl))
+            if save or len(pending) >= sync_every:
+                settle()
+            if save:
+                state.epoch, state.batches_done = epoch, done
+                ckpt.save(accelerator, state, best_state)
+        settle()
         seconds = time.perf_counter() - start
         # every process saw its own rows: the epoch's train loss is over all of them
         totals = accelerator.reduce(torch.tensor([state.loss_sum, float(state.seen)], device=accelerator.device), "sum")
@@ -313,6 +338,11 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
 
 class Diverged(EnsembleError):
     """A member's training loss became NaN or infinite (the recipe's ``on_diverge`` decides what follows)."""
+
+
+def _sync_every(device: torch.device) -> int:
+    """Batches between loss read-backs: every batch on CPU (free there), else every 16."""
+    return 1 if device.type == "cpu" else 16
 
 
 def _finite_everywhere(accelerator, value: float) -> bool:
