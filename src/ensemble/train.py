@@ -228,7 +228,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
             values = torch.stack([p[2] for p in pending]).float().tolist()
             bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
             if not _finite_everywhere(accelerator, values[bad] if bad is not None else 0.0):
-                batch_no, value = (pending[bad][0], values[bad]) if bad is not None else (pending[-1][0], "non-finite elsewhere")
+                batch_no, value = (pending[bad][0], values[bad]) if bad is not None else (pending[-1][0], "non-finite in another process")
                 # nothing of this epoch is saved: the checkpoint of the last good epoch (or step) stays
                 kept = (f"the last good checkpoint is kept in '{ckpt.root}'" if (ckpt.root / PROGRESS).is_file()
                         else "no checkpoint was saved before it")
