@@ -27,7 +27,11 @@ FORMATS = (".csv", ".tsv", ".jsonl", ".npz", ".parquet")
 
 @dataclass
 class TextDataset:
-    """Texts (and optional second texts and labels) of one table, row-aligned."""
+    """Texts (and optional second texts and labels) of one table, row-aligned.
+
+    A label of None marks a row without a gold label (a distillation transfer row, see
+    `ensemble.distill.distill`); files never produce one.
+    """
 
     texts: list[str]
     pairs: list[str] | None
