@@ -69,6 +69,46 @@ def sklearn_rate(probs: np.ndarray, voting: str, rows: int, repeat: int) -> floa
     return rows / best_of(lambda: clf.predict(X), repeat)
 
 
+def memory_bandwidth(elements: int = 200_000_000, repeat: int = 3) -> dict[str, float]:
+    """This machine's streaming bandwidth in GB/s, with every thread: reading a float32 array
+    (numba, vectorised sum) and writing one. The voting roofline: no kernel reads its input or
+    writes its outputs faster. The write buffer is touched before timing, so page faults are not
+    counted; `aggregate` allocates its outputs on every call and does pay them (the first writes
+    to fresh memory ran at 0.8-12 GB/s here, depending on the OS's state)."""
+    from numba import get_num_threads, njit, prange
+
+    @njit(parallel=True, fastmath=True)
+    def read(x, parts):  # pragma: no cover - compiled
+        per = (x.size + parts - 1) // parts
+        acc = np.zeros(parts, np.float32)
+        for p in prange(parts):
+            s = np.float32(0.0)
+            for i in range(p * per, min(x.size, (p + 1) * per)):
+                s += x[i]
+            acc[p] = s
+        return acc.sum()
+
+    @njit(parallel=True)
+    def fill(y):  # pragma: no cover - compiled
+        for i in prange(y.size):
+            y[i] = np.float32(1.0)
+
+    x = np.ones(elements, np.float32)
+    parts = 4 * get_num_threads()
+    y = np.empty(elements // 4, np.float32)
+    read(x[:1000], parts), fill(y)
+    read_s = best_of(lambda: read(x, parts), repeat)
+    write_s = best_of(lambda: fill(y), repeat)
+    return {"read": x.nbytes / read_s / 1e9, "write": y.nbytes / write_s / 1e9}
+
+
+def roofline_rate(members: int, classes: int, bandwidth: dict[str, float], details: bool = False) -> float:
+    """Rows/s if the call did nothing but read its input and write its outputs at full bandwidth."""
+    read = members * classes * 4
+    write = moved_bytes(members, 1, classes, details=details) - read
+    return 1.0 / (read / (bandwidth["read"] * 1e9) + write / (bandwidth["write"] * 1e9))
+
+
 def moved_bytes(members: int, rows: int, classes: int, itemsize: int = 4, details: bool = True) -> int:
     """Bytes `aggregate` must move: read the input once, write every output once."""
     read = members * rows * classes * itemsize
@@ -89,6 +129,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     results = []
     aggregate(rng.standard_normal((2, 100, 3)).astype(np.float32))  # compile the fused kernel once
+    bandwidth = memory_bandwidth(args.max_elements, args.repeat)
+    print(f"memory bandwidth, all threads: read {bandwidth['read']:.1f} GB/s, write {bandwidth['write']:.1f} GB/s",
+          flush=True)
     for members in args.members:
         for classes in args.classes:
             rows = min(args.max_rows, args.max_elements // (members * classes))
@@ -110,6 +153,7 @@ def main() -> None:
                 for kind, details in (("fused", True), ("lean", False)):
                     row[f"{kind}_{voting}_probs_GBps"] = (
                         moved_bytes(members, rows, classes, details=details) * row[f"{kind}_{voting}_probs"] / rows / 1e9)
+            row["roofline_lean"] = roofline_rate(members, classes, bandwidth)
             results.append(row)
             print(f"members {members:2d} classes {classes:2d} rows {rows:>9,}: "
                   f"soft x{row['fused_soft_probs'] / row['sklearn_soft']:.1f} (lean x{row['lean_soft_probs'] / row['sklearn_soft']:.1f})"
@@ -117,7 +161,7 @@ def main() -> None:
                   " vs sklearn", flush=True)
 
     info = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "cuda": torch.cuda.is_available()}
+            "torch": torch.__version__, "cuda": torch.cuda.is_available(), "bandwidth_GBps": bandwidth}
     (HERE / "aggregate.json").write_text(json.dumps({"info": info, "results": results}, indent=2))
     print("\n| members | classes | rows | sklearn soft | fused soft | x | lean soft | x | sklearn hard | fused hard | x "
           "| lean hard | x | fused soft (logits) | unfused torch soft (logits) | GB/s soft fused / lean (probs) "
@@ -135,6 +179,14 @@ def main() -> None:
               f"| {r['fused_soft_GBps']:.1f} / {r['fused_hard_GBps']:.1f} |")
     print("\nrows/s on the same probability arrays; fused = every output incl. member labels and confidences; "
           "lean = member_details=False (labels, scores, confidence, agreement, equal counts)")
+    print(f"\nRoofline: read {bandwidth['read']:.1f} GB/s, write {bandwidth['write']:.1f} GB/s (all threads). "
+          "Shares of the rows/s a lean call would reach at full bandwidth, and the share each target needs.")
+    print("\n| members | classes | roofline rows/s (lean) | lean soft | lean hard | 5x sklearn soft needs | 100x sklearn hard needs |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        roof = r["roofline_lean"]
+        print(f"| {r['members']} | {r['classes']} | {roof / 1e6:.2f}M | {r['lean_soft_probs'] / roof:.0%} "
+              f"| {r['lean_hard_probs'] / roof:.0%} | {5 * r['sklearn_soft'] / roof:.0%} | {100 * r['sklearn_hard'] / roof:.0%} |")
 
 
 if __name__ == "__main__":
