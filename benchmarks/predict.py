@@ -11,6 +11,8 @@ scratch BERT-mini members (4 layers, 256 wide) with their own tokenizer. Only pr
 measured, so the heads are not trained.
 
 Run: ``python benchmarks/predict.py`` (prints a markdown table, writes benchmarks/predict.json).
+``--precision bf16``: `Ensemble.predict` under bf16 autocast against pipelines that load bfloat16
+weights, and against the same ensemble in float32 (writes benchmarks/predict-bf16.json).
 """
 
 from __future__ import annotations
@@ -73,12 +75,15 @@ def build_members(root: Path, texts: list[str], max_length: int) -> dict[str, Pa
     return dirs
 
 
-def baseline(dirs: dict[str, Path], texts: list[str], batch_size: int, max_length: int) -> tuple[list[str], float]:
+def baseline(dirs: dict[str, Path], texts: list[str], batch_size: int, max_length: int,
+             bf16: bool = False) -> tuple[list[str], float]:
     from transformers import pipeline
 
     device = 0 if torch.cuda.is_available() else -1  # the pipelines on the GPU too, where there is one
+    # in bf16, what a pipeline user writes: the weights loaded as bfloat16
+    dtype = {"dtype": torch.bfloat16} if bf16 else {}
     pipes = {n: pipeline("text-classification", model=str(p), device=device, batch_size=batch_size, top_k=None,
-                         truncation=True, max_length=max_length) for n, p in dirs.items()}
+                         truncation=True, max_length=max_length, **dtype) for n, p in dirs.items()}
     labels = [pipes[next(iter(pipes))].model.config.id2label[i] for i in range(5)]
     start = time.perf_counter()
     probs = []
@@ -95,33 +100,54 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="Ensemble.load's precision; with bf16 the pipelines load bfloat16 weights "
+                             "(results go to predict-bf16.json)")
     args = parser.parse_args()
     texts = sentences(args.rows)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         dirs = build_members(root, texts, args.max_length)
-        ens = Ensemble.load(root)
+        ens = Ensemble.load(root, precision=args.precision)
         ens.batch_size = args.batch_size
         ens.predict(texts[:64])  # warm-up, as the pipelines warm up on their first batch
         start = time.perf_counter()
         ours = ens.predict(texts)
         ours_s = time.perf_counter() - start
-        theirs, theirs_s = baseline(dirs, texts, args.batch_size, args.max_length)
+        theirs, theirs_s = baseline(dirs, texts, args.batch_size, args.max_length, bf16=args.precision == "bf16")
+        fp32 = None
+        if args.precision == "bf16":  # the same ensemble in float32, for the speed-up and the labels bf16 changed
+            ens32 = Ensemble.load(root, precision="fp32")
+            ens32.batch_size = args.batch_size
+            start = time.perf_counter()
+            fp32 = (ens32.predict(texts), time.perf_counter() - start)
     same = sum(a == b for a, b in zip(ours, theirs))
     result = {
         "rows": len(texts), "members": list(dirs), "batch_size": args.batch_size, "max_length": args.max_length,
         "ensemble_s": ours_s, "pipeline_s": theirs_s, "ensemble_rows_per_s": len(texts) / ours_s,
         "pipeline_rows_per_s": len(texts) / theirs_s, "speedup": theirs_s / ours_s,
-        "identical_labels": same, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "identical_labels": same, "precision": args.precision, "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "machine": platform.processor() or platform.machine(),
     }
-    (HERE / "predict.json").write_text(json.dumps(result, indent=2))
+    if fp32 is not None:
+        result.update(ensemble_fp32_s=fp32[1], ensemble_fp32_rows_per_s=len(texts) / fp32[1],
+                      bf16_speedup_over_fp32=fp32[1] / ours_s,
+                      identical_to_fp32=sum(a == b for a, b in zip(ours, fp32[0])))
+    (HERE / ("predict-bf16.json" if args.precision == "bf16" else "predict.json")).write_text(json.dumps(result, indent=2))
     print(f"| predict {len(texts)} sentences, 4 members | rows/s | seconds |")
     print("|---|---:|---:|")
-    print(f"| pipeline per member + NumPy mean | {result['pipeline_rows_per_s']:.0f} | {theirs_s:.1f} |")
-    print(f"| `Ensemble.predict` | {result['ensemble_rows_per_s']:.0f} | {ours_s:.1f} |")
+    tag = ", bf16" if args.precision == "bf16" else ""
+    print(f"| pipeline per member + NumPy mean{' (bfloat16 weights)' if tag else ''} "
+          f"| {result['pipeline_rows_per_s']:.0f} | {theirs_s:.1f} |")
+    print(f"| `Ensemble.predict`{tag} | {result['ensemble_rows_per_s']:.0f} | {ours_s:.1f} |")
+    if fp32 is not None:
+        print(f"| `Ensemble.predict`, fp32 | {result['ensemble_fp32_rows_per_s']:.0f} | {fp32[1]:.1f} |")
     print(f"\nspeedup {result['speedup']:.2f}x; identical labels {same}/{len(texts)}")
+    if fp32 is not None:
+        print(f"bf16 over fp32: {result['bf16_speedup_over_fp32']:.2f}x; labels identical to fp32 "
+              f"{result['identical_to_fp32']}/{len(texts)}")
 
 
 if __name__ == "__main__":

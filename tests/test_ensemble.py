@@ -283,3 +283,85 @@ def test_vote_cli_chooses_the_threshold_for_a_coverage(run, tmp_path):
     assert report["abstention"]["chosen"]["valid_coverage"] >= 0.75
     assert json.loads((tmp_path / "v" / "ensemble.json").read_text())["abstain_below"] == \
         report["abstention"]["chosen"]["threshold"]
+
+
+# ---------------------------------------------------------------- precision
+
+
+def test_bf16_precision_runs_the_members_under_bf16_autocast(run):
+    """precision="bf16" on a CPU: each member's logits are exactly those of its model called under
+    torch.autocast(cpu, bf16) on the same padded batches; "fp32" and "auto" (on a CPU) are float32."""
+    import torch
+
+    from ensemble.batching import Collator, encode
+
+    members = run / "run" / "members"
+    texts = TEXTS[:40]
+    logits = {p: Ensemble.from_dirs({"bert": members / "bert"}, precision=p).member_logits(texts)[0]
+              for p in ("auto", "fp32", "bf16")}
+    member = load_member(members / "bert")
+    enc = encode(member.tokenizer, texts, None, member.max_length)
+    expected = {}
+    for bf16 in (False, True):
+        out = np.empty_like(logits["fp32"])
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            for rows in ensemble_mod.length_sorted_batches(enc.lengths(), 64):
+                batch = Collator(member.tokenizer.pad_token_id)([enc[i] for i in rows])
+                out[rows] = member.model(**batch).logits.float().numpy()
+        expected[bf16] = out
+    order = [member.labels.index(label) for label in Ensemble([member]).labels]
+    np.testing.assert_array_equal(logits["fp32"], expected[False][:, order])
+    np.testing.assert_array_equal(logits["auto"], logits["fp32"])
+    np.testing.assert_array_equal(logits["bf16"], expected[True][:, order])
+    assert not np.array_equal(logits["bf16"], logits["fp32"])  # bf16 really ran: 8-bit mantissas differ
+    np.testing.assert_allclose(logits["bf16"], logits["fp32"], atol=0.1)
+
+
+def test_bad_precision_is_refused(run, tmp_path, capsys):
+    with pytest.raises(EnsembleError, match=r"the 'precision' parameter must be one of \{'auto', 'fp32', 'bf16'\}; got 'fp16'"):
+        Ensemble.load(run / "run", precision="fp16")
+    data = tmp_path / "d.csv"
+    data.write_text("text\n" + "\n".join(f'"{t}"' for t in TEXTS[:5]) + "\n", encoding="utf-8")
+    for command in (["predict", "--ensemble", str(run / "run"), "--out", str(tmp_path / "p.csv")],
+                    ["vote", "--members", str(run / "run" / "members" / "bert"), "--out", str(tmp_path / "v")]):
+        with pytest.raises(SystemExit) as code:
+            main(command + ["--data", str(data), "--precision", "half"])
+        err = capsys.readouterr().err
+        assert code.value.code == 2 and "--precision: must be one of {'auto', 'fp32', 'bf16'}; got 'half'" in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "v").exists()
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(run, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("ensemble.members._cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no native bf16"):
+        Ensemble.load(run / "run", precision="bf16")
+    monkeypatch.setattr("ensemble.members._cpu_has_bf16", lambda: True)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Ensemble.load(run / "run", precision="bf16")
+
+
+def test_predict_resume_refuses_a_partial_written_at_another_precision(run, tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    data.write_text("text\n" + "\n".join(f'"{t}"' for t in TEXTS[:30]) + "\n", encoding="utf-8")
+    out = tmp_path / "p.csv"
+    ens = Ensemble.load(run / "run")
+    partial = out.with_name(f".{out.name}.partial")
+    partial.write_bytes(b"")
+    for precision, ok in (("auto", True), ("bf16", False)):
+        identity = evaluate_mod._identity(Ensemble.load(run / "run", precision=precision), data, "text", None, None, 10)
+        (tmp_path / ".p.csv.partial.json").write_text(json.dumps({"identity": identity, "rows": 0, "bytes": 0}))
+        if ok:
+            evaluate_mod.predict_file(ens, data, out, label=None, chunk_rows=10, progress=False, resume=True)
+            assert out.is_file()
+            out.unlink()
+            partial.write_bytes(b"")
+        else:
+            with pytest.raises(EnsembleError, match="precision settings"):
+                evaluate_mod.predict_file(ens, data, out, label=None, chunk_rows=10, progress=False, resume=True)

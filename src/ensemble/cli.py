@@ -29,6 +29,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 MULTI_VALUE = ("--members", "--weights", "--set")
 
 
+PRECISION_HELP = ("auto (bf16 on GPUs, fp32 on CPUs), fp32, or bf16: on CPUs with AMX (Xeon Sapphire Rapids "
+                  "and later) about 2x faster than fp32; labels may differ from fp32 on near-ties.")
+
+
 @app.command()
 def fit(
     recipe: Path = typer.Argument(..., metavar="RECIPE", help="The TOML recipe."),
@@ -76,6 +80,7 @@ def vote(
     text_pair: Optional[str] = typer.Option(None, "--text-pair", help="Second text column for sentence pairs."),
     label: Optional[str] = typer.Option(None, "--label", help="Label column, if the data has labels (default: the members' recipe, else 'label')."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Combine trained members on a data file: predictions, agreement report, ensemble.json."""
@@ -87,6 +92,7 @@ def vote(
 
     if method not in VOTE_METHODS:
         raise EnsembleError(f"--method: must be one of {{{', '.join(repr(m) for m in VOTE_METHODS)}}}; got '{method}'")
+    _check_precision_flag(precision)
     if abstain_on not in ABSTAIN_ON:
         raise EnsembleError(f"--abstain-on: must be one of {{'agreement', 'confidence'}}; got '{abstain_on}'")
     if abstain_below is not None and not 0 <= abstain_below <= 1:
@@ -107,7 +113,8 @@ def vote(
         raise EnsembleError(f"--weights: method '{method}' learns its own weights; drop --weights or use soft/hard")
     if valid is not None and data.resolve() == valid.resolve():
         raise EnsembleError("--valid: is the --data file; the vote must learn on other rows than it is scored on")
-    ens = Ensemble.from_dirs(_named_dirs(members), method if method not in LEARNED_METHODS else "soft", _weights(weights))
+    ens = Ensemble.from_dirs(_named_dirs(members), method if method not in LEARNED_METHODS else "soft", _weights(weights),
+                             precision=precision)
     text, text_pair, label = _columns(ens, text, text_pair, label)
     columns = dict(text=text, text_pair=text_pair, label=label)
     ds = load_table(data, **columns, field="--data", require_label=False)
@@ -132,6 +139,13 @@ def vote(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _summary(report, out)
+
+
+def _check_precision_flag(precision: str) -> None:
+    from .members import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise EnsembleError(f"--precision: must be one of {{{', '.join(repr(p) for p in PRECISIONS)}}}; got '{precision}'")
 
 
 def _named_dirs(items: list[str]) -> dict[str, Path]:
@@ -169,6 +183,7 @@ def predict(
     chunk_rows: int = typer.Option(10_000, "--chunk-rows", min=1, help="Rows per chunk (bounds the memory)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run into the same --out, after its last finished chunk."),
     device: str = typer.Option("auto", "--device", help="auto (all GPUs, else CPU), cpu, or cuda:N."),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
@@ -176,7 +191,8 @@ def predict(
     from .ensemble import Ensemble
     from .evaluate import predict_file
 
-    ens = Ensemble.load(ensemble, device=device)
+    _check_precision_flag(precision)
+    ens = Ensemble.load(ensemble, device=device, precision=precision)
     text, text_pair, label = _columns(ens, text, text_pair, label)
     rows = predict_file(ens, data, out, text=text, text_pair=text_pair, label=label, chunk_rows=chunk_rows,
                         progress=not quiet, resume=resume)

@@ -23,7 +23,7 @@ from . import combine
 from .aggregate import Vote, aggregate
 from .batching import Collator, Encoded, encode, length_sorted_batches
 from .errors import EnsembleError
-from .members import Member, device_of, load_member
+from .members import Member, check_precision, device_of, load_member
 from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig
 from .stacking import Stacker
 
@@ -46,7 +46,7 @@ class Ensemble:
     def __init__(self, members: Sequence[Member], method: str = "soft", weights: dict[str, float] | None = None,
                  batch_size: int = 64, *, temperatures: dict[str, float] | None = None,
                  stacker: Stacker | None = None, abstain_below: float | None = None,
-                 abstain_on: str = "confidence", ensemble_temperature: float = 1.0):
+                 abstain_on: str = "confidence", ensemble_temperature: float = 1.0, precision: str = "auto"):
         if method not in VOTE_METHODS:
             raise EnsembleError(f"the 'method' parameter must be one of {_set(VOTE_METHODS)}; got '{method}'")
         if abstain_on not in ABSTAIN_ON:
@@ -100,12 +100,14 @@ class Ensemble:
         self.abstain_on = abstain_on
         self.text_pair = members[0].text_pair
         self.batch_size = batch_size
+        self.precision = check_precision(precision)
 
     # ------------------------------------------------------------ loading and saving
 
     @classmethod
-    def load(cls, path: str | Path, device: str | Sequence[str] = "auto") -> Ensemble:
-        """Open a directory written by ``ensemble fit`` or ``ensemble vote``; see `to` for `device`."""
+    def load(cls, path: str | Path, device: str | Sequence[str] = "auto", precision: str = "auto") -> Ensemble:
+        """Open a directory written by ``ensemble fit`` or ``ensemble vote``; see `to` for `device`
+        and `check_precision` for `precision`."""
         path = Path(path)
         manifest_file = path / MANIFEST
         if not manifest_file.is_file():
@@ -131,15 +133,17 @@ class Ensemble:
                        stacker=None if stacker is None else Stacker.from_dict(stacker),
                        abstain_below=manifest.get("abstain_below"),
                        abstain_on=manifest.get("abstain_on", "confidence"),
-                       ensemble_temperature=manifest.get("ensemble_temperature", 1.0)).to(device)
+                       ensemble_temperature=manifest.get("ensemble_temperature", 1.0),
+                       precision=precision).to(device)
         except EnsembleError as exc:
             raise EnsembleError(f"ensemble '{path}': {MANIFEST}: {exc}") from None
 
     @classmethod
     def from_dirs(cls, dirs: dict[str, str | Path], method: str = "soft", weights: dict[str, float] | None = None,
-                  device: str | Sequence[str] = "auto") -> Ensemble:
+                  device: str | Sequence[str] = "auto", precision: str = "auto") -> Ensemble:
         """Members from their directories, keyed by name."""
-        return cls([load_member(d, name) for name, d in dirs.items()], method, weights).to(device)
+        return cls([load_member(d, name) for name, d in dirs.items()], method, weights,
+                   precision=precision).to(device)
 
     def data_columns(self) -> dict:
         """The data columns (text, text_pair, label) the first member was trained with, if recorded."""
@@ -272,8 +276,9 @@ class Ensemble:
         """Logits of every member, shape (members, rows, classes), columns in `self.labels` order.
 
         Texts are tokenized once per distinct tokenizer (members fine-tuned from one checkpoint
-        share the token ids); members on different GPUs run concurrently, in bf16 autocast. Pass a
-        dict as `truncated` to receive, per member, how many rows were cut to its max_length.
+        share the token ids); members on different GPUs run concurrently, in bf16 autocast unless
+        `precision` says "fp32". Pass a dict as `truncated` to receive, per member, how many rows
+        were cut to its max_length.
         """
         texts, pairs = self._split_pairs(texts, pairs)
         members = list(self.members.values())
@@ -291,7 +296,7 @@ class Ensemble:
                 member = members[k]
                 order = [member.labels.index(label) for label in self.labels]
                 enc = encodings[member.tokenizer_key or member.name]
-                out[k] = _predict_logits(member, enc, self.batch_size)[:, order]
+                out[k] = _predict_logits(member, enc, self.batch_size, self.precision)[:, order]
 
         by_device: dict[str, list[int]] = {}
         for k, member in enumerate(members):
@@ -369,12 +374,13 @@ class Ensemble:
 
 
 @torch.inference_mode()
-def _predict_logits(member: Member, enc: Encoded, batch_size: int) -> np.ndarray:
+def _predict_logits(member: Member, enc: Encoded, batch_size: int, precision: str = "auto") -> np.ndarray:
     """One member's logits in input order; batches of similar length, padded per batch."""
     collate = Collator(member.tokenizer.pad_token_id)
     device = device_of(member.model)
     logits = np.empty((len(enc), member.model.config.num_labels), dtype=np.float32)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for rows in length_sorted_batches(enc.lengths(), batch_size):
             batch = {k: v.to(device, non_blocking=True) for k, v in collate([enc[i] for i in rows]).items()}
             logits[rows] = member.model(**batch).logits.float().cpu().numpy()

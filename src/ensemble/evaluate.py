@@ -178,8 +178,8 @@ def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str 
     if resume:
         state = _read_state(state_file)
         if state is not None and state.get("identity") != identity:
-            raise EnsembleError(f"--resume: '{partial}' was written for another data file, ensemble or column/chunk "
-                                "settings; run again without --resume to start over")
+            raise EnsembleError(f"--resume: '{partial}' was written for another data file, ensemble or column/chunk/"
+                                "precision settings; run again without --resume to start over")
         if state is not None and partial.is_file() and partial.stat().st_size >= state["bytes"]:
             done_rows, done_bytes = int(state["rows"]), int(state["bytes"])
     names, rows = list(ens.members), done_rows
@@ -233,10 +233,13 @@ class _TextSink:
 
 
 def _identity(ens: Ensemble, data: Path, text: str, text_pair: str | None, label: str | None, chunk_rows: int) -> str:
-    """What a partial output depends on: the data file (path, size, mtime), the ensemble, the columns."""
+    """What a partial output depends on: the data file (path, size, mtime), the ensemble, its
+    precision (bf16 may flip near-tied labels), the columns."""
     stat = data.stat() if data.is_file() else None
     parts = [str(data.resolve()), stat and stat.st_size, stat and stat.st_mtime_ns, ens.manifest(),
              {n: str(m.path) for n, m in ens.members.items()}, text, text_pair, label, chunk_rows]
+    if ens.precision != "auto":  # (kept out when "auto", so partial files from before the option still resume)
+        parts.append(ens.precision)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
