@@ -325,9 +325,9 @@ def check_precision(precision: str) -> str:
     ``"fp32"`` or ``"bf16"`` (autocast on any device).
 
     bf16 on a CPU pays off where the CPU computes in bf16 natively (AMX: Intel Xeon 4th
-    generation "Sapphire Rapids" and later): 2.4x the rows/s of float32 for MiniLM there. Labels
-    can then differ from float32 ones on near-ties. Elsewhere bf16 is emulated and slower, which
-    this warns about.
+    generation "Sapphire Rapids" and later): 2.2x the rows/s of float32 for four MiniLM / BERT-mini
+    members there (`benchmarks/predict.py`). Labels can then differ from float32 ones on near-ties.
+    Elsewhere bf16 is emulated and slower, which this warns about.
 
     Example:
         >>> check_precision("bf16")
