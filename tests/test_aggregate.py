@@ -7,6 +7,7 @@ import doctest
 import importlib
 import math
 import re
+import sys
 from unittest import mock
 
 import numpy as np
@@ -594,3 +595,45 @@ def test_kernel_row_range_of_the_whole_array_equals_a_copied_chunk():
     for key in chunk:
         np.testing.assert_array_equal(whole[key], chunk[key], err_msg=key)
         np.testing.assert_array_equal(strided[key], chunk[key], err_msg=key)
+
+
+MEMORY_SCRIPT = """
+import importlib, json, resource, sys
+import numpy as np, torch
+from ensemble.aggregate import aggregate
+members, rows, classes = 8, 2_000_000, 10
+if sys.argv[1] == "bf16":  # filled in slices, so that making the input leaves no higher peak behind
+    x = torch.empty((members, rows, classes), dtype=torch.bfloat16)
+    for s in range(0, rows, 100_000):
+        x[:, s:s + 100_000] = torch.randn(members, min(100_000, rows - s), classes)
+    size = x.numel() * x.element_size()
+else:
+    x = np.empty((members, rows, classes), np.float32)
+    for s in range(0, rows, 100_000):
+        x[:, s:s + 100_000] = np.random.default_rng(s).standard_normal((members, min(100_000, rows - s), classes), dtype=np.float32)
+    size = x.nbytes
+aggregate(x[:, :1000], "soft")  # the kernel loaded, the allocator warm
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+before = peak()
+vote = aggregate(x, "soft", member_details=False)
+print(json.dumps({"growth": peak() - before, "input": size,
+                  "outputs": sum(a.nbytes for a in (vote.labels, vote.scores, vote.confidence, vote.agreement)),
+                  "chunk_fp32": importlib.import_module("ensemble.aggregate")._CHUNK_ELEMENTS * 4}))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_a_big_input_is_never_copied_whole(dtype):
+    """Peak memory while voting 2M rows x 8 members x 10 classes: the outputs plus at most two
+    float32 chunks (bf16 is converted one chunk at a time), never a second copy of the input
+    (+640 MB in float32); float32 input is read in place, with no chunk copy at all."""
+    import json
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, dtype], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    m = json.loads(done.stdout.strip().splitlines()[-1])
+    extra = 2 * m["chunk_fp32"] if dtype == "bf16" else 32 << 20
+    assert m["growth"] <= m["outputs"] + extra, m
+    assert m["outputs"] + extra < m["input"], m  # so a whole copy of the input could not pass
