@@ -17,7 +17,8 @@ dense, A100 312), or `--peak-tflops`. On a CPU no peak is assumed: pass one, or 
 achieved TFLOP/s alone.
 
 Run on a GPU: ``python benchmarks/mfu.py`` (bf16, sequence 128, batch 64, 400 steps; prints a
-markdown table, writes benchmarks/mfu.json). A quick look on CPU: ``python benchmarks/mfu.py
+markdown table, writes benchmarks/mfu.json); ``--batch 64 128 256`` measures each batch size in
+one call, a row each. A quick look on CPU: ``python benchmarks/mfu.py
 --steps 4 --batch 4 --precision no``.
 """
 
@@ -92,7 +93,8 @@ def peak_tflops(precision: str, given: float | None) -> tuple[float | None, str]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, nargs="+", default=[64],
+                        help="one run per batch size (e.g. --batch 64 128 256), each a row of the table")
     parser.add_argument("--steps", type=int, default=400, help="optimizer steps timed (one epoch of batch x steps rows)")
     parser.add_argument("--precision", choices=["no", "bf16", "fp16"], default="bf16")
     parser.add_argument("--compile", action="store_true", help="torch.compile the member (TrainConfig.compile)")
@@ -100,13 +102,27 @@ def main() -> None:
     args = parser.parse_args()
 
     reviews = load_table(DATA, text="sentence", label="sentiment")
-    rows = args.batch * args.steps
+    records = [measure(args, reviews, batch) for batch in args.batch]
+    (HERE / "mfu.json").write_text(json.dumps(records if len(records) > 1 else records[0], indent=2))
+    print("| device | precision | seq (mean tokens) | batch | samples/s | tokens/s | TFLOP/s | peak | MFU |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in records:
+        mfu = "—" if r["mfu"] is None else f"{r['mfu']:.1%}"
+        peak = "—" if r["peak_tflops"] is None else f"{r['peak_tflops']:g}"
+        print(f"| {r['device']} | {r['precision']}{' + compile' if r['compile'] else ''} | {r['seq']} "
+              f"({r['mean_tokens']:.1f}) | {r['batch']} | {r['samples_per_s']:.1f} | {r['tokens_per_s']:,.0f} | "
+              f"{r['achieved_tflops']:.2f} | {peak} ({r['peak_source']}) | {mfu} |")
+
+
+def measure(args: argparse.Namespace, reviews, batch: int) -> dict:
+    """Train one member at this batch size; its throughput record."""
+    rows = batch * args.steps
     # the reviews repeated until there are enough rows (a throughput run: accuracy is not the point)
     index = [i % len(reviews) for i in range(rows)]
     train, valid = reviews.subset(index), reviews.subset(range(min(256, len(reviews))))
     labels = sorted_labels(train.labels)
     cfg = MemberConfig("base", init="scratch", arch="bert", size="base", train=TrainConfig(
-        lr=5e-5, batch_size=args.batch, eval_batch_size=128, epochs=1, max_length=args.seq, warmup_ratio=0.1,
+        lr=5e-5, batch_size=batch, eval_batch_size=128, epochs=1, max_length=args.seq, warmup_ratio=0.1,
         weight_decay=0.01, seed=0, mixed_precision=args.precision, compile=args.compile, group_by_length=False))
 
     model, tokenizer = build_member(cfg, labels, train.texts)
@@ -119,24 +135,18 @@ def main() -> None:
         result = train_member(cfg, Splits(train, valid), labels, DataConfig(train=DATA), Path(tmp) / "base")
         log = [json.loads(line) for line in (Path(tmp) / "base" / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if r["event"] == "step"]
-    samples_per_s = steady_rate(steps, args.batch, skip=max(1, len(steps) // 10))
+    samples_per_s = steady_rate(steps, batch, skip=max(1, len(steps) // 10))
     epoch_samples_per_s = result["history"][0]["samples_per_s"]
     achieved = samples_per_s * train_flops_per_sequence(n, layers, hidden, round(mean_len)) / 1e12
     peak, source = peak_tflops(args.precision, args.peak_tflops)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
     record = {"device": device, "precision": args.precision, "compile": args.compile, "seq": args.seq,
-              "mean_tokens": mean_len, "batch": args.batch, "steps": args.steps, "non_embedding_params": n,
+              "mean_tokens": mean_len, "batch": batch, "steps": args.steps, "non_embedding_params": n,
               "samples_per_s": samples_per_s, "epoch_samples_per_s": epoch_samples_per_s,
               "steady_after_steps": max(1, len(steps) // 10), "tokens_per_s": samples_per_s * mean_len, "achieved_tflops": achieved,
               "peak_tflops": peak, "peak_source": source, "mfu": None if peak is None else achieved / peak,
               "torch": torch.__version__}
-    (HERE / "mfu.json").write_text(json.dumps(record, indent=2))
-    mfu = "—" if peak is None else f"{achieved / peak:.1%}"
-    print("| device | precision | seq (mean tokens) | batch | samples/s | tokens/s | TFLOP/s | peak | MFU |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| {device} | {args.precision}{' + compile' if args.compile else ''} | {args.seq} ({mean_len:.1f}) | "
-          f"{args.batch} | {samples_per_s:.1f} | {samples_per_s * mean_len:,.0f} | {achieved:.2f} | "
-          f"{'—' if peak is None else f'{peak:g}'} ({source}) | {mfu} |")
+    return record
 
 
 if __name__ == "__main__":
