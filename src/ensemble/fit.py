@@ -12,7 +12,7 @@ from .data import TextDataset, check_known_labels, load_table, sorted_labels, st
 from .ensemble import MANIFEST, Ensemble, write_json
 from .errors import EnsembleError
 from .evaluate import evaluate, gold
-from .members import METRICS_FILE, RECIPE_FILE, preflight
+from .members import METRICS_FILE, RECIPE_FILE, bf16_tip, preflight
 from .recipe import DataConfig, MemberConfig, Recipe, recipe_dict
 from .train import Diverged, Splits, process_state, train_member
 
@@ -61,6 +61,9 @@ def fit(recipe: Recipe, out: Path, overwrite: bool = False, resume: bool = False
                             "pass --resume to continue it, or --overwrite to start again")
     splits, test, labels = load_splits(recipe.data)
     preflight(recipe.members)
+    tip = bf16_tip(recipe.members) if progress and state.is_main_process else None
+    if tip:
+        print(tip)
     state.wait_for_everyone()
     if state.is_main_process:
         (out / MANIFEST).unlink(missing_ok=True)  # the run is incomplete until the manifest is back
