@@ -41,6 +41,7 @@ class Ensemble:
         ['positive']
         >>> ens.predict_proba([("A man plays.", "Someone plays.")]).shape  # pairs too  # doctest: +SKIP
         (1, 2)
+        >>> fast = Ensemble.load("runs/demo", precision="bf16")  # bf16 autocast, also on AMX CPUs  # doctest: +SKIP
     """
 
     def __init__(self, members: Sequence[Member], method: str = "soft", weights: dict[str, float] | None = None,
