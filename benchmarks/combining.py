@@ -32,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from shared_data import cs224n  # benchmarks/shared_data.py: this folder is on sys.path when run as a script
 
 from ensemble import combine
 from ensemble.data import TextDataset, load_table
@@ -45,7 +46,7 @@ from ensemble.recipe import VoteConfig, load_recipe
 from ensemble.report import classification_metrics
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data" / "cs224n"
+DATA = cs224n()
 DATASETS = {  # name: (train, dev, max_length) - CFIMDB reviews are cut at 128 tokens (the report counts them)
     "sst5": ("ids-sst-train.csv", "ids-sst-dev.csv", 64),
     "cfimdb": ("ids-cfimdb-train.csv", "ids-cfimdb-dev.csv", 128),

@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from shared_data import cs224n  # benchmarks/shared_data.py: this folder is on sys.path when run as a script
 
 from ensemble.data import load_table, sorted_labels
 from ensemble.members import SIZES, build_member
@@ -38,7 +39,7 @@ from ensemble.recipe import DataConfig, MemberConfig, TrainConfig
 from ensemble.train import Splits, train_member
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data" / "cs224n" / "ids-cfimdb-train.csv"
+DATA = cs224n() / "ids-cfimdb-train.csv"
 PEAK_TFLOPS = {  # dense tensor-core peak by device-name fragment: (bf16 / fp16, tf32)
     "H200": (989.4, 494.7), "H100": (989.4, 494.7), "A100": (312.0, 156.0), "L40S": (362.1, 181.0),
     "L4": (121.0, 60.0), "A10": (125.0, 62.5),

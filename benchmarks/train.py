@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from shared_data import cs224n  # benchmarks/shared_data.py: this folder is on sys.path when run as a script
 
 from ensemble.data import load_table, sorted_labels
 from ensemble.members import build_member
@@ -30,7 +31,7 @@ from ensemble.recipe import DataConfig, MemberConfig, TrainConfig
 from ensemble.train import Splits, train_member
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data" / "cs224n"
+DATA = cs224n()
 
 
 def sample(name: str, rows: int, seed: int):
