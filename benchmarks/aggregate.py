@@ -27,7 +27,11 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.ensemble import VotingClassifier
-from sklearn.frozen import FrozenEstimator
+
+try:
+    from sklearn.frozen import FrozenEstimator
+except ImportError:  # scikit-learn < 1.6 (an image we cannot upgrade): VotingClassifier.fit clones
+    FrozenEstimator = None  # the members instead, which copies their arrays once but times the same predict
 
 from ensemble.aggregate import aggregate
 
@@ -64,7 +68,8 @@ def best_of(fn, repeat: int) -> float:
 
 def sklearn_rate(probs: np.ndarray, voting: str, rows: int, repeat: int) -> float:
     X, y = np.zeros((rows, 1)), np.arange(rows) % probs.shape[2]
-    members = [(f"m{i}", FrozenEstimator(FixedProba(probs[i, :rows]).fit(X, y))) for i in range(probs.shape[0])]
+    frozen = FrozenEstimator or (lambda estimator: estimator)
+    members = [(f"m{i}", frozen(FixedProba(probs[i, :rows]).fit(X, y))) for i in range(probs.shape[0])]
     clf = VotingClassifier(members, voting=voting).fit(X, y)
     return rows / best_of(lambda: clf.predict(X), repeat)
 
