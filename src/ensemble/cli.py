@@ -142,10 +142,10 @@ def vote(
 
 
 def _check_precision_flag(precision: str) -> None:
-    from .members import PRECISIONS
+    from .members import PRECISIONS, _choices
 
     if precision not in PRECISIONS:
-        raise EnsembleError(f"--precision: must be one of {{{', '.join(repr(p) for p in PRECISIONS)}}}; got '{precision}'")
+        raise EnsembleError(f"--precision: must be one of {_choices(PRECISIONS)}; got '{precision}'")
 
 
 def _named_dirs(items: list[str]) -> dict[str, Path]:

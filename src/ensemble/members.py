@@ -334,11 +334,15 @@ def check_precision(precision: str) -> str:
         'bf16'
     """
     if precision not in PRECISIONS:
-        raise EnsembleError(f"the 'precision' parameter must be one of {{'auto', 'fp32', 'bf16'}}; got {precision!r}")
+        raise EnsembleError(f"the 'precision' parameter must be one of {_choices(PRECISIONS)}; got {precision!r}")
     if precision == "bf16" and not torch.cuda.is_available() and not _cpu_has_bf16():
         warnings.warn("precision 'bf16': this CPU has no native bf16 arithmetic (AMX or AVX512-BF16), so bf16 "
                       "prediction is emulated and likely slower than 'fp32'", stacklevel=2)
     return precision
+
+
+def _choices(values: Iterable[str]) -> str:
+    return "{" + ", ".join(repr(v) for v in values) + "}"
 
 
 def _cpu_has_bf16() -> bool:
