@@ -540,8 +540,9 @@ def test_kernel_exp_is_within_two_ulp():
 @pytest.mark.parametrize("inputs", ["logits", "probs"])
 @pytest.mark.parametrize(
     ("members", "rows", "classes"),
-    # every class count the kernel compiles a constant-stride copy for (2-8), one either side
-    [(3, 5000, 2), (2, 1300, 1), (4, 1300, 3), (3, 1300, 4), (2, 1300, 5), (3, 1300, 6), (5, 3001, 7),
+    # every class count the kernel compiles a constant-stride copy for (2-8), one either side;
+    # binary votes with many members and tiles ending inside / on a 64-row word (the bit counts)
+    [(3, 5000, 2), (16, 4099, 2), (7, 1024, 2), (2, 1300, 1), (4, 1300, 3), (3, 1300, 4), (2, 1300, 5), (3, 1300, 6), (5, 3001, 7),
      (2, 1300, 8), (3, 1300, 9), (2, 1500, 33)],
 )
 def test_kernel_matches_reference_over_many_tiles(monkeypatch, method, inputs, members, rows, classes):
