@@ -638,3 +638,38 @@ def test_a_big_input_is_never_copied_whole(dtype):
     extra = 2 * m["chunk_fp32"] if dtype == "bf16" else 32 << 20
     assert m["growth"] <= m["outputs"] + extra, m
     assert m["outputs"] + extra < m["input"], m  # so a whole copy of the input could not pass
+
+
+PORTABLE_SCRIPT = """
+import importlib
+import numpy as np
+from ensemble.aggregate import aggregate
+module = importlib.import_module("ensemble.aggregate")
+assert importlib.import_module("ensemble.kernels_cpu").available()  # the kernel, not a fallback, is tested
+rng = np.random.default_rng(0)
+for members, rows, classes in [(16, 1100, 2), (5, 700, 5), (3, 130, 20)]:
+    x = (np.round(rng.standard_normal((members, rows, classes)) * 2) / 2).astype(np.float32)
+    w = np.linspace(0.5, 2, members)
+    for method in ("soft", "hard"):
+        module._FORCE_REFERENCE = False
+        got = aggregate(x, method, weights=w)
+        module._FORCE_REFERENCE = True
+        want = aggregate(x, method, weights=w)
+        for key in ("labels", "member_labels", "equal_counts"):
+            assert np.array_equal(getattr(got, key), getattr(want, key)), (members, classes, method, key)
+print("ok")
+"""
+
+
+@needs_numba
+@pytest.mark.parametrize("cpu", ["haswell", "generic"])
+def test_kernel_is_right_without_avx512(tmp_path, cpu):
+    """The kernel's 64-lane vector intrinsics are AVX-512 mask instructions here; compiled for an
+    AVX2 laptop (haswell) or plain x86-64 (generic), LLVM lowers them otherwise: same answers."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", PORTABLE_SCRIPT], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("ok")
