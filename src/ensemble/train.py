@@ -243,7 +243,8 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
                     ckpt.log({"event": "step", "epoch": epoch, "step": stepped, "loss": value, "lr": lr, "samples_per_s": rate})
                 if stepped is not None and t.log_with:
                     accelerator.log({"train/loss": value, "train/lr": lr}, step=stepped)
-            bar.set_postfix(epoch=f"{epoch}/{t.epochs}", loss=f"{state.loss_sum / state.seen:.4f}", samples_s=f"{rate:.0f}")
+            bar.set_postfix(epoch=f"{epoch}/{t.epochs}", loss=f"{state.loss_sum / state.seen:.4f}", samples_s=f"{rate:.0f}",
+                            refresh=False)  # drawn at the bar's own interval, not on every step
             bar.update(len(pending))
             pending.clear()
 
