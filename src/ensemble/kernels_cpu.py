@@ -35,6 +35,8 @@ except ImportError:  # pragma: no cover - numba is a dependency; this keeps the 
 
 SHARE_TOL = 1e-6  # float32 vote shares: sums such as 0.2 + 0.3 vs 0.5 differ by rounding only
 TILE = 512  # rows per tile: classes x TILE float32 scratch arrays stay in L1 (L2 for many classes)
+if TILE % 64:  # the 64-row vector reads of `_nonzero64` / `_equal64` must stay inside a tile
+    raise AssertionError("kernels_cpu.TILE must be a multiple of 64")
 
 
 def available() -> bool:
