@@ -75,6 +75,12 @@ if numba is not None:
 
         return sig, codegen
 
+    def _load64(context, builder, arrty, arr, offset):  # pragma: no cover - compiled
+        """LLVM IR: the 64 int32 values of array `arr` from `offset` as one <64 x i32> vector."""
+        data = context.make_array(arrty)(context, builder, arr).data
+        vec = ir.VectorType(ir.IntType(32), 64)
+        return builder.load(builder.bitcast(builder.gep(data, [offset]), vec.as_pointer()), align=4)
+
     @intrinsic
     def _nonzero64(typingctx, arr, offset):  # pragma: no cover - compiled
         """A uint64 whose bit k says ``arr[offset + k] != 0``, k < 64 (`arr`: contiguous int32 with
@@ -87,10 +93,8 @@ if numba is not None:
         sig = types.uint64(arr, types.intp)
 
         def codegen(context, builder, signature, args):
-            data = context.make_array(signature.args[0])(context, builder, args[0]).data
-            vec = ir.VectorType(ir.IntType(32), 64)
-            values = builder.load(builder.bitcast(builder.gep(data, [args[1]]), vec.as_pointer()), align=4)
-            return builder.bitcast(builder.icmp_signed("!=", values, ir.Constant(vec, [0] * 64)), ir.IntType(64))
+            values = _load64(context, builder, signature.args[0], args[0], args[1])
+            return builder.bitcast(builder.icmp_signed("!=", values, ir.Constant(values.type, [0] * 64)), ir.IntType(64))
 
         return sig, codegen
 
@@ -102,12 +106,9 @@ if numba is not None:
         sig = types.uint64(a, b, types.intp)
 
         def codegen(context, builder, signature, args):
-            vec = ir.VectorType(ir.IntType(32), 64)
-            loaded = []
-            for ty, arr in zip(signature.args[:2], args[:2]):
-                data = context.make_array(ty)(context, builder, arr).data
-                loaded.append(builder.load(builder.bitcast(builder.gep(data, [args[2]]), vec.as_pointer()), align=4))
-            return builder.bitcast(builder.icmp_signed("==", *loaded), ir.IntType(64))
+            a = _load64(context, builder, signature.args[0], args[0], args[2])
+            b = _load64(context, builder, signature.args[1], args[1], args[2])
+            return builder.bitcast(builder.icmp_signed("==", a, b), ir.IntType(64))
 
         return sig, codegen
 
