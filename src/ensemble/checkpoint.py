@@ -20,6 +20,12 @@ import torch
 
 PROGRESS = "progress.json"
 BEST = "best.safetensors"
+LOG = "log.jsonl"
+
+
+def checkpoint_dir(member_dir: Path) -> Path:
+    """Where the member being trained into `member_dir` keeps its checkpoints and step log."""
+    return member_dir.parent / f".{member_dir.name}.ckpt"
 
 
 @dataclass
@@ -98,7 +104,7 @@ class Checkpoint:
         if self._log is None:
             self.root.mkdir(parents=True, exist_ok=True)
             # line-buffered: every record is on disk before the next step, as a kill may come any time
-            self._log = open(self.root / "log.jsonl", "a", encoding="utf-8", buffering=1)
+            self._log = open(self.root / LOG, "a", encoding="utf-8", buffering=1)
         self._log.write(json.dumps(record) + "\n")
 
     def clear(self) -> None:

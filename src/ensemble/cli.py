@@ -41,24 +41,31 @@ def fit(
     scratch: Optional[str] = typer.Option(None, "--scratch", help="Replace every hub member by a scratch model of this size (tiny, mini, small, medium, base)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Reuse a non-empty --out directory, retraining every member."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out: keep finished members, resume the rest from their checkpoints."),
-    concurrent: int = typer.Option(0, "--concurrent", min=0, help="Train members concurrently in this many worker processes, one per GPU (or a share of the CPU cores each)."),
+    concurrent: str = typer.Option("auto", "--concurrent", help="Worker processes training members side by side: auto (one per GPU, or per CPU core, as members and memory allow), or a number; 1 trains them one at a time in this process."),
     only: Optional[str] = typer.Option(None, "--only", help="Train only these members (comma-separated) and skip the vote."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    serve: bool = typer.Option(False, "--serve", hidden=True, help="Worker of --concurrent: train the members named on stdin."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Train every member of RECIPE, vote, and write the agreement report."""
     from .fit import fit as run_fit
-    from .fit import fit_concurrent
     from .recipe import load_recipe
+    from .workers import fit_concurrent, parse_workers, serve as serve_members
 
+    workers = parse_workers(concurrent)
     spec = load_recipe(recipe, set_, scratch)
     out = out or Path("runs") / recipe.stem
-    if concurrent:
-        argv = [str(recipe)] + [a for item in set_ for a in ("--set", item)] + (["--scratch", scratch] if scratch else [])
-        report = fit_concurrent(spec, argv, out, concurrent, overwrite=overwrite, resume=resume)
-    else:
-        names = [n.strip() for n in only.split(",") if n.strip()] if only else None
+    if serve:
+        return serve_members(spec, out, resume)
+    if only:
+        if workers not in ("auto", 1):
+            raise EnsembleError(f"--concurrent: {workers} workers cannot be combined with --only, which trains the "
+                                "named members in this process; drop one of them")
+        names = [n.strip() for n in only.split(",") if n.strip()]
         report = run_fit(spec, out, overwrite=overwrite, resume=resume, progress=not quiet, only=names)
+    else:
+        argv = [str(recipe)] + [a for item in set_ for a in ("--set", item)] + (["--scratch", scratch] if scratch else [])
+        report = fit_concurrent(spec, argv, out, workers, overwrite=overwrite, resume=resume, progress=not quiet)
     if report:  # empty on the non-main processes of a distributed run
         _summary(report, out)
 

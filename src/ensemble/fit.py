@@ -39,13 +39,13 @@ def load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str]
 
 def fit(recipe: Recipe, out: Path, overwrite: bool = False, resume: bool = False, progress: bool = True,
         only: Sequence[str] | None = None) -> dict:
-    """Train every member of `recipe` into ``out/members``, vote, and write the report.
+    """Train every member of `recipe` into ``out/members``, one after another, vote, and write the report.
 
     The test split is reported when the recipe has one, else the validation split. With
     `resume`, members already finished with the same settings are kept and an interrupted member
     continues from its last checkpoint. Under ``accelerate launch`` every process trains; the
     main process votes and writes the report (the others return an empty dict). `only` trains
-    just the named members and skips the vote (a worker of `fit_concurrent`).
+    just the named members and skips the vote (what a worker of `ensemble.workers` runs).
 
     Example:
         >>> report = fit(load_recipe("recipes/demo.toml"), Path("runs/demo"))  # doctest: +SKIP
@@ -54,31 +54,21 @@ def fit(recipe: Recipe, out: Path, overwrite: bool = False, resume: bool = False
     """
     out = Path(out)
     state = process_state()
-    if out.exists() and not out.is_dir():
-        raise EnsembleError(f"--out: '{out}' exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
-        raise EnsembleError(f"--out: '{out}' already exists and is not empty; choose another --out, "
-                            "pass --resume to continue it, or --overwrite to start again")
+    check_out(out, overwrite, resume)
     splits, test, labels = load_splits(recipe.data)
     preflight(recipe.members)
     tip = bf16_tip(recipe.members) if progress and state.is_main_process else None
     if tip:
         print(tip)
-    state.wait_for_everyone()
-    if state.is_main_process:
-        (out / MANIFEST).unlink(missing_ok=True)  # the run is incomplete until the manifest is back
-        out.mkdir(parents=True, exist_ok=True)
-        members_dir = out / "members"
-        if members_dir.is_dir() and only is None:
-            for old in members_dir.iterdir():
-                if old.name not in {m.name for m in recipe.members} and not old.name.startswith("."):
-                    shutil.rmtree(old, ignore_errors=True)
-    state.wait_for_everyone()
-
-    failed: dict[str, str] = {}  # members whose loss diverged, under on_diverge = "skip"
     unknown = sorted(set(only or ()) - {m.name for m in recipe.members})
     if unknown:
         raise EnsembleError(f"--only: no member named '{unknown[0]}'; members: {', '.join(m.name for m in recipe.members)}")
+    state.wait_for_everyone()
+    if state.is_main_process:
+        prepare_out(out, recipe, prune=only is None)
+    state.wait_for_everyone()
+
+    failed: dict[str, str] = {}  # members whose loss diverged, under on_diverge = "skip"
     for member in recipe.members:
         if only is not None and member.name not in only:
             continue
@@ -96,9 +86,41 @@ def fit(recipe: Recipe, out: Path, overwrite: bool = False, resume: bool = False
             if state.is_main_process:  # an older member of that name must not vote in its place
                 shutil.rmtree(target, ignore_errors=True)
                 print(f"{member.name}: {exc}; left out of the vote (on_diverge = \"skip\")", file=sys.stderr)
-
+                if only is not None:  # a worker: the process that votes learns of it from this file
+                    diverged_file(out, member.name).write_text(str(exc), encoding="utf-8")
     if not state.is_main_process or only is not None:
         return {}
+    return vote_and_report(recipe, out, splits, test, labels, failed)
+
+
+def check_out(out: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse an --out that is a file, or a non-empty directory without --overwrite / --resume."""
+    if out.exists() and not out.is_dir():
+        raise EnsembleError(f"--out: '{out}' exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
+        raise EnsembleError(f"--out: '{out}' already exists and is not empty; choose another --out, "
+                            "pass --resume to continue it, or --overwrite to start again")
+
+
+def prepare_out(out: Path, recipe: Recipe, prune: bool = True) -> None:
+    """Start (or reopen) the run directory; with `prune`, members no longer in the recipe go."""
+    (out / MANIFEST).unlink(missing_ok=True)  # the run is incomplete until the manifest is back
+    out.mkdir(parents=True, exist_ok=True)
+    members_dir = out / "members"
+    if members_dir.is_dir() and prune:
+        for old in members_dir.iterdir():
+            if old.name not in {m.name for m in recipe.members} and not old.name.startswith("."):
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def diverged_file(out: Path, name: str) -> Path:
+    """Where a worker leaves the message of a member that diverged (and was skipped)."""
+    return out / "members" / f".{name}.diverged"
+
+
+def vote_and_report(recipe: Recipe, out: Path, splits: Splits, test: TextDataset | None, labels: list[str],
+                    failed: dict[str, str]) -> dict:
+    """Vote the trained members (all but `failed`) and write the report and the manifest."""
     voters = [m.name for m in recipe.members if m.name not in failed]
     if not voters:
         raise EnsembleError("every member diverged (NaN or infinite loss); lower the learning rates and run again")
@@ -128,46 +150,3 @@ def finished(path: Path, member: MemberConfig, labels: list[str]) -> bool:
         return False
     complete = (path / METRICS_FILE).is_file() and any(path.glob("*.safetensors"))
     return complete and saved.get("member") == recipe_dict(member) and saved.get("labels") == labels
-
-
-def fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: int, overwrite: bool = False,
-                   resume: bool = False) -> dict:
-    """Train members concurrently, one worker process per device (round robin), then vote.
-
-    Each worker runs ``ensemble fit ... --only NAMES`` with one GPU visible (``CUDA_VISIBLE_DEVICES``)
-    or, without GPUs, an equal share of the CPU cores; `argv` is the recipe path and its --set /
-    --scratch options. The vote and report follow once every worker has finished.
-
-    Example:
-        >>> fit_concurrent(recipe, ["recipes/project1.toml"], Path("runs/p1"), workers=4)  # doctest: +SKIP
-    """
-    import os
-    import subprocess
-    import sys
-
-    import torch
-
-    out = Path(out)
-    if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
-        raise EnsembleError(f"--out: '{out}' already exists and is not empty; choose another --out, "
-                            "pass --resume to continue it, or --overwrite to start again")
-    if overwrite:
-        shutil.rmtree(out, ignore_errors=True)
-    gpus = torch.cuda.device_count()
-    names = [m.name for m in recipe.members]
-    jobs = []
-    for k in range(min(workers, len(names))):
-        env = dict(os.environ)
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(k % gpus)
-        else:
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-        mine = ",".join(names[k::workers])
-        command = [sys.executable, "-m", "ensemble", "fit", *argv, "--out", str(out), "--only", mine, "--resume", "--quiet"]
-        jobs.append((mine, subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)))
-    for mine, job in jobs:
-        _, err = job.communicate()
-        if job.returncode:
-            last = (err.strip().splitlines() or ["(no output)"])[-1]
-            raise EnsembleError(f"--concurrent: the worker training {mine} failed: {last}")
-    return fit(recipe, out, resume=True)

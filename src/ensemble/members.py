@@ -313,6 +313,32 @@ def parameter_count(model: nn.Module) -> tuple[int, int]:
     return total, trainable
 
 
+def member_shape(cfg: MemberConfig) -> tuple[int, int, int, int]:
+    """(layers, hidden, intermediate, vocabulary) of a member, read from its config without loading weights.
+
+    A model whose config cannot be read locally counts as BERT-base; the shape only sizes and
+    orders concurrent work (`ensemble.workers`).
+
+    Example:
+        >>> member_shape(MemberConfig("m", init="scratch", arch="bert", size="tiny"))
+        (2, 128, 512, 8000)
+    """
+    if cfg.init == "scratch":
+        layers, hidden, _, inter, vocab = SIZES[cfg.size]
+        return layers, hidden, inter, vocab
+    _quiet_transformers()
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(cfg.model, local_files_only=True)
+    except (OSError, ValueError):
+        layers, hidden, _, inter, vocab = SIZES["base"]
+        return layers, hidden, inter, vocab
+    hidden = getattr(config, "hidden_size", 768)
+    return (getattr(config, "num_hidden_layers", 12), hidden, getattr(config, "intermediate_size", 4 * hidden),
+            getattr(config, "vocab_size", 30000))
+
+
 def device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 

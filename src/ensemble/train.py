@@ -2,8 +2,8 @@
 
 `train_member` builds the member, tokenizes once, trains with `accelerator.accumulate`,
 evaluates every epoch with `gather_for_metrics`, keeps the best epoch's weights and writes a
-Hugging Face directory atomically. Members are trained one after another, each with its own
-optimizer, schedule, precision and seed.
+Hugging Face directory atomically. Each member has its own optimizer, schedule, precision and
+seed; `ensemble.workers` runs several of these loops side by side, one member each.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .batching import Collator, EpochBatches, encode
 from .card import write_model_card
-from .checkpoint import PROGRESS, Checkpoint, Progress, cpu_state, fingerprint
+from .checkpoint import LOG, PROGRESS, Checkpoint, Progress, checkpoint_dir, cpu_state, fingerprint
 from .data import TextDataset
 from .errors import EnsembleError
 from .members import METRICS_FILE, RECIPE_FILE, build_member, freeze, parameter_count
@@ -111,7 +111,7 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
                             f"expected ({len(splits.train)}, {len(labels)}) (train rows, classes)")
     taught = None if teacher is None else (teacher.temperature, teacher.hard_weight,
                                            hashlib.sha256(teacher.probs.astype(np.float32).tobytes()).hexdigest())
-    ckpt = Checkpoint(out_dir.parent / f".{out_dir.name}.ckpt", fingerprint(
+    ckpt = Checkpoint(checkpoint_dir(out_dir), fingerprint(
         recipe_dict(cfg), labels, len(splits.train), len(splits.valid), world, taught))
     saved = ckpt.load() if resume else None
     if not resume:
@@ -282,8 +282,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
         record = {"epoch": epoch, "train_loss": train_loss, **metrics, "lr": scheduler.get_last_lr()[0],
                   "seconds": seconds, "samples_per_s": (state.seen - seen_at_start) * accelerator.num_processes / seconds}
         state.history.append(record)
-        say(f"{cfg.name} epoch {epoch}: train_loss {record['train_loss']:.4f}  valid_loss {metrics['valid_loss']:.4f}  "
-            f"accuracy {metrics['accuracy']:.4f}  macro_f1 {metrics['macro_f1']:.4f}")
+        say(epoch_line(cfg.name, record))
         if main:
             ckpt.log({"event": "epoch", **record})
         if t.log_with:
@@ -324,8 +323,8 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
             resolved = {"member": recipe_dict(cfg), "data": recipe_dict(data), "labels": labels}
             (tmp / RECIPE_FILE).write_text(json.dumps(resolved, indent=2), encoding="utf-8")
             (tmp / METRICS_FILE).write_text(json.dumps(result, indent=2), encoding="utf-8")
-            if (ckpt.root / "log.jsonl").is_file():
-                shutil.copy2(ckpt.root / "log.jsonl", tmp / "log.jsonl")
+            if (ckpt.root / LOG).is_file():
+                shutil.copy2(ckpt.root / LOG, tmp / LOG)
             write_model_card(tmp / "README.md", cfg, labels, result, len(train_set), len(valid_set))
             replace_dir(tmp, out_dir)
         finally:
@@ -335,6 +334,12 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     accelerator.wait_for_everyone()
     accelerator.free_memory()
     return result
+
+
+def epoch_line(name: str, record: dict) -> str:
+    """The line printed after each epoch (also by `ensemble.workers`, from a worker's log)."""
+    return (f"{name} epoch {record['epoch']}: train_loss {record['train_loss']:.4f}  valid_loss {record['valid_loss']:.4f}  "
+            f"accuracy {record['accuracy']:.4f}  macro_f1 {record['macro_f1']:.4f}")
 
 
 class Diverged(EnsembleError):

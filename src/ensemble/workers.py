@@ -1,0 +1,304 @@
+"""Members trained side by side: one worker process per GPU, or per share of the CPU cores.
+
+One member's training step uses several CPU cores poorly: its matmuls are small and its layer
+norms, dropout and optimizer passes hardly speed up with more threads (a MiniLM step runs 1.5x
+faster on two threads than on one). Members are independent, so when a recipe has several,
+``ensemble fit`` trains them concurrently by default: each worker process gets its own share of
+the cores (or one GPU) and takes the next member from a queue, largest first; the vote follows
+once all are done. A worker is ``ensemble fit RECIPE --only NAME``; its step log (``log.jsonl``)
+feeds this process's progress bar for that member.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Queue
+
+from tqdm.auto import tqdm
+
+from .checkpoint import LOG, checkpoint_dir
+from .errors import EnsembleError
+from .fit import check_out, diverged_file, finished, fit, load_splits, prepare_out, vote_and_report
+from .members import bf16_tip, member_shape, preflight
+from .recipe import MemberConfig, Recipe
+from .train import epoch_line
+
+BYTES_PER_PARAMETER = 20  # fp32 weights, gradients, two AdamW moments, the best epoch's copy
+PROCESS_BYTES = 1 << 30  # a worker's runtime and activations, beyond its parameters (generous)
+MEMINFO = "/proc/meminfo"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one worker runs: its description and the environment that puts it there."""
+
+    label: str  # "cuda:1", "1 CPU thread"
+    env: dict[str, str]
+
+
+def parse_workers(value: str) -> str | int:
+    """`--concurrent` as typed: "auto" or a whole number >= 1.
+
+    Example:
+        >>> parse_workers("auto"), parse_workers("2")
+        ('auto', 2)
+    """
+    text = value.strip()
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise EnsembleError(f"--concurrent: must be 'auto' or a whole number >= 1; got '{value}'")
+    return int(text)
+
+
+def plan(workers: str | int, members: list[MemberConfig]) -> list[Slot]:
+    """The worker slots for `workers` ("auto" or a count); a single slot means: train in this process.
+
+    "auto" runs one worker per GPU when there are several GPUs, and without GPUs one worker per
+    CPU thread of this process's budget (``torch.get_num_threads()``, which OMP_NUM_THREADS sets),
+    as many as there are members and as fit in the available memory. A count runs that many
+    workers, sharing the GPUs round robin or splitting the threads evenly.
+
+    Example:
+        >>> [s.label for s in plan(2, members)]  # doctest: +SKIP
+        ['1 CPU thread', '1 CPU thread']
+    """
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # under accelerate launch / torchrun each member trains data-parallel instead
+        if workers not in ("auto", 1):
+            raise EnsembleError(f"--concurrent: {workers} workers cannot run inside a distributed launch "
+                                f"({world} processes); drop --concurrent: each member then trains data-parallel")
+        return [Slot("this process", {})]
+    gpus = torch.cuda.device_count()
+    threads = torch.get_num_threads()
+    n = min(len(members), workers if workers != "auto" else gpus or min(threads, _fits_in_memory(members)))
+    if n <= 1:
+        return [Slot("this process", {})]
+    if gpus:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = [d.strip() for d in visible.split(",")] if visible else [str(i) for i in range(gpus)]
+        return [Slot(f"cuda:{ids[k % gpus]}", {"CUDA_VISIBLE_DEVICES": ids[k % gpus]}) for k in range(n)]
+    shares = [max(1, threads // n + (k < threads % n)) for k in range(n)]
+    return [Slot(f"{t} CPU thread{'s' if t > 1 else ''}", {"OMP_NUM_THREADS": str(t), "MKL_NUM_THREADS": str(t)})
+            for t in shares]
+
+
+def _fits_in_memory(members: list[MemberConfig]) -> int:
+    """How many of the largest member can train at once in the available memory (Linux; else no limit)."""
+    try:
+        with open(MEMINFO, encoding="ascii") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return len(members)
+    largest = max(_parameters(m) for m in members)
+    return max(1, int(0.8 * available // (BYTES_PER_PARAMETER * largest + PROCESS_BYTES)))
+
+
+def _parameters(m: MemberConfig) -> int:
+    layers, hidden, inter, vocab = member_shape(m)
+    return vocab * hidden + layers * (4 * hidden * hidden + 2 * hidden * inter)
+
+
+def _work(m: MemberConfig) -> float:
+    """Relative training work of a member per training row: epochs x encoder FLOPs per token."""
+    layers, hidden, inter, _ = member_shape(m)
+    return m.train.epochs * layers * (4 * hidden * hidden + 2 * hidden * inter)
+
+
+def fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | int = "auto", overwrite: bool = False,
+                   resume: bool = False, progress: bool = True) -> dict:
+    """Train the members concurrently on the slots of `plan(workers)`, then vote and report like `fit`.
+
+    `argv` is what a worker needs to rebuild the same recipe: the recipe path and its --set /
+    --scratch options. With one slot (one member, one CPU thread, one GPU, a distributed launch)
+    this is `fit`, in this process.
+
+    Example:
+        >>> fit_concurrent(recipe, ["recipes/project1.toml"], Path("runs/p1"), workers="auto")  # doctest: +SKIP
+    """
+    slots = plan(workers, list(recipe.members))
+    if len(slots) == 1:
+        return fit(recipe, out, overwrite=overwrite, resume=resume, progress=progress)
+    out = Path(out)
+    check_out(out, overwrite, resume)
+    splits, test, labels = load_splits(recipe.data)  # a data error is reported once, here
+    preflight(recipe.members)
+    tip = bf16_tip(recipe.members) if progress else None
+    if tip:
+        print(tip)
+    prepare_out(out, recipe)
+    queue = []
+    for m in recipe.members:
+        if resume and finished(out / "members" / m.name, m, labels):
+            print(f"{m.name}: already trained with these settings; kept")
+            continue
+        diverged_file(out, m.name).unlink(missing_ok=True)
+        queue.append(m)
+    if queue:
+        print(f"training {len(queue)} members concurrently in {min(len(slots), len(queue))} worker processes "
+              f"({', '.join(s.label for s in slots[:len(queue)])}); --concurrent 1 trains them one at a time")
+    failed = _run_queue(queue, slots, argv, out, len(splits.train), resume, progress)
+    return vote_and_report(recipe, out, splits, test, labels, failed)
+
+
+def _run_queue(queue: list[MemberConfig], slots: list[Slot], argv: list[str], out: Path, train_rows: int,
+               resume: bool, progress: bool) -> dict[str, str]:
+    """Train `queue` on `slots`, largest member first; returns the members that diverged, with why."""
+    pending = sorted(queue, key=_work, reverse=True)  # stable: equal members keep the recipe's order
+    logs = Path(tempfile.mkdtemp(prefix="ensemble-workers-"))
+    workers = [_Worker(slot, k, argv, out, logs, resume) for k, slot in enumerate(slots[:len(queue)])]
+    failed: dict[str, str] = {}
+    try:
+        while pending or any(w.member is not None for w in workers):
+            for w in workers:
+                if w.member is None and pending:
+                    w.give(_Member(pending.pop(0), w, train_rows, progress))
+            time.sleep(0.2)
+            for w in workers:
+                name = w.check()
+                if name and diverged_file(out, name).is_file():
+                    failed[name] = diverged_file(out, name).read_text(encoding="utf-8")
+                    diverged_file(out, name).unlink()
+                    tqdm.write(f"{name}: {failed[name]}; left out of the vote (on_diverge = \"skip\")", file=sys.stderr)
+        for w in workers:
+            w.finish()
+    except BaseException:
+        for w in workers:  # the checkpoints stay: --resume continues the interrupted members
+            w.stop()
+        raise
+    shutil.rmtree(logs, ignore_errors=True)
+    return failed
+
+
+def serve(recipe: Recipe, out: Path, resume: bool) -> None:
+    """A worker's side: train each member named on stdin (as ``--only NAME``), answer ``done NAME`` on stdout.
+
+    Everything else the worker prints goes to stderr, which the parent keeps in a log file.
+    """
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    for line in sys.stdin:
+        if name := line.strip():
+            fit(recipe, out, overwrite=not resume, resume=resume, progress=False, only=[name])
+            answers.write(f"done {name}\n")
+
+
+class _Worker:
+    """A worker process on one slot, training the members it is given one at a time (`serve`)."""
+
+    def __init__(self, slot: Slot, position: int, argv: list[str], out: Path, logs: Path, resume: bool):
+        self.slot, self.position, self.out = slot, position, out
+        self.output = logs / f"worker-{position}.log"
+        command = [sys.executable, "-m", "ensemble", "fit", *argv, "--out", str(out), "--serve", "--quiet",
+                   "--resume" if resume else "--overwrite"]
+        with open(self.output, "wb") as sink:
+            self.proc = subprocess.Popen(command, env={**os.environ, **slot.env}, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=sink, text=True)
+        self.answers: Queue[str] = Queue()
+        threading.Thread(target=lambda: [self.answers.put(x.strip()) for x in self.proc.stdout], daemon=True).start()
+        self.member: _Member | None = None
+
+    def give(self, member: _Member) -> None:
+        self.member = member
+        self.proc.stdin.write(member.cfg.name + "\n")
+        self.proc.stdin.flush()
+
+    def check(self) -> str | None:
+        """Follow the member in training; its name once it is done. A dead worker raises."""
+        if self.member is None:
+            return None
+        self.member.follow()
+        if not self.answers.empty() and self.answers.get() == f"done {self.member.cfg.name}":
+            member, self.member = self.member, None
+            member.close()
+            return member.cfg.name
+        code = self.proc.poll()
+        if code in (130, -signal.SIGINT):  # Ctrl-C reached the worker first: the run was interrupted
+            raise KeyboardInterrupt
+        if code is not None:  # a worker only leaves when its stdin closes: this one crashed
+            raise EnsembleError(self.failure(code))
+        return None
+
+    def failure(self, code: int) -> str:
+        lines = [x for x in self.output.read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()]
+        why = (f"killed by {signal.Signals(-code).name}" + (" (out of memory?)" if code == -signal.SIGKILL else "")
+               if code < 0 else lines[-1] if lines else f"exit code {code}")
+        return (f"members[{self.member.cfg.name}]: its worker process ({self.slot.label}) failed: {why} "
+                f"(all its output: {self.output})")
+
+    def finish(self) -> None:
+        self.proc.stdin.close()
+        if self.proc.wait():
+            raise EnsembleError(f"a worker process ({self.slot.label}) failed on leaving (its output: {self.output})")
+
+    def stop(self) -> None:
+        if self.member is not None:
+            self.member.bar.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class _Member:
+    """A member in training on a worker, and its progress bar, fed by the member's step log."""
+
+    def __init__(self, cfg: MemberConfig, worker: _Worker, train_rows: int, progress: bool):
+        self.cfg, self.worker = cfg, worker
+        self.member_dir = worker.out / "members" / cfg.name
+        t = cfg.train
+        micro = t.batch_size // t.grad_accum
+        steps = math.ceil(math.ceil(train_rows / micro) / t.grad_accum) * t.epochs
+        self.bar = tqdm(total=steps, desc=f"{cfg.name} ({worker.slot.label})", unit="step", position=worker.position,
+                        leave=False, dynamic_ncols=True, mininterval=0.5,
+                        disable=not (progress and sys.stderr.isatty()))  # in a log file the epoch lines suffice
+        self.offset, self.loss_sum, self.losses, self.epoch = 0, 0.0, 0, 0
+        self.started = time.perf_counter()
+
+    def follow(self, log: Path | None = None) -> None:
+        """Read the step log's new lines: steps move the bar, epochs print their line."""
+        try:
+            with open(log or checkpoint_dir(self.member_dir) / LOG, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return
+        done = data.rfind(b"\n") + 1  # a line still being written waits for the next look
+        self.offset += done
+        for line in data[:done].splitlines():
+            record = json.loads(line)
+            if record.get("event") == "step":
+                if record["epoch"] != self.epoch:
+                    self.epoch, self.loss_sum, self.losses = record["epoch"], 0.0, 0
+                self.loss_sum, self.losses = self.loss_sum + record["loss"], self.losses + 1
+                self.bar.update(record["step"] - self.bar.n)
+                self.bar.set_postfix(epoch=f"{self.epoch}/{self.cfg.train.epochs}",
+                                     loss=f"{self.loss_sum / self.losses:.4f}",
+                                     samples_s=f"{record['samples_per_s']:.0f}", refresh=False)
+            elif record.get("event") == "epoch":
+                self.bar.write(epoch_line(self.cfg.name, record))
+
+    def close(self) -> None:
+        if (self.member_dir / LOG).is_file():
+            self.follow(self.member_dir / LOG)  # the last lines, written just before the checkpoint went
+        self.bar.close()
+        if (self.member_dir / "metrics.json").is_file():
+            best = json.loads((self.member_dir / "metrics.json").read_text(encoding="utf-8"))
+            tqdm.write(f"{self.cfg.name}: trained in {time.perf_counter() - self.started:.0f} s on "
+                       f"{self.worker.slot.label}; best epoch {best['best_epoch']} "
+                       f"({best['best_metric']} {best['best'][best['best_metric']]:.4f})")

@@ -1,0 +1,205 @@
+"""Members trained side by side (`ensemble.workers`): how many workers where, which member first,
+and what a run does when a worker's member diverges or the run is interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import ensemble.workers as workers
+from ensemble.errors import EnsembleError
+from ensemble.recipe import MemberConfig, TrainConfig
+from ensemble.workers import parse_workers, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = (ROOT / "recipes" / "demo" / "train.csv").read_text(encoding="utf-8").splitlines()[1:241]
+
+
+def members(n: int, size: str = "tiny") -> list[MemberConfig]:
+    return [MemberConfig(f"m{i}", init="scratch", arch="bert", size=size) for i in range(n)]
+
+
+@pytest.fixture
+def machine(monkeypatch, tmp_path):
+    """A pretend machine: set(threads=, gpus=, memory_gb=) before calling `plan`."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    meminfo = tmp_path / "meminfo"
+    monkeypatch.setattr(workers, "MEMINFO", str(meminfo))
+
+    def set_(threads: int = 2, gpus: int = 0, memory_gb: float = 64):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+        meminfo.write_text(f"MemTotal: 99999999 kB\nMemAvailable: {int(memory_gb * 2**20)} kB\n")
+    return set_
+
+
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), ("1", 1), ("4", 4), (" 2 ", 2)])
+def test_parse_workers(value, expected):
+    assert parse_workers(value) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", ""])
+def test_parse_workers_refuses(value):
+    with pytest.raises(EnsembleError, match=f"--concurrent: must be 'auto' or a whole number >= 1; got '{value}'"):
+        parse_workers(value)
+
+
+@pytest.mark.parametrize("threads, n_members, workers_arg, expected", [
+    (2, 4, "auto", ["1 CPU thread", "1 CPU thread"]),  # this machine: two members at a time
+    (8, 3, "auto", ["3 CPU threads", "3 CPU threads", "2 CPU threads"]),  # leftover threads to the first
+    (1, 4, "auto", ["this process"]),  # one thread: nothing to share
+    (4, 1, "auto", ["this process"]),  # one member
+    (2, 4, 1, ["this process"]),
+    (2, 4, 3, ["1 CPU thread"] * 3),  # asked for: more workers than threads
+    (16, 2, 5, ["8 CPU threads", "8 CPU threads"]),  # never more workers than members
+])
+def test_cpu_plans(machine, threads, n_members, workers_arg, expected):
+    machine(threads=threads)
+    slots = plan(workers_arg, members(n_members))
+    assert [s.label for s in slots] == expected
+    if len(slots) > 1:
+        assert [s.env["OMP_NUM_THREADS"] for s in slots] == [x.split()[0] for x in expected]
+
+
+def test_auto_keeps_to_the_available_memory(machine):
+    # BERT-base-sized members: ~110M parameters x 20 bytes + 1 GiB each; 8 GiB x 0.8 holds two
+    machine(threads=8, memory_gb=8)
+    assert len(plan("auto", members(4, size="base"))) == 2
+    machine(threads=8, memory_gb=2)
+    assert [s.label for s in plan("auto", members(4, size="base"))] == ["this process"]
+    assert len(plan(4, members(4, size="base"))) == 4  # a number asked for is a number given
+
+
+def test_gpu_plans(machine, monkeypatch):
+    machine(threads=16, gpus=2)
+    assert [s.label for s in plan("auto", members(3))] == ["cuda:0", "cuda:1"]
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in plan(3, members(3))] == ["0", "1", "0"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")  # the GPUs this process was given, not 0 and 1
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in plan("auto", members(3))] == ["4", "6"]
+    machine(threads=16, gpus=1)
+    assert [s.label for s in plan("auto", members(3))] == ["this process"]
+
+
+def test_inside_a_distributed_launch_members_train_data_parallel(machine, monkeypatch):
+    machine(threads=8)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert [s.label for s in plan("auto", members(3))] == ["this process"]
+    with pytest.raises(EnsembleError, match=r"--concurrent: 2 workers cannot run inside a distributed launch \(2 processes\)"):
+        plan(2, members(3))
+
+
+def test_largest_member_first():
+    small, large = members(1)[0], members(1, size="mini")[0]
+    longer = replace(small, name="longer", train=replace(small.train, epochs=small.train.epochs * 20))
+    queue = sorted([small, large, longer], key=workers._work, reverse=True)
+    # tiny: 2 layers x (4*128^2 + 2*128*512) per epoch; mini: 4 x (4*256^2 + 2*256*1024) = 8x that
+    assert [m.name for m in queue] == ["longer", "m0", "m0"] and queue[1].size == "mini"
+
+
+# ---------------------------------------------------------------- real worker processes
+
+def write_recipe(tmp: Path, extra: str = "", broken: bool = False) -> Path:
+    """bert and roberta (tiny, scratch); with `broken`, a third member whose weights hold a NaN."""
+    (tmp / "train.csv").write_text("text,label\n" + "\n".join(ROWS) + "\n", encoding="utf-8")
+    body = "".join(f'[[members]]\nname = "{a}"\ninit = "scratch"\narch = "{a}"\n' for a in ("bert", "roberta"))
+    if broken:
+        from ensemble.data import sorted_labels
+        from ensemble.members import build_member
+
+        labels = sorted_labels([row.rsplit(",", 1)[1] for row in ROWS])
+        model, tokenizer = build_member(MemberConfig("x", init="scratch", arch="bert", size="tiny",
+                                                     train=TrainConfig()), labels, [r.rsplit(",", 1)[0] for r in ROWS])
+        with torch.no_grad():  # a corrupt checkpoint: every forward pass is NaN from the first batch
+            model.bert.embeddings.LayerNorm.weight[0] = float("nan")
+        model.save_pretrained(tmp / "nan-model")
+        tokenizer.save_pretrained(tmp / "nan-model")
+        body += f'[[members]]\nname = "broken"\nmodel = "{tmp / "nan-model"}"\n'
+    (tmp / "r.toml").write_text('[data]\ntrain = "train.csv"\nvalid_fraction = 0.25\n[defaults]\nepochs = 2\n'
+                                f'max_length = 32\nlr = 5e-4\n{extra}\n{body}', encoding="utf-8")
+    return tmp / "r.toml"
+
+
+def ensemble_fit(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "ensemble", "fit", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.slow
+def test_a_member_diverging_in_a_worker_is_left_out_of_the_vote(tmp_path):
+    recipe = write_recipe(tmp_path, extra='on_diverge = "skip"', broken=True)
+    done = ensemble_fit(str(recipe), "--out", str(tmp_path / "run"), "--concurrent", "2", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "broken: members[broken]: training loss became nan at epoch 1, batch 1" in done.stderr
+    assert "left out of the vote" in done.stderr
+    assert list(json.loads((tmp_path / "run" / "ensemble.json").read_text())["members"]) == ["bert", "roberta"]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert list(report["data"]["failed_members"]) == ["broken"]
+    assert not list((tmp_path / "run" / "members").glob(".*.diverged"))  # read and removed
+
+
+@pytest.mark.slow
+def test_a_member_diverging_in_a_worker_stops_the_run_with_one_line(tmp_path):
+    done = ensemble_fit(str(write_recipe(tmp_path, broken=True)), "--out", str(tmp_path / "run"), "--concurrent", "2",
+                        "--quiet")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: members[broken]: its worker process (1 CPU thread) failed: error: members[broken]: "
+                           "training loss became nan at epoch 1, batch 1"), done.stderr
+    assert "(all its output: " in last
+    assert not (tmp_path / "run" / "ensemble.json").exists()
+
+
+def _workers_of(run: Path) -> list[int]:
+    """Pids of live worker processes writing into `run`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--serve" in cmd and str(run).encode() in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes through /proc")
+def test_ctrl_c_stops_the_workers_and_resume_finishes_the_run(tmp_path):
+    recipe = write_recipe(tmp_path, extra="epochs = 4").read_text().replace("epochs = 2\n", "")
+    (tmp_path / "r.toml").write_text(recipe, encoding="utf-8")
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "ensemble", "fit", str(tmp_path / "r.toml"), "--out", str(run), "--concurrent", "2",
+            "--quiet"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    progress = run / "members" / ".bert.ckpt" / "progress.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not progress.is_file():
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    assert len(_workers_of(run)) == 2
+    proc.send_signal(signal.SIGINT)  # to the parent only, as `kill -INT`: it must stop its workers itself
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("interrupted (training state is saved")
+    assert _workers_of(run) == []
+    assert not (run / "ensemble.json").exists()
+
+    resumed = ensemble_fit(str(tmp_path / "r.toml"), "--out", str(run), "--concurrent", "2", "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("bert", "roberta"):
+        history = json.loads((run / "members" / name / "metrics.json").read_text())["history"]
+        assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert (run / "ensemble.json").is_file()
