@@ -203,3 +203,38 @@ def test_ctrl_c_stops_the_workers_and_resume_finishes_the_run(tmp_path):
         history = json.loads((run / "members" / name / "metrics.json").read_text())["history"]
         assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert (run / "ensemble.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes through /proc")
+def test_sigkill_of_the_run_stops_its_workers_and_resume_equals_an_uninterrupted_run(tmp_path):
+    recipe = write_recipe(tmp_path, extra="epochs = 12").read_text().replace("epochs = 2\n", "")
+    (tmp_path / "r.toml").write_text(recipe, encoding="utf-8")
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    assert ensemble_fit(str(tmp_path / "r.toml"), "--out", str(whole), "--concurrent", "2", "--quiet").returncode == 0
+
+    args = [sys.executable, "-m", "ensemble", "fit", str(tmp_path / "r.toml"), "--out", str(run), "--concurrent", "2",
+            "--quiet"]
+    proc = subprocess.Popen(args, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    progress = run / "members" / ".bert.ckpt" / "progress.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not progress.is_file():
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.kill()  # no handler runs: the workers must notice their parent is gone
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while _workers_of(run) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _workers_of(run) == [], "orphaned workers kept training into the run directory"
+    assert not (run / "members" / "bert" / "metrics.json").exists()  # bert was cut short (~0.5 s an epoch)
+
+    resumed = ensemble_fit(str(tmp_path / "r.toml"), "--out", str(run), "--concurrent", "2", "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("bert", "roberta"):
+        a, b = (json.loads((d / "members" / name / "metrics.json").read_text()) for d in (whole, run))
+        assert [h["valid_loss"] for h in a["history"]] == [h["valid_loss"] for h in b["history"]]
+        assert (whole / "members" / name / "model.safetensors").read_bytes() == \
+            (run / "members" / name / "model.safetensors").read_bytes()
+    assert json.loads((whole / "report.json").read_text())["ensemble"] == json.loads((run / "report.json").read_text())["ensemble"]

@@ -37,6 +37,7 @@ from .train import epoch_line
 BYTES_PER_PARAMETER = 20  # fp32 weights, gradients, two AdamW moments, the best epoch's copy
 PROCESS_BYTES = 1 << 30  # a worker's runtime and activations, beyond its parameters (generous)
 MEMINFO = "/proc/meminfo"
+PARENT = "ENSEMBLE_PARENT_PID"  # a worker stops when this process, its parent, is gone
 
 
 @dataclass(frozen=True)
@@ -186,8 +187,17 @@ def _run_queue(queue: list[MemberConfig], slots: list[Slot], argv: list[str], ou
 def serve(recipe: Recipe, out: Path, resume: bool) -> None:
     """A worker's side: train each member named on stdin (as ``--only NAME``), answer ``done NAME`` on stdout.
 
-    Everything else the worker prints goes to stderr, which the parent keeps in a log file.
+    Everything else the worker prints goes to stderr, which the parent keeps in a log file. A
+    worker whose parent dies (even by SIGKILL) stops within a second.
     """
+    parent = int(os.environ.get(PARENT, os.getppid()))
+
+    def orphaned() -> None:  # a killed parent cannot stop us: stop, rather than train into a run resumed meanwhile
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)  # checkpoints are written atomically: any moment is safe
+
+    threading.Thread(target=orphaned, daemon=True).start()
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     sys.stdout.flush()
     os.dup2(2, 1)
@@ -206,7 +216,8 @@ class _Worker:
         command = [sys.executable, "-m", "ensemble", "fit", *argv, "--out", str(out), "--serve", "--quiet",
                    "--resume" if resume else "--overwrite"]
         with open(self.output, "wb") as sink:
-            self.proc = subprocess.Popen(command, env={**os.environ, **slot.env}, stdin=subprocess.PIPE,
+            self.proc = subprocess.Popen(command, env={**os.environ, **slot.env, PARENT: str(os.getpid())},
+                                         stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=sink, text=True)
         self.answers: Queue[str] = Queue()
         threading.Thread(target=lambda: [self.answers.put(x.strip()) for x in self.proc.stdout], daemon=True).start()
