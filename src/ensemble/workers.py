@@ -130,27 +130,28 @@ def fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | in
     Example:
         >>> fit_concurrent(recipe, ["recipes/project1.toml"], Path("runs/p1"), workers="auto")  # doctest: +SKIP
     """
-    slots = plan(workers, list(recipe.members))
-    if len(slots) == 1:
-        return fit(recipe, out, overwrite=overwrite, resume=resume, progress=progress)
     out = Path(out)
+    if len(plan(workers, list(recipe.members))) == 1:
+        return fit(recipe, out, overwrite=overwrite, resume=resume, progress=progress)
     check_out(out, overwrite, resume)
     splits, test, labels = load_splits(recipe.data)  # a data error is reported once, here
     preflight(recipe.members)
+    kept = [m for m in recipe.members if resume and finished(out / "members" / m.name, m, labels)]
+    queue = [m for m in recipe.members if m not in kept]
+    slots = plan(workers, queue) if queue else []
+    if len(slots) == 1:  # one member left to train (a resumed run): all the threads for it, here
+        return fit(recipe, out, overwrite=overwrite, resume=resume, progress=progress)
     tip = bf16_tip(recipe.members) if progress else None
     if tip:
         print(tip)
     prepare_out(out, recipe)
-    queue = []
-    for m in recipe.members:
-        if resume and finished(out / "members" / m.name, m, labels):
-            print(f"{m.name}: already trained with these settings; kept")
-            continue
+    for m in kept:
+        print(f"{m.name}: already trained with these settings; kept")
+    for m in queue:
         diverged_file(out, m.name).unlink(missing_ok=True)
-        queue.append(m)
     if queue:
-        print(f"training {len(queue)} members concurrently in {min(len(slots), len(queue))} worker processes "
-              f"({', '.join(s.label for s in slots[:len(queue)])}); --concurrent 1 trains them one at a time")
+        print(f"training {len(queue)} members concurrently in {len(slots)} worker processes "
+              f"({', '.join(s.label for s in slots)}); --concurrent 1 trains them one at a time")
     failed = _run_queue(queue, slots, argv, out, len(splits.train), resume, progress)
     return vote_and_report(recipe, out, splits, test, labels, failed)
 
@@ -160,7 +161,7 @@ def _run_queue(queue: list[MemberConfig], slots: list[Slot], argv: list[str], ou
     """Train `queue` on `slots`, largest member first; returns the members that diverged, with why."""
     pending = sorted(queue, key=_work, reverse=True)  # stable: equal members keep the recipe's order
     logs = Path(tempfile.mkdtemp(prefix="ensemble-workers-"))
-    workers = [_Worker(slot, k, argv, out, logs, resume) for k, slot in enumerate(slots[:len(queue)])]
+    workers = [_Worker(slot, k, argv, out, logs, resume) for k, slot in enumerate(slots)]
     failed: dict[str, str] = {}
     try:
         while pending or any(w.member is not None for w in workers):
