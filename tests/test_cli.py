@@ -41,6 +41,8 @@ def fitted(tmp_path_factory):
     (["fit", "{recipe}", "--set", "members.bret.lr=1"], "no member named 'bret'"),
     (["fit", "{recipe}", "--set", "data.train=missing.csv"], "data.train"),
     (["fit", "{recipe}", "--scratch", "huge"], "--scratch: must be one of"),
+    (["fit", "{recipe}", "--concurrent", "two"], "--concurrent: must be 'auto' or a whole number >= 1; got 'two'"),
+    (["fit", "{recipe}", "--concurrent", "2", "--only", "bert"], "--concurrent: 2 workers cannot be combined with --only"),
     (["vote", "--members", "nowhere", "--data", "x.csv", "--out", "o"], "member 'nowhere' (nowhere): not a directory"),
     (["vote", "--members", "{member}", "--data", "x.csv", "--out", "o", "--method", "average"], "--method: must be one of {'hard', 'soft', 'weighted', 'selection', 'stacking'}; got 'average'"),
     (["vote", "--members", "{member}", "--data", "x.csv", "--out", "o", "--weights", "bert"], "--weights: expected NAME=NUMBER"),
