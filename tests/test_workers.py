@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import torch
 import ensemble.workers as workers
 from ensemble.errors import EnsembleError
 from ensemble.recipe import MemberConfig, TrainConfig
-from ensemble.workers import parse_workers, plan
+from ensemble.workers import parse_workers, plan, split_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = (ROOT / "recipes" / "demo" / "train.csv").read_text(encoding="utf-8").splitlines()[1:241]
@@ -69,6 +70,12 @@ def test_cpu_plans(machine, threads, n_members, workers_arg, expected):
     assert [s.label for s in slots] == expected
     if len(slots) > 1:
         assert [s.env["OMP_NUM_THREADS"] for s in slots] == [x.split()[0] for x in expected]
+
+
+@pytest.mark.parametrize("threads, workers_n, expected", [(2, 2, [1, 1]), (8, 3, [3, 3, 2]), (2, 1, [2]),
+                                                       (1, 2, [1, 1]), (16, 5, [4, 3, 3, 3, 3])])
+def test_split_threads(threads, workers_n, expected):
+    assert split_threads(threads, workers_n) == expected
 
 
 def test_auto_keeps_to_the_available_memory(machine):
@@ -154,8 +161,9 @@ def test_a_member_diverging_in_a_worker_stops_the_run_with_one_line(tmp_path):
                         "--quiet")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: members[broken]: its worker process (1 CPU thread) failed: error: members[broken]: "
-                           "training loss became nan at epoch 1, batch 1"), done.stderr
+    # (1 CPU thread, or 2 once the other worker is done and has handed its thread over)
+    assert re.match(r"error: members\[broken\]: its worker process \([12] CPU threads?\) failed: error: "
+                    r"members\[broken\]: training loss became nan at epoch 1, batch 1", last), done.stderr
     assert "(all its output: " in last
     assert not (tmp_path / "run" / "ensemble.json").exists()
 
@@ -238,3 +246,22 @@ def test_sigkill_of_the_run_stops_its_workers_and_resume_equals_an_uninterrupted
         assert (whole / "members" / name / "model.safetensors").read_bytes() == \
             (run / "members" / name / "model.safetensors").read_bytes()
     assert json.loads((whole / "report.json").read_text())["ensemble"] == json.loads((run / "report.json").read_text())["ensemble"]
+
+
+@pytest.mark.slow
+def test_when_the_queue_is_empty_idle_workers_hand_their_threads_to_the_busy_one(tmp_path):
+    # bert (mini, 12 epochs) has ~50x the work of the others: it goes first (largest first) and is
+    # still training when roberta and electra (tiny, 1 epoch) are done; the worker that trained
+    # them leaves, and bert goes on with both threads
+    (tmp_path / "train.csv").write_text("text,label\n" + "\n".join(ROWS) + "\n", encoding="utf-8")
+    members = "".join(f'[[members]]\nname = "{a}"\ninit = "scratch"\narch = "{a}"\n' for a in ("roberta", "electra"))
+    (tmp_path / "r.toml").write_text('[data]\ntrain = "train.csv"\nvalid_fraction = 0.25\n[defaults]\nepochs = 1\n'
+                                     'max_length = 32\n' + members + '[[members]]\nname = "bert"\ninit = "scratch"\n'
+                                     'arch = "bert"\nsize = "mini"\nepochs = 12\n', encoding="utf-8")
+    done = ensemble_fit(str(tmp_path / "r.toml"), "--out", str(tmp_path / "run"), "--concurrent", "2", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "bert: the other workers are done; it goes on with 2 CPU threads" in done.stdout, done.stdout
+    history = json.loads((tmp_path / "run" / "members" / "bert" / "metrics.json").read_text())["history"]
+    threads = [h["threads"] for h in history]
+    assert threads[0] == 1 and threads[-1] == 2, (threads, done.stdout)  # the worker switched between two steps
+    assert list(json.loads((tmp_path / "run" / "ensemble.json").read_text())["members"]) == ["roberta", "electra", "bert"]

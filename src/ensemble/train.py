@@ -280,7 +280,8 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
         # evaluate on the validation split
         metrics = evaluate(model, valid_dl, accelerator, len(labels))
         record = {"epoch": epoch, "train_loss": train_loss, **metrics, "lr": scheduler.get_last_lr()[0],
-                  "seconds": seconds, "samples_per_s": (state.seen - seen_at_start) * accelerator.num_processes / seconds}
+                  "seconds": seconds, "samples_per_s": (state.seen - seen_at_start) * accelerator.num_processes / seconds,
+                  "threads": torch.get_num_threads()}  # CPU threads at the epoch's end (they shape float rounding)
         state.history.append(record)
         say(epoch_line(cfg.name, record))
         if main:

@@ -46,6 +46,7 @@ class Slot:
 
     label: str  # "cuda:1", "1 CPU thread"
     env: dict[str, str]
+    threads: int = 0  # CPU threads of a CPU slot; 0 for a GPU (or this process)
 
 
 def parse_workers(value: str) -> str | int:
@@ -92,9 +93,22 @@ def plan(workers: str | int, members: list[MemberConfig]) -> list[Slot]:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         ids = [d.strip() for d in visible.split(",")] if visible else [str(i) for i in range(gpus)]
         return [Slot(f"cuda:{ids[k % gpus]}", {"CUDA_VISIBLE_DEVICES": ids[k % gpus]}) for k in range(n)]
-    shares = [max(1, threads // n + (k < threads % n)) for k in range(n)]
-    return [Slot(f"{t} CPU thread{'s' if t > 1 else ''}", {"OMP_NUM_THREADS": str(t), "MKL_NUM_THREADS": str(t)})
-            for t in shares]
+    return [Slot(_threads_label(t), {"OMP_NUM_THREADS": str(t), "MKL_NUM_THREADS": str(t)}, t)
+            for t in split_threads(threads, n)]
+
+
+def split_threads(threads: int, workers: int) -> list[int]:
+    """`threads` shared by `workers`, the leftover to the first ones, at least one each.
+
+    Example:
+        >>> split_threads(8, 3)
+        [3, 3, 2]
+    """
+    return [max(1, threads // workers + (k < threads % workers)) for k in range(workers)]
+
+
+def _threads_label(threads: int) -> str:
+    return f"{threads} CPU thread{'s' if threads > 1 else ''}"
 
 
 def _fits_in_memory(members: list[MemberConfig]) -> int:
@@ -164,10 +178,20 @@ def _run_queue(queue: list[MemberConfig], slots: list[Slot], argv: list[str], ou
     workers = [_Worker(slot, k, argv, out, logs, resume) for k, slot in enumerate(slots)]
     failed: dict[str, str] = {}
     try:
+        threads = sum(slot.threads for slot in slots)
         while pending or any(w.member is not None for w in workers):
             for w in workers:
                 if w.member is None and pending:
                     w.give(_Member(pending.pop(0), w, train_rows, progress))
+            if not pending and any(w.member is None for w in workers):
+                # nothing left to hand out: idle workers leave, and on a CPU their threads go to
+                # the members still training (one big member must not finish on one core)
+                for w in [w for w in workers if w.member is None]:
+                    w.finish()
+                    workers.remove(w)
+                if threads and workers:
+                    for w, n in zip(workers, split_threads(threads, len(workers))):
+                        w.use_threads(n)
             time.sleep(0.2)
             for w in workers:
                 name = w.check()
@@ -202,10 +226,28 @@ def serve(recipe: Recipe, out: Path, resume: bool) -> None:
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     sys.stdout.flush()
     os.dup2(2, 1)
-    for line in sys.stdin:
-        if name := line.strip():
-            fit(recipe, out, overwrite=not resume, resume=resume, progress=False, only=[name])
-            answers.write(f"done {name}\n")
+    import torch
+
+    names: Queue[str | None] = Queue()
+    wanted = [torch.get_num_threads()]
+    retune = getattr(signal, "SIGUSR1", None)
+    if retune is not None:  # torch's thread count is the main thread's own: set it there, between two ops
+        signal.signal(retune, lambda *_: torch.set_num_threads(wanted[0]))
+
+    def read() -> None:  # names to train, and "threads N" when the parent hands over more cores
+        for line in sys.stdin:
+            word, _, count = line.strip().partition(" ")
+            if word == "threads" and retune is not None:
+                wanted[0] = int(count)
+                os.kill(os.getpid(), retune)
+            elif word and word != "threads":
+                names.put(word)
+        names.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    while (name := names.get()) is not None:
+        fit(recipe, out, overwrite=not resume, resume=resume, progress=False, only=[name])
+        answers.write(f"done {name}\n")
 
 
 class _Worker:
@@ -213,6 +255,7 @@ class _Worker:
 
     def __init__(self, slot: Slot, position: int, argv: list[str], out: Path, logs: Path, resume: bool):
         self.slot, self.position, self.out = slot, position, out
+        self.threads, self.label = slot.threads, slot.label
         self.output = logs / f"worker-{position}.log"
         command = [sys.executable, "-m", "ensemble", "fit", *argv, "--out", str(out), "--serve", "--quiet",
                    "--resume" if resume else "--overwrite"]
@@ -228,6 +271,16 @@ class _Worker:
         self.member = member
         self.proc.stdin.write(member.cfg.name + "\n")
         self.proc.stdin.flush()
+
+    def use_threads(self, n: int) -> None:
+        """Train on `n` CPU threads from now on (the worker sets them between two steps)."""
+        if n == self.threads or self.member is None:
+            return
+        self.threads, self.label = n, _threads_label(n)
+        self.proc.stdin.write(f"threads {n}\n")
+        self.proc.stdin.flush()
+        self.member.bar.set_description(f"{self.member.cfg.name} ({self.label})", refresh=False)
+        tqdm.write(f"{self.member.cfg.name}: the other workers are done; it goes on with {self.label}")
 
     def check(self) -> str | None:
         """Follow the member in training; its name once it is done. A dead worker raises."""
@@ -249,7 +302,7 @@ class _Worker:
         lines = [x for x in self.output.read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()]
         why = (f"killed by {signal.Signals(-code).name}" + (" (out of memory?)" if code == -signal.SIGKILL else "")
                if code < 0 else lines[-1] if lines else f"exit code {code}")
-        return (f"members[{self.member.cfg.name}]: its worker process ({self.slot.label}) failed: {why} "
+        return (f"members[{self.member.cfg.name}]: its worker process ({self.label}) failed: {why} "
                 f"(all its output: {self.output})")
 
     def finish(self) -> None:
@@ -276,7 +329,7 @@ class _Member:
         t = cfg.train
         micro = t.batch_size // t.grad_accum
         steps = math.ceil(math.ceil(train_rows / micro) / t.grad_accum) * t.epochs
-        self.bar = tqdm(total=steps, desc=f"{cfg.name} ({worker.slot.label})", unit="step", position=worker.position,
+        self.bar = tqdm(total=steps, desc=f"{cfg.name} ({worker.label})", unit="step", position=worker.position,
                         leave=False, dynamic_ncols=True, mininterval=0.5,
                         disable=not (progress and sys.stderr.isatty()))  # in a log file the epoch lines suffice
         self.offset, self.loss_sum, self.losses, self.epoch = 0, 0.0, 0, 0
@@ -312,5 +365,5 @@ class _Member:
         if (self.member_dir / "metrics.json").is_file():
             best = json.loads((self.member_dir / "metrics.json").read_text(encoding="utf-8"))
             tqdm.write(f"{self.cfg.name}: trained in {time.perf_counter() - self.started:.0f} s on "
-                       f"{self.worker.slot.label}; best epoch {best['best_epoch']} "
+                       f"{self.worker.label}; best epoch {best['best_epoch']} "
                        f"({best['best_metric']} {best['best'][best['best_metric']]:.4f})")
