@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .batching import Collator, EpochBatches, encode
 from .card import write_model_card
 from .checkpoint import LOG, PROGRESS, Checkpoint, Progress, checkpoint_dir, cpu_state, fingerprint
+from .cpu import fast_dropout, keep_freed_memory
 from .data import TextDataset
 from .errors import EnsembleError
 from .members import METRICS_FILE, RECIPE_FILE, build_member, freeze, parameter_count
@@ -104,6 +105,8 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
         raise EnsembleError(f"members[{cfg.name}].batch_size: {t.batch_size} must be a multiple of grad_accum "
                             f"({t.grad_accum}) x processes ({world})")
     per_process = t.batch_size // world
+    if use_cpu():
+        keep_freed_memory()  # big gradients reuse their pages instead of faulting them in every step
     if teacher is None and any(y is None for y in splits.train.labels):
         raise EnsembleError(f"members[{cfg.name}]: training rows without a label need a teacher (ensemble distill)")
     if teacher is not None and teacher.probs.shape != (len(splits.train), len(labels)):
@@ -149,6 +152,8 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     texts = splits.train.texts + (splits.train.pairs or [])
     model, tokenizer = build_member(cfg, labels, texts)
     freeze(model, t.trainable_layers)
+    if accelerator.device.type == "cpu" and not t.compile:
+        fast_dropout(model)  # same p and scaling; masks 10x faster to draw (torch.compile brings its own)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     label_id = {name: i for i, name in enumerate(labels)}

@@ -1,0 +1,100 @@
+"""CPU training speed-ups that must not change what is computed: glibc heap reuse, fast dropout."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ensemble.config import MemberConfig
+from ensemble.cpu import FastDropout, fast_dropout, keep_freed_memory, keep_mask
+from ensemble.members import ARCHES, build_member
+
+TEXTS = ["a good film", "a bad film", "fine acting", "dull plot and worse acting", "lovely"] * 4
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.5, 0.9])
+def test_keep_mask_keeps_one_minus_p(p):
+    n = 2_000_000
+    kept = keep_mask((n,), p, seed=7).float().mean().item()
+    se = (p * (1 - p) / n) ** 0.5
+    assert abs(kept - (1 - p)) < 5 * se
+
+
+def test_keep_mask_neighbours_are_independent():
+    # a bad hash of consecutive counters shows up as correlated neighbours
+    m = keep_mask((1_000_000,), 0.5, seed=3).numpy()
+    both = np.mean(m[:-1] & m[1:])
+    assert abs(both - 0.25) < 5 * (0.25 * 0.75 / len(m)) ** 0.5
+    stride = np.mean(m[:-384] & m[384:])  # one hidden vector apart
+    assert abs(stride - 0.25) < 5 * (0.25 * 0.75 / len(m)) ** 0.5
+
+
+def test_keep_mask_seeds():
+    assert torch.equal(keep_mask((64, 64), 0.1, seed=1), keep_mask((64, 64), 0.1, seed=1))
+    assert not torch.equal(keep_mask((64, 64), 0.1, seed=1), keep_mask((64, 64), 0.1, seed=2))
+    torch.manual_seed(0)
+    a = keep_mask((64, 64), 0.1)
+    torch.manual_seed(0)
+    assert torch.equal(a, keep_mask((64, 64), 0.1))  # the seed comes from torch's generator
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_dropout_forward_and_backward(dtype):
+    p = 0.25
+    x = torch.randn(8, 16, 32).to(dtype).requires_grad_()
+    drop = FastDropout(p).train()
+    y = drop(x)
+    assert y.dtype == dtype and y.shape == x.shape
+    kept = y != 0
+    # kept values scaled by 1 / (1 - p) exactly as torch does (x * mask, then * scale)
+    assert torch.equal(y[kept], (x.detach() * 1).mul_(1 / (1 - p))[kept])
+    assert 0.6 < kept.float().mean().item() < 0.9
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad, torch.ones_like(y).mul(kept).mul_(1 / (1 - p)))
+
+
+def test_fast_dropout_is_plain_dropout_in_eval_and_at_the_edges():
+    x = torch.randn(4, 8)
+    assert torch.equal(FastDropout(0.3).eval()(x), x)
+    assert torch.equal(FastDropout(0.0).train()(x), x)
+    assert torch.equal(FastDropout(1.0).train()(x), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_fast_dropout_swaps_every_dropout_and_keeps_the_model(arch):
+    model, _ = build_member(MemberConfig("m", init="scratch", arch=arch), ["a", "b"], TEXTS)
+    plain = sum(type(m) is nn.Dropout for m in model.modules())
+    keys = set(model.state_dict())
+    model.eval()
+    ids = torch.tensor([[1, 5, 6, 7, 2]])
+    before = model(input_ids=ids).logits
+    assert fast_dropout(model) == plain > 0
+    assert not any(type(m) is nn.Dropout for m in model.modules())
+    assert set(model.state_dict()) == keys
+    assert torch.equal(model(input_ids=ids).logits, before)  # eval: no dropout at all
+
+
+def test_gradient_checkpointing_replays_the_same_masks():
+    # recomputation in backward restores torch's RNG state, so it draws the same seeds and masks:
+    # gradients equal those of the run without checkpointing
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(1)  # the same initial weights
+        model, _ = build_member(MemberConfig("m", init="scratch", arch="bert"), ["a", "b"], TEXTS)
+        fast_dropout(model)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        torch.manual_seed(0)
+        loss = model(input_ids=torch.tensor([[1, 5, 6, 7, 2], [1, 8, 9, 2, 0]]), labels=torch.tensor([0, 1])).loss
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
+def test_keep_freed_memory():
+    assert keep_freed_memory() is True
+    assert keep_freed_memory() is True  # once per process; calling again is harmless
