@@ -24,11 +24,13 @@ import argparse
 import csv
 import importlib.util
 import json
+import multiprocessing
 import platform
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -156,7 +158,10 @@ def main() -> None:
         title, cfg, rows = models[key]
         splits = Splits(sample("ids-sst-train.csv", rows, 0), dev)
         labels = sorted_labels(splits.train.labels)
-        ours_sps, ours_acc = ensemble_run(cfg, splits, labels)
+        # in a process of its own: train_member tunes this process's malloc (ensemble.cpu), and the
+        # Trainer runs below must get the allocator their users get
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            ours_sps, ours_acc = pool.submit(ensemble_run, cfg, splits, labels).result()
         tries = {w: trainer_run(cfg, splits, labels, w) for w in map(int, args.workers.split(","))}
         workers = max(tries, key=lambda w: tries[w][0])
         theirs_sps, theirs_acc = tries[workers]
