@@ -73,6 +73,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
                 assert a[key] == b[key], (name, key)
         wa, wb = (load_file(tmp_path / d / "members" / name / "model.safetensors") for d in ("whole", "cut"))
         assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa), name
+        # the best epoch's validation logits (what the vote uses) survive the kill too
+        la, lb = (load_file(tmp_path / d / "members" / name / "valid_logits.safetensors") for d in ("whole", "cut"))
+        assert (la["logits"] == lb["logits"]).all(), name
     assert json.loads((tmp_path / "whole" / "report.json").read_text())["ensemble"] == \
         json.loads((tmp_path / "cut" / "report.json").read_text())["ensemble"]
     assert not (tmp_path / "cut" / "members" / ".roberta.ckpt").exists()  # cleaned up once finished

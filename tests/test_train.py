@@ -86,11 +86,11 @@ def script_metrics(monkeypatch, key: str, values: list[float]) -> list[dict[str,
     snapshots: list[dict[str, torch.Tensor]] = []
 
     def scripted(model, loader, accelerator, n_classes):
-        metrics = real(model, loader, accelerator, n_classes)
+        metrics, logits = real(model, loader, accelerator, n_classes)
         metrics[key] = values[len(snapshots)]
         state = accelerator.unwrap_model(model).state_dict()
         snapshots.append({k: v.detach().clone() for k, v in state.items()})
-        return metrics
+        return metrics, logits
 
     monkeypatch.setattr(train_mod, "evaluate", scripted)
     return snapshots
@@ -615,3 +615,66 @@ def test_tensorboard_tracker_gets_every_step_and_epoch(small_splits, tmp_path):
     assert steps == list(range(1, 9))  # 64 rows / 16 per step x 2 epochs, one point per optimizer step
     logged = [s.value for s in events.Scalars("valid/accuracy")]
     assert logged == pytest.approx([h["accuracy"] for h in result["history"]])
+
+
+# ---------------------------------------------------------------- recorded validation logits
+
+def test_recorded_valid_logits_are_the_saved_members_predictions(demo_splits, tmp_path):
+    out = tmp_path / "m"
+    result = fit(member(epochs=2), demo_splits, out)
+    labels = sorted_labels(demo_splits.train.labels)
+    recorded = train_mod.recorded_valid_logits(out, demo_splits.valid, labels)
+    assert recorded is not None and recorded.shape == (len(demo_splits.valid), len(labels))
+    # what the saved (best-epoch) weights predict, rows in the split's order
+    ens = Ensemble.from_dirs({"m": out})
+    assert ens.labels == labels
+    assert abs(recorded - ens.member_logits(demo_splits.valid.texts)[0]).max() < 1e-4
+    best = result["best"]
+    assert (recorded.argmax(1) == [labels.index(y) for y in demo_splits.valid.labels]).mean() == best["accuracy"]
+    # columns follow the labels asked for
+    flipped = list(reversed(labels))
+    assert (train_mod.recorded_valid_logits(out, demo_splits.valid, flipped) == recorded[:, ::-1]).all()
+
+
+def test_recorded_valid_logits_are_refused_for_other_rows(demo_splits, tmp_path):
+    out = tmp_path / "m"
+    fit(member(epochs=1), demo_splits, out)
+    labels = sorted_labels(demo_splits.train.labels)
+    valid = demo_splits.valid
+    changed = replace(valid, texts=[valid.texts[0] + " !"] + valid.texts[1:])
+    fewer = valid.subset(range(len(valid) - 1))
+    relabelled = replace(valid, labels=list(reversed(valid.labels)))
+    for other in (changed, fewer, relabelled):
+        assert train_mod.recorded_valid_logits(out, other, labels) is None
+    assert train_mod.recorded_valid_logits(out, valid, labels + ["other"]) is None
+    assert train_mod.recorded_valid_logits(tmp_path / "nowhere", valid, labels) is None
+    (out / "valid_logits.safetensors").write_bytes(b"not safetensors")
+    assert train_mod.recorded_valid_logits(out, valid, labels) is None
+
+
+def test_fit_votes_on_the_recorded_logits_and_falls_back_to_running_members(monkeypatch, tmp_path):
+    from ensemble import fit as fit_mod
+    from ensemble.recipe import load_recipe
+
+    rows = (DEMO / "train.csv").read_text(encoding="utf-8").splitlines()[:241]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    body = "".join(f'[[members]]\nname = "{a}"\ninit = "scratch"\narch = "{a}"\nseed = {i}\n'
+                   for i, a in enumerate(("bert", "electra")))
+    (tmp_path / "r.toml").write_text('[data]\ntrain = "train.csv"\nvalid_fraction = 0.25\n[defaults]\nepochs = 2\n'
+                                     f'max_length = 32\nlr = 5e-4\n{body}', encoding="utf-8")
+    recipe = load_recipe(tmp_path / "r.toml")
+    calls = []
+    real = Ensemble.member_logits
+    monkeypatch.setattr(Ensemble, "member_logits", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    report = fit_mod.fit(recipe, tmp_path / "run", progress=False)
+    assert calls == []  # no forward pass over the validation rows: each member's own logits were used
+    for name in ("bert", "electra"):
+        best = json.loads((tmp_path / "run" / "members" / name / "metrics.json").read_text())["best"]
+        assert report["members"][name]["accuracy"] == best["accuracy"]
+    # without one member's recorded logits, the vote runs the members instead, to the same result
+    (tmp_path / "run" / "members" / "electra" / "valid_logits.safetensors").unlink()
+    splits, test, labels = fit_mod.load_splits(recipe.data)
+    again = fit_mod.vote_and_report(recipe, tmp_path / "run", splits, test, labels, {})
+    assert calls == [1]
+    assert again["ensemble"]["accuracy"] == report["ensemble"]["accuracy"]
+    assert {n: m["accuracy"] for n, m in again["members"].items()} == {n: m["accuracy"] for n, m in report["members"].items()}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import ensemble.workers as workers
 from ensemble.errors import EnsembleError
@@ -245,6 +246,9 @@ def test_sigkill_of_the_run_stops_its_workers_and_resume_equals_an_uninterrupted
         assert [h["valid_loss"] for h in a["history"]] == [h["valid_loss"] for h in b["history"]]
         assert (whole / "members" / name / "model.safetensors").read_bytes() == \
             (run / "members" / name / "model.safetensors").read_bytes()
+        # the best epoch's validation logits (what the vote uses) survive the kill too
+        la, lb = (load_file(d / "members" / name / "valid_logits.safetensors") for d in (whole, run))
+        assert (la["logits"] == lb["logits"]).all(), name
     assert json.loads((whole / "report.json").read_text())["ensemble"] == json.loads((run / "report.json").read_text())["ensemble"]
 
 

@@ -81,6 +81,8 @@ class Collator:
             batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
         if "teacher" in rows[0]:
             batch["teacher"] = torch.tensor([list(r["teacher"]) for r in rows], dtype=torch.float32)
+        if "row" in rows[0]:  # the row's index in its split, to put gathered outputs back in order
+            batch["row"] = torch.tensor([r["row"] for r in rows], dtype=torch.long)
         return batch
 
 

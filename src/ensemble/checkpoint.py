@@ -2,7 +2,7 @@
 
 A checkpoint lives next to the member directory being trained (``members/.<name>.ckpt``):
 two slots ``state-0`` / ``state-1`` alternate, each holding Accelerate's `save_state` (model,
-optimizer, scheduler, RNG of every process) and the best epoch's weights so far; then
+optimizer, scheduler, RNG of every process) and the best epoch's weights and validation logits so far; then
 ``progress.json`` is replaced atomically to name the complete slot. A kill at any moment leaves
 the previous slot and its manifest intact. ``log.jsonl`` records every step and epoch.
 """
@@ -20,6 +20,7 @@ import torch
 
 PROGRESS = "progress.json"
 BEST = "best.safetensors"
+BEST_LOGITS = "best_logits.safetensors"  # the best epoch's validation logits, for the vote
 LOG = "log.jsonl"
 
 
@@ -72,7 +73,8 @@ class Checkpoint:
     def slot_dir(self, slot: int) -> Path:
         return self.root / f"state-{slot}"
 
-    def save(self, accelerator, progress: Progress, best_state: dict | None) -> None:
+    def save(self, accelerator, progress: Progress, best_state: dict | None,
+             best_logits: torch.Tensor | None = None) -> None:
         """Write the state into the free slot, then point progress.json at it (all processes call this)."""
         from safetensors.torch import save_file
 
@@ -85,19 +87,23 @@ class Checkpoint:
         if accelerator.is_main_process:
             if best_state is not None:
                 save_file({k: v.contiguous() for k, v in best_state.items()}, str(target / BEST))
+            if best_logits is not None:
+                save_file({"logits": best_logits.contiguous()}, str(target / BEST_LOGITS))
             progress.slot = slot
             tmp = self.root / f".{PROGRESS}.tmp"
             tmp.write_text(json.dumps(asdict(progress)), encoding="utf-8")
             os.replace(tmp, self.root / PROGRESS)
         accelerator.wait_for_everyone()
 
-    def restore(self, accelerator, progress: Progress) -> dict | None:
-        """Load the model, optimizer, scheduler and RNG state; return the best weights so far."""
+    def restore(self, accelerator, progress: Progress) -> tuple[dict | None, torch.Tensor | None]:
+        """Load the model, optimizer, scheduler and RNG state; return the best weights so far and
+        that epoch's validation logits (None where not saved)."""
         from safetensors.torch import load_file
 
         accelerator.load_state(str(self.slot_dir(progress.slot)))
-        best = self.slot_dir(progress.slot) / BEST
-        return load_file(str(best)) if best.is_file() else None
+        best, logits = self.slot_dir(progress.slot) / BEST, self.slot_dir(progress.slot) / BEST_LOGITS
+        return (load_file(str(best)) if best.is_file() else None,
+                load_file(str(logits))["logits"] if logits.is_file() else None)
 
     def log(self, record: dict) -> None:
         """Append one JSON line to log.jsonl (main process only: the caller checks)."""

@@ -7,6 +7,8 @@ people bring are dirty: unnamed index columns, BOMs, float labels, stray quotes.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -47,6 +49,10 @@ class TextDataset:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def fingerprint(self) -> str:
+        """A hash of the rows in order (texts, second texts, labels): equal hashes, equal rows."""
+        return hashlib.sha256(json.dumps([self.texts, self.pairs, self.labels]).encode()).hexdigest()
 
     def subset(self, indices: Sequence[int]) -> TextDataset:
         """Rows at `indices`, in that order; `skipped` is reset because it describes the file."""

@@ -8,13 +8,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from .data import TextDataset, check_known_labels, load_table, sorted_labels, stratified_split
 from .ensemble import MANIFEST, Ensemble, write_json
 from .errors import EnsembleError
 from .evaluate import evaluate, gold
 from .members import METRICS_FILE, RECIPE_FILE, bf16_tip, preflight
 from .recipe import DataConfig, MemberConfig, Recipe, recipe_dict
-from .train import Diverged, Splits, process_state, train_member
+from .train import Diverged, Splits, process_state, recorded_valid_logits, train_member
 
 
 def load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str]]:
@@ -128,7 +130,11 @@ def vote_and_report(recipe: Recipe, out: Path, splits: Splits, test: TextDataset
                              {k: v for k, v in recipe.vote.weights.items() if k in voters})
     # everything the vote learns (temperatures, weights, the stacker) comes from validation rows only
     truncated: dict[str, int] = {}
-    valid_logits = ens.member_logits(splits.valid.texts, splits.valid.pairs, truncated)
+    valid_logits = recorded_logits(ens, out, splits.valid)
+    if valid_logits is None:
+        valid_logits = ens.member_logits(splits.valid.texts, splits.valid.pairs, truncated)
+    else:  # the members' own counts, from the same tokenization
+        truncated = {name: _valid_truncated(out / "members" / name) for name in ens.members}
     fitted = ens.fit_vote(valid_logits, gold(ens, splits.valid, "data.valid"), recipe.vote)
     skipped = {"train": splits.train.skipped, "valid": splits.valid.skipped if recipe.data.valid else 0,
                "test": test.skipped if test is not None else 0}
@@ -142,11 +148,35 @@ def vote_and_report(recipe: Recipe, out: Path, splits: Splits, test: TextDataset
     return report
 
 
+def recorded_logits(ens: Ensemble, out: Path, valid: TextDataset) -> np.ndarray | None:
+    """Every member's validation logits as recorded at its best epoch, shape (members, rows,
+    classes) in `ens.labels` order, or None unless every member has them for exactly these rows.
+
+    They are the predictions the member's own metrics were computed from, so the vote needs no
+    forward pass over the validation split (for members trained with bf16 autocast, they carry
+    its rounding, as the member's metrics.json does).
+    """
+    logits = []
+    for name in ens.members:
+        recorded = recorded_valid_logits(out / "members" / name, valid, ens.labels)
+        if recorded is None:
+            return None
+        logits.append(recorded)
+    return np.stack(logits)
+
+
+def _valid_truncated(member_dir: Path) -> int:
+    try:
+        return int(json.loads((member_dir / METRICS_FILE).read_text(encoding="utf-8"))["truncated"]["valid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def finished(path: Path, member: MemberConfig, labels: list[str]) -> bool:
     """Whether `path` holds a complete member trained with exactly these settings and labels."""
     try:
         saved = json.loads((path / RECIPE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    complete = (path / METRICS_FILE).is_file() and any(path.glob("*.safetensors"))
+    complete = (path / METRICS_FILE).is_file() and any(path.glob("model*.safetensors"))
     return complete and saved.get("member") == recipe_dict(member) and saved.get("labels") == labels

@@ -38,6 +38,7 @@ RECIPE_FILE = "recipe.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "merges.txt", "vocab.json", "spiece.model")
 METRICS_FILE = "metrics.json"
+VALID_LOGITS = "valid_logits.safetensors"  # the best epoch's validation logits, reused by the vote
 
 
 @dataclass
@@ -262,7 +263,7 @@ def load_member(path: str | Path, name: str | None = None) -> Member:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise EnsembleError(f"{where}: not a member directory (no config.json); pass a directory written by 'ensemble fit'")
-    if not any(path.glob("*.safetensors")):
+    if not any(path.glob("model*.safetensors")):
         raise EnsembleError(f"{where}: no safetensors weights (model.safetensors); only safetensors are loaded")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))

@@ -29,7 +29,7 @@ from .checkpoint import LOG, PROGRESS, Checkpoint, Progress, checkpoint_dir, cpu
 from .cpu import fast_dropout, keep_freed_memory
 from .data import TextDataset
 from .errors import EnsembleError
-from .members import METRICS_FILE, RECIPE_FILE, build_member, freeze, parameter_count
+from .members import METRICS_FILE, RECIPE_FILE, VALID_LOGITS, build_member, freeze, parameter_count
 from .optim import make_optimizer, make_scheduler
 from .recipe import DataConfig, MemberConfig, recipe_dict
 from .report import classification_metrics
@@ -171,7 +171,8 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     # Validation rows in length order (little padding) in equal-size batches: across processes,
     # Accelerate evens out the last batch and gather_for_metrics drops the repeats.
     by_length = sorted(range(len(valid_set)), key=lambda i: -valid_set.lengths()[i])
-    valid_dl = DataLoader(valid_set, sampler=by_length, batch_size=t.eval_batch_size, collate_fn=collate,
+    numbered = [{**valid_set[i], "row": i} for i in range(len(valid_set))]  # logits go back in row order
+    valid_dl = DataLoader(numbered, sampler=by_length, batch_size=t.eval_batch_size, collate_fn=collate,
                           generator=torch.Generator())
     accum = per_process // micro
     # Accelerate steps a prepared scheduler once per process per optimizer step, so count its
@@ -186,7 +187,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
 
     # resume, or start afresh
     state = saved or Progress(fingerprint=ckpt.fingerprint, micro_batch_size=micro)
-    best_state = ckpt.restore(accelerator, state) if saved else None
+    best_state, best_logits = ckpt.restore(accelerator, state) if saved else (None, None)
     main = accelerator.is_main_process
     total_params, trainable = parameter_count(model)
     # In a log file (no terminal) redraw rarely: one line per 30 s instead of one per batch.
@@ -275,7 +276,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
                 settle()
             if save:
                 state.epoch, state.batches_done = epoch, done
-                ckpt.save(accelerator, state, best_state)
+                ckpt.save(accelerator, state, best_state, best_logits)
         settle()
         seconds = time.perf_counter() - start
         # every process saw its own rows: the epoch's train loss is over all of them
@@ -283,7 +284,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
         train_loss = (totals[0] / totals[1]).item()
 
         # evaluate on the validation split
-        metrics = evaluate(model, valid_dl, accelerator, len(labels))
+        metrics, valid_logits = evaluate(model, valid_dl, accelerator, len(labels))
         record = {"epoch": epoch, "train_loss": train_loss, **metrics, "lr": scheduler.get_last_lr()[0],
                   "seconds": seconds, "samples_per_s": (state.seen - seen_at_start) * accelerator.num_processes / seconds,
                   "threads": torch.get_num_threads()}  # CPU threads at the epoch's end (they shape float rounding)
@@ -301,13 +302,14 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
         if better:
             state.best_value, state.best_epoch, state.stale = value, epoch, 0
             best_state = cpu_state(accelerator.unwrap_model(model))
+            best_logits = valid_logits
         else:
             state.stale += 1
             if t.patience is not None and state.stale >= t.patience:
                 say(f"{cfg.name}: no better {t.best_metric} for {state.stale} epochs; stopping early")
                 stop = True
         state.epoch, state.batches_done = epoch + 1, 0
-        ckpt.save(accelerator, state, best_state)
+        ckpt.save(accelerator, state, best_state, best_logits)
     bar.close()
     if t.log_with:
         accelerator.end_training()
@@ -329,6 +331,8 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
             resolved = {"member": recipe_dict(cfg), "data": recipe_dict(data), "labels": labels}
             (tmp / RECIPE_FILE).write_text(json.dumps(resolved, indent=2), encoding="utf-8")
             (tmp / METRICS_FILE).write_text(json.dumps(result, indent=2), encoding="utf-8")
+            if best_logits is not None:
+                save_valid_logits(tmp / VALID_LOGITS, best_logits, splits.valid, labels, t.mixed_precision)
             if (ckpt.root / LOG).is_file():
                 shutil.copy2(ckpt.root / LOG, tmp / LOG)
             write_model_card(tmp / "README.md", cfg, labels, result, len(train_set), len(valid_set))
@@ -383,20 +387,52 @@ def process_state():
 
 
 @torch.inference_mode()
-def evaluate(model, loader, accelerator, n_classes: int) -> dict:
-    """Validation loss, accuracy, macro precision / recall / F1 and the confusion matrix."""
+def evaluate(model, loader, accelerator, n_classes: int) -> tuple[dict, torch.Tensor]:
+    """Validation loss, accuracy, macro precision / recall / F1 and the confusion matrix, and the
+    float32 logits in the split's row order (batches carry each row's index as "row")."""
     model.eval()
-    all_logits, all_labels = [], []
+    all_logits, all_labels, all_rows = [], [], []
     for batch in loader:
-        labels = batch.pop("labels")
+        labels, rows = batch.pop("labels"), batch.pop("row")
         logits = model(**batch).logits.float()
-        logits, labels = accelerator.gather_for_metrics((logits, labels))
+        logits, labels, rows = accelerator.gather_for_metrics((logits, labels, rows))
         all_logits.append(logits.cpu())
         all_labels.append(labels.cpu())
-    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+        all_rows.append(rows.cpu())
+    logits, labels, rows = torch.cat(all_logits), torch.cat(all_labels), torch.cat(all_rows)
     loss = torch.nn.functional.cross_entropy(logits, labels).item()
     metrics = classification_metrics(labels.numpy(), logits.argmax(-1).numpy(), n_classes)
-    return {"valid_loss": loss, **metrics}
+    in_order = torch.empty_like(logits)
+    in_order[rows] = logits
+    return {"valid_loss": loss, **metrics}, in_order
+
+
+def save_valid_logits(path: Path, logits: torch.Tensor, valid: TextDataset, labels: list[str], precision: str) -> None:
+    """Write the best epoch's validation logits with what they are valid for (rows, labels)."""
+    from safetensors.torch import save_file
+
+    save_file({"logits": logits.contiguous()}, str(path), metadata={
+        "rows": valid.fingerprint(), "labels": json.dumps(labels), "mixed_precision": precision})
+
+
+def recorded_valid_logits(member_dir: Path, valid: TextDataset, labels: list[str]) -> np.ndarray | None:
+    """The validation logits a member recorded at its best epoch, columns in `labels` order, if
+    they are for exactly these rows; else None (then the vote runs the member)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(member_dir) / VALID_LOGITS
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("rows") != valid.fingerprint():
+                return None
+            saved = json.loads(meta.get("labels", "[]"))
+            logits = f.get_tensor("logits").float().numpy()
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError):  # missing, unreadable, foreign
+        return None
+    if sorted(saved) != sorted(labels) or logits.shape != (len(valid), len(labels)):
+        return None
+    return logits[:, [saved.index(label) for label in labels]]
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
