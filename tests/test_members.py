@@ -174,3 +174,20 @@ def test_bf16_tip_only_where_it_helps(monkeypatch, native, cuda, precisions, siz
                for i, (p, size) in enumerate(zip(precisions, sizes))]
     tip = members_mod.bf16_tip(configs)
     assert tip == expected if expected is None else expected in tip and 'mixed_precision = "bf16"' in tip
+
+
+def test_load_member_without_weights_describes_it_only(tmp_path):
+    from ensemble.ensemble import Ensemble
+    from ensemble.errors import EnsembleError
+
+    model, tok = build_member(MemberConfig("b", init="scratch", arch="bert", train=TrainConfig(max_length=48)), LABELS, TEXTS)
+    model.save_pretrained(tmp_path / "b")
+    tok.save_pretrained(tmp_path / "b")
+    (tmp_path / "b" / "recipe.json").write_text('{"member": {"train": {"max_length": 48}}, "data": {}}')
+    light, full = load_member(tmp_path / "b", weights=False), load_member(tmp_path / "b")
+    assert light.model is None and light.tokenizer is None
+    assert (light.labels, light.max_length, light.text_pair, light.tokenizer_key) == \
+        (full.labels, full.max_length, full.text_pair, full.tokenizer_key)
+    ens = Ensemble.from_dirs({"b": tmp_path / "b"}, load_weights=False)
+    with pytest.raises(EnsembleError, match="member 'b' was opened without its weights; open it with load_weights=True"):
+        ens.member_logits(["a text"])

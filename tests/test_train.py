@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import ensemble.ensemble as ens_mod
 import ensemble.train as train_mod
 from ensemble.batching import Collator, encode, length_sorted_batches
 from ensemble.data import load_table, sorted_labels
@@ -663,11 +664,14 @@ def test_fit_votes_on_the_recorded_logits_and_falls_back_to_running_members(monk
     (tmp_path / "r.toml").write_text('[data]\ntrain = "train.csv"\nvalid_fraction = 0.25\n[defaults]\nepochs = 2\n'
                                      f'max_length = 32\nlr = 5e-4\n{body}', encoding="utf-8")
     recipe = load_recipe(tmp_path / "r.toml")
-    calls = []
+    calls, opened = [], []
     real = Ensemble.member_logits
     monkeypatch.setattr(Ensemble, "member_logits", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    real_load = ens_mod.load_member
+    monkeypatch.setattr(ens_mod, "load_member", lambda *a, **k: opened.append(k.get("weights", True)) or real_load(*a, **k))
     report = fit_mod.fit(recipe, tmp_path / "run", progress=False)
     assert calls == []  # no forward pass over the validation rows: each member's own logits were used
+    assert opened == [False, False]  # and no test split: no member had to be opened with its weights
     for name in ("bert", "electra"):
         best = json.loads((tmp_path / "run" / "members" / name / "metrics.json").read_text())["best"]
         assert report["members"][name]["accuracy"] == best["accuracy"]

@@ -141,9 +141,10 @@ class Ensemble:
 
     @classmethod
     def from_dirs(cls, dirs: dict[str, str | Path], method: str = "soft", weights: dict[str, float] | None = None,
-                  device: str | Sequence[str] = "auto", precision: str = "auto") -> Ensemble:
-        """Members from their directories, keyed by name."""
-        return cls([load_member(d, name) for name, d in dirs.items()], method, weights,
+                  device: str | Sequence[str] = "auto", precision: str = "auto", load_weights: bool = True) -> Ensemble:
+        """Members from their directories, keyed by name. With ``load_weights=False`` the members
+        are only described (see `load_member`): the ensemble votes on given logits only."""
+        return cls([load_member(d, name, weights=load_weights) for name, d in dirs.items()], method, weights,
                    precision=precision).to(device)
 
     def data_columns(self) -> dict:
@@ -269,7 +270,8 @@ class Ensemble:
                 raise EnsembleError(f"device: must be 'auto', 'cpu' or 'cuda[:N]' with N below the number of GPUs "
                                     f"({torch.cuda.device_count()}); got '{d}'")
         for k, member in enumerate(self.members.values()):
-            member.model.to(devices[k % len(devices)])
+            if member.model is not None:
+                member.model.to(devices[k % len(devices)])
         return self
 
     def member_logits(self, texts: Sequence, pairs: Sequence[str] | None = None,
@@ -283,6 +285,9 @@ class Ensemble:
         """
         texts, pairs = self._split_pairs(texts, pairs)
         members = list(self.members.values())
+        unloaded = [m.name for m in members if m.model is None]
+        if unloaded:
+            raise EnsembleError(f"member '{unloaded[0]}' was opened without its weights; open it with load_weights=True to predict")
         out = np.empty((len(members), len(texts), len(self.labels)), dtype=np.float32)
         encodings: dict[str, Encoded] = {}
         for member in members:

@@ -126,11 +126,14 @@ def vote_and_report(recipe: Recipe, out: Path, splits: Splits, test: TextDataset
     voters = [m.name for m in recipe.members if m.name not in failed]
     if not voters:
         raise EnsembleError("every member diverged (NaN or infinite loss); lower the learning rates and run again")
-    ens = Ensemble.from_dirs({name: out / "members" / name for name in voters}, recipe.vote.method,
-                             {k: v for k, v in recipe.vote.weights.items() if k in voters})
+    dirs = {name: out / "members" / name for name in voters}
+    weights = {k: v for k, v in recipe.vote.weights.items() if k in voters}
     # everything the vote learns (temperatures, weights, the stacker) comes from validation rows only
-    truncated: dict[str, int] = {}
+    ens = Ensemble.from_dirs(dirs, recipe.vote.method, weights, load_weights=False)
     valid_logits = recorded_logits(ens, out, splits.valid)
+    if valid_logits is None or test is not None:  # a forward pass to run: open the members in full
+        ens = Ensemble.from_dirs(dirs, recipe.vote.method, weights)
+    truncated: dict[str, int] = {}
     if valid_logits is None:
         valid_logits = ens.member_logits(splits.valid.texts, splits.valid.pairs, truncated)
     else:  # the members' own counts, from the same tokenization

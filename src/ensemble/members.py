@@ -47,8 +47,8 @@ class Member:
 
     name: str
     path: Path | None
-    model: nn.Module
-    tokenizer: object
+    model: nn.Module | None  # None when opened without weights (load_member(..., weights=False))
+    tokenizer: object | None
     labels: list[str]
     max_length: int
     text_pair: bool  # trained on sentence pairs
@@ -244,17 +244,17 @@ def _first_line(exc: Exception) -> str:
 
 # ---------------------------------------------------------------- loading trained members
 
-def load_member(path: str | Path, name: str | None = None) -> Member:
+def load_member(path: str | Path, name: str | None = None, weights: bool = True) -> Member:
     """Open a trained member directory (safetensors and JSON only; no code from the directory).
+
+    With ``weights=False`` only its description is read (labels, max_length, tokenizer key):
+    ``model`` and ``tokenizer`` are None, for voting on logits the member recorded.
 
     Example:
         >>> member = load_member("runs/demo/members/bert")  # doctest: +SKIP
         >>> member.labels  # doctest: +SKIP
         ['negative', 'neutral', 'positive']
     """
-    _quiet_transformers()
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     path = Path(path)
     name = name or path.name
     where = f"member '{name}' ({path})"
@@ -279,7 +279,15 @@ def load_member(path: str | Path, name: str | None = None) -> Member:
     recipe = {}
     if (path / RECIPE_FILE).is_file():
         recipe = json.loads((path / RECIPE_FILE).read_text(encoding="utf-8"))
+    train = recipe.get("member", {}).get("train", {})
+    text_pair = bool(recipe.get("data", {}).get("text_pair"))
+    if not weights:
+        max_length = int(train.get("max_length", 512))
+        return Member(name=name, path=path, model=None, tokenizer=None, labels=labels, max_length=max_length,
+                      text_pair=text_pair, tokenizer_key=tokenizer_key(path, max_length))
+    _quiet_transformers()
     from safetensors import SafetensorError
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
@@ -289,12 +297,9 @@ def load_member(path: str | Path, name: str | None = None) -> Member:
     except Exception as exc:  # noqa: BLE001 - any parser's failure on these files is the directory's problem
         raise EnsembleError(f"{where}: cannot load: {type(exc).__name__}: {_first_line(exc)}") from None
     model.eval()
-    train = recipe.get("member", {}).get("train", {})
-    data = recipe.get("data", {})
     max_length = int(train.get("max_length", min(getattr(tokenizer, "model_max_length", 512), 512)))
     return Member(name=name, path=path, model=model, tokenizer=tokenizer, labels=labels,
-                  max_length=max_length, text_pair=bool(data.get("text_pair")),
-                  tokenizer_key=tokenizer_key(path, max_length))
+                  max_length=max_length, text_pair=text_pair, tokenizer_key=tokenizer_key(path, max_length))
 
 
 def tokenizer_key(path: Path, max_length: int) -> str:
