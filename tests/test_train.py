@@ -7,6 +7,7 @@ max_length 32 and 1-3 epochs, so each takes about a second on two CPU cores.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 import ensemble.ensemble as ens_mod
+import ensemble.members as members_mod
 import ensemble.train as train_mod
 from ensemble.batching import Collator, encode, length_sorted_batches
 from ensemble.data import load_table, sorted_labels
@@ -624,7 +626,7 @@ def test_recorded_valid_logits_are_the_saved_members_predictions(demo_splits, tm
     out = tmp_path / "m"
     result = fit(member(epochs=2), demo_splits, out)
     labels = sorted_labels(demo_splits.train.labels)
-    recorded = train_mod.recorded_valid_logits(out, demo_splits.valid, labels)
+    recorded = members_mod.recorded_valid_logits(out, demo_splits.valid, labels)
     assert recorded is not None and recorded.shape == (len(demo_splits.valid), len(labels))
     # what the saved (best-epoch) weights predict, rows in the split's order
     ens = Ensemble.from_dirs({"m": out})
@@ -634,7 +636,7 @@ def test_recorded_valid_logits_are_the_saved_members_predictions(demo_splits, tm
     assert (recorded.argmax(1) == [labels.index(y) for y in demo_splits.valid.labels]).mean() == best["accuracy"]
     # columns follow the labels asked for
     flipped = list(reversed(labels))
-    assert (train_mod.recorded_valid_logits(out, demo_splits.valid, flipped) == recorded[:, ::-1]).all()
+    assert (members_mod.recorded_valid_logits(out, demo_splits.valid, flipped) == recorded[:, ::-1]).all()
 
 
 def test_recorded_valid_logits_are_refused_for_other_rows(demo_splits, tmp_path):
@@ -646,11 +648,11 @@ def test_recorded_valid_logits_are_refused_for_other_rows(demo_splits, tmp_path)
     fewer = valid.subset(range(len(valid) - 1))
     relabelled = replace(valid, labels=list(reversed(valid.labels)))
     for other in (changed, fewer, relabelled):
-        assert train_mod.recorded_valid_logits(out, other, labels) is None
-    assert train_mod.recorded_valid_logits(out, valid, labels + ["other"]) is None
-    assert train_mod.recorded_valid_logits(tmp_path / "nowhere", valid, labels) is None
+        assert members_mod.recorded_valid_logits(out, other, labels) is None
+    assert members_mod.recorded_valid_logits(out, valid, labels + ["other"]) is None
+    assert members_mod.recorded_valid_logits(tmp_path / "nowhere", valid, labels) is None
     (out / "valid_logits.safetensors").write_bytes(b"not safetensors")
-    assert train_mod.recorded_valid_logits(out, valid, labels) is None
+    assert members_mod.recorded_valid_logits(out, valid, labels) is None
 
 
 def test_fit_votes_on_the_recorded_logits_and_falls_back_to_running_members(monkeypatch, tmp_path):
@@ -682,3 +684,28 @@ def test_fit_votes_on_the_recorded_logits_and_falls_back_to_running_members(monk
     assert calls == [1]
     assert again["ensemble"]["accuracy"] == report["ensemble"]["accuracy"]
     assert {n: m["accuracy"] for n, m in again["members"].items()} == {n: m["accuracy"] for n, m in report["members"].items()}
+
+
+def test_vote_command_fits_on_recorded_logits_when_valid_is_the_members_file(monkeypatch, demo_splits, tmp_path, cli):
+    valid_file = tmp_path / "valid.csv"
+    with open(valid_file, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("text", "label"), *zip(demo_splits.valid.texts, demo_splits.valid.labels)])
+    valid = load_table(valid_file)
+    assert valid.fingerprint() == demo_splits.valid.fingerprint()
+    for i, arch in enumerate(("bert", "roberta")):
+        fit(member(arch, arch, epochs=1, seed=i), Splits(demo_splits.train, valid), tmp_path / arch)
+    calls = []
+    real = Ensemble.member_logits
+    monkeypatch.setattr(Ensemble, "member_logits", lambda self, texts, *a, **k: calls.append(len(texts)) or real(self, texts, *a, **k))
+    args = ["vote", "--members", str(tmp_path / "bert"), str(tmp_path / "roberta"), "--data", str(DEMO / "test.csv"),
+            "--valid", str(valid_file), "--method", "weighted", "--out", str(tmp_path / "out")]
+    code, _, err = cli(args)
+    assert code == 0, err
+    assert calls == [len(load_table(DEMO / "test.csv"))]  # only the --data rows were run through the members
+    # the same vote with the members run over --valid (recorded logits gone) learns the same weights
+    for arch in ("bert", "roberta"):
+        (tmp_path / arch / "valid_logits.safetensors").unlink()
+    code, _, err = cli(args[:-1] + [str(tmp_path / "again")])
+    assert code == 0, err
+    first, again = (json.loads((tmp_path / d / "ensemble.json").read_text()) for d in ("out", "again"))
+    assert first["weights"] == pytest.approx(again["weights"], abs=1e-4)

@@ -133,7 +133,10 @@ def vote(
     fitted = None
     if valid is not None:
         held = load_table(valid, **columns, field="--valid")
-        fitted = ens.fit_vote(ens.member_logits(held.texts, held.pairs), gold(ens, held, "--valid"), spec)
+        held_logits = ens.recorded_logits(held)  # the members' own, when --valid is their validation file
+        if held_logits is None:
+            held_logits = ens.member_logits(held.texts, held.pairs)
+        fitted = ens.fit_vote(held_logits, gold(ens, held, "--valid"), spec)
     else:
         ens.abstain_below, ens.abstain_on = abstain_below, abstain_on
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"

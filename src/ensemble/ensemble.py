@@ -22,8 +22,9 @@ import torch
 from . import combine
 from .aggregate import Vote, aggregate
 from .batching import Collator, Encoded, encode, length_sorted_batches
+from .data import TextDataset
 from .errors import EnsembleError
-from .members import Member, check_precision, device_of, load_member
+from .members import Member, check_precision, device_of, load_member, recorded_valid_logits
 from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig
 from .stacking import Stacker
 
@@ -313,6 +314,22 @@ class Ensemble:
         else:
             run(list(range(len(members))))
         return out
+
+    def recorded_logits(self, valid: TextDataset) -> np.ndarray | None:
+        """Every member's logits on `valid` as recorded when its best epoch was evaluated in
+        training, shape (members, rows, classes) in `self.labels` order; None unless every member
+        recorded them for exactly these rows (then use `member_logits`).
+
+        They are the predictions each member's metrics.json reports (under bf16 autocast, with its
+        rounding), so fitting a vote on the validation split needs no forward pass.
+        """
+        logits = []
+        for member in self.members.values():
+            recorded = None if member.path is None else recorded_valid_logits(member.path, valid, self.labels)
+            if recorded is None:
+                return None
+            logits.append(recorded)
+        return np.stack(logits)
 
     def vote_logits(self, logits: np.ndarray, member_details: bool = True) -> Vote:
         """Combine member logits (members, rows, classes) as this ensemble's method says."""

@@ -8,15 +8,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from .data import TextDataset, check_known_labels, load_table, sorted_labels, stratified_split
 from .ensemble import MANIFEST, Ensemble, write_json
 from .errors import EnsembleError
 from .evaluate import evaluate, gold
 from .members import METRICS_FILE, RECIPE_FILE, bf16_tip, preflight
 from .recipe import DataConfig, MemberConfig, Recipe, recipe_dict
-from .train import Diverged, Splits, process_state, recorded_valid_logits, train_member
+from .train import Diverged, Splits, process_state, train_member
 
 
 def load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str]]:
@@ -130,7 +128,7 @@ def vote_and_report(recipe: Recipe, out: Path, splits: Splits, test: TextDataset
     weights = {k: v for k, v in recipe.vote.weights.items() if k in voters}
     # everything the vote learns (temperatures, weights, the stacker) comes from validation rows only
     ens = Ensemble.from_dirs(dirs, recipe.vote.method, weights, load_weights=False)
-    valid_logits = recorded_logits(ens, out, splits.valid)
+    valid_logits = ens.recorded_logits(splits.valid)
     if valid_logits is None or test is not None:  # a forward pass to run: open the members in full
         ens = Ensemble.from_dirs(dirs, recipe.vote.method, weights)
     truncated: dict[str, int] = {}
@@ -149,23 +147,6 @@ def vote_and_report(recipe: Recipe, out: Path, splits: Splits, test: TextDataset
                           logits=valid_logits, truncated=truncated)
     write_json(out / MANIFEST, ens.manifest())
     return report
-
-
-def recorded_logits(ens: Ensemble, out: Path, valid: TextDataset) -> np.ndarray | None:
-    """Every member's validation logits as recorded at its best epoch, shape (members, rows,
-    classes) in `ens.labels` order, or None unless every member has them for exactly these rows.
-
-    They are the predictions the member's own metrics were computed from, so the vote needs no
-    forward pass over the validation split (for members trained with bf16 autocast, they carry
-    its rounding, as the member's metrics.json does).
-    """
-    logits = []
-    for name in ens.members:
-        recorded = recorded_valid_logits(out / "members" / name, valid, ens.labels)
-        if recorded is None:
-            return None
-        logits.append(recorded)
-    return np.stack(logits)
 
 
 def _valid_truncated(member_dir: Path) -> int:

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Iterable
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
 from torch import nn
 
+from .data import TextDataset
 from .errors import EnsembleError
 from .recipe import ARCHES, MemberConfig
 
@@ -300,6 +302,34 @@ def load_member(path: str | Path, name: str | None = None, weights: bool = True)
     max_length = int(train.get("max_length", min(getattr(tokenizer, "model_max_length", 512), 512)))
     return Member(name=name, path=path, model=model, tokenizer=tokenizer, labels=labels,
                   max_length=max_length, text_pair=text_pair, tokenizer_key=tokenizer_key(path, max_length))
+
+
+def save_valid_logits(path: Path, logits: torch.Tensor, valid: TextDataset, labels: list[str], precision: str) -> None:
+    """Write the best epoch's validation logits with what they are valid for (rows, labels)."""
+    from safetensors.torch import save_file
+
+    save_file({"logits": logits.contiguous()}, str(path), metadata={
+        "rows": valid.fingerprint(), "labels": json.dumps(labels), "mixed_precision": precision})
+
+
+def recorded_valid_logits(member_dir: Path, valid: TextDataset, labels: list[str]) -> np.ndarray | None:
+    """The validation logits a member recorded at its best epoch, columns in `labels` order, if
+    they are for exactly these rows; else None (then the vote runs the member)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(member_dir) / VALID_LOGITS
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("rows") != valid.fingerprint():
+                return None
+            saved = json.loads(meta.get("labels", "[]"))
+            logits = f.get_tensor("logits").float().numpy()
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError):  # missing, unreadable, foreign
+        return None
+    if sorted(saved) != sorted(labels) or logits.shape != (len(valid), len(labels)):
+        return None
+    return logits[:, [saved.index(label) for label in labels]]
 
 
 def tokenizer_key(path: Path, max_length: int) -> str:

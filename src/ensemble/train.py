@@ -29,7 +29,7 @@ from .checkpoint import LOG, PROGRESS, Checkpoint, Progress, checkpoint_dir, cpu
 from .cpu import fast_dropout, keep_freed_memory
 from .data import TextDataset
 from .errors import EnsembleError
-from .members import METRICS_FILE, RECIPE_FILE, VALID_LOGITS, build_member, freeze, parameter_count
+from .members import METRICS_FILE, RECIPE_FILE, VALID_LOGITS, build_member, freeze, parameter_count, save_valid_logits
 from .optim import make_optimizer, make_scheduler
 from .recipe import DataConfig, MemberConfig, recipe_dict
 from .report import classification_metrics
@@ -405,34 +405,6 @@ def evaluate(model, loader, accelerator, n_classes: int) -> tuple[dict, torch.Te
     in_order = torch.empty_like(logits)
     in_order[rows] = logits
     return {"valid_loss": loss, **metrics}, in_order
-
-
-def save_valid_logits(path: Path, logits: torch.Tensor, valid: TextDataset, labels: list[str], precision: str) -> None:
-    """Write the best epoch's validation logits with what they are valid for (rows, labels)."""
-    from safetensors.torch import save_file
-
-    save_file({"logits": logits.contiguous()}, str(path), metadata={
-        "rows": valid.fingerprint(), "labels": json.dumps(labels), "mixed_precision": precision})
-
-
-def recorded_valid_logits(member_dir: Path, valid: TextDataset, labels: list[str]) -> np.ndarray | None:
-    """The validation logits a member recorded at its best epoch, columns in `labels` order, if
-    they are for exactly these rows; else None (then the vote runs the member)."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(member_dir) / VALID_LOGITS
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("rows") != valid.fingerprint():
-                return None
-            saved = json.loads(meta.get("labels", "[]"))
-            logits = f.get_tensor("logits").float().numpy()
-    except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError):  # missing, unreadable, foreign
-        return None
-    if sorted(saved) != sorted(labels) or logits.shape != (len(valid), len(labels)):
-        return None
-    return logits[:, [saved.index(label) for label in labels]]
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
