@@ -323,9 +323,9 @@ class Ensemble:
         They are the predictions each member's metrics.json reports (under bf16 autocast, with its
         rounding), so fitting a vote on the validation split needs no forward pass.
         """
-        logits = []
+        logits, rows = [], valid.fingerprint()  # hashed once, not once per member
         for member in self.members.values():
-            recorded = None if member.path is None else recorded_valid_logits(member.path, valid, self.labels)
+            recorded = None if member.path is None else recorded_valid_logits(member.path, valid, self.labels, rows)
             if recorded is None:
                 return None
             logits.append(recorded)

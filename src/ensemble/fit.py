@@ -127,9 +127,10 @@ def vote_and_report(recipe: Recipe, out: Path, splits: Splits, test: TextDataset
     dirs = {name: out / "members" / name for name in voters}
     weights = {k: v for k, v in recipe.vote.weights.items() if k in voters}
     # everything the vote learns (temperatures, weights, the stacker) comes from validation rows only
-    ens = Ensemble.from_dirs(dirs, recipe.vote.method, weights, load_weights=False)
+    # members are opened in full only when a forward pass is to run (a test split, or no recorded logits)
+    ens = Ensemble.from_dirs(dirs, recipe.vote.method, weights, load_weights=test is not None)
     valid_logits = ens.recorded_logits(splits.valid)
-    if valid_logits is None or test is not None:  # a forward pass to run: open the members in full
+    if valid_logits is None and test is None:
         ens = Ensemble.from_dirs(dirs, recipe.vote.method, weights)
     truncated: dict[str, int] = {}
     if valid_logits is None:

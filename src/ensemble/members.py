@@ -312,16 +312,18 @@ def save_valid_logits(path: Path, logits: torch.Tensor, valid: TextDataset, labe
         "rows": valid.fingerprint(), "labels": json.dumps(labels), "mixed_precision": precision})
 
 
-def recorded_valid_logits(member_dir: Path, valid: TextDataset, labels: list[str]) -> np.ndarray | None:
+def recorded_valid_logits(member_dir: Path, valid: TextDataset, labels: list[str],
+                          rows: str | None = None) -> np.ndarray | None:
     """The validation logits a member recorded at its best epoch, columns in `labels` order, if
-    they are for exactly these rows; else None (then the vote runs the member)."""
+    they are for exactly these rows; else None (then the vote runs the member). `rows` may pass
+    ``valid.fingerprint()`` when checking several members against the same rows."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(member_dir) / VALID_LOGITS
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-            if meta.get("rows") != valid.fingerprint():
+            if meta.get("rows") != (rows or valid.fingerprint()):
                 return None
             saved = json.loads(meta.get("labels", "[]"))
             logits = f.get_tensor("logits").float().numpy()
