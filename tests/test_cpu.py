@@ -1,4 +1,5 @@
-"""CPU training speed-ups that must not change what is computed: glibc heap reuse, fast dropout."""
+"""CPU training speed-ups that must not change what is computed: glibc heap reuse, fast dropout,
+gradient clipping folded into the fused optimizer."""
 
 import sys
 
@@ -8,8 +9,8 @@ import torch
 from torch import nn
 
 from ensemble.config import MemberConfig
-from ensemble.cpu import FastDropout, fast_dropout, keep_freed_memory, keep_mask
-from ensemble.members import ARCHES, build_member
+from ensemble.cpu import FastDropout, clip_into_step, fast_dropout, folds_clip, keep_freed_memory, keep_mask
+from ensemble.members import ARCHES, build_member, checkpoint_activations
 
 TEXTS = ["a good film", "a bad film", "fine acting", "dull plot and worse acting", "lovely"] * 4
 
@@ -85,7 +86,7 @@ def test_gradient_checkpointing_replays_the_same_masks():
         model, _ = build_member(MemberConfig("m", init="scratch", arch="bert"), ["a", "b"], TEXTS)
         fast_dropout(model)
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            checkpoint_activations(model)
         model.train()
         torch.manual_seed(0)
         loss = model(input_ids=torch.tensor([[1, 5, 6, 7, 2], [1, 8, 9, 2, 0]]), labels=torch.tensor([0, 1])).loss
@@ -98,3 +99,47 @@ def test_gradient_checkpointing_replays_the_same_masks():
 def test_keep_freed_memory():
     assert keep_freed_memory() is True
     assert keep_freed_memory() is True  # once per process; calling again is harmless
+
+
+def _params(seed: int) -> list[nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    return [nn.Parameter(torch.randn(shape, generator=g)) for shape in [(300, 40), (40,), (7, 3, 5)]]
+
+
+@pytest.mark.parametrize("optimizer", [torch.optim.AdamW, torch.optim.Adam])
+@pytest.mark.parametrize("grad_size,max_norm", [(1.0, 0.5), (1.0, 1e6), (1e-3, 1.0)])  # clipped, not, tiny grads
+def test_clip_into_step_equals_clip_then_step(optimizer, grad_size, max_norm):
+    ours, theirs = _params(0), _params(0)
+    opt_ours = optimizer(ours, lr=1e-2, weight_decay=0.1, fused=True)
+    opt_theirs = optimizer(theirs, lr=1e-2, weight_decay=0.1, fused=True)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        grads = [torch.randn(p.shape, generator=g) * grad_size for p in ours]
+        for a, b, grad in zip(ours, theirs, grads):
+            a.grad, b.grad = grad.clone(), grad.clone()
+        expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm)
+        norm = clip_into_step(opt_ours, ours, max_norm)
+        assert norm == pytest.approx(float(expected), rel=1e-5)
+        opt_ours.step()
+        opt_theirs.step()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(opt_ours.state[a][key], opt_theirs.state[b][key], rtol=1e-4, atol=1e-9)
+
+
+def test_clip_into_step_skips_parameters_without_gradients():
+    w, frozen = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.ones(3))
+    w.grad = torch.tensor([3.0, 4.0])
+    opt = torch.optim.AdamW([w], lr=0.1, fused=True)
+    assert clip_into_step(opt, [w, frozen], max_norm=10.0) == pytest.approx(5.0)
+    assert float(opt.grad_scale) == 1.0  # under the limit: gradients pass unscaled
+
+
+def test_clip_into_step_needs_a_fused_adam():
+    w = nn.Parameter(torch.zeros(2))
+    assert folds_clip(torch.optim.AdamW([w], fused=True)) and folds_clip(torch.optim.Adam([w], fused=True))
+    for opt in (torch.optim.AdamW([w]), torch.optim.SGD([w], lr=0.1)):
+        assert not folds_clip(opt)
+        with pytest.raises(ValueError, match="needs a fused Adam or AdamW; got"):
+            clip_into_step(opt, [w], 1.0)

@@ -184,6 +184,15 @@ def freeze(model: nn.Module, trainable_layers: int | None) -> None:
             p.requires_grad = True
 
 
+def checkpoint_activations(model: nn.Module) -> None:
+    """Recompute each layer's activations in backward instead of keeping them (less memory, ~30% more time)."""
+    kwargs = {"use_reentrant": False}  # the non-reentrant variant works with frozen inputs and restores the RNG
+    if hasattr(model, "activation_checkpointing_enable"):  # its name from transformers 5.x on
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def _encoder_layers(base: nn.Module) -> nn.ModuleList:
     encoder = getattr(base, "encoder", None)
     for attr in ("layer", "albert_layer_groups", "layers"):

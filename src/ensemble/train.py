@@ -26,10 +26,11 @@ from tqdm.auto import tqdm
 from .batching import Collator, EpochBatches, encode
 from .card import write_model_card
 from .checkpoint import LOG, PROGRESS, Checkpoint, Progress, checkpoint_dir, cpu_state, fingerprint
-from .cpu import fast_dropout, keep_freed_memory
+from .cpu import clip_into_step, fast_dropout, folds_clip, keep_freed_memory
 from .data import TextDataset
 from .errors import EnsembleError
-from .members import METRICS_FILE, RECIPE_FILE, VALID_LOGITS, build_member, freeze, parameter_count, save_valid_logits
+from .members import (METRICS_FILE, RECIPE_FILE, VALID_LOGITS, build_member, checkpoint_activations, freeze, parameter_count,
+                      save_valid_logits)
 from .optim import make_optimizer, make_scheduler
 from .recipe import DataConfig, MemberConfig, recipe_dict
 from .report import classification_metrics
@@ -155,7 +156,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     if accelerator.device.type == "cpu" and not t.compile:
         fast_dropout(model)  # same p and scaling; masks 10x faster to draw (torch.compile brings its own)
     if t.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_activations(model)
     label_id = {name: i for i, name in enumerate(labels)}
     train_set = encode(tokenizer, splits.train.texts, splits.train.pairs, t.max_length,
                        [IGNORE if y is None else label_id[y] for y in splits.train.labels])
@@ -182,6 +183,9 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     if t.compile:
         model = torch.compile(model, dynamic=True)
     model, optimizer, train_dl, valid_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, valid_dl, scheduler)
+    # one process on a CPU without a loss scaler: the clip rides along in the fused optimizer's read
+    fold_clip = (accelerator.device.type == "cpu" and accelerator.num_processes == 1 and accelerator.scaler is None
+                 and folds_clip(optimizer.optimizer))
     if t.log_with:
         accelerator.init_trackers(cfg.name, config={k: str(v) for k, v in recipe_dict(t).items()})
 
@@ -260,7 +264,9 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
                 output = model(**batch)
                 loss = output.loss if targets is None else distill_loss(output.logits, batch["labels"], targets, teacher)
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and t.max_grad_norm > 0:
+                if accelerator.sync_gradients and t.max_grad_norm > 0 and fold_clip:
+                    clip_into_step(optimizer.optimizer, model.parameters(), t.max_grad_norm)
+                elif accelerator.sync_gradients and t.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
