@@ -114,6 +114,68 @@ def test_largest_member_first():
     assert [m.name for m in queue] == ["longer", "m0", "m0"] and queue[1].size == "mini"
 
 
+def test_workers_start_before_the_data_is_read_and_stop_on_its_error(machine, monkeypatch, tmp_path):
+    machine(threads=2)
+    events = []
+
+    class FakeWorker:
+        def __init__(self, slot, position, argv, out, logs, resume):
+            events.append(f"start {position}")
+
+        def stop(self):
+            events.append("stop")
+
+    def bad_data(data):
+        events.append("read data")
+        raise EnsembleError("train: no such file")
+
+    from ensemble.recipe import DataConfig, Recipe, VoteConfig
+
+    monkeypatch.setattr(workers, "_Worker", FakeWorker)
+    monkeypatch.setattr(workers, "load_splits", bad_data)
+    recipe = Recipe(path=tmp_path / "r.toml", data=DataConfig(train="train.csv"), defaults=TrainConfig(),
+                    members=tuple(members(2)), vote=VoteConfig())
+    with pytest.raises(EnsembleError, match="no such file"):
+        workers.fit_concurrent(recipe, ["r.toml"], tmp_path / "run")
+    assert events == ["start 0", "start 1", "read data", "stop", "stop"]
+    with pytest.raises(EnsembleError, match="no such file"):  # a resumed run plans after reading what is done
+        workers.fit_concurrent(recipe, ["r.toml"], tmp_path / "run", resume=True)
+    assert events[5:] == ["read data"]
+
+
+# ---------------------------------------------------------------- following a worker's step log
+
+def _epoch(epoch: int, accuracy: float) -> str:
+    return json.dumps({"event": "epoch", "epoch": epoch, "train_loss": 0.5, "valid_loss": 0.4,
+                       "accuracy": accuracy, "macro_f1": accuracy}) + "\n"
+
+
+def test_following_a_log_that_the_worker_replaced_reads_the_new_one_from_its_start(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from ensemble.checkpoint import LOG, checkpoint_dir
+
+    worker = SimpleNamespace(out=tmp_path, label="1 CPU thread", position=0)
+    member = workers._Member(members(1)[0], worker, train_rows=64, progress=False)
+    log = checkpoint_dir(tmp_path / "members" / "m0") / LOG
+    log.parent.mkdir(parents=True)
+    log.write_text(_epoch(1, 0.11) + _epoch(2, 0.22) + _epoch(3, 0.33), encoding="utf-8")
+    member.follow()
+    log.unlink()  # a fresh start clears the checkpoint; the new log is shorter than what was read
+    log.write_text(_epoch(1, 0.44), encoding="utf-8")
+    member.follow()
+    with log.open("a", encoding="utf-8") as f:
+        f.write(_epoch(2, 0.55) + '{"event": "ep')  # a line still being written waits
+    member.follow()
+    printed = capsys.readouterr().out
+    assert re.findall(r"accuracy (\S+)", printed) == ["0.1100", "0.2200", "0.3300", "0.4400", "0.5500"]
+    # the final copy in the member directory begins with what was read: nothing is printed twice
+    (tmp_path / "members" / "m0").mkdir()
+    (tmp_path / "members" / "m0" / LOG).write_text(log.read_text().rsplit("\n", 1)[0] + "\n" + _epoch(3, 0.66))
+    member.follow(tmp_path / "members" / "m0" / LOG)
+    assert re.findall(r"accuracy (\S+)", capsys.readouterr().out) == ["0.6600"]
+
+
 # ---------------------------------------------------------------- real worker processes
 
 def write_recipe(tmp: Path, extra: str = "", broken: bool = False) -> Path:
@@ -250,6 +312,33 @@ def test_sigkill_of_the_run_stops_its_workers_and_resume_equals_an_uninterrupted
         la, lb = (load_file(d / "members" / name / "valid_logits.safetensors") for d in (whole, run))
         assert (la["logits"] == lb["logits"]).all(), name
     assert json.loads((whole / "report.json").read_text())["ensemble"] == json.loads((run / "report.json").read_text())["ensemble"]
+
+
+@pytest.mark.slow
+def test_overwriting_an_interrupted_run_follows_only_the_new_step_logs(tmp_path):
+    # an earlier run killed mid-training left bert's checkpoint and step log behind
+    stale = tmp_path / "run" / "members" / ".bert.ckpt" / "log.jsonl"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("".join(_epoch(e, 0.1234) for e in range(1, 8)) + '{"event": "st', encoding="utf-8")
+    done = ensemble_fit(str(write_recipe(tmp_path)), "--out", str(tmp_path / "run"), "--overwrite", "--concurrent", "2",
+                        "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "0.1234" not in done.stdout and "epoch 7" not in done.stdout
+    for name in ("bert", "roberta"):
+        assert [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith(f"{name} epoch")] == \
+            [f"{name} epoch 1", f"{name} epoch 2"], done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes through /proc")
+def test_a_data_error_after_the_workers_started_stops_them(tmp_path):
+    # workers start before the data is read (their imports overlap it): an error there must stop them
+    recipe = write_recipe(tmp_path)
+    (tmp_path / "train.csv").write_text("text,stars\na film,5\n", encoding="utf-8")
+    done = ensemble_fit(str(recipe), "--out", str(tmp_path / "run"), "--concurrent", "2")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: "), done.stderr
+    assert _workers_of(tmp_path / "run") == []
 
 
 @pytest.mark.slow

@@ -145,37 +145,52 @@ def fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | in
         >>> fit_concurrent(recipe, ["recipes/project1.toml"], Path("runs/p1"), workers="auto")  # doctest: +SKIP
     """
     out = Path(out)
-    if len(plan(workers, list(recipe.members))) == 1:
+    slots = plan(workers, list(recipe.members))
+    if len(slots) == 1:
         return fit(recipe, out, overwrite=overwrite, resume=resume, progress=progress)
     check_out(out, overwrite, resume)
-    splits, test, labels = load_splits(recipe.data)  # a data error is reported once, here
-    preflight(recipe.members)
-    kept = [m for m in recipe.members if resume and finished(out / "members" / m.name, m, labels)]
-    queue = [m for m in recipe.members if m not in kept]
-    slots = plan(workers, queue) if queue else []
-    if len(slots) == 1:  # one member left to train (a resumed run): all the threads for it, here
-        return fit(recipe, out, overwrite=overwrite, resume=resume, progress=progress)
-    tip = bf16_tip(recipe.members) if progress else None
-    if tip:
-        print(tip)
-    prepare_out(out, recipe)
+    # A fresh run trains every member: start the workers now, so that their imports (~2.5 s)
+    # overlap this process's data loading and checks. They stay idle until given a member.
+    logs = Path(tempfile.mkdtemp(prefix="ensemble-workers-"))
+    started = [] if resume else [_Worker(slot, k, argv, out, logs, resume) for k, slot in enumerate(slots)]
+    try:
+        splits, test, labels = load_splits(recipe.data)  # a data error is reported once, here
+        preflight(recipe.members)
+        kept = [m for m in recipe.members if resume and finished(out / "members" / m.name, m, labels)]
+        queue = [m for m in recipe.members if m not in kept]
+        if resume:
+            slots = plan(workers, queue) if queue else []
+        if len(slots) == 1:  # one member left to train (a resumed run): all the threads for it, here
+            shutil.rmtree(logs, ignore_errors=True)
+            return fit(recipe, out, overwrite=overwrite, resume=resume, progress=progress)
+        tip = bf16_tip(recipe.members) if progress else None
+        if tip:
+            print(tip)
+        prepare_out(out, recipe)
+    except BaseException:
+        for w in started:
+            w.stop()
+        shutil.rmtree(logs, ignore_errors=True)
+        raise
     for m in kept:
         print(f"{m.name}: already trained with these settings; kept")
     for m in queue:
         diverged_file(out, m.name).unlink(missing_ok=True)
+        if not resume:  # an interrupted earlier run's step log must not feed this run's progress
+            shutil.rmtree(checkpoint_dir(out / "members" / m.name), ignore_errors=True)
     if queue:
         print(f"training {len(queue)} members concurrently in {len(slots)} worker processes "
               f"({', '.join(s.label for s in slots)}); --concurrent 1 trains them one at a time")
-    failed = _run_queue(queue, slots, argv, out, len(splits.train), resume, progress)
+    pool = started or [_Worker(slot, k, argv, out, logs, resume) for k, slot in enumerate(slots)]
+    failed = _run_queue(queue, pool, out, logs, len(splits.train), progress)
     return vote_and_report(recipe, out, splits, test, labels, failed)
 
 
-def _run_queue(queue: list[MemberConfig], slots: list[Slot], argv: list[str], out: Path, train_rows: int,
-               resume: bool, progress: bool) -> dict[str, str]:
-    """Train `queue` on `slots`, largest member first; returns the members that diverged, with why."""
+def _run_queue(queue: list[MemberConfig], workers: list[_Worker], out: Path, logs: Path, train_rows: int,
+               progress: bool) -> dict[str, str]:
+    """Train `queue` on `workers`, largest member first; returns the members that diverged, with why."""
     pending = sorted(queue, key=_work, reverse=True)  # stable: equal members keep the recipe's order
-    logs = Path(tempfile.mkdtemp(prefix="ensemble-workers-"))
-    workers = [_Worker(slot, k, argv, out, logs, resume) for k, slot in enumerate(slots)]
+    slots = [w.slot for w in workers]
     failed: dict[str, str] = {}
     try:
         threads = sum(slot.threads for slot in slots)
@@ -333,12 +348,21 @@ class _Member:
                         leave=False, dynamic_ncols=True, mininterval=0.5,
                         disable=not (progress and sys.stderr.isatty()))  # in a log file the epoch lines suffice
         self.offset, self.loss_sum, self.losses, self.epoch = 0, 0.0, 0, 0
+        self.file: tuple[int, int] | None = None  # (device, inode) of the log being read
         self.started = time.perf_counter()
 
     def follow(self, log: Path | None = None) -> None:
-        """Read the step log's new lines: steps move the bar, epochs print their line."""
+        """Read the step log's new lines: steps move the bar, epochs print their line.
+
+        `log`: the final copy of the step log in the member directory, which begins with every
+        line already read. Without it, the checkpoint's log, which the worker may replace (a
+        fresh start clears the checkpoint): a new file is read from its start.
+        """
         try:
             with open(log or checkpoint_dir(self.member_dir) / LOG, "rb") as f:
+                stat = os.fstat(f.fileno())
+                if log is None and ((stat.st_dev, stat.st_ino) != self.file or stat.st_size < self.offset):
+                    self.file, self.offset = (stat.st_dev, stat.st_ino), 0
                 f.seek(self.offset)
                 data = f.read()
         except OSError:
