@@ -143,6 +143,29 @@ def test_workers_start_before_the_data_is_read_and_stop_on_its_error(machine, mo
     assert events[5:] == ["read data"]
 
 
+def test_handing_threads_or_members_to_a_dead_worker_leaves_the_report_to_check(tmp_path):
+    # the parent may write to a worker that has just died (its member diverged): that must not
+    # raise BrokenPipeError (which click turns into a silent exit 1) but let `check` say why
+    worker = object.__new__(workers._Worker)
+    worker.proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"], stdin=subprocess.PIPE,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    worker.proc.wait()
+    worker.slot = workers.Slot("1 CPU thread", {}, threads=1)
+    worker.threads, worker.label, worker.out, worker.position = 1, "1 CPU thread", tmp_path, 0
+    worker.output = tmp_path / "worker-0.log"
+    worker.output.write_text("error: members[m0]: training loss became nan\n", encoding="utf-8")
+    worker.answers, worker.member = workers.Queue(), None
+    worker.give(workers._Member(members(1)[0], worker, train_rows=64, progress=False))
+    for _ in range(3):  # enough lines to fill the pipe's buffer if nothing reads it
+        worker.use_threads(2)
+        worker.use_threads(1)
+    with pytest.raises(EnsembleError, match=r"members\[m0\]: its worker process .* failed: error: members\[m0\]: "
+                                            "training loss became nan"):
+        worker.check()
+    with pytest.raises(EnsembleError, match="failed on leaving"):
+        worker.finish()
+
+
 # ---------------------------------------------------------------- following a worker's step log
 
 def _epoch(epoch: int, accuracy: float) -> str:

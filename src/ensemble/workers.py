@@ -284,18 +284,23 @@ class _Worker:
 
     def give(self, member: _Member) -> None:
         self.member = member
-        self.proc.stdin.write(member.cfg.name + "\n")
-        self.proc.stdin.flush()
+        self._tell(member.cfg.name)
 
     def use_threads(self, n: int) -> None:
         """Train on `n` CPU threads from now on (the worker sets them between two steps)."""
         if n == self.threads or self.member is None:
             return
         self.threads, self.label = n, _threads_label(n)
-        self.proc.stdin.write(f"threads {n}\n")
-        self.proc.stdin.flush()
+        self._tell(f"threads {n}")
         self.member.bar.set_description(f"{self.member.cfg.name} ({self.label})", refresh=False)
         tqdm.write(f"{self.member.cfg.name}: the other workers are done; it goes on with {self.label}")
+
+    def _tell(self, line: str) -> None:
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:  # the worker has died: `check` reports why
+            pass
 
     def check(self) -> str | None:
         """Follow the member in training; its name once it is done. A dead worker raises."""
@@ -321,7 +326,10 @@ class _Worker:
                 f"(all its output: {self.output})")
 
     def finish(self) -> None:
-        self.proc.stdin.close()
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:  # it died after its last member: the exit code below says so
+            pass
         if self.proc.wait():
             raise EnsembleError(f"a worker process ({self.slot.label}) failed on leaving (its output: {self.output})")
 
