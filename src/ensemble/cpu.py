@@ -34,8 +34,9 @@ def keep_freed_memory() -> bool:
     allocated zeroed in every backward pass and freed by ``zero_grad``, so every step page-faults
     47 MB in again — 19 ms of a 205 ms MiniLM step (bf16, one thread, batch 16 x 32 tokens).
     Kept on the heap, the next step reuses the same pages: 220 -> 183 ms a step (bf16, one thread),
-    171 -> 139 ms (bf16, two threads), 364 -> 332 ms (fp32, one thread). The price is that the process does not return its peak memory to the system until it
-    exits, which a training process keeps anyway. Elsewhere (macOS, musl) this does nothing.
+    171 -> 139 ms (bf16, two threads), 364 -> 332 ms (fp32, one thread). The price is that the
+    process does not return its peak memory to the system until it exits, which a training
+    process keeps anyway. Elsewhere (macOS, musl) this does nothing.
 
     Example:
         >>> keep_freed_memory() in (True, False)

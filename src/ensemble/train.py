@@ -264,10 +264,11 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
                 output = model(**batch)
                 loss = output.loss if targets is None else distill_loss(output.logits, batch["labels"], targets, teacher)
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and t.max_grad_norm > 0 and fold_clip:
-                    clip_into_step(optimizer.optimizer, model.parameters(), t.max_grad_norm)
-                elif accelerator.sync_gradients and t.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                if accelerator.sync_gradients and t.max_grad_norm > 0:
+                    if fold_clip:
+                        clip_into_step(optimizer.optimizer, model.parameters(), t.max_grad_norm)
+                    else:
+                        accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
