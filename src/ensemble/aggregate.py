@@ -197,9 +197,7 @@ def aggregate(
                 part = kernels.fused_vote(x, method, weight64.to(torch.float32), temperature32)
             else:
                 x = _chunk(source, start, stop, device)
-                if probs_in:
-                    x = torch.log(x.clamp_min(torch.finfo(torch.float32).tiny))
-                part = _vote_chunk(x, method, weight64, temperature32)
+                part = _vote_chunk(x, method, weight64, temperature32, probs_in)
             labels[start:stop] = part["labels"].cpu().numpy()
             scores[start:stop] = part["scores"].cpu().numpy()
             confidence[start:stop] = part["confidence"].cpu().numpy()
@@ -220,11 +218,14 @@ def aggregate(
 
 
 def _vote_chunk(
-    x: torch.Tensor, method: str, weight64: torch.Tensor, temperature32: torch.Tensor
+    x: torch.Tensor, method: str, weight64: torch.Tensor, temperature32: torch.Tensor, probs_in: bool = False
 ) -> dict[str, torch.Tensor]:
-    """The whole vote for one (members, rows, classes) float32 chunk."""
+    """The whole vote for one (members, rows, classes) float32 chunk of logits, or of
+    probabilities with `probs_in` (averaged as they are, temperatures being all 1)."""
     members, rows, classes = x.shape
-    probs = torch.softmax(x / temperature32[:, None, None], dim=-1)
+    # Probabilities are not sent through log and softmax: that round trip costs two
+    # transcendental calls per element and their rounding (a few ulp, more with some libm paths).
+    probs = x if probs_in else torch.softmax(x / temperature32[:, None, None], dim=-1)
     # Argmax of the logits themselves, not of the probabilities: softmax rounding could merge
     # two close logits into an equal probability and change which one wins.
     member_labels = x.argmax(dim=-1)  # torch returns the first maximum -> lowest class index
