@@ -152,3 +152,43 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: recipe: file not found: '{tmp_path / 'missing.toml'}'"
+
+
+LIGHT_SCRIPT = """
+import sys
+from pathlib import Path
+from ensemble.cli import main
+bad = Path(sys.argv[1])
+bad.write_text('[data]\\ntrain = "train.csv"\\n[[members]]\\nname = "a"\\ninit = "scratch"\\narch = "bert"\\nlr = "fast"\\n')
+for argv in (["--help"], ["fit", str(bad)]):
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    print(argv[0], code)
+heavy = sorted(m for m in ("torch", "transformers", "sklearn", "scipy") if m in sys.modules)
+print("heavy:", ",".join(heavy) or "none")
+"""
+
+
+def test_help_and_recipe_errors_answer_before_torch_is_imported(tmp_path):
+    """`ensemble --help` and a recipe's one-line error take 0.2 s, not the 2 s of importing torch."""
+    done = subprocess.run([sys.executable, "-c", LIGHT_SCRIPT, str(tmp_path / "bad.toml")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-3:] == ["--help 0", "fit 2", "heavy: none"], done.stdout + done.stderr
+    assert done.stderr.strip() == "error: bad.toml: members[a].lr: must be a number; got 'fast' (str)"
+
+
+def test_package_names_are_the_public_objects_whichever_module_loads_first():
+    """`ensemble.aggregate` stays the function even when another module imported the submodule first."""
+    script = ("import ensemble.ensemble, ensemble.aggregate, importlib\n"
+              "from ensemble import Ensemble, Vote, aggregate, EnsembleError\n"
+              "assert callable(aggregate) and aggregate.__module__ == 'ensemble.aggregate', aggregate\n"
+              "assert importlib.import_module('ensemble.aggregate').aggregate is aggregate\n"
+              "assert Ensemble.__name__ == 'Ensemble' and Vote.__name__ == 'Vote'\n"
+              "import ensemble; assert set(ensemble.__all__) <= set(dir(ensemble))\n"
+              "print('ok')")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr

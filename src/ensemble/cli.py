@@ -48,12 +48,13 @@ def fit(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Train every member of RECIPE, vote, and write the agreement report."""
-    from .fit import fit as run_fit
     from .recipe import load_recipe
+
+    spec = load_recipe(recipe, set_, scratch)  # before torch is imported: a typo is reported at once
+    from .fit import fit as run_fit
     from .workers import fit_concurrent, parse_workers, serve as serve_members
 
     workers = parse_workers(concurrent)
-    spec = load_recipe(recipe, set_, scratch)
     out = out or Path("runs") / recipe.stem
     if serve:
         return serve_members(spec, out, resume)
