@@ -5,12 +5,20 @@ directory that looks complete."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from ensemble import Ensemble
 from ensemble.cli import main
+from ensemble.errors import EnsembleError
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_ROWS = (ROOT / "recipes" / "demo" / "train.csv").read_text(encoding="utf-8").splitlines()[1:121]
@@ -90,6 +98,42 @@ def two_members(tmp: Path, member: Path) -> list[str]:
     return ["vote", "--members", str(member), str(other), "--data", str(tmp / "d.csv"), "--out", str(tmp / "out")]
 
 
+def set_json(file: str, keys: tuple, value):
+    """Set one (nested) key of a member's JSON file."""
+    def damage(path: Path) -> None:
+        data = json.loads((path / file).read_text())
+        json_parent(data, keys)[keys[-1]] = value
+        (path / file).write_text(json.dumps(data))
+    return damage
+
+
+def drop_json(file: str, keys: tuple):
+    """Delete one (nested) key of a member's JSON file."""
+    def damage(path: Path) -> None:
+        data = json.loads((path / file).read_text())
+        del json_parent(data, keys)[keys[-1]]
+        (path / file).write_text(json.dumps(data))
+    return damage
+
+
+def json_parent(data: dict, keys: tuple) -> dict:
+    for key in keys[:-1]:
+        data = data[key]
+    return data
+
+
+def damaged_ensemble(edit):
+    """`ensemble predict` on a copy of the fixture's ensemble whose ensemble.json went through `edit`."""
+    def setup(tmp: Path, member: Path) -> list[str]:
+        copy = tmp / "e"
+        shutil.copytree(member.parent.parent, copy)
+        manifest = json.loads((copy / "ensemble.json").read_text())
+        (copy / "ensemble.json").write_text(json.dumps(edit(manifest)))
+        (tmp / "d.csv").write_text("text\na film\n", encoding="utf-8")
+        return ["predict", "--ensemble", str(copy), "--data", str(tmp / "d.csv"), "--out", str(tmp / "p.csv")]
+    return setup
+
+
 def set_config(key: str, value):
     def damage(path: Path) -> None:
         config = json.loads((path / "config.json").read_text())
@@ -151,6 +195,30 @@ CASES = [
     ("unsupported architecture", damaged_member(set_config("model_type", "gpt2")), 2, "model_type 'gpt2' is not supported"),
     ("not a member directory", damaged_member(lambda p: (p / "config.json").unlink()), 2, "not a member directory"),
     ("no label names", damaged_member(set_config("id2label", {})), 2, "no usable id2label"),
+    ("config.json not an object", damaged_member(lambda p: (p / "config.json").write_text("[1]")), 2,
+     "config.json must hold a JSON object; got list"),
+    ("recipe.json not JSON", damaged_member(lambda p: (p / "recipe.json").write_text("{oops")), 2,
+     "recipe.json is not valid JSON"),
+    ("recipe.json member not an object", damaged_member(lambda p: (p / "recipe.json").write_text('{"member": []}')), 2,
+     "recipe.json: member must be an object; got list"),
+    ("recipe.json bad max_length", damaged_member(set_json("recipe.json", ("member", "train", "max_length"), "long")), 2,
+     "recipe.json: member.train.max_length must be an integer >= 1; got 'long'"),
+    ("tokenizer without a padding token", damaged_member(set_json("tokenizer_config.json", ("pad_token",), None)), 2,
+     "its tokenizer has no padding token"),
+    ("tokenizer without its unknown token", damaged_member(drop_json("tokenizer.json", ("model", "vocab", "[UNK]"))), 2,
+     "its tokenizer cannot encode text"),
+    ("tokenizer that panics", damaged_member(drop_json("tokenizer.json", ("post_processor", "special_tokens", "[CLS]"))),
+     2, "its tokenizer cannot encode text (PanicException"),
+    ("config of a far larger model", damaged_member(set_config("num_hidden_layers", 10**9)), 2,
+     "config.json describes at least"),
+    ("config size not a number", damaged_member(set_config("hidden_size", "big")), 2,
+     "config.json: hidden_size must be an integer >= 1; got 'big'"),
+    ("config with fewer layers than the weights", damaged_member(set_config("num_hidden_layers", 1)), 2,
+     "model.safetensors does not match config.json (unexpected keys: "),
+    ("config the forward pass rejects", damaged_member(set_config("num_attention_heads", -1)), 2,
+     "the model fails on a short input"),
+    ("manifest weights not a dict", damaged_ensemble(lambda e: {**e, "weights": 3}), 2,
+     "the 'weights' parameter must be a dict of member name -> number, or None; got int"),
     ("bad --method", lambda tmp, m: vote_file("text\na\n")(tmp, m) + ["--method", "mean"], 2, "--method: must be one of {'hard', 'soft', 'weighted', 'selection', 'stacking'}; got 'mean'"),
     ("bad --weights", lambda tmp, m: vote_file("text\na\n")(tmp, m) + ["--weights", "bert=x"], 2, "--weights: expected NAME=NUMBER"),
     ("learned method without --valid", lambda tmp, m: vote_file("text\na\n")(tmp, m) + ["--method", "weighted"], 2,
@@ -229,3 +297,45 @@ def test_bad_input_matrix(name, setup, code, fragment, member, tmp_path, cli):
     else:
         assert fragment in out
         assert (tmp_path / "out" / "ensemble.json").is_file() and (tmp_path / "out" / "predictions.csv").is_file()
+
+
+def test_a_panicking_tokenizer_is_one_line_on_the_terminal(member, tmp_path):
+    """The Rust tokenizer prints its panic on file descriptor 2 itself; the user still sees one line."""
+    setup = damaged_member(drop_json("tokenizer.json", ("post_processor", "special_tokens", "[CLS]")))
+    done = subprocess.run([sys.executable, "-m", "ensemble", *setup(tmp_path, member)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "RUST_BACKTRACE": "1"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "its tokenizer cannot encode text (PanicException" in done.stderr, done.stderr
+
+
+JUNK = st.sampled_from([None, 0, -1, 2.5, "", "x", [], {}, [1, 2], {"a": 1}, True, 10**30])
+MEMBER_FILES = ["config.json", "recipe.json", "tokenizer_config.json", "tokenizer.json"]
+
+
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_damaged_member_files_give_only_the_librarys_error(member, data):
+    """Random edits of a member's JSON files (a key deleted or set to junk, at any depth): loading
+    and predicting either work or raise the library's one-line error, never anything else."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "m"
+        shutil.copytree(member, copy)
+        file = copy / data.draw(st.sampled_from(MEMBER_FILES))
+        root = json.loads(file.read_text())
+        node = root
+        while isinstance(node, (dict, list)) and node:
+            key = data.draw(st.sampled_from(sorted(node) if isinstance(node, dict) else range(len(node))))
+            child = node[key]
+            if not isinstance(child, (dict, list)) or not child or data.draw(st.booleans()):
+                if data.draw(st.booleans()):
+                    del node[key]
+                else:
+                    node[key] = data.draw(JUNK)
+                break
+            node = child
+        file.write_text(json.dumps(root))
+        try:
+            Ensemble.from_dirs({"m": copy}).predict(["a fine film", "dull, 42 \u2211"])
+        except EnsembleError as exc:
+            assert "\n" not in str(exc)

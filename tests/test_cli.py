@@ -70,15 +70,21 @@ def test_debug_shows_the_traceback(capsys):
         main(["fit", "nope.toml", "--debug"])
 
 
-def test_internal_errors_exit_1(monkeypatch, cli, tmp_path):
+class PanicException(BaseException):
+    """Like pyo3's PanicException (a Rust panic in tokenizers or safetensors): not an Exception."""
+
+
+@pytest.mark.parametrize("error", [RuntimeError, PanicException])
+def test_internal_errors_exit_1(monkeypatch, cli, tmp_path, error):
     import ensemble.workers
 
     def broken(*args, **kwargs):
-        raise RuntimeError("boom")
+        raise error("boom")
 
     monkeypatch.setattr(ensemble.workers, "fit_concurrent", broken)
     code, _, err = cli(["fit", str(small_recipe(tmp_path))])
-    assert code == 1 and "internal error: RuntimeError: boom" in err and "--debug" in err
+    assert code == 1 and f"internal error: {error.__name__}: boom" in err and "--debug" in err
+    assert err.count("\n") == 1
 
 
 def test_out_must_be_new_or_overwritten(fitted, cli, tmp_path):

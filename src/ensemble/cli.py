@@ -327,7 +327,9 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {_DISK_ERRORS[exc.errno]} while writing{where}; nothing half-written was kept as a "
                    "result: make room and rerun (with --resume, fit and predict keep what was finished)", err=True)
         sys.exit(2)
-    except Exception as exc:
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - also native panics (tokenizers' PanicException), not Exceptions
         _bug(exc, debug)
 
 
@@ -335,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
 _DISK_ERRORS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system"}
 
 
-def _bug(exc: Exception, debug: bool) -> None:
+def _bug(exc: BaseException, debug: bool) -> None:
     """A bug in this library, not the user's input: one line and exit 1 (the traceback under --debug)."""
     if debug:
         raise exc

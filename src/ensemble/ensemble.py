@@ -64,6 +64,10 @@ class Ensemble:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise EnsembleError(f"members: two members are named '{dupes[0]}'; give each its own name (NAME=DIR)")
+        for label, given in (("weights", weights), ("temperatures", temperatures)):
+            if given is not None and not isinstance(given, dict):
+                raise EnsembleError(f"the '{label}' parameter must be a dict of member name -> number, or None; "
+                                    f"got {type(given).__name__}")
         weights, temperatures = dict(weights or {}), dict(temperatures or {})
         for label, given, low in (("weights", weights, 0.0), ("temperatures", temperatures, None)):
             for name, w in given.items():
@@ -152,9 +156,10 @@ class Ensemble:
         """The data columns (text, text_pair, label) the first member was trained with, if recorded."""
         member = next(iter(self.members.values()))
         try:
-            return json.loads((member.path / "recipe.json").read_text(encoding="utf-8")).get("data", {})
-        except (OSError, TypeError, ValueError):
+            data = json.loads((member.path / "recipe.json").read_text(encoding="utf-8")).get("data", {})
+        except (OSError, TypeError, ValueError, AttributeError):  # absent or not a JSON object
             return {}
+        return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
 
     def manifest(self) -> dict:
         return {"format": FORMAT, "labels": self.labels, "method": self.method, "weights": self.weights,
@@ -294,7 +299,14 @@ class Ensemble:
         for member in members:
             key = member.tokenizer_key or member.name
             if key not in encodings:
-                encodings[key] = encode(member.tokenizer, texts, pairs, member.max_length)
+                try:
+                    encodings[key] = encode(member.tokenizer, texts, pairs, member.max_length)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - tokenizers' PanicException is a BaseException
+                    raise EnsembleError(f"member '{member.name}': its tokenizer failed on the input ({type(exc).__name__}: "
+                                        f"{str(exc).strip()[:200]}); tokenizer.json may be damaged: recopy or retrain "
+                                        "the member") from None
             if truncated is not None:
                 truncated[member.name] = encodings[key].truncated
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from .data import TextDataset
 from .errors import EnsembleError
+from .integrity import check_size, first_line, json_object, json_section, probe
 from .recipe import ARCHES, MemberConfig
 
 # (layers, hidden, heads, intermediate, vocabulary) per size; tiny..medium follow Google's
@@ -100,7 +101,7 @@ def build_member(cfg: MemberConfig, labels: list[str], texts: Iterable[str]) -> 
         model = AutoModelForSequenceClassification.from_pretrained(
             source, config=config, ignore_mismatched_sizes=True, trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise EnsembleError(f"members[{cfg.name}].model: cannot load '{source}': {_first_line(exc)}") from None
+        raise EnsembleError(f"members[{cfg.name}].model: cannot load '{source}': {first_line(exc)}") from None
     return model, tokenizer
 
 
@@ -234,7 +235,7 @@ def preflight(members: Iterable[MemberConfig]) -> None:
         try:
             AutoConfig.from_pretrained(m.model)
         except (OSError, ValueError) as exc:
-            raise EnsembleError(f"members[{m.name}].model: cannot load '{m.model}' from the hub: {_first_line(exc)}") from None
+            raise EnsembleError(f"members[{m.name}].model: cannot load '{m.model}' from the hub: {first_line(exc)}") from None
 
 
 def _hub_reachable() -> bool:
@@ -247,10 +248,6 @@ def _hub_reachable() -> bool:
         return True
     except OSError:
         return False
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 # ---------------------------------------------------------------- loading trained members
@@ -276,24 +273,23 @@ def load_member(path: str | Path, name: str | None = None, weights: bool = True)
         raise EnsembleError(f"{where}: not a member directory (no config.json); pass a directory written by 'ensemble fit'")
     if not any(path.glob("model*.safetensors")):
         raise EnsembleError(f"{where}: no safetensors weights (model.safetensors); only safetensors are loaded")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise EnsembleError(f"{where}: config.json is not valid JSON ({exc})") from None
+    config = json_object(config_file, where)
     model_type = config.get("model_type")
-    if model_type not in ARCHES:
-        raise EnsembleError(f"{where}: model_type '{model_type}' is not supported; supported: {', '.join(ARCHES)}")
+    if not isinstance(model_type, str) or model_type not in ARCHES:
+        raise EnsembleError(f"{where}: model_type {model_type!r} is not supported; supported: {', '.join(ARCHES)}")
     id2label = config.get("id2label") or {}
-    labels = [str(id2label.get(str(i), id2label.get(i, ""))) for i in range(len(id2label))]
-    if not labels or any(not label for label in labels):
+    id2label = id2label if isinstance(id2label, dict) else {}
+    labels = [id2label.get(str(i), id2label.get(i, "")) for i in range(len(id2label))]
+    if not labels or any(not isinstance(label, str) or not label for label in labels):
         raise EnsembleError(f"{where}: config.json has no usable id2label; the member must carry its label names")
-    recipe = {}
-    if (path / RECIPE_FILE).is_file():
-        recipe = json.loads((path / RECIPE_FILE).read_text(encoding="utf-8"))
-    train = recipe.get("member", {}).get("train", {})
-    text_pair = bool(recipe.get("data", {}).get("text_pair"))
+    recipe = json_object(path / RECIPE_FILE, where) if (path / RECIPE_FILE).is_file() else {}
+    train = json_section(json_section(recipe, "member", where, RECIPE_FILE), "train", where, RECIPE_FILE, "member.")
+    text_pair = bool(json_section(recipe, "data", where, RECIPE_FILE).get("text_pair"))
+    recorded = train.get("max_length")
+    if recorded is not None and not (type(recorded) is int and recorded >= 1):
+        raise EnsembleError(f"{where}: {RECIPE_FILE}: member.train.max_length must be an integer >= 1; got {recorded!r}")
     if not weights:
-        max_length = int(train.get("max_length", 512))
+        max_length = recorded or 512
         return Member(name=name, path=path, model=None, tokenizer=None, labels=labels, max_length=max_length,
                       text_pair=text_pair, tokenizer_key=tokenizer_key(path, max_length))
     _quiet_transformers()
@@ -301,14 +297,30 @@ def load_member(path: str | Path, name: str | None = None, weights: bool = True)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:
+        check_size(config, path, where)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False, use_safetensors=True)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, trust_remote_code=False, use_safetensors=True, output_loading_info=True)
     except SafetensorError as exc:
-        raise EnsembleError(f"{where}: model.safetensors is corrupt ({_first_line(exc)}); retrain or recopy the member") from None
+        raise EnsembleError(f"{where}: model.safetensors is corrupt ({first_line(exc)}); retrain or recopy the member") from None
+    except EnsembleError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any parser's failure on these files is the directory's problem
-        raise EnsembleError(f"{where}: cannot load: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise EnsembleError(f"{where}: cannot load: {type(exc).__name__}: {first_line(exc)}") from None
+    # A trained member's weights and config.json match tensor for tensor; transformers would only warn.
+    odd = {kind: sorted(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    odd = {kind: keys for kind, keys in odd.items() if keys}
+    if odd:
+        kind, keys = next(iter(odd.items()))
+        raise EnsembleError(f"{where}: model.safetensors does not match config.json ({kind.replace('_', ' ')}: "
+                            f"{', '.join(map(str, keys[:3]))}{', ...' if len(keys) > 3 else ''}); recopy or retrain the member")
     model.eval()
-    max_length = int(train.get("max_length", min(getattr(tokenizer, "model_max_length", 512), 512)))
+    if tokenizer.pad_token_id is None:
+        raise EnsembleError(f"{where}: its tokenizer has no padding token (tokenizer_config.json: pad_token); "
+                            "recopy or retrain the member")
+    probe(tokenizer, model, len(labels), text_pair, where)
+    limit = getattr(tokenizer, "model_max_length", 512)
+    max_length = recorded or (min(limit, 512) if type(limit) is int and limit >= 1 else 512)
     return Member(name=name, path=path, model=model, tokenizer=tokenizer, labels=labels,
                   max_length=max_length, text_pair=text_pair, tokenizer_key=tokenizer_key(path, max_length))
 
