@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -117,6 +118,36 @@ def test_hard_vote_predict_proba_refused_and_pairs_checked(run):
         ens.predict_proba(["a film"])
     with pytest.raises(EnsembleError, match="single texts, not pairs"):
         ens.predict([("a", "b")])
+
+
+@pytest.mark.parametrize("texts, message", [
+    ("a single review", "texts: give a list of strings; got a single str (wrap it: [text])"),
+    (["a film", None], "texts[1] must be a string; got NoneType (None): fill or drop the missing texts"),
+    ([float("nan")], "texts[0] must be a string; got float (nan): fill or drop the missing texts"),
+    ([b"bytes"], "texts[0] must be a string; got bytes (b'bytes')"),
+    (["a film", 3], "texts[1] must be a string; got int (3)"),
+    (7, "texts: give a list of strings; got int"),
+])
+@pytest.mark.parametrize("call", ["predict", "predict_proba", "vote", "member_logits"])
+def test_texts_that_are_not_a_list_of_strings_are_refused_by_name(run, texts, message, call):
+    # A lone string used to be read as one text per character; None and NaN as the text "None" / "nan".
+    ens = Ensemble([load_member(run / "run" / "members" / "bert")])
+    with pytest.raises(EnsembleError, match=f"^{re.escape(message)}$"):
+        getattr(ens, call)(texts)
+
+
+def test_any_iterable_of_strings_is_accepted_and_no_texts_give_no_rows(run):
+    ens = three(run)
+    want = ens.predict(["a fine film", "dull"])
+    assert ens.predict(("a fine film", "dull")) == want
+    assert ens.predict(t for t in ["a fine film", "dull"]) == want
+    assert ens.predict(np.array(["a fine film", "dull"])) == want
+    assert ens.predict([]) == []
+    assert ens.predict_proba([]).shape == (0, len(ens.labels))
+    vote = ens.vote([])
+    assert vote.labels.shape == (0,) and vote.equal_counts.tolist() == [[0] * 3] * 3
+    ens.ensemble_temperature = 0.9  # the rescaled path has nothing to rescale either
+    assert ens.predict_proba([]).shape == (0, len(ens.labels))
 
 
 # ---------------------------------------------------------------- learned combining, saved and loaded

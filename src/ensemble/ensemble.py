@@ -295,15 +295,17 @@ class Ensemble:
         if unloaded:
             raise EnsembleError(f"member '{unloaded[0]}' was opened without its weights; open it with load_weights=True to predict")
         out = np.empty((len(members), len(texts), len(self.labels)), dtype=np.float32)
+        if not texts:  # nothing to tokenize (the tokenizer would fail on an empty batch)
+            return out
         encodings: dict[str, Encoded] = {}
         for member in members:
             key = member.tokenizer_key or member.name
             if key not in encodings:
                 try:
                     encodings[key] = encode(member.tokenizer, texts, pairs, member.max_length)
-                except (KeyboardInterrupt, SystemExit):
+                except (Exception, KeyboardInterrupt, SystemExit):
                     raise
-                except BaseException as exc:  # noqa: BLE001 - tokenizers' PanicException is a BaseException
+                except BaseException as exc:  # noqa: BLE001 - a Rust panic in tokenizers (pyo3's PanicException)
                     raise EnsembleError(f"member '{member.name}': its tokenizer failed on the input ({type(exc).__name__}: "
                                         f"{str(exc).strip()[:200]}); tokenizer.json may be damaged: recopy or retrain "
                                         "the member") from None
@@ -347,8 +349,8 @@ class Ensemble:
         """Combine member logits (members, rows, classes) as this ensemble's method says."""
         names = list(self.members)
         temps = [self.temperatures[n] for n in names]
-        if self.method == "hard":
-            return aggregate(logits, "hard", [self.weights[n] for n in names], temps, member_details=member_details)
+        if self.method == "hard" or logits.shape[1] == 0:  # no rows: nothing to rescale or stack
+            return aggregate(logits, "hard" if self.method == "hard" else "soft", [self.weights[n] for n in names], temps, member_details=member_details)
         if self.method != "stacking":
             vote = aggregate(logits, "soft", [self.weights[n] for n in names], temps, member_details=member_details)
             if self.ensemble_temperature == 1.0:
@@ -379,7 +381,15 @@ class Ensemble:
         return self.vote_logits(self.member_logits(texts, pairs), member_details=member_details)
 
     def predict(self, texts: Sequence, pairs: Sequence[str] | None = None) -> list[str]:
-        """Ensemble label names (``"abstain"`` below ``abstain_below``). `texts` are strings, or (text, text_pair) tuples."""
+        """Ensemble label names (``"abstain"`` below ``abstain_below``), one per text.
+
+        `texts`: any iterable of strings, or of (text, text_pair) tuples; a lone string is refused
+        (it would be read one character per text), and so are None / NaN items.
+
+        Example:
+            >>> Ensemble.load("runs/demo").predict(["a wonderful film", "dull and long"])  # doctest: +SKIP
+            ['positive', 'negative']
+        """
         vote = self.vote(texts, pairs, member_details=False)
         abstain = self.abstained(vote)
         return [ABSTAIN if abstain is not None and abstain[row] else self.labels[i]
@@ -393,19 +403,41 @@ class Ensemble:
         return self.vote(texts, pairs, member_details=False).scores
 
     def _split_pairs(self, texts: Sequence, pairs: Sequence[str] | None) -> tuple[list[str], list[str] | None]:
-        texts = list(texts)
+        texts = _text_list(texts, "texts")
         if pairs is None and texts and isinstance(texts[0], (tuple, list)):
-            if any(len(t) != 2 for t in texts):
+            if any(not isinstance(t, (tuple, list)) or len(t) != 2 for t in texts):
                 raise EnsembleError("texts: give strings, or (text, text_pair) tuples of two strings")
             pairs = [t[1] for t in texts]
             texts = [t[0] for t in texts]
-        if pairs is not None and len(pairs) != len(texts):
-            raise EnsembleError(f"pairs: {len(pairs)} pair texts for {len(texts)} texts; give one per text")
+        texts = _strings(texts, "texts")
+        if pairs is not None:
+            pairs = _strings(_text_list(pairs, "pairs"), "pairs")
+            if len(pairs) != len(texts):
+                raise EnsembleError(f"pairs: {len(pairs)} pair texts for {len(texts)} texts; give one per text")
         if self.text_pair and pairs is None:
             raise EnsembleError("these members were trained on sentence pairs; give (text, text_pair) tuples or pairs=")
         if not self.text_pair and pairs is not None:
             raise EnsembleError("these members were trained on single texts, not pairs; pass plain strings")
-        return [str(t) for t in texts], pairs
+        return texts, pairs
+
+
+def _text_list(texts, name: str) -> list:
+    """Any iterable of texts as a list; a lone string is refused (iterating it would predict each character)."""
+    if isinstance(texts, (str, bytes)):
+        raise EnsembleError(f"{name}: give a list of strings; got a single {type(texts).__name__} (wrap it: [text])")
+    try:
+        return list(texts)
+    except TypeError:
+        raise EnsembleError(f"{name}: give a list of strings; got {type(texts).__name__}") from None
+
+
+def _strings(texts: list, name: str) -> list[str]:
+    """`texts` when every item is a string (numpy's str_ included), else the first offender, named."""
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            hint = ": fill or drop the missing texts" if t is None or (isinstance(t, float) and t != t) else ""
+            raise EnsembleError(f"{name}[{i}] must be a string; got {type(t).__name__} ({t!r:.40}){hint}")
+    return [str(t) for t in texts]
 
 
 @torch.inference_mode()
