@@ -198,3 +198,11 @@ def test_package_names_are_the_public_objects_whichever_module_loads_first():
               "print('ok')")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_version_and_a_bare_command(cli):
+    from ensemble import __version__
+
+    assert cli(["--version"]) == (0, f"ensemble {__version__}\n", "")
+    code, out, err = cli([])  # the help, and no empty "error:" line after it
+    assert code == 2 and "Commands" in out + err and "error" not in out + err

@@ -29,6 +29,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 MULTI_VALUE = ("--members", "--weights", "--set")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"ensemble {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")) -> None:
+    """Fine-tune transformer text classifiers from a TOML recipe, vote them, report agreement."""
+
+
 PRECISION_HELP = ("auto (bf16 on GPUs, fp32 on CPUs), fp32, or bf16: on CPUs with AMX (Xeon Sapphire Rapids "
                   "and later) about 2x faster than fp32; labels may differ from fp32 on near-ties.")
 
@@ -305,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     except ClickException as exc:
         ctx = getattr(exc, "ctx", None)
         where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        typer.echo(f"error: {exc.format_message()}{where}", err=True)
+        if exc.format_message():  # empty after the help text that a bare `ensemble` prints
+            typer.echo(f"error: {exc.format_message()}{where}", err=True)
         sys.exit(exc.exit_code)
     except (Abort, KeyboardInterrupt):
         hints = {"fit": " (training state is saved after every epoch: rerun with --resume to continue)",

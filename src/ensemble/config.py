@@ -156,6 +156,22 @@ RANGES: dict[str, tuple[float, float, bool]] = {
 MEMBER_KEYS = ("name", "model", "init", "arch", "size")
 
 
+def name_problem(name: object) -> str | None:
+    """Why `name` cannot name a member (it names a directory and CSV columns), or None.
+
+    Example:
+        >>> name_problem("bert-2"), name_problem("a/b")
+        (None, "use letters, digits, '-', '_' or '.' (it names a directory); got 'a/b'")
+    """
+    if not isinstance(name, str) or not name.strip():
+        return f"every member needs a name (a non-empty string); got {name!r}"
+    if not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+        return f"use letters, digits, '-', '_' or '.' (it names a directory); got '{name}'"
+    if name == "ensemble":  # predictions.csv has ensemble_label next to <member>_label columns
+        return "'ensemble' is reserved; choose another name"
+    return None
+
+
 def recipe_dict(obj: Any) -> Any:
     """A JSON-ready copy of a recipe object (paths as strings), for the saved, resolved recipe."""
     if dataclasses.is_dataclass(obj):

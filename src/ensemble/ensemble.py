@@ -25,7 +25,7 @@ from .batching import Collator, Encoded, encode, length_sorted_batches
 from .data import TextDataset
 from .errors import EnsembleError
 from .members import Member, check_precision, device_of, load_member, recorded_valid_logits
-from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig
+from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig, name_problem
 from .stacking import Stacker
 
 MANIFEST = "ensemble.json"
@@ -61,6 +61,10 @@ class Ensemble:
         if not members:
             raise EnsembleError("an ensemble needs at least one member")
         names = [m.name for m in members]
+        for name in names:
+            problem = name_problem(name)
+            if problem:
+                raise EnsembleError(f"member name: {problem}; name it as NAME=DIR (CLI) or load_member(dir, name)")
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise EnsembleError(f"members: two members are named '{dupes[0]}'; give each its own name (NAME=DIR)")

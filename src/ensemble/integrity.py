@@ -30,7 +30,14 @@ def check_size(config: dict, path: Path, where: str) -> None:
     """Refuse a config.json that describes a larger model than model.safetensors holds, before
     building it: a damaged size field (say, a billion layers) would otherwise exhaust the memory
     first. The estimate counts only the embedding, attention and feed-forward matrices, which
-    every supported architecture has, so it never exceeds a genuine member's parameter count."""
+    every supported architecture has, so it never exceeds a genuine member's parameter count.
+
+    Example:
+        >>> config = json_object(Path("runs/demo/members/bert/config.json"), "member 'bert'")  # doctest: +SKIP
+        >>> check_size({**config, "num_hidden_layers": 10**9}, Path("runs/demo/members/bert"), "member 'bert'")  # doctest: +SKIP
+        Traceback (most recent call last):
+        ensemble.errors.EnsembleError: member 'bert': config.json describes at least 52,... parameters but ...
+    """
     from safetensors import safe_open
 
     def size(key: str, default: int | None = None, low: int = 1) -> int:
@@ -56,7 +63,12 @@ def check_size(config: dict, path: Path, where: str) -> None:
 
 
 def json_object(file: Path, where: str) -> dict:
-    """A member file's JSON object, or a one-line error naming the file."""
+    """A member file's JSON object, or a one-line error naming the file.
+
+    Example:
+        >>> json_object(Path("runs/demo/members/bert/config.json"), "member 'bert'")["model_type"]  # doctest: +SKIP
+        'bert'
+    """
     try:
         value = json.loads(file.read_text(encoding="utf-8"))
     except ValueError as exc:  # invalid JSON or UTF-8
@@ -93,16 +105,21 @@ def _stderr_silenced():
         os.close(saved)
 
 
-def probe(tokenizer, model: nn.Module, classes: int, text_pair: bool, where: str) -> None:
+def probe(tokenizer, model: nn.Module, classes: int, text_pair: bool, max_length: int, where: str) -> None:
     """Encode `PROBE` and run the model on it once at load time (milliseconds), so that a
     directory whose files parse but do not work fails here, named, not in the middle of a
     prediction: a tokenizer.json that cannot encode (the Rust library panics, e.g. on a
     vocabulary without its unknown token), a config.json the weights load under but the forward
-    pass rejects (e.g. a negative head count)."""
+    pass rejects (e.g. a negative head count).
+
+    Example:
+        >>> m = load_member("runs/demo/members/bert")  # load_member probes; by hand:  # doctest: +SKIP
+        >>> probe(m.tokenizer, m.model, len(m.labels), False, 16, "member 'bert'")  # doctest: +SKIP
+    """
     try:
         with _stderr_silenced():  # a Rust panic prints its own lines first; the error below says it
             # two rows of different lengths: the padding token goes through the model too
-            batch = tokenizer([PROBE, "a"], [PROBE, "a"] if text_pair else None, truncation=True, max_length=16,
+            batch = tokenizer([PROBE, "a"], [PROBE, "a"] if text_pair else None, truncation=True, max_length=max_length,
                               padding=True, return_tensors="pt")
     except (KeyboardInterrupt, SystemExit):
         raise

@@ -318,9 +318,9 @@ def load_member(path: str | Path, name: str | None = None, weights: bool = True)
     if tokenizer.pad_token_id is None:
         raise EnsembleError(f"{where}: its tokenizer has no padding token (tokenizer_config.json: pad_token); "
                             "recopy or retrain the member")
-    probe(tokenizer, model, len(labels), text_pair, where)
     limit = getattr(tokenizer, "model_max_length", 512)
     max_length = recorded or (min(limit, 512) if type(limit) is int and limit >= 1 else 512)
+    probe(tokenizer, model, len(labels), text_pair, min(16, max_length), where)
     return Member(name=name, path=path, model=model, tokenizer=tokenizer, labels=labels,
                   max_length=max_length, text_pair=text_pair, tokenizer_key=tokenizer_key(path, max_length))
 

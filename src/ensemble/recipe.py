@@ -38,6 +38,7 @@ from .config import (  # re-exported: the recipe's types are imported from here 
     Recipe,
     TrainConfig,
     VoteConfig,
+    name_problem,
     recipe_dict,
 )
 from .errors import EnsembleError
@@ -222,12 +223,9 @@ def _member(item: dict, index: int, defaults: TrainConfig, base: Path, where: st
     label = f"members[{name}]" if isinstance(name, str) and name else f"members[{index}]"
     allowed = MEMBER_KEYS + tuple(f.name for f in fields(TrainConfig))
     _check_keys(item, allowed, label + ".", where)
-    if not isinstance(name, str) or not name.strip():
-        raise EnsembleError(f"{where}: {label}.name: every member needs a name (a non-empty string); got {name!r}")
-    if not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
-        raise EnsembleError(f"{where}: {label}.name: use letters, digits, '-', '_' or '.' (it names a directory); got '{name}'")
-    if name == "ensemble":  # predictions.csv has ensemble_label next to <member>_label columns
-        raise EnsembleError(f"{where}: {label}.name: 'ensemble' is reserved; choose another name")
+    problem = name_problem(name)
+    if problem:
+        raise EnsembleError(f"{where}: {label}.name: {problem}")
     own = {k: v for k, v in item.items() if k in MEMBER_KEYS}
     train_raw = {k: v for k, v in item.items() if k not in MEMBER_KEYS}
     train = _build(TrainConfig, {**dataclasses.asdict(defaults), **train_raw}, label, where)
