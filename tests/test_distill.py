@@ -134,6 +134,7 @@ def test_distill_command_learns_from_unlabelled_texts(fitted, tmp_path, cli):
     (["--student", "scratch:bert", "--hard-weight", "2"], "--hard-weight: must be between 0 and 1"),
     (["--student", "scratch:bert", "--set", "lrr=1"], "unknown key (did you mean 'lr'?)"),
     (["--student", "somewhere/unknown-model"], "--student: cannot tell the architecture"),
+    (["--student", "scratch:bert", "--name", "a/b"], "--name: use letters, digits, '-', '_' or '.'"),
     (["--student", "scratch:bert", "--unlabeled", "nowhere.csv"], "--unlabeled: file not found: 'nowhere.csv'"),
     (["--student", "scratch:bert", "--unlabeled", str(DEMO / "train.csv"), "--text", "body"],
      "--unlabeled: column 'body' not found"),

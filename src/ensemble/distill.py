@@ -21,7 +21,7 @@ from .ensemble import Ensemble, write_json
 from .errors import EnsembleError
 from .evaluate import gold
 from .members import RECIPE_FILE, load_member, preflight
-from .recipe import ARCHES, SIZES, DataConfig, MemberConfig, infer_arch, train_config
+from .recipe import ARCHES, SIZES, DataConfig, MemberConfig, infer_arch, name_problem, train_config
 from .train import Splits, Teacher, train_member
 
 REPORT = "distill.json"
@@ -36,6 +36,9 @@ def student_config(spec: str, name: str, ens: Ensemble, overrides: list[str]) ->
         >>> student_config("scratch:bert:mini", "student", ens, ["epochs=2"]).size  # doctest: +SKIP
         'mini'
     """
+    problem = name_problem(name)
+    if problem:  # checked before training: the comparison's Ensemble would refuse it only afterwards
+        raise EnsembleError(f"--name: {problem}")
     first = next(iter(ens.members.values()))
     saved = _recipe(first.path).get("member", {}).get("train", {})
     train = train_config({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}, overrides)
