@@ -158,6 +158,10 @@ CASES = [
     ("--set bad value", override("defaults.lr=fast"), 2, "defaults.lr: must be a number; got 'fast'"),
     ("--set not key=value", override("defaults.lr"), 2, "--set: expected KEY=VALUE"),
     ("bad --scratch", lambda tmp, m: recipe(GOOD_RECIPE)(tmp, m) + ["--scratch", "huge"], 2, "--scratch: must be one of"),
+    ("--only without names", lambda tmp, m: recipe(GOOD_RECIPE)(tmp, m) + ["--only", ","], 2,
+     "--only: give member names separated by commas (e.g. --only bert,albert); got ','"),
+    ("--resume with --overwrite", lambda tmp, m: recipe(GOOD_RECIPE)(tmp, m) + ["--resume", "--overwrite"], 2,
+     "--resume and --overwrite: give one"),
     ("unknown flag", lambda tmp, m: ["fit", "--epochs", "3"], 2, "No such option: --epochs"),
     # data
     ("missing data file", recipe(GOOD_RECIPE.replace("train.csv", "nope.csv")), 2, "data.train: file not found"),

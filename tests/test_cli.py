@@ -206,3 +206,14 @@ def test_version_and_a_bare_command(cli):
     assert cli(["--version"]) == (0, f"ensemble {__version__}\n", "")
     code, out, err = cli([])  # the help, and no empty "error:" line after it
     assert code == 2 and "Commands" in out + err and "error" not in out + err
+
+
+def test_resume_says_when_there_is_nothing_to_continue(tmp_path, capsys):
+    from ensemble.fit import check_out
+
+    check_out(tmp_path / "new", overwrite=False, resume=True)
+    assert capsys.readouterr().out == f"--resume: nothing to continue in '{tmp_path / 'new'}'; training from the start\n"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "members").mkdir()
+    check_out(tmp_path / "run", overwrite=False, resume=True)  # something to continue: no note
+    assert capsys.readouterr().out == ""

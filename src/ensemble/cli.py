@@ -77,6 +77,8 @@ def fit(
             raise EnsembleError(f"--concurrent: {workers} workers cannot be combined with --only, which trains the "
                                 "named members in this process; drop one of them")
         names = [n.strip() for n in only.split(",") if n.strip()]
+        if not names:
+            raise EnsembleError(f"--only: give member names separated by commas (e.g. --only bert,albert); got '{only}'")
         report = run_fit(spec, out, overwrite=overwrite, resume=resume, progress=not quiet, only=names)
     else:
         argv = [str(recipe)] + [a for item in set_ for a in ("--set", item)] + (["--scratch", scratch] if scratch else [])

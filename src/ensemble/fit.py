@@ -94,12 +94,18 @@ def fit(recipe: Recipe, out: Path, overwrite: bool = False, resume: bool = False
 
 
 def check_out(out: Path, overwrite: bool, resume: bool) -> None:
-    """Refuse an --out that is a file, or a non-empty directory without --overwrite / --resume."""
+    """Refuse an --out that is a file, a non-empty directory without --overwrite / --resume, or
+    both flags at once; say so when --resume finds nothing to continue."""
+    if overwrite and resume:
+        raise EnsembleError("--resume and --overwrite: give one; --resume continues the run in --out, "
+                            "--overwrite trains it again from the start")
     if out.exists() and not out.is_dir():
         raise EnsembleError(f"--out: '{out}' exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
         raise EnsembleError(f"--out: '{out}' already exists and is not empty; choose another --out, "
                             "pass --resume to continue it, or --overwrite to start again")
+    if resume and not (out.is_dir() and any(out.iterdir())) and process_state().is_main_process:
+        print(f"--resume: nothing to continue in '{out}'; training from the start")
 
 
 def prepare_out(out: Path, recipe: Recipe, prune: bool = True) -> None:
