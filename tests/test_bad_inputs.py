@@ -259,6 +259,8 @@ CASES = [
     ("bad stacking_folds", recipe(GOOD_RECIPE + "[vote]\nstacking_folds = 1\n"), 2, "vote.stacking_folds: must be >= 2"),
     ("bad --device", lambda tmp, m: ["predict", "--ensemble", str(m.parent.parent), "--data", "x.csv", "--out", str(tmp / "p.csv"),
                                      "--device", "tpu"], 2, "device: must be 'auto', 'cpu' or 'cuda[:N]'"),
+    ("predict --out is a directory", lambda tmp, m: damaged_ensemble(lambda e: e)(tmp, m)[:-1] + [str(tmp)], 2,
+     "is a directory; give the path of the CSV file to write"),
     ("ensemble dir without manifest", lambda tmp, m: ["predict", "--ensemble", str(tmp), "--data", "x.csv", "--out", str(tmp / "p.csv")],
      2, "no ensemble.json"),
 ]

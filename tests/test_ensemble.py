@@ -95,9 +95,10 @@ def test_predict_file_streams_in_chunks_and_matches_vote(run, tmp_path):
 def test_predict_command(run, tmp_path, capsys):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS[:30]), encoding="utf-8")
-    main(["predict", "--ensemble", str(run / "run"), "--data", str(data), "--out", str(tmp_path / "p.csv"), "--quiet"])
+    out = tmp_path / "new" / "dirs" / "p.csv"  # made as needed, like vote's --out
+    main(["predict", "--ensemble", str(run / "run"), "--data", str(data), "--out", str(out), "--quiet"])
     assert "30 rows predicted" in capsys.readouterr().out
-    header = (tmp_path / "p.csv").read_text().splitlines()[0]
+    header = out.read_text().splitlines()[0]
     assert header == "text,bert_label,bert_confidence,roberta_label,roberta_confidence,ensemble_label,ensemble_confidence,agreement"
     with pytest.raises(SystemExit) as code:
         main(["predict", "--ensemble", str(run / "run"), "--data", str(data), "--out", str(tmp_path / "q.csv"),

@@ -119,6 +119,8 @@ class Ensemble:
         """Open a directory written by ``ensemble fit`` or ``ensemble vote``; see `to` for `device`
         and `check_precision` for `precision`."""
         path = Path(path)
+        _devices(device)  # a wrong device or precision is reported before the members load
+        check_precision(precision)
         manifest_file = path / MANIFEST
         if not manifest_file.is_file():
             raise EnsembleError(f"ensemble '{path}': no {MANIFEST}; pass the --out directory of a finished "
@@ -138,15 +140,16 @@ class Ensemble:
             members.append(load_member(member_dir, name))
         stacker = manifest.get("stacker")
         try:
-            return cls(members, manifest.get("method", "soft"), manifest.get("weights"),
+            ensemble = cls(members, manifest.get("method", "soft"), manifest.get("weights"),
                        temperatures=manifest.get("temperatures"),
                        stacker=None if stacker is None else Stacker.from_dict(stacker),
                        abstain_below=manifest.get("abstain_below"),
                        abstain_on=manifest.get("abstain_on", "confidence"),
                        ensemble_temperature=manifest.get("ensemble_temperature", 1.0),
-                       precision=precision).to(device)
+                       precision=precision)
         except EnsembleError as exc:
             raise EnsembleError(f"ensemble '{path}': {MANIFEST}: {exc}") from None
+        return ensemble.to(device)
 
     @classmethod
     def from_dirs(cls, dirs: dict[str, str | Path], method: str = "soft", weights: dict[str, float] | None = None,
@@ -265,20 +268,7 @@ class Ensemble:
         A single device (``"cpu"``, ``"cuda:1"``) takes every member; a list spreads them over it.
         Members on different GPUs then predict concurrently.
         """
-        if device == "auto":
-            count = torch.cuda.device_count()
-            devices = [f"cuda:{i}" for i in range(count)] if count else ["cpu"]
-        elif isinstance(device, str):
-            devices = [device]
-        else:
-            devices = list(device)
-        for d in devices:
-            kind, _, index = str(d).partition(":")
-            ok = (kind == "cpu" and not index) or (
-                kind == "cuda" and (not index or index.isdigit()) and int(index or 0) < torch.cuda.device_count())
-            if not ok:
-                raise EnsembleError(f"device: must be 'auto', 'cpu' or 'cuda[:N]' with N below the number of GPUs "
-                                    f"({torch.cuda.device_count()}); got '{d}'")
+        devices = _devices(device)
         for k, member in enumerate(self.members.values()):
             if member.model is not None:
                 member.model.to(devices[k % len(devices)])
@@ -423,6 +413,25 @@ class Ensemble:
         if not self.text_pair and pairs is not None:
             raise EnsembleError("these members were trained on single texts, not pairs; pass plain strings")
         return texts, pairs
+
+
+def _devices(device: str | Sequence[str]) -> list[str]:
+    """The devices `Ensemble.to` spreads members over, or a one-line error."""
+    if device == "auto":
+        count = torch.cuda.device_count()
+        devices = [f"cuda:{i}" for i in range(count)] if count else ["cpu"]
+    elif isinstance(device, str):
+        devices = [device]
+    else:
+        devices = list(device)
+    for d in devices:
+        kind, _, index = str(d).partition(":")
+        ok = (kind == "cpu" and not index) or (
+            kind == "cuda" and (not index or index.isdigit()) and int(index or 0) < torch.cuda.device_count())
+        if not ok:
+            raise EnsembleError(f"device: must be 'auto', 'cpu' or 'cuda[:N]' with N below the number of GPUs "
+                                f"({torch.cuda.device_count()}); got '{d}'")
+    return devices
 
 
 def _text_list(texts, name: str) -> list:

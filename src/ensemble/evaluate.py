@@ -171,6 +171,9 @@ def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str 
         1000000
     """
     out, data = Path(out), Path(data)
+    if out.is_dir():
+        raise EnsembleError(f"--out: '{out}' is a directory; give the path of the CSV file to write")
+    out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     state_file = out.with_name(f".{out.name}.partial.json")
     identity = _identity(ens, data, text, text_pair, label, chunk_rows)
