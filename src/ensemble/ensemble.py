@@ -163,9 +163,10 @@ class Ensemble:
         """The data columns (text, text_pair, label) the first member was trained with, if recorded."""
         member = next(iter(self.members.values()))
         try:
-            data = json.loads((member.path / "recipe.json").read_text(encoding="utf-8")).get("data", {})
-        except (OSError, TypeError, ValueError, AttributeError):  # absent or not a JSON object
+            recipe = json.loads((member.path / "recipe.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             return {}
+        data = recipe.get("data") if isinstance(recipe, dict) else None
         return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
 
     def manifest(self) -> dict:
@@ -343,10 +344,12 @@ class Ensemble:
         """Combine member logits (members, rows, classes) as this ensemble's method says."""
         names = list(self.members)
         temps = [self.temperatures[n] for n in names]
+        weights = [self.weights[n] for n in names]
         if self.method == "hard" or logits.shape[1] == 0:  # no rows: nothing to rescale or stack
-            return aggregate(logits, "hard" if self.method == "hard" else "soft", [self.weights[n] for n in names], temps, member_details=member_details)
+            method = "hard" if self.method == "hard" else "soft"
+            return aggregate(logits, method, weights, temps, member_details=member_details)
         if self.method != "stacking":
-            vote = aggregate(logits, "soft", [self.weights[n] for n in names], temps, member_details=member_details)
+            vote = aggregate(logits, "soft", weights, temps, member_details=member_details)
             if self.ensemble_temperature == 1.0:
                 return vote
             scores = combine.soften(vote.scores, self.ensemble_temperature).astype(np.float32)
