@@ -51,3 +51,20 @@ def cli(capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+def pytest_collection_modifyitems(config, items):
+    """Drop docstring examples that are all `+SKIP` (they need a trained run): reported as
+    deselected, so that "skipped" keeps meaning a test that could not run here."""
+    import doctest
+
+    from _pytest.doctest import DoctestItem
+
+    def all_skipped(item) -> bool:
+        return (isinstance(item, DoctestItem) and bool(item.dtest.examples)
+                and all(ex.options.get(doctest.SKIP) for ex in item.dtest.examples))
+
+    dropped = [i for i in items if all_skipped(i)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [i for i in items if not all_skipped(i)]

@@ -368,10 +368,10 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(run, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr("ensemble.members._cpu_has_bf16", lambda: False)
+    monkeypatch.setattr("ensemble.devices.cpu_has_bf16", lambda: False)
     with pytest.warns(UserWarning, match="no native bf16"):
         Ensemble.load(run / "run", precision="bf16")
-    monkeypatch.setattr("ensemble.members._cpu_has_bf16", lambda: True)
+    monkeypatch.setattr("ensemble.devices.cpu_has_bf16", lambda: True)
     import warnings
 
     with warnings.catch_warnings():

@@ -157,25 +157,6 @@ def test_a_planted_pickle_is_never_loaded(member_dir, tmp_path):
     assert load_member(path).labels == LABELS and not marker.exists()
 
 
-@pytest.mark.parametrize("native, cuda, precisions, sizes, expected", [
-    (True, False, ["no", "bf16"], ["small", "small"], "in float32 here: m0"),
-    (True, False, ["no", "no"], ["tiny", "base"], "in float32 here: m1"),
-    (True, False, ["no", "no"], ["tiny", "mini"], None),  # tiny models gain nothing from bf16
-    (True, False, ["bf16", "bf16"], ["base", "base"], None),  # already in bf16
-    (False, False, ["no"], ["base"], None),  # emulated bf16 would be slower: no tip
-    (True, True, ["no"], ["base"], None),  # a GPU: Accelerate's device, not this CPU
-])
-def test_bf16_tip_only_where_it_helps(monkeypatch, native, cuda, precisions, sizes, expected):
-    import ensemble.members as members_mod
-
-    monkeypatch.setattr(members_mod, "_cpu_has_bf16", lambda: native)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    configs = [MemberConfig(f"m{i}", init="scratch", arch="bert", size=size, train=TrainConfig(mixed_precision=p))
-               for i, (p, size) in enumerate(zip(precisions, sizes))]
-    tip = members_mod.bf16_tip(configs)
-    assert tip == expected if expected is None else expected in tip and 'mixed_precision = "bf16"' in tip
-
-
 def test_load_member_without_weights_describes_it_only(tmp_path):
     from ensemble.ensemble import Ensemble
     from ensemble.errors import EnsembleError

@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import EnsembleError
+from .errors import EnsembleError, one_of
 
 try:  # recent typer carries its own copy of click; older releases use click itself
     from typer._click.exceptions import ClickException
@@ -169,10 +169,10 @@ def vote(
 
 
 def _check_precision_flag(precision: str) -> None:
-    from .members import PRECISIONS, _choices
+    from .devices import PRECISIONS
 
     if precision not in PRECISIONS:
-        raise EnsembleError(f"--precision: must be one of {_choices(PRECISIONS)}; got '{precision}'")
+        raise EnsembleError(f"--precision: must be one of {one_of(PRECISIONS)}; got '{precision}'")
 
 
 def _named_dirs(items: list[str]) -> dict[str, Path]:

@@ -23,8 +23,9 @@ from . import combine
 from .aggregate import Vote, aggregate
 from .batching import Collator, Encoded, encode, length_sorted_batches
 from .data import TextDataset
-from .errors import EnsembleError
-from .members import Member, check_precision, device_of, load_member, recorded_valid_logits
+from .errors import EnsembleError, one_of
+from .devices import check_devices, check_precision, device_of
+from .members import Member, load_member, recorded_valid_logits
 from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig, name_problem
 from .stacking import Stacker
 
@@ -50,9 +51,9 @@ class Ensemble:
                  stacker: Stacker | None = None, abstain_below: float | None = None,
                  abstain_on: str = "confidence", ensemble_temperature: float = 1.0, precision: str = "auto"):
         if method not in VOTE_METHODS:
-            raise EnsembleError(f"the 'method' parameter must be one of {_set(VOTE_METHODS)}; got '{method}'")
+            raise EnsembleError(f"the 'method' parameter must be one of {one_of(VOTE_METHODS)}; got '{method}'")
         if abstain_on not in ABSTAIN_ON:
-            raise EnsembleError(f"the 'abstain_on' parameter must be one of {_set(ABSTAIN_ON)}; got '{abstain_on}'")
+            raise EnsembleError(f"the 'abstain_on' parameter must be one of {one_of(ABSTAIN_ON)}; got '{abstain_on}'")
         if abstain_below is not None and not (isinstance(abstain_below, (int, float)) and 0 <= abstain_below <= 1):
             raise EnsembleError(f"the 'abstain_below' parameter must be a number in [0, 1] or None; got {abstain_below!r}")
         if not (isinstance(ensemble_temperature, (int, float)) and np.isfinite(ensemble_temperature)
@@ -119,7 +120,7 @@ class Ensemble:
         """Open a directory written by ``ensemble fit`` or ``ensemble vote``; see `to` for `device`
         and `check_precision` for `precision`."""
         path = Path(path)
-        _devices(device)  # a wrong device or precision is reported before the members load
+        check_devices(device)  # a wrong device or precision is reported before the members load
         check_precision(precision)
         manifest_file = path / MANIFEST
         if not manifest_file.is_file():
@@ -269,7 +270,7 @@ class Ensemble:
         A single device (``"cpu"``, ``"cuda:1"``) takes every member; a list spreads them over it.
         Members on different GPUs then predict concurrently.
         """
-        devices = _devices(device)
+        devices = check_devices(device)
         for k, member in enumerate(self.members.values()):
             if member.model is not None:
                 member.model.to(devices[k % len(devices)])
@@ -418,25 +419,6 @@ class Ensemble:
         return texts, pairs
 
 
-def _devices(device: str | Sequence[str]) -> list[str]:
-    """The devices `Ensemble.to` spreads members over, or a one-line error."""
-    if device == "auto":
-        count = torch.cuda.device_count()
-        devices = [f"cuda:{i}" for i in range(count)] if count else ["cpu"]
-    elif isinstance(device, str):
-        devices = [device]
-    else:
-        devices = list(device)
-    for d in devices:
-        kind, _, index = str(d).partition(":")
-        ok = (kind == "cpu" and not index) or (
-            kind == "cuda" and (not index or index.isdigit()) and int(index or 0) < torch.cuda.device_count())
-        if not ok:
-            raise EnsembleError(f"device: must be 'auto', 'cpu' or 'cuda[:N]' with N below the number of GPUs "
-                                f"({torch.cuda.device_count()}); got '{d}'")
-    return devices
-
-
 def _text_list(texts, name: str) -> list:
     """Any iterable of texts as a list; a lone string is refused (iterating it would predict each character)."""
     if isinstance(texts, (str, bytes)):
@@ -483,6 +465,3 @@ def _link_or_copy(src: str, dst: str) -> None:
     except OSError:
         shutil.copy2(src, dst)
 
-
-def _set(options) -> str:
-    return "{" + ", ".join(f"'{o}'" for o in options) + "}"

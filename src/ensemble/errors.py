@@ -15,3 +15,13 @@ class EnsembleError(Exception):
         ...
         ensemble.errors.EnsembleError: data.train: file not found: 'x.csv'
     """
+
+
+def one_of(options) -> str:
+    """The allowed values as a set literal, for messages of the form "must be one of {...}".
+
+    Example:
+        >>> one_of(["soft", "hard"])
+        "{'soft', 'hard'}"
+    """
+    return "{" + ", ".join(f"'{o}'" for o in options) + "}"

@@ -12,7 +12,8 @@ from .data import TextDataset, check_known_labels, load_table, sorted_labels, st
 from .ensemble import MANIFEST, Ensemble, write_json
 from .errors import EnsembleError
 from .evaluate import evaluate, gold
-from .members import METRICS_FILE, RECIPE_FILE, bf16_tip, preflight
+from .devices import bf16_tip
+from .members import METRICS_FILE, RECIPE_FILE, preflight
 from .recipe import DataConfig, MemberConfig, Recipe, recipe_dict
 from .train import Diverged, Splits, process_state, train_member
 

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import socket
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -396,58 +395,3 @@ def member_shape(cfg: MemberConfig) -> tuple[int, int, int, int]:
     hidden = getattr(config, "hidden_size", 768)
     return (getattr(config, "num_hidden_layers", 12), hidden, getattr(config, "intermediate_size", 4 * hidden),
             getattr(config, "vocab_size", 30000))
-
-
-def device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-PRECISIONS = ("auto", "fp32", "bf16")  # prediction arithmetic; "auto": bf16 autocast on GPUs, fp32 on CPUs
-
-
-def check_precision(precision: str) -> str:
-    """Validate a prediction precision: ``"auto"`` (bf16 autocast on GPUs, float32 on CPUs),
-    ``"fp32"`` or ``"bf16"`` (autocast on any device).
-
-    bf16 on a CPU pays off where the CPU computes in bf16 natively (AMX: Intel Xeon 4th
-    generation "Sapphire Rapids" and later): 2.2x the rows/s of float32 for four MiniLM / BERT-mini
-    members there (`benchmarks/predict.py`). Labels can then differ from float32 ones on near-ties.
-    Elsewhere bf16 is emulated and slower, which this warns about.
-
-    Example:
-        >>> check_precision("bf16")
-        'bf16'
-    """
-    if precision not in PRECISIONS:
-        raise EnsembleError(f"the 'precision' parameter must be one of {_choices(PRECISIONS)}; got {precision!r}")
-    if precision == "bf16" and not torch.cuda.is_available() and not _cpu_has_bf16():
-        warnings.warn("precision 'bf16': this CPU has no native bf16 arithmetic (AMX or AVX512-BF16), so bf16 "
-                      "prediction is emulated and likely slower than 'fp32'", stacklevel=2)
-    return precision
-
-
-def _choices(values: Iterable[str]) -> str:
-    return "{" + ", ".join(repr(v) for v in values) + "}"
-
-
-def _cpu_has_bf16() -> bool:
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    return any(probe() for probe in probes if probe is not None)
-
-
-def bf16_tip(members: Iterable[MemberConfig]) -> str | None:
-    """A one-line tip when members would train in float32 on a CPU that computes bf16 natively.
-
-    Only members of MiniLM-L6's size and up count (pretrained ones, scratch from "small"): tiny
-    models spend their time outside the matmuls, and the demo's tiny and mini members train no
-    faster in bf16.
-
-    Example:
-        >>> bf16_tip([])  # no member in float32: nothing to say
-    """
-    names = [m.name for m in members if m.train.mixed_precision == "no"
-             and (m.init != "scratch" or m.size not in ("tiny", "mini"))]
-    if not names or torch.cuda.is_available() or not _cpu_has_bf16():
-        return None
-    return (f"tip: this CPU computes bf16 natively (AMX / AVX512-BF16); mixed_precision = \"bf16\" trained "
-            f"1.25-1.6x faster at the same accuracy in benchmarks/train.py (in float32 here: {', '.join(names)})")

@@ -41,7 +41,7 @@ from .config import (  # re-exported: the recipe's types are imported from here 
     name_problem,
     recipe_dict,
 )
-from .errors import EnsembleError
+from .errors import EnsembleError, one_of
 
 __all__ = ["ABSTAIN_ON", "ARCHES", "LEARNED_METHODS", "SIZES", "VOTE_METHODS", "DataConfig", "MemberConfig",
            "Recipe", "TrainConfig", "VoteConfig", "infer_arch", "load_recipe", "recipe_dict", "to_scratch",
@@ -105,7 +105,7 @@ def train_config(values: dict, overrides: list[str] | None = None, where: str = 
 def to_scratch(recipe: Recipe, size: str) -> Recipe:
     """Replace every pretrained member by a scratch model of the same architecture and `size`."""
     if size not in SIZES:
-        raise EnsembleError(f"--scratch: must be one of {_set(SIZES)}; got '{size}'")
+        raise EnsembleError(f"--scratch: must be one of {one_of(SIZES)}; got '{size}'")
     members = []
     for m in recipe.members:
         if m.init == "scratch":
@@ -115,7 +115,7 @@ def to_scratch(recipe: Recipe, size: str) -> Recipe:
         if arch is None:
             raise EnsembleError(
                 f"--scratch: cannot tell the architecture of members[{m.name}].model = '{m.model}'; "
-                f"give it init = \"scratch\" and arch = one of {_set(ARCHES)}"
+                f"give it init = \"scratch\" and arch = one of {one_of(ARCHES)}"
             )
         members.append(replace(m, init="scratch", arch=arch, size=size, model=None))
     return replace(recipe, members=tuple(members))
@@ -232,7 +232,7 @@ def _member(item: dict, index: int, defaults: TrainConfig, base: Path, where: st
     member = _build(MemberConfig, {**own, "train": train}, label, where)
     if member.init == "scratch":
         if member.arch is None:
-            raise EnsembleError(f"{where}: {label}.arch: a scratch member needs arch = one of {_set(ARCHES)}")
+            raise EnsembleError(f"{where}: {label}.arch: a scratch member needs arch = one of {one_of(ARCHES)}")
     elif not member.model:
         raise EnsembleError(f"{where}: {label}.model: give a hub id or a local directory, or set init = \"scratch\" with an arch")
     elif (base / member.model).is_dir():  # a local directory, relative to the recipe
@@ -251,7 +251,7 @@ def _build(cls: type, values: dict, prefix: str, where: str):
         value = _coerce(value, hints[name], path, where)
         for item in value if isinstance(value, tuple) and name in CHOICES else [value]:
             if name in CHOICES and item is not None and item not in CHOICES[name]:
-                raise EnsembleError(f"{where}: {path}: must be one of {_set(CHOICES[name])}; got {item!r}{_suggest(str(item), CHOICES[name])}")
+                raise EnsembleError(f"{where}: {path}: must be one of {one_of(CHOICES[name])}; got {item!r}{_suggest(str(item), CHOICES[name])}")
         if name in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
             _check_range(value, RANGES[name], path, where)
         kwargs[name] = value
@@ -351,6 +351,3 @@ def _suggest(word: str, options) -> str:
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
-
-def _set(options) -> str:
-    return "{" + ", ".join(f"'{o}'" for o in options) + "}"

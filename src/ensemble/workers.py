@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from .checkpoint import LOG, checkpoint_dir
 from .errors import EnsembleError
 from .fit import check_out, diverged_file, finished, fit, load_splits, prepare_out, vote_and_report
-from .members import bf16_tip, member_shape, preflight
+from .devices import bf16_tip
+from .members import member_shape, preflight
 from .recipe import MemberConfig, Recipe
 from .train import epoch_line
 
