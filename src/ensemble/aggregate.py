@@ -25,7 +25,7 @@ from typing import Union
 import numpy as np
 import torch
 
-from ensemble.errors import EnsembleError
+from .errors import EnsembleError, one_of
 
 __all__ = ["METHODS", "Vote", "aggregate"]
 
@@ -124,10 +124,9 @@ def aggregate(
         [0]
     """
     if method not in METHODS:
-        allowed = "{" + ", ".join(repr(m) for m in sorted(METHODS)) + "}"
-        raise EnsembleError(f"the 'method' parameter must be one of {allowed}; got {method!r}")
+        raise EnsembleError(f"the 'method' parameter must be one of {one_of(sorted(METHODS))}; got {method!r}")
     if inputs not in ("logits", "probs"):
-        raise EnsembleError(f"the 'inputs' parameter must be one of {{'logits', 'probs'}}; got {inputs!r}")
+        raise EnsembleError(f"the 'inputs' parameter must be one of {one_of(('logits', 'probs'))}; got {inputs!r}")
     source = _as_source(logits)
     members, rows, classes = (int(n) for n in source.shape)
     weight = _member_vector(weights, "weights", members, default=1.0)

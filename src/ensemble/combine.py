@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
-from ensemble.errors import EnsembleError
+from .errors import EnsembleError
 
 __all__ = ["abstain_mask", "abstain_threshold", "caruana_selection", "coverage_curve", "ece",
            "fit_temperatures", "fit_weights", "nll", "softmax"]

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from ensemble.errors import EnsembleError
-from ensemble.readers import READERS, Row
+from .errors import EnsembleError
+from .readers import READERS, Row
 
 BAD_ROW_MODES = ("error", "skip")
 _FLAGS = {"data.text": "--text", "data.text_pair": "--text-pair", "data.label": "--label"}

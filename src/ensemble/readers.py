@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.errors import EnsembleError
+from .errors import EnsembleError
 
 @dataclass(slots=True)
 class Row:

@@ -21,10 +21,10 @@ import numpy as np
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix
 from sklearn.metrics import precision_recall_fscore_support
 
-from ensemble import render
-from ensemble.aggregate import Vote
-from ensemble.errors import EnsembleError
-from ensemble.plots import write_plots
+from . import render
+from .aggregate import Vote
+from .errors import EnsembleError
+from .plots import write_plots
 
 __all__ = ["agreement_stats", "build_report", "classification_metrics", "fleiss_kappa",
            "write_predictions", "write_report"]

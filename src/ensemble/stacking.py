@@ -13,8 +13,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from ensemble.combine import _EPS, _floats, _int_param, _labels, _softmax_last
-from ensemble.errors import EnsembleError
+from .combine import _EPS, _floats, _int_param, _labels, _softmax_last
+from .errors import EnsembleError
 
 __all__ = ["Stacker"]
 
