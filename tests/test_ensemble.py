@@ -397,3 +397,73 @@ def test_predict_resume_refuses_a_partial_written_at_another_precision(run, tmp_
         else:
             with pytest.raises(EnsembleError, match="precision settings"):
                 evaluate_mod.predict_file(ens, data, out, label=None, chunk_rows=10, progress=False, resume=True)
+
+
+def _write_csv(path, header, rows):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_predict_never_replaces_a_file_unasked_and_never_its_input(run, tmp_path, cli):
+    data = _write_csv(tmp_path / "in.csv", ["text"], [[t] for t in TEXTS[:20]])
+    before = data.read_bytes()
+    base = ["predict", "--ensemble", str(run / "run"), "--data", str(data), "--quiet"]
+    code, _, err = cli(base + ["--out", str(data)])
+    assert code == 2 and err.strip() == f"error: --out: '{data}' already exists; choose another file or pass --overwrite"
+    code, _, err = cli(base + ["--out", str(data), "--overwrite"])
+    assert code == 2 and err.strip() == f"error: --out: '{data}' is the --data file; write the predictions to another file"
+    assert data.read_bytes() == before
+    out = tmp_path / "p.csv"
+    out.write_text("keep me\n", encoding="utf-8")
+    code, _, err = cli(base + ["--out", str(out)])
+    assert code == 2 and "already exists" in err and out.read_text() == "keep me\n"
+    code, _, err = cli(base + ["--out", str(out), "--overwrite"])
+    assert code == 0, err
+    assert out.read_text().splitlines()[0].startswith("text,bert_label")
+
+
+def test_predict_failing_on_the_data_leaves_no_partial_file(run, tmp_path, cli):
+    rows = [[t, "positive"] for t in TEXTS[:20]] + [["a film", "sideways"]]  # a label the members never saw
+    data = _write_csv(tmp_path / "d.csv", ["text", "label"], rows)
+    out = tmp_path / "p.csv"
+    code, _, err = cli(["predict", "--ensemble", str(run / "run"), "--data", str(data), "--out", str(out), "--quiet"])
+    assert code == 2 and "sideways" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv"]  # neither p.csv nor .p.csv.partial(.json)
+
+
+@pytest.mark.parametrize("command", ["vote", "predict"])
+def test_a_label_column_that_is_not_there_is_an_error_when_named(run, tmp_path, cli, command):
+    data = _write_csv(tmp_path / "d.csv", ["text", "label"], [[t, "positive"] for t in TEXTS[:20]])
+    if command == "vote":
+        args = ["vote", "--members", str(run / "run" / "members" / "bert"), "--out", str(tmp_path / "v")]
+    else:
+        args = ["predict", "--ensemble", str(run / "run"), "--out", str(tmp_path / "p.csv"), "--quiet"]
+    code, _, err = cli(args + ["--data", str(data), "--label", "lable"])
+    assert code == 2 and "'lable'" in err and "label" in err.split("'lable'", 1)[1]  # names the columns found
+    assert not (tmp_path / "v").exists() and not (tmp_path / "p.csv").exists()
+    unlabelled = _write_csv(tmp_path / "u.csv", ["text"], [[t] for t in TEXTS[:20]])
+    code, _, err = cli(args + ["--data", str(unlabelled)])  # the default label column may be absent
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("command", ["vote", "predict"])
+def test_text_pair_on_single_text_members_names_the_flag(run, tmp_path, cli, command):
+    data = _write_csv(tmp_path / "d.csv", ["text", "other"], [[t, t] for t in TEXTS[:5]])
+    if command == "vote":
+        args = ["vote", "--members", str(run / "run" / "members" / "bert"), "--out", str(tmp_path / "v")]
+    else:
+        args = ["predict", "--ensemble", str(run / "run"), "--out", str(tmp_path / "p.csv")]
+    code, _, err = cli(args + ["--data", str(data), "--text-pair", "other"])
+    assert code == 2
+    assert err.strip() == "error: --text-pair: these members were trained on single texts, not pairs; drop --text-pair 'other'"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv"]
+
+
+def test_predict_resume_with_nothing_to_resume_says_so(run, tmp_path, cli):
+    data = _write_csv(tmp_path / "d.csv", ["text"], [[t] for t in TEXTS[:10]])
+    code, _, err = cli(["predict", "--ensemble", str(run / "run"), "--data", str(data), "--out", str(tmp_path / "p.csv"),
+                        "--quiet", "--resume"])
+    assert code == 0 and "no finished chunk" in err and "predicting from the start" in err

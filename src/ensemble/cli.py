@@ -139,9 +139,10 @@ def vote(
         raise EnsembleError("--valid: is the --data file; the vote must learn on other rows than it is scored on")
     ens = Ensemble.from_dirs(_named_dirs(members), method if method not in LEARNED_METHODS else "soft", _weights(weights),
                              precision=precision)
+    label_given = label is not None  # a --label column must exist; the default one may be absent
     text, text_pair, label = _columns(ens, text, text_pair, label)
     columns = dict(text=text, text_pair=text_pair, label=label)
-    ds = load_table(data, **columns, field="--data", require_label=False)
+    ds = load_table(data, **columns, field="--data", require_label=label_given)
     if out.exists() and not overwrite:
         raise EnsembleError(f"--out: '{out}' already exists; choose another directory or pass --overwrite")
     spec = VoteConfig(method=method, weights=_weights(weights), calibrate=calibrate and valid is not None,
@@ -209,6 +210,7 @@ def predict(
     label: Optional[str] = typer.Option(None, "--label", help="Gold label column, copied through when present."),
     chunk_rows: int = typer.Option(10_000, "--chunk-rows", min=1, help="Rows per chunk (bounds the memory)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run into the same --out, after its last finished chunk."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
     device: str = typer.Option("auto", "--device", help="auto (all GPUs, else CPU), cpu, or cuda:N."),
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
@@ -219,10 +221,13 @@ def predict(
     from .evaluate import predict_file
 
     _check_precision_flag(precision)
+    if out.exists() and not out.is_dir() and not overwrite:  # checked again in predict_file; here before loading
+        raise EnsembleError(f"--out: '{out}' already exists; choose another file or pass --overwrite")
     ens = Ensemble.load(ensemble, device=device, precision=precision)
+    label_given = label is not None  # a --label column must exist; the default one is copied through if present
     text, text_pair, label = _columns(ens, text, text_pair, label)
     rows = predict_file(ens, data, out, text=text, text_pair=text_pair, label=label, chunk_rows=chunk_rows,
-                        progress=not quiet, resume=resume)
+                        progress=not quiet, resume=resume, overwrite=overwrite, require_label=label_given)
     typer.echo(f"{rows} rows predicted: {out}")
 
 
@@ -276,6 +281,8 @@ def distill(
 
 def _columns(ens, text: str | None, text_pair: str | None, label: str | None) -> tuple[str, str | None, str]:
     """Data columns: the flags, else what the members were trained with, else text / label."""
+    if text_pair is not None and not ens.text_pair:
+        raise EnsembleError(f"--text-pair: these members were trained on single texts, not pairs; drop --text-pair '{text_pair}'")
     recorded = ens.data_columns()
     return (text or recorded.get("text") or "text", text_pair or recorded.get("text_pair"),
             label or recorded.get("label") or "label")

@@ -156,14 +156,16 @@ def _data_section(ens: Ensemble, data_info: dict, truncated: dict[str, int]) -> 
 
 def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str = "text", text_pair: str | None = None,
                  label: str | None = "label", chunk_rows: int = 10_000, progress: bool = True,
-                 resume: bool = False) -> int:
+                 resume: bool = False, overwrite: bool = False, require_label: bool = False) -> int:
     """Stream `data` through the ensemble into the CSV `out`, `chunk_rows` rows at a time.
 
     Memory is bounded by the chunk, not the file. The columns are those of predictions.csv
     (the gold label only when the file has one). Rows go to a hidden ``.<out>.partial`` file,
-    renamed to `out` at the end, so `out` never holds a partial result. After each chunk the
+    renamed to `out` at the end, so `out` never holds a partial result; an existing `out` is
+    replaced only with `overwrite`, and never when it is `data` itself. After each chunk the
     partial file is synced and its progress recorded; with `resume`, an interrupted run (killed,
     Ctrl-C, a full disk) continues after its last finished chunk instead of starting again.
+    With `require_label` the `label` column must exist (else it is copied through when present).
     Returns the number of rows written.
 
     Example:
@@ -173,6 +175,10 @@ def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str 
     out, data = Path(out), Path(data)
     if out.is_dir():
         raise EnsembleError(f"--out: '{out}' is a directory; give the path of the CSV file to write")
+    if data.exists() and out.exists() and out.resolve() == data.resolve():
+        raise EnsembleError(f"--out: '{out}' is the --data file; write the predictions to another file")
+    if out.exists() and not overwrite:
+        raise EnsembleError(f"--out: '{out}' already exists; choose another file or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     state_file = out.with_name(f".{out.name}.partial.json")
@@ -185,10 +191,12 @@ def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str 
                                 "precision settings; run again without --resume to start over")
         if state is not None and partial.is_file() and partial.stat().st_size >= state["bytes"]:
             done_rows, done_bytes = int(state["rows"]), int(state["bytes"])
+        else:
+            print(f"--resume: no finished chunk of '{out}' to continue from; predicting from the start", file=sys.stderr)
     names, rows = list(ens.members), done_rows
     # the file's own problems (path, columns, header) surface here, before any progress is drawn
     chunks = iter_table(data, chunk_rows=chunk_rows, text=text, text_pair=text_pair, label=label,
-                        field="--data", require_label=False)
+                        field="--data", require_label=require_label)
     first = next(chunks, None)
     bar = tqdm(desc="predict", unit="rows", initial=done_rows, disable=not progress,
                mininterval=0.5 if sys.stderr.isatty() else 30)
@@ -216,6 +224,12 @@ def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str 
                 bar.update(len(chunk))
         os.replace(partial, out)
         state_file.unlink(missing_ok=True)
+    except EnsembleError:
+        # a problem with the file or the options: what was written cannot be resumed once the file or
+        # the options change, so nothing is kept (an interruption or a full disk keeps it for --resume)
+        partial.unlink(missing_ok=True)
+        state_file.unlink(missing_ok=True)
+        raise
     finally:
         bar.close()
     return rows
