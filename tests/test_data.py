@@ -137,6 +137,46 @@ def test_missing_column_lists_found_columns_and_recipe_key(
     assert str(info.value) == expected
 
 
+CONVERT = "this reads comma-separated .csv (or tab-separated .tsv): convert the file"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "field", "expected"),
+    [
+        (
+            "semi.csv", "text;label\ngood;1\n", "data.train",
+            "data.train: column 'text' not found in '{p}'; columns found: text;label "
+            f"(the header looks ';'-separated; {CONVERT})",
+        ),
+        (
+            "pipe.csv", "id|text|label\n0|good|1\n", "--data",
+            "--data: column 'text' not found in '{p}'; columns found: id|text|label "
+            f"(the header looks '|'-separated; {CONVERT})",
+        ),
+        (
+            "semi.tsv", "text;label\ngood;1\n", "data.valid",
+            "data.valid: column 'text' not found in '{p}'; columns found: text;label "
+            f"(the header looks ';'-separated; {CONVERT})",
+        ),
+        # Several columns, or one without such a separator: the usual hint.
+        (
+            "two.csv", "sentence;x,label\ngood,1\n", "data.train",
+            "data.train: column 'text' not found in '{p}'; columns found: sentence;x, label "
+            "(set data.text to one of them)",
+        ),
+        (
+            "one.csv", "sentence\ngood\n", "data.train",
+            "data.train: column 'text' not found in '{p}'; columns found: sentence (set data.text to one of them)",
+        ),
+    ],
+)
+def test_other_separator_gets_a_hint(tmp_path: Path, name: str, content: str, field: str, expected: str) -> None:
+    path = write(tmp_path / name, content)
+    with pytest.raises(EnsembleError) as info:
+        load_table(path, field=field)
+    assert str(info.value) == expected.format(p=path)
+
+
 def test_duplicate_column_name_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path / "d.csv", "text,text,label\na,b,1\n")
     with pytest.raises(EnsembleError, match="column 'text' appears 2 times"):
@@ -197,6 +237,29 @@ def test_bad_row_errors_on_first_and_skip_counts(tmp_path: Path, content: str, k
     assert ds.skipped == 1 and len(ds) == content.count("\n") - 2
 
 
+@pytest.mark.parametrize(
+    ("field", "fix"),
+    [
+        ("data.train", 'fix the row or set data.on_bad_rows = "skip"'),
+        ("data.valid", 'fix the row or set data.on_bad_rows = "skip"'),
+        ("data", 'fix the row or set data.on_bad_rows = "skip"'),
+        # vote and predict have no recipe and no way to skip rows: no recipe setting is named.
+        ("--data", "fix the row or remove it from the file"),
+        ("--valid", "fix the row or remove it from the file"),
+        ("--unlabeled", "fix the row or remove it from the file"),
+    ],
+)
+def test_bad_row_hint_depends_on_the_caller(tmp_path: Path, field: str, fix: str) -> None:
+    path = write(tmp_path / "bad.csv", "text,label\na,1\nb,\n")
+    expected = f"{field}: line 3 of '{path}' has an empty label in column 'label'; {fix}"
+    with pytest.raises(EnsembleError) as info:
+        load_table(path, field=field)
+    assert str(info.value) == expected
+    with pytest.raises(EnsembleError) as streamed:
+        list(iter_table(path, chunk_rows=1, field=field))
+    assert str(streamed.value) == expected
+
+
 def test_blank_lines_and_trailing_empty_fields_are_not_bad_rows(tmp_path: Path) -> None:
     path = write(tmp_path / "b.tsv", "text\tlabel\na\t1\t\n\nb\t0\n\n")
     ds = load_table(path)
@@ -245,11 +308,35 @@ def test_required_label_column_must_exist(tmp_path: Path) -> None:
         load_table(write(tmp_path / "u.csv", "text,id\na,1\n"))
 
 
-def test_npz_float_labels_and_numeric_texts(tmp_path: Path) -> None:
+def test_npz_float_labels(tmp_path: Path) -> None:
     path = tmp_path / "f.npz"
-    np.savez(path, text=np.array([10, 20]), label=np.array([1.0, 0.0]))
+    np.savez(path, text=np.array(["10", "20"]), label=np.array([1.0, 0.0]))
     ds = load_table(path)
     assert ds.texts == ["10", "20"] and ds.labels == ["1", "0"]
+
+
+@pytest.mark.parametrize(
+    ("arrays", "kwargs", "message"),
+    [
+        ({"text": np.array([10, 20], dtype=np.int64)}, {}, "text column 'text' in '{p}' holds int64 values"),
+        ({"text": np.array([1.5, 2.0])}, {}, "text column 'text' in '{p}' holds float64 values"),
+        ({"text": np.array([True, False])}, {}, "text column 'text' in '{p}' holds bool values"),
+        ({"text": np.array([b"a", b"b"])}, {}, "text column 'text' in '{p}' holds bytes values"),
+        (
+            {"text": np.array(["a", "b"]), "pair": np.array([1, 2], dtype=np.int32)},
+            {"text_pair": "pair"},
+            "text column 'pair' in '{p}' holds int32 values",
+        ),
+    ],
+)
+def test_npz_numeric_text_column_is_refused(tmp_path: Path, arrays: dict, kwargs: dict, message: str) -> None:
+    path = tmp_path / "n.npz"
+    np.savez(path, label=np.array([1, 0]), **arrays)
+    expected = f"data.train: {message.format(p=path)}; texts must be strings: save them with np.array(texts, dtype=str)"
+    for mode in ("error", "skip"):  # a whole column, not a bad row
+        with pytest.raises(EnsembleError) as info:
+            load_table(path, field="data.train", on_bad_rows=mode, **kwargs)
+        assert str(info.value) == expected
 
 
 def test_npz_object_array_is_refused_with_how_to_fix(tmp_path: Path) -> None:
@@ -288,13 +375,95 @@ def test_npz_that_is_not_an_archive(tmp_path: Path) -> None:
 def test_jsonl_bad_lines(tmp_path: Path) -> None:
     lines = ['{"text": "a", "label": 1}', "{not json", "[1, 2]", '{"text": "b"}', '{"text": "c", "label": "x"}']
     path = write(tmp_path / "j.jsonl", "\n".join(lines) + "\n")
-    with pytest.raises(EnsembleError, match=r"line 2 of .* is not a JSON object"):
+    with pytest.raises(EnsembleError, match=r"line 2 of .* is not valid JSON"):
         load_table(path)
     ds = load_table(path, on_bad_rows="skip")
     assert ds.texts == ["a", "c"] and ds.labels == ["1", "x"] and ds.skipped == 3
     missing = write(tmp_path / "k.jsonl", '{"text": "a", "label": 1}\n\n{"text": "b"}\n')
     with pytest.raises(EnsembleError, match=r"line 3 of .* has no field 'label'"):
         load_table(missing)
+
+
+ONE_OBJECT = ".jsonl needs one {...} object per line"
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('[{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]\n', f"is not a JSON object (got a list); {ONE_OBJECT}"),
+        ('"just a string"\n"another"\n', f"is not a JSON object (got a string); {ONE_OBJECT}"),
+        ("\n5\n", f"is not a JSON object (got a number); {ONE_OBJECT}"),
+        ("null\n", f"is not a JSON object (got null); {ONE_OBJECT}"),
+        ("true\n", f"is not a JSON object (got true/false); {ONE_OBJECT}"),
+        (
+            '[\n  {"text": "a", "label": "x"},\n  {"text": "b", "label": "y"},\n]\n',
+            f"is not valid JSON (Expecting value at column 2); {ONE_OBJECT}; the file looks like one JSON array: "
+            "write its items one per line, e.g. jq -c '.[]' in.json",
+        ),
+    ],
+)
+def test_jsonl_without_any_object_says_what_the_first_line_is(tmp_path: Path, content: str, problem: str) -> None:
+    path = write(tmp_path / "f.jsonl", content)
+    line = 2 if content.startswith("\n") else 1
+    for mode in ("error", "skip"):  # no object means no columns: nothing to skip to
+        with pytest.raises(EnsembleError) as info:
+            load_table(path, field="data.train", on_bad_rows=mode)
+        assert str(info.value) == f"data.train: line {line} of '{path}' {problem}"
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        ("[1, 2]", f"is not a JSON object (got a list); {ONE_OBJECT}"),
+        ('"text"', f"is not a JSON object (got a string); {ONE_OBJECT}"),
+        ('{"text": "b", "label": 1', f"is not valid JSON (Expecting ',' delimiter at column 25); {ONE_OBJECT}"),
+    ],
+)
+def test_jsonl_non_object_line_after_the_first_object(tmp_path: Path, bad: str, problem: str) -> None:
+    path = write(tmp_path / "f.jsonl", '{"text": "a", "label": 1}\n' + bad + '\n{"text": "c", "label": 0}\n')
+    with pytest.raises(EnsembleError) as info:
+        load_table(path, field="data.train")
+    assert str(info.value) == f'data.train: line 2 of \'{path}\' {problem}; fix the row or set data.on_bad_rows = "skip"'
+    ds = load_table(path, on_bad_rows="skip")
+    assert ds.texts == ["a", "c"] and ds.skipped == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [
+        ("5", "int 5"),
+        ("2.5", "float 2.5"),
+        ("true", "bool True"),
+        ("[1, 2]", "list [1, 2]"),
+        ('{"a": 1}', "dict {'a': 1}"),
+        ("[" + ", ".join(["100"] * 20) + "]", "list [100, 100, 100, 100, 100, 100, 100, 1..."),
+    ],
+)
+@pytest.mark.parametrize(("column", "kwargs"), [("text", {}), ("pair", {"text_pair": "pair"})])
+def test_jsonl_text_that_is_not_a_string_is_a_bad_row(
+    tmp_path: Path, value: str, got: str, column: str, kwargs: dict
+) -> None:
+    rows = [{"text": "a", "pair": "p", "label": 1}, {"text": "b", "pair": "q", "label": 0}, {"text": "c", "pair": "r", "label": 1}]
+    lines = [json.dumps(r) for r in rows]
+    lines[2] = lines[2].replace(f'"{column}": "{rows[2][column]}"', f'"{column}": {value}')
+    path = write(tmp_path / "f.jsonl", "\n".join(lines) + "\n")
+    problem = f"has a non-string text in column '{column}' (got {got}); texts must be strings"
+    with pytest.raises(EnsembleError) as info:
+        load_table(path, field="data.train", **kwargs)
+    assert str(info.value) == f'data.train: line 3 of \'{path}\' {problem}; fix the row or set data.on_bad_rows = "skip"'
+    with pytest.raises(EnsembleError) as cli:
+        load_table(path, field="--data", **kwargs)
+    assert str(cli.value) == f"--data: line 3 of '{path}' {problem}; fix the row or remove it from the file"
+    ds = load_table(path, on_bad_rows="skip", **kwargs)
+    assert ds.texts == ["a", "b"] and ds.labels == ["1", "0"] and ds.skipped == 1
+
+
+def test_jsonl_numeric_labels_and_unused_numeric_fields_are_fine(tmp_path: Path) -> None:
+    path = write(tmp_path / "f.jsonl", '{"id": 7, "text": "a", "pair": 3, "label": 1}\n{"id": 8, "text": "b", "pair": 4, "label": 2.0}\n')
+    ds = load_table(path)  # "pair" is not asked for, so its numbers do no harm
+    assert ds.texts == ["a", "b"] and ds.labels == ["1", "2"]
+    with pytest.raises(EnsembleError, match=r"^data: line 2 of .* has an empty text in column 'text'"):
+        load_table(write(tmp_path / "n.jsonl", '{"text": "a", "label": 1}\n{"text": null, "label": 1}\n'))
 
 
 def test_parquet_needs_pyarrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -313,6 +482,42 @@ def test_parquet_round_trip(tmp_path: Path) -> None:
     pq.write_table(pa.table({"text": [" a", "b"], "label": [1.0, 0.0]}), path)
     ds = load_table(path)
     assert ds.texts == ["a", "b"] and ds.labels == ["1", "0"]
+
+
+@pytest.mark.parametrize(
+    ("column", "message"),
+    [
+        ([1, 2], "text column 'text' in '{p}' holds int64 values"),
+        ([1.5, 2.5], "text column 'text' in '{p}' holds double values"),
+        ([True, False], "text column 'text' in '{p}' holds bool values"),
+        ([b"a", b"b"], "text column 'text' in '{p}' holds binary values"),
+    ],
+)
+def test_parquet_numeric_text_column_is_refused(tmp_path: Path, column: list, message: str) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "n.parquet"
+    pq.write_table(pa.table({"text": column, "label": [1, 0]}), path)
+    with pytest.raises(EnsembleError) as info:
+        load_table(path, field="data.train")
+    expected = f"data.train: {message.format(p=path)}; texts must be strings: convert the column to string before saving"
+    assert str(info.value) == expected
+
+
+def test_parquet_string_kinds_and_numeric_labels_load(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "s.parquet"
+    table = pa.table({
+        "text": pa.array(["a", "b"]).dictionary_encode(),  # a pandas categorical
+        "pair": pa.array(["x", "y"], pa.large_string()),
+        "label": pa.array([1, 0], pa.int64()),
+    })
+    pq.write_table(table, path)
+    ds = load_table(path, text_pair="pair")
+    assert (ds.texts, ds.pairs, ds.labels) == (["a", "b"], ["x", "y"], ["1", "0"])
 
 
 @pytest.mark.parametrize(
@@ -368,6 +573,76 @@ def test_stratified_split_falls_back_to_plain_split(labels: list[str]) -> None:
     train, valid = stratified_split(make_ds(labels), 0.2, seed=0)
     assert len(train) + len(valid) == len(labels) and len(valid) == 2
     assert stratified_split(make_ds(labels), 0.2, seed=0)[1].texts == valid.texts
+
+
+@pytest.mark.parametrize(
+    ("labels", "fraction"),
+    [
+        (["0"] + ["1"] * 150 + ["2"] * 149, 0.1),  # the sst300 report: label '0' once, no data.valid
+        (["1"] * 5 + ["0"] + ["2"] * 4, 0.3),
+        (["a"] * 9 + ["b"], 0.2),
+        (["x", "y", "y", "z", "z", "z"], 0.5),
+        (["rare1", "rare2"] + ["c"] * 8, 0.5),
+    ],
+)
+@pytest.mark.parametrize("seed", range(8))
+def test_stratified_split_keeps_single_row_labels_in_training(labels: list[str], fraction: float, seed: int) -> None:
+    ds = make_ds(labels)
+    train, valid = stratified_split(ds, fraction, seed=seed)
+    singles = {lab for lab, n in Counter(labels).items() if n == 1}
+    assert all(lab not in valid.labels for lab in singles)
+    assert set(valid.labels) <= set(train.labels) and set(train.labels) == set(labels)
+    check_known_labels(valid, train.labels, "data.valid")  # the error the report was about
+    assert len(valid) == -(-len(labels) * fraction // 1) and len(train) + len(valid) == len(labels)
+    for part in (train, valid):
+        numbers = [int(t[1:]) for t in part.texts]
+        assert numbers == sorted(numbers)
+    assert sorted(train.texts + valid.texts, key=lambda t: int(t[1:])) == ds.texts
+    again = stratified_split(ds, fraction, seed=seed)
+    assert (again[0].texts, again[1].texts) == (train.texts, valid.texts)
+
+
+def test_stratified_split_stratifies_the_rows_beside_a_single_row_label() -> None:
+    ds = make_ds(["0"] + ["a"] * 80 + ["b"] * 19)
+    train, valid = stratified_split(ds, 0.2, seed=3)
+    assert Counter(valid.labels) == {"a": 16, "b": 4}
+    assert Counter(train.labels) == {"0": 1, "a": 64, "b": 15}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stratified_split_large_fraction_keeps_every_label_in_training(seed: int) -> None:
+    # 2 training rows for 2 labels: proportional allocation alone would give both to 'b'.
+    train, valid = stratified_split(make_ds(["a"] * 2 + ["b"] * 18), 0.9, seed=seed)
+    assert sorted(train.labels) == ["a", "b"]
+    assert Counter(valid.labels) == {"a": 1, "b": 17}
+
+
+def test_stratified_split_without_single_row_labels_is_sklearns() -> None:
+    # The common case is unchanged, so earlier runs split the same rows.
+    from sklearn.model_selection import train_test_split
+
+    labels = ["a"] * 13 + ["b"] * 7 + ["c"] * 5
+    train, valid = stratified_split(make_ds(labels), 0.2, seed=11)
+    expected = sorted(train_test_split(list(range(25)), test_size=5, random_state=11, stratify=labels)[1])
+    assert valid.texts == [f"t{i}" for i in expected]
+
+
+@pytest.mark.parametrize(
+    ("labels", "fraction", "message"),
+    [
+        (["w", "x", "y", "z"], 0.25, "'mem.csv' has 4 rows with 4 labels; a 0.25 validation part leaves 3 rows"),
+        (["a"] * 5 + ["b", "c", "d"], 0.75, "'mem.csv' has 8 rows with 4 labels; a 0.75 validation part leaves 2 rows"),
+    ],
+)
+def test_stratified_split_refuses_too_few_training_rows_for_the_labels(
+    labels: list[str], fraction: float, message: str
+) -> None:
+    with pytest.raises(EnsembleError) as info:
+        stratified_split(make_ds(labels), fraction, seed=0)
+    assert str(info.value) == (
+        f"{message} to train on, too few to keep every label in training; use a smaller validation fraction "
+        "or give a separate validation file"
+    )
 
 
 def test_stratified_split_unlabelled() -> None:
@@ -580,12 +855,12 @@ def test_jsonl_columns_are_the_keys_of_the_first_object(tmp_path: Path) -> None:
     assert load_table(path, require_label=False).labels is None
     # Lines before the first object are still rows, judged in file order.
     early = write(tmp_path / "e.jsonl", '\n{oops\n[1]\n{"text": "c", "label": 2}\n{"text": "d", "label": 3}\n')
-    with pytest.raises(EnsembleError, match=r"line 2 of .* is not a JSON object"):
+    with pytest.raises(EnsembleError, match=r"line 2 of .* is not valid JSON"):
         next(iter_table(early))
     chunks = list(iter_table(early, chunk_rows=1, on_bad_rows="skip"))
     assert [(c.texts, c.labels, c.skipped) for c in chunks] == [(["c"], ["2"], 2), (["d"], ["3"], 0)]
     none = write(tmp_path / "n.jsonl", "[1]\n2\n")
-    with pytest.raises(EnsembleError, match=r"column 'text' not found .*; columns found: \(none\)"):
+    with pytest.raises(EnsembleError, match=r"line 1 of .* is not a JSON object \(got a list\)"):
         load_table(none)
 
 

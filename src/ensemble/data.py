@@ -82,7 +82,8 @@ def load_table(
     header holds a tab is read as TSV. Bad rows (empty text or label, missing fields) raise
     on the first one, or are dropped and counted with ``on_bad_rows="skip"``. With
     ``require_label=False`` a label column that is blank in every row means "unlabelled"
-    (``labels`` is None). `iter_table` reads the same files in chunks, for files too big to hold.
+    (``labels`` is None). Texts must be strings: a number in a text column is refused (a whole
+    npz or parquet column by its type, a jsonl value as a bad row). `iter_table` reads the same files in chunks, for files too big to hold.
 
     Example:
         >>> ds = load_table("ids-sst-train.csv", text="sentence", label="sentiment", field="data.train")  # doctest: +SKIP
@@ -180,6 +181,12 @@ def _stream_table(
                     hint = f"set {_FLAGS[key]} to one of them"
                     if key == "data.text_pair":  # only asked for when the members were trained on pairs
                         hint += "; the members were trained on sentence pairs"
+                separator = _other_separator(p, columns)
+                if separator is not None:  # one column holding the whole header: a naming fix cannot help
+                    hint = (
+                        f"the header looks {separator!r}-separated; this reads comma-separated .csv "
+                        "(or tab-separated .tsv): convert the file"
+                    )
                 raise EnsembleError(
                     f"{field}: column '{name}' not found in '{shown}'; columns found: {listed} ({hint})"
                 )
@@ -195,7 +202,7 @@ def _stream_table(
         use_label = label is not None and (require_label or label in columns)
         if use_label:
             wanted.append(find(label, "data.label"))  # type: ignore[arg-type]  # not None when use_label
-        rows = fetch(wanted)
+        rows = fetch(wanted, 1 if text_pair is None else 2)  # the text columns come first
         # Look ahead only as far as the decision below needs: one row, or the first chunk.
         decide = use_label and not require_label
         head = list(rows) if decide and chunk_rows is None else list(islice(rows, chunk_rows if decide else 1))
@@ -210,6 +217,27 @@ def _stream_table(
             chain(_drain(ahead), rows), shown=shown, field=field, chunk_rows=chunk_rows, text=text,
             text_pair=text_pair, label=label if use_label else None, on_bad_rows=on_bad_rows,
         )
+
+
+def _other_separator(p: Path, columns: list[str]) -> str | None:
+    """The separator (';' or '|') of a .csv/.tsv header that was read as one column, else None."""
+    if p.suffix.lower() not in (".csv", ".tsv") or len(columns) != 1:
+        return None
+    return next((sep for sep in (";", "|") if sep in columns[0]), None)
+
+
+def _bad_row_fix(field: str) -> str:
+    """What to do about a bad row: the recipe can skip them; the commands' --data/--valid files cannot.
+
+    Example:
+        >>> _bad_row_fix("data.train")
+        'fix the row or set data.on_bad_rows = "skip"'
+        >>> _bad_row_fix("--data")
+        'fix the row or remove it from the file'
+    """
+    if field.startswith("--"):
+        return "fix the row or remove it from the file"
+    return 'fix the row or set data.on_bad_rows = "skip"'
 
 
 def _drain(items: deque[Row]) -> Iterator[Row]:
@@ -263,9 +291,7 @@ def _clean_rows(
             problem = f"has an empty label in column '{label}'"
         if problem is not None:
             if on_bad_rows == "error":
-                raise EnsembleError(
-                    f"{field}: {row.where} of '{shown}' {problem}; fix the row or set data.on_bad_rows = \"skip\""
-                )
+                raise EnsembleError(f"{field}: {row.where} of '{shown}' {problem}; {_bad_row_fix(field)}")
             skipped += 1
             continue
         if hold and len(texts) == chunk_rows:  # this good row starts the next chunk
@@ -328,34 +354,78 @@ def sorted_labels(labels: Iterable[str]) -> list[str]:
 def stratified_split(ds: TextDataset, fraction: float, seed: int) -> tuple[TextDataset, TextDataset]:
     """Split off `fraction` of the rows as a validation part, keeping class proportions.
 
-    Falls back to a plain seeded shuffle when stratifying is impossible (a class with one row,
-    or fewer validation rows than classes). Both parts keep the original row order.
+    Every label of the validation part also appears in the training part: the rows of a label
+    that occurs once stay in training, the other rows are stratified when sklearn can (else a
+    plain seeded shuffle), and a label whose rows all landed in validation swaps one of them with
+    a training row of a label that has more. A fraction that leaves fewer training rows than
+    labels is refused. Both parts keep the original row order; the same seed gives the same split.
 
     Example:
         >>> ds = TextDataset([f"review {i}" for i in range(20)], None, ["pos", "neg"] * 10, "reviews.csv")
         >>> train, valid = stratified_split(ds, 0.1, seed=0)
         >>> len(train), sorted(valid.labels)
         (18, ['neg', 'pos'])
+        >>> rare = TextDataset(list("abcdef"), None, ["x", "y", "y", "z", "z", "z"], "rare.csv")
+        >>> [stratified_split(rare, 0.5, seed=s)[0].labels.count("x") for s in range(5)]
+        [1, 1, 1, 1, 1]
     """
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
         raise EnsembleError(f"validation fraction must be between 0 and 1 (exclusive); got {fraction!r}")
     n = len(ds)
     n_valid = math.ceil(fraction * n)
     n_train = n - n_valid
+    where = f"'{ds.path}'" if ds.path else "the dataset"
     if n_valid < 1 or n_train < 1:
-        where = f"'{ds.path}'" if ds.path else "the dataset"
         raise EnsembleError(
             f"{where} has {n} rows, too few to split off a {fraction} validation part and keep rows to train on; "
             "add rows or give a separate validation file"
         )
-    stratify = None
-    if ds.labels is not None:
-        counts = Counter(ds.labels)
-        # These are exactly the cases where sklearn refuses to stratify.
-        if min(counts.values()) >= 2 and min(n_valid, n_train) >= len(counts):
-            stratify = ds.labels
-    train_idx, valid_idx = train_test_split(np.arange(n), test_size=n_valid, random_state=seed, stratify=stratify)
-    return ds.subset(np.sort(train_idx).tolist()), ds.subset(np.sort(valid_idx).tolist())
+    if ds.labels is None:
+        train_idx, valid_idx = train_test_split(np.arange(n), test_size=n_valid, random_state=seed)
+        return ds.subset(np.sort(train_idx).tolist()), ds.subset(np.sort(valid_idx).tolist())
+    labels = ds.labels
+    counts = Counter(labels)
+    if n_train < len(counts):
+        raise EnsembleError(
+            f"{where} has {n} rows with {len(counts)} labels; a {fraction} validation part leaves {n_train} rows "
+            "to train on, too few to keep every label in training; use a smaller validation fraction "
+            "or give a separate validation file"
+        )
+    # A label with one row could only be in one part: in validation it would be unseen in training.
+    single = [i for i, lab in enumerate(labels) if counts[lab] == 1]
+    rest = np.array([i for i, lab in enumerate(labels) if counts[lab] > 1], dtype=int)
+    kinds = len(counts) - len(single)  # labels of `rest`, each with at least two rows
+    # n_train >= len(counts) leaves len(rest) - n_valid >= kinds >= 1 training rows in `rest`.
+    # These are exactly the cases where sklearn can stratify (with no singletons, the split of old).
+    stratify = [labels[i] for i in rest] if min(n_valid, len(rest) - n_valid) >= kinds else None
+    train_idx, valid_idx = train_test_split(rest, test_size=n_valid, random_state=seed, stratify=stratify)
+    train_idx, valid_idx = _keep_labels_in_training(labels, train_idx.tolist(), valid_idx.tolist(), seed)
+    return ds.subset(sorted(train_idx + single)), ds.subset(sorted(valid_idx))
+
+
+def _keep_labels_in_training(
+    labels: list[str], train: list[int], valid: list[int], seed: int
+) -> tuple[list[int], list[int]]:
+    """Swap rows so that every label in `valid` has a row in `train`, keeping both sizes.
+
+    For a label missing from `train`, one of its validation rows trades places with a training row
+    of a label that has two or more there; one exists while `train` has at least as many rows as
+    `valid` and `train` together have labels. Seeded, so the split stays deterministic.
+    """
+    in_train = Counter(labels[i] for i in train)
+    missing = sorted({labels[i] for i in valid} - set(in_train))
+    if not missing:
+        return train, valid
+    rng = np.random.default_rng(seed)
+    train, valid = sorted(train), sorted(valid)
+    for lab in missing:
+        mine = [k for k, i in enumerate(valid) if labels[i] == lab]
+        spare = [k for k, i in enumerate(train) if in_train[labels[i]] > 1]
+        v, t = mine[int(rng.integers(len(mine)))], spare[int(rng.integers(len(spare)))]
+        in_train[labels[train[t]]] -= 1
+        in_train[lab] += 1
+        train[t], valid[v] = valid[v], train[t]
+    return train, valid
 
 
 def check_known_labels(ds: TextDataset, known: Sequence[str], field: str) -> None:

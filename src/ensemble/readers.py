@@ -1,8 +1,10 @@
 """Readers for the table formats: csv / tsv and jsonl streamed line by line, npz and parquet whole.
 
-Each reader is a context manager giving the column names and a `fetch(columns)` that yields one
-`Row` per data row, so columns are checked by name before any row is judged. Messages name the
-recipe field and the file, and tell the fix.
+Each reader is a context manager giving the column names and a `fetch(columns, texts)` that
+yields one `Row` per data row, so columns are checked by name before any row is judged. Messages name the
+recipe field and the file, and tell the fix. Texts must be strings: a number where a text column
+should be is refused (a whole npz or parquet column by its type, a jsonl value as a bad row), never
+turned into text silently.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ class Row:
 
 # A reader is a context manager (it may hold the file open) giving the column names and a
 # function yielding rows for the columns asked for, so that columns are checked by name before
-# any row is judged.
-_Fetch = Callable[[list[str]], Iterator[Row]]
+# any row is judged. `fetch(names, texts)`: the first `texts` of `names` are text columns, whose
+# values must be strings (or missing).
+_Fetch = Callable[[list[str], int], Iterator[Row]]
 _Reader = Callable[[Path, str, str], AbstractContextManager[tuple[list[str], _Fetch]]]
 
 
@@ -110,7 +113,7 @@ def _read_delimited(p: Path, shown: str, field: str) -> Iterator[tuple[list[str]
             reader = csv.reader(stream, strict=True)
         columns = [c.strip() for c in _next_record(reader, shown, field) or []]
 
-        def fetch(names: list[str]) -> Iterator[Row]:
+        def fetch(names: list[str], texts: int) -> Iterator[Row]:  # csv values are always strings
             idx = [columns.index(n) for n in names]
             while True:
                 start = reader.line_num + 1  # a quoted record may span lines; report its first
@@ -141,10 +144,13 @@ def _next_record(reader: Iterator[list[str]], shown: str, field: str) -> list[st
 @contextmanager
 def _read_jsonl(p: Path, shown: str, field: str) -> Iterator[tuple[list[str], _Fetch]]:
     # The columns are the keys of the first JSON object: there is no pre-scan of the whole file.
-    # Non-object lines before it are remembered (line numbers only) to be judged in order.
+    # Non-object lines before it are remembered (line numbers and problems, equal ones shared) to be
+    # judged in order.
     with _open_text(p, shown, field) as lines:
         numbered = enumerate(lines, start=1)
         before: list[int] = []
+        before_problems: list[str] = []
+        shared: dict[str, str] = {}
         first: tuple[int, dict[str, object]] | None = None
         for number, line in numbered:
             obj = _parse_json_line(line)
@@ -153,10 +159,17 @@ def _read_jsonl(p: Path, shown: str, field: str) -> Iterator[tuple[list[str], _F
                 break
             if obj is not _BLANK:
                 before.append(number)
+                problem = obj.problem if isinstance(obj, _Bad) else _not_object(obj)
+                before_problems.append(shared.setdefault(problem, problem))
+        if first is None and before:
+            # No line is an object (a JSON array saved as .jsonl, a list of strings): there are no
+            # columns to look for, so say what the first line is instead of "columns found: (none)".
+            number = before[0]
+            raise EnsembleError(f"{field}: line {number} of '{shown}' {before_problems[0]}")
         columns = list(first[1]) if first is not None else []
 
         def parsed() -> Iterator[tuple[int, object]]:
-            yield from ((number, None) for number in before)
+            yield from zip(before, (_Bad(problem) for problem in before_problems))
             if first is not None:
                 yield first
             for number, line in numbered:
@@ -164,32 +177,78 @@ def _read_jsonl(p: Path, shown: str, field: str) -> Iterator[tuple[list[str], _F
                 if obj is not _BLANK:
                     yield number, obj
 
-        def fetch(names: list[str]) -> Iterator[Row]:
+        def fetch(names: list[str], texts: int) -> Iterator[Row]:
             for number, obj in parsed():
                 if not isinstance(obj, dict):
-                    yield Row(f"line {number}", [None] * len(names), "is not a JSON object")
+                    problem = obj.problem if isinstance(obj, _Bad) else _not_object(obj)
+                    yield Row(f"line {number}", [None] * len(names), problem)
                     continue
+                values = [obj.get(n) for n in names]
                 absent = [n for n in names if n not in obj]
                 problem = f"has no field '{absent[0]}'" if absent else None
-                yield Row(f"line {number}", [obj.get(n) for n in names], problem)
+                if problem is None:
+                    problem = next(filter(None, (_not_text(n, v) for n, v in zip(names[:texts], values))), None)
+                yield Row(f"line {number}", values, problem)
 
         yield columns, fetch
 
 
 _BLANK = object()  # a blank jsonl line: not a row
+_ONE_OBJECT = ".jsonl needs one {...} object per line"
+
+
+@dataclass(slots=True)
+class _Bad:
+    """A jsonl line that is not JSON at all, with what is wrong with it."""
+
+    problem: str
 
 
 def _parse_json_line(line: str) -> object:
-    """A JSON object with its keys stripped, `_BLANK` for a blank line, or anything else (a bad row)."""
+    """A JSON object with its keys stripped, `_BLANK` for a blank line, `_Bad` for invalid JSON, or
+    any other JSON value (a bad row: see `_not_object`)."""
     if not line.strip():
         return _BLANK
     try:
-        obj = json.loads(line)
-    except json.JSONDecodeError:
-        return None
+        obj = json.loads(line.rstrip("\r\n"))  # without the line end, a column past the text is the end
+    except json.JSONDecodeError as e:
+        hint = _ONE_OBJECT
+        if line.lstrip().startswith("["):
+            hint += "; the file looks like one JSON array: write its items one per line, e.g. jq -c '.[]' in.json"
+        return _Bad(f"is not valid JSON ({e.msg} at column {e.colno}); {hint}")
+    except RecursionError:  # deeply nested brackets
+        return _Bad(f"is not valid JSON (nested too deeply); {_ONE_OBJECT}")
     if isinstance(obj, dict):
         return {str(k).strip(): v for k, v in obj.items()}
     return obj
+
+
+def _json_kind(value: object) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _not_object(value: object) -> str:
+    """The problem of a jsonl line holding valid JSON that is not an object."""
+    return f"is not a JSON object (got {_json_kind(value)}); {_ONE_OBJECT}"
+
+
+def _not_text(name: str, value: object) -> str | None:
+    """The problem of a text value that is not a string (a missing value is judged as an empty text)."""
+    if value is None or isinstance(value, str):
+        return None
+    shown = repr(value)
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    return f"has a non-string text in column '{name}' (got {type(value).__name__} {shown}); texts must be strings"
 
 
 @contextmanager
@@ -215,8 +274,8 @@ def _read_npz(p: Path, shown: str, field: str) -> Iterator[tuple[list[str], _Fet
                     raise EnsembleError(f"{field}: array '{name}' in '{shown}' cannot be read ({e}); {how}") from None
                 refused.add(name)  # refuse only if asked for: an unused object column does no harm
 
-    def fetch(names: list[str]) -> Iterator[Row]:
-        for name in names:
+    def fetch(names: list[str], texts: int) -> Iterator[Row]:
+        for number, name in enumerate(names):
             if name in refused:
                 # Unpickling can run arbitrary code, so object arrays are refused rather than loaded.
                 raise EnsembleError(
@@ -227,6 +286,13 @@ def _read_npz(p: Path, shown: str, field: str) -> Iterator[tuple[list[str], _Fet
                 raise EnsembleError(
                     f"{field}: array '{name}' in '{shown}' has shape {arrays[name].shape}; "
                     "save a 1-D array, one value per row"
+                )
+            kind = arrays[name].dtype
+            if number < texts and kind.kind != "U":
+                holds = "bytes" if kind.kind == "S" else kind.name
+                raise EnsembleError(
+                    f"{field}: text column '{name}' in '{shown}' holds {holds} values; texts must be strings: "
+                    "save them with np.array(texts, dtype=str)"
                 )
         lengths = {name: len(arrays[name]) for name in names}
         if len(set(lengths.values())) > 1:
@@ -257,12 +323,31 @@ def _read_parquet(p: Path, shown: str, field: str) -> Iterator[tuple[list[str], 
     data = table.to_pydict()
     columns = [str(c).strip() for c in table.column_names]
 
-    def fetch(names: list[str]) -> Iterator[Row]:
+    def fetch(names: list[str], texts: int) -> Iterator[Row]:
+        for name in names[:texts]:
+            kind = table.schema.field(columns.index(name)).type
+            if not _is_text_type(kind):
+                raise EnsembleError(
+                    f"{field}: text column '{name}' in '{shown}' holds {kind} values; texts must be strings: "
+                    "convert the column to string before saving"
+                )
         cols = [data[table.column_names[columns.index(n)]] for n in names]
         for i in range(table.num_rows):
             yield Row(f"row {i + 1}", [c[i] for c in cols])
 
     yield columns, fetch
+
+
+def _is_text_type(kind: object) -> bool:
+    """Whether a pyarrow column type gives Python strings (or only nulls, judged as empty texts)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):  # pandas categoricals
+        kind = kind.value_type
+    return bool(
+        pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
+        or getattr(pa.types, "is_string_view", lambda _: False)(kind)
+    )
 
 
 READERS: dict[str, _Reader] = {
