@@ -104,9 +104,9 @@ def test_markdown_renders_the_new_sections_with_their_numbers():
     # Training: the last epoch, extra numbers (seconds) as further columns.
     assert "| model | epoch | train loss | valid loss | valid accuracy | seconds |" in md
     assert "| roberta | 3 | 0.2000 | 0.3000 | 0.8000 | 12.5000 |" in md
-    # Data: skipped rows per split, truncation per member.
+    # Data: skipped rows per split, truncation per member ("eval" is this report's split: test).
     assert "| split | rows skipped |" in md and "| train | 3 |" in md and "| test | 1 |" in md
-    assert "| model | max length | train | valid | eval |" in md
+    assert "| model | max length | train | valid | test |" in md and "eval" not in md
     assert "| electra | 256 | 13 | 2 | 1 |" in md
     # Plots are linked in their sections.
     for key, alt in (("confusion", "Confusion matrices"), ("agreement", "Pairwise agreement"),
@@ -274,3 +274,145 @@ def test_rendering_does_not_change_the_report(page):
     before = json.dumps(report, sort_keys=True)
     page(report, PLOTS)
     assert json.dumps(report, sort_keys=True) == before
+
+
+# --------------------------------------------------------------------------- caveats
+
+WARNING = "these scores are measured on the 'valid' split, the rows the vote was fitted on; optimistic"
+
+
+def test_the_warning_opens_both_pages():
+    report = full_report() | {"warning": WARNING}
+    md = markdown(report, PLOTS)
+    assert md.startswith(
+        "# Ensemble report: test\n\n"
+        "> **Warning:** these scores are measured on the 'valid' split, the rows the vote was "
+        "fitted on; optimistic\n\n- Split: `test`\n")
+    page = html(report, PLOTS)
+    parse(page)
+    assert ("<h1>Ensemble report: test</h1>\n<p class=\"warning\"><strong>Warning:</strong> these "
+            "scores are measured on the &#x27;valid&#x27; split, the rows the vote was fitted on; "
+            "optimistic</p>\n<ul>\n<li>Split: <code>test</code></li>") in page
+    # Older reports kept it in the combining section only: shown the same way.
+    old = full_report()
+    old["combining"]["warning"] = WARNING
+    assert markdown(old, PLOTS) == md and html(old, PLOTS) == page
+    # No warning, no box.
+    assert "Warning" not in markdown(full_report()) and 'class="warning"' not in html(full_report())
+
+
+def test_the_ensemble_metrics_row_says_it_is_before_abstention():
+    md = markdown(full_report())  # threshold 0.6: 24 of 30 rows answered, 0.9167 of them right
+    metrics = md.split("## Metrics")[1].split("\n## ")[0]
+    assert ("| **ensemble (all rows, before abstention)** |  | 0.8000 | 0.7959 | 0.8036 | 0.7972 "
+            "| 0.5517 | 0.4500 | 0.0400 |") in metrics
+    assert ("\n\n**Ensemble after abstention** (abstains when confidence is below 0.6000): answers "
+            "24 of 30 rows, coverage 0.8000; accuracy on the answered rows: 0.9167.\n\n") in metrics
+    # Without a threshold (only the curve) nothing abstains: the plain row.
+    report = full_report()
+    report["abstention"]["threshold"] = None
+    md = markdown(report)
+    assert "| **ensemble** |  | 0.8000 | 0.7959 |" in md
+    assert "abstention**" not in md and "before abstention" not in md
+    assert "- Threshold: none (every row answered)" in md
+
+
+def test_when_every_row_abstains_the_answered_accuracy_is_undefined_not_nan():
+    report = full_report()
+    report["abstention"].update(threshold=0.99, abstained=30, coverage=0.0, accuracy_answered=None)
+    md = markdown(report)
+    assert "| **ensemble (all rows, before abstention)** |  | 0.8000 |" in md
+    assert ("**Ensemble after abstention** (abstains when confidence is below 0.9900): answers 0 of "
+            "30 rows, coverage 0.0000; accuracy on the answered rows: undefined (no row answered).") in md
+    assert "- Abstained rows: 30 of 30\n- Coverage: 0.0000\n- Accuracy on answered rows: undefined (no row answered)" in md
+    assert not re.search(r"\bnan\b", md, re.IGNORECASE) and "n/a" not in md
+    page = html(report)
+    assert "<td><strong>ensemble (all rows, before abstention)</strong></td>" in page
+    assert ("<p><strong>Ensemble after abstention</strong> (abstains when confidence is below 0.9900): "
+            "answers 0 of 30 rows, coverage 0.0000; accuracy on the answered rows: undefined (no row "
+            "answered).</p>") in page
+
+
+def test_abstention_without_gold_labels_gives_coverage_only():
+    report = base_report(gold=False)
+    report["abstention"] = {"on": "agreement", "threshold": 0.5, "abstained": 4, "coverage": 0.8667}
+    md = markdown(report)
+    assert "| **ensemble (all rows, before abstention)** |  |" in md
+    assert ("**Ensemble after abstention** (abstains when agreement is below 0.5000): answers 26 of "
+            "30 rows, coverage 0.8667.") in md
+    assert "- Abstain on: agreement\n- Threshold: 0.5000\n- Abstained rows: 4 of 30\n- Coverage: 0.8667\n\n" in md
+    assert "accuracy" not in md.lower()
+
+
+def test_close_thresholds_get_the_digits_that_keep_them_apart():
+    report = full_report()
+    # float32 confidences, as the vote makes them, that agree to 6 decimals
+    low, high, far = (float(np.float32(x)) for x in (0.3739001, 0.37390048, 0.52))
+    report["abstention"].update(threshold=high, curve=[
+        {"threshold": low, "coverage": 0.9, "accuracy": 0.8},
+        {"threshold": high, "coverage": 0.8, "accuracy": 0.85},
+        {"threshold": far, "coverage": 0.5, "accuracy": 0.9}])
+    md = markdown(report)
+    assert "| 0.3739001 | 0.9000 | 0.8000 |\n| 0.3739005 | 0.8000 | 0.8500 |\n| 0.5200000 | 0.5000 | 0.9000 |" in md
+    assert "- Threshold: 0.3739005\n" in md and "below 0.3739005)" in md
+    assert "0.3739 " not in md and "0.3739 |" not in md
+    # Well-separated thresholds keep 4 decimals (see the full report's own test).
+    assert "| 0.5000 | 0.9000 | 0.8889 |" in markdown(full_report())
+
+
+def test_skipped_rows_only_when_rows_were_skipped():
+    report = full_report()
+    report["data"]["skipped_rows"] = {"train": 0, "valid": 0, "test": 0}  # on_bad_rows = "error"
+    md = markdown(report)
+    data = md.split("## Data\n\n")[1].split("\n## ")[0]
+    assert data.startswith("Texts longer than the member's max_length")
+    assert "skipped" not in md and "on_bad_rows" not in md
+    assert "skipped" not in html(report)
+    report["data"]["on_bad_rows"] = "skip"  # asked for (when recorded), and none was bad: say so
+    assert "Rows skipped as bad (on_bad_rows = \"skip\"):\n\n| split | rows skipped |\n| --- | ---: |\n| train | 0 |" in markdown(report)
+
+
+@pytest.mark.parametrize(("split", "valid_eval", "columns", "electra"), [
+    ("test", 2, "| train | valid | test |", "| 13 | 2 | 2 |"),
+    # the report is on valid: its count is the members' own valid count, shown once
+    ("valid", 2, "| train | valid |", "| 13 | 2 |"),
+    ("valid", 5, "| train | valid | valid (this report) |", "| 13 | 2 | 5 |"),
+    ("reviews.csv", 1, "| train | valid | reviews.csv |", "| 13 | 2 | 1 |"),  # ensemble vote --data
+])
+def test_truncation_table_uses_the_reports_split_name(split, valid_eval, columns, electra):
+    report = full_report()
+    report["split"] = split
+    report["data"]["truncated"]["electra"]["eval"] = valid_eval
+    md = markdown(report)
+    assert f"| model | max length {columns}" in md and f"| electra | 256 {electra}" in md
+    assert "eval" not in md.split("## Data")[1]
+
+
+def test_disputed_says_none_when_every_member_agreed():
+    logits = np.repeat(np.random.default_rng(3).normal(size=(1, ROWS, len(LABELS))), 3, axis=0)
+    report = build_report(names=NAMES, labels=LABELS, vote=aggregate(logits, "soft"), method="soft",
+                          weights={n: 1 / 3 for n in NAMES}, y_true=None, texts=["t"] * ROWS,
+                          pairs=None, split="test")
+    assert report["disputed"] == [] and report["agreement"]["unanimous"] == 1.0
+    md = markdown(report)
+    assert md.endswith("## Disputed examples\n\nnone: every member agreed on every row\n")
+    assert "<h2>Disputed examples</h2>\n<p>none: every member agreed on every row</p>" in html(report)
+    # An older report.json listed unanimous rows anyway: they are left out of the table.
+    old = base_report()
+    unanimous = {**old["disputed"][0], "row": 99, "members": {n: "neutral" for n in NAMES}}
+    old["disputed"].append(unanimous)
+    section = markdown(old).split("## Disputed examples")[1]
+    assert "| 99 |" not in section and len(section.strip().splitlines()) == 4 + len(old["disputed"]) - 1
+    old["disputed"] = [unanimous]
+    assert markdown(old).endswith("## Disputed examples\n\nnone: every member agreed on every row\n")
+
+
+def test_members_left_out_of_the_vote_are_listed_with_why():
+    report = full_report()
+    assert "left out of the vote" not in markdown(report)
+    report["data"]["failed_members"] = {"electra": "members[electra]: training loss became nan at epoch 1, batch 3"}
+    md = markdown(report)
+    data = md.split("## Data\n\n")[1]
+    assert data.startswith("Members left out of the vote: their training loss diverged (on_diverge = \"skip\"):\n\n"
+                           "| model | why |\n| --- | ---: |\n| electra | members[electra]: training loss became nan at epoch 1, batch 3 |")
+    assert "left out of the vote" in html(report) and "training loss became nan" in html(report)

@@ -222,8 +222,9 @@ def test_disputed_rows_order_and_content():
         "row": 3, "text": TEXTS[3], "gold": "neg", "ensemble": "pos", "confidence": 0.5,
         "agreement": 0.5, "members": {"a": "neg", "b": "pos", "c": "pos"},
     }
+    # Row 0 is unanimous (neg, neg, neg): not disputed, however many rows are asked for.
     everything = make_report(top_disputed=10)["disputed"]
-    assert [item["row"] for item in everything] == [3, 1, 4, 2, 0]
+    assert [item["row"] for item in everything] == [3, 1, 4, 2]
     assert make_report(top_disputed=0)["disputed"] == []
 
 
@@ -390,3 +391,106 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
 
 def test_docstring_examples():
     assert doctest.testmod(report_module).failed == 0
+
+
+# --------------------------------------------------------------------------- evaluate's report
+
+
+def hand_ensemble(tmp_path: Path, **options):
+    """Members a, b, c without weights (the vote runs on given logits), equal soft vote."""
+    from ensemble.ensemble import Ensemble
+    from ensemble.members import Member
+
+    members = [Member(name=n, path=tmp_path / n, model=None, tokenizer=None, labels=LABELS, max_length=64,
+                      text_pair=False) for n in NAMES]
+    return Ensemble(members, "soft", **options)
+
+
+def hand_logits() -> np.ndarray:
+    """Each member puts logit 2 on the labels of `hand_vote` (a [0,1,2,0,1], b [0,2,1,2,1], c [0,1,2,2,0]).
+
+    Soft vote: [0, 1, 2, 2, 1], so 2 of 5 right against Y_TRUE; confidence e^2 / (e^2 + 2) = 0.787
+    on row 0 (unanimous), (2 * 0.787 + 0.107) / 3 = 0.560 on the others.
+    """
+    logits = np.zeros((3, 5, 3))
+    for m, row in enumerate(hand_vote().member_labels):
+        logits[m, np.arange(5), row] = 2.0
+    return logits
+
+
+def run_evaluate(tmp_path: Path, split: str, *, gold: bool = True, fitted: dict | None = None,
+                 data_info: dict | None = None, **options) -> tuple[dict, str, str]:
+    from ensemble.data import TextDataset
+    from ensemble.evaluate import evaluate
+
+    labels = [LABELS[i] for i in Y_TRUE] if gold else None
+    ds = TextDataset(texts=list(TEXTS), pairs=None, labels=labels, path="hand")
+    out = tmp_path / "out"
+    report = evaluate(hand_ensemble(tmp_path, **options), ds, split, out, fitted=fitted, data_info=data_info,
+                      logits=hand_logits(), truncated={"a": 1, "b": 0, "c": 2})
+    assert json.loads((out / "report.json").read_text(encoding="utf-8")) == report
+    return report, (out / "report.md").read_text(encoding="utf-8"), (out / "report.html").read_text(encoding="utf-8")
+
+
+FITTED = {"method": "soft", "fitted_on": "valid", "valid_rows": 5}
+OPTIMISTIC = ("these scores are measured on the 'valid' split, the rows the vote was fitted on (and each "
+              "member's best epoch chosen on), so they are optimistic; give the recipe a test file")
+
+
+def test_evaluate_on_the_fitted_split_warns_at_the_top(tmp_path):
+    report, md, page = run_evaluate(tmp_path, "valid", fitted=FITTED)
+    assert report["warning"] == OPTIMISTIC and report["combining"]["warning"] == OPTIMISTIC
+    assert list(report)[:3] == ["split", "warning", "rows"]  # read first in report.json too
+    assert md.startswith(f"# Ensemble report: valid\n\n> **Warning:** {OPTIMISTIC}\n\n- Split: `valid`\n")
+    warning = OPTIMISTIC.replace("'", "&#x27;")
+    assert f'<h1>Ensemble report: valid</h1>\n<p class="warning"><strong>Warning:</strong> {warning}</p>' in page
+    # Scored on a test split: nothing to warn about.
+    report, md, page = run_evaluate(tmp_path, "test", fitted=FITTED)
+    assert "warning" not in report and "warning" not in report["combining"]
+    assert "Warning" not in md and 'class="warning"' not in page
+
+
+def test_evaluate_when_every_row_abstains(tmp_path):
+    report, md, page = run_evaluate(tmp_path, "test", abstain_below=0.9)  # the top confidence is 0.787
+    assert {k: report["abstention"][k] for k in ("on", "threshold", "abstained", "coverage", "accuracy_answered")} == {
+        "on": "confidence", "threshold": 0.9, "abstained": 5, "coverage": 0.0, "accuracy_answered": None}
+    assert report["ensemble"]["accuracy"] == pytest.approx(0.4)  # every row, as voted
+    assert "| **ensemble (all rows, before abstention)** |  | 0.4000 |" in md
+    assert ("**Ensemble after abstention** (abstains when confidence is below 0.9000): answers 0 of 5 rows, "
+            "coverage 0.0000; accuracy on the answered rows: undefined (no row answered).") in md
+    assert "- Accuracy on answered rows: undefined (no row answered)" in md
+    assert "<td><strong>ensemble (all rows, before abstention)</strong></td>" in page
+    _, rows = read_csv(tmp_path / "out" / "predictions.csv")
+    assert {row["ensemble_label"] for row in rows} == {"abstain"}
+
+
+def test_evaluate_with_some_rows_abstaining(tmp_path):
+    report, md, _ = run_evaluate(tmp_path, "test", abstain_below=0.7)  # only row 0 (0.787, right) answered
+    assert report["abstention"]["abstained"] == 4 and report["abstention"]["coverage"] == pytest.approx(0.2)
+    assert report["abstention"]["accuracy_answered"] == 1.0
+    assert ("**Ensemble after abstention** (abstains when confidence is below 0.7000): answers 1 of 5 rows, "
+            "coverage 0.2000; accuracy on the answered rows: 1.0000.") in md
+    # Without gold labels: how much was answered, no accuracy.
+    report, md, _ = run_evaluate(tmp_path, "test", gold=False, abstain_below=0.7)
+    assert report["abstention"] == {"on": "confidence", "threshold": 0.7, "abstained": 4, "coverage": 0.2}
+    assert ("**Ensemble after abstention** (abstains when confidence is below 0.7000): answers 1 of 5 rows, "
+            "coverage 0.2000.") in md
+    assert "accuracy" not in md.lower()
+    # No threshold: no abstention section without gold, and the plain ensemble row with it.
+    report, md, _ = run_evaluate(tmp_path, "test", gold=False)
+    assert "abstention" not in report and "| **ensemble** |" in md
+    report, md, _ = run_evaluate(tmp_path, "test")
+    assert report["abstention"]["threshold"] is None and "| **ensemble** |  | 0.4000 |" in md
+    assert "after abstention" not in md
+
+
+def test_evaluate_data_section_names_the_split_and_skips_nothing_by_default(tmp_path):
+    info = {"skipped_rows": {"train": 0, "valid": 0, "test": 0}, "failed_members": {}}  # on_bad_rows = "error"
+    report, md, _ = run_evaluate(tmp_path, "test", data_info=info)
+    assert report["data"]["truncated"] == {"a": {"eval": 1}, "b": {"eval": 0}, "c": {"eval": 2}}
+    data = md.split("## Data\n\n")[1].split("\n## ")[0]
+    assert data == ("Texts longer than the member's max_length (cut to fit), per split:\n\n"
+                    "| model | max length | test |\n| --- | ---: | ---: |\n| a | 64 | 1 |\n| b | 64 | 0 |\n"
+                    "| c | 64 | 2 |\n")
+    # The disputed table has the rows where members disagree; row 0 is unanimous.
+    assert [item["row"] for item in report["disputed"]] == [1, 2, 3, 4]

@@ -64,14 +64,17 @@ def evaluate(ens: Ensemble, ds: TextDataset, split: str, out: Path, *, fitted: d
     abstain = ens.abstained(vote)
     if y is not None:
         _probability_scores(report, ens, logits, vote, y)
+    if y is not None or abstain is not None:  # without gold: what was abstained, no accuracy
         report["abstention"] = _abstention(ens, vote, y, abstain)
         if fitted is not None and "abstention" in fitted:  # the threshold was chosen on validation
             report["abstention"]["chosen"] = fitted["abstention"]
     if fitted is not None:
         report["combining"] = dict(fitted)
         if split == fitted.get("fitted_on"):
-            report["combining"]["warning"] = (f"evaluated on the '{split}' split the vote was fitted on, so these "
-                                              "scores are optimistic; give the recipe a test file")
+            warning = (f"these scores are measured on the '{split}' split, the rows the vote was fitted on (and "
+                       "each member's best epoch chosen on), so they are optimistic; give the recipe a test file")
+            report["combining"]["warning"] = warning
+            report = _after_split(report, "warning", warning)  # top level, so every reader sees it first
     report["training"] = _histories(ens)
     report["data"] = _data_section(ens, data_info or {}, truncated or {})
     write_predictions(out / "predictions.csv", names=names, labels=ens.labels, vote=vote, texts=ds.texts,
@@ -111,15 +114,28 @@ def _probability_scores(report: dict, ens: Ensemble, logits: np.ndarray, vote, y
     }
 
 
-def _abstention(ens: Ensemble, vote, y: np.ndarray, abstain: np.ndarray | None) -> dict:
-    """The accuracy-coverage curve on `abstain_on`, and the outcome at the chosen threshold."""
+def _abstention(ens: Ensemble, vote, y: np.ndarray | None, abstain: np.ndarray | None) -> dict:
+    """The accuracy-coverage curve on `abstain_on`, and the outcome at the chosen threshold.
+
+    ``accuracy_answered`` is None when no row was answered; without gold labels (`y` None) it and
+    the curve are absent: only how many rows were abstained.
+    """
     values = vote.confidence if ens.abstain_on == "confidence" else vote.agreement
-    correct = vote.labels == y
-    answered = ~abstain if abstain is not None else np.ones(len(y), dtype=bool)
-    return {"on": ens.abstain_on, "threshold": ens.abstain_below, "abstained": int((~answered).sum()),
-            "coverage": float(answered.mean()),
-            "accuracy_answered": float(correct[answered].mean()) if answered.any() else None,
-            "curve": combine.coverage_curve(values, correct)}
+    answered = ~abstain if abstain is not None else np.ones(len(vote.labels), dtype=bool)
+    section = {"on": ens.abstain_on, "threshold": ens.abstain_below, "abstained": int((~answered).sum()),
+               "coverage": float(answered.mean())}
+    if y is not None:
+        correct = vote.labels == y
+        section["accuracy_answered"] = float(correct[answered].mean()) if answered.any() else None
+        section["curve"] = combine.coverage_curve(values, correct)
+    return section
+
+
+def _after_split(report: dict, key: str, value) -> dict:
+    """`report` with `key` placed right after ``split`` (report.json is read top down)."""
+    items = [(k, v) for k, v in report.items() if k != key]
+    at = next((i + 1 for i, (k, _) in enumerate(items) if k == "split"), 0)
+    return dict(items[:at] + [(key, value)] + items[at:])
 
 
 def _histories(ens: Ensemble) -> dict:
@@ -137,7 +153,10 @@ def _histories(ens: Ensemble) -> dict:
 
 
 def _data_section(ens: Ensemble, data_info: dict, truncated: dict[str, int]) -> dict:
-    """Rows skipped as bad, and per member the rows cut to its max_length in train, valid and "eval"."""
+    """Rows skipped as bad, and per member the rows cut to its max_length in train, valid and "eval".
+
+    "eval" is the split this report is about (the report's ``split``; the pages show that name).
+    """
     counts = {}
     for name, member in ens.members.items():
         entry = {}

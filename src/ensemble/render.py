@@ -3,7 +3,8 @@
 Both pages come from one list of sections built from the report alone, so they always say the
 same thing and can be regenerated from a saved report.json. Optional keys (``calibration``,
 ``combining``, ``abstention``, ``training``, ``data``, NLL/ECE in the metrics) get a section
-when present; older reports without them render as before. Text from the data (row texts,
+when present; older reports without them render as before. A ``warning`` (scores measured on
+the rows the vote was fitted on) opens both pages. Text from the data (row texts,
 labels, member names) is escaped on the way out: markdown table syntax in report.md, HTML in
 report.html, which has no scripts and loads nothing but the plot PNGs beside it.
 """
@@ -52,7 +53,14 @@ class _Image:
     src: str
 
 
-_Block = tuple | list | _Table | _Image  # tuple: a paragraph of inlines; list: bullet items
+@dataclass(frozen=True)
+class _Warning:
+    """A caveat the reader must not miss: a quote in report.md, a framed box in report.html."""
+
+    text: str
+
+
+_Block = tuple | list | _Table | _Image | _Warning  # tuple: a paragraph of inlines; list: bullet items
 
 
 def markdown(report: dict, plots: dict[str, str] | None = None) -> str:
@@ -110,7 +118,8 @@ def _document(report: dict, plots: dict[str, str]) -> tuple[str, list[tuple[str,
         shown.add(key)
         return [_Image(_PLOTS.get(key, key), plots[key])]
 
-    sections: list[tuple[str, list]] = [("", [[
+    warning = _warning(report)
+    sections: list[tuple[str, list]] = [("", [_Warning(warning)] * bool(warning) + [[
         ("Split: ", _Span(str(report["split"]), "code")), (f"Rows: {report['rows']}",),
         (f"Method: {report['method']} voting",), (f"Labels: {', '.join(labels)}",),
     ]])]
@@ -137,8 +146,9 @@ def _document(report: dict, plots: dict[str, str]) -> tuple[str, list[tuple[str,
         if blocks:
             key = {"Abstention": "coverage", "Training": "training"}.get(heading, "")
             sections.append((heading, blocks + image(key)))
-    if report.get("disputed"):
-        sections.append(("Disputed examples", _disputed(report, names, has_gold)))
+    disputed = _disputed(report, names, has_gold)
+    if disputed:
+        sections.append(("Disputed examples", disputed))
     extra = [_Image(_PLOTS.get(k, k), src) for k, src in plots.items() if k not in shown]
     sections += [("Plots", extra)] if extra else []
     return f"Ensemble report: {report['split']}", sections
@@ -152,11 +162,42 @@ def _metrics(report: dict, names: list[str], has_gold: bool) -> list:
     metrics.update({k: _NAMES[k] for k in ("nll", "ece") if any(k in e for e in entries)})
     rows = [[name, _num(report["weights"].get(name))] + [_num(e.get(k)) for k in metrics]
             for name, e in zip(names, entries)]
-    rows.append([_Span("ensemble", "strong"), ""] + [_num(entries[-1].get(k)) for k in metrics])
+    abstention = report.get("abstention")
+    abstaining = isinstance(abstention, dict) and abstention.get("threshold") is not None
+    # With abstention on, the row's numbers still count every row: say so where they are read.
+    label = "ensemble (all rows, before abstention)" if abstaining else "ensemble"
+    rows.append([_Span(label, "strong"), ""] + [_num(entries[-1].get(k)) for k in metrics])
     blocks: list = [_Table(["model", "weight", *metrics.values()], rows)]
+    if abstaining:
+        blocks.append(_after_abstention(abstention, report))
     if "oracle_accuracy" in report:
         blocks.append((f"Oracle accuracy (some member right): {_num(report['oracle_accuracy'])}",))
     return blocks
+
+
+def _after_abstention(section: dict, report: dict) -> tuple:
+    """The ensemble's outcome once rows below the threshold abstain: coverage, accuracy answered."""
+    threshold = _num(section.get("threshold"), _threshold_decimals(section))
+    answered = report["rows"] - section["abstained"] if _is_int(section.get("abstained")) else "?"
+    line: tuple = (_Span("Ensemble after abstention", "strong"),
+                   f" (abstains when {section.get('on', '?')} is below {threshold}): answers {answered} "
+                   f"of {report['rows']} rows, coverage {_num(section.get('coverage'))}")
+    if "accuracy_answered" in section:  # absent without gold labels
+        line += (f"; accuracy on the answered rows: {_answered_accuracy(section)}",)
+    return line + (".",)
+
+
+def _answered_accuracy(section: dict) -> str:
+    accuracy = section.get("accuracy_answered")
+    return "undefined (no row answered)" if accuracy is None else _num(accuracy)
+
+
+def _warning(report: dict) -> str:
+    """The report's warning; older reports kept it in ``combining`` only."""
+    warning = report.get("warning")
+    if not warning and isinstance(report.get("combining"), dict):
+        warning = report["combining"].get("warning")
+    return str(warning) if warning else ""
 
 
 def _calibration(section: Any, report: dict, names: list[str]) -> list:
@@ -203,20 +244,32 @@ def _abstention(section: Any, report: dict, names: list[str]) -> list:
     if not isinstance(section, dict):
         return []
     threshold = section.get("threshold")
+    curve = _curve(section)
+    decimals = _threshold_decimals(section)
     items = [(f"Abstain on: {section.get('on', '?')}",),
-             (f"Threshold: {'none (every row answered)' if threshold is None else _num(threshold)}",),
+             (f"Threshold: {'none (every row answered)' if threshold is None else _num(threshold, decimals)}",),
              *_chosen(section.get("chosen")),
              (f"Abstained rows: {section.get('abstained', '?')} of {report['rows']}",),
-             (f"Coverage: {_num(section.get('coverage'))}",),
-             (f"Accuracy on answered rows: {_num(section.get('accuracy_answered')) or 'n/a'}",)]
+             (f"Coverage: {_num(section.get('coverage'))}",)]
+    if "accuracy_answered" in section:  # absent without gold labels
+        items.append((f"Accuracy on answered rows: {_answered_accuracy(section)}",))
     blocks: list = [items]
-    curve = [point for point in section.get("curve") or [] if isinstance(point, dict)]
     if curve:
-        rows = [[_num(p.get("threshold")), _num(p.get("coverage")), _num(p.get("accuracy"))]
+        rows = [[_num(p.get("threshold"), decimals), _num(p.get("coverage")), _num(p.get("accuracy"))]
                 for p in curve]
         blocks += [("Accuracy on the answered rows at each threshold:",),
                    _Table(["threshold", "coverage", "accuracy"], rows, [True] * 3)]
     return blocks
+
+
+def _curve(section: dict) -> list[dict]:
+    return [point for point in section.get("curve") or [] if isinstance(point, dict)]
+
+
+def _threshold_decimals(section: dict) -> int:
+    """Thresholds get as many decimals as keep distinct ones distinct (4 at least), the chosen
+    one included, so no two curve rows read the same and the chosen one can be found among them."""
+    return _decimals([section.get("threshold"), *(p.get("threshold") for p in _curve(section))])
 
 
 def _chosen(chosen: Any) -> list[tuple[str]]:
@@ -249,8 +302,15 @@ def _data(section: Any, report: dict, names: list[str]) -> list:
     if not isinstance(section, dict):
         return []
     blocks: list = []
+    failed = section.get("failed_members") or {}
+    if isinstance(failed, dict) and failed:
+        blocks += [("Members left out of the vote: their training loss diverged (on_diverge = \"skip\"):",),
+                   _Table(["model", "why"], [[name, str(why)] for name, why in failed.items()])]
     skipped = section.get("skipped_rows") or {}
-    if skipped:
+    # Under the default on_bad_rows = "error" nothing is ever skipped (a bad row stops the run):
+    # the table only when a row was skipped, or the recipe (when recorded) said "skip".
+    if skipped and (section.get("on_bad_rows") == "skip"
+                    or any(_is_number(v) and v > 0 for v in skipped.values())):
         blocks += [("Rows skipped as bad (on_bad_rows = \"skip\"):",),
                    _Table(["split", "rows skipped"], [[k, str(v)] for k, v in skipped.items()])]
     truncated, lengths = section.get("truncated") or {}, section.get("max_length") or {}
@@ -259,13 +319,33 @@ def _data(section: Any, report: dict, names: list[str]) -> list:
         members = list(dict.fromkeys([*truncated, *lengths]))
         rows = [[name, _value(lengths.get(name))]
                 + [_value((truncated.get(name) or {}).get(s)) for s in splits] for name in members]
+        columns = [*splits]
+        split = str(report.get("split", "eval"))
+        if "eval" in splits and split != "eval":  # "eval" is this report's split: call it by its name
+            at = splits.index("eval")
+            same = [(truncated.get(n) or {}).get(split) == (truncated.get(n) or {}).get("eval") for n in members]
+            if split in splits and all(same):
+                # e.g. the report is on valid: the members' own valid counts, the same rows
+                rows = [row[:2 + at] + row[3 + at:] for row in rows]
+                del columns[at]
+            else:
+                columns[at] = split if split not in splits else f"{split} (this report)"
         blocks += [("Texts longer than the member's max_length (cut to fit), per split:",),
-                   _Table(["model", "max length", *splits], rows)]
+                   _Table(["model", "max length", *columns], rows)]
     return blocks
 
 
 def _disputed(report: dict, names: list[str], has_gold: bool) -> list:
-    disputed = report["disputed"]
+    listed = [item for item in report.get("disputed") or [] if isinstance(item, dict)]
+    # A row where every member gives the same label is not disputed (older reports listed such
+    # rows when too few others were left).
+    disputed = [item for item in listed if len(set(map(str, (item.get("members") or {}).values()))) > 1]
+    if not disputed:
+        agreement = report.get("agreement")
+        unanimous = isinstance(agreement, dict) and agreement.get("unanimous") == 1.0
+        if len(names) > 1 and (unanimous or listed):
+            return [("none: every member agreed on every row",)]
+        return []
     with_pairs = "text_pair" in disputed[0]
     columns: list[_Inline] = ["row", "text"] + (["text pair"] if with_pairs else [])
     columns += ["gold"] if has_gold else []
@@ -281,7 +361,7 @@ def _disputed(report: dict, names: list[str], has_gold: bool) -> list:
         rows.append(row + [str(item["members"][n]) for n in names])
     # Right-align the numbers: row, confidence, agreement.
     numeric = [True] + [False] * (len(columns) - len(names) - 3) + [True, True]
-    return [("Rows with the lowest member agreement.",),
+    return [("Rows where the members disagree, lowest member agreement first.",),
             _Table(columns, rows, numeric + [False] * len(names))]
 
 
@@ -297,6 +377,8 @@ def _md_block(block: _Block) -> str:
         return "\n".join(f"| {' | '.join(row)} |" for row in cells)
     if isinstance(block, _Image):
         return f"![{_md(block.alt)}]({block.src})"
+    if isinstance(block, _Warning):
+        return f"> **Warning:** {_md(block.text)}"
     if isinstance(block, list):
         return "\n".join(f"- {''.join(map(_md, item))}" for item in block)
     return "".join(map(_md, block))
@@ -334,6 +416,8 @@ def _html_block(block: _Block) -> str:
     if isinstance(block, _Image):
         return (f'<figure><img src="{_html.escape(block.src)}" alt="{_html.escape(block.alt)}">'
                 f"<figcaption>{_html.escape(block.alt)}</figcaption></figure>")
+    if isinstance(block, _Warning):
+        return f'<p class="warning"><strong>Warning:</strong> {_h(block.text)}</p>'
     if isinstance(block, list):
         return "<ul>\n" + "\n".join(f"<li>{''.join(map(_h, item))}</li>" for item in block) + "\n</ul>"
     return f"<p>{''.join(map(_h, block))}</p>"
@@ -372,6 +456,8 @@ th {{ background: #f6f8fa; }} tbody tr:nth-child(even) {{ background: #fafbfc; }
 code {{ background: #f6f8fa; padding: 0 .25rem; border-radius: 3px; }}
 figure {{ margin: 1rem 0; }} img {{ max-width: 100%; height: auto; }}
 figcaption {{ font-size: .85rem; color: #57606a; }}
+.warning {{ background: #fff8c5; border: 1px solid #d4a72c; border-left-width: 4px;
+           padding: .5rem .75rem; border-radius: 3px; }}
 </style>
 </head>
 <body>
@@ -392,15 +478,33 @@ def _flat(span: _Span) -> str:
     return flat if len(flat) <= span.width else flat[: span.width - 1] + "…"
 
 
-def _num(value: Any) -> str:
+def _num(value: Any, decimals: int = 4) -> str:
     """A number with 4 decimals, None as an empty cell, anything else (hand-edited?) as text."""
     if value is None:
         return ""
-    return f"{value:.4f}" if _is_number(value) else str(value)
+    return f"{value:.{decimals}f}" if _is_number(value) else str(value)
+
+
+def _decimals(values: list[Any]) -> int:
+    """The fewest decimals (4 at least) at which the distinct numbers among `values` all differ.
+
+    Example:
+        >>> _decimals([0.37390012, 0.3739, None, 0.5]), _decimals([0.25, 0.5])
+        (7, 4)
+    """
+    numbers = {float(v) for v in values if _is_number(v)}
+    for decimals in range(4, 18):
+        if len({f"{v:.{decimals}f}" for v in numbers}) == len(numbers):
+            return decimals
+    return 17
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _value(value: Any) -> str:
