@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -258,12 +259,32 @@ CASES = [
     ("bad on_diverge", override("defaults.on_diverge=ignore"), 2, "defaults.on_diverge: must be one of {'skip', 'stop'}; got 'ignore'"),
     ("bad stacking_folds", recipe(GOOD_RECIPE + "[vote]\nstacking_folds = 1\n"), 2, "vote.stacking_folds: must be >= 2"),
     ("bad --device", lambda tmp, m: ["predict", "--ensemble", str(m.parent.parent), "--data", "x.csv", "--out", str(tmp / "p.csv"),
-                                     "--device", "tpu"], 2, "device: must be 'auto', 'cpu' or 'cuda[:N]'"),
+                                     "--device", "tpu"], 2, "error: --device: must be 'auto', 'cpu' or 'cuda[:N]'"),
     ("predict --out is a directory", lambda tmp, m: damaged_ensemble(lambda e: e)(tmp, m)[:-1] + [str(tmp)], 2,
      "is a directory; give the path of the CSV file to write"),
+    ("valid is the train file", recipe(GOOD_RECIPE.replace("valid_fraction = 0.25", 'valid = "train.csv"')), 2,
+     "train.csv'); scores on rows the members trained on would be optimistic: give a separate file, or leave data.valid out"),
+    ("test is the train file", recipe(GOOD_RECIPE.replace("valid_fraction = 0.25", 'valid_fraction = 0.25\ntest = "train.csv"')),
+     2, "data.test: is the data.train file"),
+    ("an ensemble directory as a member", lambda tmp, m: vote_file("text\na\n")(tmp, m)[:2] + [str(m.parent.parent)]
+     + vote_file("text\na\n")(tmp, m)[3:], 2, f"an ensemble directory, not a member; pass its members ("),
+    ("no tokenizer vocabulary", damaged_member(lambda p: [(p / f).unlink(missing_ok=True) for f in
+                                                          ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model")]),
+     2, "no tokenizer vocabulary (one of tokenizer.json, vocab.txt"),
+    ("manifest labels not the members'", damaged_ensemble(lambda e: {**e, "labels": e["labels"] + ["extra"]}), 2,
+     "are not the members' labels"),
+    ("--weights for no member", lambda tmp, m: vote_file("text\na\n")(tmp, m) + ["--weights", "bret=2"], 2,
+     "--weights: no member named 'bret'; members: bert"),
+    ("negative --weights", lambda tmp, m: vote_file("text\na\n")(tmp, m) + ["--weights", "bert=-1"], 2,
+     "--weights: bert's weight must be a finite number >= 0; got '-1'"),
+    ("all-zero --weights", lambda tmp, m: vote_file("text\na\n")(tmp, m) + ["--weights", "bert=0"], 2,
+     "--weights: at least one member needs a weight > 0"),
     ("ensemble dir without manifest", lambda tmp, m: ["predict", "--ensemble", str(tmp), "--data", "x.csv", "--out", str(tmp / "p.csv")],
      2, "no ensemble.json"),
 ]
+if not torch.cuda.is_available():
+    CASES.append(("fp16 on a CPU", override('defaults.mixed_precision="fp16"'), 2,
+                  'members[bert].mixed_precision: fp16 needs a GPU; use "bf16" or "no" on CPU'))
 # a label in valid never seen in train: train on two labels, validate on a third
 CASES[[c[0] for c in CASES].index("label unseen in valid")] = (
     "label unseen in valid",
@@ -295,15 +316,18 @@ def _unseen(tmp: Path) -> list[str]:
 
 @pytest.mark.parametrize("name, setup, code, fragment", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_matrix(name, setup, code, fragment, member, tmp_path, cli):
-    got, out, err = cli(setup(tmp_path, member))
+    args = setup(tmp_path, member)
+    got, out, err = cli(args)
     assert got == code, err
     assert "Traceback" not in err
     if code:
         assert fragment in err
         assert err.count("\n") == 1  # one line
-        # nothing that looks complete was written
+        # nothing that looks complete was written; a refused fit leaves no directory at all
         assert not (tmp_path / "out" / "ensemble.json").exists()
         assert not (tmp_path / "out" / "report.json").exists()
+        if args[0] == "fit":
+            assert not (tmp_path / "out").exists()
     else:
         assert fragment in out
         assert (tmp_path / "out" / "ensemble.json").is_file() and (tmp_path / "out" / "predictions.csv").is_file()
@@ -349,3 +373,28 @@ def test_damaged_member_files_give_only_the_librarys_error(member, data):
             Ensemble.from_dirs({"m": copy}).predict(["a fine film", "dull, 42 \u2211"])
         except EnsembleError as exc:
             assert "\n" not in str(exc)
+
+
+def test_only_checks_just_the_members_it_trains_and_resume_says_why_it_retrains(tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = recipe(GOOD_RECIPE + '[[members]]\nname = "hub"\nmodel = "some-org/not-cached-model-xyz"\n')(tmp_path, None)
+    code, out, err = cli(args + ["--only", "bert", "--quiet"])
+    assert code == 0, err  # the hub member, not trained here, is not looked up
+    assert (tmp_path / "out" / "members" / "bert" / "model.safetensors").is_file()
+    code, _, err = cli(args + ["--resume", "--quiet"])  # all members: now the hub member must be found
+    assert code == 2 and "members[hub].model: 'some-org/not-cached-model-xyz' is not in the local cache" in err
+    code, out, err = cli(args + ["--only", "bert", "--resume", "--quiet", "--set", "members.bert.lr=3e-4"])
+    assert code == 0, err
+    assert "bert: its settings changed since it was trained (train.lr: 5e-05 -> 0.0003); training it again" in out
+
+
+def test_member_files_are_readable_as_the_umask_says(member):
+    for f in member.iterdir():
+        if f.is_file():
+            assert f.stat().st_mode & 0o777 == 0o666 & ~_umask(), f.name
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

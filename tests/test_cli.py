@@ -217,3 +217,13 @@ def test_resume_says_when_there_is_nothing_to_continue(tmp_path, capsys):
     (tmp_path / "run" / "members").mkdir()
     check_out(tmp_path / "run", overwrite=False, resume=True)  # something to continue: no note
     assert capsys.readouterr().out == ""
+
+
+def test_library_setting_names_become_the_commands_flags():
+    from ensemble.cli import _as_flags
+
+    exc = EnsembleError("abstain_accuracy: no threshold reaches accuracy 0.99 (the best is 0.9); lower it, "
+                        "or set abstain_coverage instead; vote.abstain_below stays")
+    assert str(_as_flags(exc, "abstain_accuracy", "abstain_coverage", "abstain_below")) == (
+        "--abstain-accuracy: no threshold reaches accuracy 0.99 (the best is 0.9); lower it, "
+        "or set --abstain-coverage instead; vote.abstain_below stays")

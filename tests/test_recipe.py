@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from ensemble.errors import EnsembleError
-from ensemble.recipe import TrainConfig, infer_arch, load_recipe
+from ensemble.recipe import TrainConfig, infer_arch, is_local, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,6 +73,23 @@ def test_scratch_switch_replaces_hub_members_by_architecture(tmp_path):
     electra = recipe.member("electra")
     assert (electra.init, electra.arch, electra.size, electra.model) == ("scratch", "electra", "tiny", None)
     assert electra.train.lr == 5e-5  # the schedule is kept
+
+
+def test_scratch_switch_keeps_members_from_local_directories(tmp_path):
+    local = tmp_path / "checkpoints" / "bert"
+    local.mkdir(parents=True)
+    (local / "config.json").write_text('{"model_type": "bert"}', encoding="utf-8")
+    text = GOOD + f'[[members]]\nname = "mine"\nmodel = "{local}"\n'
+    recipe = load_recipe(write(tmp_path, text), scratch="tiny")
+    mine = recipe.member("mine")
+    assert (mine.init, mine.model) == ("pretrained", str(local))  # kept: no network needed, someone's checkpoint
+    assert recipe.member("electra").init == "scratch"
+
+
+@pytest.mark.parametrize("model, local", [
+    ("./ckpt", True), ("/abs/ckpt", True), ("~/ckpt", True), ("bert-base-uncased", False), ("org/model", False)])
+def test_is_local(model, local):
+    assert is_local(model) == local
 
 
 @pytest.mark.parametrize("model, arch", [

@@ -166,6 +166,19 @@ def test_handing_threads_or_members_to_a_dead_worker_leaves_the_report_to_check(
         worker.finish()
 
 
+@pytest.mark.parametrize("code, lines, expected", [
+    (2, "loading\nerror: members[m0].lr: must be > 0; got -1\n", "members[m0].lr: must be > 0; got -1"),
+    (2, "Traceback (most recent call last):\n", None),  # not a one-line error: a crash, reported with its log
+    (1, "error: something\n", None),  # exit code 1: a bug in the worker, not the user's input
+    (-9, "", None),
+])
+def test_a_workers_own_one_line_error_is_passed_on_as_it_is(tmp_path, code, lines, expected):
+    worker = object.__new__(workers._Worker)
+    worker.output = tmp_path / "worker-0.log"
+    worker.output.write_text(lines, encoding="utf-8")
+    assert worker.user_error(code) == expected
+
+
 # ---------------------------------------------------------------- following a worker's step log
 
 def _epoch(epoch: int, accuracy: float) -> str:
@@ -247,10 +260,9 @@ def test_a_member_diverging_in_a_worker_stops_the_run_with_one_line(tmp_path):
                         "--quiet")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    # (1 CPU thread, or 2 once the other worker is done and has handed its thread over)
-    assert re.match(r"error: members\[broken\]: its worker process \([12] CPU threads?\) failed: error: "
-                    r"members\[broken\]: training loss became nan at epoch 1, batch 1", last), done.stderr
-    assert "(all its output: " in last
+    # the worker's own one-line error, as it is (not wrapped in "its worker process failed: error: ...")
+    assert re.match(r"error: members\[broken\]: training loss became nan at epoch 1, batch 1; lower lr", last), done.stderr
+    assert last.count("error:") == 1
     assert not (tmp_path / "run" / "ensemble.json").exists()
 
 

@@ -8,11 +8,13 @@ from pathlib import Path
 from .recipe import MemberConfig, TrainConfig, recipe_dict
 
 
-def write_model_card(path: Path, cfg: MemberConfig, labels: list[str], result: dict, n_train: int, n_valid: int) -> None:
+def write_model_card(path: Path, cfg: MemberConfig, labels: list[str], result: dict, n_train: int, n_valid: int,
+                     arch: str) -> None:
     """Write a Hugging Face model card: base model, hyperparameters, metrics table, versions.
+    `arch` is the model's architecture (its config's ``model_type``, e.g. ``"roberta"``).
 
     Example:
-        >>> write_model_card(Path("members/bert/README.md"), cfg, ["neg", "pos"], metrics, 900, 100)  # doctest: +SKIP
+        >>> write_model_card(Path("members/bert/README.md"), cfg, ["neg", "pos"], metrics, 900, 100, "bert")  # doctest: +SKIP
     """
     import accelerate
     import tokenizers
@@ -31,7 +33,7 @@ def write_model_card(path: Path, cfg: MemberConfig, labels: list[str], result: d
         "",
         f"# {cfg.name}",
         "",
-        f"A `{cfg.arch or 'pretrained'}` sequence classifier trained by "
+        f"A `{arch}` sequence classifier trained by "
         "`ensemble` as one member of a voted ensemble. It is a standard Hugging Face "
         "directory: `AutoModelForSequenceClassification.from_pretrained(this_dir)` opens it.",
         "",

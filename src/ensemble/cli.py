@@ -7,7 +7,9 @@ traceback instead.
 from __future__ import annotations
 
 import errno
+import math
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -137,7 +139,8 @@ def vote(
         raise EnsembleError(f"--weights: method '{method}' learns its own weights; drop --weights or use soft/hard")
     if valid is not None and data.resolve() == valid.resolve():
         raise EnsembleError("--valid: is the --data file; the vote must learn on other rows than it is scored on")
-    ens = Ensemble.from_dirs(_named_dirs(members), method if method not in LEARNED_METHODS else "soft", _weights(weights),
+    dirs = _named_dirs(members)
+    ens = Ensemble.from_dirs(dirs, method if method not in LEARNED_METHODS else "soft", _weights(weights, dirs),
                              precision=precision)
     label_given = label is not None  # a --label column must exist; the default one may be absent
     text, text_pair, label = _columns(ens, text, text_pair, label)
@@ -145,7 +148,7 @@ def vote(
     ds = load_table(data, **columns, field="--data", require_label=label_given)
     if out.exists() and not overwrite:
         raise EnsembleError(f"--out: '{out}' already exists; choose another directory or pass --overwrite")
-    spec = VoteConfig(method=method, weights=_weights(weights), calibrate=calibrate and valid is not None,
+    spec = VoteConfig(method=method, weights=_weights(weights, dirs), calibrate=calibrate and valid is not None,
                       abstain_below=abstain_below, abstain_on=abstain_on, abstain_coverage=abstain_coverage,
                       abstain_accuracy=abstain_accuracy)
     fitted = None
@@ -154,7 +157,10 @@ def vote(
         held_logits = ens.recorded_logits(held)  # the members' own, when --valid is their validation file
         if held_logits is None:
             held_logits = ens.member_logits(held.texts, held.pairs)
-        fitted = ens.fit_vote(held_logits, gold(ens, held, "--valid"), spec)
+        try:
+            fitted = ens.fit_vote(held_logits, gold(ens, held, "--valid"), spec)
+        except EnsembleError as exc:  # the library names the recipe's settings; here they are flags
+            raise _as_flags(exc, "abstain_accuracy", "abstain_coverage", "abstain_below") from None
     else:
         ens.abstain_below, ens.abstain_on = abstain_below, abstain_on
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -187,7 +193,8 @@ def _named_dirs(items: list[str]) -> dict[str, Path]:
     return dirs
 
 
-def _weights(items: list[str]) -> dict[str, float]:
+def _weights(items: list[str], members: dict[str, Path]) -> dict[str, float]:
+    """--weights NAME=NUMBER items, checked against the --members names."""
     weights = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -197,7 +204,22 @@ def _weights(items: list[str]) -> dict[str, float]:
             sep = ""
         if not sep:
             raise EnsembleError(f"--weights: expected NAME=NUMBER (e.g. bert=2); got '{item}'")
+        if name not in members:
+            raise EnsembleError(f"--weights: no member named '{name}'; members: {', '.join(members)}")
+        if not (math.isfinite(weights[name]) and weights[name] >= 0):
+            raise EnsembleError(f"--weights: {name}'s weight must be a finite number >= 0; got '{value}'")
+    if weights and not any({**dict.fromkeys(members, 1.0), **weights}.values()):
+        raise EnsembleError("--weights: at least one member needs a weight > 0")
     return weights
+
+
+def _as_flags(exc: EnsembleError, *settings: str) -> EnsembleError:
+    """`exc` with the library's setting names (abstain_coverage) spelled as this command's flags
+    (--abstain-coverage), so that the message names what the user typed."""
+    message = str(exc)
+    for name in settings:
+        message = re.sub(rf"(?<![\w.-]){name}\b", "--" + name.replace("_", "-"), message)
+    return EnsembleError(message)
 
 
 @app.command()
@@ -217,10 +239,12 @@ def predict(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Predict a data file of any size with a saved ensemble, streaming it in chunks."""
+    from .devices import check_devices
     from .ensemble import Ensemble
     from .evaluate import predict_file
 
     _check_precision_flag(precision)
+    check_devices(device, "--device")
     if out.exists() and not out.is_dir() and not overwrite:  # checked again in predict_file; here before loading
         raise EnsembleError(f"--out: '{out}' already exists; choose another file or pass --overwrite")
     ens = Ensemble.load(ensemble, device=device, precision=precision)
@@ -289,14 +313,27 @@ def _columns(ens, text: str | None, text_pair: str | None, label: str | None) ->
 
 
 def _summary(report: dict, out: Path) -> None:
-    rows = [(name, m) for name, m in report["members"].items()] + [("ENSEMBLE", report["ensemble"])]
+    abstention = report.get("abstention") or {}
+    abstains = abstention.get("threshold") is not None
+    ensemble = "ENSEMBLE (all rows, before abstention)" if abstains else "ENSEMBLE"
+    rows = [(name, m) for name, m in report["members"].items()] + [(ensemble, report["ensemble"])]
+    width = max(12, *(len(name) for name, _ in rows))
     if "accuracy" in report["ensemble"]:
         typer.echo(f"\n{report['split']} split, {report['rows']} rows, {report['method']} vote")
-        typer.echo(f"{'':<12} {'accuracy':>9} {'macro_f1':>9}")
+        typer.echo(f"{'':<{width}} {'accuracy':>9} {'macro_f1':>9}")
         for name, m in rows:
-            typer.echo(f"{name:<12} {m['accuracy']:>9.4f} {m['macro_f1']:>9.4f}")
+            typer.echo(f"{name:<{width}} {m['accuracy']:>9.4f} {m['macro_f1']:>9.4f}")
         typer.echo(f"oracle accuracy {report['oracle_accuracy']:.4f}, unanimous {report['agreement']['unanimous']:.4f}, "
                    f"Fleiss kappa {report['agreement']['fleiss_kappa']:.4f}")
+    if abstains:
+        answered = abstention.get("accuracy_answered", "n/a")
+        answered = "undefined (no row answered)" if answered is None else (
+            f"{answered:.4f}" if isinstance(answered, float) else answered)
+        typer.echo(f"abstention: {abstention['abstained']} of {report['rows']} rows abstained, coverage "
+                   f"{abstention['coverage']:.4f}" + (f", accuracy on the answered rows {answered}"
+                                                      if "accuracy_answered" in abstention else ""))
+    if report.get("warning"):
+        typer.echo(f"warning: {report['warning']}")
     typer.echo(f"report: {out / 'report.md'}")
 
 

@@ -18,8 +18,9 @@ from .recipe import MemberConfig
 PRECISIONS = ("auto", "fp32", "bf16")  # prediction arithmetic; "auto": bf16 autocast on GPUs, fp32 on CPUs
 
 
-def check_devices(device: str | Sequence[str]) -> list[str]:
-    """The devices to spread members over: ``"auto"`` (every GPU, else the CPU), one device or a list.
+def check_devices(device: str | Sequence[str], name: str = "device") -> list[str]:
+    """The devices to spread members over: ``"auto"`` (every GPU, else the CPU), one device or a list;
+    `name` is what an error calls the setting (``"--device"`` on the command line).
 
     Example:
         >>> check_devices("cpu")
@@ -37,7 +38,7 @@ def check_devices(device: str | Sequence[str]) -> list[str]:
         ok = (kind == "cpu" and not index) or (
             kind == "cuda" and (not index or index.isdigit()) and int(index or 0) < torch.cuda.device_count())
         if not ok:
-            raise EnsembleError(f"device: must be 'auto', 'cpu' or 'cuda[:N]' with N below the number of GPUs "
+            raise EnsembleError(f"{name}: must be 'auto', 'cpu' or 'cuda[:N]' with N below the number of GPUs "
                                 f"({torch.cuda.device_count()}); got '{d}'")
     return devices
 
@@ -65,6 +66,16 @@ def check_precision(precision: str) -> str:
         warnings.warn("precision 'bf16': this CPU has no native bf16 arithmetic (AMX or AVX512-BF16), so bf16 "
                       "prediction is emulated and likely slower than 'fp32'", stacklevel=2)
     return precision
+
+
+def check_mixed_precision(cfg: MemberConfig) -> None:
+    """Refuse a member's mixed precision that this machine cannot train in (fp16 needs a GPU).
+
+    Example:
+        >>> check_mixed_precision(MemberConfig("bert", init="scratch", arch="bert"))  # float32: fine anywhere
+    """
+    if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise EnsembleError(f"members[{cfg.name}].mixed_precision: fp16 needs a GPU; use \"bf16\" or \"no\" on CPU")
 
 
 def cpu_has_bf16() -> bool:

@@ -96,7 +96,7 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
     splits, test, labels = load_splits(training_data(ens))
     if sorted(labels) != sorted(ens.labels):
         raise EnsembleError(f"--ensemble: its labels {ens.labels} differ from its training data's {labels}")
-    preflight([student])
+    preflight([student], offline_hint="use --student scratch:ARCH[:SIZE] (e.g. scratch:bert:tiny) instead")
     if unlabeled is not None:
         if (unlabeled.pairs is None) != (splits.train.pairs is None):
             need = "needs a second text column" if splits.train.pairs is not None else "must have one text column"

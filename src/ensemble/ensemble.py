@@ -150,6 +150,11 @@ class Ensemble:
                        precision=precision)
         except EnsembleError as exc:
             raise EnsembleError(f"ensemble '{path}': {MANIFEST}: {exc}") from None
+        recorded = manifest.get("labels", ensemble.labels)  # the stacker's and the report's class order
+        if recorded != ensemble.labels:
+            raise EnsembleError(f"ensemble '{path}': {MANIFEST}: labels {recorded!r} are not the members' labels "
+                                f"{ensemble.labels!r} (in their order); it was edited or belongs to other members: "
+                                "vote them again ('ensemble vote')")
         return ensemble.to(device)
 
     @classmethod

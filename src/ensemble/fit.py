@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .data import TextDataset, check_known_labels, load_table, sorted_labels, stratified_split
+from .devices import bf16_tip
 from .ensemble import MANIFEST, Ensemble, write_json
 from .errors import EnsembleError
 from .evaluate import evaluate, gold
-from .devices import bf16_tip
 from .members import METRICS_FILE, RECIPE_FILE, preflight
 from .recipe import DataConfig, MemberConfig, Recipe, recipe_dict
 from .train import Diverged, Splits, process_state, train_member
@@ -20,6 +20,12 @@ from .train import Diverged, Splits, process_state, train_member
 
 def load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str]]:
     """Train, validation (a file, or a stratified split of train) and optional test data, and the labels."""
+    files = {name: Path(path).resolve() for name in ("train", "valid", "test") if (path := getattr(data, name)) is not None}
+    for later, earlier in (("valid", "train"), ("test", "train"), ("test", "valid")):
+        if later in files and files.get(earlier) == files[later]:
+            raise EnsembleError(f"data.{later}: is the data.{earlier} file ('{getattr(data, later)}'); scores on rows the "
+                                f"members {'trained' if earlier == 'train' else 'chose their epoch and vote'} on "
+                                f"would be optimistic: give a separate file, or leave data.{later} out")
     columns = dict(text=data.text, text_pair=data.text_pair, label=data.label, on_bad_rows=data.on_bad_rows)
     train = load_table(data.train, field="data.train", **columns)
     if data.valid is not None:
@@ -56,28 +62,30 @@ def fit(recipe: Recipe, out: Path, overwrite: bool = False, resume: bool = False
     out = Path(out)
     state = process_state()
     check_out(out, overwrite, resume)
-    splits, test, labels = load_splits(recipe.data)
-    preflight(recipe.members)
-    tip = bf16_tip(recipe.members) if progress and state.is_main_process else None
-    if tip:
-        print(tip)
     unknown = sorted(set(only or ()) - {m.name for m in recipe.members})
     if unknown:
         raise EnsembleError(f"--only: no member named '{unknown[0]}'; members: {', '.join(m.name for m in recipe.members)}")
+    chosen = [m for m in recipe.members if only is None or m.name in only]
+    splits, test, labels = load_splits(recipe.data)
+    preflight(chosen)  # only the members to train: --only b must not need member a's model
+    tip = bf16_tip(chosen) if progress and state.is_main_process else None
+    if tip:
+        print(tip)
     state.wait_for_everyone()
     if state.is_main_process:
         prepare_out(out, recipe, prune=only is None)
     state.wait_for_everyone()
 
     failed: dict[str, str] = {}  # members whose loss diverged, under on_diverge = "skip"
-    for member in recipe.members:
-        if only is not None and member.name not in only:
-            continue
+    for member in chosen:
         target = out / "members" / member.name
         if resume and finished(target, member, labels):
             if state.is_main_process:
                 print(f"{member.name}: already trained with these settings; kept")
             continue
+        why = changed(target, member, labels) if resume and state.is_main_process else None
+        if why:
+            print(f"{member.name}: {why}; training it again")
         try:
             train_member(member, splits, labels, recipe.data, target, progress=progress, resume=resume)
         except Diverged as exc:
@@ -162,6 +170,32 @@ def _valid_truncated(member_dir: Path) -> int:
         return int(json.loads((member_dir / METRICS_FILE).read_text(encoding="utf-8"))["truncated"]["valid"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
+
+
+def changed(path: Path, member: MemberConfig, labels: list[str]) -> str | None:
+    """How the member trained in `path` differs from `member` / `labels` (for --resume to say why it
+    trains it again), or None when there is no trained member there or nothing differs.
+
+    Example:
+        >>> changed(Path("runs/none/members/bert"), MemberConfig("bert", init="scratch", arch="bert"), ["a", "b"])
+    """
+    try:
+        saved = json.loads((path / RECIPE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict):
+        return None
+    if saved.get("labels") != labels:
+        return f"the labels changed since it was trained ({saved.get('labels')} -> {labels})"
+    before, now = _flat(saved.get("member")), _flat(recipe_dict(member))
+    diffs = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    return f"its settings changed since it was trained ({'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''})" if diffs else None
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree} if prefix else {}
+    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
 
 
 def finished(path: Path, member: MemberConfig, labels: list[str]) -> bool:

@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from .data import TextDataset
+from .devices import check_mixed_precision
 from .errors import EnsembleError
 from .integrity import check_size, first_line, json_object, json_section, probe
-from .recipe import ARCHES, MemberConfig
+from .recipe import ARCHES, MemberConfig, is_local
 
 # (layers, hidden, heads, intermediate, vocabulary) per size; tiny..medium follow Google's
 # compact BERT family (BERT-Tiny L-2 H-128, Mini L-4 H-256, Small L-4 H-512, Medium L-8 H-512).
@@ -39,6 +40,7 @@ MAX_POSITIONS = 512
 RECIPE_FILE = "recipe.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "merges.txt", "vocab.json", "spiece.model")
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 METRICS_FILE = "metrics.json"
 VALID_LOGITS = "valid_logits.safetensors"  # the best epoch's validation logits, reused by the vote
 
@@ -204,20 +206,26 @@ def _encoder_layers(base: nn.Module) -> nn.ModuleList:
 
 # ---------------------------------------------------------------- checking sources before training
 
-def preflight(members: Iterable[MemberConfig]) -> None:
-    """Fail fast, before any training, on a member whose model cannot be found.
+SCRATCH_HINT = "run with --scratch tiny to train tiny scratch models of the same architectures instead"
+
+
+def preflight(members: Iterable[MemberConfig], offline_hint: str = SCRATCH_HINT) -> None:
+    """Fail fast, before any training, on a member whose model cannot be found (or whose mixed
+    precision this machine cannot train in).
 
     Hub ids are looked up in the local cache first; when the hub cannot be reached the error
-    names ``--scratch tiny``, which turns hub members into scratch models of the same arch.
+    ends with `offline_hint` (for `fit`: ``--scratch tiny``, which turns hub members into scratch
+    models of the same arch).
     """
     _quiet_transformers()
     from transformers import AutoConfig
 
     for m in members:
+        check_mixed_precision(m)
         if m.init == "scratch":
             continue
-        path = Path(m.model)
-        if path.exists() or m.model.startswith((".", "/", "~")):
+        path = Path(m.model).expanduser()
+        if is_local(m.model):
             if not (path / "config.json").is_file():
                 raise EnsembleError(f"members[{m.name}].model: '{m.model}' is not a model directory (no config.json)")
             continue
@@ -229,8 +237,7 @@ def preflight(members: Iterable[MemberConfig]) -> None:
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not _hub_reachable():
             raise EnsembleError(
                 f"members[{m.name}].model: '{m.model}' is not in the local cache and the Hugging Face hub cannot be "
-                f"reached; run with --scratch tiny to train tiny scratch models of the same architectures instead, "
-                f"or set the model to a local directory")
+                f"reached; {offline_hint}, or set the model to a local directory")
         try:
             AutoConfig.from_pretrained(m.model)
         except (OSError, ValueError) as exc:
@@ -268,10 +275,19 @@ def load_member(path: str | Path, name: str | None = None, weights: bool = True)
     if not path.is_dir():
         raise EnsembleError(f"{where}: not a directory")
     config_file = path / "config.json"
+    if not config_file.is_file() and (path / "ensemble.json").is_file():
+        inside = sorted(p for p in (path / "members").glob("*") if (p / "config.json").is_file())
+        raise EnsembleError(f"{where}: an ensemble directory, not a member; pass its members "
+                            f"({' '.join(str(p) for p in inside) or f'{path}/members/NAME'}), "
+                            f"or predict with 'ensemble predict --ensemble {path}'")
     if not config_file.is_file():
-        raise EnsembleError(f"{where}: not a member directory (no config.json); pass a directory written by 'ensemble fit'")
+        raise EnsembleError(f"{where}: not a member directory (no config.json); pass a member directory, "
+                            "e.g. RUN/members/NAME from 'ensemble fit'")
     if not any(path.glob("model*.safetensors")):
         raise EnsembleError(f"{where}: no safetensors weights (model.safetensors); only safetensors are loaded")
+    if weights and not any((path / f).is_file() for f in VOCABULARY_FILES):
+        raise EnsembleError(f"{where}: no tokenizer vocabulary (one of {', '.join(VOCABULARY_FILES)}); "
+                            "recopy the member directory whole, or retrain it")
     config = json_object(config_file, where)
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or model_type not in ARCHES:

@@ -103,13 +103,18 @@ def train_config(values: dict, overrides: list[str] | None = None, where: str = 
 
 
 def to_scratch(recipe: Recipe, size: str) -> Recipe:
-    """Replace every pretrained member by a scratch model of the same architecture and `size`."""
+    """Replace every hub member by a scratch model of the same architecture and `size` (scratch
+    members take that size too); members loaded from a local directory are kept as they are: they
+    need no network, and replacing them would silently drop someone's checkpoint."""
     if size not in SIZES:
         raise EnsembleError(f"--scratch: must be one of {one_of(SIZES)}; got '{size}'")
     members = []
     for m in recipe.members:
         if m.init == "scratch":
             members.append(replace(m, size=size))
+            continue
+        if is_local(m.model or ""):
+            members.append(m)
             continue
         arch = infer_arch(m.model or "")
         if arch is None:
@@ -119,6 +124,16 @@ def to_scratch(recipe: Recipe, size: str) -> Recipe:
             )
         members.append(replace(m, init="scratch", arch=arch, size=size, model=None))
     return replace(recipe, members=tuple(members))
+
+
+def is_local(model: str) -> bool:
+    """Whether a member's `model` names a local directory rather than a hub id.
+
+    Example:
+        >>> is_local("./checkpoints/bert"), is_local("bert-base-uncased")
+        (True, False)
+    """
+    return Path(model).expanduser().exists() or model.startswith((".", "/", "~"))
 
 
 def infer_arch(model: str) -> str | None:

@@ -28,6 +28,7 @@ from .card import write_model_card
 from .checkpoint import LOG, PROGRESS, Checkpoint, Progress, checkpoint_dir, cpu_state, fingerprint
 from .cpu import clip_into_step, fast_dropout, folds_clip, keep_freed_memory
 from .data import TextDataset
+from .devices import check_mixed_precision
 from .errors import EnsembleError
 from .members import (METRICS_FILE, RECIPE_FILE, VALID_LOGITS, build_member, checkpoint_activations, freeze, parameter_count,
                       save_valid_logits)
@@ -99,8 +100,7 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
     from accelerate.utils import find_executable_batch_size
 
     t = cfg.train
-    if t.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise EnsembleError(f"members[{cfg.name}].mixed_precision: fp16 needs a GPU; use \"bf16\" or \"no\" on CPU")
+    check_mixed_precision(cfg)
     world = process_state().num_processes
     if t.batch_size % (t.grad_accum * world):
         raise EnsembleError(f"members[{cfg.name}].batch_size: {t.batch_size} must be a multiple of grad_accum "
@@ -342,7 +342,8 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
                 save_valid_logits(tmp / VALID_LOGITS, best_logits, splits.valid, labels, t.mixed_precision)
             if (ckpt.root / LOG).is_file():
                 shutil.copy2(ckpt.root / LOG, tmp / LOG)
-            write_model_card(tmp / "README.md", cfg, labels, result, len(train_set), len(valid_set))
+            write_model_card(tmp / "README.md", cfg, labels, result, len(train_set), len(valid_set),
+                             arch=unwrapped.config.model_type)
             replace_dir(tmp, out_dir)
         finally:
             # after a crash, leave no half-written member behind (a loadable one, even)
@@ -415,7 +416,16 @@ def evaluate(model, loader, accelerator, n_classes: int) -> tuple[dict, torch.Te
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished directory into place so a reader never sees a half-written one."""
+    """Move a finished directory into place so a reader never sees a half-written one.
+
+    Its files get the permissions the user's umask gives new files: safetensors writes weights as
+    0600 (its temporary file's mode), which would keep colleagues from loading a shared member.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in tmp.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, 0o666 & ~umask)
     final.parent.mkdir(parents=True, exist_ok=True)
     old = final.parent / f".{final.name}.old-{os.getpid()}"
     moved = final.exists()

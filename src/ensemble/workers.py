@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import LOG, checkpoint_dir
 from .errors import EnsembleError
-from .fit import check_out, diverged_file, finished, fit, load_splits, prepare_out, vote_and_report
+from .fit import changed, check_out, diverged_file, finished, fit, load_splits, prepare_out, vote_and_report
 from .devices import bf16_tip
 from .members import member_shape, preflight
 from .recipe import MemberConfig, Recipe
@@ -176,6 +176,10 @@ def fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | in
     for m in kept:
         print(f"{m.name}: already trained with these settings; kept")
     for m in queue:
+        why = changed(out / "members" / m.name, m, labels) if resume else None
+        if why:
+            print(f"{m.name}: {why}; training it again")
+    for m in queue:
         diverged_file(out, m.name).unlink(missing_ok=True)
         if not resume:  # an interrupted earlier run's step log must not feed this run's progress
             shutil.rmtree(checkpoint_dir(out / "members" / m.name), ignore_errors=True)
@@ -217,12 +221,18 @@ def _run_queue(queue: list[MemberConfig], workers: list[_Worker], out: Path, log
                     tqdm.write(f"{name}: {failed[name]}; left out of the vote (on_diverge = \"skip\")", file=sys.stderr)
         for w in workers:
             w.finish()
-    except BaseException:
+    except BaseException as exc:
         for w in workers:  # the checkpoints stay: --resume continues the interrupted members
             w.stop()
+        if isinstance(exc, _UserError):  # the message says it all; the logs are kept for crashes only
+            shutil.rmtree(logs, ignore_errors=True)
         raise
     shutil.rmtree(logs, ignore_errors=True)
     return failed
+
+
+class _UserError(EnsembleError):
+    """A worker stopped on a mistake in the user's input: its one-line error, passed on as it is."""
 
 
 def serve(recipe: Recipe, out: Path, resume: bool) -> None:
@@ -316,7 +326,15 @@ class _Worker:
         if code in (130, -signal.SIGINT):  # Ctrl-C reached the worker first: the run was interrupted
             raise KeyboardInterrupt
         if code is not None:  # a worker only leaves when its stdin closes: this one crashed
-            raise EnsembleError(self.failure(code))
+            mistake = self.user_error(code)
+            raise _UserError(mistake) if mistake else EnsembleError(self.failure(code))
+        return None
+
+    def user_error(self, code: int) -> str | None:
+        """The worker's own one-line error when it stopped on a user mistake (exit code 2), else None."""
+        lines = [x for x in self.output.read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()]
+        if code == 2 and lines and lines[-1].startswith("error: "):
+            return lines[-1][len("error: "):]
         return None
 
     def failure(self, code: int) -> str:
