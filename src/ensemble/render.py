@@ -1,4 +1,4 @@
-"""Render a report dict (report.json) as report.md and report.html.
+"""Render a report dict (report.json) as report.md and report.html: what each section says.
 
 Both pages come from one list of sections built from the report alone, so they always say the
 same thing and can be regenerated from a saved report.json. Optional keys (``calibration``,
@@ -11,56 +11,19 @@ report.html, which has no scripts and loads nothing but the plot PNGs beside it.
 
 from __future__ import annotations
 
-import html as _html
-import re
-from dataclasses import dataclass
 from typing import Any
+
+from .markup import PAGE, Caveat, Image, Inline, Span, Table, html_block, html_inline, md_block, md_inline
 
 __all__ = ["html", "markdown"]
 
 _TEXT_WIDTH = 80  # characters of a row's text shown in the disputed table
-_TOOLTIP_WIDTH = 2000  # characters of the full text kept in report.html's hover title
 _METRICS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "macro_precision": "macro precision",
             "macro_recall": "macro recall"}
 _NAMES = {"accuracy": "accuracy", "nll": "NLL", "ece": "ECE", "train_loss": "train loss",
           "valid_loss": "valid loss", "macro_f1": "macro-F1"}
 _PLOTS = {"confusion": "Confusion matrices", "agreement": "Pairwise agreement heatmap",
           "training": "Training curves", "coverage": "Accuracy against coverage"}
-
-
-@dataclass(frozen=True)
-class _Span:
-    """Inline text with a look; a bare ``str`` is plain text. All of it is escaped when shown."""
-
-    text: str
-    kind: str = "plain"  # "plain", "code", "strong", or "literal" (fixed markdown, not escaped)
-    width: int | None = None  # shorten to this many characters (free text in a table)
-
-
-_Inline = str | _Span
-
-
-@dataclass(frozen=True)
-class _Table:
-    columns: list[_Inline]
-    rows: list[list[_Inline]]
-    numeric: list[bool] | None = None  # right-aligned columns; default: all but the first
-
-
-@dataclass(frozen=True)
-class _Image:
-    alt: str
-    src: str
-
-
-@dataclass(frozen=True)
-class _Warning:
-    """A caveat the reader must not miss: a quote in report.md, a framed box in report.html."""
-
-    text: str
-
-
-_Block = tuple | list | _Table | _Image | _Warning  # tuple: a paragraph of inlines; list: bullet items
 
 
 def markdown(report: dict, plots: dict[str, str] | None = None) -> str:
@@ -75,10 +38,10 @@ def markdown(report: dict, plots: dict[str, str] | None = None) -> str:
         | **ensemble** |  | 0.9000 |
     """
     title, sections = _document(report, plots or {})
-    out = [f"# {_md(title)}"]
+    out = [f"# {md_inline(title)}"]
     for heading, blocks in sections:
-        out += [f"## {_md(heading)}"] if heading else []
-        out += [_md_block(block) for block in blocks]
+        out += [f"## {md_inline(heading)}"] if heading else []
+        out += [md_block(block) for block in blocks]
     return "\n\n".join(out) + "\n"
 
 
@@ -94,11 +57,11 @@ def html(report: dict, plots: dict[str, str] | None = None) -> str:
         True
     """
     title, sections = _document(report, plots or {})
-    body = [f"<h1>{_h(title)}</h1>"]
+    body = [f"<h1>{html_inline(title)}</h1>"]
     for heading, blocks in sections:
-        body += [f"<h2>{_h(heading)}</h2>"] if heading else []
-        body += [_html_block(block) for block in blocks]
-    return _PAGE.format(title=_h(title), body="\n".join(body))
+        body += [f"<h2>{html_inline(heading)}</h2>"] if heading else []
+        body += [html_block(block) for block in blocks]
+    return PAGE.format(title=html_inline(title), body="\n".join(body))
 
 
 # --------------------------------------------------------------------------- the sections
@@ -112,15 +75,15 @@ def _document(report: dict, plots: dict[str, str]) -> tuple[str, list[tuple[str,
     has_gold = "accuracy" in ensemble
     shown: set[str] = set()
 
-    def image(key: str) -> list[_Image]:
+    def image(key: str) -> list[Image]:
         if key not in plots:
             return []
         shown.add(key)
-        return [_Image(_PLOTS.get(key, key), plots[key])]
+        return [Image(_PLOTS.get(key, key), plots[key])]
 
     warning = _warning(report)
-    sections: list[tuple[str, list]] = [("", [_Warning(warning)] * bool(warning) + [[
-        ("Split: ", _Span(str(report["split"]), "code")), (f"Rows: {report['rows']}",),
+    sections: list[tuple[str, list]] = [("", [Caveat(warning)] * bool(warning) + [[
+        ("Split: ", Span(str(report["split"]), "code")), (f"Rows: {report['rows']}",),
         (f"Method: {report['method']} voting",), (f"Labels: {', '.join(labels)}",),
     ]])]
     sections.append(("Metrics", _metrics(report, names, has_gold)))
@@ -130,7 +93,7 @@ def _document(report: dict, plots: dict[str, str]) -> tuple[str, list[tuple[str,
                  "cohen_kappa": "Agreement between two members beyond chance."}
         for heading, key in (("Pairwise agreement", "pairwise"), ("Cohen's kappa", "cohen_kappa")):
             matrix = [[a] + [_num(agreement[key][a][b]) for b in names] for a in names]
-            sections.append((heading, [(notes[key],), _Table(["", *names], matrix)]))
+            sections.append((heading, [(notes[key],), Table(["", *names], matrix)]))
         sections[-2][1].extend(image("agreement"))
         sections[-1][1].extend([(f"Fleiss' kappa (all members): {_num(agreement['fleiss_kappa'])}",),
                                 (f"Unanimous rows: {_num(agreement['unanimous'])}",)])
@@ -138,7 +101,7 @@ def _document(report: dict, plots: dict[str, str]) -> tuple[str, list[tuple[str,
         matrix = [[labels[i]] + [str(n) for n in row] for i, row in enumerate(ensemble["confusion"])]
         sections.append(("Ensemble confusion matrix", [
             ("Rows: gold; columns: predicted.",),
-            _Table([_Span("gold \\ predicted", "literal"), *labels], matrix), *image("confusion"),
+            Table([Span("gold \\ predicted", "literal"), *labels], matrix), *image("confusion"),
         ]))
     for heading, build in (("Calibration", _calibration), ("Combining", _combining),
                            ("Abstention", _abstention), ("Training", _training), ("Data", _data)):
@@ -149,7 +112,7 @@ def _document(report: dict, plots: dict[str, str]) -> tuple[str, list[tuple[str,
     disputed = _disputed(report, names, has_gold)
     if disputed:
         sections.append(("Disputed examples", disputed))
-    extra = [_Image(_PLOTS.get(k, k), src) for k, src in plots.items() if k not in shown]
+    extra = [Image(_PLOTS.get(k, k), src) for k, src in plots.items() if k not in shown]
     sections += [("Plots", extra)] if extra else []
     return f"Ensemble report: {report['split']}", sections
 
@@ -166,8 +129,8 @@ def _metrics(report: dict, names: list[str], has_gold: bool) -> list:
     abstaining = isinstance(abstention, dict) and abstention.get("threshold") is not None
     # With abstention on, the row's numbers still count every row: say so where they are read.
     label = "ensemble (all rows, before abstention)" if abstaining else "ensemble"
-    rows.append([_Span(label, "strong"), ""] + [_num(entries[-1].get(k)) for k in metrics])
-    blocks: list = [_Table(["model", "weight", *metrics.values()], rows)]
+    rows.append([Span(label, "strong"), ""] + [_num(entries[-1].get(k)) for k in metrics])
+    blocks: list = [Table(["model", "weight", *metrics.values()], rows)]
     if abstaining:
         blocks.append(_after_abstention(abstention, report))
     if "oracle_accuracy" in report:
@@ -179,7 +142,7 @@ def _after_abstention(section: dict, report: dict) -> tuple:
     """The ensemble's outcome once rows below the threshold abstain: coverage, accuracy answered."""
     threshold = _num(section.get("threshold"), _threshold_decimals(section))
     answered = report["rows"] - section["abstained"] if _is_int(section.get("abstained")) else "?"
-    line: tuple = (_Span("Ensemble after abstention", "strong"),
+    line: tuple = (Span("Ensemble after abstention", "strong"),
                    f" (abstains when {section.get('on', '?')} is below {threshold}): answers {answered} "
                    f"of {report['rows']} rows, coverage {_num(section.get('coverage'))}")
     if "accuracy_answered" in section:  # absent without gold labels
@@ -207,19 +170,19 @@ def _calibration(section: Any, report: dict, names: list[str]) -> list:
     keys = ("nll_before", "nll_after", "ece_before", "ece_after")
     entries = [(n, (section.get("members") or {}).get(n), temperatures.get(n)) for n in names]
     # the ensemble's own temperature rescales the soft vote's probabilities after the members'
-    entries.append((_Span("ensemble", "strong"), section.get("ensemble"), section.get("ensemble_temperature")))
+    entries.append((Span("ensemble", "strong"), section.get("ensemble"), section.get("ensemble_temperature")))
     rows = [[name, _num(temperature)] + [_num((scores or {}).get(k)) for k in keys]
             for name, scores, temperature in entries if scores or temperature is not None]
     columns = ["model", "temperature", "NLL before", "NLL after", "ECE before", "ECE after"]
-    note = ("Temperatures fitted on ", _Span(str(section.get("fitted_on", "?")), "code"),
+    note = ("Temperatures fitted on ", Span(str(section.get("fitted_on", "?")), "code"),
             "; lower NLL (negative log-likelihood) and ECE (expected calibration error) are better.")
-    return [note, _Table(columns, rows)] if rows else [note]
+    return [note, Table(columns, rows)] if rows else [note]
 
 
 def _combining(section: Any, report: dict, names: list[str]) -> list:
     if not isinstance(section, dict):
         return []
-    fitted = ("Fitted on: ", _Span(str(section.get("fitted_on", "?")), "code"))
+    fitted = ("Fitted on: ", Span(str(section.get("fitted_on", "?")), "code"))
     if section.get("valid_rows") is not None:
         fitted += (f" ({section['valid_rows']} rows)",)
     items = [(f"Method: {section.get('method', '?')}",), fitted]
@@ -231,12 +194,12 @@ def _combining(section: Any, report: dict, names: list[str]) -> list:
         listed = dict.fromkeys([*names, *(weights or {}), *(picks or {})])
         rows = []
         for name in listed:
-            row: list[_Inline] = [name]
+            row: list[Inline] = [name]
             row += [_num(weights.get(name))] if weights else []
             row += [str(picks.get(name, 0))] if picks else []  # never picked: 0
             rows.append(row)
         columns = ["model"] + ["weight"] * bool(weights) + ["picks"] * bool(picks)
-        blocks.append(_Table(columns, rows))
+        blocks.append(Table(columns, rows))
     return blocks
 
 
@@ -258,7 +221,7 @@ def _abstention(section: Any, report: dict, names: list[str]) -> list:
         rows = [[_num(p.get("threshold"), decimals), _num(p.get("coverage")), _num(p.get("accuracy"))]
                 for p in curve]
         blocks += [("Accuracy on the answered rows at each threshold:",),
-                   _Table(["threshold", "coverage", "accuracy"], rows, [True] * 3)]
+                   Table(["threshold", "coverage", "accuracy"], rows, [True] * 3)]
     return blocks
 
 
@@ -295,7 +258,7 @@ def _training(section: Any, report: dict, names: list[str]) -> list:
     rows = [[name] + [_value(entry.get(k)) for k in keys] for name, entry in final.items()]
     names_here = {**_NAMES, "accuracy": "valid accuracy"}  # per-epoch accuracy is on valid
     columns = ["model"] + [names_here.get(k, k.replace("_", " ")) for k in keys]
-    return [("Each member's last epoch.",), _Table(columns, rows)]
+    return [("Each member's last epoch.",), Table(columns, rows)]
 
 
 def _data(section: Any, report: dict, names: list[str]) -> list:
@@ -305,14 +268,14 @@ def _data(section: Any, report: dict, names: list[str]) -> list:
     failed = section.get("failed_members") or {}
     if isinstance(failed, dict) and failed:
         blocks += [("Members left out of the vote: their training loss diverged (on_diverge = \"skip\"):",),
-                   _Table(["model", "why"], [[name, str(why)] for name, why in failed.items()])]
+                   Table(["model", "why"], [[name, str(why)] for name, why in failed.items()])]
     skipped = section.get("skipped_rows") or {}
     # Under the default on_bad_rows = "error" nothing is ever skipped (a bad row stops the run):
     # the table only when a row was skipped, or the recipe (when recorded) said "skip".
     if skipped and (section.get("on_bad_rows") == "skip"
                     or any(_is_number(v) and v > 0 for v in skipped.values())):
         blocks += [("Rows skipped as bad (on_bad_rows = \"skip\"):",),
-                   _Table(["split", "rows skipped"], [[k, str(v)] for k, v in skipped.items()])]
+                   Table(["split", "rows skipped"], [[k, str(v)] for k, v in skipped.items()])]
     truncated, lengths = section.get("truncated") or {}, section.get("max_length") or {}
     if truncated or lengths:
         splits = list(dict.fromkeys(s for counts in truncated.values() for s in counts))
@@ -331,7 +294,7 @@ def _data(section: Any, report: dict, names: list[str]) -> list:
             else:
                 columns[at] = split if split not in splits else f"{split} (this report)"
         blocks += [("Texts longer than the member's max_length (cut to fit), per split:",),
-                   _Table(["model", "max length", *columns], rows)]
+                   Table(["model", "max length", *columns], rows)]
     return blocks
 
 
@@ -347,14 +310,14 @@ def _disputed(report: dict, names: list[str], has_gold: bool) -> list:
             return [("none: every member agreed on every row",)]
         return []
     with_pairs = "text_pair" in disputed[0]
-    columns: list[_Inline] = ["row", "text"] + (["text pair"] if with_pairs else [])
+    columns: list[Inline] = ["row", "text"] + (["text pair"] if with_pairs else [])
     columns += ["gold"] if has_gold else []
     columns += ["ensemble", "confidence", "agreement", *names]
     rows = []
     for item in disputed:
-        row: list[_Inline] = [str(item["row"]), _Span(str(item["text"]), width=_TEXT_WIDTH)]
+        row: list[Inline] = [str(item["row"]), Span(str(item["text"]), width=_TEXT_WIDTH)]
         if with_pairs:
-            row.append(_Span(str(item["text_pair"]), width=_TEXT_WIDTH))
+            row.append(Span(str(item["text_pair"]), width=_TEXT_WIDTH))
         if has_gold:
             row.append(str(item["gold"]))
         row += [str(item["ensemble"]), _num(item.get("confidence")), _num(item["agreement"])]
@@ -362,120 +325,13 @@ def _disputed(report: dict, names: list[str], has_gold: bool) -> list:
     # Right-align the numbers: row, confidence, agreement.
     numeric = [True] + [False] * (len(columns) - len(names) - 3) + [True, True]
     return [("Rows where the members disagree, lowest member agreement first.",),
-            _Table(columns, rows, numeric + [False] * len(names))]
+            Table(columns, rows, numeric + [False] * len(names))]
 
 
 # --------------------------------------------------------------------------- markdown
 
 
-def _md_block(block: _Block) -> str:
-    if isinstance(block, _Table):
-        numeric = block.numeric or [False] + [True] * (len(block.columns) - 1)
-        align = ["---:" if number else "---" for number in numeric]
-        cells = [[_md(c).strip() for c in block.columns], align]
-        cells += [[_md(c).strip() for c in row] for row in block.rows]
-        return "\n".join(f"| {' | '.join(row)} |" for row in cells)
-    if isinstance(block, _Image):
-        return f"![{_md(block.alt)}]({block.src})"
-    if isinstance(block, _Warning):
-        return f"> **Warning:** {_md(block.text)}"
-    if isinstance(block, list):
-        return "\n".join(f"- {''.join(map(_md, item))}" for item in block)
-    return "".join(map(_md, block))
-
-
-def _md(inline: _Inline) -> str:
-    """One line of markdown, safe inside a table cell."""
-    span = inline if isinstance(inline, _Span) else _Span(str(inline))
-    if span.kind == "literal":
-        return span.text
-    text = _flat(span)
-    if span.kind == "code":
-        fence = "``" if "`" in text else "`"  # a backtick inside needs a longer fence
-        return f"{fence}{text}{fence}" if fence == "`" else f"{fence} {text} {fence}"
-    # Escaped after shortening, so a cut never splits an escape. "\<" shows a "<" that no
-    # markdown viewer takes for the start of an HTML tag.
-    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "\\<")
-    return f"**{text}**" if span.kind == "strong" else text
-
-
-# --------------------------------------------------------------------------- html
-
-
-def _html_block(block: _Block) -> str:
-    if isinstance(block, _Table):
-        numeric = block.numeric or [False] + [True] * (len(block.columns) - 1)
-
-        def row(cells: list[_Inline], tag: str) -> str:
-            opening = [f'<{tag} class="num">' if number else f"<{tag}>" for number in numeric]
-            inner = "".join(f"{o}{_h(cell)}</{tag}>" for o, cell in zip(opening, cells))
-            return f"<tr>{inner}</tr>"
-
-        body = "\n".join(row(cells, "td") for cells in block.rows)
-        return f"<table>\n<thead>{row(block.columns, 'th')}</thead>\n<tbody>\n{body}\n</tbody>\n</table>"
-    if isinstance(block, _Image):
-        return (f'<figure><img src="{_html.escape(block.src)}" alt="{_html.escape(block.alt)}">'
-                f"<figcaption>{_html.escape(block.alt)}</figcaption></figure>")
-    if isinstance(block, _Warning):
-        return f'<p class="warning"><strong>Warning:</strong> {_h(block.text)}</p>'
-    if isinstance(block, list):
-        return "<ul>\n" + "\n".join(f"<li>{''.join(map(_h, item))}</li>" for item in block) + "\n</ul>"
-    return f"<p>{''.join(map(_h, block))}</p>"
-
-
-def _h(inline: _Inline) -> str:
-    """HTML for one inline: escaped, the full text kept as a hover title when shortened."""
-    span = inline if isinstance(inline, _Span) else _Span(str(inline))
-    text = _html.escape(_flat(span))
-    if span.kind == "code":
-        return f"<code>{text}</code>"
-    if span.kind == "strong":
-        return f"<strong>{text}</strong>"
-    if span.width is not None and len(" ".join(span.text.split())) > span.width:
-        full = _html.escape(span.text[:_TOOLTIP_WIDTH])
-        return f'<span title="{full}">{text}</span>'
-    return text
-
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="script-src 'none'; object-src 'none'; base-uri 'none'">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>
-body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
-       max-width: 72rem; padding: 0 1rem; color: #1b1f24; line-height: 1.45; }}
-h1 {{ font-size: 1.6rem; }} h2 {{ font-size: 1.25rem; margin-top: 2rem;
-       border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; }}
-table {{ border-collapse: collapse; margin: .5rem 0; font-size: .9rem; display: block; overflow-x: auto; }}
-th, td {{ border: 1px solid #d0d7de; padding: .25rem .5rem; text-align: left; vertical-align: top; }}
-th {{ background: #f6f8fa; }} tbody tr:nth-child(even) {{ background: #fafbfc; }}
-.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
-code {{ background: #f6f8fa; padding: 0 .25rem; border-radius: 3px; }}
-figure {{ margin: 1rem 0; }} img {{ max-width: 100%; height: auto; }}
-figcaption {{ font-size: .85rem; color: #57606a; }}
-.warning {{ background: #fff8c5; border: 1px solid #d4a72c; border-left-width: 4px;
-           padding: .5rem .75rem; border-radius: 3px; }}
-</style>
-</head>
-<body>
-{body}
-</body>
-</html>
-"""
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _flat(span: _Span) -> str:
-    """The text on one line (whitespace runs become one space), shortened to ``span.width``."""
-    if span.width is None:
-        return re.sub(r"\s+", " ", span.text)
-    flat = " ".join(span.text.split())
-    return flat if len(flat) <= span.width else flat[: span.width - 1] + "…"
 
 
 def _num(value: Any, decimals: int = 4) -> str:
