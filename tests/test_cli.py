@@ -227,3 +227,19 @@ def test_library_setting_names_become_the_commands_flags():
     assert str(_as_flags(exc, "abstain_accuracy", "abstain_coverage", "abstain_below")) == (
         "--abstain-accuracy: no threshold reaches accuracy 0.99 (the best is 0.9); lower it, "
         "or set --abstain-coverage instead; vote.abstain_below stays")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["vote", "--quiet"], "error: No such option: --quiet (see 'ensemble vote --help')"),  # click offered --out
+    (["fit", "r.toml", "--ovewrite"], "error: No such option: --ovewrite (did you mean --overwrite?) (see 'ensemble fit --help')"),
+    (["predict", "--ensembl", "x"], "error: No such option: --ensembl (did you mean --ensemble?) (see 'ensemble predict --help')"),
+])
+def test_unknown_flags_suggest_only_a_close_one(cli, args, message):
+    code, out, err = cli(args)
+    assert code == 2 and err.strip() == message
+
+
+def test_flags_show_no_type_in_the_help(cli):
+    code, out, _ = cli(["predict", "--help"])
+    assert code == 0 and "<bool>" not in out
+    assert "  --overwrite " in out and "  --chunk-rows <int range> " in out

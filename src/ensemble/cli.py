@@ -6,6 +6,7 @@ traceback instead.
 
 from __future__ import annotations
 
+import difflib
 import errno
 import math
 import os
@@ -25,7 +26,7 @@ try:  # recent typer carries its own copy of click; older releases use click its
 except ImportError:  # pragma: no cover - depends on the installed typer
     from click.exceptions import Abort, ClickException
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Fine-tune transformer text classifiers from a TOML recipe, vote them, report agreement.")
 # Options that take several values after one flag (`--members a b c`), as the README shows them.
 MULTI_VALUE = ("--members", "--weights", "--set")
@@ -364,9 +365,11 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(code)
     except ClickException as exc:
         ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `ensemble`: its help, not an error
+            typer.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
         where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        if exc.format_message():  # empty after the help text that a bare `ensemble` prints
-            typer.echo(f"error: {exc.format_message()}{where}", err=True)
+        typer.echo(f"error: {_unknown_option(exc, ctx) or exc.format_message()}{where}", err=True)
         sys.exit(exc.exit_code)
     except (Abort, KeyboardInterrupt):
         hints = {"fit": " (training state is saved after every epoch: rerun with --resume to continue)",
@@ -392,6 +395,17 @@ def main(argv: list[str] | None = None) -> None:
         raise
     except BaseException as exc:  # noqa: BLE001 - also native panics (tokenizers' PanicException), not Exceptions
         _bug(exc, debug)
+
+
+def _unknown_option(exc: ClickException, ctx) -> str | None:
+    """"No such option: --x", suggesting a flag only when its name (without the dashes) is close:
+    click compares with the dashes and offers --out for --quiet."""
+    name = getattr(exc, "option_name", None)
+    if type(exc).__name__ != "NoSuchOption" or not name or ctx is None:
+        return None
+    flags = [o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+    close = difflib.get_close_matches(name.lstrip("-"), [f.lstrip("-") for f in flags], n=1, cutoff=0.6)
+    return f"No such option: {name}" + (f" (did you mean --{close[0]}?)" if close else "")
 
 
 # The machine's problems, not the library's: the user can act on them (exit 2, not 1).
