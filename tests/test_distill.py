@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from ensemble import Ensemble
 from ensemble.data import load_table, sorted_labels
 from ensemble.members import load_member
 from ensemble.recipe import DataConfig, MemberConfig, TrainConfig
@@ -138,8 +140,36 @@ def test_distill_command_learns_from_unlabelled_texts(fitted, tmp_path, cli):
     (["--student", "scratch:bert", "--unlabeled", "nowhere.csv"], "--unlabeled: file not found: 'nowhere.csv'"),
     (["--student", "scratch:bert", "--unlabeled", str(DEMO / "train.csv"), "--text", "body"],
      "--unlabeled: column 'body' not found"),
+    (["--student", "scratch:bert", "--text-pair", "s2"],
+     "--text-pair: names a column of --unlabeled's file, and no --unlabeled was given"),
 ])
 def test_distill_input_errors(fitted, tmp_path, cli, args, fragment):
     code, _, err = cli(["distill", "--ensemble", str(fitted / "run"), "--out", str(tmp_path / "s"), *args])
     assert code == 2 and fragment in err and err.count("\n") == 1, err
+    assert not (tmp_path / "s").exists()
+
+
+def test_distill_never_writes_over_the_ensemble_it_reads(fitted, tmp_path, cli):
+    run = tmp_path / "run"
+    shutil.copytree(fitted / "run", run)
+    for out, what in ((run, "is the --ensemble directory"), (run / "members" / "bert", "is the member 'bert' directory"),
+                      (tmp_path, "holds the --ensemble directory")):
+        code, _, err = cli(["distill", "--ensemble", str(run), "--student", "scratch:bert:tiny", "--out", str(out),
+                            "--overwrite", "--quiet"])
+        assert code == 2 and f"--out: '{out}' {what}" in err, err
+    assert Ensemble.load(run).predict(["a film"])  # still whole
+
+
+def test_unlabeled_texts_may_not_be_the_rows_the_student_is_judged_on(fitted, tmp_path, cli):
+    run = tmp_path / "run"
+    shutil.copytree(fitted / "run", run)
+    valid = tmp_path / "valid.csv"
+    valid.write_text("\n".join((fitted / "train.csv").read_text(encoding="utf-8").splitlines()[:61]) + "\n", encoding="utf-8")
+    for member in (run / "members").iterdir():  # as if the members had been trained with this data.valid
+        recipe = json.loads((member / "recipe.json").read_text(encoding="utf-8"))
+        recipe["data"]["valid"] = str(valid)
+        (member / "recipe.json").write_text(json.dumps(recipe), encoding="utf-8")
+    code, _, err = cli(["distill", "--ensemble", str(run), "--student", "scratch:bert:tiny", "--out", str(tmp_path / "s"),
+                        "--unlabeled", str(valid), "--quiet"])
+    assert code == 2 and f"--unlabeled: '{valid}' is the members' data.valid file" in err, err
     assert not (tmp_path / "s").exists()

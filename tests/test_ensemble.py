@@ -15,6 +15,7 @@ from ensemble import Ensemble
 from ensemble.cli import main
 from ensemble.errors import EnsembleError
 from ensemble.members import load_member
+from ensemble.recipe import VoteConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [line.rsplit(",", 1)[0].strip('"') for line in (ROOT / "recipes" / "demo" / "test.csv").read_text().splitlines()[1:]]
@@ -467,3 +468,42 @@ def test_predict_resume_with_nothing_to_resume_says_so(run, tmp_path, cli):
     code, _, err = cli(["predict", "--ensemble", str(run / "run"), "--data", str(data), "--out", str(tmp_path / "p.csv"),
                         "--quiet", "--resume"])
     assert code == 0 and "no finished chunk" in err and "predicting from the start" in err
+
+
+def test_vote_never_writes_over_its_members(run, tmp_path, cli):
+    members = tmp_path / "run" / "members"
+    shutil.copytree(run / "run" / "members", members)
+    data = _write_csv(tmp_path / "d.csv", ["text"], [[t] for t in TEXTS[:5]])
+    args = ["vote", "--members", str(members / "bert"), str(members / "roberta"), "--data", str(data), "--overwrite"]
+    for out, what in ((members / "bert", "is the --members bert directory"),
+                      (tmp_path / "run", "holds the --members bert directory")):
+        code, _, err = cli(args + ["--out", str(out)])
+        assert code == 2 and f"--out: '{out}' {what}" in err, err
+    assert Ensemble.from_dirs({"bert": members / "bert"}).predict(["a film"])  # still whole
+
+
+def test_vote_on_the_members_training_rows_warns(run, tmp_path, cli):
+    members = [str(run / "run" / "members" / n) for n in ("bert", "roberta")]
+    code, out, err = cli(["vote", "--members", *members, "--data", str(run / "train.csv"), "--out", str(tmp_path / "v")])
+    assert code == 0, err
+    assert "warning: --data is the training file of members 'bert', 'roberta': these scores are measured on rows" in err
+    report = json.loads((tmp_path / "v" / "report.json").read_text())
+    assert "optimistic" in report["warning"] and list(report)[1] == "warning"  # right after "split"
+    assert "optimistic" in (tmp_path / "v" / "report.md").read_text()
+    code, _, err = cli(["vote", "--members", *members, "--data", str(ROOT / "recipes" / "demo" / "test.csv"),
+                        "--valid", str(run / "train.csv"), "--method", "weighted", "--out", str(tmp_path / "w")])
+    assert code == 0 and "warning: --valid is the training file of members 'bert', 'roberta'" in err, err
+
+
+@pytest.mark.parametrize("vote, message", [
+    (VoteConfig(method="mean"), "the 'method' parameter must be one of"),
+    (VoteConfig(abstain_on="x"), "the 'abstain_on' parameter must be one of"),
+    (VoteConfig(weights={"zz": 2.0}), "weights: no member named 'zz'"),
+])
+def test_fit_vote_refuses_a_bad_config_before_changing_anything(run, vote, message):
+    ens = three(run)
+    before = ens.manifest()
+    logits = np.zeros((3, 4, 3), np.float32)
+    with pytest.raises(EnsembleError, match=re.escape(message)):
+        ens.fit_vote(logits, np.array([0, 1, 2, 0]), vote)
+    assert ens.manifest() == before

@@ -141,6 +141,7 @@ def vote(
     if valid is not None and data.resolve() == valid.resolve():
         raise EnsembleError("--valid: is the --data file; the vote must learn on other rows than it is scored on")
     dirs = _named_dirs(members)
+    _not_over_inputs(out, {f"--members {name}": path for name, path in dirs.items()})
     ens = Ensemble.from_dirs(dirs, method if method not in LEARNED_METHODS else "soft", _weights(weights, dirs),
                              precision=precision)
     label_given = label is not None  # a --label column must exist; the default one may be absent
@@ -154,6 +155,10 @@ def vote(
                       abstain_accuracy=abstain_accuracy)
     fitted = None
     if valid is not None:
+        if _trained_on(ens, valid):
+            typer.echo(f"warning: --valid is the training file of {_trained_on(ens, valid)}: the members fit those rows, "
+                       "so what the vote learns there (temperatures, weights, the stacker) trusts them too much; "
+                       "give their validation file", err=True)
         held = load_table(valid, **columns, field="--valid")
         held_logits = ens.recorded_logits(held)  # the members' own, when --valid is their validation file
         if held_logits is None:
@@ -164,16 +169,38 @@ def vote(
             raise _as_flags(exc, "abstain_accuracy", "abstain_coverage", "abstain_below") from None
     else:
         ens.abstain_below, ens.abstain_on = abstain_below, abstain_on
+    trained_on = _trained_on(ens, data)
+    if trained_on:
+        warning = (f"--data is the training file of {trained_on}: these scores are measured on rows the members "
+                   "were fitted on, so they are optimistic")
+        typer.echo(f"warning: {warning}", err=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        report = evaluate(ens, ds, data.name, tmp, fitted=fitted)
+        report = evaluate(ens, ds, data.name, tmp, fitted=fitted, warning=warning if trained_on else None)
         ens.save(tmp)
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _summary(report, out)
+
+
+def _trained_on(ens, file: Path) -> str:
+    """The members (as "member 'a'" / "members 'a', 'b'") whose recorded training file is `file`, or ""."""
+    names = [n for n, train in ens.training_files().items() if train.resolve() == file.resolve()]
+    return (f"member '{names[0]}'" if len(names) == 1 else "members " + ", ".join(f"'{n}'" for n in names)) if names else ""
+
+
+def _not_over_inputs(out: Path, inputs: dict[str, Path]) -> None:
+    """Refuse an --out that is one of the input directories or holds one: replacing it (--overwrite)
+    would delete what the command reads."""
+    target = out.resolve()
+    for what, path in inputs.items():
+        source = Path(path).resolve()
+        if source == target or target in source.parents:
+            raise EnsembleError(f"--out: '{out}' {'is' if source == target else 'holds'} the {what} directory "
+                                f"('{path}'), which this command reads; choose another --out")
 
 
 def _check_precision_flag(precision: str) -> None:
@@ -280,7 +307,13 @@ def distill(
 
     if out.exists() and not (overwrite or resume):
         raise EnsembleError(f"--out: '{out}' already exists; choose another directory, or pass --overwrite or --resume")
+    for flag, value in (("--text", text), ("--text-pair", text_pair)):
+        if value is not None and unlabeled is None:
+            raise EnsembleError(f"{flag}: names a column of --unlabeled's file, and no --unlabeled was given; "
+                                f"drop {flag}, or add --unlabeled FILE")
+    _not_over_inputs(out, {"--ensemble": ensemble})
     ens = Ensemble.load(ensemble)
+    _not_over_inputs(out, {f"member '{n}'": m.path for n, m in ens.members.items()})
     spec = student_config(student, name, ens, set_)
     extra = None
     if unlabeled is not None:

@@ -51,8 +51,8 @@ def student_config(spec: str, name: str, ens: Ensemble, overrides: list[str]) ->
         return MemberConfig(name, init="scratch", arch=arch, size=size, train=train)
     model = str(Path(spec).resolve()) if Path(spec).is_dir() else spec
     if infer_arch(model) is None:
-        raise EnsembleError(f"--student: cannot tell the architecture of '{spec}'; give a {', '.join(ARCHES)} "
-                            "checkpoint, or scratch:ARCH[:SIZE]")
+        raise EnsembleError(f"--student: cannot tell the architecture of '{spec}'; give a checkpoint of one of "
+                            f"{', '.join(ARCHES)}, or scratch:ARCH[:SIZE]")
     return MemberConfig(name, model=model, train=train)
 
 
@@ -98,6 +98,13 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
         raise EnsembleError(f"--ensemble: its labels {ens.labels} differ from its training data's {labels}")
     preflight([student], offline_hint="use --student scratch:ARCH[:SIZE] (e.g. scratch:bert:tiny) instead")
     if unlabeled is not None:
+        data = training_data(ens)
+        for key in ("valid", "test"):  # rows the student picks its epoch on or is scored on
+            held_file = getattr(data, key)
+            if held_file is not None and unlabeled.path and Path(unlabeled.path).resolve() == Path(held_file).resolve():
+                raise EnsembleError(f"--unlabeled: '{unlabeled.path}' is the members' data.{key} file; the student "
+                                    f"would learn the rows it is {'scored' if key == 'test' else 'validated'} on: "
+                                    "give texts the comparison does not use")
         if (unlabeled.pairs is None) != (splits.train.pairs is None):
             need = "needs a second text column" if splits.train.pairs is not None else "must have one text column"
             raise EnsembleError(f"--unlabeled: '{unlabeled.path}' {need}, like the members' training data")

@@ -175,6 +175,18 @@ class Ensemble:
         data = recipe.get("data") if isinstance(recipe, dict) else None
         return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
 
+    def training_files(self) -> dict[str, Path]:
+        """Member name -> the training file its recipe.json records (members made by ``fit``)."""
+        files = {}
+        for name, member in self.members.items():
+            try:
+                train = json.loads((member.path / "recipe.json").read_text(encoding="utf-8"))["data"]["train"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if isinstance(train, str):
+                files[name] = Path(train)
+        return files
+
     def manifest(self) -> dict:
         return {"format": FORMAT, "labels": self.labels, "method": self.method, "weights": self.weights,
                 "temperatures": self.temperatures, "ensemble_temperature": self.ensemble_temperature,
@@ -198,6 +210,10 @@ class Ensemble:
             {'albert': 0.0, 'bert': 0.61, 'minilm': 0.39}
         """
         names = list(self.members)
+        # the constructor's checks of method, weights and abstention, before anything changes: a bad
+        # VoteConfig must not leave this ensemble voting in a way that its saved manifest cannot load
+        type(self)(list(self.members.values()), vote.method, dict(vote.weights or {}), abstain_below=vote.abstain_below,
+                   abstain_on=vote.abstain_on)
         y = np.asarray(y)
         if logits.shape[:2] != (len(names), len(y)):
             raise EnsembleError(f"fit_vote: logits have shape {logits.shape}; expected ({len(names)}, {len(y)}, classes)")

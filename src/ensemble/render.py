@@ -22,6 +22,10 @@ _METRICS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "macro_precision": "
             "macro_recall": "macro recall"}
 _NAMES = {"accuracy": "accuracy", "nll": "NLL", "ece": "ECE", "train_loss": "train loss",
           "valid_loss": "valid loss", "macro_f1": "macro-F1"}
+_METHODS = {"soft": "soft vote (mean probability)", "hard": "hard vote (majority of labels)",
+            "weighted": "weighted soft vote (weights learned on validation)",
+            "selection": "ensemble selection (members picked on validation)",
+            "stacking": "stacking (a logistic regression over the members' probabilities)"}
 _PLOTS = {"confusion": "Confusion matrices", "agreement": "Pairwise agreement heatmap",
           "training": "Training curves", "coverage": "Accuracy against coverage"}
 
@@ -84,7 +88,7 @@ def _document(report: dict, plots: dict[str, str]) -> tuple[str, list[tuple[str,
     warning = _warning(report)
     sections: list[tuple[str, list]] = [("", [Caveat(warning)] * bool(warning) + [[
         ("Split: ", Span(str(report["split"]), "code")), (f"Rows: {report['rows']}",),
-        (f"Method: {report['method']} voting",), (f"Labels: {', '.join(labels)}",),
+        (f"Method: {_METHODS.get(report['method'], report['method'])}",), (f"Labels: {', '.join(labels)}",),
     ]])]
     sections.append(("Metrics", _metrics(report, names, has_gold)))
     agreement = report.get("agreement")
