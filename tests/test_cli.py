@@ -230,7 +230,8 @@ def test_library_setting_names_become_the_commands_flags():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["vote", "--quiet"], "error: No such option: --quiet (see 'ensemble vote --help')"),  # click offered --out
+    (["vote", "--quite"], "error: No such option: --quite (did you mean --quiet?) (see 'ensemble vote --help')"),
+    (["vote", "--verbose"], "error: No such option: --verbose (see 'ensemble vote --help')"),  # click offered --overwrite
     (["fit", "r.toml", "--ovewrite"], "error: No such option: --ovewrite (did you mean --overwrite?) (see 'ensemble fit --help')"),
     (["predict", "--ensembl", "x"], "error: No such option: --ensembl (did you mean --ensemble?) (see 'ensemble predict --help')"),
 ])

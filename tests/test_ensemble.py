@@ -507,3 +507,26 @@ def test_fit_vote_refuses_a_bad_config_before_changing_anything(run, vote, messa
     with pytest.raises(EnsembleError, match=re.escape(message)):
         ens.fit_vote(logits, np.array([0, 1, 2, 0]), vote)
     assert ens.manifest() == before
+
+
+def test_member_logits_progress_counts_every_members_rows(run, monkeypatch):
+    seen = {}
+
+    class Bar:
+        def __init__(self, total, desc, disable, **kwargs):
+            seen.update(total=total, desc=desc, disable=disable, done=0)
+
+        def update(self, n):
+            seen["done"] += n
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(ensemble_mod, "tqdm", Bar)
+    three(run).member_logits(TEXTS[:70], progress="test")
+    assert seen == {"total": 210, "desc": "test (3 members)", "disable": False, "done": 210}
+    three(run).member_logits(TEXTS[:5])
+    assert seen["disable"] is True

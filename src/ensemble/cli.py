@@ -108,6 +108,7 @@ def vote(
     label: Optional[str] = typer.Option(None, "--label", help="Label column, if the data has labels (default: the members' recipe, else 'label')."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Combine trained members on a data file: predictions, agreement report, ensemble.json."""
@@ -162,7 +163,7 @@ def vote(
         held = load_table(valid, **columns, field="--valid")
         held_logits = ens.recorded_logits(held)  # the members' own, when --valid is their validation file
         if held_logits is None:
-            held_logits = ens.member_logits(held.texts, held.pairs)
+            held_logits = ens.member_logits(held.texts, held.pairs, progress=None if quiet else "--valid")
         try:
             fitted = ens.fit_vote(held_logits, gold(ens, held, "--valid"), spec)
         except EnsembleError as exc:  # the library names the recipe's settings; here they are flags
@@ -178,7 +179,8 @@ def vote(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        report = evaluate(ens, ds, data.name, tmp, fitted=fitted, warning=warning if trained_on else None)
+        report = evaluate(ens, ds, data.name, tmp, fitted=fitted, warning=warning if trained_on else None,
+                          progress=not quiet)
         ens.save(tmp)
         replace_dir(tmp, out)
     finally:

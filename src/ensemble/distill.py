@@ -115,7 +115,8 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
             labels=list(train.labels) + [None] * len(unlabeled), path=train.path), splits.valid)
     # the teacher's probabilities for every training row, in the student's label order
     order = [ens.labels.index(label) for label in labels]
-    probs = _soft_scores(ens, ens.member_logits(splits.train.texts, splits.train.pairs))[:, order]
+    teach = "teacher labels" if progress else None
+    probs = _soft_scores(ens, ens.member_logits(splits.train.texts, splits.train.pairs, progress=teach))[:, order]
     train_member(student, splits, labels, training_data(ens), out, progress=progress, resume=resume,
                  teacher=Teacher(probs.astype(np.float32), temperature, hard_weight))
 
@@ -135,7 +136,7 @@ def compare(ens: Ensemble, student, held: TextDataset, split: str) -> dict:
         raise EnsembleError(f"{split}: has no labels; the student is compared on labelled held-out rows")
     alone = Ensemble([student])
     start = time.perf_counter()
-    logits = ens.member_logits(held.texts, held.pairs)
+    logits = ens.member_logits(held.texts, held.pairs)  # timed: no progress bar
     ensemble_labels = ens.vote_logits(logits, member_details=False).labels
     ensemble_seconds = time.perf_counter() - start
     start = time.perf_counter()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import combine
 from .aggregate import Vote, aggregate
@@ -298,13 +300,14 @@ class Ensemble:
         return self
 
     def member_logits(self, texts: Sequence, pairs: Sequence[str] | None = None,
-                      truncated: dict[str, int] | None = None) -> np.ndarray:
+                      truncated: dict[str, int] | None = None, progress: str | None = None) -> np.ndarray:
         """Logits of every member, shape (members, rows, classes), columns in `self.labels` order.
 
         Texts are tokenized once per distinct tokenizer (members fine-tuned from one checkpoint
         share the token ids); members on different GPUs run concurrently, in bf16 autocast unless
         `precision` says "fp32". Pass a dict as `truncated` to receive, per member, how many rows
-        were cut to its max_length.
+        were cut to its max_length. `progress` names a progress bar over the members' rows, shown
+        once the work has taken a second.
         """
         texts, pairs = self._split_pairs(texts, pairs)
         members = list(self.members.values())
@@ -329,21 +332,25 @@ class Ensemble:
             if truncated is not None:
                 truncated[member.name] = encodings[key].truncated
 
+        bar = tqdm(total=len(members) * len(texts), desc=f"{progress} ({len(members)} members)" if progress else None,
+                   unit="rows", disable=progress is None, delay=1, mininterval=0.5 if sys.stderr.isatty() else 30)
+
         def run(indices: list[int]) -> None:
             for k in indices:
                 member = members[k]
                 order = [member.labels.index(label) for label in self.labels]
                 enc = encodings[member.tokenizer_key or member.name]
-                out[k] = _predict_logits(member, enc, self.batch_size, self.precision)[:, order]
+                out[k] = _predict_logits(member, enc, self.batch_size, self.precision, bar)[:, order]
 
         by_device: dict[str, list[int]] = {}
         for k, member in enumerate(members):
             by_device.setdefault(str(device_of(member.model)), []).append(k)
-        if len(by_device) > 1:
-            with ThreadPoolExecutor(len(by_device)) as pool:
-                list(pool.map(run, by_device.values()))
-        else:
-            run(list(range(len(members))))
+        with bar:
+            if len(by_device) > 1:
+                with ThreadPoolExecutor(len(by_device)) as pool:
+                    list(pool.map(run, by_device.values()))
+            else:
+                run(list(range(len(members))))
         return out
 
     def recorded_logits(self, valid: TextDataset) -> np.ndarray | None:
@@ -460,8 +467,9 @@ def _strings(texts: list, name: str) -> list[str]:
 
 
 @torch.inference_mode()
-def _predict_logits(member: Member, enc: Encoded, batch_size: int, precision: str = "auto") -> np.ndarray:
-    """One member's logits in input order; batches of similar length, padded per batch."""
+def _predict_logits(member: Member, enc: Encoded, batch_size: int, precision: str = "auto", bar=None) -> np.ndarray:
+    """One member's logits in input order; batches of similar length, padded per batch; `bar`
+    (a tqdm bar) advances by each batch's rows."""
     collate = Collator(member.tokenizer.pad_token_id)
     device = device_of(member.model)
     logits = np.empty((len(enc), member.model.config.num_labels), dtype=np.float32)
@@ -470,6 +478,8 @@ def _predict_logits(member: Member, enc: Encoded, batch_size: int, precision: st
         for rows in length_sorted_batches(enc.lengths(), batch_size):
             batch = {k: v.to(device, non_blocking=True) for k, v in collate([enc[i] for i in rows]).items()}
             logits[rows] = member.model(**batch).logits.float().cpu().numpy()
+            if bar is not None:
+                bar.update(len(rows))
     return logits
 
 

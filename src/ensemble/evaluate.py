@@ -40,12 +40,13 @@ def gold(ens: Ensemble, ds: TextDataset, split: str) -> np.ndarray | None:
 
 def evaluate(ens: Ensemble, ds: TextDataset, split: str, out: Path, *, fitted: dict | None = None,
              data_info: dict | None = None, logits: np.ndarray | None = None,
-             truncated: dict[str, int] | None = None, warning: str | None = None) -> dict:
+             truncated: dict[str, int] | None = None, warning: str | None = None, progress: bool = False) -> dict:
     """Vote on `ds`, write predictions.csv and the report into `out`; return the report dict.
 
     `fitted` is what `Ensemble.fit_vote` returned (it becomes the report's ``combining``);
     `data_info` adds to the report's ``data`` section (skipped rows, members that failed);
-    `warning` is a caveat about the scores that opens the report.
+    `warning` is a caveat about the scores that opens the report; `progress` shows a bar while the
+    members run.
     `logits` and `truncated` are `ds`'s member logits and truncation counts when the caller has
     them already (the vote was fitted on this very split): they are not computed again.
 
@@ -56,7 +57,7 @@ def evaluate(ens: Ensemble, ds: TextDataset, split: str, out: Path, *, fitted: d
     """
     if logits is None:
         truncated = {}
-        logits = ens.member_logits(ds.texts, ds.pairs, truncated)
+        logits = ens.member_logits(ds.texts, ds.pairs, truncated, progress=split if progress else None)
     vote = ens.vote_logits(logits)
     y = gold(ens, ds, split)
     names = list(ens.members)

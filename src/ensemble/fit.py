@@ -99,7 +99,7 @@ def fit(recipe: Recipe, out: Path, overwrite: bool = False, resume: bool = False
                     diverged_file(out, member.name).write_text(str(exc), encoding="utf-8")
     if not state.is_main_process or only is not None:
         return {}
-    return vote_and_report(recipe, out, splits, test, labels, failed)
+    return vote_and_report(recipe, out, splits, test, labels, failed, progress)
 
 
 def check_out(out: Path, overwrite: bool, resume: bool) -> None:
@@ -134,7 +134,7 @@ def diverged_file(out: Path, name: str) -> Path:
 
 
 def vote_and_report(recipe: Recipe, out: Path, splits: Splits, test: TextDataset | None, labels: list[str],
-                    failed: dict[str, str]) -> dict:
+                    failed: dict[str, str], progress: bool = True) -> dict:
     """Vote the trained members (all but `failed`) and write the report and the manifest."""
     voters = [m.name for m in recipe.members if m.name not in failed]
     if not voters:
@@ -149,7 +149,8 @@ def vote_and_report(recipe: Recipe, out: Path, splits: Splits, test: TextDataset
         ens = Ensemble.from_dirs(dirs, recipe.vote.method, weights)
     truncated: dict[str, int] = {}
     if valid_logits is None:
-        valid_logits = ens.member_logits(splits.valid.texts, splits.valid.pairs, truncated)
+        valid_logits = ens.member_logits(splits.valid.texts, splits.valid.pairs, truncated,
+                                         progress="valid" if progress else None)
     else:  # the members' own counts, from the same tokenization
         truncated = {name: _valid_truncated(out / "members" / name) for name in ens.members}
     fitted = ens.fit_vote(valid_logits, gold(ens, splits.valid, "data.valid"), recipe.vote)
@@ -157,7 +158,7 @@ def vote_and_report(recipe: Recipe, out: Path, splits: Splits, test: TextDataset
                "test": test.skipped if test is not None else 0}
     info = {"skipped_rows": skipped, "failed_members": failed}
     if test is not None:
-        report = evaluate(ens, test, "test", out, fitted=fitted, data_info=info)
+        report = evaluate(ens, test, "test", out, fitted=fitted, data_info=info, progress=progress)
     else:  # no test file: the report is on valid, whose logits are at hand
         report = evaluate(ens, splits.valid, "valid", out, fitted=fitted, data_info=info,
                           logits=valid_logits, truncated=truncated)

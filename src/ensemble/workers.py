@@ -188,7 +188,7 @@ def fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | in
               f"({', '.join(s.label for s in slots)}); --concurrent 1 trains them one at a time")
     pool = started or [_Worker(slot, k, argv, out, logs, resume) for k, slot in enumerate(slots)]
     failed = _run_queue(queue, pool, out, logs, len(splits.train), progress)
-    return vote_and_report(recipe, out, splits, test, labels, failed)
+    return vote_and_report(recipe, out, splits, test, labels, failed, progress)
 
 
 def _run_queue(queue: list[MemberConfig], workers: list[_Worker], out: Path, logs: Path, train_rows: int,
