@@ -110,6 +110,14 @@ def test_distill_command_writes_an_ordinary_member_and_the_comparison(fitted, tm
     assert model.config.model_type == "roberta"
     member = load_member(tmp_path / "student")
     assert member.labels == ["negative", "neutral", "positive"]
+    again = ["distill", "--ensemble", str(fitted / "run"), "--student", "scratch:roberta:tiny", "--set", "epochs=1",
+             "--quiet", "--resume"]
+    code, out, err = cli(again + ["--out", str(tmp_path / "student"), "--temperature", "3"])
+    assert code == 0 and "student: already distilled with these settings; kept" in out, err
+    code, out, err = cli(again + ["--out", str(tmp_path / "student"), "--temperature", "2"])
+    assert code == 0 and "student: its temperature, hard weight or unlabelled rows changed; training it again" in out, err
+    code, out, err = cli(again + ["--out", str(tmp_path / "fresh")])
+    assert code == 0 and f"--resume: nothing to continue in '{tmp_path / 'fresh'}'; training from the start" in out, err
 
 
 @pytest.mark.slow

@@ -408,7 +408,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except (Abort, KeyboardInterrupt):
         hints = {"fit": " (training state is saved after every epoch: rerun with --resume to continue)",
-                 "predict": " (finished chunks are kept: rerun with --resume to continue)"}
+                 "predict": " (finished chunks are kept: rerun with --resume to continue)",
+                 "distill": " (the student's training state is saved after every epoch: rerun with --resume to continue)"}
         hint = next((h for command, h in hints.items() if command in args), "")
         typer.echo(f"interrupted{hint}", err=True)
         sys.exit(130)

@@ -113,20 +113,45 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
             texts=train.texts + unlabeled.texts,
             pairs=None if train.pairs is None else train.pairs + unlabeled.pairs,
             labels=list(train.labels) + [None] * len(unlabeled), path=train.path), splits.valid)
-    # the teacher's probabilities for every training row, in the student's label order
-    order = [ens.labels.index(label) for label in labels]
-    teach = "teacher labels" if progress else None
-    probs = _soft_scores(ens, ens.member_logits(splits.train.texts, splits.train.pairs, progress=teach))[:, order]
-    train_member(student, splits, labels, training_data(ens), out, progress=progress, resume=resume,
-                 teacher=Teacher(probs.astype(np.float32), temperature, hard_weight))
+    teaching = {"temperature": temperature, "hard_weight": hard_weight,
+                "unlabeled_rows": 0 if unlabeled is None else len(unlabeled)}
+    if not (resume and _kept(out, student, labels, teaching)):
+        # the teacher's probabilities for every training row, in the student's label order
+        order = [ens.labels.index(label) for label in labels]
+        teach = "teacher labels" if progress else None
+        probs = _soft_scores(ens, ens.member_logits(splits.train.texts, splits.train.pairs, progress=teach))[:, order]
+        train_member(student, splits, labels, training_data(ens), out, progress=progress, resume=resume,
+                     teacher=Teacher(probs.astype(np.float32), temperature, hard_weight))
 
     held, split = (test, "test") if test is not None else (splits.valid, "valid")
     result = compare(ens, load_member(out, student.name), held, split)
-    result.update(temperature=temperature, hard_weight=hard_weight, unlabeled_rows=0 if unlabeled is None else len(unlabeled),
-                  student=student.model or
+    result.update(**teaching, student=student.model or
                   f"scratch:{student.arch}:{student.size}")
     write_json(out / REPORT, result)
     return result
+
+
+def _kept(out: Path, student: MemberConfig, labels: list[str], teaching: dict) -> bool:
+    """For --resume: whether `out` already holds this student, trained the same way (then it is
+    kept); else say what there is to continue, or why it trains again."""
+    from .checkpoint import checkpoint_dir
+    from .fit import changed, finished
+
+    try:
+        before = json.loads((out / REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        before = None
+    taught = isinstance(before, dict) and all(before.get(k) == v for k, v in teaching.items())
+    if finished(out, student, labels) and taught:
+        print(f"{student.name}: already distilled with these settings; kept")
+        return True
+    why = changed(out, student, labels) or (
+        "its temperature, hard weight or unlabelled rows changed" if isinstance(before, dict) and not taught else None)
+    if why:
+        print(f"{student.name}: {why}; training it again")
+    elif not checkpoint_dir(out).is_dir():
+        print(f"--resume: nothing to continue in '{out}'; training from the start")
+    return False
 
 
 def compare(ens: Ensemble, student, held: TextDataset, split: str) -> dict:
