@@ -416,3 +416,18 @@ def test_members_left_out_of_the_vote_are_listed_with_why():
     assert data.startswith("Members left out of the vote: their training loss diverged (on_diverge = \"skip\"):\n\n"
                            "| model | why |\n| --- | ---: |\n| electra | members[electra]: training loss became nan at epoch 1, batch 3 |")
     assert "left out of the vote" in html(report) and "training loss became nan" in html(report)
+
+
+def test_stacking_shows_what_the_stacker_relies_on_and_no_voting_weights():
+    report = full_report()
+    report["method"] = "stacking"
+    report["combining"] = {"method": "stacking", "fitted_on": "valid", "valid_rows": 50,
+                           "valid": {"accuracy": 0.9}, "valid_scored": "out-of-fold (cross-fitted)",
+                           "reliance": {"albert": 0.75, "electra": 0.25}}
+    md = markdown(report)
+    section = md.split("## Combining")[1].split("\n## ")[0]
+    assert "- Validation accuracy (out-of-fold (cross-fitted)): 0.9000" in section
+    assert "| model | reliance |\n| --- | ---: |\n| albert | 0.7500 |\n| electra | 0.2500 |" in section
+    metrics = md.split("## Metrics")[1].split("\n## ")[0]
+    assert "| albert |  | " in metrics  # the weight column is empty: the stacker combines, not weights
+    assert "Method: stacking (a logistic regression over the members' probabilities)" in md

@@ -179,7 +179,7 @@ def vote(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        report = evaluate(ens, ds, data.name, tmp, fitted=fitted, warning=warning if trained_on else None,
+        report = evaluate(ens, ds, data.name, tmp, fitted=fitted, caveat=warning if trained_on else None,
                           progress=not quiet)
         ens.save(tmp)
         replace_dir(tmp, out)

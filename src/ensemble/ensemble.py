@@ -237,6 +237,10 @@ class Ensemble:
             oof = self.stacker.oof_probs_
             info["valid"] = {"accuracy": float((oof.argmax(1) == y).mean()), "nll": combine.nll(oof, y)}
             info["valid_scored"] = "out-of-fold (cross-fitted)"
+            # how much the stacker uses each member: its share of the coefficients' norm
+            size = len(self.labels)
+            norms = [float(np.linalg.norm(self.stacker.coef_[:, k * size:(k + 1) * size])) for k in range(len(names))]
+            info["reliance"] = {n: (v / sum(norms) if sum(norms) else 0.0) for n, v in zip(names, norms, strict=True)}
         self.ensemble_temperature = 1.0
         if vote.method != "stacking":
             self.stacker = None

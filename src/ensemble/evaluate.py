@@ -40,12 +40,12 @@ def gold(ens: Ensemble, ds: TextDataset, split: str) -> np.ndarray | None:
 
 def evaluate(ens: Ensemble, ds: TextDataset, split: str, out: Path, *, fitted: dict | None = None,
              data_info: dict | None = None, logits: np.ndarray | None = None,
-             truncated: dict[str, int] | None = None, warning: str | None = None, progress: bool = False) -> dict:
+             truncated: dict[str, int] | None = None, caveat: str | None = None, progress: bool = False) -> dict:
     """Vote on `ds`, write predictions.csv and the report into `out`; return the report dict.
 
     `fitted` is what `Ensemble.fit_vote` returned (it becomes the report's ``combining``);
     `data_info` adds to the report's ``data`` section (skipped rows, members that failed);
-    `warning` is a caveat about the scores that opens the report; `progress` shows a bar while the
+    `caveat` is a warning about the scores that opens the report; `progress` shows a bar while the
     members run.
     `logits` and `truncated` are `ds`'s member logits and truncation counts when the caller has
     them already (the vote was fitted on this very split): they are not computed again.
@@ -77,8 +77,8 @@ def evaluate(ens: Ensemble, ds: TextDataset, split: str, out: Path, *, fitted: d
                        "each member's best epoch chosen on), so they are optimistic; give the recipe a test file")
             report["combining"]["warning"] = warning
             report = _after_split(report, "warning", warning)  # top level, so every reader sees it first
-    if warning:  # the caller's (e.g. `vote` scoring the members' own training rows)
-        report = _after_split(report, "warning", f"{report['warning']}; {warning}" if report.get("warning") else warning)
+    if caveat:  # the caller's (e.g. `vote` scoring the members' own training rows)
+        report = _after_split(report, "warning", f"{report['warning']}; {caveat}" if report.get("warning") else caveat)
     report["training"] = _histories(ens)
     report["data"] = _data_section(ens, data_info or {}, truncated or {})
     write_predictions(out / "predictions.csv", names=names, labels=ens.labels, vote=vote, texts=ds.texts,

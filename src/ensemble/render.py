@@ -127,7 +127,8 @@ def _metrics(report: dict, names: list[str], has_gold: bool) -> list:
     metrics["mean_confidence"] = "mean confidence"
     # NLL and ECE come with newer reports only; a column appears when anyone has the number.
     metrics.update({k: _NAMES[k] for k in ("nll", "ece") if any(k in e for e in entries)})
-    rows = [[name, _num(report["weights"].get(name))] + [_num(e.get(k)) for k in metrics]
+    stacked = report.get("method") == "stacking"  # the stacker, not these weights, combines the members
+    rows = [[name, "" if stacked else _num(report["weights"].get(name))] + [_num(e.get(k)) for k in metrics]
             for name, e in zip(names, entries)]
     abstention = report.get("abstention")
     abstaining = isinstance(abstention, dict) and abstention.get("threshold") is not None
@@ -190,9 +191,14 @@ def _combining(section: Any, report: dict, names: list[str]) -> list:
     if section.get("valid_rows") is not None:
         fitted += (f" ({section['valid_rows']} rows)",)
     items = [(f"Method: {section.get('method', '?')}",), fitted]
-    items += [(f"Validation {_NAMES.get(k, k)}: {_num(v)}",)
+    scored = f" ({section['valid_scored']})" if section.get("valid_scored") else ""
+    items += [(f"Validation {_NAMES.get(k, k)}{scored}: {_num(v)}",)
               for k, v in (section.get("valid") or {}).items()]
     blocks: list = [items]
+    reliance = section.get("reliance")
+    if isinstance(reliance, dict) and reliance:
+        blocks += [("How much the stacker uses each member (its share of the coefficients' norm on that member's "
+                    "log-probabilities):",), Table(["model", "reliance"], [[n, _num(v)] for n, v in reliance.items()])]
     weights, picks = section.get("weights"), section.get("picks")
     if weights or picks:
         listed = dict.fromkeys([*names, *(weights or {}), *(picks or {})])
