@@ -494,3 +494,18 @@ def test_evaluate_data_section_names_the_split_and_skips_nothing_by_default(tmp_
                     "| c | 64 | 2 |\n")
     # The disputed table has the rows where members disagree; row 0 is unanimous.
     assert [item["row"] for item in report["disputed"]] == [1, 2, 3, 4]
+
+
+def test_disputed_rows_with_a_zero_weight_member_follow_the_members_split():
+    from ensemble.aggregate import aggregate
+
+    # c and d have weight 0: every row's weighted agreement is 1 (a and b agree everywhere)
+    labels_by_member = np.array([[0, 1, 0, 1], [0, 1, 0, 1], [1, 0, 0, 0], [1, 1, 0, 0]])
+    logits = np.where(labels_by_member[..., None] == np.arange(2), 3.0, 0.0).astype(np.float32)
+    vote = aggregate(logits, "soft", weights=[1.0, 1.0, 0.0, 0.0])
+    assert vote.agreement.tolist() == [1.0, 1.0, 1.0, 1.0]
+    report = build_report(names=list("abcd"), labels=["neg", "pos"], vote=vote, method="weighted",
+                          weights=dict(zip("abcd", [1.0, 1.0, 0.0, 0.0])), y_true=None, texts=list("wxyz"),
+                          pairs=None, split="test")
+    # rows 0 and 3: half the members agree with the ensemble; row 1: three of four; row 2 unanimous
+    assert [item["row"] for item in report["disputed"]] == [0, 3, 1]

@@ -120,8 +120,9 @@ def build_report(*, names: list[str], labels: list[str], vote: Vote, method: str
     metrics and ``mean_confidence``), ``ensemble`` (metrics, ``mean_confidence``,
     ``mean_agreement``), ``agreement`` (see `agreement_stats`), ``oracle_accuracy`` (share of
     rows some member gets right) and ``disputed``: up to ``top_disputed`` of the rows where the
-    members do not all give the same label, lowest agreement first, ties going to the lower
-    ensemble confidence, then to the earlier row; empty when every member agreed on every row.
+    members do not all give the same label, lowest agreement first, ties going to the smaller
+    share of members agreeing with the ensemble, then to the lower ensemble confidence, then to
+    the earlier row; empty when every member agreed on every row.
     Without ``y_true`` the metric keys and ``oracle_accuracy`` are absent and ``gold`` is None.
 
     Example:
@@ -162,7 +163,10 @@ def build_report(*, names: list[str], labels: list[str], vote: Vote, method: str
     # Agreement is a float32 sum of weights, so equal real sums can differ in the last bit;
     # rounding makes them tie, and the documented tie-breaks (confidence, row) then apply.
     agreement_key = np.round(vote.agreement.astype(np.float64), 6)
-    order = np.lexsort((np.arange(rows), vote.confidence, agreement_key))
+    # then the share of members (not of weight) that agree: with a zero-weight member every row's
+    # weighted agreement can be 1, and the members' own split still orders the rows
+    agreeing = (member_labels == vote.labels[None]).mean(axis=0)
+    order = np.lexsort((np.arange(rows), vote.confidence, agreeing, agreement_key))
     # Only rows where the members disagree are disputed; a unanimous row is not, whatever its rank.
     split_rows = ~(member_labels == member_labels[:1]).all(axis=0)
     order = order[split_rows[order]][:top_disputed]
