@@ -321,8 +321,10 @@ def test_sigkill_of_the_run_stops_its_workers_and_resume_equals_an_uninterrupted
 
     args = [sys.executable, "-m", "ensemble", "fit", str(tmp_path / "r.toml"), "--out", str(run), "--concurrent", "2",
             "--quiet"]
-    proc = subprocess.Popen(args, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    scratch = tmp_path / "tmp"  # where the run keeps its workers' logs (tempfile follows TMPDIR)
+    scratch.mkdir()
+    proc = subprocess.Popen(args, env={**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(scratch)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = run / "members" / ".bert.ckpt" / "progress.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None and not progress.is_file():
@@ -334,6 +336,7 @@ def test_sigkill_of_the_run_stops_its_workers_and_resume_equals_an_uninterrupted
     while _workers_of(run) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _workers_of(run) == [], "orphaned workers kept training into the run directory"
+    assert list(scratch.glob("ensemble-workers-*")) == [], "the killed run's worker logs were left behind"
     assert not (run / "members" / "bert" / "metrics.json").exists()  # bert was cut short (~0.5 s an epoch)
 
     resumed = ensemble_fit(str(tmp_path / "r.toml"), "--out", str(run), "--concurrent", "2", "--resume", "--quiet")

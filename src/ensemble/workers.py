@@ -39,6 +39,7 @@ BYTES_PER_PARAMETER = 20  # fp32 weights, gradients, two AdamW moments, the best
 PROCESS_BYTES = 1 << 30  # a worker's runtime and activations, beyond its parameters (generous)
 MEMINFO = "/proc/meminfo"
 PARENT = "ENSEMBLE_PARENT_PID"  # a worker stops when this process, its parent, is gone
+LOGS = "ENSEMBLE_WORKER_LOGS"  # ... and removes the parent's log directory, which nobody will read
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,9 @@ def serve(recipe: Recipe, out: Path, resume: bool) -> None:
     def orphaned() -> None:  # a killed parent cannot stop us: stop, rather than train into a run resumed meanwhile
         while os.getppid() == parent:
             time.sleep(1)
+        logs = os.environ.get(LOGS, "")
+        if Path(logs).name.startswith("ensemble-workers-"):  # only the directory the parent made
+            shutil.rmtree(logs, ignore_errors=True)
         os.kill(os.getpid(), signal.SIGTERM)  # checkpoints are written atomically: any moment is safe
 
     threading.Thread(target=orphaned, daemon=True).start()
@@ -286,7 +290,7 @@ class _Worker:
         command = [sys.executable, "-m", "ensemble", "fit", *argv, "--out", str(out), "--serve", "--quiet",
                    "--resume" if resume else "--overwrite"]
         with open(self.output, "wb") as sink:
-            self.proc = subprocess.Popen(command, env={**os.environ, **slot.env, PARENT: str(os.getpid())},
+            self.proc = subprocess.Popen(command, env={**os.environ, **slot.env, PARENT: str(os.getpid()), LOGS: str(logs)},
                                          stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=sink, text=True)
         self.answers: Queue[str] = Queue()
