@@ -9,9 +9,10 @@ from .recipe import MemberConfig, TrainConfig, recipe_dict
 
 
 def write_model_card(path: Path, cfg: MemberConfig, labels: list[str], result: dict, n_train: int, n_valid: int,
-                     arch: str) -> None:
+                     arch: str, distilled: tuple[float, float] | None = None) -> None:
     """Write a Hugging Face model card: base model, hyperparameters, metrics table, versions.
-    `arch` is the model's architecture (its config's ``model_type``, e.g. ``"roberta"``).
+    `arch` is the model's architecture (its config's ``model_type``, e.g. ``"roberta"``);
+    `distilled` the (temperature, hard-label weight) of a student trained on an ensemble's labels.
 
     Example:
         >>> write_model_card(Path("members/bert/README.md"), cfg, ["neg", "pos"], metrics, 900, 100, "bert")  # doctest: +SKIP
@@ -40,6 +41,8 @@ def write_model_card(path: Path, cfg: MemberConfig, labels: list[str], result: d
         f"- Base model: {base}",
         f"- Labels: {', '.join(f'`{label}`' for label in labels)}",
         f"- Data: {n_train} training rows, {n_valid} validation rows",
+        *([f"- Distilled from an ensemble: trained on its soft labels at temperature {distilled[0]:g}, "
+           f"with {distilled[1]:g} of the loss on the gold labels (`ensemble distill`)"] if distilled else []),
         f"- Best epoch: {result['best_epoch']} of {len(result['history'])} (by {result['best_metric']})",
         "",
         "## Hyperparameters",

@@ -343,7 +343,8 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
             if (ckpt.root / LOG).is_file():
                 shutil.copy2(ckpt.root / LOG, tmp / LOG)
             write_model_card(tmp / "README.md", cfg, labels, result, len(train_set), len(valid_set),
-                             arch=unwrapped.config.model_type)
+                             arch=unwrapped.config.model_type,
+                             distilled=None if teacher is None else (teacher.temperature, teacher.hard_weight))
             replace_dir(tmp, out_dir)
         finally:
             # after a crash, leave no half-written member behind (a loadable one, even)
