@@ -179,8 +179,8 @@ CASES = [
     ("non-UTF-8 bytes", train_file(b"text,label\ncaf\xe9,positive\n"), 2, "is not valid UTF-8"),
     ("quote breaks comma CSV", train_file('text,label\n"unclosed,positive\n'), 2, "is not valid CSV"),
     ("unknown extension", train_file("x", name="train.xlsx"), 2, "unknown extension '.xlsx'"),
-    ("labels the members do not know", vote_file("text,label\na film,7\n"), 2, "label '7' is not one the members know"),
-    ("mixed numbers and strings", vote_file("text,label\na film,positive\nanother,3\n"), 2, "label '3' is not one the members know"),
+    ("labels the members do not know", vote_file("text,label\na film,7\n"), 2, "data.csv: label '7' (first at data row 1 of '"),
+    ("mixed numbers and strings", vote_file("text,label\na film,positive\nanother,3\n"), 2, "data.csv') is not one the members know (negative, neutral, positive)"),
     # data that must work
     ("byte-order mark", vote_file("\ufefftext,label\na film,positive\n"), 0, "report:"),
     ("quotes inside TSV", vote_file('text\tlabel\nsay "hi\tpositive\n', "d.tsv"), 0, "report:"),

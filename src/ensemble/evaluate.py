@@ -27,13 +27,17 @@ from .members import METRICS_FILE
 from .report import append_predictions, build_report, write_predictions, write_report
 
 
-def gold(ens: Ensemble, ds: TextDataset, split: str) -> np.ndarray | None:
-    """Gold labels as indices into `ens.labels`; an error names a label the members do not know."""
+def gold(ens: Ensemble, ds: TextDataset, split: str, offset: int = 0) -> np.ndarray | None:
+    """Gold labels as indices into `ens.labels`; an error names a label the members do not know
+    and its first data row (counted from 1; `ds` starts at data row `offset` + 1 of its file)."""
     if ds.labels is None:
         return None
     unknown = sorted(set(ds.labels) - set(ens.labels))
     if unknown:
-        raise EnsembleError(f"{split}: label '{unknown[0]}' is not one the members know ({', '.join(ens.labels)})")
+        first = ds.labels.index(unknown[0]) + offset + 1
+        where = f" of '{ds.path}'" if ds.path else ""
+        raise EnsembleError(f"{split}: label '{unknown[0]}' (first at data row {first}{where}) is not one the "
+                            f"members know ({', '.join(ens.labels)})")
     index = {label: i for i, label in enumerate(ens.labels)}
     return np.array([index[y] for y in ds.labels])
 
@@ -237,7 +241,7 @@ def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str 
                 vote = ens.vote(chunk.texts, chunk.pairs)
                 handle = _TextSink()
                 append_predictions(handle, names=names, labels=ens.labels, vote=vote, texts=chunk.texts,
-                                   pairs=chunk.pairs, y_true=gold(ens, chunk, "--data"), header=rows == 0,
+                                   pairs=chunk.pairs, y_true=gold(ens, chunk, "--data", offset=rows), header=rows == 0,
                                    abstain=ens.abstained(vote))
                 raw.write(handle.getvalue())
                 raw.flush()
