@@ -143,7 +143,7 @@ def test_distill_command_learns_from_unlabelled_texts(fitted, tmp_path, cli):
     (["--student", "scratch:bert:huge"], "--student: scratch students are scratch:ARCH[:SIZE]"),
     (["--student", "scratch:bert", "--temperature", "0"], "--temperature: must be > 0"),
     (["--student", "scratch:bert", "--hard-weight", "2"], "--hard-weight: must be between 0 and 1"),
-    (["--student", "scratch:bert", "--set", "lrr=1"], "unknown key (did you mean 'lr'?)"),
+    (["--student", "scratch:bert", "--set", "lrr=1"], "--set: lrr: unknown key (did you mean 'lr'?)"),
     (["--student", "somewhere/unknown-model"], "--student: cannot tell the architecture"),
     (["--student", "scratch:bert", "--name", "a/b"], "--name: use letters, digits, '-', '_' or '.'"),
     (["--student", "scratch:bert", "--unlabeled", "nowhere.csv"], "--unlabeled: file not found: 'nowhere.csv'"),

@@ -218,7 +218,7 @@ def _named_dirs(items: list[str]) -> dict[str, Path]:
         name, sep, path = item.partition("=")
         name, path = (name, path) if sep else (Path(item).name, item)
         if name in dirs:
-            raise EnsembleError(f"--members: two members are named '{name}'; name them as NAME=DIR")
+            raise EnsembleError(f"--members: two members are named '{name}'; give each its own name (NAME=DIR)")
         dirs[name] = Path(path)
     return dirs
 

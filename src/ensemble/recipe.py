@@ -99,7 +99,10 @@ def train_config(values: dict, overrides: list[str] | None = None, where: str = 
         if not sep or not key.strip():
             raise EnsembleError(f"{where}: expected FIELD=VALUE (e.g. lr=3e-5); got '{item}'")
         values[key.strip()] = _parse_value(text.strip())
-    return _build(TrainConfig, values, "train", where)
+    try:
+        return _build(TrainConfig, values, "train", where)
+    except EnsembleError as exc:  # FIELD=VALUE names the field alone: "--set: lr: ...", not "train.lr"
+        raise EnsembleError(str(exc).replace(f"{where}: train.", f"{where}: ", 1)) from None
 
 
 def to_scratch(recipe: Recipe, size: str) -> Recipe:
