@@ -431,3 +431,13 @@ def test_stacking_shows_what_the_stacker_relies_on_and_no_voting_weights():
     metrics = md.split("## Metrics")[1].split("\n## ")[0]
     assert "| albert |  | " in metrics  # the weight column is empty: the stacker combines, not weights
     assert "Method: stacking (a logistic regression over the members' probabilities)" in md
+
+
+def test_labels_without_gold_rows_are_named_under_the_metrics():
+    report = full_report()
+    assert "no gold row" not in markdown(report)
+    labels = report["labels"]
+    report["ensemble"]["confusion"] = [[0] * len(labels)] + report["ensemble"]["confusion"][1:]
+    md = markdown(report)
+    assert (f"Macro averages are over all {len(labels)} labels the members know; '{labels[0]}' has no gold row in "
+            "this split and counts as 0 there, so that scores stay comparable across splits.") in md

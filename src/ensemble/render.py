@@ -138,6 +138,14 @@ def _metrics(report: dict, names: list[str], has_gold: bool) -> list:
     blocks: list = [Table(["model", "weight", *metrics.values()], rows)]
     if abstaining:
         blocks.append(_after_abstention(abstention, report))
+    confusion = report["ensemble"].get("confusion") if has_gold else None
+    absent = [str(report["labels"][i]) for i, row in enumerate(confusion or []) if not sum(row)]
+    if absent:  # macro averages count them as 0: say so where the numbers are read
+        listed = ", ".join(f"'{a}'" for a in absent)
+        blocks.append((f"Macro averages are over all {len(report['labels'])} labels the members know; {listed} "
+                       f"{'has' if len(absent) == 1 else 'have'} no gold row in this split and "
+                       f"count{'s' if len(absent) == 1 else ''} as 0 there, so that scores stay comparable across "
+                       "splits.",))
     if "oracle_accuracy" in report:
         blocks.append((f"Oracle accuracy (some member right): {_num(report['oracle_accuracy'])}",))
     return blocks
