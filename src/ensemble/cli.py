@@ -156,8 +156,9 @@ def vote(
                       abstain_accuracy=abstain_accuracy)
     fitted = None
     if valid is not None:
-        if _trained_on(ens, valid):
-            typer.echo(f"warning: --valid is the training file of {_trained_on(ens, valid)}: the members fit those rows, "
+        fitted_on_it = _trained_on(ens, valid)
+        if fitted_on_it:
+            typer.echo(f"warning: --valid is the training file of {fitted_on_it}: the members fit those rows, "
                        "so what the vote learns there (temperatures, weights, the stacker) trusts them too much; "
                        "give their validation file", err=True)
         held = load_table(valid, **columns, field="--valid")

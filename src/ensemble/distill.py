@@ -20,7 +20,7 @@ from .data import TextDataset
 from .ensemble import Ensemble, write_json
 from .errors import EnsembleError
 from .evaluate import gold
-from .members import RECIPE_FILE, load_member, preflight
+from .members import RECIPE_FILE, load_member, preflight, saved_recipe
 from .recipe import ARCHES, SIZES, DataConfig, MemberConfig, infer_arch, name_problem, train_config
 from .train import Splits, Teacher, train_member
 
@@ -40,7 +40,7 @@ def student_config(spec: str, name: str, ens: Ensemble, overrides: list[str]) ->
     if problem:  # checked before training: the comparison's Ensemble would refuse it only afterwards
         raise EnsembleError(f"--name: {problem}")
     first = next(iter(ens.members.values()))
-    saved = _recipe(first.path).get("member", {}).get("train", {})
+    saved = saved_recipe(first.path).get("member", {}).get("train", {})
     train = train_config({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}, overrides)
     if spec.startswith("scratch:"):
         parts = spec.split(":")
@@ -59,7 +59,7 @@ def student_config(spec: str, name: str, ens: Ensemble, overrides: list[str]) ->
 def training_data(ens: Ensemble) -> DataConfig:
     """The data the ensemble's members were trained on, from their saved recipe."""
     first = next(iter(ens.members.values()))
-    data = _recipe(first.path).get("data")
+    data = saved_recipe(first.path).get("data")
     if not isinstance(data, dict) or not data.get("train"):
         raise EnsembleError(f"--ensemble: member '{first.name}' has no {RECIPE_FILE} naming its training data; "
                             "distill an ensemble made by 'ensemble fit'")
@@ -186,10 +186,3 @@ def _soft_scores(ens: Ensemble, logits: np.ndarray) -> np.ndarray:
     names = list(ens.members)
     return aggregate(logits, "soft", [ens.weights[n] for n in names], [ens.temperatures[n] for n in names],
                      member_details=False).scores
-
-
-def _recipe(path: Path | None) -> dict:
-    try:
-        return json.loads((Path(path) / RECIPE_FILE).read_text(encoding="utf-8"))
-    except (OSError, TypeError, ValueError):
-        return {}

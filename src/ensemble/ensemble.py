@@ -27,7 +27,7 @@ from .batching import Collator, Encoded, encode, length_sorted_batches
 from .data import TextDataset
 from .errors import EnsembleError, one_of
 from .devices import check_devices, check_precision, device_of
-from .members import Member, load_member, recorded_valid_logits
+from .members import Member, load_member, recorded_valid_logits, saved_recipe
 from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig, name_problem
 from .stacking import Stacker
 
@@ -169,22 +169,15 @@ class Ensemble:
 
     def data_columns(self) -> dict:
         """The data columns (text, text_pair, label) the first member was trained with, if recorded."""
-        member = next(iter(self.members.values()))
-        try:
-            recipe = json.loads((member.path / "recipe.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        data = recipe.get("data") if isinstance(recipe, dict) else None
+        data = saved_recipe(next(iter(self.members.values())).path).get("data")
         return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
 
     def training_files(self) -> dict[str, Path]:
         """Member name -> the training file its recipe.json records (members made by ``fit``)."""
         files = {}
         for name, member in self.members.items():
-            try:
-                train = json.loads((member.path / "recipe.json").read_text(encoding="utf-8"))["data"]["train"]
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
+            data = saved_recipe(member.path).get("data")
+            train = data.get("train") if isinstance(data, dict) else None
             if isinstance(train, str):
                 files[name] = Path(train)
         return files

@@ -13,7 +13,7 @@ from .devices import bf16_tip
 from .ensemble import MANIFEST, Ensemble, write_json
 from .errors import EnsembleError
 from .evaluate import evaluate, gold
-from .members import METRICS_FILE, RECIPE_FILE, preflight
+from .members import METRICS_FILE, preflight, saved_recipe
 from .recipe import DataConfig, MemberConfig, Recipe, recipe_dict
 from .train import Diverged, Splits, process_state, train_member
 
@@ -180,11 +180,8 @@ def changed(path: Path, member: MemberConfig, labels: list[str]) -> str | None:
     Example:
         >>> changed(Path("runs/none/members/bert"), MemberConfig("bert", init="scratch", arch="bert"), ["a", "b"])
     """
-    try:
-        saved = json.loads((path / RECIPE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(saved, dict):
+    saved = saved_recipe(path)
+    if not saved:
         return None
     if saved.get("labels") != labels:
         return f"the labels changed since it was trained ({saved.get('labels')} -> {labels})"
@@ -201,9 +198,6 @@ def _flat(tree, prefix: str = "") -> dict:
 
 def finished(path: Path, member: MemberConfig, labels: list[str]) -> bool:
     """Whether `path` holds a complete member trained with exactly these settings and labels."""
-    try:
-        saved = json.loads((path / RECIPE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    complete = (path / METRICS_FILE).is_file() and any(path.glob("model*.safetensors"))
+    saved = saved_recipe(path)
+    complete = bool(saved) and (path / METRICS_FILE).is_file() and any(path.glob("model*.safetensors"))
     return complete and saved.get("member") == recipe_dict(member) and saved.get("labels") == labels

@@ -340,6 +340,21 @@ def load_member(path: str | Path, name: str | None = None, weights: bool = True)
                   max_length=max_length, text_pair=text_pair, tokenizer_key=tokenizer_key(path, max_length))
 
 
+def saved_recipe(member_dir: str | Path | None) -> dict:
+    """A member directory's recipe.json as a dict: {} when it is missing, unreadable or not a JSON
+    object (`load_member` is where a damaged one is reported).
+
+    Example:
+        >>> saved_recipe("runs/none/members/bert")
+        {}
+    """
+    try:
+        recipe = json.loads((Path(member_dir) / RECIPE_FILE).read_text(encoding="utf-8"))
+    except (OSError, TypeError, ValueError):
+        return {}
+    return recipe if isinstance(recipe, dict) else {}
+
+
 def save_valid_logits(path: Path, logits: torch.Tensor, valid: TextDataset, labels: list[str], precision: str) -> None:
     """Write the best epoch's validation logits with what they are valid for (rows, labels)."""
     from safetensors.torch import save_file

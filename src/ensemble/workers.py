@@ -334,15 +334,18 @@ class _Worker:
             raise _UserError(mistake) if mistake else EnsembleError(self.failure(code))
         return None
 
+    def _lines(self) -> list[str]:
+        return [x for x in self.output.read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()]
+
     def user_error(self, code: int) -> str | None:
         """The worker's own one-line error when it stopped on a user mistake (exit code 2), else None."""
-        lines = [x for x in self.output.read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()]
+        lines = self._lines()
         if code == 2 and lines and lines[-1].startswith("error: "):
             return lines[-1][len("error: "):]
         return None
 
     def failure(self, code: int) -> str:
-        lines = [x for x in self.output.read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()]
+        lines = self._lines()
         why = (f"killed by {signal.Signals(-code).name}" + (" (out of memory?)" if code == -signal.SIGKILL else "")
                if code < 0 else lines[-1] if lines else f"exit code {code}")
         return (f"members[{self.member.cfg.name}]: its worker process ({self.label}) failed: {why} "
