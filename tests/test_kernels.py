@@ -58,9 +58,9 @@ def _setup(members: int, seed: int, zero_weight: bool = False):
     return weight64, temperature
 
 
-def _check(x: torch.Tensor, method: str, weight64: torch.Tensor, temperature: torch.Tensor):
+def _check(x: torch.Tensor, method: str, weight64: torch.Tensor, temperature: torch.Tensor, slices=None):
     """Run both paths and compare; returns the kernel's outputs."""
-    got = fused_vote(x, method, weight64.to(torch.float32), temperature)
+    got = fused_vote(x, method, weight64.to(torch.float32), temperature, slices=slices)
     # bf16/fp16 inputs: the reference sees the very same values, upcast to float32.
     ref = _vote_chunk(x.to(torch.float32), method, weight64, temperature)
     assert set(got) == set(ref) == set(KEYS)
@@ -126,6 +126,26 @@ def test_int64_offsets_path(monkeypatch, method):
     x = _logits(9, 40, 3, seed=9).permute(2, 1, 0)  # classes outermost: large class stride
     assert x.stride(2) > x.stride(1)
     _check(x, method, weight64, temperature)
+
+
+@pytest.mark.parametrize("slices", [None, 1, 3])
+@pytest.mark.parametrize("method", ["soft", "hard"])
+@pytest.mark.parametrize(("members", "classes", "rows"), [(3, 20, 1000), (16, 5, 700), (5, 2, 2049)])
+def test_equal_counts_over_slices(members, classes, rows, method, slices):
+    """Equal counts spread over one slice per program (None: 6-32 programs here), one buffer for
+    all (1), or 3 slices that several programs share: the same counts as the reference."""
+    weight64, temperature = _setup(members, seed=rows, zero_weight=True)
+    _check(_logits(members, rows, classes, seed=rows), method, weight64, temperature, slices=slices)
+
+
+def test_slice_count():
+    """A slice per program, within MAX_SLICE_COUNTS counts; at least one."""
+    assert kernels._slices(100, 16, None) == 100
+    assert kernels._slices(10**6, 16, None) == kernels.MAX_SLICE_COUNTS // 256 == 4096
+    assert kernels._slices(10**6, 64, None) == 256
+    assert kernels._slices(10**6, 2000, None) == 1
+    assert kernels._slices(10**6, 16, 1) == 1
+    assert kernels._slices(5, 16, 40) == 5
 
 
 @pytest.mark.parametrize("method", ["soft", "hard"])

@@ -28,9 +28,11 @@ Kernel design (``_vote_kernel``):
   next power of 2 >= members, rows for members not seen yet hold -1). Right after member m,
   comparing its labels with that tile gives, for every j <= m, the number of this block's rows
   where members j and m agree; two masked vector ``tl.atomic_add`` calls add them to
-  ``equal_counts[j, m]`` and ``equal_counts[m, j]`` (j < m) of the global int64 (M, M) buffer.
-  That is M*M integer atomics per program in all, exact and order-independent, so the result
-  is deterministic. After the loop the same tile gives the soft vote's agreement.
+  ``[j, m]`` and ``[m, j]`` (j < m) of one int64 (M, M) slice of a (slices, M, M) buffer, slice
+  ``pid % slices``, which the host sums. That is M*M integer atomics per program in all, exact
+  and order-independent, so the result is deterministic; the slices (a few thousand for up to
+  16 members, see `_slices`) keep programs that run at the same time off each other's
+  addresses. After the loop the same tile gives the soft vote's agreement.
 * Labels: soft -> argmax of the soft scores, exact ties -> lowest index. Hard -> classes whose
   float32 share is within ``SHARE_TOL`` (1e-6) of the row's largest share are tied; among them
   the highest soft score wins, exact equality -> lowest index. (The reference tallies shares in
@@ -46,7 +48,8 @@ Bytes moved per row, for a GB/s figure (M members, C classes, s = the logits' it
 * write: ``4 * C`` (scores) + ``8 + 4 + 4`` (label, confidence, agreement)
   + ``M * (8 + 4)`` (member label, member confidence)
 * total: ``M * C * s + 4 * C + 12 * M + 16`` (`bytes_per_row`), plus M*M int64 atomic adds
-  per program (``ceil(rows / BLOCK_ROWS)`` programs) for ``equal_counts``, which stay in L2.
+  per program (``ceil(rows / BLOCK_ROWS)`` programs) for ``equal_counts``, which stay in L2
+  (up to 8 MiB of slices).
 
 Numbers differ from the reference only by float32 rounding (the GPU's ``exp`` and division are
 not bit-identical to torch's), so scores, confidence and agreement match to ~1e-6 relative;
@@ -88,6 +91,9 @@ SHARE_TOL = 1e-6
 
 # Elements of one (BLOCK_ROWS, BLOCK_C) tile per program (see `_blocks`).
 _TILE_ELEMENTS = 1024
+# Int64 counts in the slices of equal counts at most (see `_slices`): 8 MiB, 4,096 slices at 16
+# members, 1,024 at 32, 256 at 64.
+MAX_SLICE_COUNTS = 1 << 20
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -128,6 +134,7 @@ if triton is not None:
         member_labels_ptr,
         member_confidence_ptr,
         equal_counts_ptr,
+        SLICES,
         M,
         R,
         C,
@@ -143,6 +150,9 @@ if triton is not None:
     ):
         pid = tl.program_id(0)
         first_row = pid * BLOCK_ROWS  # R < 2**31 (checked on the host): int32 row indices
+        # This program's equal counts go to slice pid % SLICES of the (SLICES, M, M) buffer (see
+        # `_slices`): programs that run at the same time add to different addresses.
+        equal_counts_ptr += (pid % SLICES).to(tl.int64) * M * M
         local = tl.arange(0, BLOCK_ROWS)
         rows = first_row + local
         cols = tl.arange(0, BLOCK_C)
@@ -254,8 +264,25 @@ def _needs_int64_offsets(x: torch.Tensor, block_rows: int, block_c: int) -> bool
     return reach >= 2**31
 
 
+def _slices(programs: int, members: int, slices: int | None) -> int:
+    """How many (M, M) slices the equal counts are spread over (program pid adds to slice
+    pid % slices).
+
+    Every program adds M*M counts with atomics. Into one (M, M) buffer, the programs running at
+    the same time (thousands on a GPU) would all add to the same M*M addresses, and atomics to
+    one address wait for each other: at 16 members x 20 classes that is 8 atomic adds per row
+    against 640 bytes of bf16 logits. Spread over up to `MAX_SLICE_COUNTS` counts (8 MiB of
+    int64), programs running together meet at no address; the host sums the slices (one small
+    reduction). `slices` forces a count (1: a single buffer; the benchmark compares them).
+    """
+    if slices is None:
+        slices = MAX_SLICE_COUNTS // (members * members)
+    return max(1, min(programs, slices))
+
+
 def fused_vote(
-    x: torch.Tensor, method: str, weights: torch.Tensor, temperatures: torch.Tensor
+    x: torch.Tensor, method: str, weights: torch.Tensor, temperatures: torch.Tensor,
+    slices: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """The whole vote for one (members, rows, classes) tensor in one kernel launch.
 
@@ -268,6 +295,8 @@ def fused_vote(
         method: ``"soft"`` or ``"hard"``.
         weights: (members,) weights normalised to sum to 1 (converted to float32 on x's device).
         temperatures: (members,) positive temperatures (converted to float32 on x's device).
+        slices: how many copies of the equal counts the programs add to (see `_slices`);
+            None chooses.
 
     Returns:
         ``labels`` (rows,) int64, ``scores`` (rows, classes) float32, ``confidence`` (rows,)
@@ -318,14 +347,14 @@ def fused_vote(
         "agreement": _empty((rows,), torch.float32, device),
         "member_labels": _empty((members, rows), torch.int64, device),
         "member_confidence": _empty((members, rows), torch.float32, device),
-        # Accumulated with atomics, so it starts at zero (members^2 values: negligible).
-        "equal_counts": torch.zeros((members, members), dtype=torch.int64, device=device),
     }
-    if rows == 0:
-        return out
-
     block_rows, block_c, block_m, num_warps = _blocks(members, classes)
     grid = (triton.cdiv(rows, block_rows),)
+    # Accumulated with atomics, so it starts at zero; summed over its slices below.
+    partial = torch.zeros((_slices(grid[0], members, slices), members, members), dtype=torch.int64, device=device)
+    out["equal_counts"] = partial[0]
+    if rows == 0:
+        return out
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         _vote_kernel[grid](
             x,
@@ -337,7 +366,8 @@ def fused_vote(
             out["agreement"],
             out["member_labels"],
             out["member_confidence"],
-            out["equal_counts"],
+            partial,
+            partial.shape[0],
             members,
             rows,
             classes,
@@ -354,4 +384,6 @@ def fused_vote(
             # No FMA contraction: soft sums must round like the reference's mul-then-add.
             enable_fp_fusion=False,
         )
+    if partial.shape[0] > 1:
+        out["equal_counts"] = partial.sum(dim=0)
     return out
