@@ -10,8 +10,14 @@ torch" is the torch reference path of `aggregate` (many passes, no fused kernel)
 confidence, the per-row agreement and the member x member equal-prediction counts.
 
 Run: ``python benchmarks/aggregate.py [--max-rows 10000000]`` (markdown table on stdout,
-benchmarks/aggregate.json next to this file). On a CUDA machine it also times the Triton kernel
-and reports the share of the measured device-to-device copy bandwidth.
+benchmarks/aggregate.json next to this file, or ``--json PATH``). On a CUDA machine it also times
+the Triton kernel (`gpu_rows`) on float32 and bfloat16 logits resident on the device and reports
+its bytes moved per second as a share of the device's measured bandwidth (a device-to-device
+copy, read + write), next to the same kernel adding its equal counts into one shared buffer
+(``slices=1``) and the unfused torch reference on the device; ``--skip-cpu`` leaves out the CPU
+table (scikit-learn takes minutes). ``--gpu-device cpu`` runs that part through Triton's
+interpreter on the CPU (``TRITON_INTERPRET=1``, tiny sizes: a smoke test of the script, not a
+measurement).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -107,6 +114,82 @@ def memory_bandwidth(elements: int = 200_000_000, repeat: int = 3) -> dict[str, 
     return {"read": x.nbytes / read_s / 1e9, "write": y.nbytes / write_s / 1e9}
 
 
+def timed(fn, device: torch.device, repeat: int) -> float:
+    """Best seconds of `repeat` calls of `fn` after one warm-up (CUDA events on a GPU)."""
+    fn()
+    if device.type != "cuda":
+        return best_of(fn, repeat)
+    times = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return min(times)
+
+
+def device_bandwidth(device: torch.device, elements: int, repeat: int) -> dict[str, float]:
+    """GB/s of a device-to-device copy (bytes read + written) and of a sum (bytes read)."""
+    x = torch.rand(elements, device=device)
+    y = torch.empty_like(x)
+    copy = timed(lambda: y.copy_(x), device, repeat)
+    read = timed(lambda: x.sum(), device, repeat)
+    return {"copy": 2 * x.nbytes / copy / 1e9, "read": x.nbytes / read / 1e9}
+
+
+def gpu_rows(device: torch.device, members_list, classes_list, rows: int, repeat: int,
+             bandwidth: dict[str, float], reference_rows: int) -> list[dict]:
+    """The Triton kernel on logits already on `device`: rows/s, GB/s moved (`bytes_per_row`: the
+    logits read, every output written) and their share of the copy bandwidth; the same kernel
+    with one shared equal-counts buffer (``slices=1``); the unfused torch reference; and
+    `aggregate` end to end (the kernel plus copying the results to host memory as numpy)."""
+    from ensemble import kernels
+
+    results = []
+    for members in members_list:
+        for classes in classes_list:
+            weight = torch.full((members,), 1.0 / members, device=device)
+            temperature = torch.ones(members, device=device)
+            for dtype in (torch.float32, torch.bfloat16):
+                x = torch.randn(members, rows, classes, device=device).to(dtype)
+                moved = kernels.bytes_per_row(members, classes, x.element_size()) * rows
+                row = {"members": members, "classes": classes, "rows": rows, "dtype": str(dtype).split(".")[-1]}
+                for method in ("soft", "hard"):
+                    seconds = timed(lambda: kernels.fused_vote(x, method, weight, temperature), device, repeat)
+                    single = timed(lambda: kernels.fused_vote(x, method, weight, temperature, slices=1), device, repeat)
+                    row[f"{method}_rows_per_s"] = rows / seconds
+                    row[f"{method}_GBps"] = moved / seconds / 1e9
+                    row[f"{method}_share"] = moved / seconds / 1e9 / bandwidth["copy"]
+                    row[f"{method}_one_buffer_rows_per_s"] = rows / single
+                ref = x[:, :reference_rows].float()
+                w64 = weight.double()
+                row["torch_soft_rows_per_s"] = ref.shape[1] / timed(
+                    lambda: agg._vote_chunk(ref, "soft", w64, temperature), device, max(1, repeat // 3))
+                row["aggregate_soft_rows_per_s"] = rows / timed(lambda: aggregate(x, "soft"), device, max(1, repeat // 3))
+                results.append(row)
+                print(f"GPU members {members:2d} classes {classes:2d} {row['dtype']:>8}: soft {row['soft_GBps']:.0f} GB/s "
+                      f"({row['soft_share']:.0%}), hard {row['hard_GBps']:.0f} GB/s ({row['hard_share']:.0%})", flush=True)
+                del x, ref
+    return results
+
+
+def print_gpu_table(results: list[dict], bandwidth: dict[str, float], name: str) -> None:
+    print(f"\n{name}: copy {bandwidth['copy']:.0f} GB/s (read + write), sum {bandwidth['read']:.0f} GB/s (read). "
+          "Rows/s of the fused Triton kernel on logits resident on the device; GB/s = bytes read and written "
+          "(`kernels.bytes_per_row`), share = of the copy bandwidth.")
+    print("\n| members | classes | logits | rows | soft rows/s | soft GB/s | share | hard rows/s | hard GB/s | share "
+          "| soft, one counts buffer | unfused torch soft | `aggregate` soft, to numpy |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    m = lambda v: f"{v / 1e6:,.1f}M"  # noqa: E731
+    for r in results:
+        print(f"| {r['members']} | {r['classes']} | {r['dtype']} | {r['rows']:,} | {m(r['soft_rows_per_s'])} "
+              f"| {r['soft_GBps']:,.0f} | {r['soft_share']:.0%} | {m(r['hard_rows_per_s'])} | {r['hard_GBps']:,.0f} "
+              f"| {r['hard_share']:.0%} | {m(r['soft_one_buffer_rows_per_s'])} | {m(r['torch_soft_rows_per_s'])} "
+              f"| {m(r['aggregate_soft_rows_per_s'])} |")
+
+
 def roofline_rate(members: int, classes: int, bandwidth: dict[str, float], details: bool = False) -> float:
     """Rows/s if the call did nothing but read its input and write its outputs at full bandwidth."""
     read = members * classes * 4
@@ -130,7 +213,27 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--members", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--classes", type=int, nargs="+", default=[2, 5, 20])
+    parser.add_argument("--json", type=Path, default=HERE / "aggregate.json", help="where the results go")
+    parser.add_argument("--skip-cpu", action="store_true", help="only the GPU part (no scikit-learn, no numba)")
+    parser.add_argument("--gpu-device", default="cuda" if torch.cuda.is_available() else None,
+                        help="device of the Triton kernel's part (default: cuda where there is one, else none; "
+                             "'cpu' runs it through Triton's interpreter as a smoke test)")
+    parser.add_argument("--gpu-rows", type=int, default=10_000_000, help="rows per GPU measurement")
     args = parser.parse_args()
+    gpu = None
+    if args.gpu_device:
+        device = torch.device(args.gpu_device)
+        if device.type == "cpu":  # before ensemble.kernels imports triton
+            os.environ["TRITON_INTERPRET"] = "1"
+        gpu_bandwidth = device_bandwidth(device, min(args.max_elements, 1 << 30), args.repeat)
+        gpu = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (Triton interpreter)",
+               "bandwidth_GBps": gpu_bandwidth,
+               "results": gpu_rows(device, args.members, args.classes, args.gpu_rows, args.repeat, gpu_bandwidth,
+                                   reference_rows=min(args.gpu_rows, 1_000_000))}
+        print_gpu_table(gpu["results"], gpu_bandwidth, gpu["device"])
+    if args.skip_cpu:
+        args.json.write_text(json.dumps({"gpu": gpu}, indent=2))
+        return
     rng = np.random.default_rng(0)
     results = []
     aggregate(rng.standard_normal((2, 100, 3)).astype(np.float32))  # compile the fused kernel once
@@ -167,7 +270,7 @@ def main() -> None:
 
     info = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "cuda": torch.cuda.is_available(), "bandwidth_GBps": bandwidth}
-    (HERE / "aggregate.json").write_text(json.dumps({"info": info, "results": results}, indent=2))
+    args.json.write_text(json.dumps({"info": info, "results": results, "gpu": gpu}, indent=2))
     print("\n| members | classes | rows | sklearn soft | fused soft | x | lean soft | x | sklearn hard | fused hard | x "
           "| lean hard | x | fused soft (logits) | unfused torch soft (logits) | GB/s soft fused / lean (probs) "
           "| GB/s hard fused / lean (probs) | GB/s soft / hard (logits) |")

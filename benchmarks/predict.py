@@ -107,6 +107,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="Ensemble.load's precision; with bf16 the pipelines load bfloat16 weights "
                              "(results go to predict-bf16.json)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="where the results go (default: predict.json or predict-bf16.json next to this script)")
     args = parser.parse_args()
     texts = sentences(args.rows)
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,7 +141,8 @@ def main() -> None:
         result.update(ensemble_fp32_s=fp32[1], ensemble_fp32_rows_per_s=len(texts) / fp32[1],
                       bf16_speedup_over_fp32=fp32[1] / ours_s,
                       identical_to_fp32=sum(a == b for a, b in zip(ours, fp32[0])))
-    (HERE / ("predict-bf16.json" if args.precision == "bf16" else "predict.json")).write_text(json.dumps(result, indent=2))
+    path = args.json or HERE / ("predict-bf16.json" if args.precision == "bf16" else "predict.json")
+    path.write_text(json.dumps(result, indent=2))
     print(f"| predict {len(texts)} sentences, 4 members | rows/s | seconds |")
     print("|---|---:|---:|")
     tag = ", bf16" if args.precision == "bf16" else ""

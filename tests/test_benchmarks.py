@@ -1,9 +1,13 @@
-"""The benchmark scripts stay runnable: each imports and parses its arguments (`--help`).
+"""The benchmark scripts stay runnable: each imports and parses its arguments (`--help`), and
+benchmarks/device.sh, the one prepared run of the GPU measurements, runs through at toy sizes.
 
 They are run by hand (minutes to an hour each, some on a GPU machine only), so nothing else
 would notice a script broken by a change to the library it measures.
 """
 
+import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +40,28 @@ def test_shared_data_follows_the_environment(monkeypatch, tmp_path):
     assert shared_data.cs224n() == BENCHMARKS.parents[1] / "shared" / "data" / "cs224n"
     monkeypatch.setenv("ENSEMBLE_DATA", str(tmp_path))
     assert shared_data.cs224n() == tmp_path / "cs224n"
+
+
+@pytest.mark.slow
+def test_device_script_runs_at_toy_sizes(shared_data, tmp_path):
+    """benchmarks/device.sh is what a session lent a GPU runs, once, with minutes it cannot spend on
+    a broken script: at toy sizes on the CPU (SMOKE=1) every stage must finish and write its file."""
+    env = {**os.environ, "SMOKE": "1", "OUT": str(tmp_path / "out"), "PYTHON": sys.executable,
+           "ENSEMBLE_DATA": str(shared_data)}
+    done = subprocess.run(["bash", str(BENCHMARKS / "device.sh")], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = (tmp_path / "out" / "device.log").read_text()
+    stages = re.findall(r"^== (\S+): exit (\d+) after", log, flags=re.M)
+    assert stages == [(name, "0") for name in ("env", "aggregate", "mfu", "predict", "tests")], log[-3000:]
+    results = {name: json.loads((tmp_path / "out" / f"{name}.json").read_text())
+               for name in ("aggregate", "mfu", "predict-bf16")}
+    assert {r["dtype"] for r in results["aggregate"]["gpu"]["results"]} == {"float32", "bfloat16"}
+    assert results["mfu"]["samples_per_s"] > 0
+    assert results["predict-bf16"]["identical_labels"] == results["predict-bf16"]["rows"] == 64
+
+
+def test_device_script_refuses_a_missing_data_copy(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "ENSEMBLE_DATA": str(tmp_path / "nowhere")}
+    done = subprocess.run(["bash", str(BENCHMARKS / "device.sh")], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "holds no ids-sst-train.csv; copy the data first" in done.stderr
