@@ -104,8 +104,10 @@ def main() -> None:
     args = parser.parse_args()
 
     reviews = load_table(DATA, text="sentence", label="sentiment")
-    records = [measure(args, reviews, batch) for batch in args.batch]
-    args.json.write_text(json.dumps(records if len(records) > 1 else records[0], indent=2))
+    records = []
+    for batch in args.batch:  # written after each run, so a run cut off by a time limit keeps the others
+        records.append(measure(args, reviews, batch))
+        args.json.write_text(json.dumps(records if len(records) > 1 else records[0], indent=2))
     print("| device | precision | seq (mean tokens) | batch | samples/s | tokens/s | TFLOP/s | peak | MFU |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in records:
