@@ -71,8 +71,9 @@ else
     stage mfu 170 $PY benchmarks/mfu.py --batch 64 128 256 --steps 200 --json "$OUT/mfu.json"
     # 10,000 SST/CFIMDB sentences through 4 members: bf16 ensemble vs bf16 pipelines vs fp32 ensemble
     stage predict 100 $PY benchmarks/predict.py --precision bf16 --batch-size 256 --json "$OUT/predict-bf16.json"
-    # the kernel compiled for this GPU against the torch reference, and the CUDA paths of aggregate
-    stage tests 120 $PY -m pytest -q -x -p no:cacheprovider tests/test_kernels.py tests/test_aggregate.py
+    # the kernel compiled for this GPU against the torch reference (every failure listed), and
+    # aggregate's CUDA path against its CPU path
+    stage tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_kernels.py "tests/test_aggregate.py::test_cuda_input_matches_cpu"
     stage mfu-compile 150 $PY benchmarks/mfu.py --compile --batch 256 --steps 200 --json "$OUT/mfu-compile.json"
 fi
 echo "== done in $((SECONDS - start))s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"
