@@ -114,8 +114,11 @@ def memory_bandwidth(elements: int = 200_000_000, repeat: int = 3) -> dict[str, 
     return {"read": x.nbytes / read_s / 1e9, "write": y.nbytes / write_s / 1e9}
 
 
-def timed(fn, device: torch.device, repeat: int) -> float:
-    """Best seconds of `repeat` calls of `fn` after one warm-up (CUDA events on a GPU)."""
+def timed(fn, device: torch.device, repeat: int, inner: int = 1) -> float:
+    """Seconds per call of `fn`, the best of `repeat` timings after one warm-up call. On a GPU,
+    CUDA events around `inner` calls queued back to back: the host's launch overhead (tens of
+    microseconds of Python per call) then overlaps the device's work instead of adding idle time
+    to a sub-millisecond kernel."""
     fn()
     if device.type != "cuda":
         return best_of(fn, repeat)
@@ -123,10 +126,11 @@ def timed(fn, device: torch.device, repeat: int) -> float:
     for _ in range(repeat):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(inner):
+            fn()
         end.record()
         torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+        times.append(start.elapsed_time(end) / 1e3 / inner)
     return min(times)
 
 
@@ -134,8 +138,8 @@ def device_bandwidth(device: torch.device, elements: int, repeat: int) -> dict[s
     """GB/s of a device-to-device copy (bytes read + written) and of a sum (bytes read)."""
     x = torch.rand(elements, device=device)
     y = torch.empty_like(x)
-    copy = timed(lambda: y.copy_(x), device, repeat)
-    read = timed(lambda: x.sum(), device, repeat)
+    copy = timed(lambda: y.copy_(x), device, repeat, inner=10)
+    read = timed(lambda: x.sum(), device, repeat, inner=10)
     return {"copy": 2 * x.nbytes / copy / 1e9, "read": x.nbytes / read / 1e9}
 
 
@@ -158,8 +162,9 @@ def gpu_rows(device: torch.device, members_list, classes_list, rows: int, repeat
                 moved = kernels.bytes_per_row(members, classes, x.element_size()) * rows
                 row = {"members": members, "classes": classes, "rows": rows, "dtype": str(dtype).split(".")[-1]}
                 for method in ("soft", "hard"):
-                    seconds = timed(lambda: kernels.fused_vote(x, method, weight, temperature), device, repeat)
-                    single = timed(lambda: kernels.fused_vote(x, method, weight, temperature, slices=1), device, repeat)
+                    seconds = timed(lambda: kernels.fused_vote(x, method, weight, temperature), device, repeat, inner=10)
+                    single = timed(lambda: kernels.fused_vote(x, method, weight, temperature, slices=1), device, repeat,
+                                   inner=10)
                     row[f"{method}_rows_per_s"] = rows / seconds
                     row[f"{method}_GBps"] = moved / seconds / 1e9
                     row[f"{method}_share"] = moved / seconds / 1e9 / bandwidth["copy"]
