@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -144,15 +145,14 @@ def device_bandwidth(device: torch.device, elements: int, repeat: int) -> dict[s
 
 
 def gpu_rows(device: torch.device, members_list, classes_list, rows: int, repeat: int,
-             bandwidth: dict[str, float], reference_rows: int, save=lambda results: None) -> list[dict]:
+             bandwidth: dict[str, float], reference_rows: int) -> Iterator[dict]:
     """The Triton kernel on logits already on `device`: rows/s, GB/s moved (`bytes_per_row`: the
     logits read, every output written) and their share of the copy bandwidth; the same kernel
     with one shared equal-counts buffer (``slices=1``); the unfused torch reference; and
     `aggregate` end to end (the kernel plus copying the results to host memory as numpy).
-    `save` gets the results so far after each row (a run cut off by a time limit keeps them)."""
+    One row per shape and dtype, yielded as it is measured."""
     from ensemble import kernels
 
-    results = []
     for members in members_list:
         for classes in classes_list:
             weight = torch.full((members,), 1.0 / members, device=device)
@@ -174,12 +174,10 @@ def gpu_rows(device: torch.device, members_list, classes_list, rows: int, repeat
                 row["torch_soft_rows_per_s"] = ref.shape[1] / timed(
                     lambda: agg._vote_chunk(ref, "soft", w64, temperature), device, max(1, repeat // 3))
                 row["aggregate_soft_rows_per_s"] = rows / timed(lambda: aggregate(x, "soft"), device, max(1, repeat // 3))
-                results.append(row)
-                save(results)
                 print(f"GPU members {members:2d} classes {classes:2d} {row['dtype']:>8}: soft {row['soft_GBps']:.0f} GB/s "
                       f"({row['soft_share']:.0%}), hard {row['hard_GBps']:.0f} GB/s ({row['hard_share']:.0%})", flush=True)
                 del x, ref
-    return results
+                yield row
 
 
 def print_gpu_table(results: list[dict], bandwidth: dict[str, float], name: str) -> None:
@@ -235,12 +233,12 @@ def main() -> None:
         gpu_bandwidth = device_bandwidth(device, min(args.max_elements, 1 << 30), args.repeat)
         gpu = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (Triton interpreter)",
                "bandwidth_GBps": gpu_bandwidth, "results": []}
-        gpu["results"] = gpu_rows(device, args.members, args.classes, args.gpu_rows, args.repeat, gpu_bandwidth,
-                                  reference_rows=min(args.gpu_rows, 1_000_000),
-                                  save=lambda results: args.json.write_text(json.dumps({"gpu": {**gpu, "results": results}}, indent=2)))
+        for row in gpu_rows(device, args.members, args.classes, args.gpu_rows, args.repeat, gpu_bandwidth,
+                            reference_rows=min(args.gpu_rows, 1_000_000)):
+            gpu["results"].append(row)  # written after each row: a run cut off by a time limit keeps them
+            args.json.write_text(json.dumps({"gpu": gpu}, indent=2))
         print_gpu_table(gpu["results"], gpu_bandwidth, gpu["device"])
     if args.skip_cpu:
-        args.json.write_text(json.dumps({"gpu": gpu}, indent=2))
         return
     rng = np.random.default_rng(0)
     results = []

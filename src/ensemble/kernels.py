@@ -352,38 +352,35 @@ def fused_vote(
     grid = (triton.cdiv(rows, block_rows),)
     # Accumulated with atomics, so it starts at zero; summed over its slices below.
     partial = torch.zeros((_slices(grid[0], members, slices), members, members), dtype=torch.int64, device=device)
-    out["equal_counts"] = partial[0]
-    if rows == 0:
-        return out
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        _vote_kernel[grid](
-            x,
-            weight,
-            temperature,
-            out["labels"],
-            out["scores"],
-            out["confidence"],
-            out["agreement"],
-            out["member_labels"],
-            out["member_confidence"],
-            partial,
-            partial.shape[0],
-            members,
-            rows,
-            classes,
-            x.stride(0),
-            x.stride(1),
-            x.stride(2),
-            HARD=method == "hard",
-            SHARE_TOL=SHARE_TOL,
-            BLOCK_ROWS=block_rows,
-            BLOCK_C=block_c,
-            BLOCK_M=block_m,
-            WIDE=_needs_int64_offsets(x, block_rows, block_c),
-            num_warps=num_warps,
-            # No FMA contraction: soft sums must round like the reference's mul-then-add.
-            enable_fp_fusion=False,
-        )
-    if partial.shape[0] > 1:
-        out["equal_counts"] = partial.sum(dim=0)
+        if rows > 0:  # an empty grid cannot be launched
+            _vote_kernel[grid](
+                x,
+                weight,
+                temperature,
+                out["labels"],
+                out["scores"],
+                out["confidence"],
+                out["agreement"],
+                out["member_labels"],
+                out["member_confidence"],
+                partial,
+                partial.shape[0],
+                members,
+                rows,
+                classes,
+                x.stride(0),
+                x.stride(1),
+                x.stride(2),
+                HARD=method == "hard",
+                SHARE_TOL=SHARE_TOL,
+                BLOCK_ROWS=block_rows,
+                BLOCK_C=block_c,
+                BLOCK_M=block_m,
+                WIDE=_needs_int64_offsets(x, block_rows, block_c),
+                num_warps=num_warps,
+                # No FMA contraction: soft sums must round like the reference's mul-then-add.
+                enable_fp_fusion=False,
+            )
+    out["equal_counts"] = partial.sum(dim=0)
     return out
