@@ -180,6 +180,66 @@ def gpu_rows(device: torch.device, members_list, classes_list, rows: int, repeat
                 yield row
 
 
+SWEEP_SHAPES = [(4, 2, "float32"), (8, 5, "bfloat16"), (8, 20, "bfloat16"), (16, 2, "float32"), (16, 5, "bfloat16"),
+                (16, 20, "bfloat16")]
+
+
+def sweep_launches(members: int, classes: int):
+    """The launches `gpu_sweep` compares for a shape: (label, Launch, fused_vote keywords)."""
+    from ensemble import kernels
+
+    tile_rows, _, _, tile_warps = kernels._blocks(members, classes)
+    rows = lambda block, warps: kernels.Launch("rows", block, warps)  # noqa: E731
+    yield "tile (lanes along classes)", kernels.Launch("tile", tile_rows, tile_warps), {}
+    if classes > 32:  # a thread cannot hold a whole row
+        return
+    yield "rows 128/4w", rows(128, 4), {}
+    yield "rows 64/2w", rows(64, 2), {}
+    yield "rows 256/8w", rows(256, 8), {}
+    if classes <= 8:
+        yield "rows 256/4w (2 rows a thread)", rows(256, 4), {}
+    yield "rows 64/2w, one counts buffer", rows(64, 2), {"slices": 1}
+    yield "rows 64/2w, no counts", rows(64, 2), {"counts": False}
+
+
+def gpu_sweep(device: torch.device, rows: int, repeat: int, bandwidth: dict[str, float]) -> Iterator[dict]:
+    """Soft votes through every launch of `sweep_launches` on the `SWEEP_SHAPES`: rows/s and share
+    of the copy bandwidth, each checked against the default launch (labels, member labels and
+    equal counts equal; scores within 1e-5), and the default against the torch reference on the
+    first 100,000 rows. One row per shape and launch, yielded as it is measured."""
+    from ensemble import kernels
+
+    for members, classes, dtype in SWEEP_SHAPES:
+        weight = torch.full((members,), 1.0 / members, device=device)
+        temperature = torch.ones(members, device=device)
+        x = torch.randn(members, rows, classes, device=device).to(getattr(torch, dtype))
+        moved = kernels.bytes_per_row(members, classes, x.element_size()) * rows
+        want = kernels.fused_vote(x, "soft", weight, temperature)
+        head = x[:, :100_000]
+        ref = agg._vote_chunk(head.float(), "soft", weight.double(), temperature)
+        mine = kernels.fused_vote(head, "soft", weight, temperature)
+        reference_ok = all(torch.equal(mine[k], ref[k]) for k in ("labels", "member_labels", "equal_counts"))
+        print(f"sweep {members}x{classes} {dtype}: default {kernels._launch(members, classes)}, "
+              f"equal to the torch reference: {reference_ok}", flush=True)
+        for label, launch, extra in sweep_launches(members, classes):
+            got = kernels.fused_vote(x, "soft", weight, temperature, launch=launch, **extra)
+            counted = extra.get("counts", True)
+            same = (all(torch.equal(got[k], want[k]) for k in ("labels", "member_labels"))
+                    and (not counted or torch.equal(got["equal_counts"], want["equal_counts"]))
+                    and torch.allclose(got["scores"], want["scores"], atol=1e-5))
+            seconds = timed(lambda: kernels.fused_vote(x, "soft", weight, temperature, launch=launch, **extra),
+                            device, repeat, inner=10)
+            row = {"members": members, "classes": classes, "dtype": dtype, "rows": rows, "launch": label,
+                   "block_rows": launch.block_rows, "num_warps": launch.num_warps,
+                   **extra, "rows_per_s": rows / seconds, "GBps": moved / seconds / 1e9,
+                   "share": moved / seconds / 1e9 / bandwidth["copy"], "same_as_default": same,
+                   "default_equals_reference": reference_ok}
+            print(f"  {label:34s} {row['rows_per_s'] / 1e6:10,.1f}M rows/s {row['GBps']:7,.0f} GB/s "
+                  f"{row['share']:5.0%}  same: {same}", flush=True)
+            yield row
+        del x, want, got, head, ref, mine
+
+
 def print_gpu_table(results: list[dict], bandwidth: dict[str, float], name: str) -> None:
     print(f"\n{name}: copy {bandwidth['copy']:.0f} GB/s (read + write), sum {bandwidth['read']:.0f} GB/s (read). "
           "Rows/s of the fused Triton kernel on logits resident on the device; GB/s = bytes read and written "
@@ -224,6 +284,8 @@ def main() -> None:
                         help="device of the Triton kernel's part (default: cuda where there is one, else none; "
                              "'cpu' runs it through Triton's interpreter as a smoke test)")
     parser.add_argument("--gpu-rows", type=int, default=10_000_000, help="rows per GPU measurement")
+    parser.add_argument("--sweep", action="store_true",
+                        help="GPU part: every launch of the kernel on a few shapes (`gpu_sweep`) instead of the table")
     args = parser.parse_args()
     gpu = None
     if args.gpu_device:
@@ -233,6 +295,12 @@ def main() -> None:
         gpu_bandwidth = device_bandwidth(device, min(args.max_elements, 1 << 30), args.repeat)
         gpu = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (Triton interpreter)",
                "bandwidth_GBps": gpu_bandwidth, "results": []}
+        if args.sweep:
+            print(f"{gpu['device']}: copy {gpu_bandwidth['copy']:.0f} GB/s (read + write)", flush=True)
+            for row in gpu_sweep(device, args.gpu_rows, args.repeat, gpu_bandwidth):
+                gpu["results"].append(row)
+                args.json.write_text(json.dumps({"gpu": gpu}, indent=2))
+            return
         for row in gpu_rows(device, args.members, args.classes, args.gpu_rows, args.repeat, gpu_bandwidth,
                             reference_rows=min(args.gpu_rows, 1_000_000)):
             gpu["results"].append(row)  # written after each row: a run cut off by a time limit keeps them

@@ -16,6 +16,8 @@
 # the results before it. Results: $OUT/device.log (every stage's output) and the JSON files
 # aggregate.json, mfu.json, mfu-compile.json, predict-bf16.json in $OUT.
 #
+# STAGES="sweep tests-short profile" (say) runs those stages only, in that order.
+#
 # SMOKE=1 runs the same stages at toy sizes on a CPU (the kernel through Triton's interpreter):
 # a check of this script, not a measurement (tests/test_benchmarks.py runs it).
 set -uo pipefail
@@ -56,24 +58,45 @@ if [[ ! -f "$ENSEMBLE_DATA/cs224n/ids-sst-train.csv" ]]; then
     exit 2
 fi
 
-if [[ $SMOKE == 1 ]]; then
-    stage env 30 $PY -c "import torch, transformers, accelerate, triton; print(torch.__version__, transformers.__version__, accelerate.__version__, triton.__version__)"
-    stage aggregate 120 $PY benchmarks/aggregate.py --skip-cpu --gpu-device cpu --gpu-rows 300 --members 4 --classes 5 \
-        --repeat 1 --max-elements 100000 --json "$OUT/aggregate.json"
-    stage mfu 120 $PY benchmarks/mfu.py --steps 2 --batch 2 --seq 32 --precision no --json "$OUT/mfu.json"
-    stage predict 120 $PY benchmarks/predict.py --rows 64 --batch-size 16 --json "$OUT/predict-bf16.json"
-    stage tests 120 $PY -m pytest -q -x -p no:cacheprovider tests/test_kernels.py -k "slice"
-else
-    stage env 30 bash -c "nvidia-smi; $PY -c 'import torch, transformers, accelerate, triton, numba; print(torch.__version__, transformers.__version__, accelerate.__version__, triton.__version__, numba.__version__, torch.cuda.get_device_name())'"
+# STAGES picks and orders the stages (default: all but the sweep and the profile, in this order)
+STAGES=${STAGES:-env aggregate mfu predict tests mfu-compile}
+for name in $STAGES; do
+    if [[ $SMOKE == 1 ]]; then
+        case $name in
+        env) stage env 30 $PY -c "import torch, transformers, accelerate, triton; print(torch.__version__, transformers.__version__, accelerate.__version__, triton.__version__)" ;;
+        aggregate) stage aggregate 120 $PY benchmarks/aggregate.py --skip-cpu --gpu-device cpu --gpu-rows 300 --members 4 --classes 5 \
+            --repeat 1 --max-elements 100000 --json "$OUT/aggregate.json" ;;
+        sweep) stage sweep 120 $PY benchmarks/aggregate.py --skip-cpu --gpu-device cpu --gpu-rows 300 --sweep --repeat 1 \
+            --max-elements 100000 --json "$OUT/sweep.json" ;;
+        mfu) stage mfu 120 $PY benchmarks/mfu.py --steps 2 --batch 2 --seq 32 --precision no --json "$OUT/mfu.json" ;;
+        profile) stage profile 120 $PY benchmarks/profile_step.py --batch 2 --seq 32 --steps 2 --json "$OUT/profile.json" ;;
+        predict) stage predict 120 $PY benchmarks/predict.py --rows 64 --batch-size 16 --json "$OUT/predict-bf16.json" ;;
+        tests|tests-short) stage "$name" 120 $PY -m pytest -q -x -p no:cacheprovider tests/test_kernels.py -k "slice" ;;
+        mfu-compile) ;;  # compiling BERT-base on a CPU takes minutes: no smoke run
+        *) echo "unknown stage '$name'; known: env aggregate sweep mfu profile predict tests mfu-compile" >&2; exit 2 ;;
+        esac
+        continue
+    fi
+    case $name in
+    env) stage env 30 bash -c "nvidia-smi; $PY -c 'import torch, transformers, accelerate, triton, numba; print(torch.__version__, transformers.__version__, accelerate.__version__, triton.__version__, numba.__version__, torch.cuda.get_device_name())'" ;;
     # the Triton kernel on 10M rows, 4-16 members x 2-20 classes, fp32 and bf16: share of the copy bandwidth
-    stage aggregate 200 $PY benchmarks/aggregate.py --skip-cpu --repeat 5 --json "$OUT/aggregate.json"
+    aggregate) stage aggregate 200 $PY benchmarks/aggregate.py --skip-cpu --repeat 5 --json "$OUT/aggregate.json" ;;
+    # every launch of the kernel (both layouts, block shapes, counts) on six shapes, soft votes
+    sweep) stage sweep 130 $PY benchmarks/aggregate.py --skip-cpu --sweep --repeat 3 --json "$OUT/sweep.json" ;;
     # BERT-base-sized member, bf16, sequence 128: samples/s and MFU at three batch sizes
-    stage mfu 170 $PY benchmarks/mfu.py --batch 64 128 256 --steps 200 --json "$OUT/mfu.json"
+    mfu) stage mfu 170 $PY benchmarks/mfu.py --batch 64 128 256 --steps 200 --json "$OUT/mfu.json" ;;
+    # the bare training step under torch.profiler: device-bound or host-bound, and which kernels
+    profile) stage profile 60 $PY benchmarks/profile_step.py --batch 64 256 --json "$OUT/profile.json" ;;
     # 10,000 SST/CFIMDB sentences through 4 members: bf16 ensemble vs bf16 pipelines vs fp32 ensemble
-    stage predict 100 $PY benchmarks/predict.py --precision bf16 --batch-size 256 --json "$OUT/predict-bf16.json"
-    # the kernel compiled for this GPU against the torch reference (every failure listed), and
+    predict) stage predict 100 $PY benchmarks/predict.py --precision bf16 --batch-size 256 --json "$OUT/predict-bf16.json" ;;
+    # the kernels compiled for this GPU against the torch reference (every failure listed), and
     # aggregate's CUDA path against its CPU path
-    stage tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_kernels.py "tests/test_aggregate.py::test_cuda_input_matches_cpu"
-    stage mfu-compile 150 $PY benchmarks/mfu.py --compile --batch 256 --steps 200 --json "$OUT/mfu-compile.json"
-fi
+    tests) stage tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_kernels.py "tests/test_aggregate.py::test_cuda_input_matches_cpu" ;;
+    # the same kernel tests, the ones that compile few kernels (a short run)
+    tests-short) stage tests-short 60 $PY -m pytest -q -p no:cacheprovider tests/test_kernels.py \
+        -k "ties or identical or routes or (every_launch and hard and rows-128-4)" ;;
+    mfu-compile) stage mfu-compile 150 $PY benchmarks/mfu.py --compile --batch 256 --steps 200 --json "$OUT/mfu-compile.json" ;;
+    *) echo "unknown stage '$name'; known: env aggregate sweep mfu profile predict tests tests-short mfu-compile" >&2; exit 2 ;;
+    esac
+done
 echo "== done in $((SECONDS - start))s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"

@@ -19,7 +19,7 @@ SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "shared_da
 
 
 def test_every_script_is_covered():
-    assert set(SCRIPTS) == {"aggregate.py", "combining.py", "mfu.py", "predict.py", "train.py"}
+    assert set(SCRIPTS) == {"aggregate.py", "combining.py", "mfu.py", "predict.py", "profile_step.py", "train.py"}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -58,6 +58,31 @@ def test_device_script_runs_at_toy_sizes(shared_data, tmp_path):
     assert {r["dtype"] for r in results["aggregate"]["gpu"]["results"]} == {"float32", "bfloat16"}
     assert results["mfu"]["samples_per_s"] > 0
     assert results["predict-bf16"]["identical_labels"] == results["predict-bf16"]["rows"] == 64
+
+
+@pytest.mark.slow
+def test_device_script_runs_chosen_stages(shared_data, tmp_path):
+    """STAGES picks stages: the kernel sweep and the training-step profile, at toy sizes."""
+    env = {**os.environ, "SMOKE": "1", "STAGES": "sweep profile", "OUT": str(tmp_path / "out"),
+           "PYTHON": sys.executable, "ENSEMBLE_DATA": str(shared_data)}
+    done = subprocess.run(["bash", str(BENCHMARKS / "device.sh")], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = (tmp_path / "out" / "device.log").read_text()
+    assert re.findall(r"^== (\S+): exit (\d+) after", log, flags=re.M) == [("sweep", "0"), ("profile", "0")]
+    sweep = json.loads((tmp_path / "out" / "sweep.json").read_text())["gpu"]["results"]
+    assert {(r["members"], r["classes"]) for r in sweep} == {(4, 2), (8, 5), (8, 20), (16, 2), (16, 5), (16, 20)}
+    assert all(r["same_as_default"] and r["default_equals_reference"] for r in sweep)
+    assert {r["launch"] for r in sweep} >= {"tile (lanes along classes)", "rows 64/2w", "rows 64/2w, no counts"}
+    profile = json.loads((tmp_path / "out" / "profile.json").read_text())
+    assert profile[0]["batch"] == 2 and profile[0]["wall_ms"] > 0
+
+
+def test_device_script_rejects_an_unknown_stage(shared_data, tmp_path):
+    env = {**os.environ, "STAGES": "env aggregat", "OUT": str(tmp_path / "out"), "PYTHON": sys.executable,
+           "ENSEMBLE_DATA": str(shared_data), "SMOKE": "1"}
+    done = subprocess.run(["bash", str(BENCHMARKS / "device.sh")], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "unknown stage 'aggregat'; known: env aggregate sweep" in done.stderr
 
 
 def test_device_script_refuses_a_missing_data_copy(tmp_path):

@@ -138,6 +138,54 @@ def test_equal_counts_over_slices(members, classes, rows, method, slices):
     _check(_logits(members, rows, classes, seed=rows), method, weight64, temperature, slices=slices)
 
 
+LAUNCHES = [
+    kernels.Launch("tile", 32, 4), kernels.Launch("tile", 8, 4),
+    kernels.Launch("rows", 128, 4), kernels.Launch("rows", 64, 2), kernels.Launch("rows", 256, 8),
+]
+
+
+@pytest.mark.parametrize("launch", LAUNCHES, ids=lambda la: f"{la.kernel}-{la.block_rows}-{la.num_warps}")
+@pytest.mark.parametrize("method", ["soft", "hard"])
+@pytest.mark.parametrize(("members", "classes", "rows", "dtype"),
+                         [(1, 2, 5, torch.float32), (3, 20, 300, torch.bfloat16), (5, 7, 130, torch.float32),
+                          (9, 32, 70, torch.float16)])
+def test_every_launch_matches_reference(members, classes, rows, dtype, method, launch):
+    """Both kernels and several block shapes: the reference's results."""
+    weight64, temperature = _setup(members, seed=rows + members, zero_weight=True)
+    x = _logits(members, rows, classes, seed=rows + members, dtype=dtype)
+    got = fused_vote(x, method, weight64.to(torch.float32), temperature, launch=launch)
+    ref = _vote_chunk(x.to(torch.float32), method, weight64, temperature)
+    for key in KEYS:
+        if key in EXACT:
+            assert torch.equal(got[key], ref[key]), key
+        else:
+            torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_counts_can_be_left_out_by_the_rows_kernel():
+    """counts=False (the benchmark's measure of what counting costs): zero counts, same vote."""
+    x = _logits(4, 200, 5, seed=11)
+    w, t = torch.full((4,), 0.25, device=DEVICE), torch.ones(4, device=DEVICE)
+    full = fused_vote(x, "soft", w, t)
+    bare = fused_vote(x, "soft", w, t, launch=kernels.Launch("rows", 128, 4), counts=False)
+    assert not bare["equal_counts"].any() and full["equal_counts"].trace() == 4 * 200
+    assert torch.equal(bare["labels"], full["labels"])
+    with pytest.raises(ValueError, match="counts=False needs the rows kernel"):
+        fused_vote(x, "soft", w, t, launch=kernels.Launch("tile", 32, 4), counts=False)
+    with pytest.raises(ValueError, match="launch.kernel must be 'rows' or 'tile'; got 'mystery'"):
+        fused_vote(x, "soft", w, t, launch=kernels.Launch("mystery", 32, 4))
+
+
+def test_launch_choice():
+    """3-8 classes go to the rows kernel, 2 classes and more than 8 to the tile kernel (as measured)."""
+    assert kernels._launch(8, 5) == kernels._launch(16, 3) == kernels.Launch("rows", 64, 2)
+    for members, classes in ((4, 2), (16, 2), (8, 20), (16, 9), (4, 8192)):
+        block_rows, _, _, num_warps = kernels._blocks(members, classes)
+        assert kernels._launch(members, classes) == kernels.Launch("tile", block_rows, num_warps)
+    assert kernels._launch(64, 8).kernel == "rows"  # 3 x 8 + 64 register values
+    assert kernels._launch(200, 8).kernel == "tile"  # (beyond MAX_MEMBERS anyway)
+
+
 def test_slice_count():
     """A slice per program, within MAX_SLICE_COUNTS counts; at least one."""
     assert kernels._slices(100, 16, None) == 100
@@ -350,7 +398,7 @@ def test_aggregate_routes_through_the_triton_kernel(monkeypatch, method, dtype):
 
     agg = importlib.import_module("ensemble.aggregate")  # the package re-exports the function as ensemble.aggregate
 
-    logits = torch.randn(3, 70, 5, generator=torch.Generator().manual_seed(1)).to(dtype)
+    logits = torch.randn(3, 70, 5, generator=torch.Generator().manual_seed(1)).to(dtype).to(DEVICE)
     weights, temps = [1.0, 2.0, 0.5], [1.0, 0.7, 1.3]
     monkeypatch.setattr(agg, "_CHUNK_ELEMENTS", 3 * 5 * 32)  # three chunks
     monkeypatch.setattr(agg, "_FORCE_REFERENCE", True)

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -94,6 +95,10 @@ _TILE_ELEMENTS = 1024
 # Int64 counts in the slices of equal counts at most (see `_slices`): 8 MiB, 4,096 slices at 16
 # members, 1,024 at 32, 256 at 64.
 MAX_SLICE_COUNTS = 1 << 20
+# The rows kernel keeps whole rows in a thread: up to this many (padded) classes, and up to this
+# many float32 values per row in registers (soft scores, shares and logits, BLOCK_C each, plus
+# BLOCK_M member labels; see `_launch`).
+ROWS_KERNEL_MAX_REGISTER_VALUES = 160
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -189,16 +194,16 @@ if triton is not None:
             # Member argmax on the logits themselves: first maximum -> lowest class index.
             top = tl.max(logits, axis=1)
             label = tl.min(tl.where(logits == top[:, None], cols[None, :], BLOCK_C), axis=1)
-            z = logits / t
-            e = tl.exp(z - tl.max(z, axis=1)[:, None])
-            p = e / tl.sum(e, axis=1)[:, None]
-            is_label = cols[None, :] == label[:, None]
-            member_conf = tl.sum(tl.where(is_label, p, 0.0), axis=1)
+            # max(logits / t) is max(logits) / t exactly (t > 0; division rounds monotonically),
+            # and the label's e is exp(0) = 1, so its probability is 1 / sum(e): no more reductions.
+            e = tl.exp(logits / t - (top / t)[:, None])
+            r = 1.0 / tl.sum(e, axis=1)
+            p = e * r[:, None]
             soft = soft + w * p
             if HARD:
-                shares = shares + tl.where(is_label, w, 0.0)
+                shares = shares + tl.where(cols[None, :] == label[:, None], w, 0.0)
             tl.store(member_labels_row + rows, label.to(tl.int64), mask=row_ok)
-            tl.store(member_confidence_row + rows, member_conf, mask=row_ok)
+            tl.store(member_confidence_row + rows, r, mask=row_ok)
             x_member += stride_m
             member_labels_row += R
             member_confidence_row += R
@@ -223,10 +228,11 @@ if triton is not None:
             best = tl.max(candidate, axis=1)
             labels = tl.min(tl.where(candidate == best[:, None], cols[None, :], BLOCK_C), axis=1)
             scores = soft
-        confidence = tl.sum(tl.where(cols[None, :] == labels[:, None], scores, 0.0), axis=1)
         if HARD:
+            confidence = tl.sum(tl.where(cols[None, :] == labels[:, None], scores, 0.0), axis=1)
             agreement = confidence
         else:
+            confidence = best
             w_all = tl.load(w_ptr + mids, mask=mids < M, other=0.0)
             agree = member_tile == labels[None, :]
             agreement = tl.sum(tl.where(agree, w_all[:, None], 0.0), axis=0)
@@ -235,6 +241,114 @@ if triton is not None:
         tl.store(confidence_ptr + rows, confidence, mask=row_ok)
         tl.store(agreement_ptr + rows, agreement, mask=row_ok)
         score_offsets = local[:, None] * C + cols[None, :]  # < BLOCK_ROWS * C: fits int32
+        tl.store(scores_ptr + first_row64 * C + score_offsets, scores, mask=tile_mask)
+
+
+    @triton.jit(do_not_specialize=["stride_c"])
+    def _vote_rows_kernel(
+        x_ptr,
+        w_ptr,
+        t_ptr,
+        labels_ptr,
+        scores_ptr,
+        confidence_ptr,
+        agreement_ptr,
+        member_labels_ptr,
+        member_confidence_ptr,
+        equal_counts_ptr,
+        SLICES,
+        M,
+        R,
+        C,
+        stride_m,
+        stride_r,
+        stride_c,
+        HARD: tl.constexpr,
+        SHARE_TOL: tl.constexpr,
+        BLOCK_ROWS: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        WIDE: tl.constexpr,
+        COUNTS: tl.constexpr,
+    ):
+        """`_vote_kernel` for narrow rows (3-8 classes: see `_launch`), the same
+        arithmetic in the same order, with tiles laid out (classes, rows) instead of (rows,
+        classes): Triton then runs the lanes of a warp along rows, each thread holds whole rows,
+        and every reduction over classes stays in its registers instead of taking five rounds of
+        warp shuffles. (stride_c is not specialised: were it the constant 1, Triton would see
+        the classes as the contiguous axis and lay the lanes along them again.) COUNTS=False leaves out the equal counts (the benchmark measures what they cost; every
+        `fused_vote` call counts them)."""
+        pid = tl.program_id(0)
+        first_row = pid * BLOCK_ROWS
+        equal_counts_ptr += (pid % SLICES).to(tl.int64) * M * M
+        local = tl.arange(0, BLOCK_ROWS)
+        rows = first_row + local
+        cols = tl.arange(0, BLOCK_C)
+        mids = tl.arange(0, BLOCK_M)
+        row_ok = rows < R
+        col_ok = cols < C
+        tile_mask = col_ok[:, None] & row_ok[None, :]
+        first_row64 = first_row.to(tl.int64)
+        if WIDE:
+            x_offsets = (
+                cols.to(tl.int64)[:, None] * stride_c + local.to(tl.int64)[None, :] * stride_r
+            )
+        else:
+            x_offsets = cols[:, None] * stride_c + local[None, :] * stride_r
+
+        soft = tl.zeros((BLOCK_C, BLOCK_ROWS), dtype=tl.float32)
+        shares = tl.zeros((BLOCK_C, BLOCK_ROWS), dtype=tl.float32)
+        member_tile = tl.full((BLOCK_M, BLOCK_ROWS), -1, dtype=tl.int32)
+        x_member = x_ptr + first_row64 * stride_r
+        member_labels_row = member_labels_ptr
+        member_confidence_row = member_confidence_ptr
+        for m in range(0, M):
+            w = tl.load(w_ptr + m)
+            t = tl.load(t_ptr + m)
+            raw = tl.load(x_member + x_offsets, mask=tile_mask, other=0.0)
+            x_member += stride_m
+            logits = tl.where(col_ok[:, None], raw.to(tl.float32), float("-inf"))
+            top = tl.max(logits, axis=0)
+            label = tl.min(tl.where(logits == top[None, :], cols[:, None], BLOCK_C), axis=0)
+            e = tl.exp(logits / t - (top / t)[None, :])
+            r = 1.0 / tl.sum(e, axis=0)
+            soft = soft + w * (e * r[None, :])
+            if HARD:
+                shares = shares + tl.where(cols[:, None] == label[None, :], w, 0.0)
+            tl.store(member_labels_row + rows, label.to(tl.int64), mask=row_ok)
+            tl.store(member_confidence_row + rows, r, mask=row_ok)
+            member_labels_row += R
+            member_confidence_row += R
+            member_tile = tl.where(mids[:, None] == m, label[None, :], member_tile)
+            if COUNTS:
+                same = (member_tile == label[None, :]) & row_ok[None, :]
+                counts = tl.sum(same.to(tl.int32), axis=1).to(tl.int64)
+                tl.atomic_add(equal_counts_ptr + mids * M + m, counts, mask=mids <= m)
+                tl.atomic_add(equal_counts_ptr + m * M + mids, counts, mask=mids < m)
+
+        if HARD:
+            share_top = tl.max(tl.where(col_ok[:, None], shares, -1.0), axis=0)
+            tied = (shares >= share_top[None, :] - SHARE_TOL) & col_ok[:, None]
+            candidate = tl.where(tied, soft, -1.0)
+            best = tl.max(candidate, axis=0)
+            labels = tl.min(tl.where(candidate == best[None, :], cols[:, None], BLOCK_C), axis=0)
+            scores = shares
+            confidence = tl.sum(tl.where(cols[:, None] == labels[None, :], scores, 0.0), axis=0)
+            agreement = confidence
+        else:
+            candidate = tl.where(col_ok[:, None], soft, -1.0)
+            best = tl.max(candidate, axis=0)
+            labels = tl.min(tl.where(candidate == best[None, :], cols[:, None], BLOCK_C), axis=0)
+            scores = soft
+            confidence = best
+            w_all = tl.load(w_ptr + mids, mask=mids < M, other=0.0)
+            agree = member_tile == labels[None, :]
+            agreement = tl.sum(tl.where(agree, w_all[:, None], 0.0), axis=0)
+
+        tl.store(labels_ptr + rows, labels.to(tl.int64), mask=row_ok)
+        tl.store(confidence_ptr + rows, confidence, mask=row_ok)
+        tl.store(agreement_ptr + rows, agreement, mask=row_ok)
+        score_offsets = local[None, :] * C + cols[:, None]  # < BLOCK_ROWS * C: fits int32
         tl.store(scores_ptr + first_row64 * C + score_offsets, scores, mask=tile_mask)
 
 
@@ -255,6 +369,34 @@ def _blocks(members: int, classes: int) -> tuple[int, int, int, int]:
     block_rows = max(1, min(256, _TILE_ELEMENTS // block_c, 2048 // block_m))
     num_warps = min(16, max(4, block_rows * block_c // 256))
     return block_rows, block_c, block_m, num_warps
+
+
+class Launch(NamedTuple):
+    """How `fused_vote` launches: which kernel, and its rows per program and warps (see `_launch`;
+    the benchmark's sweep compares them)."""
+
+    kernel: str  # "rows" (`_vote_rows_kernel`) or "tile" (`_vote_kernel`)
+    block_rows: int
+    num_warps: int
+
+
+def _launch(members: int, classes: int) -> Launch:
+    """The launch for a (members, rows, classes) vote, as measured on an H200
+    (``benchmarks/aggregate.py --sweep``, 10M rows, soft votes; README *Performance*).
+
+    3-8 classes go to the rows kernel, 64 rows (two warps) per program: 8 x 5 bf16 3.6G rows/s
+    against 3.2G for the tile kernel, 16 x 5 bf16 1.3G against 1.0G. At 2 classes the tile kernel
+    is faster (its loads are vectors, and two lanes per row cost little: 4 x 2 fp32 18.6G against
+    15.2G), and at 9-32 classes by far (a thread holding a whole padded row of 32 needs ~170
+    registers, too few programs then fit an SM: 8 x 20 bf16 1.06G against 0.25G); wider rows
+    never fit a thread.
+    """
+    block_c = max(2, triton.next_power_of_2(classes))
+    block_m = max(2, triton.next_power_of_2(members))
+    if block_c in (4, 8) and 3 * block_c + block_m <= ROWS_KERNEL_MAX_REGISTER_VALUES:
+        return Launch("rows", block_rows=64, num_warps=2)
+    block_rows, _, _, num_warps = _blocks(members, classes)
+    return Launch("tile", block_rows, num_warps)
 
 
 def _needs_int64_offsets(x: torch.Tensor, block_rows: int, block_c: int) -> bool:
@@ -282,7 +424,7 @@ def _slices(programs: int, members: int, slices: int | None) -> int:
 
 def fused_vote(
     x: torch.Tensor, method: str, weights: torch.Tensor, temperatures: torch.Tensor,
-    slices: int | None = None,
+    slices: int | None = None, launch: Launch | None = None, counts: bool = True,
 ) -> dict[str, torch.Tensor]:
     """The whole vote for one (members, rows, classes) tensor in one kernel launch.
 
@@ -297,6 +439,9 @@ def fused_vote(
         temperatures: (members,) positive temperatures (converted to float32 on x's device).
         slices: how many copies of the equal counts the programs add to (see `_slices`);
             None chooses.
+        launch: the kernel and its block (see `Launch`); None chooses (`_launch`).
+        counts: False leaves ``equal_counts`` zero, rows kernel only (the benchmark's measure of
+            what counting costs).
 
     Returns:
         ``labels`` (rows,) int64, ``scores`` (rows, classes) float32, ``confidence`` (rows,)
@@ -348,39 +493,28 @@ def fused_vote(
         "member_labels": _empty((members, rows), torch.int64, device),
         "member_confidence": _empty((members, rows), torch.float32, device),
     }
-    block_rows, block_c, block_m, num_warps = _blocks(members, classes)
-    grid = (triton.cdiv(rows, block_rows),)
+    launch = launch or _launch(members, classes)
+    if launch.kernel not in ("rows", "tile"):
+        raise ValueError(f"launch.kernel must be 'rows' or 'tile'; got {launch.kernel!r}")
+    if not counts and launch.kernel != "rows":
+        raise ValueError("counts=False needs the rows kernel; got launch.kernel 'tile'")
+    block_c = max(2, triton.next_power_of_2(classes))
+    block_m = max(2, triton.next_power_of_2(members))
+    grid = (triton.cdiv(rows, launch.block_rows),)
     # Accumulated with atomics, so it starts at zero; summed over its slices below.
     partial = torch.zeros((_slices(grid[0], members, slices), members, members), dtype=torch.int64, device=device)
+    args = (x, weight, temperature, out["labels"], out["scores"], out["confidence"], out["agreement"],
+            out["member_labels"], out["member_confidence"], partial, partial.shape[0], members, rows, classes,
+            x.stride(0), x.stride(1), x.stride(2))
+    options = dict(HARD=method == "hard", SHARE_TOL=SHARE_TOL, BLOCK_ROWS=launch.block_rows, BLOCK_C=block_c,
+                   BLOCK_M=block_m, WIDE=_needs_int64_offsets(x, launch.block_rows, block_c),
+                   num_warps=launch.num_warps,
+                   # No FMA contraction: soft sums must round like the reference's mul-then-add.
+                   enable_fp_fusion=False)
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        if rows > 0:  # an empty grid cannot be launched
-            _vote_kernel[grid](
-                x,
-                weight,
-                temperature,
-                out["labels"],
-                out["scores"],
-                out["confidence"],
-                out["agreement"],
-                out["member_labels"],
-                out["member_confidence"],
-                partial,
-                partial.shape[0],
-                members,
-                rows,
-                classes,
-                x.stride(0),
-                x.stride(1),
-                x.stride(2),
-                HARD=method == "hard",
-                SHARE_TOL=SHARE_TOL,
-                BLOCK_ROWS=block_rows,
-                BLOCK_C=block_c,
-                BLOCK_M=block_m,
-                WIDE=_needs_int64_offsets(x, block_rows, block_c),
-                num_warps=num_warps,
-                # No FMA contraction: soft sums must round like the reference's mul-then-add.
-                enable_fp_fusion=False,
-            )
+        if rows > 0 and launch.kernel == "rows":  # (an empty grid cannot be launched)
+            _vote_rows_kernel[grid](*args, COUNTS=counts, **options)
+        elif rows > 0:
+            _vote_kernel[grid](*args, **options)
     out["equal_counts"] = partial.sum(dim=0)
     return out
