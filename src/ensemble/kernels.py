@@ -6,6 +6,11 @@ module docstring of `ensemble.aggregate` for the tie-breaking rules) for one
 bfloat16 or float16) and computing in float32 registers. Every output is written exactly once,
 straight from registers; no (members, rows, classes) intermediate ever touches memory.
 
+Two kernels, one arithmetic: ``_vote_kernel`` (below) lays a (rows, classes) tile with the lanes
+of a warp along the classes; ``_vote_rows_kernel`` lays the same tile (classes, rows) so that
+each thread holds whole rows and reductions over classes need no shuffles. `_launch` picks one
+by class count, as measured on an H200 (3-8 classes: rows kernel; see its docstring).
+
 Kernel design (``_vote_kernel``):
 
 * Grid: one program per ``BLOCK_ROWS`` rows. Classes are padded to ``BLOCK_C`` (the next power
@@ -16,8 +21,9 @@ Kernel design (``_vote_kernel``):
 * A runtime loop over members (``for m in range(M)``: one compiled kernel per block shape, not
   per member count), in member order 0, 1, 2, ... For member m the program loads its
   (BLOCK_ROWS, BLOCK_C) tile of logits in their own dtype, upcasts to float32, takes the argmax
-  of the logits (first maximum -> lowest index), the softmax of ``logits / T[m]``, the member's
-  confidence (probability of its argmax), and adds ``w[m] * p`` to the soft scores and (hard
+  of the logits (first maximum -> lowest index), the softmax of ``logits / T[m]`` (its maximum
+  is max(logits) / T[m] exactly, so one max serves both), the member's confidence (the
+  probability of its argmax: exp(0) / sum = 1 / sum, no further reduction), and adds ``w[m] * p`` to the soft scores and (hard
   voting) ``w[m]`` to the share of the member's class. Both sums are plain float32
   multiply-then-add in member order, exactly like the reference, and the kernel is compiled
   with ``enable_fp_fusion=False`` so that no multiply-add is contracted into an FMA: the
