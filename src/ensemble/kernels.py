@@ -33,7 +33,8 @@ Kernel design (``_vote_kernel``):
 * Each member's labels also go into a (BLOCK_M, BLOCK_ROWS) int32 register tile (BLOCK_M = the
   next power of 2 >= members, rows for members not seen yet hold -1). Right after member m,
   comparing its labels with that tile gives, for every j <= m, the number of this block's rows
-  where members j and m agree; two masked vector ``tl.atomic_add`` calls add them to
+  where members j and m agree; two masked vector ``tl.atomic_add`` calls (relaxed, so they
+  compile to fire-and-forget ``red`` instructions, no round trip or barrier) add them to
   ``[j, m]`` and ``[m, j]`` (j < m) of one int64 (M, M) slice of a (slices, M, M) buffer, slice
   ``pid % slices``, which the host sums. That is M*M integer atomics per program in all, exact
   and order-independent, so the result is deterministic; the slices (a few thousand for up to
@@ -216,10 +217,13 @@ if triton is not None:
             member_tile = tl.where(mids[:, None] == m, label[None, :], member_tile)
             same = (member_tile == label[None, :]) & row_ok[None, :]
             # counts[j] = rows of this block where members j and m agree, for j <= m (the tile
-            # holds -1 for members after m): add them to equal_counts[j, m] and [m, j].
+            # holds -1 for members after m): add them to equal_counts[j, m] and [m, j]. Relaxed
+            # atomics whose result is unused compile to fire-and-forget reductions (red.relaxed);
+            # Triton's default, acq_rel, made each a round trip to L2 with a barrier on each side,
+            # twice per member (the host reads the counts only after the kernel has finished).
             counts = tl.sum(same.to(tl.int32), axis=1).to(tl.int64)
-            tl.atomic_add(equal_counts_ptr + mids * M + m, counts, mask=mids <= m)
-            tl.atomic_add(equal_counts_ptr + m * M + mids, counts, mask=mids < m)
+            tl.atomic_add(equal_counts_ptr + mids * M + m, counts, mask=mids <= m, sem="relaxed")
+            tl.atomic_add(equal_counts_ptr + m * M + mids, counts, mask=mids < m, sem="relaxed")
 
         if HARD:
             share_top = tl.max(tl.where(col_ok[None, :], shares, -1.0), axis=1)
@@ -329,8 +333,8 @@ if triton is not None:
             if COUNTS:
                 same = (member_tile == label[None, :]) & row_ok[None, :]
                 counts = tl.sum(same.to(tl.int32), axis=1).to(tl.int64)
-                tl.atomic_add(equal_counts_ptr + mids * M + m, counts, mask=mids <= m)
-                tl.atomic_add(equal_counts_ptr + m * M + mids, counts, mask=mids < m)
+                tl.atomic_add(equal_counts_ptr + mids * M + m, counts, mask=mids <= m, sem="relaxed")
+                tl.atomic_add(equal_counts_ptr + m * M + mids, counts, mask=mids < m, sem="relaxed")
 
         if HARD:
             share_top = tl.max(tl.where(col_ok[:, None], shares, -1.0), axis=0)
