@@ -52,9 +52,10 @@ def test_device_script_runs_at_toy_sizes(shared_data, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     log = (tmp_path / "out" / "device.log").read_text()
     stages = re.findall(r"^== (\S+): exit (\d+) after", log, flags=re.M)
-    assert stages == [(name, "0") for name in ("env", "aggregate", "mfu", "predict", "tests")], log[-3000:]
+    assert stages == [(name, "0") for name in ("env", "sweep", "tests-short", "mfu", "aggregate", "predict")], log[-3000:]
     results = {name: json.loads((tmp_path / "out" / f"{name}.json").read_text())
-               for name in ("aggregate", "mfu", "predict-bf16")}
+               for name in ("aggregate", "mfu", "predict-bf16", "sweep")}
+    assert all(r["same_as_default"] and r["default_equals_reference"] for r in results["sweep"]["gpu"]["results"])
     assert {r["dtype"] for r in results["aggregate"]["gpu"]["results"]} == {"float32", "bfloat16"}
     assert results["mfu"]["samples_per_s"] > 0
     assert results["predict-bf16"]["identical_labels"] == results["predict-bf16"]["rows"] == 64
