@@ -185,21 +185,26 @@ SWEEP_SHAPES = [(4, 2, "float32"), (8, 5, "bfloat16"), (8, 20, "bfloat16"), (16,
 
 
 def sweep_launches(members: int, classes: int):
-    """The launches `gpu_sweep` compares for a shape: (label, Launch, fused_vote keywords)."""
+    """The launches `gpu_sweep` compares for a shape: (label, Launch, fused_vote keywords).
+
+    Besides the measured defaults, one-warp programs: their reductions over rows stay inside a
+    warp, which takes most barriers out of the member loop (1 a member instead of 4 in the rows
+    kernel, 1-4 instead of 8-10 in the tile kernel, compiled for sm_90); not yet measured."""
     from ensemble import kernels
 
     tile_rows, _, _, tile_warps = kernels._blocks(members, classes)
     rows = lambda block, warps: kernels.Launch("rows", block, warps)  # noqa: E731
     yield "tile (lanes along classes)", kernels.Launch("tile", tile_rows, tile_warps), {}
-    if classes > 32:  # a thread cannot hold a whole row
+    yield f"tile {max(1, tile_rows // 2)}/1w", kernels.Launch("tile", max(1, tile_rows // 2), 1), {}
+    if classes > 8:  # a thread holding a whole row of 16-32 classes runs out of registers
         return
-    yield "rows 128/4w", rows(128, 4), {}
     yield "rows 64/2w", rows(64, 2), {}
-    yield "rows 256/8w", rows(256, 8), {}
-    if classes <= 8:
-        yield "rows 256/4w (2 rows a thread)", rows(256, 4), {}
+    yield "rows 32/1w", rows(32, 1), {}
+    yield "rows 64/1w (2 rows a thread)", rows(64, 1), {}
+    yield "rows 128/1w (4 rows a thread)", rows(128, 1), {}
     yield "rows 64/2w, one counts buffer", rows(64, 2), {"slices": 1}
     yield "rows 64/2w, no counts", rows(64, 2), {"counts": False}
+    yield "rows 32/1w, no counts", rows(32, 1), {"counts": False}
 
 
 def gpu_sweep(device: torch.device, rows: int, repeat: int, bandwidth: dict[str, float]) -> Iterator[dict]:

@@ -141,6 +141,7 @@ def test_equal_counts_over_slices(members, classes, rows, method, slices):
 LAUNCHES = [
     kernels.Launch("tile", 32, 4), kernels.Launch("tile", 8, 4),
     kernels.Launch("rows", 128, 4), kernels.Launch("rows", 64, 2), kernels.Launch("rows", 256, 8),
+    kernels.Launch("tile", 16, 1), kernels.Launch("rows", 32, 1), kernels.Launch("rows", 128, 1),
 ]
 
 
