@@ -75,6 +75,31 @@ def test_results_come_back_in_input_order(run):
     np.testing.assert_allclose(one_by_one, logits[:, :10], rtol=1e-4, atol=1e-5)  # padding does not leak
 
 
+@pytest.mark.parametrize("every", [1, 3, 100])
+def test_logits_read_back_in_groups_keep_their_rows(run, monkeypatch, every):
+    """Logits queued for several batches (as on a GPU) are put back in input order, and the
+    progress bar counts every row once."""
+    from ensemble.batching import encode
+
+    ens = three(run)
+    member = ens.members["roberta"]
+    enc = encode(member.tokenizer, TEXTS[:80], None, member.max_length)
+    monkeypatch.setattr(ensemble_mod, "_READBACK_BATCHES", 1)
+    want = ensemble_mod._predict_logits(member, enc, 8)
+
+    class Bar:
+        seen = 0
+
+        def update(self, n):
+            self.seen += n
+
+    bar = Bar()
+    monkeypatch.setattr(ensemble_mod, "_READBACK_BATCHES", every)
+    got = ensemble_mod._predict_logits(member, enc, 8, bar=bar)
+    np.testing.assert_array_equal(got, want)
+    assert bar.seen == 80
+
+
 def test_predict_file_streams_in_chunks_and_matches_vote(run, tmp_path):
     ens = Ensemble.load(run / "run")
     data = tmp_path / "big.csv"

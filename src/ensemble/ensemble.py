@@ -466,18 +466,45 @@ def _strings(texts: list, name: str) -> list[str]:
 @torch.inference_mode()
 def _predict_logits(member: Member, enc: Encoded, batch_size: int, precision: str = "auto", bar=None) -> np.ndarray:
     """One member's logits in input order; batches of similar length, padded per batch; `bar`
-    (a tqdm bar) advances by each batch's rows."""
+    (a tqdm bar) advances by each batch's rows as they are read back.
+
+    On a GPU the host queues batches ahead of the device: token ids go through pinned memory
+    (a copy from pageable memory waits for the device), and logits are read back every
+    `_READBACK_BATCHES` batches rather than after each one (each read-back waits for the device).
+    """
     collate = Collator(member.tokenizer.pad_token_id)
     device = device_of(member.model)
+    gpu = device.type == "cuda"
     logits = np.empty((len(enc), member.model.config.num_labels), dtype=np.float32)
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    bf16 = precision == "bf16" or (precision == "auto" and gpu)
+    queued: list[tuple[list[int], torch.Tensor]] = []  # (rows, their logits on the device)
+
+    def read_back() -> None:
+        if queued:
+            values = torch.cat([out for _, out in queued]).cpu().numpy()
+            start = 0
+            for rows, _ in queued:
+                logits[rows] = values[start:start + len(rows)]
+                start += len(rows)
+                if bar is not None:
+                    bar.update(len(rows))
+            queued.clear()
+
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for rows in length_sorted_batches(enc.lengths(), batch_size):
-            batch = {k: v.to(device, non_blocking=True) for k, v in collate([enc[i] for i in rows]).items()}
-            logits[rows] = member.model(**batch).logits.float().cpu().numpy()
-            if bar is not None:
-                bar.update(len(rows))
+            batch = collate([enc[i] for i in rows])
+            if gpu:
+                batch = {k: v.pin_memory() for k, v in batch.items()}
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            queued.append((rows, member.model(**batch).logits.float()))
+            if len(queued) >= _READBACK_BATCHES:  # (the same on a CPU, where reading back is free)
+                read_back()
+    read_back()
     return logits
+
+
+# Batches queued on a GPU before their logits are read back (see `_predict_logits`).
+_READBACK_BATCHES = 32
 
 
 def write_json(path: Path, obj) -> None:
