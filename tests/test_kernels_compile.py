@@ -65,13 +65,12 @@ def compile_all() -> list[dict]:
                              "equal_counts_ptr": "*i64", "SLICES": "i32", "M": "i32", "R": "i32", "C": "i32",
                              "stride_m": "i64", "stride_r": "i32", "stride_c": "i32" if rows_kernel else "constexpr",
                              "HARD": "constexpr", "SHARE_TOL": "constexpr", "BLOCK_ROWS": "constexpr",
-                             "BLOCK_C": "constexpr", "BLOCK_M": "constexpr", "WIDE": "constexpr"}
+                             "BLOCK_C": "constexpr", "BLOCK_M": "constexpr", "WIDE": "constexpr",
+                             "ROWS_IN_THREAD": "constexpr", "COUNTS": "constexpr"}
                 constants = {"HARD": hard, "SHARE_TOL": kernels.SHARE_TOL, "BLOCK_ROWS": launch.block_rows,
-                             "BLOCK_C": block_c, "BLOCK_M": block_m, "WIDE": wide}
-                if rows_kernel:
-                    signature["COUNTS"] = "constexpr"
-                    constants["COUNTS"] = True
-                else:
+                             "BLOCK_C": block_c, "BLOCK_M": block_m, "WIDE": wide, "ROWS_IN_THREAD": rows_kernel,
+                             "COUNTS": True}
+                if not rows_kernel:
                     constants["stride_c"] = 1
                 names = list(signature)
                 fn = kernels._vote_rows_kernel if rows_kernel else kernels._vote_kernel

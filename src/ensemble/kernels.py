@@ -134,8 +134,7 @@ if triton is not None:
     else:  # pragma: no cover
         _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
 
-    @triton.jit
-    def _vote_kernel(
+    def _vote(
         x_ptr,
         w_ptr,
         t_ptr,
@@ -159,7 +158,16 @@ if triton is not None:
         BLOCK_C: tl.constexpr,
         BLOCK_M: tl.constexpr,
         WIDE: tl.constexpr,
+        ROWS_IN_THREAD: tl.constexpr,
+        COUNTS: tl.constexpr,
     ):
+        """The vote of one block of rows (the module docstring has the design). ROWS_IN_THREAD
+        loads each member's tile as (classes, rows) and transposes the view: Triton then lays the
+        lanes of a warp along rows, each thread holds whole rows, and the reductions over classes
+        stay in its registers (no shuffles); it is `_vote_rows_kernel`, whose stride_c is not
+        specialised (were it the constant 1, Triton would see classes as the contiguous axis and
+        lay the lanes along them again). COUNTS=False leaves out the equal counts (the
+        benchmark's measure of what they cost; every `fused_vote` call counts them)."""
         pid = tl.program_id(0)
         first_row = pid * BLOCK_ROWS  # R < 2**31 (checked on the host): int32 row indices
         # This program's equal counts go to slice pid % SLICES of the (SLICES, M, M) buffer (see
@@ -175,12 +183,14 @@ if triton is not None:
         # 64-bit arithmetic once per program for the block's base; in-block offsets are int32
         # unless the strides are so large that they could overflow (WIDE, decided on the host).
         first_row64 = first_row.to(tl.int64)
-        if WIDE:
-            x_offsets = (
-                local.to(tl.int64)[:, None] * stride_r + cols.to(tl.int64)[None, :] * stride_c
-            )
+        local_x = local.to(tl.int64) if WIDE else local
+        cols_x = cols.to(tl.int64) if WIDE else cols
+        if ROWS_IN_THREAD:
+            x_offsets = cols_x[:, None] * stride_c + local_x[None, :] * stride_r
+            x_mask = col_ok[:, None] & row_ok[None, :]
         else:
-            x_offsets = local[:, None] * stride_r + cols[None, :] * stride_c
+            x_offsets = local_x[:, None] * stride_r + cols_x[None, :] * stride_c
+            x_mask = tile_mask
 
         soft = tl.zeros((BLOCK_ROWS, BLOCK_C), dtype=tl.float32)
         shares = tl.zeros((BLOCK_ROWS, BLOCK_C), dtype=tl.float32)
@@ -196,7 +206,9 @@ if triton is not None:
             w = tl.load(w_ptr + m)
             t = tl.load(t_ptr + m)
             # Padded rows read 0 (finite, so no NaN from -inf - -inf); padded classes -inf.
-            raw = tl.load(x_member + x_offsets, mask=tile_mask, other=0.0)
+            raw = tl.load(x_member + x_offsets, mask=x_mask, other=0.0)
+            if ROWS_IN_THREAD:
+                raw = tl.trans(raw)
             logits = tl.where(col_ok[None, :], raw.to(tl.float32), float("-inf"))
             # Member argmax on the logits themselves: first maximum -> lowest class index.
             top = tl.max(logits, axis=1)
@@ -215,15 +227,17 @@ if triton is not None:
             member_labels_row += R
             member_confidence_row += R
             member_tile = tl.where(mids[:, None] == m, label[None, :], member_tile)
-            same = (member_tile == label[None, :]) & row_ok[None, :]
-            # counts[j] = rows of this block where members j and m agree, for j <= m (the tile
-            # holds -1 for members after m): add them to equal_counts[j, m] and [m, j]. Relaxed
-            # atomics whose result is unused compile to fire-and-forget reductions (red.relaxed);
-            # Triton's default, acq_rel, made each a round trip to L2 with a barrier on each side,
-            # twice per member (the host reads the counts only after the kernel has finished).
-            counts = tl.sum(same.to(tl.int32), axis=1).to(tl.int64)
-            tl.atomic_add(equal_counts_ptr + mids * M + m, counts, mask=mids <= m, sem="relaxed")
-            tl.atomic_add(equal_counts_ptr + m * M + mids, counts, mask=mids < m, sem="relaxed")
+            if COUNTS:
+                same = (member_tile == label[None, :]) & row_ok[None, :]
+                # counts[j] = rows of this block where members j and m agree, for j <= m (the tile
+                # holds -1 for members after m): add them to equal_counts[j, m] and [m, j].
+                # Relaxed atomics whose result is unused compile to fire-and-forget reductions
+                # (red.relaxed); Triton's default, acq_rel, made each a round trip to L2 with a
+                # barrier on each side, twice per member (the host reads the counts only after
+                # the kernel has finished).
+                counts = tl.sum(same.to(tl.int32), axis=1).to(tl.int64)
+                tl.atomic_add(equal_counts_ptr + mids * M + m, counts, mask=mids <= m, sem="relaxed")
+                tl.atomic_add(equal_counts_ptr + m * M + mids, counts, mask=mids < m, sem="relaxed")
 
         if HARD:
             share_top = tl.max(tl.where(col_ok[None, :], shares, -1.0), axis=1)
@@ -253,113 +267,8 @@ if triton is not None:
         score_offsets = local[:, None] * C + cols[None, :]  # < BLOCK_ROWS * C: fits int32
         tl.store(scores_ptr + first_row64 * C + score_offsets, scores, mask=tile_mask)
 
-
-    @triton.jit(do_not_specialize=["stride_c"])
-    def _vote_rows_kernel(
-        x_ptr,
-        w_ptr,
-        t_ptr,
-        labels_ptr,
-        scores_ptr,
-        confidence_ptr,
-        agreement_ptr,
-        member_labels_ptr,
-        member_confidence_ptr,
-        equal_counts_ptr,
-        SLICES,
-        M,
-        R,
-        C,
-        stride_m,
-        stride_r,
-        stride_c,
-        HARD: tl.constexpr,
-        SHARE_TOL: tl.constexpr,
-        BLOCK_ROWS: tl.constexpr,
-        BLOCK_C: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        WIDE: tl.constexpr,
-        COUNTS: tl.constexpr,
-    ):
-        """`_vote_kernel` for narrow rows (3-8 classes: see `_launch`), the same
-        arithmetic in the same order, with tiles laid out (classes, rows) instead of (rows,
-        classes): Triton then runs the lanes of a warp along rows, each thread holds whole rows,
-        and every reduction over classes stays in its registers instead of taking five rounds of
-        warp shuffles. (stride_c is not specialised: were it the constant 1, Triton would see
-        the classes as the contiguous axis and lay the lanes along them again.) COUNTS=False leaves out the equal counts (the benchmark measures what they cost; every
-        `fused_vote` call counts them)."""
-        pid = tl.program_id(0)
-        first_row = pid * BLOCK_ROWS
-        equal_counts_ptr += (pid % SLICES).to(tl.int64) * M * M
-        local = tl.arange(0, BLOCK_ROWS)
-        rows = first_row + local
-        cols = tl.arange(0, BLOCK_C)
-        mids = tl.arange(0, BLOCK_M)
-        row_ok = rows < R
-        col_ok = cols < C
-        tile_mask = col_ok[:, None] & row_ok[None, :]
-        first_row64 = first_row.to(tl.int64)
-        if WIDE:
-            x_offsets = (
-                cols.to(tl.int64)[:, None] * stride_c + local.to(tl.int64)[None, :] * stride_r
-            )
-        else:
-            x_offsets = cols[:, None] * stride_c + local[None, :] * stride_r
-
-        soft = tl.zeros((BLOCK_C, BLOCK_ROWS), dtype=tl.float32)
-        shares = tl.zeros((BLOCK_C, BLOCK_ROWS), dtype=tl.float32)
-        member_tile = tl.full((BLOCK_M, BLOCK_ROWS), -1, dtype=tl.int32)
-        x_member = x_ptr + first_row64 * stride_r
-        member_labels_row = member_labels_ptr
-        member_confidence_row = member_confidence_ptr
-        for m in range(0, M):
-            w = tl.load(w_ptr + m)
-            t = tl.load(t_ptr + m)
-            raw = tl.load(x_member + x_offsets, mask=tile_mask, other=0.0)
-            x_member += stride_m
-            logits = tl.where(col_ok[:, None], raw.to(tl.float32), float("-inf"))
-            top = tl.max(logits, axis=0)
-            label = tl.min(tl.where(logits == top[None, :], cols[:, None], BLOCK_C), axis=0)
-            e = tl.exp(logits / t - (top / t)[None, :])
-            r = 1.0 / tl.sum(e, axis=0)
-            soft = soft + w * (e * r[None, :])
-            if HARD:
-                shares = shares + tl.where(cols[:, None] == label[None, :], w, 0.0)
-            tl.store(member_labels_row + rows, label.to(tl.int64), mask=row_ok)
-            tl.store(member_confidence_row + rows, r, mask=row_ok)
-            member_labels_row += R
-            member_confidence_row += R
-            member_tile = tl.where(mids[:, None] == m, label[None, :], member_tile)
-            if COUNTS:
-                same = (member_tile == label[None, :]) & row_ok[None, :]
-                counts = tl.sum(same.to(tl.int32), axis=1).to(tl.int64)
-                tl.atomic_add(equal_counts_ptr + mids * M + m, counts, mask=mids <= m, sem="relaxed")
-                tl.atomic_add(equal_counts_ptr + m * M + mids, counts, mask=mids < m, sem="relaxed")
-
-        if HARD:
-            share_top = tl.max(tl.where(col_ok[:, None], shares, -1.0), axis=0)
-            tied = (shares >= share_top[None, :] - SHARE_TOL) & col_ok[:, None]
-            candidate = tl.where(tied, soft, -1.0)
-            best = tl.max(candidate, axis=0)
-            labels = tl.min(tl.where(candidate == best[None, :], cols[:, None], BLOCK_C), axis=0)
-            scores = shares
-            confidence = tl.sum(tl.where(cols[:, None] == labels[None, :], scores, 0.0), axis=0)
-            agreement = confidence
-        else:
-            candidate = tl.where(col_ok[:, None], soft, -1.0)
-            best = tl.max(candidate, axis=0)
-            labels = tl.min(tl.where(candidate == best[None, :], cols[:, None], BLOCK_C), axis=0)
-            scores = soft
-            confidence = best
-            w_all = tl.load(w_ptr + mids, mask=mids < M, other=0.0)
-            agree = member_tile == labels[None, :]
-            agreement = tl.sum(tl.where(agree, w_all[:, None], 0.0), axis=0)
-
-        tl.store(labels_ptr + rows, labels.to(tl.int64), mask=row_ok)
-        tl.store(confidence_ptr + rows, confidence, mask=row_ok)
-        tl.store(agreement_ptr + rows, agreement, mask=row_ok)
-        score_offsets = local[None, :] * C + cols[:, None]  # < BLOCK_ROWS * C: fits int32
-        tl.store(scores_ptr + first_row64 * C + score_offsets, scores, mask=tile_mask)
+    _vote_kernel = triton.jit(_vote)
+    _vote_rows_kernel = triton.jit(do_not_specialize=["stride_c"])(_vote)
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -523,8 +432,8 @@ def fused_vote(
                    enable_fp_fusion=False)
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         if rows > 0 and launch.kernel == "rows":  # (an empty grid cannot be launched)
-            _vote_rows_kernel[grid](*args, COUNTS=counts, **options)
+            _vote_rows_kernel[grid](*args, ROWS_IN_THREAD=True, COUNTS=counts, **options)
         elif rows > 0:
-            _vote_kernel[grid](*args, **options)
+            _vote_kernel[grid](*args, ROWS_IN_THREAD=False, COUNTS=True, **options)
     out["equal_counts"] = partial.sum(dim=0)
     return out
