@@ -6,12 +6,13 @@ module docstring of `ensemble.aggregate` for the tie-breaking rules) for one
 bfloat16 or float16) and computing in float32 registers. Every output is written exactly once,
 straight from registers; no (members, rows, classes) intermediate ever touches memory.
 
-Two kernels, one arithmetic: ``_vote_kernel`` (below) lays a (rows, classes) tile with the lanes
-of a warp along the classes; ``_vote_rows_kernel`` lays the same tile (classes, rows) so that
-each thread holds whole rows and reductions over classes need no shuffles. `_launch` picks one
-by class count, as measured on an H200 (3-8 classes: rows kernel; see its docstring).
+One kernel body (``_vote``), compiled two ways: ``_vote_kernel`` gets (rows, classes) tiles with
+the lanes of a warp along the classes; ``_vote_rows_kernel`` loads each tile as (classes, rows)
+and transposes the view, so each thread holds whole rows and reductions over classes need no
+shuffles. `_launch` picks one by class count, as measured on an H200 (3-8 classes: the rows
+kernel; see its docstring).
 
-Kernel design (``_vote_kernel``):
+Kernel design:
 
 * Grid: one program per ``BLOCK_ROWS`` rows. Classes are padded to ``BLOCK_C`` (the next power
   of 2, at least 2) and masked: padded logits read as -inf, so they get probability 0, never win
