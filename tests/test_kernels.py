@@ -63,7 +63,8 @@ def _check(x: torch.Tensor, method: str, weight64: torch.Tensor, temperature: to
     got = fused_vote(x, method, weight64.to(torch.float32), temperature, slices=slices)
     # bf16/fp16 inputs: the reference sees the very same values, upcast to float32.
     ref = _vote_chunk(x.to(torch.float32), method, weight64, temperature)
-    assert set(got) == set(ref) == set(KEYS)
+    assert set(got) == set(ref) | {"bad_row"} and set(ref) == set(KEYS)
+    assert got["bad_row"].tolist() == [-1]
     for key in KEYS:
         g, r = got[key], ref[key]
         assert g.dtype == r.dtype, (key, g.dtype, r.dtype)
@@ -175,6 +176,22 @@ def test_counts_can_be_left_out_by_the_rows_kernel():
         fused_vote(x, "soft", w, t, launch=kernels.Launch("tile", 32, 4), counts=False)
     with pytest.raises(ValueError, match="launch.kernel must be 'rows' or 'tile'; got 'mystery'"):
         fused_vote(x, "soft", w, t, launch=kernels.Launch("mystery", 32, 4))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # the interpreter's NumPy on inf * 0
+@pytest.mark.parametrize("launch", [kernels.Launch("tile", 8, 4), kernels.Launch("rows", 32, 1)],
+                         ids=lambda la: la.kernel)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_logits_are_found_in_the_same_pass(bad, launch):
+    """bad_row: the first row with a NaN or infinite logit, whichever member and class holds it."""
+    x = _logits(3, 40, 5, seed=12)
+    w, t = torch.full((3,), 1 / 3, device=DEVICE), torch.ones(3, device=DEVICE)
+    assert fused_vote(x, "soft", w, t, launch=launch)["bad_row"].tolist() == [-1]
+    x[2, 37, 4] = bad
+    x[1, 21, 0] = bad
+    assert fused_vote(x, "hard", w, t, launch=launch)["bad_row"].tolist() == [21]
+    half = x.to(torch.bfloat16)
+    assert fused_vote(half, "soft", w, t, launch=launch)["bad_row"].tolist() == [21]
 
 
 def test_launch_choice():
@@ -412,3 +429,21 @@ def test_aggregate_routes_through_the_triton_kernel(monkeypatch, method, dtype):
     for key in ("scores", "confidence", "agreement", "member_confidence"):
         torch.testing.assert_close(torch.from_numpy(getattr(got, key)), torch.from_numpy(getattr(want, key)),
                                    rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+def test_aggregate_names_a_non_finite_logit_found_by_the_kernel(monkeypatch):
+    """On the CUDA branch the kernel finds the non-finite logit (no pass of its own over the
+    input); `aggregate` then names the member and row, as everywhere."""
+    import importlib
+
+    from ensemble.errors import EnsembleError
+
+    agg = importlib.import_module("ensemble.aggregate")
+    logits = torch.randn(3, 70, 5, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    logits[1, 50, 3] = float("inf")
+    monkeypatch.setattr(agg, "_CHUNK_ELEMENTS", 3 * 5 * 32)  # the bad row is in the second chunk
+    monkeypatch.setattr(agg, "_fused_backend", lambda *args: "triton")
+    with pytest.raises(EnsembleError, match=r"must be finite; got NaN or infinity at member 1, row 50$"):
+        agg.aggregate(logits, "soft")
+

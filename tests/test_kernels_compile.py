@@ -62,7 +62,7 @@ def compile_all() -> list[dict]:
                 signature = {"x_ptr": f"*{dtype}", "w_ptr": "*fp32", "t_ptr": "*fp32", "labels_ptr": "*i64",
                              "scores_ptr": "*fp32", "confidence_ptr": "*fp32", "agreement_ptr": "*fp32",
                              "member_labels_ptr": "*i64", "member_confidence_ptr": "*fp32",
-                             "equal_counts_ptr": "*i64", "SLICES": "i32", "M": "i32", "R": "i32", "C": "i32",
+                             "equal_counts_ptr": "*i64", "bad_ptr": "*i64", "SLICES": "i32", "M": "i32", "R": "i32", "C": "i32",
                              "stride_m": "i64", "stride_r": "i32", "stride_c": "i32" if rows_kernel else "constexpr",
                              "HARD": "constexpr", "SHARE_TOL": "constexpr", "BLOCK_ROWS": "constexpr",
                              "BLOCK_C": "constexpr", "BLOCK_M": "constexpr", "WIDE": "constexpr",

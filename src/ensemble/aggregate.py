@@ -191,9 +191,9 @@ def aggregate(
                 x = source[:, start:stop]
                 if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
                     x = x.to(torch.float32)
-                if not bool(torch.isfinite(x).all()):
-                    _chunk(source, start, stop, device)  # raises, naming the member and row
                 part = kernels.fused_vote(x, method, weight64.to(torch.float32), temperature32)
+                if int(part["bad_row"]) >= 0:  # the kernel checks the logits as it reads them
+                    _chunk(source, start, stop, device)  # raises, naming the member and row
             else:
                 x = _chunk(source, start, stop, device)
                 part = _vote_chunk(x, method, weight64, temperature32, probs_in)

@@ -146,6 +146,7 @@ if triton is not None:
         member_labels_ptr,
         member_confidence_ptr,
         equal_counts_ptr,
+        bad_ptr,
         SLICES,
         M,
         R,
@@ -195,6 +196,7 @@ if triton is not None:
 
         soft = tl.zeros((BLOCK_ROWS, BLOCK_C), dtype=tl.float32)
         shares = tl.zeros((BLOCK_ROWS, BLOCK_C), dtype=tl.float32)
+        bad_rows = local < 0  # rows with a NaN or infinite logit (none so far)
         # Member m's labels in row m; -1 (never a label) for members not seen yet / padding.
         member_tile = tl.full((BLOCK_M, BLOCK_ROWS), -1, dtype=tl.int32)
 
@@ -210,14 +212,19 @@ if triton is not None:
             raw = tl.load(x_member + x_offsets, mask=x_mask, other=0.0)
             if ROWS_IN_THREAD:
                 raw = tl.trans(raw)
-            logits = tl.where(col_ok[None, :], raw.to(tl.float32), float("-inf"))
+            x32 = raw.to(tl.float32)
+            logits = tl.where(col_ok[None, :], x32, float("-inf"))
             # Member argmax on the logits themselves: first maximum -> lowest class index.
             top = tl.max(logits, axis=1)
             label = tl.min(tl.where(logits == top[:, None], cols[None, :], BLOCK_C), axis=1)
             # max(logits / t) is max(logits) / t exactly (t > 0; division rounds monotonically),
             # and the label's e is exp(0) = 1, so its probability is 1 / sum(e): no more reductions.
             e = tl.exp(logits / t - (top / t)[:, None])
-            r = 1.0 / tl.sum(e, axis=1)
+            # + x * 0: exactly +0.0 for a finite logit, NaN for NaN or +-inf, so r is NaN where
+            # the row's input is not finite: the input check rides along in the one pass over
+            # the logits (such a row's outputs are not used)
+            r = 1.0 / tl.sum(e + x32 * 0.0, axis=1)
+            bad_rows = bad_rows | (r != r)
             p = e * r[:, None]
             soft = soft + w * p
             if HARD:
@@ -267,6 +274,8 @@ if triton is not None:
         tl.store(agreement_ptr + rows, agreement, mask=row_ok)
         score_offsets = local[:, None] * C + cols[None, :]  # < BLOCK_ROWS * C: fits int32
         tl.store(scores_ptr + first_row64 * C + score_offsets, scores, mask=tile_mask)
+        first_bad = tl.min(tl.where(bad_rows & row_ok, rows, R))
+        tl.atomic_min(bad_ptr, first_bad, mask=first_bad < R, sem="relaxed")
 
     _vote_kernel = triton.jit(_vote)
     _vote_rows_kernel = triton.jit(do_not_specialize=["stride_c"])(_vote)
@@ -353,7 +362,7 @@ def fused_vote(
     Args:
         x: (members, rows, classes) logits on a CUDA device (any device under
             ``TRITON_INTERPRET=1``); float32, bfloat16 or float16, read in that dtype (no upcast
-            copy), any strides. Must be finite (not checked here; `aggregate` validates).
+            copy), any strides. Non-finite logits are found in the same pass (``bad_row``).
         method: ``"soft"`` or ``"hard"``.
         weights: (members,) weights normalised to sum to 1 (converted to float32 on x's device).
         temperatures: (members,) positive temperatures (converted to float32 on x's device).
@@ -367,7 +376,8 @@ def fused_vote(
         ``labels`` (rows,) int64, ``scores`` (rows, classes) float32, ``confidence`` (rows,)
         float32, ``agreement`` (rows,) float32, ``member_labels`` (members, rows) int64,
         ``member_confidence`` (members, rows) float32, ``equal_counts`` (members, members) int64,
-        all on x's device.
+        all on x's device, and ``bad_row`` (1,) int64: the first row holding a NaN or infinite
+        logit, -1 if none (the other outputs are then meaningless; `aggregate` raises).
 
     Raises:
         RuntimeError: when Triton is not installed or there is no GPU (and no interpreter).
@@ -423,8 +433,9 @@ def fused_vote(
     grid = (triton.cdiv(rows, launch.block_rows),)
     # Accumulated with atomics, so it starts at zero; summed over its slices below.
     partial = torch.zeros((_slices(grid[0], members, slices), members, members), dtype=torch.int64, device=device)
+    bad = torch.full((1,), rows, dtype=torch.int64, device=device)  # the first row with a non-finite logit
     args = (x, weight, temperature, out["labels"], out["scores"], out["confidence"], out["agreement"],
-            out["member_labels"], out["member_confidence"], partial, partial.shape[0], members, rows, classes,
+            out["member_labels"], out["member_confidence"], partial, bad, partial.shape[0], members, rows, classes,
             x.stride(0), x.stride(1), x.stride(2))
     options = dict(HARD=method == "hard", SHARE_TOL=SHARE_TOL, BLOCK_ROWS=launch.block_rows, BLOCK_C=block_c,
                    BLOCK_M=block_m, WIDE=_needs_int64_offsets(x, launch.block_rows, block_c),
@@ -437,4 +448,5 @@ def fused_vote(
         elif rows > 0:
             _vote_kernel[grid](*args, ROWS_IN_THREAD=False, COUNTS=True, **options)
     out["equal_counts"] = partial.sum(dim=0)
+    out["bad_row"] = bad.masked_fill_(bad == rows, -1)
     return out
