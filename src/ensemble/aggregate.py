@@ -197,13 +197,14 @@ def aggregate(
             else:
                 x = _chunk(source, start, stop, device)
                 part = _vote_chunk(x, method, weight64, temperature32, probs_in)
-            labels[start:stop] = part["labels"].cpu().numpy()
-            scores[start:stop] = part["scores"].cpu().numpy()
-            confidence[start:stop] = part["confidence"].cpu().numpy()
-            agreement[start:stop] = part["agreement"].cpu().numpy()
+            # straight into the result arrays (no intermediate host copy)
+            outputs = {"labels": labels[start:stop], "scores": scores[start:stop],
+                       "confidence": confidence[start:stop], "agreement": agreement[start:stop]}
             if member_details:
-                member_labels[:, start:stop] = part["member_labels"].cpu().numpy()
-                member_confidence[:, start:stop] = part["member_confidence"].cpu().numpy()
+                outputs.update(member_labels=member_labels[:, start:stop],
+                               member_confidence=member_confidence[:, start:stop])
+            for key, view in outputs.items():
+                torch.from_numpy(view).copy_(part[key])
             equal_counts += part["equal_counts"]
     return Vote(
         labels=labels,
