@@ -24,9 +24,10 @@ Kernel design:
   (BLOCK_ROWS, BLOCK_C) tile of logits in their own dtype, upcasts to float32, takes the argmax
   of the logits (first maximum -> lowest index), the softmax of ``logits / T[m]`` (its maximum
   is max(logits) / T[m] exactly, so one max serves both), the member's confidence (the
-  probability of its argmax: exp(0) / sum = 1 / sum, no further reduction), and adds ``w[m] * p`` to the soft scores and (hard
-  voting) ``w[m]`` to the share of the member's class. Both sums are plain float32
-  multiply-then-add in member order, exactly like the reference, and the kernel is compiled
+  probability of its argmax: exp(0) / sum = 1 / sum, no further reduction), and adds
+  ``w[m] * p`` to the soft scores and (hard voting) ``w[m]`` to the share of the member's class.
+  Both sums are plain float32 multiply-then-add in member order, exactly like the reference,
+  and the kernel is compiled
   with ``enable_fp_fusion=False`` so that no multiply-add is contracted into an FMA: the
   rounding is that of the reference's separate ``*`` and ``+``, classes with identical inputs
   get bit-identical scores, and sums of the same products in another class order
@@ -49,6 +50,10 @@ Kernel design:
   as tied here; with real weights that never happens by accident.)
 * Member labels are stored directly as int64 (no int32 -> int64 conversion pass); labels are
   int64 too. ``equal_counts`` is accumulated in an int64 buffer.
+
+Non-finite input is found in the same pass: ``x * 0`` (exactly +0.0 for a finite logit, NaN for
+NaN or +-inf) is added into each member's softmax sum, so a row with such a logit gets a NaN
+sum; each program reports its first such row with a relaxed ``atomic_min`` into ``bad_row``.
 
 Bytes moved per row, for a GB/s figure (M members, C classes, s = the logits' itemsize):
 
@@ -103,9 +108,8 @@ _TILE_ELEMENTS = 1024
 # Int64 counts in the slices of equal counts at most (see `_slices`): 8 MiB, 4,096 slices at 16
 # members, 1,024 at 32, 256 at 64.
 MAX_SLICE_COUNTS = 1 << 20
-# The rows kernel keeps whole rows in a thread: up to this many (padded) classes, and up to this
-# many float32 values per row in registers (soft scores, shares and logits, BLOCK_C each, plus
-# BLOCK_M member labels; see `_launch`).
+# The rows kernel keeps whole rows in a thread: at most this many float32 values per row in
+# registers (soft scores, shares and logits, BLOCK_C each, plus BLOCK_M member labels; `_launch`).
 ROWS_KERNEL_MAX_REGISTER_VALUES = 160
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
