@@ -54,8 +54,7 @@ def compile_all() -> list[dict]:
         for members, classes, dtype, hard in CONFIGS:
             for wide in (False, True) if (members, classes) == (8, 20) else (False,):
                 launch = kernels._launch(members, classes)
-                block_c = max(2, triton.next_power_of_2(classes))
-                block_m = max(2, triton.next_power_of_2(members))
+                block_c, block_m = kernels._padded(members, classes)
                 rows_kernel = launch.kernel == "rows"
                 # pointer and scalar types as a launch on contiguous input types them; stride_c is
                 # 1 there, which Triton specialises into a constant unless told not to (rows kernel)

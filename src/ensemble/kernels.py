@@ -291,10 +291,14 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def _padded(members: int, classes: int) -> tuple[int, int]:
+    """BLOCK_C and BLOCK_M: classes and members padded to a power of 2, at least 2."""
+    return max(2, triton.next_power_of_2(classes)), max(2, triton.next_power_of_2(members))
+
+
 def _blocks(members: int, classes: int) -> tuple[int, int, int, int]:
     """BLOCK_ROWS, BLOCK_C, BLOCK_M and num_warps for a launch."""
-    block_c = max(2, triton.next_power_of_2(classes))
-    block_m = max(2, triton.next_power_of_2(members))
+    block_c, block_m = _padded(members, classes)
     # Each (BLOCK_ROWS, BLOCK_C) float32 tile ~1K elements (8 per thread at 4 warps) and the
     # (BLOCK_M, BLOCK_ROWS) label tile at most 2K. Compiled for sm_90 this uses 56-100
     # registers per thread without spills (4-8 programs per SM) for 2-1024 classes and 2-64
@@ -324,8 +328,7 @@ def _launch(members: int, classes: int) -> Launch:
     registers, too few programs then fit an SM: 8 x 20 bf16 1.06G against 0.25G); wider rows
     never fit a thread.
     """
-    block_c = max(2, triton.next_power_of_2(classes))
-    block_m = max(2, triton.next_power_of_2(members))
+    block_c, block_m = _padded(members, classes)
     if block_c in (4, 8) and 3 * block_c + block_m <= ROWS_KERNEL_MAX_REGISTER_VALUES:
         return Launch("rows", block_rows=64, num_warps=2)
     block_rows, _, _, num_warps = _blocks(members, classes)
@@ -432,8 +435,7 @@ def fused_vote(
         raise ValueError(f"launch.kernel must be 'rows' or 'tile'; got {launch.kernel!r}")
     if not counts and launch.kernel != "rows":
         raise ValueError("counts=False needs the rows kernel; got launch.kernel 'tile'")
-    block_c = max(2, triton.next_power_of_2(classes))
-    block_m = max(2, triton.next_power_of_2(members))
+    block_c, block_m = _padded(members, classes)
     grid = (triton.cdiv(rows, launch.block_rows),)
     # Accumulated with atomics, so it starts at zero; summed over its slices below.
     partial = torch.zeros((_slices(grid[0], members, slices), members, members), dtype=torch.int64, device=device)
