@@ -378,7 +378,8 @@ def reference_vote(x: np.ndarray, method: str, weights, temperatures) -> dict:
 def vote_inputs(draw):
     members = draw(st.integers(1, 4))
     rows = draw(st.integers(0, 6))
-    classes = draw(st.integers(1, 5))
+    # few classes (the tile kernel), and the row-vector kernel's range (17-32 on logits) and past it
+    classes = draw(st.one_of(st.integers(1, 5), st.sampled_from([9, 17, 20, 32, 33])))
     # Mostly a few coarse values, so ties inside members and between classes are common.
     value = st.one_of(
         st.sampled_from([-2.0, -1.0, 0.0, 0.5, 1.0, 3.0]),
@@ -515,6 +516,7 @@ def test_member_details_off_changes_nothing_else(monkeypatch, method, force_refe
 
 
 kernels_cpu = pytest.importorskip("ensemble.kernels_cpu")
+simd = importlib.import_module("ensemble.simd")
 needs_numba = pytest.mark.skipif(not kernels_cpu.available(), reason="numba is not installed")
 
 
@@ -526,7 +528,7 @@ def test_kernel_exp_is_within_two_ulp():
     def vexp(x):
         out = np.empty_like(x)
         for i in range(x.shape[0]):
-            out[i] = kernels_cpu._exp(x[i])
+            out[i] = simd.exp(x[i])
         return out
 
     x = -np.concatenate([np.linspace(0, 87, 200_001), np.geomspace(1e-8, 87, 10_001), [0.0]]).astype(np.float32)
@@ -541,9 +543,10 @@ def test_kernel_exp_is_within_two_ulp():
 @pytest.mark.parametrize(
     ("members", "rows", "classes"),
     # every class count the kernel compiles a constant-stride copy for (2-8), one either side;
-    # binary votes with many members and tiles ending inside / on a 64-row word (the bit counts)
+    # binary votes with many members and tiles ending inside / on a 64-row word (the bit counts);
+    # the row-vector kernel's range (9-32 on probabilities, 17-32 on logits) and one past it
     [(3, 5000, 2), (16, 4099, 2), (7, 1024, 2), (2, 1300, 1), (4, 1300, 3), (3, 1300, 4), (2, 1300, 5), (3, 1300, 6), (5, 3001, 7),
-     (2, 1300, 8), (3, 1300, 9), (2, 1500, 33)],
+     (2, 1300, 8), (3, 1300, 9), (4, 1300, 16), (3, 1300, 17), (16, 1100, 20), (2, 1300, 32), (2, 1500, 33)],
 )
 def test_kernel_matches_reference_over_many_tiles(monkeypatch, method, inputs, members, rows, classes):
     # Many tiles and thread blocks, a ragged last tile, coarse values (many ties), a zero weight.
@@ -570,12 +573,13 @@ def test_kernel_matches_reference_over_many_tiles(monkeypatch, method, inputs, m
 
 
 @needs_numba
+@pytest.mark.parametrize("classes", [4, 20])  # both kernels
 @pytest.mark.parametrize("inputs", ["logits", "probs"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_kernel_finds_the_first_non_finite_row(monkeypatch, inputs, bad):
-    monkeypatch.setattr(aggregate_module, "_CHUNK_ELEMENTS", 3 * 4 * 2000)  # whole-array path, 2 chunks
-    x = np.full((3, 5000, 4), 0.25, dtype=np.float32)
-    x[2, 4321, 1] = bad
+def test_kernel_finds_the_first_non_finite_row(monkeypatch, inputs, bad, classes):
+    monkeypatch.setattr(aggregate_module, "_CHUNK_ELEMENTS", 3 * classes * 2000)  # whole-array path, 2 chunks
+    x = np.full((3, 5000, classes), 1 / classes, dtype=np.float32)
+    x[2, 4321, classes - 3] = bad
     x[1, 4500, 0] = bad
     message = "the 'logits' parameter must be finite; got NaN or infinity at member 2, row 4321"
     with pytest.raises(EnsembleError, match=f"^{re.escape(message)}$"):
@@ -583,11 +587,12 @@ def test_kernel_finds_the_first_non_finite_row(monkeypatch, inputs, bad):
 
 
 @needs_numba
+@pytest.mark.parametrize("classes", [3, 20])  # both kernels
 @pytest.mark.parametrize("inputs", ["logits", "probs"])
-def test_kernel_huge_finite_values_are_not_reported_as_non_finite(inputs):
+def test_kernel_huge_finite_values_are_not_reported_as_non_finite(inputs, classes):
     # Sums of such values overflow; the kernel's cheap check must then look again, exactly.
-    x = np.full((4, 700, 3), 3e38, dtype=np.float32)
-    x[:, :, 2] = -3e38
+    x = np.full((4, 700, classes), 3e38, dtype=np.float32)
+    x[:, :, 2:] = -3e38
     vote = aggregate(x, "soft", inputs=inputs)
     assert vote.labels.tolist() == [0] * 700
 
@@ -602,6 +607,34 @@ def test_kernel_row_range_of_the_whole_array_equals_a_copied_chunk():
     for key in chunk:
         np.testing.assert_array_equal(whole[key], chunk[key], err_msg=key)
         np.testing.assert_array_equal(strided[key], chunk[key], err_msg=key)
+
+
+@needs_numba
+@pytest.mark.parametrize("method", ["soft", "hard"])
+@pytest.mark.parametrize("inputs", ["logits", "probs"])
+@pytest.mark.parametrize("classes", [9, 20, 32])
+def test_both_kernels_give_the_same_vote(monkeypatch, method, inputs, classes):
+    """The row-vector kernel against the transposed-tile one where either could vote: the same
+    labels, member labels and counts, bit-identical scores from probabilities (the same sums in
+    the same order), and from logits within the softmax's rounding (the row kernel sums a row's
+    exponentials as a tree, the tile kernel in class order). Rows 1000-2777 of the whole array,
+    many tiles and thread blocks."""
+    rng = np.random.default_rng(classes)
+    x = np.round(rng.standard_normal((5, 3000, classes)) * 2) / 2
+    if inputs == "probs":
+        x = np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True)
+    x = x.astype(np.float32)
+    w, t = np.array([0.0, 0.1, 0.2, 0.3, 0.4]), np.array([1.0, 2.0, 0.5, 1.0, 3.0])
+    probs = inputs == "probs"
+    votes = {}
+    for use_wide in (False, True):
+        monkeypatch.setattr(kernels_cpu, "wide", lambda classes, probs_in: use_wide)
+        votes[use_wide] = kernels_cpu.fused_vote(x, method, w, t, probs, start=1000, stop=2777)
+    tile, rows = votes[False], votes[True]
+    for key in ("labels", "member_labels", "equal_counts", "bad_row"):
+        np.testing.assert_array_equal(rows[key], tile[key], err_msg=key)
+    for key in ("scores", "confidence", "agreement", "member_confidence"):
+        np.testing.assert_allclose(rows[key], tile[key], rtol=0, atol=0 if probs else 1e-6, err_msg=key)
 
 
 MEMORY_SCRIPT = """

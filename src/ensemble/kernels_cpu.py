@@ -1,17 +1,24 @@
 """The fused CPU vote: one parallel pass over the logits, every output written once.
 
 Eager torch needs a dozen passes for a vote, and its reductions over a small class dimension
-are slow (a softmax over 5 classes costs ten times an `exp` of the same tensor). This numba
-kernel walks the rows in tiles of `TILE`. Each member's tile (TILE x classes values, one
-contiguous block of the input) is read once, transposed on the way into a small class-major
-scratch that stays in L1, so that every later loop runs along rows with unit stride and no
-data-dependent branch (compare-and-select only), which LLVM vectorises (AVX-512: 16 rows per
-instruction). From that one read come the member argmax and confidence, the temperature
-softmax (through `_exp`, a branch-free float32 exp that vectorises: numba has no vector `exp`
-without Intel's SVML), weighted soft scores, hard vote shares, the tie-broken label, agreement
-and the member x member equal-prediction counts (one partial table per thread block, summed at
-the end; 64 rows per popcount of a word of equal-label bits, which made 16-member votes 1.33x
-(two classes) and 1.09x (five) faster than a compare-and-add per row).
+are slow (a softmax over 5 classes costs ten times an `exp` of the same tensor). Two numba
+kernels, chosen by `wide` from the class count, compute the same outputs with the same
+tie-breaks:
+
+- `_vote` walks the rows in tiles of `TILE`. Each member's tile (TILE x classes values, one
+  contiguous block of the input) is read once, transposed on the way into a small class-major
+  scratch that stays in L1, so that every later loop runs along rows with unit stride and no
+  data-dependent branch (compare-and-select only), which LLVM vectorises (AVX-512: 16 rows per
+  instruction). Best at 2-8 classes, where the transposing copy has a constant stride.
+- `_vote_wide` (9-32 classes) keeps each row of a member as one vector (`simd`): no transpose,
+  the reductions over a row's classes are shuffle trees, and it prefetches ahead.
+
+From that one read come the member argmax and confidence, the temperature softmax (through
+`simd.exp`, a branch-free float32 exp that vectorises: numba has no vector `exp` without Intel's
+SVML), weighted soft scores, hard vote shares, the tie-broken label, agreement and the member x
+member equal-prediction counts (one partial table per thread block, summed at the end; 64 rows
+per popcount of a word of equal-label bits, which made 16-member votes 1.33x (two classes) and
+1.09x (five) faster than a compare-and-add per row).
 
 It follows `aggregate`'s tie-breaking rules exactly: sums run in member order and identical
 inputs go through identical float32 arithmetic, so they tie exactly.
@@ -25,115 +32,38 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import simd
+
 try:
     import numba
-    from llvmlite import ir
-    from numba import njit, prange, types
-    from numba.extending import intrinsic
+    from numba import njit, prange
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps the torch fallback usable
     numba = None
 
 SHARE_TOL = 1e-6  # float32 vote shares: sums such as 0.2 + 0.3 vs 0.5 differ by rounding only
 TILE = 512  # rows per tile: classes x TILE float32 scratch arrays stay in L1 (L2 for many classes)
-if TILE % 64:  # the 64-row vector reads of `_nonzero64` / `_equal64` must stay inside a tile
-    raise AssertionError("kernels_cpu.TILE must be a multiple of 64")
+ROW_TILE = 128  # rows per tile of `_vote_wide`: its 32-float rows of soft sums, 16 KB, stay in L1
+AHEAD = 32  # rows `_vote_wide` prefetches ahead of its reads (24-96 measured alike; none: 0.7x)
+if TILE % 64 or ROW_TILE % 64 or ROW_TILE > TILE:  # the 64-row reads of `simd.equal64` stay in a tile
+    raise AssertionError("kernels_cpu.TILE and ROW_TILE must be multiples of 64, ROW_TILE <= TILE")
 
 
 def available() -> bool:
     return numba is not None
 
 
+def wide(classes: int, probs_in: bool) -> bool:
+    """Whether `_vote_wide` (rows as vectors) votes rather than `_vote` (transposed tiles).
+
+    Measured on both (`benchmarks/aggregate.py`, 2-core AVX-512 VM): on probabilities the row
+    kernel is 1.1-1.3x faster at 9-12 classes and 1.5-1.8x at 20; on logits, whose softmax
+    it computes on all 32 lanes, it is 0.5-0.6x at 9-12 classes, level at 20 and 1.9x at 32.
+    At 2-8 classes `_vote`'s constant-stride copies win (it is 2-4x faster).
+    """
+    return (9 if probs_in else 17) <= classes <= simd.LANES
+
+
 if numba is not None:
-
-    @intrinsic
-    def _scale_by_pow2(typingctx, t, p):  # pragma: no cover - compiled
-        """``p * 2**k`` for the float32 ``t = k + 1.5 * 2**23`` (k an integer in [-126, 127]).
-
-        The "round by adding 1.5 * 2**23" trick leaves k in the low mantissa bits of t, so 2**k
-        is t's bit pattern shifted left by 23 plus a constant: two integer ops on the bits, which
-        (unlike `math.ldexp`) vectorise.
-        """
-        sig = types.float32(types.float32, types.float32)
-
-        def codegen(context, builder, signature, args):
-            i32 = ir.IntType(32)
-            bits = builder.bitcast(args[0], i32)
-            # (bits - bits(1.5 * 2**23) + 127) << 23, modulo 2**32
-            exponent = builder.add(builder.shl(bits, ir.Constant(i32, 23)),
-                                   ir.Constant(i32, ((127 - 0x4B400000) << 23) & 0xFFFFFFFF))
-            return builder.fmul(args[1], builder.bitcast(exponent, ir.FloatType()))
-
-        return sig, codegen
-
-    @intrinsic
-    def _popcount(typingctx, x):  # pragma: no cover - compiled
-        """The number of set bits of a uint64 (one ``popcnt`` instruction), as an int64."""
-        sig = types.int64(types.uint64)
-
-        def codegen(context, builder, signature, args):
-            return builder.ctpop(args[0])
-
-        return sig, codegen
-
-    def _load64(context, builder, arrty, arr, offset):  # pragma: no cover - compiled
-        """LLVM IR: the 64 int32 values of array `arr` from `offset` as one <64 x i32> vector."""
-        data = context.make_array(arrty)(context, builder, arr).data
-        vec = ir.VectorType(ir.IntType(32), 64)
-        return builder.load(builder.bitcast(builder.gep(data, [offset]), vec.as_pointer()), align=4)
-
-    @intrinsic
-    def _nonzero64(typingctx, arr, offset):  # pragma: no cover - compiled
-        """A uint64 whose bit k says ``arr[offset + k] != 0``, k < 64 (`arr`: contiguous int32 with
-        64 values from `offset`).
-
-        One 64-lane vector compare whose one-bit results are the word: AVX-512 does it in a few
-        mask-register instructions, where a loop of shifts and ORs builds it one bit at a time
-        (numba has no other way to turn a vector of booleans into a bitmask).
-        """
-        sig = types.uint64(arr, types.intp)
-
-        def codegen(context, builder, signature, args):
-            values = _load64(context, builder, signature.args[0], args[0], args[1])
-            return builder.bitcast(builder.icmp_signed("!=", values, ir.Constant(values.type, [0] * 64)), ir.IntType(64))
-
-        return sig, codegen
-
-    @intrinsic
-    def _equal64(typingctx, a, b, offset):  # pragma: no cover - compiled
-        """A uint64 whose bit k says ``a[offset + k] == b[offset + k]``, k < 64 (`a`, `b`:
-        contiguous int32 with 64 values from `offset`): two 64-lane vector loads and a compare,
-        as `_nonzero64`."""
-        sig = types.uint64(a, b, types.intp)
-
-        def codegen(context, builder, signature, args):
-            a = _load64(context, builder, signature.args[0], args[0], args[2])
-            b = _load64(context, builder, signature.args[1], args[1], args[2])
-            return builder.bitcast(builder.icmp_signed("==", a, b), ir.IntType(64))
-
-        return sig, codegen
-
-    @njit(inline="always")
-    def _exp(x):  # pragma: no cover - compiled
-        """float32 ``exp(x)`` for ``x <= 0``, within 2 ulp; 0 below -87 (where exp < 1.7e-38).
-
-        Cody-Waite reduction x = k ln2 + r, |r| <= ln2 / 2, and Cephes' degree-6 polynomial for
-        exp(r). Branch-free (selects only), so a loop of it vectorises; the same input always
-        gives the same output, so exact ties stay exact.
-        """
-        y = max(x, np.float32(-87.0))
-        t = y * np.float32(1.44269504) + np.float32(12582912.0)  # round(y / ln2) + 1.5 * 2**23
-        k = t - np.float32(12582912.0)
-        r = y - k * np.float32(0.693359375)
-        r = r - k * np.float32(-2.12194440e-4)
-        p = np.float32(1.9875691500e-4)
-        p = p * r + np.float32(1.3981999507e-3)
-        p = p * r + np.float32(8.3334519073e-3)
-        p = p * r + np.float32(4.1665795894e-2)
-        p = p * r + np.float32(1.6666665459e-1)
-        p = p * r + np.float32(5.0000001201e-1)
-        p = p * (r * r) + r + np.float32(1.0)
-        e = _scale_by_pow2(t, p)
-        return np.float32(0.0) if x < np.float32(-87.0) else e
 
     @njit(inline="always")
     def _argmax_rows(tile, n, best, arg):  # pragma: no cover - compiled
@@ -201,6 +131,44 @@ if numba is not None:
             _copy(flat, tile, n, 8, back)
         else:
             _copy(flat, tile, n, classes, back)
+
+    @njit(inline="always")
+    def _first_non_finite(x, row, n):  # pragma: no cover - compiled
+        """The first of rows [row, row + n) of `x` holding a value that is not finite, or -1."""
+        for r in range(row, row + n):
+            for m in range(x.shape[0]):
+                for c in range(x.shape[2]):
+                    if not np.isfinite(x[m, r, c]):
+                        return r
+        return -1
+
+    @njit(inline="always")
+    def _agreeing_weight(own, weight, label, n, total):  # pragma: no cover - compiled
+        """``total[r]`` = the weight of the members whose label ``own[m, r]`` is ``label[r]``, r < n."""
+        zero = np.float32(0.0)
+        for r in range(n):
+            total[r] = zero
+        for m in range(own.shape[0]):
+            w = weight[m]
+            own_m = own[m]
+            for r in range(n):
+                total[r] += w if own_m[r] == label[r] else zero
+
+    @njit(inline="always")
+    def _count_equal(own, n, same):  # pragma: no cover - compiled
+        """Add to ``same[i, j]`` (i < j) the rows r < n where ``own[i, r] == own[j, r]``, 64 rows per
+        popcount of a 64-lane compare (rows past n hold other tiles' labels: masked off)."""
+        words = (n + 63) // 64
+        full = ~np.uint64(0)
+        tail = full if n == words * 64 else (np.uint64(1) << np.uint64(n - (words - 1) * 64)) - np.uint64(1)
+        for i in range(own.shape[0]):
+            own_i = own[i]
+            for j in range(i + 1, own.shape[0]):
+                own_j = own[j]
+                count = 0
+                for k in range(words):
+                    count += simd.popcount(simd.equal64(own_i, own_j, k * 64) & (tail if k == words - 1 else full))
+                same[i, j] += count
 
     @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
     def _vote(x, start, stop, probs_in, hard, weight, inv_temp, labels, scores, confidence, agreement,
@@ -277,7 +245,7 @@ if numba is not None:
                         for c in range(classes):
                             xc = xt[c]
                             for r in range(n):
-                                e = _exp((xc[r] - best[r]) * t)
+                                e = simd.exp((xc[r] - best[r]) * t)
                                 xc[r] = e
                                 total[r] += e
                         for r in range(n):
@@ -300,7 +268,7 @@ if numba is not None:
                         own_m[r] = arg[r]
                     if classes == 2:  # rows past n cleared (stale, though the same for every member)
                         for k in range(words):
-                            bits[k, m] = _nonzero64(arg, k * 64) & (tail if k == words - 1 else full)
+                            bits[k, m] = simd.nonzero64(arg, k * 64) & (tail if k == words - 1 else full)
                     if hard:
                         for c in range(classes):
                             shares_c = shares[c]
@@ -315,11 +283,7 @@ if numba is not None:
                 for r in range(n):
                     flagged |= check[r] - check[r] != zero
                 if flagged and bad[b] < 0:  # rare: find the first row that really is non-finite
-                    for r in range(n):
-                        for m in range(members):
-                            for c in range(classes):
-                                if not np.isfinite(x[m, start + t0 + r, c]) and bad[b] < 0:
-                                    bad[b] = start + t0 + r
+                    bad[b] = _first_non_finite(x, start + t0, n)
                 # the ensemble label, with the documented tie-breaks
                 if hard:
                     s0 = shares[0]
@@ -350,13 +314,7 @@ if numba is not None:
                     _copy_tile(scores[t0 * classes:(t0 + n) * classes], shares, n, classes, True)
                 else:
                     _argmax_rows(soft, n, top, label)
-                    for r in range(n):
-                        total[r] = zero
-                    for m in range(members):
-                        w = weight[m]
-                        own_m = own[m]
-                        for r in range(n):
-                            total[r] += w if own_m[r] == label[r] else zero
+                    _agreeing_weight(own, weight, label, n, total)
                     for r in range(n):
                         labels[t0 + r] = label[r]
                     for r in range(n):
@@ -365,20 +323,123 @@ if numba is not None:
                     _copy_tile(scores[t0 * classes:(t0 + n) * classes], soft, n, classes, True)
                 # the member x member equal-prediction counts, 64 rows per popcount: with two classes
                 # of the differing label bits (packed once per member), else of a 64-lane compare
-                for i in range(members):
-                    own_i = own[i]
-                    same_i = same[i]
-                    for j in range(i + 1, members):
-                        count = 0
-                        if classes == 2:
+                if classes == 2:
+                    for i in range(members):
+                        for j in range(i + 1, members):
                             count = n
                             for k in range(words):
-                                count -= _popcount(bits[k, i] ^ bits[k, j])
-                        else:
-                            own_j = own[j]  # rows past n hold other tiles' labels: masked off
-                            for k in range(words):
-                                count += _popcount(_equal64(own_i, own_j, k * 64) & (tail if k == words - 1 else full))
-                        same_i[j] += count
+                                count -= simd.popcount(bits[k, i] ^ bits[k, j])
+                            same[i, j] += count
+                else:
+                    _count_equal(own, n, same)
+            for i in range(members):
+                for j in range(i + 1, members):
+                    equal_partial[b, i, j] = same[i, j]
+
+
+    @njit(inline="always")
+    def _prefetch_ahead(flat, m, o, r, n, classes):  # pragma: no cover - compiled
+        """Prefetch the row `AHEAD` rows on in `_vote_wide`'s reading order: member m's tile rows
+        from offset o, then the next member's, then member 0's next tile."""
+        ahead = r + AHEAD
+        if ahead < n:
+            simd.prefetch(flat[m], o + ahead * classes)
+        elif m + 1 < flat.shape[0]:
+            simd.prefetch(flat[m + 1], o + (ahead - n) * classes)
+        else:
+            simd.prefetch(flat[0], o + ahead * classes)
+
+    @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+    def _vote_wide(x, start, stop, probs_in, hard, weight, inv_temp, labels, scores, confidence, agreement,
+                   member_labels, member_confidence, equal_partial, bad, details):  # pragma: no cover - compiled
+        """`_vote`, for rows of 9-32 classes: the same outputs and tie-breaks, row by row.
+
+        Each member's row is one vector (`simd`): its argmax, confidence and (for logits)
+        softmax come from one masked load and a few shuffle-tree reductions, and it is added
+        into row-major soft sums (`simd.LANES` floats a row, so no row straddles another's
+        vector). No tile is transposed, which is what `_vote` spends half its time on at 20
+        classes; in exchange a row of 20 classes fills 20 of 32 lanes. Prefetching `AHEAD`
+        rows in reading order lets memory run ahead of the member loop.
+        """
+        members, all_rows, classes = x.shape
+        flat = x.reshape(members, all_rows * classes)
+        rows = stop - start
+        blocks = equal_partial.shape[0]
+        per_block = (rows + blocks - 1) // blocks
+        zero = np.float32(0.0)
+        tol = np.float32(SHARE_TOL)
+        for b in prange(blocks):
+            soft = np.zeros(ROW_TILE * simd.LANES, np.float32)  # row-major, LANES floats a row
+            shares = np.zeros(ROW_TILE * simd.LANES, np.float32)
+            own = np.empty((members, TILE), np.int32)
+            label = np.empty(TILE, np.int32)
+            top = np.empty(TILE, np.float32)
+            total = np.empty(TILE, np.float32)
+            same = np.zeros((members, members), np.int64)
+            end = min(rows, (b + 1) * per_block)
+            for t0 in range(b * per_block, end, ROW_TILE):
+                n = min(ROW_TILE, end - t0)
+                for i in range(n * simd.LANES):
+                    soft[i] = zero
+                if hard:
+                    for i in range(n * simd.LANES):
+                        shares[i] = zero
+                for m in range(members):
+                    w = weight[m]
+                    t = inv_temp[m]
+                    xm = flat[m]
+                    o = (start + t0) * classes
+                    own_m = own[m]
+                    if probs_in:
+                        for r in range(n):
+                            _prefetch_ahead(flat, m, o, r, n, classes)
+                            c, a = simd.row_vote_probs(soft, r * simd.LANES, xm, o + r * classes, classes, w, t)
+                            own_m[r] = a
+                            total[r] = c
+                    else:
+                        for r in range(n):
+                            _prefetch_ahead(flat, m, o, r, n, classes)
+                            c, a = simd.row_vote_logits(soft, r * simd.LANES, xm, o + r * classes, classes, w, t)
+                            own_m[r] = a
+                            total[r] = c
+                    if hard:
+                        for r in range(n):
+                            shares[r * simd.LANES + own_m[r]] += w
+                    if details:
+                        ml = member_labels[m]
+                        mc = member_confidence[m]
+                        for r in range(n):
+                            ml[t0 + r] = own_m[r]
+                        for r in range(n):
+                            mc[t0 + r] = total[r]
+                flagged = False
+                for r in range(n):
+                    best, arg, check = simd.row_best(soft, r * simd.LANES, classes)
+                    top[r] = best
+                    label[r] = arg
+                    flagged |= check != zero
+                if flagged and bad[b] < 0:  # rare: find the first row that really is non-finite
+                    bad[b] = _first_non_finite(x, start + t0, n)
+                if hard:
+                    for r in range(n):
+                        a = simd.row_hard_label(shares, soft, r * simd.LANES, classes, tol)
+                        label[r] = a
+                        top[r] = shares[r * simd.LANES + a]
+                    for r in range(n):
+                        labels[t0 + r] = label[r]
+                        confidence[t0 + r] = top[r]
+                        agreement[t0 + r] = top[r]
+                    for r in range(n):
+                        simd.row_store(scores, (t0 + r) * classes, shares, r * simd.LANES, classes)
+                else:
+                    _agreeing_weight(own, weight, label, n, total)
+                    for r in range(n):
+                        labels[t0 + r] = label[r]
+                        confidence[t0 + r] = top[r]
+                        agreement[t0 + r] = total[r]
+                    for r in range(n):
+                        simd.row_store(scores, (t0 + r) * classes, soft, r * simd.LANES, classes)
+                _count_equal(own, n, same)
             for i in range(members):
                 for j in range(i + 1, members):
                     equal_partial[b, i, j] = same[i, j]
@@ -416,7 +477,8 @@ def fused_vote(x: np.ndarray, method: str, weight: np.ndarray, temperature: np.n
     scores = out["scores"].reshape(-1)  # the kernel writes row-major scores through a flat view
     if not np.shares_memory(scores, out["scores"]):  # pragma: no cover - callers pass contiguous rows
         raise ValueError("fused_vote needs a C-contiguous 'scores' output")
-    _vote(x, start, stop, probs_in, method == "hard", weight.astype(np.float32),
+    kernel = _vote_wide if wide(classes, probs_in) else _vote
+    kernel(x, start, stop, probs_in, method == "hard", weight.astype(np.float32),
           (1.0 / temperature).astype(np.float32), out["labels"], scores, out["confidence"],
           out["agreement"], out["member_labels"], out["member_confidence"], partial, bad, member_details)
     equal = partial.sum(axis=0)

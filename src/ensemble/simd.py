@@ -1,0 +1,313 @@
+"""Vector building blocks for the CPU vote kernels (`kernels_cpu`): numba intrinsics that emit LLVM IR.
+
+numba vectorises plain loops, but it has no way to say "this row of 20 floats is one vector" or
+"these 64 compares are one 64-bit word". Here:
+
+- Row vectors (`row_vote_probs`, `row_vote_logits`, `row_best`, `row_hard_label`,
+  `row_store`): a whole row of up to `LANES` classes in one vector (two AVX-512 registers),
+  loaded with a mask so that no byte past the row is read, reduced with shuffle trees (maximum,
+  first class holding it, softmax sum). One member's vote on one row is a few dozen
+  instructions, without the transposed copy of the tile that a loop vectorised along rows needs.
+  Arithmetic is the scalar kernel's, operation for operation (separate multiplies and adds,
+  `exp`'s polynomial), except that a row's softmax sum runs as a tree: every row still goes
+  through identical operations, so identical inputs still tie exactly.
+- Bit words (`nonzero64`, `equal64`, `popcount`): 64 rows' labels compared at once, for the
+  member x member equal-prediction counts.
+- `exp`, `scale_by_pow2`, `prefetch`: scalar pieces.
+
+On CPUs without AVX-512 LLVM lowers the same IR to narrower instructions (same results; tested
+compiled for AVX2 and for plain x86-64).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    from llvmlite import ir
+    from numba import njit, types
+    from numba.extending import intrinsic
+except ImportError:  # pragma: no cover - numba is a dependency; kernels_cpu reports it missing
+    ir = None
+
+LANES = 32  # classes a row vector holds: rows of up to 32 classes take the vector path
+
+if ir is not None:
+    _F32 = ir.FloatType()
+    _I32 = ir.IntType(32)
+    _VF = ir.VectorType(_F32, LANES)
+    _VI = ir.VectorType(_I32, LANES)
+    _VB = ir.VectorType(ir.IntType(1), LANES)
+
+    def _splat(builder, value, vector_type):
+        one = builder.insert_element(ir.Constant(vector_type, None), value, ir.Constant(_I32, 0))
+        return builder.shuffle_vector(one, one, ir.Constant(_VI, [0] * LANES))
+
+    def _pointer(context, builder, arrty, arr, offset):
+        data = context.make_array(arrty)(context, builder, arr).data
+        return builder.gep(data, [offset])
+
+    def _mask(builder, classes):
+        """Lanes below `classes` (an intp): the row's own values."""
+        return builder.icmp_signed("<", ir.Constant(_VI, list(range(LANES))), _splat(builder, builder.trunc(classes, _I32), _VI))
+
+    def _masked_load(builder, ptr, mask, fill: float):
+        """The row at `ptr`, lanes outside `mask` set to `fill`, reading no byte outside it."""
+        fnty = ir.FunctionType(_VF, [ptr.type, _I32, _VB, _VF])
+        name = f"llvm.masked.load.v{LANES}f32.{ptr.type.intrinsic_name}"
+        fn = builder.module.globals.get(name) or ir.Function(builder.module, fnty, name=name)
+        return builder.call(fn, [ptr, ir.Constant(_I32, 4), mask, ir.Constant(_VF, [fill] * LANES)])
+
+    def _masked_store(builder, value, ptr, mask):
+        fnty = ir.FunctionType(ir.VoidType(), [_VF, ptr.type, _I32, _VB])
+        name = f"llvm.masked.store.v{LANES}f32.{ptr.type.intrinsic_name}"
+        fn = builder.module.globals.get(name) or ir.Function(builder.module, fnty, name=name)
+        builder.call(fn, [value, ptr, ir.Constant(_I32, 4), mask])
+
+    def _reduce(builder, vector, combine):
+        """Halve `vector` with `combine(builder, low, high)` until one value is left."""
+        width = LANES
+        while width > 1:
+            width //= 2
+            half = ir.VectorType(_I32, width)
+            low = builder.shuffle_vector(vector, vector, ir.Constant(half, list(range(width))))
+            high = builder.shuffle_vector(vector, vector, ir.Constant(half, list(range(width, 2 * width))))
+            vector = combine(builder, low, high)
+        return builder.extract_element(vector, ir.Constant(_I32, 0))
+
+    def _max(builder, low, high):
+        # "high if high > low else low": x86's max instruction, keeping the lower lane on ties
+        return builder.select(builder.fcmp_ordered(">", high, low), high, low)
+
+    def _add(builder, low, high):
+        return builder.fadd(low, high)
+
+    def _first(builder, row, value, classes):
+        """The first lane of `row` equal to `value` (an argmax's tie-break), within [0, classes)."""
+        hits = builder.bitcast(builder.fcmp_ordered("==", row, _splat(builder, value, _VF)), _I32)
+        cttz = builder.module.globals.get("llvm.cttz.i32") or ir.Function(
+            builder.module, ir.FunctionType(_I32, [_I32, ir.IntType(1)]), name="llvm.cttz.i32")
+        lane = builder.zext(builder.call(cttz, [hits, ir.Constant(ir.IntType(1), 0)]), ir.IntType(64))
+        # no lane equal (a NaN row, reported as non-finite anyway): a valid class, never out of range
+        last = builder.sub(classes, ir.Constant(ir.IntType(64), 1))
+        return builder.select(builder.icmp_unsigned("<", lane, classes), lane, last)
+
+    def _vector_exp(builder, x):
+        """`exp` on every lane: the same operations in the same order."""
+        # constants rounded to float32 first (LLVM rejects a float constant that is not exact)
+        c = lambda v: ir.Constant(_VF, [float(np.float32(v))] * LANES)  # noqa: E731
+        y = builder.select(builder.fcmp_ordered(">", x, c(-87.0)), x, c(-87.0))
+        t = builder.fadd(builder.fmul(y, c(1.44269504)), c(12582912.0))
+        k = builder.fsub(t, c(12582912.0))
+        r = builder.fsub(y, builder.fmul(k, c(0.693359375)))
+        r = builder.fsub(r, builder.fmul(k, c(-2.12194440e-4)))
+        p = c(1.9875691500e-4)
+        for coefficient in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+            p = builder.fadd(builder.fmul(p, r), c(coefficient))
+        p = builder.fadd(builder.fadd(builder.fmul(p, builder.fmul(r, r)), r), c(1.0))
+        bits = builder.bitcast(t, _VI)
+        exponent = builder.add(builder.shl(bits, ir.Constant(_VI, [23] * LANES)),
+                               ir.Constant(_VI, [((127 - 0x4B400000) << 23) & 0xFFFFFFFF] * LANES))
+        e = builder.fmul(p, builder.bitcast(exponent, _VF))
+        return builder.select(builder.fcmp_ordered("<", x, c(-87.0)), c(0.0), e)
+
+    def _row_vote(softmax: bool):
+        """The intrinsic for one member's vote on one row: ``x[offset:offset + classes]``, added into
+        the soft sums ``acc[acc_offset:acc_offset + LANES]`` (lanes past `classes` get zeros).
+
+        It returns (confidence, label): the member's argmax (first maximum) of the raw values
+        and, for probabilities, their maximum. With `softmax` (logits), the softmax at temperature
+        ``1 / inv_temp`` is what is added (weight x probability) and the confidence is the label's
+        probability; a non-finite logit makes the row's sums NaN (the softmax sum has ``x * 0``
+        added), which the caller's check finds.
+        """
+
+        def row_vote(typingctx, acc, acc_offset, x, offset, classes, weight, inv_temp):  # pragma: no cover - compiled
+            sig = types.Tuple((types.float32, types.int64))(acc, types.intp, x, types.intp, types.intp, types.float32,
+                                                             types.float32)
+
+            def codegen(context, builder, signature, args):
+                acc_ptr = _pointer(context, builder, signature.args[0], args[0], args[1])
+                x_ptr = _pointer(context, builder, signature.args[2], args[2], args[3])
+                classes, weight, inv_temp = args[4], args[5], args[6]
+                mask = _mask(builder, classes)
+                row = _masked_load(builder, x_ptr, mask, float("-inf"))
+                best = _reduce(builder, row, _max)
+                label = _first(builder, row, best, classes)
+                zero = ir.Constant(_VF, [0.0] * LANES)
+                if softmax:  # exp((x - max) * t) / sum, the sum with x * 0 added (NaN if any x is not finite)
+                    e = _vector_exp(builder, builder.fmul(builder.fsub(row, _splat(builder, best, _VF)),
+                                                   _splat(builder, inv_temp, _VF)))
+                    e = builder.fadd(e, builder.select(mask, builder.fmul(row, zero), zero))
+                    confidence = builder.fdiv(ir.Constant(_F32, 1.0), _reduce(builder, e, _add))
+                    terms = builder.fmul(e, _splat(builder, confidence, _VF))
+                else:
+                    confidence, terms = best, builder.select(mask, row, zero)
+                vec_ptr = builder.bitcast(acc_ptr, _VF.as_pointer())
+                total = builder.fadd(builder.load(vec_ptr, align=4), builder.fmul(_splat(builder, weight, _VF), terms))
+                builder.store(total, vec_ptr, align=4)
+                return context.make_tuple(builder, signature.return_type, [confidence, label])
+
+            return sig, codegen
+
+        return intrinsic(row_vote)
+
+    row_vote_probs = _row_vote(softmax=False)
+    row_vote_logits = _row_vote(softmax=True)
+
+    @intrinsic
+    def prefetch(typingctx, arr, offset):  # pragma: no cover - compiled
+        """Ask for the cache line holding ``arr[offset]`` ahead of its use (a hint: never faults)."""
+        sig = types.void(arr, types.intp)
+
+        def codegen(context, builder, signature, args):
+            ptr = _pointer(context, builder, signature.args[0], args[0], args[1])
+            i8p = ir.IntType(8).as_pointer()
+            name = f"llvm.prefetch.{i8p.intrinsic_name}"
+            fn = builder.module.globals.get(name) or ir.Function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]), name=name)
+            builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
+    def row_best(typingctx, acc, acc_offset, classes):  # pragma: no cover - compiled
+        """(maximum, first class holding it, check) of ``acc[acc_offset:acc_offset + classes]``;
+        check is 0, or NaN when any of those values is not finite."""
+        sig = types.Tuple((types.float32, types.int64, types.float32))(acc, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            mask = _mask(builder, args[2])
+            row = _masked_load(builder, _pointer(context, builder, signature.args[0], args[0], args[1]), mask,
+                               float("-inf"))
+            best = _reduce(builder, row, _max)
+            zero = ir.Constant(_VF, [0.0] * LANES)
+            check = _reduce(builder, builder.select(mask, builder.fmul(row, zero), zero), _add)
+            return context.make_tuple(builder, signature.return_type, [best, _first(builder, row, best, args[2]), check])
+
+        return sig, codegen
+
+    @intrinsic
+    def row_hard_label(typingctx, shares, soft, offset, classes, tolerance):  # pragma: no cover - compiled
+        """The hard vote's label of one row: among the classes whose vote share is within
+        `tolerance` of the top share, the one with the highest soft score (the lowest class on
+        exact ties). Both rows at `offset` of their arrays."""
+        sig = types.int64(shares, soft, types.intp, types.intp, types.float32)
+
+        def codegen(context, builder, signature, args):
+            mask = _mask(builder, args[3])
+            share = _masked_load(builder, _pointer(context, builder, signature.args[0], args[0], args[2]), mask,
+                                 float("-inf"))
+            score = _masked_load(builder, _pointer(context, builder, signature.args[1], args[1], args[2]), mask,
+                                 float("-inf"))
+            top = builder.fsub(_reduce(builder, share, _max), args[4])
+            keep = builder.fcmp_ordered(">=", share, _splat(builder, top, _VF))
+            candidates = builder.select(keep, score, ir.Constant(_VF, [float("-inf")] * LANES))
+            return _first(builder, candidates, _reduce(builder, candidates, _max), args[3])
+
+        return sig, codegen
+
+    @intrinsic
+    def row_store(typingctx, out, offset, source, source_offset, classes):  # pragma: no cover - compiled
+        """``out[offset:offset + classes] = source[source_offset:source_offset + classes]``, one
+        masked vector store (no byte past the row written)."""
+        sig = types.void(out, types.intp, source, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            mask = _mask(builder, args[4])
+            row = _masked_load(builder, _pointer(context, builder, signature.args[2], args[2], args[3]), mask, 0.0)
+            _masked_store(builder, row, _pointer(context, builder, signature.args[0], args[0], args[1]), mask)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
+    def scale_by_pow2(typingctx, t, p):  # pragma: no cover - compiled
+        """``p * 2**k`` for the float32 ``t = k + 1.5 * 2**23`` (k an integer in [-126, 127]).
+
+        The "round by adding 1.5 * 2**23" trick leaves k in the low mantissa bits of t, so 2**k
+        is t's bit pattern shifted left by 23 plus a constant: two integer ops on the bits, which
+        (unlike `math.ldexp`) vectorise.
+        """
+        sig = types.float32(types.float32, types.float32)
+
+        def codegen(context, builder, signature, args):
+            i32 = ir.IntType(32)
+            bits = builder.bitcast(args[0], i32)
+            # (bits - bits(1.5 * 2**23) + 127) << 23, modulo 2**32
+            exponent = builder.add(builder.shl(bits, ir.Constant(i32, 23)),
+                                   ir.Constant(i32, ((127 - 0x4B400000) << 23) & 0xFFFFFFFF))
+            return builder.fmul(args[1], builder.bitcast(exponent, ir.FloatType()))
+
+        return sig, codegen
+
+    @intrinsic
+    def popcount(typingctx, x):  # pragma: no cover - compiled
+        """The number of set bits of a uint64 (one ``popcnt`` instruction), as an int64."""
+        sig = types.int64(types.uint64)
+
+        def codegen(context, builder, signature, args):
+            return builder.ctpop(args[0])
+
+        return sig, codegen
+
+    def _load64(context, builder, arrty, arr, offset):  # pragma: no cover - compiled
+        """LLVM IR: the 64 int32 values of array `arr` from `offset` as one <64 x i32> vector."""
+        data = context.make_array(arrty)(context, builder, arr).data
+        vec = ir.VectorType(ir.IntType(32), 64)
+        return builder.load(builder.bitcast(builder.gep(data, [offset]), vec.as_pointer()), align=4)
+
+    @intrinsic
+    def nonzero64(typingctx, arr, offset):  # pragma: no cover - compiled
+        """A uint64 whose bit k says ``arr[offset + k] != 0``, k < 64 (`arr`: contiguous int32 with
+        64 values from `offset`).
+
+        One 64-lane vector compare whose one-bit results are the word: AVX-512 does it in a few
+        mask-register instructions, where a loop of shifts and ORs builds it one bit at a time
+        (numba has no other way to turn a vector of booleans into a bitmask).
+        """
+        sig = types.uint64(arr, types.intp)
+
+        def codegen(context, builder, signature, args):
+            values = _load64(context, builder, signature.args[0], args[0], args[1])
+            return builder.bitcast(builder.icmp_signed("!=", values, ir.Constant(values.type, [0] * 64)), ir.IntType(64))
+
+        return sig, codegen
+
+    @intrinsic
+    def equal64(typingctx, a, b, offset):  # pragma: no cover - compiled
+        """A uint64 whose bit k says ``a[offset + k] == b[offset + k]``, k < 64 (`a`, `b`:
+        contiguous int32 with 64 values from `offset`): two 64-lane vector loads and a compare,
+        as `nonzero64`."""
+        sig = types.uint64(a, b, types.intp)
+
+        def codegen(context, builder, signature, args):
+            a = _load64(context, builder, signature.args[0], args[0], args[2])
+            b = _load64(context, builder, signature.args[1], args[1], args[2])
+            return builder.bitcast(builder.icmp_signed("==", a, b), ir.IntType(64))
+
+        return sig, codegen
+
+    @njit(inline="always")
+    def exp(x):  # pragma: no cover - compiled
+        """float32 ``exp(x)`` for ``x <= 0``, within 2 ulp; 0 below -87 (where exp < 1.7e-38).
+
+        Cody-Waite reduction x = k ln2 + r, |r| <= ln2 / 2, and Cephes' degree-6 polynomial for
+        exp(r). Branch-free (selects only), so a loop of it vectorises; the same input always
+        gives the same output, so exact ties stay exact.
+        """
+        y = max(x, np.float32(-87.0))
+        t = y * np.float32(1.44269504) + np.float32(12582912.0)  # round(y / ln2) + 1.5 * 2**23
+        k = t - np.float32(12582912.0)
+        r = y - k * np.float32(0.693359375)
+        r = r - k * np.float32(-2.12194440e-4)
+        p = np.float32(1.9875691500e-4)
+        p = p * r + np.float32(1.3981999507e-3)
+        p = p * r + np.float32(8.3334519073e-3)
+        p = p * r + np.float32(4.1665795894e-2)
+        p = p * r + np.float32(1.6666665459e-1)
+        p = p * r + np.float32(5.0000001201e-1)
+        p = p * (r * r) + r + np.float32(1.0)
+        e = scale_by_pow2(t, p)
+        return np.float32(0.0) if x < np.float32(-87.0) else e
