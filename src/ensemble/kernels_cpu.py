@@ -199,7 +199,7 @@ if numba is not None:
             check = np.empty(TILE, np.float32)
             label = np.empty(TILE, np.int32)
             top = np.empty(TILE, np.float32)
-            same = np.zeros((members, members), np.int64)
+            same = equal_partial[b]  # this block's own (zeroed) counts
             end = min(rows, (b + 1) * per_block)
             for t0 in range(b * per_block, end, TILE):
                 n = min(TILE, end - t0)
@@ -332,9 +332,6 @@ if numba is not None:
                             same[i, j] += count
                 else:
                     _count_equal(own, n, same)
-            for i in range(members):
-                for j in range(i + 1, members):
-                    equal_partial[b, i, j] = same[i, j]
 
 
     @njit(inline="always")
@@ -375,7 +372,7 @@ if numba is not None:
             label = np.empty(TILE, np.int32)
             top = np.empty(TILE, np.float32)
             total = np.empty(TILE, np.float32)
-            same = np.zeros((members, members), np.int64)
+            same = equal_partial[b]  # this block's own (zeroed) counts
             end = min(rows, (b + 1) * per_block)
             for t0 in range(b * per_block, end, ROW_TILE):
                 n = min(ROW_TILE, end - t0)
@@ -440,9 +437,6 @@ if numba is not None:
                     for r in range(n):
                         simd.row_store(scores, (t0 + r) * classes, soft, r * simd.LANES, classes)
                 _count_equal(own, n, same)
-            for i in range(members):
-                for j in range(i + 1, members):
-                    equal_partial[b, i, j] = same[i, j]
 
 
 def fused_vote(x: np.ndarray, method: str, weight: np.ndarray, temperature: np.ndarray,
