@@ -35,6 +35,19 @@ def test_scratch_member_builds_encodes_pairs_and_round_trips(arch, tmp_path):
                                model(**tok(["a dull film"], return_tensors="pt")).logits)
 
 
+@pytest.mark.parametrize("arch", ARCHES)
+def test_a_forward_with_labels_leaves_the_config_as_built(arch):
+    """transformers picks the loss on the first batch with labels and writes that choice into the
+    config; torch.compile guards on it, so a config changed at step 1 recompiled the whole model
+    at step 2. The member is built with the same choice already made."""
+    cfg = MemberConfig("m", init="scratch", arch=arch, train=TrainConfig(max_length=32))
+    model, tok = build_member(cfg, LABELS, TEXTS)
+    before = model.config.to_dict()
+    assert before["problem_type"] == "single_label_classification"
+    model(**tok(["a dull film"], return_tensors="pt"), labels=torch.tensor([1]))
+    assert model.config.to_dict() == before
+
+
 def test_roberta_positions_cover_max_length():
     cfg = MemberConfig("r", init="scratch", arch="roberta", train=TrainConfig(max_length=512))
     model, tok = build_member(cfg, LABELS, TEXTS)

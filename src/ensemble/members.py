@@ -84,20 +84,24 @@ def build_member(cfg: MemberConfig, labels: list[str], texts: Iterable[str]) -> 
 
     id2label = dict(enumerate(labels))
     label2id = {name: i for i, name in id2label.items()}
+    # What transformers' forward would otherwise write into the config on the first batch with
+    # labels (the same choice): set up front, torch.compile's guard on it does not fail at step 2
+    # and recompile the whole model.
+    extra = {"problem_type": "single_label_classification"} if len(labels) > 1 else {}
     dropout = {}
     if cfg.train.dropout is not None:
         dropout = {"hidden_dropout_prob": cfg.train.dropout, "attention_probs_dropout_prob": cfg.train.dropout}
     if cfg.init == "scratch":
         tokenizer = train_tokenizer(cfg.arch, texts, SIZES[cfg.size][4], cfg.train.max_length)
         config = scratch_config(cfg.arch, cfg.size, tokenizer, num_labels=len(labels), id2label=id2label,
-                                label2id=label2id, **dropout)
+                                label2id=label2id, **extra, **dropout)
         model = AutoModelForSequenceClassification.from_config(config)
         return model, tokenizer
     source = cfg.model
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         config = AutoConfig.from_pretrained(source, num_labels=len(labels), id2label=id2label,
-                                            label2id=label2id, trust_remote_code=False, **dropout)
+                                            label2id=label2id, trust_remote_code=False, **extra, **dropout)
         # A checkpoint may already carry a head for other labels: replace it, never reuse it.
         model = AutoModelForSequenceClassification.from_pretrained(
             source, config=config, ignore_mismatched_sizes=True, trust_remote_code=False)
