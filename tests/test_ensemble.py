@@ -352,6 +352,7 @@ def test_bf16_precision_runs_the_members_under_bf16_autocast(run):
     import torch
 
     from ensemble.batching import Collator, encode
+    from ensemble.firsttoken import first_token_only
 
     members = run / "run" / "members"
     texts = TEXTS[:40]
@@ -362,7 +363,8 @@ def test_bf16_precision_runs_the_members_under_bf16_autocast(run):
     expected = {}
     for bf16 in (False, True):
         out = np.empty_like(logits["fp32"])
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), \
+                first_token_only(member.model):  # as prediction runs it (tests/test_firsttoken.py)
             for rows in ensemble_mod.length_sorted_batches(enc.lengths(), 64):
                 batch = Collator(member.tokenizer.pad_token_id)([enc[i] for i in rows])
                 out[rows] = member.model(**batch).logits.float().numpy()

@@ -26,6 +26,7 @@ from .aggregate import Vote, aggregate
 from .batching import Collator, Encoded, encode, length_sorted_batches
 from .data import TextDataset
 from .errors import EnsembleError, one_of
+from .firsttoken import first_token_only
 from .devices import check_devices, check_precision, device_of
 from .members import Member, load_member, recorded_valid_logits, saved_recipe
 from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig, name_problem
@@ -490,7 +491,8 @@ def _predict_logits(member: Member, enc: Encoded, batch_size: int, precision: st
                     bar.update(len(rows))
             queued.clear()
 
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    # the classifier reads token 0 only: so does the last layer, while predicting (`firsttoken`)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), first_token_only(member.model):
         for rows in length_sorted_batches(enc.lengths(), batch_size):
             batch = collate([enc[i] for i in rows])
             if gpu:

@@ -30,6 +30,7 @@ from .cpu import clip_into_step, fast_dropout, folds_clip, keep_freed_memory
 from .data import TextDataset
 from .devices import check_mixed_precision
 from .errors import EnsembleError
+from .firsttoken import switch as switch_first_token
 from .members import (METRICS_FILE, RECIPE_FILE, VALID_LOGITS, build_member, checkpoint_activations, freeze, parameter_count,
                       save_valid_logits)
 from .optim import make_optimizer, make_scheduler
@@ -158,6 +159,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     # build the member and tokenize once
     texts = splits.train.texts + (splits.train.pairs or [])
     model, tokenizer = build_member(cfg, labels, texts)
+    switch_first_token(model)  # the classifier reads token 0: the last layer computes only that
     freeze(model, t.trainable_layers)
     if accelerator.device.type == "cpu" and not t.compile:
         fast_dropout(model)  # same p and scaling; masks 10x faster to draw (torch.compile brings its own)
