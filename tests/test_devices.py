@@ -67,3 +67,33 @@ def test_bf16_tip_only_where_it_helps(monkeypatch, native, cuda, precisions, siz
                for i, (p, size) in enumerate(zip(precisions, sizes))]
     tip = devices.bf16_tip(configs)
     assert tip == expected if expected is None else expected in tip and 'mixed_precision = "bf16"' in tip
+
+
+@pytest.mark.parametrize("native, cuda, precisions, warned", [
+    (False, False, ["bf16", "no", "bf16"], "(m0, m2)"),  # emulated: both bf16 members named
+    (False, False, ["no", "no"], None),  # float32 everywhere: nothing to say
+    (True, False, ["bf16"], None),  # AMX / AVX512-BF16: bf16 is the fast choice
+    (False, True, ["bf16"], None),  # a GPU trains it: Accelerate's device, not this CPU
+])
+def test_emulated_bf16_training_warns_with_the_fix(monkeypatch, native, cuda, precisions, warned):
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    configs = [MemberConfig(f"m{i}", init="scratch", arch="bert", train=TrainConfig(mixed_precision=p))
+               for i, p in enumerate(precisions)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        devices.warn_emulated_bf16(configs)
+    messages = [str(w.message) for w in caught]
+    if warned is None:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and warned in messages[0] and 'set mixed_precision = "no"' in messages[0]
+
+
+def test_preflight_warns_before_any_training(monkeypatch):
+    from ensemble.members import preflight
+
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match=r"mixed_precision = \"bf16\" \(bert\): this CPU has no native bf16"):
+        preflight([MemberConfig("bert", init="scratch", arch="bert", train=TrainConfig(mixed_precision="bf16"))])

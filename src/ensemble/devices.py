@@ -78,6 +78,23 @@ def check_mixed_precision(cfg: MemberConfig) -> None:
         raise EnsembleError(f"members[{cfg.name}].mixed_precision: fp16 needs a GPU; use \"bf16\" or \"no\" on CPU")
 
 
+def warn_emulated_bf16(members: Iterable[MemberConfig]) -> None:
+    """Warn when members would train in bf16 on a CPU that only emulates bf16 arithmetic.
+
+    There every bf16 matmul is converted and computed in float32 piece by piece: a MiniLM-L6
+    step (batch 16 x 32 tokens, 2 threads) took 7.5 s in bf16 against 0.31 s in float32 on a
+    2-core AMD EPYC (AVX2), 24x slower, with no gain in accuracy to show for it.
+
+    Example:
+        >>> warn_emulated_bf16([MemberConfig("bert", init="scratch", arch="bert")])  # float32: nothing to say
+    """
+    names = [m.name for m in members if m.train.mixed_precision == "bf16"]
+    if names and not torch.cuda.is_available() and not cpu_has_bf16():
+        warnings.warn(f"mixed_precision = \"bf16\" ({', '.join(names)}): this CPU has no native bf16 arithmetic "
+                      f"(AMX or AVX512-BF16), so bf16 training is emulated, about 24x slower than float32 for "
+                      f"MiniLM; set mixed_precision = \"no\" to train in float32", stacklevel=2)
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AMX tiles or AVX512-BF16)."""
     probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]

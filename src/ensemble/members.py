@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .data import TextDataset
-from .devices import check_mixed_precision
+from .devices import check_mixed_precision, warn_emulated_bf16
 from .errors import EnsembleError
 from .integrity import check_size, first_line, json_object, json_section, probe
 from .recipe import ARCHES, MemberConfig, is_local
@@ -224,6 +224,8 @@ def preflight(members: Iterable[MemberConfig], offline_hint: str = SCRATCH_HINT)
     _quiet_transformers()
     from transformers import AutoConfig
 
+    members = list(members)
+    warn_emulated_bf16(members)
     for m in members:
         check_mixed_precision(m)
         if m.init == "scratch":
