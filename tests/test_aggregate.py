@@ -609,16 +609,19 @@ def test_kernel_row_range_of_the_whole_array_equals_a_copied_chunk():
         np.testing.assert_array_equal(strided[key], chunk[key], err_msg=key)
 
 
+ROW_CASES = [(classes, lanes) for classes in (2, 5, 8, 9, 12, 16, 20, 32) for lanes in (8, 16, 32) if classes <= lanes]
+
+
 @needs_numba
 @pytest.mark.parametrize("method", ["soft", "hard"])
 @pytest.mark.parametrize("inputs", ["logits", "probs"])
-@pytest.mark.parametrize("classes", [9, 20, 32])
-def test_both_kernels_give_the_same_vote(monkeypatch, method, inputs, classes):
-    """The row-vector kernel against the transposed-tile one where either could vote: the same
-    labels, member labels and counts, bit-identical scores from probabilities (the same sums in
-    the same order), and from logits within the softmax's rounding (the row kernel sums a row's
-    exponentials as a tree, the tile kernel in class order). Rows 1000-2777 of the whole array,
-    many tiles and thread blocks."""
+@pytest.mark.parametrize("classes, lanes", ROW_CASES)
+def test_both_kernels_give_the_same_vote(monkeypatch, method, inputs, classes, lanes):
+    """The row-vector kernel, at every vector width that holds the row, against the
+    transposed-tile one: the same labels, member labels and counts, bit-identical scores from
+    probabilities (the same sums in the same order), and from logits within the softmax's
+    rounding (the row kernel sums a row's exponentials as a tree, the tile kernel in class
+    order). Rows 1000-2777 of the whole array, many tiles and thread blocks."""
     rng = np.random.default_rng(classes)
     x = np.round(rng.standard_normal((5, 3000, classes)) * 2) / 2
     if inputs == "probs":
@@ -627,14 +630,25 @@ def test_both_kernels_give_the_same_vote(monkeypatch, method, inputs, classes):
     w, t = np.array([0.0, 0.1, 0.2, 0.3, 0.4]), np.array([1.0, 2.0, 0.5, 1.0, 3.0])
     probs = inputs == "probs"
     votes = {}
-    for use_wide in (False, True):
-        monkeypatch.setattr(kernels_cpu, "wide", lambda classes, probs_in: use_wide)
-        votes[use_wide] = kernels_cpu.fused_vote(x, method, w, t, probs, start=1000, stop=2777)
-    tile, rows = votes[False], votes[True]
+    for width in (0, lanes):
+        monkeypatch.setattr(kernels_cpu, "row_lanes", lambda classes, probs_in: width)
+        votes[width] = kernels_cpu.fused_vote(x, method, w, t, probs, start=1000, stop=2777)
+    tile, rows = votes[0], votes[lanes]
     for key in ("labels", "member_labels", "equal_counts", "bad_row"):
         np.testing.assert_array_equal(rows[key], tile[key], err_msg=key)
     for key in ("scores", "confidence", "agreement", "member_confidence"):
         np.testing.assert_allclose(rows[key], tile[key], rtol=0, atol=0 if probs else 1e-6, err_msg=key)
+
+
+@needs_numba
+@pytest.mark.parametrize("avx512, probs_in, classes, lanes", [
+    (True, True, 8, 0), (True, True, 9, 32), (True, False, 16, 0), (True, False, 17, 32), (True, True, 33, 0),
+    (False, True, 4, 0), (False, True, 5, 8), (False, True, 9, 16), (False, True, 17, 32),
+    (False, False, 11, 0), (False, False, 12, 16), (False, False, 20, 32), (False, False, 33, 0),
+])
+def test_row_width_follows_the_class_count_and_the_cpu(monkeypatch, avx512, probs_in, classes, lanes):
+    monkeypatch.setattr(kernels_cpu, "_avx512", lambda: avx512)
+    assert kernels_cpu.row_lanes(classes, probs_in) == lanes
 
 
 MEMORY_SCRIPT = """

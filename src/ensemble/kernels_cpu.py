@@ -2,7 +2,7 @@
 
 Eager torch needs a dozen passes for a vote, and its reductions over a small class dimension
 are slow (a softmax over 5 classes costs ten times an `exp` of the same tensor). Two numba
-kernels, chosen by `wide` from the class count, compute the same outputs with the same
+kernels, chosen by `row_lanes` from the class count (and the CPU's vector width), compute the same outputs with the same
 tie-breaks:
 
 - `_vote` walks the rows in tiles of `TILE`. Each member's tile (TILE x classes values, one
@@ -10,8 +10,9 @@ tie-breaks:
   scratch that stays in L1, so that every later loop runs along rows with unit stride and no
   data-dependent branch (compare-and-select only), which LLVM vectorises (AVX-512: 16 rows per
   instruction). Best at 2-8 classes, where the transposing copy has a constant stride.
-- `_vote_wide` (9-32 classes) keeps each row of a member as one vector (`simd`): no transpose,
-  the reductions over a row's classes are shuffle trees, and it prefetches ahead.
+- `_vote_rows` keeps each row of a member as one vector of 8, 16 or 32 lanes (`simd`): no
+  transpose, the reductions over a row's classes are shuffle trees, and it prefetches ahead.
+  Best from 9 classes on AVX-512 CPUs, from 5 (probabilities) on AVX2 ones.
 
 From that one read come the member argmax and confidence, the temperature softmax (through
 `simd.exp`, a branch-free float32 exp that vectorises: numba has no vector `exp` without Intel's
@@ -36,14 +37,14 @@ from . import simd
 
 try:
     import numba
-    from numba import njit, prange
+    from numba import literally, njit, prange
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps the torch fallback usable
     numba = None
 
 SHARE_TOL = 1e-6  # float32 vote shares: sums such as 0.2 + 0.3 vs 0.5 differ by rounding only
 TILE = 512  # rows per tile: classes x TILE float32 scratch arrays stay in L1 (L2 for many classes)
-ROW_TILE = 128  # rows per tile of `_vote_wide`: its 32-float rows of soft sums, 16 KB, stay in L1
-AHEAD = 32  # rows `_vote_wide` prefetches ahead of its reads (24-96 measured alike; none: 0.7x)
+ROW_TILE = 128  # rows per tile of `_vote_rows`: its rows of soft sums (16 KB at 32 lanes) stay in L1
+AHEAD = 32  # rows `_vote_rows` prefetches ahead of its reads (24-96 measured alike; none: 0.7x)
 if TILE % 64 or ROW_TILE % 64 or ROW_TILE > TILE:  # the 64-row reads of `simd.equal64` stay in a tile
     raise AssertionError("kernels_cpu.TILE and ROW_TILE must be multiples of 64, ROW_TILE <= TILE")
 
@@ -52,15 +53,42 @@ def available() -> bool:
     return numba is not None
 
 
-def wide(classes: int, probs_in: bool) -> bool:
-    """Whether `_vote_wide` (rows as vectors) votes rather than `_vote` (transposed tiles).
+def row_lanes(classes: int, probs_in: bool) -> int:
+    """The row-vector width `_vote_rows` votes with (8, 16 or 32 lanes), or 0 for `_vote`'s tiles.
 
-    Measured on both (`benchmarks/aggregate.py`, 2-core AVX-512 VM): on probabilities the row
-    kernel is 1.1-1.3x faster at 9-12 classes and 1.5-1.8x at 20; on logits, whose softmax
-    it computes on all 32 lanes, it is 0.5-0.6x at 9-12 classes, level at 20 and 1.9x at 32.
-    At 2-8 classes `_vote`'s constant-stride copies win (it is 2-4x faster).
+    Measured on both kernels (`benchmarks/aggregate.py`, outputs identical). On a 2-core AVX-512
+    VM (Sapphire Rapids): with 32 lanes, probabilities 1.1-1.3x faster at 9-12 classes and
+    1.5-1.8x at 20; logits 0.5-0.6x at 9-12 classes, level at 20, 1.9x at 32; at 2-8 classes
+    the tiles 2-4x faster (narrower rows were not measured there, so that CPU keeps this choice).
+    On a 2-core AVX2 VM (AMD EPYC) a row is best held in the narrowest of 8, 16 or 32 lanes:
+    probabilities of 5-8 classes in 8 lanes 1.2-2.2x faster than the tiles (at 2-4 classes
+    0.4-0.9x), 9-16 classes in 16 lanes 1.4-1.7x the 32-lane rows; logits from 12 classes
+    1.2-1.4x (level at 10, 0.7x at 5-6).
+
+    Example:
+        >>> row_lanes(20, probs_in=True)
+        32
     """
-    return (9 if probs_in else 17) <= classes <= simd.LANES
+    if _avx512():
+        return simd.LANES if (9 if probs_in else 17) <= classes <= simd.LANES else 0
+    if not (5 if probs_in else 12) <= classes <= simd.LANES:
+        return 0
+    return next(width for width in simd.WIDTHS if classes <= width)
+
+
+def _avx512() -> bool:
+    """Whether numba compiles for a CPU with AVX-512 (the host CPU, numba's default target)."""
+    global _has_avx512
+    if _has_avx512 is None:
+        try:
+            from llvmlite import binding
+            _has_avx512 = bool(binding.get_host_cpu_features().get("avx512f", False))
+        except (ImportError, RuntimeError):  # pragma: no cover - llvmlite comes with numba
+            _has_avx512 = False
+    return _has_avx512
+
+
+_has_avx512 = None
 
 
 if numba is not None:
@@ -336,7 +364,7 @@ if numba is not None:
 
     @njit(inline="always")
     def _prefetch_ahead(flat, m, o, r, n, classes):  # pragma: no cover - compiled
-        """Prefetch the row `AHEAD` rows on in `_vote_wide`'s reading order: member m's tile rows
+        """Prefetch the row `AHEAD` rows on in `_vote_rows`'s reading order: member m's tile rows
         from offset o, then the next member's, then member 0's next tile."""
         ahead = r + AHEAD
         if ahead < n:
@@ -347,17 +375,19 @@ if numba is not None:
             simd.prefetch(flat[0], o + ahead * classes)
 
     @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
-    def _vote_wide(x, start, stop, probs_in, hard, weight, inv_temp, labels, scores, confidence, agreement,
-                   member_labels, member_confidence, equal_partial, bad, details):  # pragma: no cover - compiled
-        """`_vote`, for rows of 9-32 classes: the same outputs and tie-breaks, row by row.
+    def _vote_rows(x, start, stop, probs_in, hard, weight, inv_temp, labels, scores, confidence, agreement,
+                   member_labels, member_confidence, equal_partial, bad, details, lanes):  # pragma: no cover - compiled
+        """`_vote`, row by row, each row of up to `lanes` classes one vector: the same outputs and
+        tie-breaks. `lanes` (8, 16 or 32) is compiled in: one specialisation per width.
 
         Each member's row is one vector (`simd`): its argmax, confidence and (for logits)
         softmax come from one masked load and a few shuffle-tree reductions, and it is added
-        into row-major soft sums (`simd.LANES` floats a row, so no row straddles another's
+        into row-major soft sums (`lanes` floats a row, so no row straddles another's
         vector). No tile is transposed, which is what `_vote` spends half its time on at 20
         classes; in exchange a row of 20 classes fills 20 of 32 lanes. Prefetching `AHEAD`
         rows in reading order lets memory run ahead of the member loop.
         """
+        literally(lanes)
         members, all_rows, classes = x.shape
         flat = x.reshape(members, all_rows * classes)
         rows = stop - start
@@ -366,8 +396,8 @@ if numba is not None:
         zero = np.float32(0.0)
         tol = np.float32(SHARE_TOL)
         for b in prange(blocks):
-            soft = np.zeros(ROW_TILE * simd.LANES, np.float32)  # row-major, LANES floats a row
-            shares = np.zeros(ROW_TILE * simd.LANES, np.float32)
+            soft = np.zeros(ROW_TILE * lanes, np.float32)  # row-major, `lanes` floats a row
+            shares = np.zeros(ROW_TILE * lanes, np.float32)
             own = np.empty((members, TILE), np.int32)
             label = np.empty(TILE, np.int32)
             top = np.empty(TILE, np.float32)
@@ -376,10 +406,10 @@ if numba is not None:
             end = min(rows, (b + 1) * per_block)
             for t0 in range(b * per_block, end, ROW_TILE):
                 n = min(ROW_TILE, end - t0)
-                for i in range(n * simd.LANES):
+                for i in range(n * lanes):
                     soft[i] = zero
                 if hard:
-                    for i in range(n * simd.LANES):
+                    for i in range(n * lanes):
                         shares[i] = zero
                 for m in range(members):
                     w = weight[m]
@@ -390,18 +420,18 @@ if numba is not None:
                     if probs_in:
                         for r in range(n):
                             _prefetch_ahead(flat, m, o, r, n, classes)
-                            c, a = simd.row_vote_probs(soft, r * simd.LANES, xm, o + r * classes, classes, w, t)
+                            c, a = simd.row_vote_probs(soft, r * lanes, xm, o + r * classes, classes, w, t, lanes)
                             own_m[r] = a
                             total[r] = c
                     else:
                         for r in range(n):
                             _prefetch_ahead(flat, m, o, r, n, classes)
-                            c, a = simd.row_vote_logits(soft, r * simd.LANES, xm, o + r * classes, classes, w, t)
+                            c, a = simd.row_vote_logits(soft, r * lanes, xm, o + r * classes, classes, w, t, lanes)
                             own_m[r] = a
                             total[r] = c
                     if hard:
                         for r in range(n):
-                            shares[r * simd.LANES + own_m[r]] += w
+                            shares[r * lanes + own_m[r]] += w
                     if details:
                         ml = member_labels[m]
                         mc = member_confidence[m]
@@ -411,7 +441,7 @@ if numba is not None:
                             mc[t0 + r] = total[r]
                 flagged = False
                 for r in range(n):
-                    best, arg, check = simd.row_best(soft, r * simd.LANES, classes)
+                    best, arg, check = simd.row_best(soft, r * lanes, classes, lanes)
                     top[r] = best
                     label[r] = arg
                     flagged |= check != zero
@@ -419,15 +449,15 @@ if numba is not None:
                     bad[b] = _first_non_finite(x, start + t0, n)
                 if hard:
                     for r in range(n):
-                        a = simd.row_hard_label(shares, soft, r * simd.LANES, classes, tol)
+                        a = simd.row_hard_label(shares, soft, r * lanes, classes, tol, lanes)
                         label[r] = a
-                        top[r] = shares[r * simd.LANES + a]
+                        top[r] = shares[r * lanes + a]
                     for r in range(n):
                         labels[t0 + r] = label[r]
                         confidence[t0 + r] = top[r]
                         agreement[t0 + r] = top[r]
                     for r in range(n):
-                        simd.row_store(scores, (t0 + r) * classes, shares, r * simd.LANES, classes)
+                        simd.row_store(scores, (t0 + r) * classes, shares, r * lanes, classes, lanes)
                 else:
                     _agreeing_weight(own, weight, label, n, total)
                     for r in range(n):
@@ -435,7 +465,7 @@ if numba is not None:
                         confidence[t0 + r] = top[r]
                         agreement[t0 + r] = total[r]
                     for r in range(n):
-                        simd.row_store(scores, (t0 + r) * classes, soft, r * simd.LANES, classes)
+                        simd.row_store(scores, (t0 + r) * classes, soft, r * lanes, classes, lanes)
                 _count_equal(own, n, same)
 
 
@@ -471,13 +501,31 @@ def fused_vote(x: np.ndarray, method: str, weight: np.ndarray, temperature: np.n
     scores = out["scores"].reshape(-1)  # the kernel writes row-major scores through a flat view
     if not np.shares_memory(scores, out["scores"]):  # pragma: no cover - callers pass contiguous rows
         raise ValueError("fused_vote needs a C-contiguous 'scores' output")
-    kernel = _vote_wide if wide(classes, probs_in) else _vote
-    kernel(x, start, stop, probs_in, method == "hard", weight.astype(np.float32),
-          (1.0 / temperature).astype(np.float32), out["labels"], scores, out["confidence"],
-          out["agreement"], out["member_labels"], out["member_confidence"], partial, bad, member_details)
+    args = (x, start, stop, probs_in, method == "hard", weight.astype(np.float32), (1.0 / temperature).astype(np.float32),
+            out["labels"], scores, out["confidence"], out["agreement"], out["member_labels"], out["member_confidence"],
+            partial, bad, member_details)
+    lanes = row_lanes(classes, probs_in)
+    if lanes:
+        _rows_kernel(args, lanes)(*args, lanes)
+    else:
+        _vote(*args)
     equal = partial.sum(axis=0)
     out["equal_counts"] = equal + equal.T + np.diag(np.full(members, rows, np.int64))
     out["bad_row"] = int(bad[bad >= 0].min()) - start if (bad >= 0).any() else -1
     if not member_details:
         out.pop("member_labels"), out.pop("member_confidence")
     return out
+
+
+def _rows_kernel(args: tuple, lanes: int):
+    """`_vote_rows`'s compiled specialisation for these arguments and `lanes`.
+
+    Called through its dispatcher, a function that asks for a literal argument is typed again on
+    every call (the plain-int attempt fails before the literal one is found): 0.2 s a call here,
+    so once compiled (or loaded from the disk cache) the specialisation is called directly.
+    """
+    key = tuple(numba.typeof(a) for a in args) + (numba.types.literal(lanes),)
+    compiled = _vote_rows.overloads.get(key)
+    if compiled is None:
+        return _vote_rows  # the first call: types, then compiles or loads the specialisation
+    return compiled.entry_point

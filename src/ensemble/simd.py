@@ -4,7 +4,8 @@ numba vectorises plain loops, but it has no way to say "this row of 20 floats is
 "these 64 compares are one 64-bit word". Here:
 
 - Row vectors (`row_vote_probs`, `row_vote_logits`, `row_best`, `row_hard_label`,
-  `row_store`): a whole row of up to `LANES` classes in one vector (two AVX-512 registers),
+  `row_store`): a whole row of up to `lanes` classes in one vector of 8, 16 or 32 float32
+  lanes (the caller passes `lanes` as a compile-time literal, `numba.literally`),
   loaded with a mask so that no byte past the row is read, reduced with shuffle trees (maximum,
   first class holding it, softmax sum). One member's vote on one row is a few dozen
   instructions, without the transposed copy of the tile that a loop vectorised along rows needs.
@@ -30,43 +31,54 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency; kernels_cpu reports it missing
     ir = None
 
-LANES = 32  # classes a row vector holds: rows of up to 32 classes take the vector path
+LANES = 32  # the widest row vector: rows of up to 32 classes can take the vector path
+WIDTHS = (8, 16, 32)  # the row vector widths the intrinsics are built for
 
 if ir is not None:
     _F32 = ir.FloatType()
     _I32 = ir.IntType(32)
-    _VF = ir.VectorType(_F32, LANES)
-    _VI = ir.VectorType(_I32, LANES)
-    _VB = ir.VectorType(ir.IntType(1), LANES)
+
+    def _vf(lanes):
+        return ir.VectorType(_F32, lanes)
+
+    def _vi(lanes):
+        return ir.VectorType(_I32, lanes)
+
+    def _width(lanes) -> int:
+        """The vector width a `lanes` argument's type names (a literal 8, 16 or 32), else None."""
+        value = getattr(lanes, "literal_value", None)
+        return value if value in WIDTHS else None
 
     def _splat(builder, value, vector_type):
         one = builder.insert_element(ir.Constant(vector_type, None), value, ir.Constant(_I32, 0))
-        return builder.shuffle_vector(one, one, ir.Constant(_VI, [0] * LANES))
+        return builder.shuffle_vector(one, one, ir.Constant(_vi(vector_type.count), [0] * vector_type.count))
 
     def _pointer(context, builder, arrty, arr, offset):
         data = context.make_array(arrty)(context, builder, arr).data
         return builder.gep(data, [offset])
 
-    def _mask(builder, classes):
-        """Lanes below `classes` (an intp): the row's own values."""
-        return builder.icmp_signed("<", ir.Constant(_VI, list(range(LANES))), _splat(builder, builder.trunc(classes, _I32), _VI))
+    def _mask(builder, classes, lanes):
+        """Lanes below `classes` (an intp) of a `lanes`-wide vector: the row's own values."""
+        return builder.icmp_signed("<", ir.Constant(_vi(lanes), list(range(lanes))),
+                                   _splat(builder, builder.trunc(classes, _I32), _vi(lanes)))
 
     def _masked_load(builder, ptr, mask, fill: float):
         """The row at `ptr`, lanes outside `mask` set to `fill`, reading no byte outside it."""
-        fnty = ir.FunctionType(_VF, [ptr.type, _I32, _VB, _VF])
-        name = f"llvm.masked.load.v{LANES}f32.{ptr.type.intrinsic_name}"
+        lanes = mask.type.count
+        fnty = ir.FunctionType(_vf(lanes), [ptr.type, _I32, mask.type, _vf(lanes)])
+        name = f"llvm.masked.load.v{lanes}f32.{ptr.type.intrinsic_name}"
         fn = builder.module.globals.get(name) or ir.Function(builder.module, fnty, name=name)
-        return builder.call(fn, [ptr, ir.Constant(_I32, 4), mask, ir.Constant(_VF, [fill] * LANES)])
+        return builder.call(fn, [ptr, ir.Constant(_I32, 4), mask, ir.Constant(_vf(lanes), [fill] * lanes)])
 
     def _masked_store(builder, value, ptr, mask):
-        fnty = ir.FunctionType(ir.VoidType(), [_VF, ptr.type, _I32, _VB])
-        name = f"llvm.masked.store.v{LANES}f32.{ptr.type.intrinsic_name}"
+        fnty = ir.FunctionType(ir.VoidType(), [value.type, ptr.type, _I32, mask.type])
+        name = f"llvm.masked.store.v{mask.type.count}f32.{ptr.type.intrinsic_name}"
         fn = builder.module.globals.get(name) or ir.Function(builder.module, fnty, name=name)
         builder.call(fn, [value, ptr, ir.Constant(_I32, 4), mask])
 
     def _reduce(builder, vector, combine):
         """Halve `vector` with `combine(builder, low, high)` until one value is left."""
-        width = LANES
+        width = vector.type.count
         while width > 1:
             width //= 2
             half = ir.VectorType(_I32, width)
@@ -84,7 +96,8 @@ if ir is not None:
 
     def _first(builder, row, value, classes):
         """The first lane of `row` equal to `value` (an argmax's tie-break), within [0, classes)."""
-        hits = builder.bitcast(builder.fcmp_ordered("==", row, _splat(builder, value, _VF)), _I32)
+        equal = builder.fcmp_ordered("==", row, _splat(builder, value, row.type))
+        hits = builder.zext(builder.bitcast(equal, ir.IntType(row.type.count)), _I32)
         cttz = builder.module.globals.get("llvm.cttz.i32") or ir.Function(
             builder.module, ir.FunctionType(_I32, [_I32, ir.IntType(1)]), name="llvm.cttz.i32")
         lane = builder.zext(builder.call(cttz, [hits, ir.Constant(ir.IntType(1), 0)]), ir.IntType(64))
@@ -95,7 +108,8 @@ if ir is not None:
     def _vector_exp(builder, x):
         """`exp` on every lane: the same operations in the same order."""
         # constants rounded to float32 first (LLVM rejects a float constant that is not exact)
-        c = lambda v: ir.Constant(_VF, [float(np.float32(v))] * LANES)  # noqa: E731
+        lanes = x.type.count
+        c = lambda v: ir.Constant(_vf(lanes), [float(np.float32(v))] * lanes)  # noqa: E731
         y = builder.select(builder.fcmp_ordered(">", x, c(-87.0)), x, c(-87.0))
         t = builder.fadd(builder.fmul(y, c(1.44269504)), c(12582912.0))
         k = builder.fsub(t, c(12582912.0))
@@ -105,15 +119,15 @@ if ir is not None:
         for coefficient in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
             p = builder.fadd(builder.fmul(p, r), c(coefficient))
         p = builder.fadd(builder.fadd(builder.fmul(p, builder.fmul(r, r)), r), c(1.0))
-        bits = builder.bitcast(t, _VI)
-        exponent = builder.add(builder.shl(bits, ir.Constant(_VI, [23] * LANES)),
-                               ir.Constant(_VI, [((127 - 0x4B400000) << 23) & 0xFFFFFFFF] * LANES))
-        e = builder.fmul(p, builder.bitcast(exponent, _VF))
+        bits = builder.bitcast(t, _vi(lanes))
+        exponent = builder.add(builder.shl(bits, ir.Constant(_vi(lanes), [23] * lanes)),
+                               ir.Constant(_vi(lanes), [((127 - 0x4B400000) << 23) & 0xFFFFFFFF] * lanes))
+        e = builder.fmul(p, builder.bitcast(exponent, _vf(lanes)))
         return builder.select(builder.fcmp_ordered("<", x, c(-87.0)), c(0.0), e)
 
     def _row_vote(softmax: bool):
         """The intrinsic for one member's vote on one row: ``x[offset:offset + classes]``, added into
-        the soft sums ``acc[acc_offset:acc_offset + LANES]`` (lanes past `classes` get zeros).
+        the soft sums ``acc[acc_offset:acc_offset + lanes]`` (lanes past `classes` get zeros).
 
         It returns (confidence, label): the member's argmax (first maximum) of the raw values
         and, for probabilities, their maximum. With `softmax` (logits), the softmax at temperature
@@ -122,29 +136,33 @@ if ir is not None:
         added), which the caller's check finds.
         """
 
-        def row_vote(typingctx, acc, acc_offset, x, offset, classes, weight, inv_temp):  # pragma: no cover - compiled
+        def row_vote(typingctx, acc, acc_offset, x, offset, classes, weight, inv_temp, lanes):  # pragma: no cover - compiled
+            width = _width(lanes)
+            if width is None:
+                return None
             sig = types.Tuple((types.float32, types.int64))(acc, types.intp, x, types.intp, types.intp, types.float32,
-                                                             types.float32)
+                                                             types.float32, lanes)
+            vf = _vf(width)
 
             def codegen(context, builder, signature, args):
                 acc_ptr = _pointer(context, builder, signature.args[0], args[0], args[1])
                 x_ptr = _pointer(context, builder, signature.args[2], args[2], args[3])
                 classes, weight, inv_temp = args[4], args[5], args[6]
-                mask = _mask(builder, classes)
+                mask = _mask(builder, classes, width)
                 row = _masked_load(builder, x_ptr, mask, float("-inf"))
                 best = _reduce(builder, row, _max)
                 label = _first(builder, row, best, classes)
-                zero = ir.Constant(_VF, [0.0] * LANES)
+                zero = ir.Constant(vf, [0.0] * width)
                 if softmax:  # exp((x - max) * t) / sum, the sum with x * 0 added (NaN if any x is not finite)
-                    e = _vector_exp(builder, builder.fmul(builder.fsub(row, _splat(builder, best, _VF)),
-                                                   _splat(builder, inv_temp, _VF)))
+                    e = _vector_exp(builder, builder.fmul(builder.fsub(row, _splat(builder, best, vf)),
+                                                   _splat(builder, inv_temp, vf)))
                     e = builder.fadd(e, builder.select(mask, builder.fmul(row, zero), zero))
                     confidence = builder.fdiv(ir.Constant(_F32, 1.0), _reduce(builder, e, _add))
-                    terms = builder.fmul(e, _splat(builder, confidence, _VF))
+                    terms = builder.fmul(e, _splat(builder, confidence, vf))
                 else:
                     confidence, terms = best, builder.select(mask, row, zero)
-                vec_ptr = builder.bitcast(acc_ptr, _VF.as_pointer())
-                total = builder.fadd(builder.load(vec_ptr, align=4), builder.fmul(_splat(builder, weight, _VF), terms))
+                vec_ptr = builder.bitcast(acc_ptr, vf.as_pointer())
+                total = builder.fadd(builder.load(vec_ptr, align=4), builder.fmul(_splat(builder, weight, vf), terms))
                 builder.store(total, vec_ptr, align=4)
                 return context.make_tuple(builder, signature.return_type, [confidence, label])
 
@@ -172,50 +190,60 @@ if ir is not None:
         return sig, codegen
 
     @intrinsic
-    def row_best(typingctx, acc, acc_offset, classes):  # pragma: no cover - compiled
+    def row_best(typingctx, acc, acc_offset, classes, lanes):  # pragma: no cover - compiled
         """(maximum, first class holding it, check) of ``acc[acc_offset:acc_offset + classes]``;
         check is 0, or NaN when any of those values is not finite."""
-        sig = types.Tuple((types.float32, types.int64, types.float32))(acc, types.intp, types.intp)
+        width = _width(lanes)
+        if width is None:
+            return None
+        sig = types.Tuple((types.float32, types.int64, types.float32))(acc, types.intp, types.intp, lanes)
 
         def codegen(context, builder, signature, args):
-            mask = _mask(builder, args[2])
+            mask = _mask(builder, args[2], width)
             row = _masked_load(builder, _pointer(context, builder, signature.args[0], args[0], args[1]), mask,
                                float("-inf"))
             best = _reduce(builder, row, _max)
-            zero = ir.Constant(_VF, [0.0] * LANES)
+            zero = ir.Constant(_vf(width), [0.0] * width)
             check = _reduce(builder, builder.select(mask, builder.fmul(row, zero), zero), _add)
             return context.make_tuple(builder, signature.return_type, [best, _first(builder, row, best, args[2]), check])
 
         return sig, codegen
 
     @intrinsic
-    def row_hard_label(typingctx, shares, soft, offset, classes, tolerance):  # pragma: no cover - compiled
+    def row_hard_label(typingctx, shares, soft, offset, classes, tolerance, lanes):  # pragma: no cover - compiled
         """The hard vote's label of one row: among the classes whose vote share is within
         `tolerance` of the top share, the one with the highest soft score (the lowest class on
         exact ties). Both rows at `offset` of their arrays."""
-        sig = types.int64(shares, soft, types.intp, types.intp, types.float32)
+        width = _width(lanes)
+        if width is None:
+            return None
+        sig = types.int64(shares, soft, types.intp, types.intp, types.float32, lanes)
+        vf = _vf(width)
 
         def codegen(context, builder, signature, args):
-            mask = _mask(builder, args[3])
+            mask = _mask(builder, args[3], width)
             share = _masked_load(builder, _pointer(context, builder, signature.args[0], args[0], args[2]), mask,
                                  float("-inf"))
             score = _masked_load(builder, _pointer(context, builder, signature.args[1], args[1], args[2]), mask,
                                  float("-inf"))
             top = builder.fsub(_reduce(builder, share, _max), args[4])
-            keep = builder.fcmp_ordered(">=", share, _splat(builder, top, _VF))
-            candidates = builder.select(keep, score, ir.Constant(_VF, [float("-inf")] * LANES))
+            keep = builder.fcmp_ordered(">=", share, _splat(builder, top, vf))
+            candidates = builder.select(keep, score, ir.Constant(vf, [float("-inf")] * width))
             return _first(builder, candidates, _reduce(builder, candidates, _max), args[3])
 
         return sig, codegen
 
     @intrinsic
-    def row_store(typingctx, out, offset, source, source_offset, classes):  # pragma: no cover - compiled
+    def row_store(typingctx, out, offset, source, source_offset, classes, lanes):  # pragma: no cover - compiled
         """``out[offset:offset + classes] = source[source_offset:source_offset + classes]``, one
         masked vector store (no byte past the row written)."""
-        sig = types.void(out, types.intp, source, types.intp, types.intp)
+        width = _width(lanes)
+        if width is None:
+            return None
+        sig = types.void(out, types.intp, source, types.intp, types.intp, lanes)
 
         def codegen(context, builder, signature, args):
-            mask = _mask(builder, args[4])
+            mask = _mask(builder, args[4], width)
             row = _masked_load(builder, _pointer(context, builder, signature.args[2], args[2], args[3]), mask, 0.0)
             _masked_store(builder, row, _pointer(context, builder, signature.args[0], args[0], args[1]), mask)
             return context.get_dummy_value()
