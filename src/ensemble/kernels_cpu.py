@@ -31,6 +31,8 @@ member details).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import simd
@@ -76,19 +78,14 @@ def row_lanes(classes: int, probs_in: bool) -> int:
     return next(width for width in simd.WIDTHS if classes <= width)
 
 
+@functools.cache
 def _avx512() -> bool:
     """Whether numba compiles for a CPU with AVX-512 (the host CPU, numba's default target)."""
-    global _has_avx512
-    if _has_avx512 is None:
-        try:
-            from llvmlite import binding
-            _has_avx512 = bool(binding.get_host_cpu_features().get("avx512f", False))
-        except (ImportError, RuntimeError):  # pragma: no cover - llvmlite comes with numba
-            _has_avx512 = False
-    return _has_avx512
-
-
-_has_avx512 = None
+    try:
+        from llvmlite import binding
+        return bool(binding.get_host_cpu_features().get("avx512f", False))
+    except (ImportError, RuntimeError):  # pragma: no cover - llvmlite comes with numba
+        return False
 
 
 if numba is not None:
