@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ensemble.config import MemberConfig
-from ensemble.cpu import FastDropout, clip_into_step, fast_dropout, folds_clip, keep_freed_memory, keep_mask
+from ensemble.cpu import (ATTENTION, FastDropout, attention, clip_into_step, fast_dropout, folds_clip, keep_freed_memory,
+                          keep_mask)
 from ensemble.members import ARCHES, build_member, checkpoint_activations
 
 TEXTS = ["a good film", "a bad film", "fine acting", "dull plot and worse acting", "lovely"] * 4
@@ -39,6 +40,14 @@ def test_keep_mask_seeds():
     a = keep_mask((64, 64), 0.1)
     torch.manual_seed(0)
     assert torch.equal(a, keep_mask((64, 64), 0.1))  # the seed comes from torch's generator
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_keep_mask_in_a_float_dtype_is_the_bool_mask_as_zeros_and_ones(dtype):
+    mask = keep_mask((37, 11), 0.3, seed=9, dtype=dtype)
+    assert mask.dtype == dtype and mask.shape == (37, 11)
+    assert torch.equal(mask, keep_mask((37, 11), 0.3, seed=9).to(dtype))
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -75,6 +84,73 @@ def test_fast_dropout_swaps_every_dropout_and_keeps_the_model(arch):
     assert not any(type(m) is nn.Dropout for m in model.modules())
     assert set(model.state_dict()) == keys
     assert torch.equal(model(input_ids=ids).logits, before)  # eval: no dropout at all
+
+
+class _Module(nn.Module):
+    is_causal = False  # an encoder's self-attention, as transformers marks it
+
+
+def _qkv(dtype=torch.float32, batch=3, heads=4, length=7, dim=8):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(batch, heads, length, dim, generator=g).to(dtype).requires_grad_() for _ in range(3)]
+
+
+def _padding(length=7):
+    keep = torch.ones(3, length, dtype=torch.bool)
+    keep[1, 4:] = False
+    keep[2, 2:] = False
+    return keep[:, None, None, :].expand(3, 1, length, length)  # sdpa's bool mask: True attends
+
+
+@pytest.mark.parametrize("mask", ["none", "bool", "additive"])
+def test_attention_dropout_is_softmax_then_the_fast_mask(mask):
+    p = 0.3
+    q, k, v = _qkv()
+    keep = _padding()
+    given = {"none": None, "bool": keep, "additive": torch.zeros(keep.shape).masked_fill(~keep, -1e30)}[mask]
+    torch.manual_seed(5)
+    out, weights = attention(_Module().train(), q, k, v, given, dropout=p, scaling=0.5)
+    # by hand: the same seed from torch's generator gives the same mask
+    torch.manual_seed(5)
+    scores = (q @ k.transpose(-2, -1)) * 0.5
+    if mask != "none":
+        scores = scores.masked_fill(~keep, float("-inf"))
+    kept = keep_mask(scores.shape, p)
+    expected = (torch.softmax(scores, -1) * kept / (1 - p)) @ v
+    assert weights is None and out.shape == (3, 7, 4, 8)  # (batch, length, heads, dim), as transformers wants
+    assert torch.allclose(out, expected.transpose(1, 2), atol=1e-6)
+    assert 0.55 < kept.float().mean().item() < 0.85
+    out.sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_without_dropout_is_sdpa(dtype):
+    q, k, v = _qkv(dtype)
+    keep = _padding()
+    sdpa = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep).transpose(1, 2)
+    # p = 1e-9 drops almost surely nothing but takes the fast path; p = 0 and eval are sdpa itself
+    fast, _ = attention(_Module().train(), q, k, v, keep, dropout=1e-9)
+    assert fast.dtype == dtype
+    assert torch.allclose(fast.float(), sdpa.float(), atol=1e-6 if dtype == torch.float32 else 1e-2)
+    for module, p in ((_Module().train(), 0.0), (_Module().eval(), 0.0)):
+        assert torch.equal(attention(module, q, k, v, keep, dropout=p)[0], sdpa)
+
+
+def test_fast_dropout_attends_with_fast_attention_and_saves_nothing_of_it(tmp_path):
+    model, _ = build_member(MemberConfig("m", init="scratch", arch="bert"), ["a", "b"], TEXTS)
+    assert model.config._attn_implementation == "sdpa"
+    batch = {"input_ids": torch.tensor([[1, 5, 6, 7, 2], [1, 8, 9, 2, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])}
+    for m in model.modules():  # attention dropout only, and almost surely nothing dropped
+        if isinstance(m, nn.Dropout):
+            m.p = 1e-9
+    plain = model.train()(**batch).logits
+    fast_dropout(model)
+    assert model.config._attn_implementation == ATTENTION
+    assert torch.allclose(model(**batch).logits, plain, atol=1e-5)  # the padded row masked as sdpa masks it
+    model.save_pretrained(tmp_path)
+    assert "attn_implementation" not in (tmp_path / "config.json").read_text()
 
 
 def test_gradient_checkpointing_replays_the_same_masks():

@@ -36,7 +36,7 @@ def _last_layer(model) -> torch.nn.Module | None:
     config = model.config
     if config.is_decoder or getattr(config, "add_cross_attention", False):
         return None
-    if config._attn_implementation not in ("sdpa", "eager"):
+    if config._attn_implementation not in ("sdpa", "eager", "ensemble_sdpa"):
         return None
     layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
     if not layers:
