@@ -19,7 +19,7 @@ SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "shared_da
 
 
 def test_every_script_is_covered():
-    assert set(SCRIPTS) == {"aggregate.py", "combining.py", "mfu.py", "predict.py", "profile_step.py", "train.py"}
+    assert set(SCRIPTS) == {"aggregate.py", "combining.py", "cpu_step.py", "mfu.py", "predict.py", "profile_step.py", "train.py"}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -28,6 +28,15 @@ def test_script_imports_and_parses_its_arguments(script):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("usage: "), done.stdout[:500]
+
+
+def test_cpu_step_times_both_variants():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "cpu_step.py"), "--batch", "2", "--length", "8",
+                           "--rounds", "1", "--block", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = re.findall(r"^\| (PyTorch|ensemble) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", done.stdout, re.M)
+    assert [r[0] for r in rows] == ["PyTorch", "ensemble"] and rows[0][3] == "1.000", done.stdout
+    assert all(float(r[1]) > 0 for r in rows)
 
 
 def test_shared_data_follows_the_environment(monkeypatch, tmp_path):
