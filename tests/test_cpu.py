@@ -124,17 +124,20 @@ def test_attention_dropout_is_softmax_then_the_fast_mask(mask):
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "autocast"])
 def test_attention_without_dropout_is_sdpa(dtype):
+    autocast = dtype == "autocast"
+    dtype = torch.bfloat16 if autocast else dtype
     q, k, v = _qkv(dtype)
     keep = _padding()
-    sdpa = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep).transpose(1, 2)
-    # p = 1e-9 drops almost surely nothing but takes the fast path; p = 0 and eval are sdpa itself
-    fast, _ = attention(_Module().train(), q, k, v, keep, dropout=1e-9)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        sdpa = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep).transpose(1, 2)
+        # p = 1e-9 drops almost surely nothing but takes the fast path; p = 0 and eval are sdpa itself
+        fast, _ = attention(_Module().train(), q, k, v, keep, dropout=1e-9)
+        plain = [attention(module, q, k, v, keep, dropout=0.0)[0] for module in (_Module().train(), _Module().eval())]
     assert fast.dtype == dtype
     assert torch.allclose(fast.float(), sdpa.float(), atol=1e-6 if dtype == torch.float32 else 1e-2)
-    for module, p in ((_Module().train(), 0.0), (_Module().eval(), 0.0)):
-        assert torch.equal(attention(module, q, k, v, keep, dropout=p)[0], sdpa)
+    assert all(torch.equal(out, sdpa) for out in plain)
 
 
 def test_fast_dropout_attends_with_fast_attention_and_saves_nothing_of_it(tmp_path):

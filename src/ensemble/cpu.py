@@ -202,13 +202,14 @@ def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=No
     if dtype in (torch.bfloat16, torch.float16):  # as PyTorch's math path on a CPU
         query, key, value = query.float(), key.float(), value.float()
     scale = query.size(-1) ** -0.5 if scaling is None else scaling
-    scores = torch.matmul(query, key.transpose(-2, -1)).mul_(scale)
-    if attention_mask is not None and attention_mask.dtype == torch.bool:  # True: attend
-        scores = scores.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)
-    elif attention_mask is not None:
-        scores = scores + attention_mask
-    probs = _Dropout.apply(torch.softmax(scores, dim=-1), dropout)
-    out = torch.matmul(probs, value).to(dtype)
+    with torch.autocast("cpu", enabled=False):  # sdpa is one op to autocast: inside it, float32 throughout
+        scores = torch.matmul(query, key.transpose(-2, -1)).mul_(scale)
+        if attention_mask is not None and attention_mask.dtype == torch.bool:  # True: attend
+            scores = scores.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)
+        elif attention_mask is not None:
+            scores = scores + attention_mask
+        probs = _Dropout.apply(torch.softmax(scores, dim=-1), dropout)
+        out = torch.matmul(probs, value).to(dtype)
     return out.transpose(1, 2).contiguous(), None
 
 
