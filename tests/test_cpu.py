@@ -29,8 +29,16 @@ def test_keep_mask_neighbours_are_independent():
     m = keep_mask((1_000_000,), 0.5, seed=3).numpy()
     both = np.mean(m[:-1] & m[1:])
     assert abs(both - 0.25) < 5 * (0.25 * 0.75 / len(m)) ** 0.5
-    stride = np.mean(m[:-384] & m[384:])  # one hidden vector apart
-    assert abs(stride - 0.25) < 5 * (0.25 * 0.75 / len(m)) ** 0.5
+    for stride in (384, 2**15, 2**16):  # one hidden vector apart; the hash's shifts
+        both = np.mean(m[:-stride] & m[stride:])
+        assert abs(both - 0.25) < 5 * (0.25 * 0.75 / len(m)) ** 0.5, stride
+
+
+@pytest.mark.parametrize("other", [2, 2**32 + 1, 2**40 + 1])  # differs in the low half, the high half, both
+def test_keep_mask_of_nearby_seeds_are_independent(other):
+    a = keep_mask((1_000_000,), 0.5, seed=1).numpy()
+    b = keep_mask((1_000_000,), 0.5, seed=other).numpy()
+    assert abs(np.mean(a & b) - 0.25) < 5 * (0.25 * 0.75 / len(a)) ** 0.5
 
 
 def test_keep_mask_seeds():
