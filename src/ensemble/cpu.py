@@ -233,23 +233,22 @@ def _register_attention() -> None:
 _mask_kernel = None
 if numba is not None:
 
+    @numba.njit(cache=True, inline="always")
+    def _lowbias32(x):  # pragma: no cover - compiled
+        """Wellons' lowbias32 integer mixer, modulo 2**32."""
+        x = np.uint32(x ^ (x >> np.uint32(16)))
+        x = np.uint32(x * np.uint32(0x7FEB352D))
+        x = np.uint32(x ^ (x >> np.uint32(15)))
+        x = np.uint32(x * np.uint32(0x846CA68B))
+        return np.uint32(x ^ (x >> np.uint32(16)))
+
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def _mask_kernel(out, low, high, threshold, one):  # pragma: no cover - compiled
         """out[i] = `one` where hash(i) >= threshold, else 0; all arithmetic modulo 2**32.
 
-        hash: Wellons' lowbias32 mixer of the counter plus the key's low half, xored with its high
-        half, mixed again. Only 32-bit multiplies, which AVX2 has as vector instructions (64-bit
-        ones it lacks): the loop vectorises, 0.4 ns an element (SplitMix64 took 1 ns on an AVX2 EPYC)."""
+        hash: `_lowbias32` of the counter plus the key's low half, xored with its high half, mixed
+        again. Only 32-bit multiplies, which AVX2 has as vector instructions (64-bit ones it
+        lacks): the loop vectorises, 0.4 ns an element (SplitMix64 took 1 ns on an AVX2 EPYC)."""
         for i in range(out.shape[0]):
-            x = np.uint32(np.uint32(i) + low)
-            x = np.uint32(x ^ (x >> np.uint32(16)))
-            x = np.uint32(x * np.uint32(0x7FEB352D))
-            x = np.uint32(x ^ (x >> np.uint32(15)))
-            x = np.uint32(x * np.uint32(0x846CA68B))
-            x = np.uint32((x ^ (x >> np.uint32(16))) ^ high)
-            x = np.uint32(x ^ (x >> np.uint32(16)))
-            x = np.uint32(x * np.uint32(0x7FEB352D))
-            x = np.uint32(x ^ (x >> np.uint32(15)))
-            x = np.uint32(x * np.uint32(0x846CA68B))
-            x = np.uint32(x ^ (x >> np.uint32(16)))
+            x = _lowbias32(np.uint32(_lowbias32(np.uint32(np.uint32(i) + low)) ^ high))
             out[i] = one if x >= threshold else 0

@@ -25,6 +25,8 @@ from collections.abc import Iterator
 
 import torch
 
+from .cpu import ATTENTION
+
 _HEADS = {"BertForSequenceClassification", "RobertaForSequenceClassification", "ElectraForSequenceClassification"}
 _AGREE = 1e-4  # logits of the check input, switched against plain (float32: ~1e-6 apart)
 _checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> whether switched, it passed the check
@@ -36,7 +38,7 @@ def _last_layer(model) -> torch.nn.Module | None:
     config = model.config
     if config.is_decoder or getattr(config, "add_cross_attention", False):
         return None
-    if config._attn_implementation not in ("sdpa", "eager", "ensemble_sdpa"):
+    if config._attn_implementation not in ("sdpa", "eager", ATTENTION):
         return None
     layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
     if not layers:
