@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import math
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -64,7 +65,7 @@ def folds_clip(optimizer: torch.optim.Optimizer) -> bool:
     return isinstance(optimizer, torch.optim.Adam) and bool(optimizer.defaults.get("fused"))
 
 
-def clip_into_step(optimizer: torch.optim.Optimizer, parameters, max_norm: float) -> float:
+def clip_into_step(optimizer: torch.optim.Optimizer, parameters, max_norm: float, extra_square: float = 0.0) -> float:
     """Clip the gradients' global L2 norm to `max_norm` inside the next fused Adam(W) step; the norm.
 
     `torch.nn.utils.clip_grad_norm_` reads every gradient twice and writes it once (a norm per
@@ -73,6 +74,7 @@ def clip_into_step(optimizer: torch.optim.Optimizer, parameters, max_norm: float
     gradient and the factor ``min(1, max_norm / (norm + 1e-6))`` — the same as PyTorch's — reaches
     the optimizer as ``grad_scale``, which its fused kernel divides each gradient by while it reads
     it anyway: one read in all. The result equals clip-then-step up to float rounding of the norm.
+    `extra_square` adds gradients held elsewhere (`EmbeddingRows.take`) to the squared norm.
 
     Example:
         >>> w = torch.nn.Parameter(torch.zeros(2)); w.grad = torch.tensor([3.0, 4.0])
@@ -82,7 +84,7 @@ def clip_into_step(optimizer: torch.optim.Optimizer, parameters, max_norm: float
     """
     if not folds_clip(optimizer):
         raise ValueError(f"clip_into_step needs a fused Adam or AdamW; got {type(optimizer).__name__}")
-    square = 0.0
+    square = extra_square
     for p in parameters:
         if p.grad is not None:
             g = p.grad
@@ -91,6 +93,105 @@ def clip_into_step(optimizer: torch.optim.Optimizer, parameters, max_norm: float
     factor = min(1.0, max_norm / (norm + 1e-6))
     optimizer.grad_scale = torch.tensor(1.0 / factor if factor > 0 else math.inf)
     return norm
+
+
+# ---------------------------------------------------------------- word-embedding rows
+
+class EmbeddingRows:
+    """Adam(W) steps on only the word-embedding rows that training has touched (CPU, one process).
+
+    A word-embedding matrix is most of a small member (MiniLM: 11.7M of 22.7M parameters), but a
+    batch reads a few hundred of its rows. PyTorch still writes its gradient densely (a zeroed
+    47 MB tensor for MiniLM), clipping reads all of it, and the fused Adam step reads and writes
+    all of it and both moment buffers: four of every eleven bytes a step moves. A row that no batch
+    has touched has zero moments and a zero gradient, so with no weight decay its Adam update is
+    exactly zero; here those rows are skipped. The layer computes sparse gradients, and each
+    optimizer step updates the touched rows through the same fused kernel, reading and writing the
+    optimizer's own state, so checkpoints, resumes and the other parameters are as before. Results
+    equal the dense step up to float rounding (duplicate tokens' gradients are summed in another
+    order); untouched rows stay bit for bit as they were.
+
+    Use: `attach` after the optimizer exists; between backward and clipping `take` (the squared
+    norm of the gradient it took off the parameter); after ``optimizer.step()`` `step`; `detach`
+    at the end.
+    """
+
+    def __init__(self, embedding: nn.Embedding, optimizer: torch.optim.Optimizer, group: dict):
+        self.embedding, self.optimizer, self.group = embedding, optimizer, group
+        self.weight = embedding.weight
+        self.grad: tuple[torch.Tensor, torch.Tensor] | None = None
+        state = optimizer.state.get(self.weight)
+        # a resumed run: the rows its moments remember are the rows touched so far
+        self.touched = (torch.zeros(self.weight.shape[0], dtype=torch.bool) if not state else
+                        state["exp_avg"].ne(0).any(1) | state["exp_avg_sq"].ne(0).any(1))
+        embedding.sparse = True
+
+    @classmethod
+    def attach(cls, model: nn.Module, optimizer: torch.optim.Optimizer) -> "EmbeddingRows | None":
+        """Start skipping untouched rows of `model`'s input embeddings, or None where that is not exact.
+
+        It applies to a CPU model whose input embedding is an `nn.Embedding` used nowhere else,
+        trained by a fused Adam or AdamW without amsgrad and without weight decay on that matrix.
+        """
+        embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        if type(embedding) is not nn.Embedding or embedding.sparse or not folds_clip(optimizer):
+            return None
+        weight = embedding.weight
+        if (not weight.requires_grad or weight.device.type != "cpu" or weight.dtype != torch.float32
+                or embedding.max_norm is not None or _adam_rows is None or not weight.is_contiguous()):
+            return None
+        uses = sum(p is weight for _, p in model.named_parameters(remove_duplicate=False))
+        group = next((g for g in optimizer.param_groups if any(p is weight for p in g["params"])), None)
+        if uses != 1 or group is None or group["weight_decay"] != 0 or group.get("amsgrad") or group.get("maximize"):
+            return None
+        return cls(embedding, optimizer, group)
+
+    def take(self) -> float:
+        """Take the accumulated gradient off the weight (the optimizer skips it); its squared L2 norm."""
+        grad, self.weight.grad = self.weight.grad, None
+        if grad is None:
+            self.grad = None
+            return 0.0
+        if grad.is_sparse:
+            grad = grad.coalesce()  # duplicate tokens summed, rows in order
+            rows, values = grad.indices()[0], grad.values()
+        else:  # a dense gradient (another path computed it): its nonzero rows
+            rows = grad.ne(0).any(1).nonzero().squeeze(1)
+            values = grad.index_select(0, rows)
+        self.grad = (rows, values.contiguous())
+        flat = self.grad[1].view(-1)
+        return float(torch.dot(flat, flat))
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """The optimizer step for the touched rows, with the optimizer's settings, state and grad_scale."""
+        if self.grad is None:
+            return
+        rows, values = self.grad
+        self.grad = None
+        w, g = self.weight, self.group
+        state = self.optimizer.state[w]
+        if not state:  # as torch's fused Adam initialises it, so state dicts look the same
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+        state["step"] += 1
+        self.touched[rows] = True
+        live = self.touched.nonzero().squeeze(1)  # every row with nonzero moments, in order
+        slot = torch.full((len(live),), -1, dtype=torch.int64)  # where a live row's gradient is in `values`
+        slot[torch.searchsorted(live, rows)] = torch.arange(len(rows))
+        # the scalars as torch's fused CPU kernel derives them (in double, then float32)
+        step, (beta1, beta2) = float(state["step"]), g["betas"]
+        step_size = float(g["lr"]) / (1 - beta1 ** step)
+        scale = getattr(self.optimizer, "grad_scale", None)
+        args = (w.numpy(), state["exp_avg"].numpy(), state["exp_avg_sq"].numpy(), live.numpy(), slot.numpy(), values.numpy(),
+                *(np.float32(x) for x in (beta1, beta2, 1 - beta1, 1 - beta2, step_size, math.sqrt(1 - beta2 ** step),
+                                         g["eps"], 1.0 if scale is None else float(scale))))
+        _in_threads(_adam_rows, len(live), args)
+
+    def detach(self) -> None:
+        """Dense gradients again (the model as it was built)."""
+        self.embedding.sparse = False
 
 
 # ---------------------------------------------------------------- dropout
@@ -252,3 +353,48 @@ if numba is not None:
         for i in range(out.shape[0]):
             x = _lowbias32(np.uint32(_lowbias32(np.uint32(np.uint32(i) + low)) ^ high))
             out[i] = one if x >= threshold else 0
+
+
+def _in_threads(kernel, rows: int, args: tuple) -> None:
+    """`kernel(*args, begin, end)` over rows [0, rows) split among torch's threads (numba releases the GIL)."""
+    threads = max(1, min(torch.get_num_threads(), rows // 1024))
+    bounds = [rows * i // threads for i in range(threads + 1)]
+    if threads == 1:
+        kernel(*args, 0, rows)
+        return
+    global _pool
+    if _pool is None or _pool._max_workers < threads - 1:
+        _pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="ensemble-rows")
+    futures = [_pool.submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(1, threads)]
+    kernel(*args, bounds[0], bounds[1])
+    for future in futures:
+        future.result()
+
+
+_pool: ThreadPoolExecutor | None = None
+_adam_rows = None
+if numba is not None:
+
+    from .simd import adam8_grad, adam8_zero, sqrt32
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def _adam_rows(w, m, v, live, slot, values, beta1, beta2, c1, c2, step_size, bc2_sqrt, eps, scale,
+                   begin, end):  # pragma: no cover - compiled
+        """Adam on rows live[begin:end] of w with moments m, v, in place: torch's fused CPU kernel's
+        float32 operations in its order; a row's gradient is values[slot] (slot -1: zero)."""
+        d = w.shape[1]
+        whole = d - d % 8
+        for i in range(begin, end):
+            r, s = live[i], slot[i]
+            for j in range(0, whole, 8):  # 8 values at a time as one vector
+                if s >= 0:
+                    adam8_grad(w, m, v, values, r * d + j, s * d + j, beta1, beta2, c1, c2, step_size, bc2_sqrt, eps, scale)
+                else:
+                    adam8_zero(w, m, v, values, r * d + j, 0, beta1, beta2, c1, c2, step_size, bc2_sqrt, eps, scale)
+            for j in range(whole, d):  # the rest one by one, the same operations
+                grad = values[s, j] / scale if s >= 0 else np.float32(0.0)
+                mean = m[r, j] * beta1 + grad * c1 if s >= 0 else m[r, j] * beta1
+                square = v[r, j] * beta2 + grad * grad * c2 if s >= 0 else v[r, j] * beta2
+                m[r, j] = mean
+                v[r, j] = square
+                w[r, j] = w[r, j] - step_size * mean / (sqrt32(square) / bc2_sqrt + eps)

@@ -14,7 +14,8 @@ numba vectorises plain loops, but it has no way to say "this row of 20 floats is
   through identical operations, so identical inputs still tie exactly.
 - Bit words (`nonzero64`, `equal64`, `popcount`): 64 rows' labels compared at once, for the
   member x member equal-prediction counts.
-- `exp`, `scale_by_pow2`, `prefetch`: scalar pieces.
+- `adam8_grad`, `adam8_zero`: the Adam update of 8 values (`cpu.EmbeddingRows`).
+- `exp`, `scale_by_pow2`, `prefetch`, `sqrt32`: scalar pieces.
 
 On CPUs without AVX-512 LLVM lowers the same IR to narrower instructions (same results; tested
 compiled for AVX2 and for plain x86-64).
@@ -269,6 +270,65 @@ if ir is not None:
             return builder.fmul(args[1], builder.bitcast(exponent, ir.FloatType()))
 
         return sig, codegen
+
+    @intrinsic
+    def sqrt32(typingctx, x):  # pragma: no cover - compiled
+        """The correctly rounded float32 square root (``llvm.sqrt``): numba's own `np.sqrt` tests
+        the sign first, a branch that keeps loops using the argument twice from vectorising."""
+        sig = types.float32(types.float32)
+
+        def codegen(context, builder, signature, args):
+            f = builder.module.declare_intrinsic("llvm.sqrt", [ir.FloatType()])
+            return builder.call(f, [args[0]])
+
+        return sig, codegen
+
+    def _adam8(with_grad: bool):
+        """An intrinsic: the Adam update of 8 consecutive float32 values, one vector each.
+
+        ``(w, m, v, values, offset, value_offset, beta1, beta2, c1, c2, step_size, bc2_sqrt, eps,
+        scale)``: w, m and v (C-contiguous float32 arrays) from flat `offset`, the gradient from
+        flat `value_offset` of `values` (zero `with_grad=False`). torch's fused CPU Adam kernel,
+        operation for operation: ``g = g / scale; m = m * beta1 + g * c1; v = v * beta2 + g * g * c2;
+        w = w - step_size * m / (sqrt(v) / bc2_sqrt + eps)``. numba's loops over these do not
+        vectorise (its cost model keeps a divide by a square root scalar).
+        """
+        f32 = types.float32
+
+        def typer(typingctx, w, m, v, values, offset, value_offset, beta1, beta2, c1, c2, step_size, bc2_sqrt,
+                  eps, scale):
+            sig = types.void(w, m, v, values, offset, value_offset, *(f32,) * 8)
+
+            def codegen(context, builder, signature, args):
+                vec = _vf(8)
+                (w, m, v, values, offset, value_offset, beta1, beta2, c1, c2, step_size, bc2_sqrt, eps,
+                 scale) = args
+                tys = signature.args
+                ptrs = [builder.bitcast(_pointer(context, builder, tys[i], args[i], offset), vec.as_pointer())
+                        for i in range(3)]
+                b1, b2, k1, k2, step, bc2, e, sc = (_splat(builder, x, vec) for x in args[6:])
+                mean = builder.fmul(builder.load(ptrs[1], align=4), b1)
+                square = builder.fmul(builder.load(ptrs[2], align=4), b2)
+                if with_grad:
+                    gptr = builder.bitcast(_pointer(context, builder, tys[3], values, value_offset), vec.as_pointer())
+                    g = builder.fdiv(builder.load(gptr, align=4), sc)
+                    mean = builder.fadd(mean, builder.fmul(g, k1))
+                    square = builder.fadd(square, builder.fmul(builder.fmul(g, g), k2))
+                fnty = ir.FunctionType(vec, [vec])
+                sqrt = builder.module.globals.get("llvm.sqrt.v8f32") or ir.Function(builder.module, fnty, "llvm.sqrt.v8f32")
+                denom = builder.fadd(builder.fdiv(builder.call(sqrt, [square]), bc2), e)
+                weight = builder.load(ptrs[0], align=4)
+                weight = builder.fsub(weight, builder.fdiv(builder.fmul(step, mean), denom))
+                builder.store(mean, ptrs[1], align=4)
+                builder.store(square, ptrs[2], align=4)
+                builder.store(weight, ptrs[0], align=4)
+                return context.get_dummy_value()
+
+            return sig, codegen
+
+        return intrinsic(typer)
+
+    adam8_grad, adam8_zero = _adam8(True), _adam8(False)
 
     @intrinsic
     def popcount(typingctx, x):  # pragma: no cover - compiled

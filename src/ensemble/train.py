@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .batching import Collator, EpochBatches, encode
 from .card import write_model_card
 from .checkpoint import LOG, PROGRESS, Checkpoint, Progress, checkpoint_dir, cpu_state, fingerprint
-from .cpu import clip_into_step, fast_dropout, folds_clip, keep_freed_memory
+from .cpu import EmbeddingRows, clip_into_step, fast_dropout, folds_clip, keep_freed_memory
 from .data import TextDataset
 from .devices import check_mixed_precision
 from .errors import EnsembleError
@@ -201,6 +201,9 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     # resume, or start afresh
     state = saved or Progress(fingerprint=ckpt.fingerprint, micro_batch_size=micro)
     best_state, best_logits = ckpt.restore(accelerator, state) if saved else (None, None)
+    # ... and the word-embedding rows no batch has touched yet stay out of the step (after the
+    # restore: the restored moments say which rows were touched)
+    sparse_rows = EmbeddingRows.attach(accelerator.unwrap_model(model), optimizer.optimizer) if fold_clip and not t.compile else None
     main = accelerator.is_main_process
     total_params, trainable = parameter_count(model)
     # In a log file (no terminal) redraw rarely: one line per 30 s instead of one per batch.
@@ -273,12 +276,15 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
                 output = model(**batch)
                 loss = output.loss if targets is None else distill_loss(output.logits, batch["labels"], targets, teacher)
                 accelerator.backward(loss)
+                square = sparse_rows.take() if sparse_rows is not None and accelerator.sync_gradients else 0.0
                 if accelerator.sync_gradients and t.max_grad_norm > 0:
                     if fold_clip:
-                        clip_into_step(optimizer.optimizer, model.parameters(), t.max_grad_norm)
+                        clip_into_step(optimizer.optimizer, model.parameters(), t.max_grad_norm, square)
                     else:
                         accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
                 optimizer.step()
+                if sparse_rows is not None and accelerator.sync_gradients:
+                    sparse_rows.step()
                 scheduler.step()
                 optimizer.zero_grad()
             done += 1
@@ -327,6 +333,8 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
         state.epoch, state.batches_done = epoch + 1, 0
         ckpt.save(accelerator, state, best_state, best_logits)
     bar.close()
+    if sparse_rows is not None:
+        sparse_rows.detach()
     if t.log_with:
         accelerator.end_training()
 
