@@ -269,22 +269,26 @@ def _train(model, opt, batches, rows=None, max_norm=1.0, start=0):
         opt.zero_grad()
 
 
-@pytest.mark.parametrize("arch", ARCHES)
-def test_embedding_rows_step_equals_the_dense_step(arch):
-    dense, opt_dense, sparse, opt_sparse = _embedding_models(arch)
+@pytest.mark.parametrize("arch,weight_decay", [(arch, 0.0) for arch in ARCHES] + [("bert", 0.1), ("albert", 0.1)])
+def test_embedding_rows_step_equals_the_dense_step(arch, weight_decay):
+    dense, opt_dense, sparse, opt_sparse = _embedding_models(arch, weight_decay)
     before = sparse.get_input_embeddings().weight.detach().clone()
     rows = EmbeddingRows.attach(sparse, opt_sparse)
     assert rows is not None and sparse.get_input_embeddings().sparse
     batches = _batches(before.shape[0], steps=4)
     _train(dense, opt_dense, batches)
     _train(sparse, opt_sparse, batches, rows)
-    for (name, a), b in zip(dense.named_parameters(), sparse.parameters()):
-        if not name.endswith("key.bias"):  # softmax ignores it: its gradient is rounding noise, which Adam scales up to lr
-            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
     weight = sparse.get_input_embeddings().weight
     used = torch.zeros(len(before), dtype=torch.bool)
     used[torch.cat([ids.flatten() for step in batches for ids, _ in step])] = True
-    assert torch.equal(weight[~used], before[~used])  # untouched rows: bit for bit
+    if weight_decay:
+        assert len(rows.owed) == 4 and torch.equal(weight[~used], before[~used])  # the decay is owed
+        rows.settle()
+        assert not rows.owed and not torch.equal(weight[~used], before[~used])
+    for (name, a), b in zip(dense.named_parameters(), sparse.parameters()):
+        if not name.endswith("key.bias"):  # softmax ignores it: its gradient is rounding noise, which Adam scales up to lr
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+    assert torch.equal(weight[~used], dense.get_input_embeddings().weight[~used])  # untouched rows: bit for bit
     assert not torch.equal(weight[used], before[used])
     state_dense, state_sparse = opt_dense.state_dict(), opt_sparse.state_dict()
     assert state_dense["state"].keys() == state_sparse["state"].keys()
@@ -295,19 +299,25 @@ def test_embedding_rows_step_equals_the_dense_step(arch):
     assert not sparse.get_input_embeddings().sparse
 
 
-def test_embedding_rows_resume_from_the_optimizer_state():
-    _, _, whole, opt_whole = _embedding_models("bert")
-    _, _, first, opt_first = _embedding_models("bert")
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_embedding_rows_resume_from_the_optimizer_state(weight_decay):
+    _, _, whole, opt_whole = _embedding_models("bert", weight_decay)
+    _, _, first, opt_first = _embedding_models("bert", weight_decay)
     batches = _batches(100, steps=4)
-    _train(whole, opt_whole, batches, EmbeddingRows.attach(whole, opt_whole))
-    _train(first, opt_first, batches[:2], EmbeddingRows.attach(first, opt_first))
+    rows = EmbeddingRows.attach(whole, opt_whole)
+    _train(whole, opt_whole, batches, rows)
+    rows.detach()
+    rows = EmbeddingRows.attach(first, opt_first)
+    _train(first, opt_first, batches[:2], rows)
+    rows.settle()  # as the training loop does before it saves a checkpoint
     # a resumed run: a fresh model and optimizer loaded from the saved states
-    _, _, resumed, opt_resumed = _embedding_models("bert")
+    _, _, resumed, opt_resumed = _embedding_models("bert", weight_decay)
     resumed.load_state_dict(first.state_dict())
     opt_resumed.load_state_dict(opt_first.state_dict())
     rows = EmbeddingRows.attach(resumed, opt_resumed)
     assert rows.touched.sum() > 0
     _train(resumed, opt_resumed, batches[2:], rows, start=2)
+    rows.detach()
     for a, b in zip(whole.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
 
@@ -319,8 +329,10 @@ def test_embedding_rows_apply_only_where_exact():
                   {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
         return model, EmbeddingRows.attach(model, torch.optim.AdamW(groups, **{"fused": True, **kwargs}))
 
-    assert attach()[1] is not None
-    assert attach(weight_decay=0.01)[1] is None  # untouched rows would decay
+    assert attach()[1] is not None and attach(weight_decay=0.01)[1] is not None
+    model, _ = build_member(MemberConfig("m", init="scratch", arch="bert"), ["a", "b"], TEXTS)
+    assert EmbeddingRows.attach(model, torch.optim.Adam(model.parameters(), weight_decay=0.01, fused=True)) is None
+    assert EmbeddingRows.attach(model, torch.optim.Adam(model.parameters(), fused=True)) is not None
     assert attach(fused=False)[1] is None
     assert attach(amsgrad=True)[1] is None
     model, rows = attach()

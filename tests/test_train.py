@@ -560,7 +560,8 @@ def test_reading_losses_back_in_windows_changes_nothing(monkeypatch, demo_splits
     assert logs[0] == logs[1] and sum(x["event"] == "step" for x in logs[0]) == 2 * 13
 
 
-def test_word_embedding_rows_step_matches_the_dense_step(monkeypatch, demo_splits, tmp_path):
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_word_embedding_rows_step_matches_the_dense_step(weight_decay, monkeypatch, demo_splits, tmp_path):
     attached = []
 
     def spy(model, optimizer):
@@ -570,10 +571,12 @@ def test_word_embedding_rows_step_matches_the_dense_step(monkeypatch, demo_split
 
     attach = train_mod.EmbeddingRows.attach
     monkeypatch.setattr(train_mod.EmbeddingRows, "attach", spy)
-    sparse = fit(member("w", epochs=2, grad_accum=2), demo_splits, tmp_path / "sparse")
+    sparse = fit(member("w", epochs=2, grad_accum=2, weight_decay=weight_decay, checkpoint_every=5), demo_splits,
+                 tmp_path / "sparse")
     assert attached and attached[0] is not None and not attached[0].embedding.sparse  # used, then detached
     monkeypatch.setattr(train_mod.EmbeddingRows, "attach", lambda model, optimizer: None)
-    dense = fit(member("w", epochs=2, grad_accum=2), demo_splits, tmp_path / "dense")
+    dense = fit(member("w", epochs=2, grad_accum=2, weight_decay=weight_decay, checkpoint_every=5), demo_splits,
+                tmp_path / "dense")
     for a, b in zip(sparse["history"], dense["history"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
     wa, wb = weights(tmp_path / "sparse"), weights(tmp_path / "dense")

@@ -104,16 +104,18 @@ class EmbeddingRows:
     batch reads a few hundred of its rows. PyTorch still writes its gradient densely (a zeroed
     47 MB tensor for MiniLM), clipping reads all of it, and the fused Adam step reads and writes
     all of it and both moment buffers: four of every eleven bytes a step moves. A row that no batch
-    has touched has zero moments and a zero gradient, so with no weight decay its Adam update is
-    exactly zero; here those rows are skipped. The layer computes sparse gradients, and each
-    optimizer step updates the touched rows through the same fused kernel, reading and writing the
-    optimizer's own state, so checkpoints, resumes and the other parameters are as before. Results
-    equal the dense step up to float rounding (duplicate tokens' gradients are summed in another
-    order); untouched rows stay bit for bit as they were.
+    has touched has zero moments and a zero gradient, so its Adam update is exactly zero and its
+    AdamW update only the weight decay, the row times ``1 - lr * weight_decay``. Here the layer
+    computes sparse gradients; each optimizer step updates the touched rows in place with the
+    operations of torch's fused kernel, reading and writing the optimizer's own state (so
+    checkpoints, resumes and the other parameters are as before); untouched rows owe their weight
+    decay, paid factor by factor (so rounded as the dense step rounds it) when a batch reads them
+    and at `settle`. Results equal the dense step up to float rounding (duplicate
+    tokens' gradients are summed in another order); untouched rows bit for bit.
 
     Use: `attach` after the optimizer exists; between backward and clipping `take` (the squared
-    norm of the gradient it took off the parameter); after ``optimizer.step()`` `step`; `detach`
-    at the end.
+    norm of the gradient it took off the parameter); after ``optimizer.step()`` `step`; `settle`
+    before the weights are read (evaluation, checkpoints); `detach` at the end.
     """
 
     def __init__(self, embedding: nn.Embedding, optimizer: torch.optim.Optimizer, group: dict):
@@ -124,14 +126,24 @@ class EmbeddingRows:
         # a resumed run: the rows its moments remember are the rows touched so far
         self.touched = (torch.zeros(self.weight.shape[0], dtype=torch.bool) if not state else
                         state["exp_avg"].ne(0).any(1) | state["exp_avg_sq"].ne(0).any(1))
+        self.owed: list[np.float32] = []  # decay factors of the steps since the last settle
+        self.paid = torch.zeros(self.weight.shape[0], dtype=torch.int64)  # how many of them each row has had
+        self.hook = embedding.register_forward_pre_hook(self._pay)
         embedding.sparse = True
+
+    @torch.no_grad()
+    def _pay(self, module, args) -> None:
+        """Before a batch reads its rows, the untouched ones among them take the decay they are owed."""
+        if self.owed:
+            ids = args[0].unique()
+            self._decay(ids[~self.touched[ids] & (self.paid[ids] < len(self.owed))])
 
     @classmethod
     def attach(cls, model: nn.Module, optimizer: torch.optim.Optimizer) -> "EmbeddingRows | None":
         """Start skipping untouched rows of `model`'s input embeddings, or None where that is not exact.
 
         It applies to a CPU model whose input embedding is an `nn.Embedding` used nowhere else,
-        trained by a fused Adam or AdamW without amsgrad and without weight decay on that matrix.
+        trained by a fused AdamW (or Adam without weight decay on that matrix), without amsgrad.
         """
         embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
         if type(embedding) is not nn.Embedding or embedding.sparse or not folds_clip(optimizer):
@@ -142,8 +154,10 @@ class EmbeddingRows:
             return None
         uses = sum(p is weight for _, p in model.named_parameters(remove_duplicate=False))
         group = next((g for g in optimizer.param_groups if any(p is weight for p in g["params"])), None)
-        if uses != 1 or group is None or group["weight_decay"] != 0 or group.get("amsgrad") or group.get("maximize"):
-            return None
+        decoupled = bool(group and group.get("decoupled_weight_decay", isinstance(optimizer, torch.optim.AdamW)))
+        if (uses != 1 or group is None or (group["weight_decay"] != 0 and not decoupled) or group.get("amsgrad")
+                or group.get("maximize")):
+            return None  # Adam's L2 decay would give untouched rows moments
         return cls(embedding, optimizer, group)
 
     def take(self) -> float:
@@ -181,16 +195,36 @@ class EmbeddingRows:
         slot = torch.full((len(live),), -1, dtype=torch.int64)  # where a live row's gradient is in `values`
         slot[torch.searchsorted(live, rows)] = torch.arange(len(rows))
         # the scalars as torch's fused CPU kernel derives them (in double, then float32)
-        step, (beta1, beta2) = float(state["step"]), g["betas"]
-        step_size = float(g["lr"]) / (1 - beta1 ** step)
+        step, (beta1, beta2), lr = float(state["step"]), g["betas"], float(g["lr"])
+        decay = np.float32(1 - lr * g["weight_decay"])
         scale = getattr(self.optimizer, "grad_scale", None)
         args = (w.numpy(), state["exp_avg"].numpy(), state["exp_avg_sq"].numpy(), live.numpy(), slot.numpy(), values.numpy(),
-                *(np.float32(x) for x in (beta1, beta2, 1 - beta1, 1 - beta2, step_size, math.sqrt(1 - beta2 ** step),
-                                         g["eps"], 1.0 if scale is None else float(scale))))
+                *(np.float32(x) for x in (beta1, beta2, 1 - beta1, 1 - beta2, lr / (1 - beta1 ** step),
+                                         math.sqrt(1 - beta2 ** step), g["eps"], 1.0 if scale is None else float(scale))),
+                decay)
         _in_threads(_adam_rows, len(live), args)
+        if decay != 1:
+            self.owed.append(decay)
+            self.paid[rows] = len(self.owed)  # the kernel gave these rows this step's decay
+
+    @torch.no_grad()
+    def settle(self) -> None:
+        """Give the untouched rows the weight decay they are owed: the weights are then the dense step's."""
+        if self.owed:
+            self._decay((~self.touched).nonzero().squeeze(1))
+            self.owed = []
+            self.paid.zero_()
+
+    def _decay(self, rows: torch.Tensor) -> None:
+        if len(rows):
+            _in_threads(_decay_rows, len(rows), (self.weight.detach().numpy(), rows.numpy(), self.paid[rows].numpy(),
+                                                 np.array(self.owed, np.float32)))
+            self.paid[rows] = len(self.owed)
 
     def detach(self) -> None:
-        """Dense gradients again (the model as it was built)."""
+        """Settle, and dense gradients again (the model as it was built)."""
+        self.settle()
+        self.hook.remove()
         self.embedding.sparse = False
 
 
@@ -372,15 +406,15 @@ def _in_threads(kernel, rows: int, args: tuple) -> None:
 
 
 _pool: ThreadPoolExecutor | None = None
-_adam_rows = None
+_adam_rows = _decay_rows = None
 if numba is not None:
 
     from .simd import adam8_grad, adam8_zero, sqrt32
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
-    def _adam_rows(w, m, v, live, slot, values, beta1, beta2, c1, c2, step_size, bc2_sqrt, eps, scale,
+    def _adam_rows(w, m, v, live, slot, values, beta1, beta2, c1, c2, step_size, bc2_sqrt, eps, scale, decay,
                    begin, end):  # pragma: no cover - compiled
-        """Adam on rows live[begin:end] of w with moments m, v, in place: torch's fused CPU kernel's
+        """AdamW on rows live[begin:end] of w with moments m, v, in place: torch's fused CPU kernel's
         float32 operations in its order; a row's gradient is values[slot] (slot -1: zero)."""
         d = w.shape[1]
         whole = d - d % 8
@@ -388,13 +422,26 @@ if numba is not None:
             r, s = live[i], slot[i]
             for j in range(0, whole, 8):  # 8 values at a time as one vector
                 if s >= 0:
-                    adam8_grad(w, m, v, values, r * d + j, s * d + j, beta1, beta2, c1, c2, step_size, bc2_sqrt, eps, scale)
+                    adam8_grad(w, m, v, values, r * d + j, s * d + j, beta1, beta2, c1, c2, step_size, bc2_sqrt, eps,
+                               scale, decay)
                 else:
-                    adam8_zero(w, m, v, values, r * d + j, 0, beta1, beta2, c1, c2, step_size, bc2_sqrt, eps, scale)
+                    adam8_zero(w, m, v, values, r * d + j, 0, beta1, beta2, c1, c2, step_size, bc2_sqrt, eps,
+                               scale, decay)
             for j in range(whole, d):  # the rest one by one, the same operations
                 grad = values[s, j] / scale if s >= 0 else np.float32(0.0)
                 mean = m[r, j] * beta1 + grad * c1 if s >= 0 else m[r, j] * beta1
                 square = v[r, j] * beta2 + grad * grad * c2 if s >= 0 else v[r, j] * beta2
                 m[r, j] = mean
                 v[r, j] = square
-                w[r, j] = w[r, j] - step_size * mean / (sqrt32(square) / bc2_sqrt + eps)
+                w[r, j] = w[r, j] * decay - step_size * mean / (sqrt32(square) / bc2_sqrt + eps)
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def _decay_rows(w, rows, paid, factors, begin, end):  # pragma: no cover - compiled
+        """w[r] *= factors[paid[i]], then the next, ... for r = rows[i], i in [begin, end): the weight
+        decay that the dense AdamW step gave these untouched rows, one step at a time, rounded as it
+        rounded."""
+        for i in range(begin, end):
+            row = w[rows[i]]
+            for f in factors[paid[i]:]:
+                for j in range(row.shape[0]):
+                    row[j] = row[j] * f

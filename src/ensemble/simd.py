@@ -287,26 +287,25 @@ if ir is not None:
         """An intrinsic: the Adam update of 8 consecutive float32 values, one vector each.
 
         ``(w, m, v, values, offset, value_offset, beta1, beta2, c1, c2, step_size, bc2_sqrt, eps,
-        scale)``: w, m and v (C-contiguous float32 arrays) from flat `offset`, the gradient from
-        flat `value_offset` of `values` (zero `with_grad=False`). torch's fused CPU Adam kernel,
-        operation for operation: ``g = g / scale; m = m * beta1 + g * c1; v = v * beta2 + g * g * c2;
-        w = w - step_size * m / (sqrt(v) / bc2_sqrt + eps)``. numba's loops over these do not
+        scale, decay)``: w, m and v (C-contiguous float32 arrays) from flat `offset`, the gradient from
+        flat `value_offset` of `values` (zero `with_grad=False`). torch's fused CPU AdamW kernel,
+        operation for operation: ``w = w * decay; g = g / scale; m = m * beta1 + g * c1;
+        v = v * beta2 + g * g * c2; w = w - step_size * m / (sqrt(v) / bc2_sqrt + eps)``. numba's loops over these do not
         vectorise (its cost model keeps a divide by a square root scalar).
         """
         f32 = types.float32
 
         def typer(typingctx, w, m, v, values, offset, value_offset, beta1, beta2, c1, c2, step_size, bc2_sqrt,
-                  eps, scale):
-            sig = types.void(w, m, v, values, offset, value_offset, *(f32,) * 8)
+                  eps, scale, decay):
+            sig = types.void(w, m, v, values, offset, value_offset, *(f32,) * 9)
 
             def codegen(context, builder, signature, args):
                 vec = _vf(8)
-                (w, m, v, values, offset, value_offset, beta1, beta2, c1, c2, step_size, bc2_sqrt, eps,
-                 scale) = args
+                values, offset, value_offset = args[3:6]
                 tys = signature.args
                 ptrs = [builder.bitcast(_pointer(context, builder, tys[i], args[i], offset), vec.as_pointer())
                         for i in range(3)]
-                b1, b2, k1, k2, step, bc2, e, sc = (_splat(builder, x, vec) for x in args[6:])
+                b1, b2, k1, k2, step, bc2, e, sc, decay = (_splat(builder, x, vec) for x in args[6:])
                 mean = builder.fmul(builder.load(ptrs[1], align=4), b1)
                 square = builder.fmul(builder.load(ptrs[2], align=4), b2)
                 if with_grad:
@@ -317,7 +316,7 @@ if ir is not None:
                 fnty = ir.FunctionType(vec, [vec])
                 sqrt = builder.module.globals.get("llvm.sqrt.v8f32") or ir.Function(builder.module, fnty, "llvm.sqrt.v8f32")
                 denom = builder.fadd(builder.fdiv(builder.call(sqrt, [square]), bc2), e)
-                weight = builder.load(ptrs[0], align=4)
+                weight = builder.fmul(builder.load(ptrs[0], align=4), decay)
                 weight = builder.fsub(weight, builder.fdiv(builder.fmul(step, mean), denom))
                 builder.store(mean, ptrs[1], align=4)
                 builder.store(square, ptrs[2], align=4)

@@ -297,6 +297,8 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
             if save or len(pending) >= sync_every:
                 settle()
             if save:
+                if sparse_rows is not None:
+                    sparse_rows.settle()  # untouched rows take their owed weight decay before being saved
                 state.epoch, state.batches_done = epoch, done
                 ckpt.save(accelerator, state, best_state, best_logits)
         settle()
@@ -306,6 +308,8 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
         train_loss = (totals[0] / totals[1]).item()
 
         # evaluate on the validation split
+        if sparse_rows is not None:
+            sparse_rows.settle()
         metrics, valid_logits = evaluate(model, valid_dl, accelerator, len(labels))
         record = {"epoch": epoch, "train_loss": train_loss, **metrics, "lr": scheduler.get_last_lr()[0],
                   "seconds": seconds, "samples_per_s": (state.seen - seen_at_start) * accelerator.num_processes / seconds,
