@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ensemble.cpu import EmbeddingRows, clip_into_step, fast_dropout, keep_freed_memory
+from ensemble.cpu import clip_into_step, fast_dropout, keep_freed_memory
+from ensemble.embedding_rows import EmbeddingRows
 from ensemble.firsttoken import switch
 from ensemble.members import build_member
 from ensemble.optim import make_optimizer

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from .batching import Collator, EpochBatches, encode
 from .card import write_model_card
 from .checkpoint import LOG, PROGRESS, Checkpoint, Progress, checkpoint_dir, cpu_state, fingerprint
-from .cpu import EmbeddingRows, clip_into_step, fast_dropout, folds_clip, keep_freed_memory
+from .cpu import clip_into_step, fast_dropout, folds_clip, keep_freed_memory
+from .embedding_rows import EmbeddingRows
 from .data import TextDataset
 from .devices import check_mixed_precision
 from .errors import EnsembleError
