@@ -15,7 +15,8 @@ today. Both are timed on the wall clock over the whole job: for ``ensemble fit``
 command to the voted report (so including process start-up, an evaluation every epoch, saving
 and the vote), for Trainer building, tokenizing and training each member (no evaluation).
 
-Run: ``python benchmarks/train.py`` (markdown tables; benchmarks/train.json next to this file).
+Run: ``python benchmarks/train.py`` (markdown tables; benchmarks/train.json next to this file;
+``--repeat N`` alternates N rounds of the one-member comparison and reports medians).
 """
 
 from __future__ import annotations
@@ -141,6 +142,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=["no", "bf16"], default="no",
                         help="mixed precision for both (bf16: autocast, on CPU only worth it with AMX / AVX512-BF16)")
     parser.add_argument("--models", default="minilm,base", help="which of minilm, base to train")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of the one-member comparison, each ensemble then Trainer; figures are medians")
     parser.add_argument("--members", type=int, default=2, help="ensemble size of the whole-job comparison (0: skip it)")
     parser.add_argument("--json", type=Path, default=None,
                         help="where the results go (default: train.json, or train-bf16.json with --precision bf16)")
@@ -162,18 +165,26 @@ def main() -> None:
         labels = sorted_labels(splits.train.labels)
         # in a process of its own: train_member tunes this process's malloc (ensemble.cpu), and the
         # Trainer runs below must get the allocator their users get
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            ours_sps, ours_acc = pool.submit(ensemble_run, cfg, splits, labels).result()
-        tries = {w: trainer_run(cfg, splits, labels, w) for w in map(int, args.workers.split(","))}
+        # --repeat rounds, each `ensemble` then Trainer: a machine that drifts hits both alike
+        ours_runs, trainer_runs = [], []
+        for _ in range(args.repeat):
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                ours_runs.append(pool.submit(ensemble_run, cfg, splits, labels).result())
+            trainer_runs.append({w: trainer_run(cfg, splits, labels, w) for w in map(int, args.workers.split(","))})
+        ours_sps, ours_acc = float(np.median([sps for sps, _ in ours_runs])), ours_runs[0][1]
+        tries = {w: (float(np.median([r[w][0] for r in trainer_runs])), trainer_runs[0][w][1]) for w in trainer_runs[0]}
         workers = max(tries, key=lambda w: tries[w][0])
         theirs_sps, theirs_acc = tries[workers]
         results.append({"model": title, "precision": args.precision, "train_rows": rows, "dev_rows": len(dev),
                         "ensemble_samples_per_s": ours_sps, "trainer_samples_per_s": theirs_sps,
                         "trainer_workers": workers, "trainer_by_workers": {str(w): sps for w, (sps, _) in tries.items()},
-                        "speedup": ours_sps / theirs_sps, "ensemble_dev_accuracy": ours_acc, "trainer_dev_accuracy": theirs_acc})
+                        "speedup": ours_sps / theirs_sps, "ensemble_dev_accuracy": ours_acc, "trainer_dev_accuracy": theirs_acc,
+                        "rounds": [{"ensemble_samples_per_s": o[0], "trainer_samples_per_s": t[workers][0],
+                                    "speedup": o[0] / t[workers][0]} for o, t in zip(ours_runs, trainer_runs)]})
+        per_round = "; per round " + ", ".join(f"{r['speedup']:.2f}x" for r in results[-1]["rounds"]) if args.repeat > 1 else ""
         print(f"{title}: ensemble {ours_sps:.1f} samples/s (dev {ours_acc:.3f}), Trainer {theirs_sps:.1f} samples/s "
               f"with {workers} workers (dev {theirs_acc:.3f}; "
-              + ", ".join(f"{w} workers {sps:.1f}" for w, (sps, _) in tries.items()) + ")", flush=True)
+              + ", ".join(f"{w} workers {sps:.1f}" for w, (sps, _) in tries.items()) + ")" + per_round, flush=True)
         if args.members:
             k, samples = args.members, args.members * rows * args.epochs
             ours_s, ours_accs, vote = ensemble_job(cfg, splits, k)
