@@ -437,18 +437,21 @@ if numba is not None:
                         for r in range(n):
                             mc[t0 + r] = total[r]
                 flagged = False
-                for r in range(n):
-                    best, arg, check = simd.row_best(soft, r * lanes, classes, lanes)
-                    top[r] = best
-                    label[r] = arg
-                    flagged |= check != zero
+                if hard:
+                    for r in range(n):
+                        best, arg, check = simd.row_hard(shares, soft, r * lanes, classes, tol, lanes)
+                        top[r] = best
+                        label[r] = arg
+                        flagged |= check != zero
+                else:
+                    for r in range(n):
+                        best, arg, check = simd.row_best(soft, r * lanes, classes, lanes)
+                        top[r] = best
+                        label[r] = arg
+                        flagged |= check != zero
                 if flagged and bad[b] < 0:  # rare: find the first row that really is non-finite
                     bad[b] = _first_non_finite(x, start + t0, n)
                 if hard:
-                    for r in range(n):
-                        a = simd.row_hard_label(shares, soft, r * lanes, classes, tol, lanes)
-                        label[r] = a
-                        top[r] = shares[r * lanes + a]
                     for r in range(n):
                         labels[t0 + r] = label[r]
                         confidence[t0 + r] = top[r]

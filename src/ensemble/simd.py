@@ -3,7 +3,7 @@
 numba vectorises plain loops, but it has no way to say "this row of 20 floats is one vector" or
 "these 64 compares are one 64-bit word". Here:
 
-- Row vectors (`row_vote_probs`, `row_vote_logits`, `row_best`, `row_hard_label`,
+- Row vectors (`row_vote_probs`, `row_vote_logits`, `row_best`, `row_hard`,
   `row_store`): a whole row of up to `lanes` classes in one vector of 8, 16 or 32 float32
   lanes (the caller passes `lanes` as a compile-time literal, `numba.literally`),
   loaded with a mask so that no byte past the row is read, reduced with shuffle trees (maximum,
@@ -211,14 +211,16 @@ if ir is not None:
         return sig, codegen
 
     @intrinsic
-    def row_hard_label(typingctx, shares, soft, offset, classes, tolerance, lanes):  # pragma: no cover - compiled
-        """The hard vote's label of one row: among the classes whose vote share is within
-        `tolerance` of the top share, the one with the highest soft score (the lowest class on
-        exact ties). Both rows at `offset` of their arrays."""
+    def row_hard(typingctx, shares, soft, offset, classes, tolerance, lanes):  # pragma: no cover - compiled
+        """(top share, label, check) of the hard vote on one row: among the classes whose vote
+        share is within `tolerance` of the top share, the one with the highest soft score (the
+        lowest class on exact ties); check is 0, or NaN when a soft score is not finite. Both
+        rows at `offset` of their arrays, each loaded once."""
         width = _width(lanes)
         if width is None:
             return None
-        sig = types.int64(shares, soft, types.intp, types.intp, types.float32, lanes)
+        sig = types.Tuple((types.float32, types.int64, types.float32))(shares, soft, types.intp, types.intp,
+                                                                        types.float32, lanes)
         vf = _vf(width)
 
         def codegen(context, builder, signature, args):
@@ -227,10 +229,14 @@ if ir is not None:
                                  float("-inf"))
             score = _masked_load(builder, _pointer(context, builder, signature.args[1], args[1], args[2]), mask,
                                  float("-inf"))
-            top = builder.fsub(_reduce(builder, share, _max), args[4])
-            keep = builder.fcmp_ordered(">=", share, _splat(builder, top, vf))
+            zero = ir.Constant(vf, [0.0] * width)
+            check = _reduce(builder, builder.select(mask, builder.fmul(score, zero), zero), _add)
+            peak = _reduce(builder, share, _max)
+            keep = builder.fcmp_ordered(">=", share, _splat(builder, builder.fsub(peak, args[4]), vf))
             candidates = builder.select(keep, score, ir.Constant(vf, [float("-inf")] * width))
-            return _first(builder, candidates, _reduce(builder, candidates, _max), args[3])
+            label = _first(builder, candidates, _reduce(builder, candidates, _max), args[3])
+            top = builder.extract_element(share, builder.trunc(label, _I32))
+            return context.make_tuple(builder, signature.return_type, [top, label, check])
 
         return sig, codegen
 
