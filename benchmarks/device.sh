@@ -71,7 +71,7 @@ for name in $STAGES; do
         env) stage env 30 $PY -c "import torch, transformers, accelerate, triton; print(torch.__version__, transformers.__version__, accelerate.__version__, triton.__version__)" ;;
         aggregate) stage aggregate 120 $PY benchmarks/aggregate.py --skip-cpu --gpu-device cpu --gpu-rows 300 --members 4 --classes 5 \
             --repeat 1 --max-elements 100000 --json "$OUT/aggregate.json" ;;
-        sweep) stage sweep 120 $PY benchmarks/aggregate.py --skip-cpu --gpu-device cpu --gpu-rows 300 --sweep --repeat 1 \
+        sweep) stage sweep 120 $PY benchmarks/aggregate.py --skip-cpu --gpu-device cpu --gpu-rows 130 --sweep --repeat 1 \
             --max-elements 100000 --json "$OUT/sweep.json" ;;
         mfu) stage mfu 120 $PY benchmarks/mfu.py --steps 2 --batch 2 --seq 32 --precision no --json "$OUT/mfu.json" ;;
         profile) stage profile 120 $PY benchmarks/profile_step.py --batch 2 --seq 32 --steps 2 --json "$OUT/profile.json" ;;
