@@ -111,19 +111,16 @@ def vote_rows(x, start, stop, probs_in, hard, weight, inv_temp, labels, scores, 
                 bad[b] = first_non_finite(x, start + t0, n)
             if hard:
                 for r in range(n):
-                    labels[t0 + r] = label[r]
-                    confidence[t0 + r] = top[r]
-                    agreement[t0 + r] = top[r]
-                for r in range(n):
-                    simd.row_store(scores, (t0 + r) * classes, shares, r * lanes, classes, lanes)
+                    total[r] = top[r]  # the label's share is the agreeing weight
             else:
                 agreeing_weight(own, weight, label, n, total)
-                for r in range(n):
-                    labels[t0 + r] = label[r]
-                    confidence[t0 + r] = top[r]
-                    agreement[t0 + r] = total[r]
-                for r in range(n):
-                    simd.row_store(scores, (t0 + r) * classes, soft, r * lanes, classes, lanes)
+            sums = shares if hard else soft
+            for r in range(n):
+                labels[t0 + r] = label[r]
+                confidence[t0 + r] = top[r]
+                agreement[t0 + r] = total[r]
+            for r in range(n):
+                simd.row_store(scores, (t0 + r) * classes, sums, r * lanes, classes, lanes)
             count_equal(own, n, same)
 
 
