@@ -609,6 +609,29 @@ def test_kernel_row_range_of_the_whole_array_equals_a_copied_chunk():
         np.testing.assert_array_equal(strided[key], chunk[key], err_msg=key)
 
 
+
+@needs_numba
+@pytest.mark.parametrize("classes", [5, 20])  # the tile kernel and (on AVX-512) the row kernel
+def test_kernel_writes_member_columns_from_member_start(classes):
+    """Member arrays passed whole get this call's rows from column `member_start`, nothing else
+    touched: what `aggregate` does per chunk, so that numba sees contiguous arrays only."""
+    x = np.random.default_rng(6).standard_normal((3, 900, classes)).astype(np.float32)
+    w, t = np.full(3, 1 / 3), np.ones(3)
+    want = kernels_cpu.fused_vote(x, "soft", w, t, start=200, stop=700)
+    out = {"member_labels": np.full((3, 1000), -7, np.int64), "member_confidence": np.full((3, 1000), -7, np.float32)}
+    got = kernels_cpu.fused_vote(x, "soft", w, t, start=200, stop=700, out=out, member_start=300)
+    np.testing.assert_array_equal(out["member_labels"][:, 300:800], want["member_labels"])
+    np.testing.assert_array_equal(out["member_confidence"][:, 300:800], want["member_confidence"])
+    assert (out["member_labels"][:, :300] == -7).all() and (out["member_labels"][:, 800:] == -7).all()
+    assert (out["member_confidence"][:, :300] == -7).all() and (out["member_confidence"][:, 800:] == -7).all()
+    np.testing.assert_array_equal(got["labels"], want["labels"])
+    with pytest.raises(ValueError, match="at least 1001 columns; got shape \\(3, 1000\\)"):
+        kernels_cpu.fused_vote(x, "soft", w, t, start=200, stop=700, out=out, member_start=501)
+    with pytest.raises(ValueError, match="C-contiguous 'member_labels'"):
+        kernels_cpu.fused_vote(x, "soft", w, t, start=200, stop=700, member_start=0,
+                               out={"member_labels": out["member_labels"][:, 300:800]})
+
+
 ROW_CASES = [(classes, lanes) for classes in (2, 5, 8, 9, 12, 16, 20, 32) for lanes in (8, 16, 32) if classes <= lanes]
 
 

@@ -176,11 +176,12 @@ def aggregate(
                 chunk = _chunk_numpy(source, start, stop) if whole is None else whole[:, start:stop]
                 views = {"labels": labels[start:stop], "scores": scores[start:stop], "confidence": confidence[start:stop],
                          "agreement": agreement[start:stop]}
-                if member_details:
-                    views.update(member_labels=member_labels[:, start:stop], member_confidence=member_confidence[:, start:stop])
+                if member_details:  # whole, written from column `start` (a column slice is not contiguous)
+                    views.update(member_labels=member_labels, member_confidence=member_confidence)
                 part = kernels_cpu.fused_vote(chunk if whole is None else whole, method, weight / weight.sum(),
                                               temperature, probs_in, out=views, member_details=member_details,
-                                              start=0 if whole is None else start, stop=None if whole is None else stop)
+                                              start=0 if whole is None else start, stop=None if whole is None else stop,
+                                              member_start=start)
                 _check_finite(chunk, part["bad_row"], start)
                 equal_counts += torch.from_numpy(part["equal_counts"])
                 continue  # written in place

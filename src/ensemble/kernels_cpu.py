@@ -129,14 +129,18 @@ if numba is not None:
 
 def fused_vote(x: np.ndarray, method: str, weight: np.ndarray, temperature: np.ndarray,
                probs_in: bool = False, out: dict[str, np.ndarray] | None = None,
-               member_details: bool = True, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+               member_details: bool = True, start: int = 0, stop: int | None = None,
+               member_start: int = 0) -> dict[str, np.ndarray]:
     """Vote rows [start, stop) of one float32 (members, rows, classes) array in one parallel pass.
 
     Returns the same keys as `aggregate._vote_chunk` (numpy arrays) plus ``bad_row``: the index
     (relative to `start`) of the first row found with a non-finite value, or -1. `out` may hold
     preallocated output arrays for those rows (views into the caller's final arrays), which are
     then written in place. Passing the whole array with a row range, rather than a row slice,
-    keeps the kernel on contiguous memory without a copy.
+    keeps the kernel on contiguous memory without a copy. The member arrays of `out` may be the
+    caller's whole (members, all rows) arrays, this call's rows going to columns from
+    `member_start`: a column slice would be a non-contiguous array, which numba compiles a
+    second time (about 20 s a kernel).
     """
     if not x.flags.c_contiguous:
         x = x[:, start:stop]
@@ -154,6 +158,10 @@ def fused_vote(x: np.ndarray, method: str, weight: np.ndarray, temperature: np.n
         if key not in out:
             # without member details the kernel never writes them: a 1-row placeholder suffices
             out[key] = np.empty((members, 1) if key.startswith("member") and not member_details else shape, dtype)
+    for key in ("member_labels", "member_confidence") if member_details else ():
+        if out[key].shape[0] != members or out[key].shape[1] < member_start + rows or not out[key].flags.c_contiguous:
+            raise ValueError(f"fused_vote needs a C-contiguous '{key}' output of {members} rows and at least "
+                             f"{member_start + rows} columns; got shape {out[key].shape}")
     partial = np.zeros((blocks, members, members), np.int64)
     bad = np.full(blocks, -1, np.int64)
     scores = out["scores"].reshape(-1)  # the kernel writes row-major scores through a flat view
@@ -161,7 +169,7 @@ def fused_vote(x: np.ndarray, method: str, weight: np.ndarray, temperature: np.n
         raise ValueError("fused_vote needs a C-contiguous 'scores' output")
     args = (x, start, stop, probs_in, method == "hard", weight.astype(np.float32), (1.0 / temperature).astype(np.float32),
             out["labels"], scores, out["confidence"], out["agreement"], out["member_labels"], out["member_confidence"],
-            partial, bad, member_details)
+            member_start, partial, bad, member_details)
     lanes = row_lanes(classes, probs_in)
     if lanes:
         from .kernels_cpu_rows import compiled_vote_rows

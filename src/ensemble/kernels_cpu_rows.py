@@ -30,7 +30,7 @@ def _prefetch_ahead(flat, m, o, r, n, classes):  # pragma: no cover - compiled
 
 @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
 def vote_rows(x, start, stop, probs_in, hard, weight, inv_temp, labels, scores, confidence, agreement,
-              member_labels, member_confidence, equal_partial, bad, details, lanes):  # pragma: no cover - compiled
+              member_labels, member_confidence, member_start, equal_partial, bad, details, lanes):  # pragma: no cover - compiled
     """`kernels_cpu_tiles.vote_tiles`, row by row, each row of up to `lanes` classes one vector:
     the same outputs and tie-breaks. `lanes` (8, 16 or 32) is compiled in: one specialisation
     per width.
@@ -91,9 +91,9 @@ def vote_rows(x, start, stop, probs_in, hard, weight, inv_temp, labels, scores, 
                     ml = member_labels[m]
                     mc = member_confidence[m]
                     for r in range(n):
-                        ml[t0 + r] = own_m[r]
+                        ml[member_start + t0 + r] = own_m[r]
                     for r in range(n):
-                        mc[t0 + r] = total[r]
+                        mc[member_start + t0 + r] = total[r]
             flagged = False
             if hard:
                 for r in range(n):

@@ -88,7 +88,7 @@ def _copy_tile(flat, tile, n, classes, back):  # pragma: no cover - compiled
 
 @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
 def vote_tiles(x, start, stop, probs_in, hard, weight, inv_temp, labels, scores, confidence, agreement,
-               member_labels, member_confidence, equal_partial, bad, details):  # pragma: no cover - compiled
+               member_labels, member_confidence, member_start, equal_partial, bad, details):  # pragma: no cover - compiled
     """Rows [start, stop) of the C-contiguous (members, all_rows, classes) `x`; the outputs
     hold those rows only (output row 0 is input row `start`).
 
@@ -149,7 +149,7 @@ def vote_tiles(x, start, stop, probs_in, hard, weight, inv_temp, labels, scores,
                     if details:
                         mc = member_confidence[m]
                         for r in range(n):
-                            mc[t0 + r] = best[r]
+                            mc[member_start + t0 + r] = best[r]
                 else:
                     for c in range(classes):  # a sum is non-finite if any term is (or overflows)
                         xc = xt[c]
@@ -174,11 +174,11 @@ def vote_tiles(x, start, stop, probs_in, hard, weight, inv_temp, labels, scores,
                     if details:
                         mc = member_confidence[m]
                         for r in range(n):
-                            mc[t0 + r] = total[r]  # exp(0) / sum
+                            mc[member_start + t0 + r] = total[r]  # exp(0) / sum
                 if details:
                     ml = member_labels[m]
                     for r in range(n):
-                        ml[t0 + r] = arg[r]
+                        ml[member_start + t0 + r] = arg[r]
                 own_m = own[m]
                 for r in range(n):
                     own_m[r] = arg[r]
