@@ -11,6 +11,7 @@ import pytest
 
 import ensemble.ensemble as ensemble_mod
 import ensemble.evaluate as evaluate_mod
+import ensemble.forward as forward
 from ensemble import Ensemble
 from ensemble.cli import main
 from ensemble.errors import EnsembleError
@@ -53,8 +54,8 @@ def test_members_sharing_a_tokenizer_are_tokenized_once(run, monkeypatch):
     assert ens.members["bert"].tokenizer_key == ens.members["bert_twin"].tokenizer_key
     assert ens.members["bert"].tokenizer_key != ens.members["roberta"].tokenizer_key
     calls = []
-    real = ensemble_mod.encode
-    monkeypatch.setattr(ensemble_mod, "encode", lambda tok, *a, **k: calls.append(tok) or real(tok, *a, **k))
+    real = forward.encode
+    monkeypatch.setattr(forward, "encode", lambda tok, *a, **k: calls.append(tok) or real(tok, *a, **k))
     shared = ens.member_logits(TEXTS[:50])
     assert len(calls) == 2  # bert's tokenizer once for bert and bert_twin, roberta's once
     # the same numbers as each member predicting alone
@@ -84,8 +85,8 @@ def test_logits_read_back_in_groups_keep_their_rows(run, monkeypatch, every):
     ens = three(run)
     member = ens.members["roberta"]
     enc = encode(member.tokenizer, TEXTS[:80], None, member.max_length)
-    monkeypatch.setattr(ensemble_mod, "_READBACK_BATCHES", 1)
-    want = ensemble_mod._predict_logits(member, enc, 8)
+    monkeypatch.setattr(forward, "READBACK_BATCHES", 1)
+    want = forward.predict_logits(member, enc, 8)
 
     class Bar:
         seen = 0
@@ -94,8 +95,8 @@ def test_logits_read_back_in_groups_keep_their_rows(run, monkeypatch, every):
             self.seen += n
 
     bar = Bar()
-    monkeypatch.setattr(ensemble_mod, "_READBACK_BATCHES", every)
-    got = ensemble_mod._predict_logits(member, enc, 8, bar=bar)
+    monkeypatch.setattr(forward, "READBACK_BATCHES", every)
+    got = forward.predict_logits(member, enc, 8, bar=bar)
     np.testing.assert_array_equal(got, want)
     assert bar.seen == 80
 
@@ -365,7 +366,7 @@ def test_bf16_precision_runs_the_members_under_bf16_autocast(run):
         out = np.empty_like(logits["fp32"])
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), \
                 first_token_only(member.model):  # as prediction runs it (tests/test_firsttoken.py)
-            for rows in ensemble_mod.length_sorted_batches(enc.lengths(), 64):
+            for rows in forward.length_sorted_batches(enc.lengths(), 64):
                 batch = Collator(member.tokenizer.pad_token_id)([enc[i] for i in rows])
                 out[rows] = member.model(**batch).logits.float().numpy()
         expected[bf16] = out

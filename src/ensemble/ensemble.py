@@ -18,16 +18,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from . import combine
 from .aggregate import Vote, aggregate
-from .batching import Collator, Encoded, encode, length_sorted_batches
 from .data import TextDataset
 from .errors import EnsembleError, one_of
-from .firsttoken import first_token_only
 from .devices import check_devices, check_precision, device_of
+from .forward import encode_per_tokenizer, predict_logits, split_pairs
 from .members import Member, load_member, recorded_valid_logits, saved_recipe
 from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig, name_problem
 from .stacking import Stacker
@@ -307,7 +305,7 @@ class Ensemble:
         were cut to its max_length. `progress` names a progress bar over the members' rows, shown
         once the work has taken a second.
         """
-        texts, pairs = self._split_pairs(texts, pairs)
+        texts, pairs = split_pairs(texts, pairs, self.text_pair)
         members = list(self.members.values())
         unloaded = [m.name for m in members if m.model is None]
         if unloaded:
@@ -315,20 +313,7 @@ class Ensemble:
         out = np.empty((len(members), len(texts), len(self.labels)), dtype=np.float32)
         if not texts:  # nothing to tokenize (the tokenizer would fail on an empty batch)
             return out
-        encodings: dict[str, Encoded] = {}
-        for member in members:
-            key = member.tokenizer_key or member.name
-            if key not in encodings:
-                try:
-                    encodings[key] = encode(member.tokenizer, texts, pairs, member.max_length)
-                except (Exception, KeyboardInterrupt, SystemExit):
-                    raise
-                except BaseException as exc:  # noqa: BLE001 - a Rust panic in tokenizers (pyo3's PanicException)
-                    raise EnsembleError(f"member '{member.name}': its tokenizer failed on the input ({type(exc).__name__}: "
-                                        f"{str(exc).strip()[:200]}); tokenizer.json may be damaged: recopy or retrain "
-                                        "the member") from None
-            if truncated is not None:
-                truncated[member.name] = encodings[key].truncated
+        encodings = encode_per_tokenizer(members, texts, pairs, truncated)
 
         bar = tqdm(total=len(members) * len(texts), desc=f"{progress} ({len(members)} members)" if progress else None,
                    unit="rows", disable=progress is None, delay=1, mininterval=0.5 if sys.stderr.isatty() else 30)
@@ -338,7 +323,7 @@ class Ensemble:
                 member = members[k]
                 order = [member.labels.index(label) for label in self.labels]
                 enc = encodings[member.tokenizer_key or member.name]
-                out[k] = _predict_logits(member, enc, self.batch_size, self.precision, bar)[:, order]
+                out[k] = predict_logits(member, enc, self.batch_size, self.precision, bar)[:, order]
 
         by_device: dict[str, list[int]] = {}
         for k, member in enumerate(members):
@@ -426,87 +411,6 @@ class Ensemble:
                                 "use predict(), or vote() for the shares, or method 'soft'")
         return self.vote(texts, pairs, member_details=False).scores
 
-    def _split_pairs(self, texts: Sequence, pairs: Sequence[str] | None) -> tuple[list[str], list[str] | None]:
-        texts = _text_list(texts, "texts")
-        if pairs is None and texts and isinstance(texts[0], (tuple, list)):
-            if any(not isinstance(t, (tuple, list)) or len(t) != 2 for t in texts):
-                raise EnsembleError("texts: give strings, or (text, text_pair) tuples of two strings")
-            pairs = [t[1] for t in texts]
-            texts = [t[0] for t in texts]
-        texts = _strings(texts, "texts")
-        if pairs is not None:
-            pairs = _strings(_text_list(pairs, "pairs"), "pairs")
-            if len(pairs) != len(texts):
-                raise EnsembleError(f"pairs: {len(pairs)} pair texts for {len(texts)} texts; give one per text")
-        if self.text_pair and pairs is None:
-            raise EnsembleError("these members were trained on sentence pairs; give (text, text_pair) tuples or pairs=")
-        if not self.text_pair and pairs is not None:
-            raise EnsembleError("these members were trained on single texts, not pairs; pass plain strings")
-        return texts, pairs
-
-
-def _text_list(texts, name: str) -> list:
-    """Any iterable of texts as a list; a lone string is refused (iterating it would predict each character)."""
-    if isinstance(texts, (str, bytes)):
-        raise EnsembleError(f"{name}: give a list of strings; got a single {type(texts).__name__} (wrap it: [text])")
-    try:
-        return list(texts)
-    except TypeError:
-        raise EnsembleError(f"{name}: give a list of strings; got {type(texts).__name__}") from None
-
-
-def _strings(texts: list, name: str) -> list[str]:
-    """`texts` when every item is a string (numpy's str_ included), else the first offender, named."""
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            hint = ": fill or drop the missing texts" if t is None or (isinstance(t, float) and t != t) else ""
-            raise EnsembleError(f"{name}[{i}] must be a string; got {type(t).__name__} ({t!r:.40}){hint}")
-    return [str(t) for t in texts]
-
-
-@torch.inference_mode()
-def _predict_logits(member: Member, enc: Encoded, batch_size: int, precision: str = "auto", bar=None) -> np.ndarray:
-    """One member's logits in input order; batches of similar length, padded per batch; `bar`
-    (a tqdm bar) advances by each batch's rows as they are read back.
-
-    On a GPU the host queues batches ahead of the device: token ids go through pinned memory
-    (a copy from pageable memory waits for the device), and logits are read back every
-    `_READBACK_BATCHES` batches rather than after each one (each read-back waits for the device).
-    """
-    collate = Collator(member.tokenizer.pad_token_id)
-    device = device_of(member.model)
-    gpu = device.type == "cuda"
-    logits = np.empty((len(enc), member.model.config.num_labels), dtype=np.float32)
-    bf16 = precision == "bf16" or (precision == "auto" and gpu)
-    queued: list[tuple[list[int], torch.Tensor]] = []  # (rows, their logits on the device)
-
-    def read_back() -> None:
-        if queued:
-            values = torch.cat([out for _, out in queued]).cpu().numpy()
-            start = 0
-            for rows, _ in queued:
-                logits[rows] = values[start:start + len(rows)]
-                start += len(rows)
-                if bar is not None:
-                    bar.update(len(rows))
-            queued.clear()
-
-    # the classifier reads token 0 only: so does the last layer, while predicting (`firsttoken`)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), first_token_only(member.model):
-        for rows in length_sorted_batches(enc.lengths(), batch_size):
-            batch = collate([enc[i] for i in rows])
-            if gpu:
-                batch = {k: v.pin_memory() for k, v in batch.items()}
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            queued.append((rows, member.model(**batch).logits.float()))
-            if len(queued) >= _READBACK_BATCHES:  # (the same on a CPU, where reading back is free)
-                read_back()
-    read_back()
-    return logits
-
-
-# Batches queued on a GPU before their logits are read back (see `_predict_logits`).
-_READBACK_BATCHES = 32
 
 
 def write_json(path: Path, obj) -> None:

@@ -1,0 +1,129 @@
+"""The members' forward pass: texts checked, tokenized once per tokenizer, run in length-sorted batches.
+
+`Ensemble.member_logits` is the only caller; it spreads these calls over the members' devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .batching import Collator, Encoded, encode, length_sorted_batches
+from .devices import device_of
+from .errors import EnsembleError
+from .firsttoken import first_token_only
+from .members import Member
+
+# Batches queued on a GPU before their logits are read back (see `predict_logits`).
+READBACK_BATCHES = 32
+
+
+def split_pairs(texts: Sequence, pairs: Sequence[str] | None, text_pair: bool) -> tuple[list[str], list[str] | None]:
+    """`texts` (strings, or (text, text_pair) tuples) and `pairs` as two checked lists of strings.
+
+    Example:
+        >>> split_pairs([("A man plays.", "Someone plays.")], None, text_pair=True)
+        (['A man plays.'], ['Someone plays.'])
+    """
+    texts = _text_list(texts, "texts")
+    if pairs is None and texts and isinstance(texts[0], (tuple, list)):
+        if any(not isinstance(t, (tuple, list)) or len(t) != 2 for t in texts):
+            raise EnsembleError("texts: give strings, or (text, text_pair) tuples of two strings")
+        pairs = [t[1] for t in texts]
+        texts = [t[0] for t in texts]
+    texts = _strings(texts, "texts")
+    if pairs is not None:
+        pairs = _strings(_text_list(pairs, "pairs"), "pairs")
+        if len(pairs) != len(texts):
+            raise EnsembleError(f"pairs: {len(pairs)} pair texts for {len(texts)} texts; give one per text")
+    if text_pair and pairs is None:
+        raise EnsembleError("these members were trained on sentence pairs; give (text, text_pair) tuples or pairs=")
+    if not text_pair and pairs is not None:
+        raise EnsembleError("these members were trained on single texts, not pairs; pass plain strings")
+    return texts, pairs
+
+
+def encode_per_tokenizer(members: Sequence[Member], texts: list[str], pairs: list[str] | None,
+                         truncated: dict[str, int] | None = None) -> dict[str, Encoded]:
+    """Token ids keyed by tokenizer: members fine-tuned from one checkpoint share one encoding.
+
+    Look a member's up with ``member.tokenizer_key or member.name``. `truncated`, when given,
+    receives per member how many rows were cut to its max_length.
+    """
+    encodings: dict[str, Encoded] = {}
+    for member in members:
+        key = member.tokenizer_key or member.name
+        if key not in encodings:
+            try:
+                encodings[key] = encode(member.tokenizer, texts, pairs, member.max_length)
+            except (Exception, KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a Rust panic in tokenizers (pyo3's PanicException)
+                raise EnsembleError(f"member '{member.name}': its tokenizer failed on the input ({type(exc).__name__}: "
+                                    f"{str(exc).strip()[:200]}); tokenizer.json may be damaged: recopy or retrain "
+                                    "the member") from None
+        if truncated is not None:
+            truncated[member.name] = encodings[key].truncated
+    return encodings
+
+
+@torch.inference_mode()
+def predict_logits(member: Member, enc: Encoded, batch_size: int, precision: str = "auto", bar=None) -> np.ndarray:
+    """One member's logits in input order; batches of similar length, padded per batch; `bar`
+    (a tqdm bar) advances by each batch's rows as they are read back.
+
+    On a GPU the host queues batches ahead of the device: token ids go through pinned memory
+    (a copy from pageable memory waits for the device), and logits are read back every
+    `READBACK_BATCHES` batches rather than after each one (each read-back waits for the device).
+    """
+    collate = Collator(member.tokenizer.pad_token_id)
+    device = device_of(member.model)
+    gpu = device.type == "cuda"
+    logits = np.empty((len(enc), member.model.config.num_labels), dtype=np.float32)
+    bf16 = precision == "bf16" or (precision == "auto" and gpu)
+    queued: list[tuple[list[int], torch.Tensor]] = []  # (rows, their logits on the device)
+
+    def read_back() -> None:
+        if queued:
+            values = torch.cat([out for _, out in queued]).cpu().numpy()
+            start = 0
+            for rows, _ in queued:
+                logits[rows] = values[start:start + len(rows)]
+                start += len(rows)
+                if bar is not None:
+                    bar.update(len(rows))
+            queued.clear()
+
+    # the classifier reads token 0 only: so does the last layer, while predicting (`firsttoken`)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), first_token_only(member.model):
+        for rows in length_sorted_batches(enc.lengths(), batch_size):
+            batch = collate([enc[i] for i in rows])
+            if gpu:
+                batch = {k: v.pin_memory() for k, v in batch.items()}
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            queued.append((rows, member.model(**batch).logits.float()))
+            if len(queued) >= READBACK_BATCHES:  # (the same on a CPU, where reading back is free)
+                read_back()
+    read_back()
+    return logits
+
+
+def _text_list(texts, name: str) -> list:
+    """Any iterable of texts as a list; a lone string is refused (iterating it would predict each character)."""
+    if isinstance(texts, (str, bytes)):
+        raise EnsembleError(f"{name}: give a list of strings; got a single {type(texts).__name__} (wrap it: [text])")
+    try:
+        return list(texts)
+    except TypeError:
+        raise EnsembleError(f"{name}: give a list of strings; got {type(texts).__name__}") from None
+
+
+def _strings(texts: list, name: str) -> list[str]:
+    """`texts` when every item is a string (numpy's str_ included), else the first offender, named."""
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            hint = ": fill or drop the missing texts" if t is None or (isinstance(t, float) and t != t) else ""
+            raise EnsembleError(f"{name}[{i}] must be a string; got {type(t).__name__} ({t!r:.40}){hint}")
+    return [str(t) for t in texts]
