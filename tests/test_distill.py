@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from ensemble import Ensemble
-from ensemble.data import load_table, sorted_labels
+from ensemble.data import load_table
+from ensemble.labels import sorted_labels
 from ensemble.members import load_member
 from ensemble.recipe import DataConfig, MemberConfig, TrainConfig
 from ensemble.errors import EnsembleError
-from ensemble.train import IGNORE, Splits, Teacher, distill_loss, train_member
+from ensemble.teacher import IGNORE, Teacher, distill_loss
+from ensemble.train import Splits, train_member
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "recipes" / "demo"

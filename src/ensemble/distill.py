@@ -2,7 +2,7 @@
 
 The student is an ordinary member (a Hugging Face directory any tool loads) of any architecture
 and size: a hub id or local checkpoint, or a scratch model. It trains on the ensemble's training
-split with `train.distill_loss` — the ensemble's probabilities softened by a temperature plus the
+split with `teacher.distill_loss` — the ensemble's probabilities softened by a temperature plus the
 gold labels — and is compared with the ensemble and its best member on the held-out split, in
 accuracy and in predict speed (``distill.json`` next to the student's weights).
 """
@@ -22,7 +22,8 @@ from .errors import EnsembleError
 from .evaluate import gold
 from .members import RECIPE_FILE, load_member, preflight, saved_recipe
 from .recipe import ARCHES, SIZES, DataConfig, MemberConfig, infer_arch, name_problem, train_config
-from .train import Splits, Teacher, train_member
+from .teacher import Teacher
+from .train import Splits, train_member
 
 REPORT = "distill.json"
 
