@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 from shared_data import cs224n  # benchmarks/shared_data.py: this folder is on sys.path when run as a script
 
-from ensemble.data import load_table, sorted_labels
+from ensemble.data import load_table
+from ensemble.labels import sorted_labels
 from ensemble.members import SIZES, build_member
 from ensemble.recipe import DataConfig, MemberConfig, TrainConfig
 from ensemble.train import Splits, train_member

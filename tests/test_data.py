@@ -13,15 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ensemble.data import (
-    TextDataset,
-    check_known_labels,
-    iter_table,
-    load_table,
-    normalize_label,
-    sorted_labels,
-    stratified_split,
-)
+from ensemble.data import TextDataset, iter_table, load_table, stratified_split
+from ensemble.labels import check_known_labels, normalize_label, sorted_labels
 from ensemble.errors import EnsembleError
 
 ROWS = [("good film", "a pair", "1"), ("bad film", "b pair", "0"), ("fine film", "c pair", "2")]

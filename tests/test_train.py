@@ -22,9 +22,10 @@ import ensemble.ensemble as ens_mod
 import ensemble.members as members_mod
 import ensemble.train as train_mod
 from ensemble.batching import Collator, encode, length_sorted_batches
-from ensemble.data import load_table, sorted_labels
+from ensemble.data import load_table
 from ensemble.ensemble import Ensemble
 from ensemble.errors import EnsembleError
+from ensemble.labels import sorted_labels
 from ensemble.members import build_member, load_member
 from ensemble.recipe import DataConfig, MemberConfig, TrainConfig
 from ensemble.train import Splits, make_optimizer, make_scheduler, replace_dir, train_member

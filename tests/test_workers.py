@@ -219,7 +219,7 @@ def write_recipe(tmp: Path, extra: str = "", broken: bool = False) -> Path:
     (tmp / "train.csv").write_text("text,label\n" + "\n".join(ROWS) + "\n", encoding="utf-8")
     body = "".join(f'[[members]]\nname = "{a}"\ninit = "scratch"\narch = "{a}"\n' for a in ("bert", "roberta"))
     if broken:
-        from ensemble.data import sorted_labels
+        from ensemble.labels import sorted_labels
         from ensemble.members import build_member
 
         labels = sorted_labels([row.rsplit(",", 1)[1] for row in ROWS])

@@ -8,11 +8,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .data import TextDataset, check_known_labels, load_table, sorted_labels, stratified_split
+from .data import TextDataset, load_table, stratified_split
 from .devices import bf16_tip
 from .ensemble import MANIFEST, Ensemble, write_json
 from .errors import EnsembleError
 from .evaluate import evaluate, gold
+from .labels import check_known_labels, sorted_labels
 from .members import METRICS_FILE, preflight, saved_recipe
 from .recipe import DataConfig, MemberConfig, Recipe, recipe_dict
 from .train import Diverged, Splits, process_state, train_member
