@@ -235,6 +235,7 @@ def test_validation_errors(kwargs, message):
 def test_non_finite_logits_name_member_and_row(monkeypatch, bad):
     # A tiny chunk, so the reported row is the global row, not the row within the chunk.
     monkeypatch.setattr(aggregate_module, "_CHUNK_ELEMENTS", 4)
+    monkeypatch.setattr(aggregate_module, "_WHOLE_CHUNK_ELEMENTS", 4)  # the in-place kernel path too
     logits = np.zeros((3, 5, 4), dtype=np.float32)
     logits[1, 3, 2] = bad
     message = "the 'logits' parameter must be finite; got NaN or infinity at member 1, row 3"
@@ -303,6 +304,7 @@ def test_chunking_gives_identical_results(monkeypatch, method, chunk_elements):
     x = torch.from_numpy(np.round(random_logits(2) * 2) / 2)  # coarse values -> many ties
     whole = aggregate(x, method, weights=[1, 1, 2], temperatures=[1, 2, 0.5])
     monkeypatch.setattr(aggregate_module, "_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(aggregate_module, "_WHOLE_CHUNK_ELEMENTS", chunk_elements)
     chunked = aggregate(x, method, weights=[1, 1, 2], temperatures=[1, 2, 0.5])
     assert_same_vote(chunked, whole)
     assert chunked.equal_counts.trace() == 3 * 40
@@ -414,7 +416,8 @@ def as_input(x: np.ndarray, dtype: str):
 def test_matches_loop_reference(case):
     x, weights, temperatures, dtype, method, chunk_elements = case
     logits, seen = as_input(x, dtype)
-    with mock.patch.object(aggregate_module, "_CHUNK_ELEMENTS", chunk_elements):
+    with mock.patch.object(aggregate_module, "_CHUNK_ELEMENTS", chunk_elements), \
+            mock.patch.object(aggregate_module, "_WHOLE_CHUNK_ELEMENTS", chunk_elements):
         vote = aggregate(logits, method, weights=weights, temperatures=temperatures)
     ref = reference_vote(seen, method, weights, temperatures)
     members, rows, classes = x.shape
@@ -577,7 +580,7 @@ def test_kernel_matches_reference_over_many_tiles(monkeypatch, method, inputs, m
 @pytest.mark.parametrize("inputs", ["logits", "probs"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_kernel_finds_the_first_non_finite_row(monkeypatch, inputs, bad, classes):
-    monkeypatch.setattr(aggregate_module, "_CHUNK_ELEMENTS", 3 * classes * 2000)  # whole-array path, 2 chunks
+    monkeypatch.setattr(aggregate_module, "_WHOLE_CHUNK_ELEMENTS", 3 * classes * 2000)  # whole-array path, 2 chunks
     x = np.full((3, 5000, classes), 1 / classes, dtype=np.float32)
     x[2, 4321, classes - 3] = bad
     x[1, 4500, 0] = bad
