@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from ensemble import Ensemble
-from ensemble.cli import _expand_multi, main
+from ensemble.cli import main
+from ensemble.flags import expand_multi
 from ensemble.errors import EnsembleError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +136,7 @@ def test_manifest_cannot_point_outside_its_directory(fitted, tmp_path):
 
 
 def test_multi_value_flags_expand():
-    assert _expand_multi(["vote", "--members", "a", "b", "--data", "x", "--weights", "a=1", "b=2"]) == [
+    assert expand_multi(["vote", "--members", "a", "b", "--data", "x", "--weights", "a=1", "b=2"]) == [
         "vote", "--members", "a", "--members", "b", "--data", "x", "--weights", "a=1", "--weights", "b=2"]
 
 
@@ -220,11 +221,11 @@ def test_resume_says_when_there_is_nothing_to_continue(tmp_path, capsys):
 
 
 def test_library_setting_names_become_the_commands_flags():
-    from ensemble.cli import _as_flags
+    from ensemble.flags import as_flags
 
     exc = EnsembleError("abstain_accuracy: no threshold reaches accuracy 0.99 (the best is 0.9); lower it, "
                         "or set abstain_coverage instead; vote.abstain_below stays")
-    assert str(_as_flags(exc, "abstain_accuracy", "abstain_coverage", "abstain_below")) == (
+    assert str(as_flags(exc, "abstain_accuracy", "abstain_coverage", "abstain_below")) == (
         "--abstain-accuracy: no threshold reaches accuracy 0.99 (the best is 0.9); lower it, "
         "or set --abstain-coverage instead; vote.abstain_below stays")
 

@@ -6,11 +6,8 @@ traceback instead.
 
 from __future__ import annotations
 
-import difflib
 import errno
-import math
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -18,7 +15,8 @@ from typing import List, Optional
 
 import typer
 
-from .errors import EnsembleError, one_of
+from .errors import EnsembleError
+from .flags import as_flags, check_precision, expand_multi, named_dirs, not_over_inputs, unknown_option, weights_by_name
 
 try:  # recent typer carries its own copy of click; older releases use click itself
     from typer._click.exceptions import ClickException
@@ -28,8 +26,6 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Fine-tune transformer text classifiers from a TOML recipe, vote them, report agreement.")
-# Options that take several values after one flag (`--members a b c`), as the README shows them.
-MULTI_VALUE = ("--members", "--weights", "--set")
 
 
 def _version(value: bool) -> None:
@@ -120,7 +116,7 @@ def vote(
 
     if method not in VOTE_METHODS:
         raise EnsembleError(f"--method: must be one of {{{', '.join(repr(m) for m in VOTE_METHODS)}}}; got '{method}'")
-    _check_precision_flag(precision)
+    check_precision(precision)
     if abstain_on not in ABSTAIN_ON:
         raise EnsembleError(f"--abstain-on: must be one of {{'agreement', 'confidence'}}; got '{abstain_on}'")
     if abstain_below is not None and not 0 <= abstain_below <= 1:
@@ -141,9 +137,9 @@ def vote(
         raise EnsembleError(f"--weights: method '{method}' learns its own weights; drop --weights or use soft/hard")
     if valid is not None and data.resolve() == valid.resolve():
         raise EnsembleError("--valid: is the --data file; the vote must learn on other rows than it is scored on")
-    dirs = _named_dirs(members)
-    _not_over_inputs(out, {f"--members {name}": path for name, path in dirs.items()})
-    ens = Ensemble.from_dirs(dirs, method if method not in LEARNED_METHODS else "soft", _weights(weights, dirs),
+    dirs = named_dirs(members)
+    not_over_inputs(out, {f"--members {name}": path for name, path in dirs.items()})
+    ens = Ensemble.from_dirs(dirs, method if method not in LEARNED_METHODS else "soft", weights_by_name(weights, dirs),
                              precision=precision)
     label_given = label is not None  # a --label column must exist; the default one may be absent
     text, text_pair, label = _columns(ens, text, text_pair, label)
@@ -151,7 +147,7 @@ def vote(
     ds = load_table(data, **columns, field="--data", require_label=label_given)
     if out.exists() and not overwrite:
         raise EnsembleError(f"--out: '{out}' already exists; choose another directory or pass --overwrite")
-    spec = VoteConfig(method=method, weights=_weights(weights, dirs), calibrate=calibrate and valid is not None,
+    spec = VoteConfig(method=method, weights=weights_by_name(weights, dirs), calibrate=calibrate and valid is not None,
                       abstain_below=abstain_below, abstain_on=abstain_on, abstain_coverage=abstain_coverage,
                       abstain_accuracy=abstain_accuracy)
     fitted = None
@@ -168,7 +164,7 @@ def vote(
         try:
             fitted = ens.fit_vote(held_logits, gold(ens, held, "--valid"), spec)
         except EnsembleError as exc:  # the library names the recipe's settings; here they are flags
-            raise _as_flags(exc, "abstain_accuracy", "abstain_coverage", "abstain_below") from None
+            raise as_flags(exc, "abstain_accuracy", "abstain_coverage", "abstain_below") from None
     else:
         ens.abstain_below, ens.abstain_on = abstain_below, abstain_on
     trained_on = _trained_on(ens, data)
@@ -195,64 +191,6 @@ def _trained_on(ens, file: Path) -> str:
     return (f"member '{names[0]}'" if len(names) == 1 else "members " + ", ".join(f"'{n}'" for n in names)) if names else ""
 
 
-def _not_over_inputs(out: Path, inputs: dict[str, Path]) -> None:
-    """Refuse an --out that is one of the input directories or holds one: replacing it (--overwrite)
-    would delete what the command reads."""
-    target = out.resolve()
-    for what, path in inputs.items():
-        source = Path(path).resolve()
-        if source == target or target in source.parents:
-            raise EnsembleError(f"--out: '{out}' {'is' if source == target else 'holds'} the {what} directory "
-                                f"('{path}'), which this command reads; choose another --out")
-
-
-def _check_precision_flag(precision: str) -> None:
-    from .devices import PRECISIONS
-
-    if precision not in PRECISIONS:
-        raise EnsembleError(f"--precision: must be one of {one_of(PRECISIONS)}; got '{precision}'")
-
-
-def _named_dirs(items: list[str]) -> dict[str, Path]:
-    dirs: dict[str, Path] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        name, path = (name, path) if sep else (Path(item).name, item)
-        if name in dirs:
-            raise EnsembleError(f"--members: two members are named '{name}'; give each its own name (NAME=DIR)")
-        dirs[name] = Path(path)
-    return dirs
-
-
-def _weights(items: list[str], members: dict[str, Path]) -> dict[str, float]:
-    """--weights NAME=NUMBER items, checked against the --members names."""
-    weights = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        try:
-            weights[name] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise EnsembleError(f"--weights: expected NAME=NUMBER (e.g. bert=2); got '{item}'")
-        if name not in members:
-            raise EnsembleError(f"--weights: no member named '{name}'; members: {', '.join(members)}")
-        if not (math.isfinite(weights[name]) and weights[name] >= 0):
-            raise EnsembleError(f"--weights: {name}'s weight must be a finite number >= 0; got '{value}'")
-    if weights and not any({**dict.fromkeys(members, 1.0), **weights}.values()):
-        raise EnsembleError("--weights: at least one member needs a weight > 0")
-    return weights
-
-
-def _as_flags(exc: EnsembleError, *settings: str) -> EnsembleError:
-    """`exc` with the library's setting names (abstain_coverage) spelled as this command's flags
-    (--abstain-coverage), so that the message names what the user typed."""
-    message = str(exc)
-    for name in settings:
-        message = re.sub(rf"(?<![\w.-]){name}\b", "--" + name.replace("_", "-"), message)
-    return EnsembleError(message)
-
-
 @app.command()
 def predict(
     ensemble: Path = typer.Option(..., "--ensemble", help="An ensemble directory (from fit or vote)."),
@@ -274,7 +212,7 @@ def predict(
     from .ensemble import Ensemble
     from .evaluate import predict_file
 
-    _check_precision_flag(precision)
+    check_precision(precision)
     check_devices(device, "--device")
     if out.exists() and not out.is_dir() and not overwrite:  # checked again in predict_file; here before loading
         raise EnsembleError(f"--out: '{out}' already exists; choose another file or pass --overwrite")
@@ -314,9 +252,9 @@ def distill(
         if value is not None and unlabeled is None:
             raise EnsembleError(f"{flag}: names a column of --unlabeled's file, and no --unlabeled was given; "
                                 f"drop {flag}, or add --unlabeled FILE")
-    _not_over_inputs(out, {"--ensemble": ensemble})
+    not_over_inputs(out, {"--ensemble": ensemble})
     ens = Ensemble.load(ensemble)
-    _not_over_inputs(out, {f"member '{n}'": m.path for n, m in ens.members.items()})
+    not_over_inputs(out, {f"member '{n}'": m.path for n, m in ens.members.items()})
     spec = student_config(student, name, ens, set_)
     extra = None
     if unlabeled is not None:
@@ -374,23 +312,9 @@ def _summary(report: dict, out: Path) -> None:
     typer.echo(f"report: {out / 'report.md'}")
 
 
-def _expand_multi(args: list[str]) -> list[str]:
-    """`--members a b c` -> `--members a --members b --members c` (click wants the flag repeated)."""
-    result, current = [], None
-    for arg in args:
-        if arg.startswith("-"):
-            current = arg if arg in MULTI_VALUE else None
-            result.append(arg)
-        elif current and result[-1] != current:
-            result += [current, arg]
-        else:
-            result.append(arg)
-    return result
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: exit 2 for user errors, 1 for bugs, one line each unless --debug."""
-    args = _expand_multi(list(sys.argv[1:] if argv is None else argv))
+    args = expand_multi(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args or os.environ.get("ENSEMBLE_DEBUG") == "1"
     command = typer.main.get_command(app)
     try:
@@ -405,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
             typer.echo(exc.format_message(), err=True)
             sys.exit(exc.exit_code)
         where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        typer.echo(f"error: {_unknown_option(exc, ctx) or exc.format_message()}{where}", err=True)
+        typer.echo(f"error: {unknown_option(exc, ctx) or exc.format_message()}{where}", err=True)
         sys.exit(exc.exit_code)
     except (Abort, KeyboardInterrupt):
         hints = {"fit": " (training state is saved after every epoch: rerun with --resume to continue)",
@@ -432,17 +356,6 @@ def main(argv: list[str] | None = None) -> None:
         raise
     except BaseException as exc:  # noqa: BLE001 - also native panics (tokenizers' PanicException), not Exceptions
         _bug(exc, debug)
-
-
-def _unknown_option(exc: ClickException, ctx) -> str | None:
-    """"No such option: --x", suggesting a flag only when its name (without the dashes) is close:
-    click compares with the dashes and offers --out for --quiet."""
-    name = getattr(exc, "option_name", None)
-    if type(exc).__name__ != "NoSuchOption" or not name or ctx is None:
-        return None
-    flags = [o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
-    close = difflib.get_close_matches(name.lstrip("-"), [f.lstrip("-") for f in flags], n=1, cutoff=0.6)
-    return f"No such option: {name}" + (f" (did you mean --{close[0]}?)" if close else "")
 
 
 # The machine's problems, not the library's: the user can act on them (exit 2, not 1).

@@ -1,0 +1,134 @@
+"""Command-line flag values, parsed and checked for `cli`: ``--members NAME=DIR``, ``--weights
+NAME=NUMBER``, ``--precision``, ``--out`` against the directories a command reads, several values
+after one flag, and close matches for a mistyped flag. Each mistake is one `EnsembleError` naming
+the flag, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from pathlib import Path
+
+from .errors import EnsembleError, one_of
+
+# Options that take several values after one flag (`--members a b c`), as the README shows them.
+MULTI_VALUE = ("--members", "--weights", "--set")
+
+
+def expand_multi(args: list[str]) -> list[str]:
+    """`--members a b c` -> `--members a --members b --members c` (click wants the flag repeated).
+
+    Example:
+        >>> expand_multi(["vote", "--members", "a", "b", "--out", "o"])
+        ['vote', '--members', 'a', '--members', 'b', '--out', 'o']
+    """
+    result, current = [], None
+    for arg in args:
+        if arg.startswith("-"):
+            current = arg if arg in MULTI_VALUE else None
+            result.append(arg)
+        elif current and result[-1] != current:
+            result += [current, arg]
+        else:
+            result.append(arg)
+    return result
+
+
+def not_over_inputs(out: Path, inputs: dict[str, Path]) -> None:
+    """Refuse an --out that is one of the input directories or holds one: replacing it (--overwrite)
+    would delete what the command reads.
+
+    Example:
+        >>> not_over_inputs(Path("runs"), {"--ensemble": Path("runs/e")})
+        Traceback (most recent call last):
+        ensemble.errors.EnsembleError: --out: 'runs' holds the --ensemble directory ('runs/e'), which this command reads; choose another --out
+    """
+    target = out.resolve()
+    for what, path in inputs.items():
+        source = Path(path).resolve()
+        if source == target or target in source.parents:
+            raise EnsembleError(f"--out: '{out}' {'is' if source == target else 'holds'} the {what} directory "
+                                f"('{path}'), which this command reads; choose another --out")
+
+
+def check_precision(precision: str) -> None:
+    """Refuse a --precision outside `devices.PRECISIONS`.
+
+    Example:
+        >>> check_precision("fp16")
+        Traceback (most recent call last):
+        ensemble.errors.EnsembleError: --precision: must be one of {'auto', 'fp32', 'bf16'}; got 'fp16'
+    """
+    from .devices import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise EnsembleError(f"--precision: must be one of {one_of(PRECISIONS)}; got '{precision}'")
+
+
+def named_dirs(items: list[str]) -> dict[str, Path]:
+    """--members items (NAME=DIR, or DIR named after its last part) as {name: directory}.
+
+    Example:
+        >>> named_dirs(["runs/x/bert", "big=runs/y/bert"])
+        {'bert': PosixPath('runs/x/bert'), 'big': PosixPath('runs/y/bert')}
+    """
+    dirs: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        name, path = (name, path) if sep else (Path(item).name, item)
+        if name in dirs:
+            raise EnsembleError(f"--members: two members are named '{name}'; give each its own name (NAME=DIR)")
+        dirs[name] = Path(path)
+    return dirs
+
+
+def weights_by_name(items: list[str], members: dict[str, Path]) -> dict[str, float]:
+    """--weights NAME=NUMBER items, checked against the --members names.
+
+    Example:
+        >>> weights_by_name(["bert=2"], {"bert": Path("b"), "albert": Path("a")})
+        {'bert': 2.0}
+    """
+    weights = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise EnsembleError(f"--weights: expected NAME=NUMBER (e.g. bert=2); got '{item}'")
+        if name not in members:
+            raise EnsembleError(f"--weights: no member named '{name}'; members: {', '.join(members)}")
+        if not (math.isfinite(weights[name]) and weights[name] >= 0):
+            raise EnsembleError(f"--weights: {name}'s weight must be a finite number >= 0; got '{value}'")
+    if weights and not any({**dict.fromkeys(members, 1.0), **weights}.values()):
+        raise EnsembleError("--weights: at least one member needs a weight > 0")
+    return weights
+
+
+def as_flags(exc: EnsembleError, *settings: str) -> EnsembleError:
+    """`exc` with the library's setting names (abstain_coverage) spelled as this command's flags
+    (--abstain-coverage), so that the message names what the user typed.
+
+    Example:
+        >>> str(as_flags(EnsembleError("abstain_coverage must be in (0, 1]"), "abstain_coverage"))
+        '--abstain-coverage must be in (0, 1]'
+    """
+    message = str(exc)
+    for name in settings:
+        message = re.sub(rf"(?<![\w.-]){name}\b", "--" + name.replace("_", "-"), message)
+    return EnsembleError(message)
+
+
+def unknown_option(exc, ctx) -> str | None:
+    """"No such option: --x", suggesting a flag only when its name (without the dashes) is close:
+    click compares with the dashes and offers --out for --quiet."""
+    name = getattr(exc, "option_name", None)
+    if type(exc).__name__ != "NoSuchOption" or not name or ctx is None:
+        return None
+    flags = [o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+    close = difflib.get_close_matches(name.lstrip("-"), [f.lstrip("-") for f in flags], n=1, cutoff=0.6)
+    return f"No such option: {name}" + (f" (did you mean --{close[0]}?)" if close else "")
