@@ -35,7 +35,8 @@ from shared_data import cs224n  # benchmarks/shared_data.py: this folder is on s
 
 from ensemble.data import load_table
 from ensemble.labels import sorted_labels
-from ensemble.members import SIZES, build_member
+from ensemble.members import build_member
+from ensemble.scratch import SIZES
 from ensemble.recipe import DataConfig, MemberConfig, TrainConfig
 from ensemble.train import Splits, train_member
 

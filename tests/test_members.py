@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ensemble.errors import EnsembleError
-from ensemble.members import build_member, freeze, load_member, parameter_count, preflight, train_tokenizer
+from ensemble.members import build_member, freeze, load_member, parameter_count, preflight
+from ensemble.scratch import train_tokenizer
 from ensemble.recipe import ARCHES, MemberConfig, TrainConfig
 
 TEXTS = ["a wonderful film", "a dull film", "the plot is clever", "the acting is awful"] * 20

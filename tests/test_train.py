@@ -231,7 +231,7 @@ def test_same_seed_is_bit_identical_and_another_seed_is_not(arch, demo_splits, t
 def test_scratch_tokenizer_is_reproducible(arch, demo_splits):
     # tokenizers' WordPiece trainer breaks count ties in hash order (huggingface/tokenizers#1794);
     # train_tokenizer uses plain BPE so the same texts always give the same vocabulary.
-    from ensemble.members import train_tokenizer
+    from ensemble.scratch import train_tokenizer
 
     vocabs = [train_tokenizer(arch, demo_splits.train.texts, 8000, 32).get_vocab() for _ in range(5)]
     assert all(v == vocabs[0] for v in vocabs)

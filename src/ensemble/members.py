@@ -26,17 +26,8 @@ from .devices import check_mixed_precision, warn_emulated_bf16
 from .errors import EnsembleError
 from .integrity import check_size, first_line, json_object, json_section, probe
 from .recipe import ARCHES, MemberConfig, is_local
+from .scratch import SIZES, scratch_config, train_tokenizer
 
-# (layers, hidden, heads, intermediate, vocabulary) per size; tiny..medium follow Google's
-# compact BERT family (BERT-Tiny L-2 H-128, Mini L-4 H-256, Small L-4 H-512, Medium L-8 H-512).
-SIZES: dict[str, tuple[int, int, int, int, int]] = {
-    "tiny": (2, 128, 2, 512, 8000),
-    "mini": (4, 256, 4, 1024, 16000),
-    "small": (4, 512, 8, 2048, 30000),
-    "medium": (8, 512, 8, 2048, 30000),
-    "base": (12, 768, 12, 3072, 30000),
-}
-MAX_POSITIONS = 512
 RECIPE_FILE = "recipe.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "merges.txt", "vocab.json", "spiece.model")
@@ -108,68 +99,6 @@ def build_member(cfg: MemberConfig, labels: list[str], texts: Iterable[str]) -> 
     except (OSError, ValueError) as exc:
         raise EnsembleError(f"members[{cfg.name}].model: cannot load '{source}': {first_line(exc)}") from None
     return model, tokenizer
-
-
-def scratch_config(arch: str, size: str, tokenizer, **extra):
-    """The transformers config of `arch` at `size`, sized to `tokenizer`'s vocabulary."""
-    from transformers import AutoConfig
-
-    layers, hidden, heads, inter, _ = SIZES[size]
-    kwargs = dict(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
-                  num_attention_heads=heads, intermediate_size=inter, pad_token_id=tokenizer.pad_token_id,
-                  max_position_embeddings=MAX_POSITIONS)
-    if arch == "roberta":
-        # RoBERTa numbers positions from pad_token_id + 1, so it needs that many more slots.
-        kwargs.update(max_position_embeddings=MAX_POSITIONS + tokenizer.pad_token_id + 1, type_vocab_size=1,
-                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    elif arch == "albert":
-        kwargs.update(embedding_size=min(128, hidden))
-    elif arch == "electra":
-        kwargs.update(embedding_size=hidden)
-    return AutoConfig.for_model(arch, **kwargs, **extra)
-
-
-def train_tokenizer(arch: str, texts: Iterable[str], vocab_size: int, max_length: int):
-    """Train a reproducible BPE tokenizer on `texts`: byte-level for RoBERTa, BERT-style uncased otherwise.
-
-    Example:
-        >>> tok = train_tokenizer("bert", ["a good film", "a bad film"] * 10, 200, 64)
-        >>> tok("a good film")["input_ids"][0] == tok.cls_token_id
-        True
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    if arch == "roberta":
-        special = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "mask_token": "<mask>"}
-        tok = Tokenizer(models.BPE(unk_token=None))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special.values()),
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-        tok.train_from_iterator(texts, trainer=trainer)
-        bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
-        tok.post_processor = processors.TemplateProcessing(
-            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)])
-        names = ["input_ids", "attention_mask"]
-        special_kwargs = {**special, "cls_token": "<s>", "sep_token": "</s>"}
-    else:
-        special_kwargs = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
-        # BERT's normalisation and word splitting with plain BPE subwords: the tokenizers library's
-        # WordPiece trainer (and BPE with a "##" prefix) breaks count ties in hash order, so the
-        # vocabulary would change from run to run; plain BPE is reproducible.
-        tok = Tokenizer(models.BPE(unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_kwargs.values()),
-                                      show_progress=False)
-        tok.train_from_iterator(texts, trainer=trainer)
-        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-        tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-        names = ["input_ids", "token_type_ids", "attention_mask"]
-    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, model_input_names=names,
-                                   **special_kwargs)
 
 
 def freeze(model: nn.Module, trainable_layers: int | None) -> None:
