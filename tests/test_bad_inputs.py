@@ -149,6 +149,11 @@ CASES = [
     ("toml syntax", recipe('[data]\ntrain = "train.csv\n'), 2, "TOML syntax error"),
     ("toml line and column", recipe('[data]\ntrain = "x"\n[[members]]\nname = "a" arch = "b"\n'), 2, "(at line 4, column"),
     ("unknown key", recipe(GOOD_RECIPE.replace("epochs", "epoch")), 2, "defaults.epoch: unknown key (did you mean 'epochs'?)"),
+    ("recipe is a directory", lambda tmp, m: ["fit", str(tmp)], 2, "' is a directory; give the recipe's TOML file"),
+    ("fit --out is the training file", lambda tmp, m: recipe(GOOD_RECIPE)(tmp, m)[:2] + ["--out", str(tmp / "train.csv")],
+     2, "train.csv' is the data.train file ("),
+    ("fit --out below a file", lambda tmp, m: recipe(GOOD_RECIPE)(tmp, m)[:2] + ["--out", str(tmp / "r.toml" / "run")],
+     2, "r.toml' is a file, not a directory; choose another --out"),
     ("wrong type", recipe(GOOD_RECIPE.replace("epochs = 1", 'epochs = "one"')), 2, "defaults.epochs: must be an integer; got 'one'"),
     ("out of range", recipe(GOOD_RECIPE.replace("epochs = 1", "epochs = 0")), 2, "defaults.epochs: must be >= 1"),
     ("missing member name", recipe('[data]\ntrain = "x.csv"\n[[members]]\nmodel = "m"\n'), 2, "members[0].name: every member needs a name"),
@@ -281,6 +286,10 @@ CASES = [
      "--weights: at least one member needs a weight > 0"),
     ("ensemble dir without manifest", lambda tmp, m: ["predict", "--ensemble", str(tmp), "--data", "x.csv", "--out", str(tmp / "p.csv")],
      2, "no ensemble.json"),
+    ("ensemble dir missing", lambda tmp, m: ["predict", "--ensemble", str(tmp / "nope"), "--data", "x.csv", "--out", str(tmp / "p.csv")],
+     2, "nope': no such directory; pass the --out directory of a finished"),
+    ("a member dir as --ensemble", lambda tmp, m: ["predict", "--ensemble", str(m), "--data", "x.csv", "--out", str(tmp / "p.csv")],
+     2, "a member directory, not an ensemble; vote members with 'ensemble vote --members"),
 ]
 if not torch.cuda.is_available():
     CASES.append(("fp16 on a CPU", override('defaults.mixed_precision="fp16"'), 2,

@@ -133,6 +133,8 @@ def test_manifest_cannot_point_outside_its_directory(fitted, tmp_path):
         Ensemble.load(tmp_path / "run")
     with pytest.raises(EnsembleError, match="no ensemble.json"):
         Ensemble.load(tmp_path)
+    with pytest.raises(EnsembleError, match="path must be a str or Path; got NoneType None"):
+        Ensemble.load(None)
 
 
 def test_multi_value_flags_expand():

@@ -163,11 +163,18 @@ def test_distill_input_errors(fitted, tmp_path, cli, args, fragment):
 def test_distill_never_writes_over_the_ensemble_it_reads(fitted, tmp_path, cli):
     run = tmp_path / "run"
     shutil.copytree(fitted / "run", run)
-    for out, what in ((run, "is the --ensemble directory"), (run / "members" / "bert", "is the member 'bert' directory"),
+    unlabeled = tmp_path / "unlabeled.csv"
+    unlabeled.write_text("text\na film\n", encoding="utf-8")
+    for out, what in ((run, "is the --ensemble directory"), (run / "members" / "bert", "is inside the --ensemble directory"),
+                      (run / "members" / "bert" / "x", "is inside the member 'bert' directory"),
                       (tmp_path, "holds the --ensemble directory")):
         code, _, err = cli(["distill", "--ensemble", str(run), "--student", "scratch:bert:tiny", "--out", str(out),
                             "--overwrite", "--quiet"])
         assert code == 2 and f"--out: '{out}' {what}" in err, err
+    code, _, err = cli(["distill", "--ensemble", str(run), "--student", "scratch:bert:tiny", "--unlabeled", str(unlabeled),
+                        "--out", str(unlabeled), "--overwrite", "--quiet"])
+    assert code == 2 and f"--out: '{unlabeled}' is the --unlabeled file" in err, err
+    assert unlabeled.read_text(encoding="utf-8") == "text\na film\n"
     assert Ensemble.load(run).predict(["a film"])  # still whole
 
 

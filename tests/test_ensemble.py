@@ -49,6 +49,29 @@ def three(run) -> Ensemble:
     return Ensemble.from_dirs({n: members / n for n in ("bert", "roberta", "bert_twin")})
 
 
+def test_save_never_deletes_what_is_there_unless_asked(run, tmp_path):
+    """save() refuses a non-empty directory and a file; overwrite=True replaces the directory whole,
+    also the one the ensemble was loaded from (its members are copied out before the swap)."""
+    ens = three(run)
+    busy = tmp_path / "busy"
+    (busy / "members" / "bert").mkdir(parents=True)
+    (busy / "members" / "bert" / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(EnsembleError, match=r"Ensemble.save: '.*busy' is not empty; choose a new directory, or pass "
+                                            r"overwrite=True"):
+        ens.save(busy)
+    assert (busy / "members" / "bert" / "notes.txt").read_text(encoding="utf-8") == "mine"
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    with pytest.raises(EnsembleError, match="is a file; give a directory path"):
+        ens.save(tmp_path / "file")
+    ens.save(busy, overwrite=True)
+    assert not (busy / "members" / "bert" / "notes.txt").exists()
+    assert sorted(p.name for p in (busy / "members").iterdir()) == ["bert", "bert_twin", "roberta"]
+    again = Ensemble.load(busy)
+    again.save(busy, overwrite=True)  # onto itself
+    np.testing.assert_array_equal(Ensemble.load(busy).vote(TEXTS[:20]).labels, ens.vote(TEXTS[:20]).labels)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
 def test_members_sharing_a_tokenizer_are_tokenized_once(run, monkeypatch):
     ens = three(run)
     assert ens.members["bert"].tokenizer_key == ens.members["bert_twin"].tokenizer_key
@@ -154,6 +177,8 @@ def test_hard_vote_predict_proba_refused_and_pairs_checked(run):
     ([float("nan")], "texts[0] must be a string; got float (nan): fill or drop the missing texts"),
     ([b"bytes"], "texts[0] must be a string; got bytes (b'bytes')"),
     (["a film", 3], "texts[1] must be a string; got int (3)"),
+    (["a film", ""], "texts[1] is empty (''): fill or drop the empty texts"),
+    (["  \n"], "texts[0] is blank ('  \\n'): fill or drop the empty texts"),
     (7, "texts: give a list of strings; got int"),
 ])
 @pytest.mark.parametrize("call", ["predict", "predict_proba", "vote", "member_logits"])
@@ -223,6 +248,17 @@ def test_weighted_and_selection_starve_a_member_that_is_always_wrong(run):
         ens.fit_vote(logits, y, VoteConfig(method=method))
         weights = list(ens.weights.values())
         assert weights[worst] <= min(weights) + 1e-9, (method, weights)
+
+
+def test_fit_vote_takes_one_abstain_target(run):
+    """As the recipe and the CLI do: a coverage and an accuracy target together are refused, not one
+    of them silently dropped."""
+    from ensemble.evaluate import gold
+
+    ens, valid = three(run), valid_split(run)
+    spec = VoteConfig(method="soft", abstain_coverage=0.9, abstain_accuracy=0.9)
+    with pytest.raises(EnsembleError, match="set at most one of abstain_below, abstain_coverage, abstain_accuracy"):
+        ens.fit_vote(ens.member_logits(valid.texts[:40]), gold(ens, valid.subset(range(40)), "valid"), spec)
 
 
 def test_abstain_below_marks_rows_in_predict_and_predictions_csv(run, tmp_path):
@@ -424,8 +460,13 @@ def test_predict_resume_refuses_a_partial_written_at_another_precision(run, tmp_
             out.unlink()
             partial.write_bytes(b"")
         else:
-            with pytest.raises(EnsembleError, match="precision settings"):
+            with pytest.raises(EnsembleError, match=r"was written with other settings: --precision 'bf16' \(now 'auto'\); "
+                                                    r"run again with the same settings, or without --resume"):
                 evaluate_mod.predict_file(ens, data, out, label=None, chunk_rows=10, progress=False, resume=True)
+    identity = evaluate_mod._identity(ens, data, "text", None, None, 500)
+    (tmp_path / ".p.csv.partial.json").write_text(json.dumps({"identity": identity, "rows": 0, "bytes": 0}))
+    with pytest.raises(EnsembleError, match=r"other settings: --chunk-rows 500 \(now 10\); "):
+        evaluate_mod.predict_file(ens, data, out, label=None, chunk_rows=10, progress=False, resume=True)
 
 
 def _write_csv(path, header, rows):
@@ -440,10 +481,9 @@ def test_predict_never_replaces_a_file_unasked_and_never_its_input(run, tmp_path
     data = _write_csv(tmp_path / "in.csv", ["text"], [[t] for t in TEXTS[:20]])
     before = data.read_bytes()
     base = ["predict", "--ensemble", str(run / "run"), "--data", str(data), "--quiet"]
-    code, _, err = cli(base + ["--out", str(data)])
-    assert code == 2 and err.strip() == f"error: --out: '{data}' already exists; choose another file or pass --overwrite"
-    code, _, err = cli(base + ["--out", str(data), "--overwrite"])
-    assert code == 2 and err.strip() == f"error: --out: '{data}' is the --data file; write the predictions to another file"
+    for overwrite in ([], ["--overwrite"]):
+        code, _, err = cli(base + ["--out", str(data), *overwrite])
+        assert code == 2 and err.strip() == f"error: --out: '{data}' is the --data file; write the predictions to another file"
     assert data.read_bytes() == before
     out = tmp_path / "p.csv"
     out.write_text("keep me\n", encoding="utf-8")
@@ -452,6 +492,23 @@ def test_predict_never_replaces_a_file_unasked_and_never_its_input(run, tmp_path
     code, _, err = cli(base + ["--out", str(out), "--overwrite"])
     assert code == 0, err
     assert out.read_text().splitlines()[0].startswith("text,bert_label")
+
+
+def test_predict_never_writes_over_the_ensemble_it_reads(run, tmp_path, cli):
+    """An existing file of the --ensemble directory (its manifest, a member's weights) is refused even
+    with --overwrite; a new file there is fine (predictions next to the run they came from)."""
+    ens_dir = tmp_path / "run"
+    shutil.copytree(run / "run", ens_dir)
+    data = _write_csv(tmp_path / "in.csv", ["text"], [[t] for t in TEXTS[:10]])
+    base = ["predict", "--ensemble", str(ens_dir), "--data", str(data), "--quiet", "--overwrite"]
+    for out in (ens_dir / "ensemble.json", ens_dir / "members" / "bert" / "model.safetensors"):
+        before = out.read_bytes()
+        code, _, err = cli(base + ["--out", str(out)])
+        assert code == 2 and f"--out: '{out}' is inside the --ensemble directory ('{ens_dir}')" in err, err
+        assert out.read_bytes() == before
+    code, _, err = cli(base + ["--out", str(ens_dir / "more-predictions.csv")])
+    assert code == 0, err
+    assert Ensemble.load(ens_dir).predict(["a film"])
 
 
 def test_predict_failing_on_the_data_leaves_no_partial_file(run, tmp_path, cli):
@@ -507,10 +564,20 @@ def test_vote_never_writes_over_its_members(run, tmp_path, cli):
     data = _write_csv(tmp_path / "d.csv", ["text"], [[t] for t in TEXTS[:5]])
     args = ["vote", "--members", str(members / "bert"), str(members / "roberta"), "--data", str(data), "--overwrite"]
     for out, what in ((members / "bert", "is the --members bert directory"),
-                      (tmp_path / "run", "holds the --members bert directory")):
+                      (tmp_path / "run", "holds the --members bert directory"),
+                      (members / "bert" / "sub", "is inside the --members bert directory"),
+                      (data, "is the --data file"), (tmp_path, "holds the --members bert directory")):
         code, _, err = cli(args + ["--out", str(out)])
+        assert code == 2 and f"--out: '{out}' {what}" in err and err.count("\n") == 1, err
+    (tmp_path / "elsewhere").mkdir()
+    valid = _write_csv(tmp_path / "elsewhere" / "v.csv", ["text", "label"], [[t, "positive"] for t in TEXTS[:5]])
+    for out, what in ((valid, "is the --valid file"), (valid.parent, "holds the --valid file")):
+        code, _, err = cli(args + ["--valid", str(valid), "--method", "weighted", "--out", str(out)])
         assert code == 2 and f"--out: '{out}' {what}" in err, err
+    code, _, err = cli(args + ["--out", str(data / "x")])
+    assert code == 2 and f"--out: '{data / 'x'}' cannot be created: '{data}' is a file, not a directory" in err, err
     assert Ensemble.from_dirs({"bert": members / "bert"}).predict(["a film"])  # still whole
+    assert data.read_text(encoding="utf-8").startswith("text") and valid.is_file()
 
 
 def test_vote_on_the_members_training_rows_warns(run, tmp_path, cli):

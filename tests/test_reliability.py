@@ -183,7 +183,11 @@ def test_resume_refuses_a_partial_of_another_file(trained, tmp_path, cli):
     (tmp_path / ".p.csv.partial").write_bytes(b"text\n")
     (tmp_path / ".p.csv.partial.json").write_text(json.dumps({"identity": "x", "rows": 1, "bytes": 5}))
     code, _, err = cli(args + ["--data", str(other), "--resume"])
-    assert code == 2 and "--resume: " in err and "without --resume" in err
+    assert code == 2 and "was written with an older version of ensemble; " in err and "without --resume" in err
+    state = {"identity": {"data file": [str(tmp_path / "first.csv"), 1, 1]}, "rows": 1, "bytes": 5}
+    (tmp_path / ".p.csv.partial.json").write_text(json.dumps(state))
+    code, _, err = cli(args + ["--data", str(other), "--resume"])
+    assert code == 2 and f"was written with other settings: another data file ({tmp_path / 'first.csv'})" in err, err
 
 
 # ---------------------------------------------------------------- what the data lost, in the report

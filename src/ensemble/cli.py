@@ -69,6 +69,10 @@ def fit(
 
     workers = parse_workers(concurrent)
     out = out or Path("runs") / recipe.stem
+    data = spec.data
+    reads = {"recipe file": recipe, "data.train file": data.train, "data.valid file": data.valid, "data.test file": data.test}
+    # fit adds to its run directory and deletes only its own members there: holding the data is harmless
+    not_over_inputs(out, {what: path for what, path in reads.items() if path is not None}, holds_ok=True)
     if serve:
         return serve_members(spec, out, resume)
     if only:
@@ -138,7 +142,8 @@ def vote(
     if valid is not None and data.resolve() == valid.resolve():
         raise EnsembleError("--valid: is the --data file; the vote must learn on other rows than it is scored on")
     dirs = named_dirs(members)
-    not_over_inputs(out, {f"--members {name}": path for name, path in dirs.items()})
+    reads = {f"--members {name} directory": path for name, path in dirs.items()}
+    not_over_inputs(out, {**reads, "--data file": data, **({"--valid file": valid} if valid is not None else {})})
     ens = Ensemble.from_dirs(dirs, method if method not in LEARNED_METHODS else "soft", weights_by_name(weights, dirs),
                              precision=precision)
     label_given = label is not None  # a --label column must exist; the default one may be absent
@@ -178,7 +183,7 @@ def vote(
     try:
         report = evaluate(ens, ds, data.name, tmp, fitted=fitted, caveat=warning if trained_on else None,
                           progress=not quiet)
-        ens.save(tmp)
+        ens.write_into(tmp)
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -210,13 +215,14 @@ def predict(
     """Predict a data file of any size with a saved ensemble, streaming it in chunks."""
     from .devices import check_devices
     from .ensemble import Ensemble
-    from .evaluate import predict_file
+    from .evaluate import check_predictions_out, predict_file
 
     check_precision(precision)
     check_devices(device, "--device")
-    if out.exists() and not out.is_dir() and not overwrite:  # checked again in predict_file; here before loading
-        raise EnsembleError(f"--out: '{out}' already exists; choose another file or pass --overwrite")
+    check_predictions_out(out, data, overwrite)  # before the members load (predict_file checks again)
+    not_over_inputs(out, {"--ensemble directory": ensemble}, nested_ok=("--ensemble directory",))
     ens = Ensemble.load(ensemble, device=device, precision=precision)
+    not_over_inputs(out, {f"member '{n}' directory": m.path for n, m in ens.members.items()})
     label_given = label is not None  # a --label column must exist; the default one is copied through if present
     text, text_pair, label = _columns(ens, text, text_pair, label)
     rows = predict_file(ens, data, out, text=text, text_pair=text_pair, label=label, chunk_rows=chunk_rows,
@@ -252,9 +258,10 @@ def distill(
         if value is not None and unlabeled is None:
             raise EnsembleError(f"{flag}: names a column of --unlabeled's file, and no --unlabeled was given; "
                                 f"drop {flag}, or add --unlabeled FILE")
-    not_over_inputs(out, {"--ensemble": ensemble})
+    reads = {"--ensemble directory": ensemble, **({"--unlabeled file": unlabeled} if unlabeled is not None else {})}
+    not_over_inputs(out, reads, nested_ok=("--ensemble directory",))
     ens = Ensemble.load(ensemble)
-    not_over_inputs(out, {f"member '{n}'": m.path for n, m in ens.members.items()})
+    not_over_inputs(out, {f"member '{n}' directory": m.path for n, m in ens.members.items()})
     spec = student_config(student, name, ens, set_)
     extra = None
     if unlabeled is not None:

@@ -164,7 +164,8 @@ def _stream_table(
     """The one implementation behind `load_table` and `iter_table`; `chunk_rows=None` is one chunk."""
     p, shown = Path(path), str(path)
     if not p.exists():
-        raise EnsembleError(f"{field}: file not found: '{shown}' (relative paths start at the working directory)")
+        hint = "" if p.is_absolute() else " (relative paths start at the working directory)"
+        raise EnsembleError(f"{field}: file not found: '{shown}'{hint}")
     if p.is_dir():
         raise EnsembleError(f"{field}: '{shown}' is a directory; give the path of a data file inside it")
     reader = READERS.get(p.suffix.lower())

@@ -120,10 +120,18 @@ class Ensemble:
     def load(cls, path: str | Path, device: str | Sequence[str] = "auto", precision: str = "auto") -> Ensemble:
         """Open a directory written by ``ensemble fit`` or ``ensemble vote``; see `to` for `device`
         and `check_precision` for `precision`."""
+        if not isinstance(path, str | os.PathLike):
+            raise EnsembleError(f"Ensemble.load: path must be a str or Path; got {type(path).__name__} {path!r}")
         path = Path(path)
         check_devices(device)  # a wrong device or precision is reported before the members load
         check_precision(precision)
         manifest_file = path / MANIFEST
+        if not path.exists():
+            raise EnsembleError(f"ensemble '{path}': no such directory; pass the --out directory of a finished "
+                                "'ensemble fit' or 'ensemble vote'")
+        if (path / "config.json").is_file() and not manifest_file.is_file():
+            raise EnsembleError(f"ensemble '{path}': a member directory, not an ensemble; vote members with "
+                                f"'ensemble vote --members {path} ...' (or Ensemble.from_dirs)")
         if not manifest_file.is_file():
             raise EnsembleError(f"ensemble '{path}': no {MANIFEST}; pass the --out directory of a finished "
                                 "'ensemble fit' or 'ensemble vote'")
@@ -256,7 +264,7 @@ class Ensemble:
         The stacker's confidence is taken out-of-fold, like its validation score; the other
         methods' is in-sample (they fit at most M weights and a temperature on these rows).
         """
-        if vote.abstain_below is not None:
+        if vote.abstain_below is not None or None not in (vote.abstain_coverage, vote.abstain_accuracy):
             raise EnsembleError("vote: set at most one of abstain_below, abstain_coverage, abstain_accuracy")
         target, value = vote.abstain_target
         scored = self.vote_logits(logits, member_details=False)
@@ -271,8 +279,36 @@ class Ensemble:
         return {"target": target, "value": float(value), "on": vote.abstain_on, "threshold": chosen["threshold"],
                 "valid_coverage": chosen["coverage"], "valid_accuracy": chosen["accuracy"]}
 
-    def save(self, path: str | Path) -> None:
-        """Write the manifest and the members (hard links where possible) under `path`."""
+    def save(self, path: str | Path, overwrite: bool = False) -> None:
+        """Write the manifest and the members (hard links where possible) as directory `path`.
+
+        The directory is built next to `path` and renamed into place, so `path` is never
+        half-written. An existing `path` that is not an empty directory is replaced only with
+        ``overwrite=True`` (its other files, such as a run's report, go with it).
+
+        Example:
+            >>> ens.save("runs/selected")  # doctest: +SKIP
+        """
+        from .train import replace_dir
+
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise EnsembleError(f"Ensemble.save: '{path}' is a file; give a directory path")
+        if path.is_dir() and any(path.iterdir()) and not overwrite:
+            raise EnsembleError(f"Ensemble.save: '{path}' is not empty; choose a new directory, or pass "
+                                "overwrite=True to replace it (its other files go with it)")
+        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            self.write_into(tmp)
+            replace_dir(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def write_into(self, path: Path) -> None:
+        """Write the manifest and the members (hard links where possible) into the existing
+        directory `path`, next to what it holds (the CLI's run directory, being built)."""
         path = Path(path)
         for name, member in self.members.items():
             target = path / "members" / name

@@ -200,12 +200,7 @@ def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str 
         1000000
     """
     out, data = Path(out), Path(data)
-    if out.is_dir():
-        raise EnsembleError(f"--out: '{out}' is a directory; give the path of the CSV file to write")
-    if data.exists() and out.exists() and out.resolve() == data.resolve():
-        raise EnsembleError(f"--out: '{out}' is the --data file; write the predictions to another file")
-    if out.exists() and not overwrite:
-        raise EnsembleError(f"--out: '{out}' already exists; choose another file or pass --overwrite")
+    check_predictions_out(out, data, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     state_file = out.with_name(f".{out.name}.partial.json")
@@ -214,8 +209,8 @@ def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str 
     if resume:
         state = _read_state(state_file)
         if state is not None and state.get("identity") != identity:
-            raise EnsembleError(f"--resume: '{partial}' was written for another data file, ensemble or column/chunk/"
-                                "precision settings; run again without --resume to start over")
+            raise EnsembleError(f"--resume: '{partial}' was written with {_changes(state.get('identity'), identity)}; "
+                                "run again with the same settings, or without --resume to start over")
         if state is not None and partial.is_file() and partial.stat().st_size >= state["bytes"]:
             done_rows, done_bytes = int(state["rows"]), int(state["bytes"])
         else:
@@ -276,15 +271,52 @@ class _TextSink:
         return "".join(self.parts).encode("utf-8")
 
 
-def _identity(ens: Ensemble, data: Path, text: str, text_pair: str | None, label: str | None, chunk_rows: int) -> str:
-    """What a partial output depends on: the data file (path, size, mtime), the ensemble, its
-    precision (bf16 may flip near-tied labels), the columns."""
+def check_predictions_out(out: Path, data: Path, overwrite: bool) -> None:
+    """Refuse a predictions file path that is a directory, the data file itself, or an existing
+    file without `overwrite` (`predict_file` checks; the CLI too, before loading the members)."""
+    if out.is_dir():
+        raise EnsembleError(f"--out: '{out}' is a directory; give the path of the CSV file to write")
+    if data.exists() and out.exists() and out.resolve() == data.resolve():
+        raise EnsembleError(f"--out: '{out}' is the --data file; write the predictions to another file")
+    if out.exists() and not overwrite:
+        raise EnsembleError(f"--out: '{out}' already exists; choose another file or pass --overwrite")
+
+
+def _identity(ens: Ensemble, data: Path, text: str, text_pair: str | None, label: str | None,
+              chunk_rows: int) -> dict:
+    """What a partial output depends on, by name: the data file (path, size, mtime), the ensemble
+    (its manifest and member paths, hashed), the columns, the chunk size and the precision (bf16
+    may flip near-tied labels)."""
     stat = data.stat() if data.is_file() else None
-    parts = [str(data.resolve()), stat and stat.st_size, stat and stat.st_mtime_ns, ens.manifest(),
-             {n: str(m.path) for n, m in ens.members.items()}, text, text_pair, label, chunk_rows]
-    if ens.precision != "auto":  # (kept out when "auto", so partial files from before the option still resume)
-        parts.append(ens.precision)
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    ensemble = [ens.manifest(), {n: str(m.path) for n, m in ens.members.items()}]
+    return {"data file": [str(data.resolve()), stat and stat.st_size, stat and stat.st_mtime_ns],
+            "ensemble": hashlib.sha256(json.dumps(ensemble, sort_keys=True, default=str).encode()).hexdigest(),
+            "--text": text, "--text-pair": text_pair, "--label": label, "--chunk-rows": chunk_rows,
+            "--precision": ens.precision}
+
+
+def _changes(before: object, now: dict) -> str:
+    """What differs between a partial output's identity and this run's, for the --resume error.
+
+    Example:
+        >>> _changes({"ensemble": "a", "--chunk-rows": 500}, {"ensemble": "a", "--chunk-rows": 1000})
+        'other settings: --chunk-rows 500 (now 1000)'
+    """
+    if not isinstance(before, dict):
+        return "an older version of ensemble"
+    changed = []
+    for key, value in now.items():
+        if before.get(key) == value:
+            continue
+        if key == "data file":
+            same_path = (before.get(key) or [None])[0] == value[0]
+            changed.append("the data file as it was before it changed (size or modification time)" if same_path
+                           else f"another data file ({(before.get(key) or ['?'])[0]})")
+        elif key == "ensemble":
+            changed.append("another ensemble, or this one before it changed")
+        else:
+            changed.append(f"{key} {before.get(key)!r} (now {value!r})")
+    return "other settings: " + ", ".join(changed)
 
 
 def _read_state(path: Path) -> dict | None:

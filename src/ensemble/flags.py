@@ -36,21 +36,36 @@ def expand_multi(args: list[str]) -> list[str]:
     return result
 
 
-def not_over_inputs(out: Path, inputs: dict[str, Path]) -> None:
-    """Refuse an --out that is one of the input directories or holds one: replacing it (--overwrite)
-    would delete what the command reads.
+def not_over_inputs(out: Path, inputs: dict[str, Path], nested_ok: tuple[str, ...] = (), holds_ok: bool = False) -> None:
+    """Refuse an --out that would write over what the command reads: one of the `inputs` (files or
+    directories, keyed by how the message names them, e.g. "--data file"), a directory holding
+    one, or a path inside an input directory (allowed for the keys in `nested_ok` while the
+    path does not exist yet: a new file in a run directory harms nothing). With `holds_ok` an
+    --out may hold inputs (a command that adds to its directory and deletes nothing else). Also
+    an --out that cannot be created because a part of its path is a file.
 
     Example:
-        >>> not_over_inputs(Path("runs"), {"--ensemble": Path("runs/e")})
+        >>> not_over_inputs(Path("runs"), {"--ensemble directory": Path("runs/e")})
         Traceback (most recent call last):
         ensemble.errors.EnsembleError: --out: 'runs' holds the --ensemble directory ('runs/e'), which this command reads; choose another --out
     """
     target = out.resolve()
     for what, path in inputs.items():
         source = Path(path).resolve()
-        if source == target or target in source.parents:
-            raise EnsembleError(f"--out: '{out}' {'is' if source == target else 'holds'} the {what} directory "
-                                f"('{path}'), which this command reads; choose another --out")
+        if source == target:
+            relation = "is"
+        elif target in source.parents and not holds_ok:
+            relation = "holds"
+        elif source in target.parents and source.is_dir() and not (what in nested_ok and not target.exists()):
+            relation = "is inside"
+        else:
+            continue
+        raise EnsembleError(f"--out: '{out}' {relation} the {what} ('{path}'), which this command reads; "
+                            "choose another --out")
+    for parent in target.parents:
+        if parent.exists() and not parent.is_dir():
+            raise EnsembleError(f"--out: '{out}' cannot be created: '{parent}' is a file, not a directory; "
+                                "choose another --out")
 
 
 def check_precision(precision: str) -> None:

@@ -126,4 +126,6 @@ def _strings(texts: list, name: str) -> list[str]:
         if not isinstance(t, str):
             hint = ": fill or drop the missing texts" if t is None or (isinstance(t, float) and t != t) else ""
             raise EnsembleError(f"{name}[{i}] must be a string; got {type(t).__name__} ({t!r:.40}){hint}")
+        if not t.strip():  # as in data files: a label for no text would be noise
+            raise EnsembleError(f"{name}[{i}] is {'blank' if t else 'empty'} ({t!r:.40}): fill or drop the empty texts")
     return [str(t) for t in texts]

@@ -70,6 +70,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, scratch: s
     """
     path = Path(path)
     where = path.name
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.toml"))[:3]
+        raise EnsembleError(f"recipe: '{path}' is a directory; give the recipe's TOML file"
+                            + (f" (it holds {', '.join(found)})" if found else ""))
     if not path.is_file():
         raise EnsembleError(f"recipe: file not found: '{path}'")
     try:
