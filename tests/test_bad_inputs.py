@@ -272,7 +272,7 @@ CASES = [
     ("test is the train file", recipe(GOOD_RECIPE.replace("valid_fraction = 0.25", 'valid_fraction = 0.25\ntest = "train.csv"')),
      2, "data.test: is the data.train file"),
     ("an ensemble directory as a member", lambda tmp, m: vote_file("text\na\n")(tmp, m)[:2] + [str(m.parent.parent)]
-     + vote_file("text\na\n")(tmp, m)[3:], 2, f"an ensemble directory, not a member; pass its members ("),
+     + vote_file("text\na\n")(tmp, m)[3:], 2, "an ensemble directory, not a member; pass its members ("),
     ("no tokenizer vocabulary", damaged_member(lambda p: [(p / f).unlink(missing_ok=True) for f in
                                                           ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model")]),
      2, "no tokenizer vocabulary (one of tokenizer.json, vocab.txt"),
