@@ -142,18 +142,30 @@ def _encoder_layers(base: nn.Module) -> nn.ModuleList:
 SCRATCH_HINT = "run with --scratch tiny to train tiny scratch models of the same architectures instead"
 
 
-def preflight(members: Iterable[MemberConfig], offline_hint: str = SCRATCH_HINT) -> None:
+def preflight(members: Iterable[MemberConfig], offline_hint: str = SCRATCH_HINT, where: str = "") -> None:
     """Fail fast, before any training, on a member whose model cannot be found (or whose mixed
     precision this machine cannot train in).
 
     Hub ids are looked up in the local cache first; when the hub cannot be reached the error
     ends with `offline_hint` (for `fit`: ``--scratch tiny``, which turns hub members into scratch
-    models of the same arch).
+    models of the same arch). `where` (the recipe's file name) starts each error, as the
+    recipe's own errors do.
+
+    Example:
+        >>> preflight([MemberConfig("m", init="scratch", arch="bert")], where="demo.toml")  # scratch: nothing to find
     """
+    try:
+        _preflight(list(members), offline_hint)
+    except EnsembleError as exc:
+        if not where:
+            raise
+        raise EnsembleError(f"{where}: {exc}") from None
+
+
+def _preflight(members: list[MemberConfig], offline_hint: str) -> None:
     _quiet_transformers()
     from transformers import AutoConfig
 
-    members = list(members)
     warn_emulated_bf16(members)
     for m in members:
         check_mixed_precision(m)

@@ -157,7 +157,7 @@ def fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | in
     started = [] if resume else [_Worker(slot, k, argv, out, logs, resume) for k, slot in enumerate(slots)]
     try:
         splits, test, labels = load_splits(recipe.data)  # a data error is reported once, here
-        preflight(recipe.members)
+        preflight(recipe.members, where=recipe.path.name)
         kept = [m for m in recipe.members if resume and finished(out / "members" / m.name, m, labels)]
         queue = [m for m in recipe.members if m not in kept]
         if resume:
