@@ -149,6 +149,8 @@ CASES = [
     ("toml syntax", recipe('[data]\ntrain = "train.csv\n'), 2, "TOML syntax error"),
     ("toml line and column", recipe('[data]\ntrain = "x"\n[[members]]\nname = "a" arch = "b"\n'), 2, "(at line 4, column"),
     ("unknown key", recipe(GOOD_RECIPE.replace("epochs", "epoch")), 2, "defaults.epoch: unknown key (did you mean 'epochs'?)"),
+    ("a tracker that is not installed", override('defaults.log_with=["aim"]'), 2,
+     "members[bert].log_with: the 'aim' tracker needs the 'aim' package, which is not installed; pip install aim"),
     ("recipe is a directory", lambda tmp, m: ["fit", str(tmp)], 2, "' is a directory; give the recipe's TOML file"),
     ("fit --out is the training file", lambda tmp, m: recipe(GOOD_RECIPE)(tmp, m)[:2] + ["--out", str(tmp / "train.csv")],
      2, "train.csv' is the data.train file ("),
@@ -395,6 +397,26 @@ def test_only_checks_just_the_members_it_trains_and_resume_says_why_it_retrains(
     code, out, err = cli(args + ["--only", "bert", "--resume", "--quiet", "--set", "members.bert.lr=3e-4"])
     assert code == 0, err
     assert "bert: its settings changed since it was trained (train.lr: 5e-05 -> 0.0003); training it again" in out
+
+
+def test_only_keeps_the_vote_unless_it_trains_and_then_drops_all_of_it(tmp_path, cli):
+    """--only skips the vote: a run whose --only trains nothing keeps its vote; one that trains a member
+    again loses the manifest and the report that described the old member (no stale report), says how
+    to vote again, and --resume then votes without training."""
+    args = recipe(GOOD_RECIPE)(tmp_path, None) + ["--quiet"]
+    run = tmp_path / "out"
+    assert cli(args)[0] == 0 and (run / "ensemble.json").is_file() and (run / "report.md").is_file()
+    code, out, err = cli(args + ["--only", "bert", "--resume"])
+    assert code == 0 and "bert: already trained with these settings; kept" in out, err
+    assert (run / "ensemble.json").is_file() and (run / "report.md").is_file()
+    code, out, err = cli(args + ["--only", "bert", "--resume", "--set", "members.bert.lr=3e-4"])
+    assert code == 0 and "training it again" in out, err
+    assert not [name for name in ("ensemble.json", "report.json", "report.md", "report.html", "predictions.csv", "plots")
+                if (run / name).exists()]
+    assert f"--only trained without voting, so '{run}' has no vote" in out
+    code, out, err = cli(args + ["--resume", "--set", "members.bert.lr=3e-4"])
+    assert code == 0 and "already trained with these settings; kept" in out, err
+    assert Ensemble.load(run).predict(["a fine film"]) and (run / "report.md").is_file()
 
 
 def test_member_files_are_readable_as_the_umask_says(member):

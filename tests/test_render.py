@@ -430,7 +430,10 @@ def test_stacking_shows_what_the_stacker_relies_on_and_no_voting_weights():
     assert "| model | reliance |\n| --- | ---: |\n| albert | 0.7500 |\n| electra | 0.2500 |" in section
     metrics = md.split("## Metrics")[1].split("\n## ")[0]
     assert "| albert |  | " in metrics  # the weight column is empty: the stacker combines, not weights
-    assert "Method: stacking (a logistic regression over the members' probabilities)" in md
+    assert "Method: stacking (a logistic regression over the members' log-probabilities)" in md
+    calibration = md.split("## Calibration")[1].split("\n## ")[0]
+    assert "| soft average of the members |" in calibration and "**ensemble**" not in calibration
+    assert "The stacker's own NLL and ECE are the ensemble's in the metrics table" in calibration
 
 
 def test_labels_without_gold_rows_are_named_under_the_metrics():

@@ -305,6 +305,12 @@ def test_ctrl_c_stops_the_workers_and_resume_finishes_the_run(tmp_path):
 
     resumed = ensemble_fit(str(tmp_path / "r.toml"), "--out", str(run), "--concurrent", "2", "--resume", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
+    # it says where bert resumes and prints only the epochs trained now, not the step log's old ones
+    done = re.search(r"^bert: resuming from its checkpoint \((\d+) of 4 epochs done before the interruption\)$",
+                     resumed.stdout, flags=re.M)
+    assert done, resumed.stdout
+    printed = [int(e) for e in re.findall(r"^bert epoch (\d+):", resumed.stdout, flags=re.M)]
+    assert printed == list(range(int(done[1]) + 1, 5)), resumed.stdout
     for name in ("bert", "roberta"):
         history = json.loads((run / "members" / name / "metrics.json").read_text())["history"]
         assert [h["epoch"] for h in history] == [1, 2, 3, 4]
@@ -341,6 +347,12 @@ def test_sigkill_of_the_run_stops_its_workers_and_resume_equals_an_uninterrupted
 
     resumed = ensemble_fit(str(tmp_path / "r.toml"), "--out", str(run), "--concurrent", "2", "--resume", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
+    # it says where bert resumes and prints only the epochs trained now, not the step log's old ones
+    done = re.search(r"^bert: resuming from its checkpoint \((\d+) of 12 epochs done before the interruption\)$",
+                     resumed.stdout, flags=re.M)
+    assert done, resumed.stdout
+    printed = [int(e) for e in re.findall(r"^bert epoch (\d+):", resumed.stdout, flags=re.M)]
+    assert printed == list(range(int(done[1]) + 1, 13)), resumed.stdout
     for name in ("bert", "roberta"):
         a, b = (json.loads((d / "members" / name / "metrics.json").read_text()) for d in (whole, run))
         assert [h["valid_loss"] for h in a["history"]] == [h["valid_loss"] for h in b["history"]]

@@ -83,6 +83,9 @@ def fit(
         if not names:
             raise EnsembleError(f"--only: give member names separated by commas (e.g. --only bert,albert); got '{only}'")
         report = run_fit(spec, out, overwrite=overwrite, resume=resume, progress=not quiet, only=names)
+        if not (out / "ensemble.json").exists():
+            typer.echo(f"--only trained without voting, so '{out}' has no vote (no ensemble.json or report) until "
+                       f"'ensemble fit {recipe} --out {out} --resume', which trains only what is missing, votes")
     else:
         argv = [str(recipe)] + [a for item in set_ for a in ("--set", item)] + (["--scratch", scratch] if scratch else [])
         report = fit_concurrent(spec, argv, out, workers, overwrite=overwrite, resume=resume, progress=not quiet)

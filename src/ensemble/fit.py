@@ -74,7 +74,7 @@ def fit(recipe: Recipe, out: Path, overwrite: bool = False, resume: bool = False
         print(tip)
     state.wait_for_everyone()
     if state.is_main_process:
-        prepare_out(out, recipe, prune=only is None)
+        prepare_out(out, recipe, prune=only is None, keep_vote=only is not None)
     state.wait_for_everyone()
 
     failed: dict[str, str] = {}  # members whose loss diverged, under on_diverge = "skip"
@@ -87,6 +87,8 @@ def fit(recipe: Recipe, out: Path, overwrite: bool = False, resume: bool = False
         why = changed(target, member, labels) if resume and state.is_main_process else None
         if why:
             print(f"{member.name}: {why}; training it again")
+        if only is not None and state.is_main_process:
+            drop_vote(out)  # it no longer describes these members
         try:
             train_member(member, splits, labels, recipe.data, target, progress=progress, resume=resume)
         except Diverged as exc:
@@ -118,15 +120,33 @@ def check_out(out: Path, overwrite: bool, resume: bool) -> None:
         print(f"--resume: nothing to continue in '{out}'; training from the start")
 
 
-def prepare_out(out: Path, recipe: Recipe, prune: bool = True) -> None:
-    """Start (or reopen) the run directory; with `prune`, members no longer in the recipe go."""
-    (out / MANIFEST).unlink(missing_ok=True)  # the run is incomplete until the manifest is back
+# What the vote writes into a run directory, the manifest last (`vote_and_report`).
+VOTE_FILES = (MANIFEST, "report.json", "report.md", "report.html", "predictions.csv", "plots")
+
+
+def prepare_out(out: Path, recipe: Recipe, prune: bool = True, keep_vote: bool = False) -> None:
+    """Start (or reopen) the run directory; with `prune`, members no longer in the recipe go.
+    Unless `keep_vote` (``--only``, which may train nothing), the manifest goes: the run is
+    incomplete until the vote writes it back."""
+    if not keep_vote:
+        (out / MANIFEST).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     members_dir = out / "members"
     if members_dir.is_dir() and prune:
         for old in members_dir.iterdir():
             if old.name not in {m.name for m in recipe.members} and not old.name.startswith("."):
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def drop_vote(out: Path) -> None:
+    """Remove the run's vote (manifest first, so the directory never loads as complete with a
+    stale vote), its report and predictions: a member is about to be trained again."""
+    for name in VOTE_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def diverged_file(out: Path, name: str) -> Path:

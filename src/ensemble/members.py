@@ -169,6 +169,7 @@ def _preflight(members: list[MemberConfig], offline_hint: str) -> None:
     warn_emulated_bf16(members)
     for m in members:
         check_mixed_precision(m)
+        check_trackers(m)
         if m.init == "scratch":
             continue
         path = Path(m.model).expanduser()
@@ -189,6 +190,28 @@ def _preflight(members: list[MemberConfig], offline_hint: str) -> None:
             AutoConfig.from_pretrained(m.model)
         except (OSError, ValueError) as exc:
             raise EnsembleError(f"members[{m.name}].model: cannot load '{m.model}' from the hub: {first_line(exc)}") from None
+
+
+# The package each Accelerate tracker imports (tensorboard: either of two).
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+                    "comet_ml": ("comet_ml",), "aim": ("aim",), "clearml": ("clearml",), "dvclive": ("dvclive",),
+                    "swanlab": ("swanlab",), "trackio": ("trackio",)}
+
+
+def check_trackers(cfg: MemberConfig) -> None:
+    """Refuse a `log_with` tracker whose package is not installed: Accelerate would drop it with
+    a warning buried in the training output, and the run would log nowhere.
+
+    Example:
+        >>> check_trackers(MemberConfig("m", init="scratch", arch="bert"))  # no trackers: fine
+    """
+    import importlib.util
+
+    for tracker in cfg.train.log_with:
+        packages = TRACKER_PACKAGES.get(tracker, (tracker,))
+        if not any(importlib.util.find_spec(p) for p in packages):
+            raise EnsembleError(f"members[{cfg.name}].log_with: the '{tracker}' tracker needs the '{packages[0]}' "
+                                f"package, which is not installed; pip install {packages[0]}, or drop '{tracker}'")
 
 
 def _hub_reachable() -> bool:

@@ -25,7 +25,7 @@ _NAMES = {"accuracy": "accuracy", "nll": "NLL", "ece": "ECE", "train_loss": "tra
 _METHODS = {"soft": "soft vote (mean probability)", "hard": "hard vote (majority of labels)",
             "weighted": "weighted soft vote (weights learned on validation)",
             "selection": "ensemble selection (members picked on validation)",
-            "stacking": "stacking (a logistic regression over the members' probabilities)"}
+            "stacking": "stacking (a logistic regression over the members' log-probabilities)"}
 _PLOTS = {"confusion": "Confusion matrices", "agreement": "Pairwise agreement heatmap",
           "training": "Training curves", "coverage": "Accuracy against coverage"}
 
@@ -182,13 +182,19 @@ def _calibration(section: Any, report: dict, names: list[str]) -> list:
     temperatures = section.get("temperatures") or {}
     keys = ("nll_before", "nll_after", "ece_before", "ece_after")
     entries = [(n, (section.get("members") or {}).get(n), temperatures.get(n)) for n in names]
-    # the ensemble's own temperature rescales the soft vote's probabilities after the members'
-    entries.append((Span("ensemble", "strong"), section.get("ensemble"), section.get("ensemble_temperature")))
+    # the ensemble's own temperature rescales the soft vote's probabilities after the members'; a
+    # stacker's probabilities are its own (in the metrics table): this row is then the plain average
+    stacked = report.get("method") == "stacking"
+    label = "soft average of the members" if stacked else Span("ensemble", "strong")
+    entries.append((label, section.get("ensemble"), section.get("ensemble_temperature")))
     rows = [[name, _num(temperature)] + [_num((scores or {}).get(k)) for k in keys]
             for name, scores, temperature in entries if scores or temperature is not None]
     columns = ["model", "temperature", "NLL before", "NLL after", "ECE before", "ECE after"]
     note = ("Temperatures fitted on ", Span(str(section.get("fitted_on", "?")), "code"),
             "; lower NLL (negative log-likelihood) and ECE (expected calibration error) are better.")
+    if stacked:
+        note += (" The stacker's own NLL and ECE are the ensemble's in the metrics table; the last row is the "
+                 "members' plain weighted average, before and after their temperatures.",)
     return [note, Table(columns, rows)] if rows else [note]
 
 
@@ -382,9 +388,17 @@ def _is_int(value: Any) -> bool:
 
 
 def _value(value: Any) -> str:
-    """A count as is, any other number with 4 decimals, anything else as text."""
+    """A count as is, any other number with 4 decimals (below 0.001, such as a learning rate,
+    3 significant digits instead of zeros), anything else as text.
+
+    Example:
+        >>> _value(3), _value(0.43219), _value(5e-05), _value(0.0), _value("x")
+        ('3', '0.4322', '5e-05', '0.0000', 'x')
+    """
     if value is None:
         return ""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
+    if _is_number(value) and value and abs(value) < 1e-3:
+        return f"{value:.3g}"
     return _num(value) if _is_number(value) else str(value)

@@ -27,7 +27,7 @@ from queue import Queue
 
 from tqdm.auto import tqdm
 
-from .checkpoint import LOG, checkpoint_dir
+from .checkpoint import LOG, PROGRESS, checkpoint_dir
 from .errors import EnsembleError
 from .fit import changed, check_out, diverged_file, finished, fit, load_splits, prepare_out, vote_and_report
 from .devices import bf16_tip
@@ -176,10 +176,13 @@ def fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | in
         raise
     for m in kept:
         print(f"{m.name}: already trained with these settings; kept")
+    resuming = set()  # members that continue from a checkpoint (not trained again from the start)
     for m in queue:
         why = changed(out / "members" / m.name, m, labels) if resume else None
         if why:
             print(f"{m.name}: {why}; training it again")
+        elif resume:
+            resuming.add(m.name)
     for m in queue:
         diverged_file(out, m.name).unlink(missing_ok=True)
         if not resume:  # an interrupted earlier run's step log must not feed this run's progress
@@ -188,12 +191,12 @@ def fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | in
         print(f"training {len(queue)} members concurrently in {len(slots)} worker processes "
               f"({', '.join(s.label for s in slots)}); --concurrent 1 trains them one at a time")
     pool = started or [_Worker(slot, k, argv, out, logs, resume) for k, slot in enumerate(slots)]
-    failed = _run_queue(queue, pool, out, logs, len(splits.train), progress)
+    failed = _run_queue(queue, pool, out, logs, len(splits.train), progress, resuming)
     return vote_and_report(recipe, out, splits, test, labels, failed, progress)
 
 
 def _run_queue(queue: list[MemberConfig], workers: list[_Worker], out: Path, logs: Path, train_rows: int,
-               progress: bool) -> dict[str, str]:
+               progress: bool, resuming: set[str] = frozenset()) -> dict[str, str]:
     """Train `queue` on `workers`, largest member first; returns the members that diverged, with why."""
     pending = sorted(queue, key=_work, reverse=True)  # stable: equal members keep the recipe's order
     slots = [w.slot for w in workers]
@@ -203,7 +206,8 @@ def _run_queue(queue: list[MemberConfig], workers: list[_Worker], out: Path, log
         while pending or any(w.member is not None for w in workers):
             for w in workers:
                 if w.member is None and pending:
-                    w.give(_Member(pending.pop(0), w, train_rows, progress))
+                    cfg = pending.pop(0)
+                    w.give(_Member(cfg, w, train_rows, progress, resumed=cfg.name in resuming))
             if not pending and any(w.member is None for w in workers):
                 # nothing left to hand out: idle workers leave, and on a CPU their threads go to
                 # the members still training (one big member must not finish on one core)
@@ -372,7 +376,7 @@ class _Worker:
 class _Member:
     """A member in training on a worker, and its progress bar, fed by the member's step log."""
 
-    def __init__(self, cfg: MemberConfig, worker: _Worker, train_rows: int, progress: bool):
+    def __init__(self, cfg: MemberConfig, worker: _Worker, train_rows: int, progress: bool, resumed: bool = False):
         self.cfg, self.worker = cfg, worker
         self.member_dir = worker.out / "members" / cfg.name
         t = cfg.train
@@ -384,6 +388,28 @@ class _Member:
         self.offset, self.loss_sum, self.losses, self.epoch = 0, 0.0, 0, 0
         self.file: tuple[int, int] | None = None  # (device, inode) of the log being read
         self.started = time.perf_counter()
+        if resumed:
+            self._skip_checkpointed()
+
+    def _skip_checkpointed(self) -> None:
+        """A member resumed from its checkpoint: its step log already holds the epochs before the
+        interruption, printed by the interrupted run; say where it resumes instead of replaying them.
+        (The worker has not started on it yet: every line there is old.)"""
+        log = checkpoint_dir(self.member_dir) / LOG
+        try:
+            with open(log, "rb") as f:
+                stat, data = os.fstat(f.fileno()), f.read()
+        except OSError:
+            return
+        self.file, self.offset = (stat.st_dev, stat.st_ino), data.rfind(b"\n") + 1
+        try:  # the epochs the checkpoint holds (the log may run past it: those steps are redone)
+            progress = json.loads((checkpoint_dir(self.member_dir) / PROGRESS).read_text(encoding="utf-8"))
+            done = len(progress["history"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # no checkpoint was saved: it starts again from its first step
+        self.epoch = done
+        tqdm.write(f"{self.cfg.name}: resuming from its checkpoint ({done} of {self.cfg.train.epochs} epochs done "
+                   "before the interruption)")
 
     def follow(self, log: Path | None = None) -> None:
         """Read the step log's new lines: steps move the bar, epochs print their line.
