@@ -75,7 +75,7 @@ def build_members(root: Path, texts: list[str], max_length: int) -> dict[str, Pa
         (path / "recipe.json").write_text(json.dumps({"member": {"train": {"max_length": max_length}},
                                                       "data": {"text": "text", "label": "label"}}))
         dirs[name] = path
-    Ensemble([load_member(p, n) for n, p in dirs.items()]).save(root)
+    Ensemble([load_member(p, n) for n, p in dirs.items()]).write_into(root)  # the members are there already
     return dirs
 
 
