@@ -46,6 +46,14 @@ class Progress:
     slot: int = -1  # the slot holding this state; -1 before the first save
 
 
+def read_progress(root: Path) -> Progress | None:
+    """The progress saved in checkpoint directory `root`, whatever recipe it belongs to, or None."""
+    try:
+        return Progress(**json.loads((root / PROGRESS).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 class Checkpoint:
     """Save and restore one member's training state under `root`.
 
@@ -61,10 +69,8 @@ class Checkpoint:
 
     def load(self) -> Progress | None:
         """The saved progress, or None if there is none or it belongs to another recipe."""
-        try:
-            data = json.loads((self.root / PROGRESS).read_text(encoding="utf-8"))
-            progress = Progress(**data)
-        except (OSError, ValueError, TypeError):
+        progress = read_progress(self.root)
+        if progress is None:
             return None
         if progress.fingerprint != self.fingerprint or not self.slot_dir(progress.slot).is_dir():
             return None

@@ -64,7 +64,7 @@ def fit(
     from .recipe import load_recipe
 
     spec = load_recipe(recipe, set_, scratch)  # before torch is imported: a typo is reported at once
-    from .fit import fit as run_fit
+    from .fit import MANIFEST, fit as run_fit
     from .workers import fit_concurrent, parse_workers, serve as serve_members
 
     workers = parse_workers(concurrent)
@@ -83,8 +83,8 @@ def fit(
         if not names:
             raise EnsembleError(f"--only: give member names separated by commas (e.g. --only bert,albert); got '{only}'")
         report = run_fit(spec, out, overwrite=overwrite, resume=resume, progress=not quiet, only=names)
-        if not (out / "ensemble.json").exists():
-            typer.echo(f"--only trained without voting, so '{out}' has no vote (no ensemble.json or report) until "
+        if not (out / MANIFEST).exists():
+            typer.echo(f"--only trained without voting, so '{out}' has no vote (no {MANIFEST} or report) until "
                        f"'ensemble fit {recipe} --out {out} --resume', which trains only what is missing, votes")
     else:
         argv = [str(recipe)] + [a for item in set_ for a in ("--set", item)] + (["--scratch", scratch] if scratch else [])

@@ -126,14 +126,12 @@ class Ensemble:
         check_devices(device)  # a wrong device or precision is reported before the members load
         check_precision(precision)
         manifest_file = path / MANIFEST
-        if not path.exists():
-            raise EnsembleError(f"ensemble '{path}': no such directory; pass the --out directory of a finished "
-                                "'ensemble fit' or 'ensemble vote'")
-        if (path / "config.json").is_file() and not manifest_file.is_file():
-            raise EnsembleError(f"ensemble '{path}': a member directory, not an ensemble; vote members with "
-                                f"'ensemble vote --members {path} ...' (or Ensemble.from_dirs)")
         if not manifest_file.is_file():
-            raise EnsembleError(f"ensemble '{path}': no {MANIFEST}; pass the --out directory of a finished "
+            if (path / "config.json").is_file():
+                raise EnsembleError(f"ensemble '{path}': a member directory, not an ensemble; vote members with "
+                                    f"'ensemble vote --members {path} ...' (or Ensemble.from_dirs)")
+            missing = "no such directory" if not path.exists() else f"no {MANIFEST}"
+            raise EnsembleError(f"ensemble '{path}': {missing}; pass the --out directory of a finished "
                                 "'ensemble fit' or 'ensemble vote'")
         try:
             manifest = json.loads(manifest_file.read_text(encoding="utf-8"))

@@ -309,9 +309,9 @@ def _changes(before: object, now: dict) -> str:
         if before.get(key) == value:
             continue
         if key == "data file":
-            same_path = (before.get(key) or [None])[0] == value[0]
-            changed.append("the data file as it was before it changed (size or modification time)" if same_path
-                           else f"another data file ({(before.get(key) or ['?'])[0]})")
+            old_path = (before.get(key) or ["?"])[0]
+            changed.append("the data file as it was before it changed (size or modification time)"
+                           if old_path == value[0] else f"another data file ({old_path})")
         elif key == "ensemble":
             changed.append("another ensemble, or this one before it changed")
         else:

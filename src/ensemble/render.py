@@ -399,6 +399,6 @@ def _value(value: Any) -> str:
         return ""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    if _is_number(value) and value and abs(value) < 1e-3:
-        return f"{value:.3g}"
-    return _num(value) if _is_number(value) else str(value)
+    if not _is_number(value):
+        return str(value)
+    return f"{value:.3g}" if value and abs(value) < 1e-3 else _num(value)

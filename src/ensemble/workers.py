@@ -27,7 +27,7 @@ from queue import Queue
 
 from tqdm.auto import tqdm
 
-from .checkpoint import LOG, PROGRESS, checkpoint_dir
+from .checkpoint import LOG, checkpoint_dir, read_progress
 from .errors import EnsembleError
 from .fit import changed, check_out, diverged_file, finished, fit, load_splits, prepare_out, vote_and_report
 from .devices import bf16_tip
@@ -402,11 +402,10 @@ class _Member:
         except OSError:
             return
         self.file, self.offset = (stat.st_dev, stat.st_ino), data.rfind(b"\n") + 1
-        try:  # the epochs the checkpoint holds (the log may run past it: those steps are redone)
-            progress = json.loads((checkpoint_dir(self.member_dir) / PROGRESS).read_text(encoding="utf-8"))
-            done = len(progress["history"])
-        except (OSError, ValueError, KeyError, TypeError):
+        progress = read_progress(checkpoint_dir(self.member_dir))
+        if progress is None:
             return  # no checkpoint was saved: it starts again from its first step
+        done = len(progress.history)  # the epochs the checkpoint holds (the log may run past it)
         self.epoch = done
         tqdm.write(f"{self.cfg.name}: resuming from its checkpoint ({done} of {self.cfg.train.epochs} epochs done "
                    "before the interruption)")
