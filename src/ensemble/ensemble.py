@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import combine
+from . import combine, votefit
 from .aggregate import Vote, aggregate
 from .data import TextDataset
 from .errors import EnsembleError, one_of
 from .devices import check_devices, check_precision, device_of
 from .forward import encode_per_tokenizer, predict_logits, split_pairs
 from .members import Member, load_member, recorded_valid_logits, saved_recipe
-from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig, name_problem
+from .recipe import ABSTAIN_ON, VOTE_METHODS, VoteConfig, name_problem
 from .stacking import Stacker
 
 MANIFEST = "ensemble.json"
@@ -209,73 +209,7 @@ class Ensemble:
             >>> info["weights"]  # doctest: +SKIP
             {'albert': 0.0, 'bert': 0.61, 'minilm': 0.39}
         """
-        names = list(self.members)
-        # the constructor's checks of method, weights and abstention, before anything changes: a bad
-        # VoteConfig must not leave this ensemble voting in a way that its saved manifest cannot load
-        type(self)(list(self.members.values()), vote.method, dict(vote.weights or {}), abstain_below=vote.abstain_below,
-                   abstain_on=vote.abstain_on)
-        y = np.asarray(y)
-        if logits.shape[:2] != (len(names), len(y)):
-            raise EnsembleError(f"fit_vote: logits have shape {logits.shape}; expected ({len(names)}, {len(y)}, classes)")
-        self.method, self.abstain_below, self.abstain_on = vote.method, vote.abstain_below, vote.abstain_on
-        self.weights = {n: float(vote.weights.get(n, 1.0)) for n in names}  # the config says it all
-        temps = combine.fit_temperatures(logits, y) if vote.calibrate else np.ones(len(names))
-        self.temperatures = dict(zip(names, map(float, temps), strict=True))
-        probs = combine.softmax(logits, temps)
-        info: dict = {"method": vote.method, "fitted_on": "valid", "valid_rows": len(y),
-                      "calibrated": bool(vote.calibrate), "temperatures": dict(self.temperatures)}
-        if vote.method == "weighted":
-            self.weights = dict(zip(names, map(float, combine.fit_weights(probs, y)), strict=True))
-        elif vote.method == "selection":
-            weights, picks = combine.caruana_selection(probs, y, rounds=vote.selection_rounds)
-            self.weights = dict(zip(names, map(float, weights), strict=True))
-            info["picks"] = {n: int(picks.count(k)) for k, n in enumerate(names)}
-        elif vote.method == "stacking":
-            self.stacker = Stacker().fit(probs, y, folds=vote.stacking_folds)
-            oof = self.stacker.oof_probs_
-            info["valid"] = {"accuracy": float((oof.argmax(1) == y).mean()), "nll": combine.nll(oof, y)}
-            info["valid_scored"] = "out-of-fold (cross-fitted)"
-            # how much the stacker uses each member: its share of the coefficients' norm
-            size = len(self.labels)
-            norms = [float(np.linalg.norm(self.stacker.coef_[:, k * size:(k + 1) * size])) for k in range(len(names))]
-            info["reliance"] = {n: (v / sum(norms) if sum(norms) else 0.0) for n, v in zip(names, norms, strict=True)}
-        self.ensemble_temperature = 1.0
-        if vote.method != "stacking":
-            self.stacker = None
-            scores = self.vote_logits(logits, member_details=False).scores
-            if vote.calibrate and vote.method != "hard":  # hard-vote shares are not probabilities
-                log_scores = np.log(np.clip(scores, 1e-12, None))[None].astype(np.float64)
-                self.ensemble_temperature = float(combine.fit_temperatures(log_scores, y)[0])
-                scores = combine.soften(scores, self.ensemble_temperature)
-                info["ensemble_temperature"] = self.ensemble_temperature
-            info["valid"] = {"accuracy": float((scores.argmax(1) == y).mean()), "nll": combine.nll(scores, y)}
-            info["valid_scored"] = "in-sample (fitted on these rows)" if vote.method in LEARNED_METHODS else "nothing fitted but temperatures"
-        if vote.method != "stacking":
-            info["weights"] = dict(self.weights)
-        if vote.abstain_target is not None:
-            info["abstention"] = self._fit_abstention(logits, y, vote)
-        return info
-
-    def _fit_abstention(self, logits: np.ndarray, y: np.ndarray, vote: VoteConfig) -> dict:
-        """Set ``abstain_below`` from the validation rows for the recipe's coverage or accuracy target.
-
-        The stacker's confidence is taken out-of-fold, like its validation score; the other
-        methods' is in-sample (they fit at most M weights and a temperature on these rows).
-        """
-        if vote.abstain_below is not None or None not in (vote.abstain_coverage, vote.abstain_accuracy):
-            raise EnsembleError("vote: set at most one of abstain_below, abstain_coverage, abstain_accuracy")
-        target, value = vote.abstain_target
-        scored = self.vote_logits(logits, member_details=False)
-        values, correct = scored.confidence, scored.labels == y
-        if vote.abstain_on == "agreement":
-            values = scored.agreement
-        elif self.stacker is not None:
-            oof = self.stacker.oof_probs_
-            values, correct = oof.max(axis=1), oof.argmax(axis=1) == y
-        chosen = combine.abstain_threshold(values, correct, **{target: value})
-        self.abstain_below = chosen["threshold"]
-        return {"target": target, "value": float(value), "on": vote.abstain_on, "threshold": chosen["threshold"],
-                "valid_coverage": chosen["coverage"], "valid_accuracy": chosen["accuracy"]}
+        return votefit.fit_vote(self, logits, y, vote)
 
     def save(self, path: str | Path, overwrite: bool = False) -> None:
         """Write the manifest and the members (hard links where possible) as directory `path`.

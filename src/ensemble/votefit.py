@@ -1,0 +1,98 @@
+"""Fitting the vote on validation logits: temperatures, weights, Caruana selection, the stacker
+and the abstention threshold (`Ensemble.fit_vote`, which `ensemble fit` and `ensemble vote` call).
+
+Only the validation split is read, so a report on another split stays honest.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import combine
+from .errors import EnsembleError
+from .recipe import LEARNED_METHODS, VoteConfig
+from .stacking import Stacker
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .ensemble import Ensemble
+
+
+def fit_vote(ens: Ensemble, logits: np.ndarray, y: np.ndarray, vote: VoteConfig) -> dict:
+    """`Ensemble.fit_vote`'s work: set `ens`'s vote from `logits` (members, rows, classes) and
+    label indices `y`; return what was fitted, for the report.
+
+    Example:
+        >>> info = fit_vote(ens, valid_logits, y_valid, VoteConfig("selection"))  # doctest: +SKIP
+        >>> sorted(info)[:3]  # doctest: +SKIP
+        ['calibrated', 'fitted_on', 'method']
+    """
+    names = list(ens.members)
+    # the constructor's checks of method, weights and abstention, before anything changes: a bad
+    # VoteConfig must not leave this ensemble voting in a way that its saved manifest cannot load
+    type(ens)(list(ens.members.values()), vote.method, dict(vote.weights or {}), abstain_below=vote.abstain_below,
+              abstain_on=vote.abstain_on)
+    y = np.asarray(y)
+    if logits.shape[:2] != (len(names), len(y)):
+        raise EnsembleError(f"fit_vote: logits have shape {logits.shape}; expected ({len(names)}, {len(y)}, classes)")
+    ens.method, ens.abstain_below, ens.abstain_on = vote.method, vote.abstain_below, vote.abstain_on
+    ens.weights = {n: float(vote.weights.get(n, 1.0)) for n in names}  # the config says it all
+    temps = combine.fit_temperatures(logits, y) if vote.calibrate else np.ones(len(names))
+    ens.temperatures = dict(zip(names, map(float, temps), strict=True))
+    probs = combine.softmax(logits, temps)
+    info: dict = {"method": vote.method, "fitted_on": "valid", "valid_rows": len(y),
+                  "calibrated": bool(vote.calibrate), "temperatures": dict(ens.temperatures)}
+    if vote.method == "weighted":
+        ens.weights = dict(zip(names, map(float, combine.fit_weights(probs, y)), strict=True))
+    elif vote.method == "selection":
+        weights, picks = combine.caruana_selection(probs, y, rounds=vote.selection_rounds)
+        ens.weights = dict(zip(names, map(float, weights), strict=True))
+        info["picks"] = {n: int(picks.count(k)) for k, n in enumerate(names)}
+    elif vote.method == "stacking":
+        ens.stacker = Stacker().fit(probs, y, folds=vote.stacking_folds)
+        oof = ens.stacker.oof_probs_
+        info["valid"] = {"accuracy": float((oof.argmax(1) == y).mean()), "nll": combine.nll(oof, y)}
+        info["valid_scored"] = "out-of-fold (cross-fitted)"
+        # how much the stacker uses each member: its share of the coefficients' norm
+        size = len(ens.labels)
+        norms = [float(np.linalg.norm(ens.stacker.coef_[:, k * size:(k + 1) * size])) for k in range(len(names))]
+        info["reliance"] = {n: (v / sum(norms) if sum(norms) else 0.0) for n, v in zip(names, norms, strict=True)}
+    ens.ensemble_temperature = 1.0
+    if vote.method != "stacking":
+        ens.stacker = None
+        scores = ens.vote_logits(logits, member_details=False).scores
+        if vote.calibrate and vote.method != "hard":  # hard-vote shares are not probabilities
+            log_scores = np.log(np.clip(scores, 1e-12, None))[None].astype(np.float64)
+            ens.ensemble_temperature = float(combine.fit_temperatures(log_scores, y)[0])
+            scores = combine.soften(scores, ens.ensemble_temperature)
+            info["ensemble_temperature"] = ens.ensemble_temperature
+        info["valid"] = {"accuracy": float((scores.argmax(1) == y).mean()), "nll": combine.nll(scores, y)}
+        info["valid_scored"] = "in-sample (fitted on these rows)" if vote.method in LEARNED_METHODS else "nothing fitted but temperatures"
+    if vote.method != "stacking":
+        info["weights"] = dict(ens.weights)
+    if vote.abstain_target is not None:
+        info["abstention"] = _fit_abstention(ens, logits, y, vote)
+    return info
+
+
+def _fit_abstention(ens: Ensemble, logits: np.ndarray, y: np.ndarray, vote: VoteConfig) -> dict:
+    """Set ``abstain_below`` from the validation rows for the recipe's coverage or accuracy target.
+
+    The stacker's confidence is taken out-of-fold, like its validation score; the other
+    methods' is in-sample (they fit at most M weights and a temperature on these rows).
+    """
+    if vote.abstain_below is not None or None not in (vote.abstain_coverage, vote.abstain_accuracy):
+        raise EnsembleError("vote: set at most one of abstain_below, abstain_coverage, abstain_accuracy")
+    target, value = vote.abstain_target
+    scored = ens.vote_logits(logits, member_details=False)
+    values, correct = scored.confidence, scored.labels == y
+    if vote.abstain_on == "agreement":
+        values = scored.agreement
+    elif ens.stacker is not None:
+        oof = ens.stacker.oof_probs_
+        values, correct = oof.max(axis=1), oof.argmax(axis=1) == y
+    chosen = combine.abstain_threshold(values, correct, **{target: value})
+    ens.abstain_below = chosen["threshold"]
+    return {"target": target, "value": float(value), "on": vote.abstain_on, "threshold": chosen["threshold"],
+            "valid_coverage": chosen["coverage"], "valid_accuracy": chosen["accuracy"]}
