@@ -17,10 +17,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import ensemble.slots as slots
 import ensemble.workers as workers
 from ensemble.errors import EnsembleError
 from ensemble.recipe import MemberConfig, TrainConfig
-from ensemble.workers import parse_workers, plan, split_threads
+from ensemble.slots import parse_workers, plan, split_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = (ROOT / "recipes" / "demo" / "train.csv").read_text(encoding="utf-8").splitlines()[1:241]
@@ -36,7 +37,7 @@ def machine(monkeypatch, tmp_path):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     meminfo = tmp_path / "meminfo"
-    monkeypatch.setattr(workers, "MEMINFO", str(meminfo))
+    monkeypatch.setattr(slots, "MEMINFO", str(meminfo))
 
     def set_(threads: int = 2, gpus: int = 0, memory_gb: float = 64):
         monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
@@ -109,7 +110,7 @@ def test_inside_a_distributed_launch_members_train_data_parallel(machine, monkey
 def test_largest_member_first():
     small, large = members(1)[0], members(1, size="mini")[0]
     longer = replace(small, name="longer", train=replace(small.train, epochs=small.train.epochs * 20))
-    queue = sorted([small, large, longer], key=workers._work, reverse=True)
+    queue = sorted([small, large, longer], key=slots.work, reverse=True)
     # tiny: 2 layers x (4*128^2 + 2*128*512) per epoch; mini: 4 x (4*256^2 + 2*256*1024) = 8x that
     assert [m.name for m in queue] == ["longer", "m0", "m0"] and queue[1].size == "mini"
 
@@ -150,7 +151,7 @@ def test_handing_threads_or_members_to_a_dead_worker_leaves_the_report_to_check(
     worker.proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"], stdin=subprocess.PIPE,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
     worker.proc.wait()
-    worker.slot = workers.Slot("1 CPU thread", {}, threads=1)
+    worker.slot = slots.Slot("1 CPU thread", {}, threads=1)
     worker.threads, worker.label, worker.out, worker.position = 1, "1 CPU thread", tmp_path, 0
     worker.output = tmp_path / "worker-0.log"
     worker.output.write_text("error: members[m0]: training loss became nan\n", encoding="utf-8")

@@ -65,7 +65,8 @@ def fit(
 
     spec = load_recipe(recipe, set_, scratch)  # before torch is imported: a typo is reported at once
     from .fit import MANIFEST, fit as run_fit
-    from .workers import fit_concurrent, parse_workers, serve as serve_members
+    from .slots import parse_workers
+    from .workers import fit_concurrent, serve as serve_members
 
     workers = parse_workers(concurrent)
     out = out or Path("runs") / recipe.stem
