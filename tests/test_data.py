@@ -517,7 +517,9 @@ def test_parquet_string_kinds_and_numeric_labels_load(tmp_path: Path) -> None:
     ("value", "expected"),
     [
         ("1.0", "1"), (4.0, "4"), (3, "3"), ("3", "3"), (np.int64(2), "2"), (np.float32(1.0), "1"),
-        (" pos ", "pos"), ("2.5", "2.5"), ("0.50", "0.5"), ("-1", "-1"),
+        (" pos ", "pos"), ("2.5", "2.5"), ("-1", "-1"), ("+1.00", "1"), ("-2.0", "-2"),
+            # spellings that could be two classes keep their own: "1.10" and "1.1" are section codes
+            ("0.50", "0.50"), ("1.10", "1.10"), ("01", "01"), ("1e3", "1e3"), (True, "true"), (np.bool_(False), "false"),
         ("12345678901234567890", "12345678901234567890"),
         ("", None), ("  ", None), ("nan", None), ("NaN", None), (float("nan"), None), (None, None),
     ],

@@ -628,3 +628,30 @@ def test_member_logits_progress_counts_every_members_rows(run, monkeypatch):
     assert seen == {"total": 210, "desc": "test (3 members)", "disable": False, "done": 210}
     three(run).member_logits(TEXTS[:5])
     assert seen["disable"] is True
+
+
+def test_a_hard_votes_validation_score_is_that_of_its_labels_with_their_tie_break(run):
+    # three members, three classes, each member sure of another class: a three-way tie that the
+    # documented rule gives to the highest mean probability (class 2 here), not to the first class
+    ens = three(run)
+    logits = np.array([[[4.0, 0.0, 0.0]], [[0.0, 4.0, 0.0]], [[0.0, 0.0, 5.0]]], np.float32)
+    info = ens.fit_vote(logits, np.array([2]), VoteConfig(method="hard", calibrate=False))
+    assert ens.vote_logits(logits).labels.tolist() == [2]
+    assert info["valid"] == {"accuracy": 1.0}  # and no log-loss of vote shares, which are not probabilities
+    soft = ens.fit_vote(logits, np.array([2]), VoteConfig(method="soft", calibrate=False))
+    assert set(soft["valid"]) == {"accuracy", "nll"}
+
+
+def test_predict_with_an_empty_label_flag_ignores_a_gold_column_that_has_holes(run, tmp_path, cli):
+    data = tmp_path / "d.csv"
+    rows = [f'"{t}",{"" if k % 3 == 0 else "positive"}' for k, t in enumerate(TEXTS[:12])]
+    data.write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    code, _, err = cli(["predict", "--ensemble", str(run / "run"), "--data", str(data), "--out", str(tmp_path / "p.csv")])
+    assert code == 2 and "has an empty label in column 'label'" in err
+    code, out, err = cli(["predict", "--ensemble", str(run / "run"), "--data", str(data), "--out", str(tmp_path / "p.csv"),
+                          "--label", "", "--quiet"])
+    assert code == 0 and "12 rows predicted" in out, err
+    assert (tmp_path / "p.csv").read_text().splitlines()[0].startswith("text,bert_label,")  # no gold column
+    code, _, err = cli(["predict", "--ensemble", str(run / "run"), "--data", str(data), "--out", str(tmp_path / "q.csv"),
+                        "--text", " "])
+    assert code == 2 and "--text: is empty" in err

@@ -60,7 +60,8 @@ def full_report() -> dict:
     }
     report["training"] = {
         name: [{"epoch": e, "train_loss": 0.8 - e / 5, "valid_loss": 0.6 - e / 10,
-                "accuracy": 0.5 + e / 10, "seconds": 12.5} for e in (1, 2, 3)]
+                "accuracy": 0.5 + e / 10, "seconds": 12.5, **({"kept": True} if (name, e) == ("roberta", 2) else {})}
+               for e in (1, 2, 3)]
         for name in NAMES
     }
     report["data"] = {
@@ -101,9 +102,10 @@ def test_markdown_renders_the_new_sections_with_their_numbers():
     assert "- Coverage: 0.8000\n- Accuracy on answered rows: 0.9167" in md
     assert "| threshold | coverage | accuracy |\n| ---: | ---: | ---: |" in md
     assert "| 0.5000 | 0.9000 | 0.8889 |" in md and "| 1.0000 | 0.0000 |  |" in md
-    # Training: the last epoch, extra numbers (seconds) as further columns.
-    assert "| model | epoch | train loss | valid loss | valid accuracy | seconds |" in md
-    assert "| roberta | 3 | 0.2000 | 0.3000 | 0.8000 | 12.5000 |" in md
+    # Training: the kept epoch (the last where none is marked), extra numbers (seconds) as further columns.
+    assert "| model | epochs trained | kept epoch | train loss | valid loss | valid accuracy | seconds |" in md
+    assert "| roberta | 3 | 2 | 0.4000 | 0.4000 | 0.7000 | 12.5000 |" in md
+    assert "| albert | 3 | 3 | 0.2000 | 0.3000 | 0.8000 | 12.5000 |" in md
     # Data: skipped rows per split, truncation per member ("eval" is this report's split: test).
     assert "| split | rows skipped |" in md and "| train | 3 |" in md and "| test | 1 |" in md
     assert "| model | max length | train | valid | test |" in md and "eval" not in md

@@ -509,3 +509,17 @@ def test_disputed_rows_with_a_zero_weight_member_follow_the_members_split():
                           pairs=None, split="test")
     # rows 0 and 3: half the members agree with the ensemble; row 1: three of four; row 2 unanimous
     assert [item["row"] for item in report["disputed"]] == [0, 3, 1]
+
+
+def test_disputed_rows_start_with_the_deepest_split_not_the_lowest_agreement():
+    # row 0: two members against one, and the soft vote picks the class neither side chose
+    # (agreement 0); row 1: every member a different class (agreement 1/3). Row 1 is disputed more.
+    logits = np.array([[[1.0, 0.0, 0.9], [5.0, 0.0, 0.0]],
+                       [[1.0, 0.0, 0.9], [0.0, 5.0, 0.0]],
+                       [[0.0, 1.0, 0.95], [0.0, 0.0, 5.5]]], np.float32)
+    vote = aggregate(logits, "soft")
+    assert vote.labels.tolist() == [2, 2] and vote.agreement[0] == 0.0
+    report = build_report(names=["a", "b", "c"], labels=["x", "y", "z"], vote=vote, method="soft",
+                          weights={"a": 1.0, "b": 1.0, "c": 1.0}, y_true=None, texts=["t0", "t1"], pairs=None,
+                          split="test")
+    assert [item["row"] for item in report["disputed"]] == [1, 0]

@@ -109,7 +109,7 @@ def vote(
     abstain_accuracy: Optional[float] = typer.Option(None, "--abstain-accuracy", help="Choose the threshold on --valid: answer the most rows at this accuracy (0-1]."),
     text: Optional[str] = typer.Option(None, "--text", help="Text column (default: the members' recipe, else 'text')."),
     text_pair: Optional[str] = typer.Option(None, "--text-pair", help="Second text column for sentence pairs."),
-    label: Optional[str] = typer.Option(None, "--label", help="Label column, if the data has labels (default: the members' recipe, else 'label')."),
+    label: Optional[str] = typer.Option(None, "--label", help="Label column, if the data has labels (default: the members' recipe, else 'label'; \"\" reads none)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -150,8 +150,11 @@ def vote(
     not_over_inputs(out, {**reads, "--data file": data, **({"--valid file": valid} if valid is not None else {})})
     ens = Ensemble.from_dirs(dirs, method if method not in LEARNED_METHODS else "soft", weights_by_name(weights, dirs),
                              precision=precision)
-    label_given = label is not None  # a --label column must exist; the default one may be absent
+    label_given = bool(label)  # a --label column must exist; the default one may be absent
     text, text_pair, label = _columns(ens, text, text_pair, label)
+    if label is None and valid is not None:
+        raise EnsembleError("--label: '' reads no gold labels, and --valid needs them to fit the vote; "
+                            "name the label column, or drop --valid")
     columns = dict(text=text, text_pair=text_pair, label=label)
     ds = load_table(data, **columns, field="--data", require_label=label_given)
     if out.exists() and not overwrite:
@@ -207,7 +210,7 @@ def predict(
     out: Path = typer.Option(..., "--out", help="Output CSV: texts, member and ensemble labels, confidence, agreement."),
     text: Optional[str] = typer.Option(None, "--text", help="Text column (default: the members' recipe, else 'text')."),
     text_pair: Optional[str] = typer.Option(None, "--text-pair", help="Second text column for sentence pairs."),
-    label: Optional[str] = typer.Option(None, "--label", help="Gold label column, copied through when present."),
+    label: Optional[str] = typer.Option(None, "--label", help="Gold label column, copied through when present (\"\": none, even if the file has one)."),
     chunk_rows: int = typer.Option(10_000, "--chunk-rows", min=1, help="Rows per chunk (bounds the memory)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run into the same --out, after its last finished chunk."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
@@ -227,7 +230,7 @@ def predict(
     not_over_inputs(out, {"--ensemble directory": ensemble}, nested_ok=("--ensemble directory",))
     ens = Ensemble.load(ensemble, device=device, precision=precision)
     not_over_inputs(out, {f"member '{n}' directory": m.path for n, m in ens.members.items()})
-    label_given = label is not None  # a --label column must exist; the default one is copied through if present
+    label_given = bool(label)  # a --label column must exist; the default one is copied through if present
     text, text_pair, label = _columns(ens, text, text_pair, label)
     rows = predict_file(ens, data, out, text=text, text_pair=text_pair, label=label, chunk_rows=chunk_rows,
                         progress=not quiet, resume=resume, overwrite=overwrite, require_label=label_given)
@@ -289,11 +292,16 @@ def distill(
     typer.echo(f"student: {out}")
 
 
-def _columns(ens, text: str | None, text_pair: str | None, label: str | None) -> tuple[str, str | None, str]:
-    """Data columns: the flags, else what the members were trained with, else text / label."""
+def _columns(ens, text: str | None, text_pair: str | None, label: str | None) -> tuple[str, str | None, str | None]:
+    """Data columns: the flags, else what the members were trained with, else text / label;
+    ``--label ""`` reads no gold labels (label None)."""
     if text_pair is not None and not ens.text_pair:
         raise EnsembleError(f"--text-pair: these members were trained on single texts, not pairs; drop --text-pair '{text_pair}'")
     recorded = ens.data_columns()
+    if text is not None and not text.strip():
+        raise EnsembleError("--text: is empty; give the text column's name, or leave --text out")
+    if label is not None and not label.strip():  # asked for: no gold labels, whatever the file holds
+        return text or recorded.get("text") or "text", text_pair or recorded.get("text_pair"), None
     return (text or recorded.get("text") or "text", text_pair or recorded.get("text_pair"),
             label or recorded.get("label") or "label")
 

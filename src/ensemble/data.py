@@ -176,6 +176,10 @@ def _stream_table(
     with reader(p, shown, field) as (columns, fetch):
 
         def find(name: str, key: str) -> str:
+            if not name.strip():  # a header's unnamed first column (a row index) is never the one meant
+                listed = ", ".join(c for c in columns if c) or "(none)"
+                flag = _FLAGS[key] if field.startswith("--") else key
+                raise EnsembleError(f"{flag}: is empty; give a column name of '{shown}': {listed}")
             if name not in columns:
                 listed = ", ".join(c for c in columns if c) or "(none)"
                 hint = f"set {key} to one of them"
@@ -189,6 +193,9 @@ def _stream_table(
                         f"the header looks {separator!r}-separated; this reads comma-separated .csv "
                         "(or tab-separated .tsv): convert the file"
                     )
+                elif _token_per_line(columns):
+                    hint = ("it looks like a CoNLL file, one token and its tags per line; ensemble classifies whole "
+                            "texts or text pairs: token classification (NER) is not supported")
                 raise EnsembleError(
                     f"{field}: column '{name}' not found in '{shown}'; columns found: {listed} ({hint})"
                 )
@@ -226,6 +233,19 @@ def _other_separator(p: Path, columns: list[str]) -> str | None:
     if p.suffix.lower() not in (".csv", ".tsv") or len(columns) != 1:
         return None
     return next((sep for sep in (";", "|") if sep in columns[0]), None)
+
+
+def _token_per_line(columns: list[str]) -> bool:
+    """A header that is one column of 2-4 space-separated words, the last a tag ("Melbourne NP B-LOC").
+
+    Example:
+        >>> _token_per_line(["Melbourne NP B-LOC"]), _token_per_line(["text"]), _token_per_line(["my text"])
+        (True, False, False)
+    """
+    if len(columns) != 1:
+        return False
+    words = columns[0].split()
+    return 2 <= len(words) <= 4 and (words[-1] == "O" or words[-1][:2] in ("B-", "I-", "E-", "S-"))
 
 
 def _bad_row_fix(field: str) -> str:
@@ -283,6 +303,11 @@ def _clean_rows(
     for row in rows:
         first = _as_text(row.values[0])
         second = _as_text(row.values[1]) if pairs is not None else ""
+        if labels is not None and isinstance(row.values[-1], list | tuple | dict | np.ndarray):
+            raise EnsembleError(
+                f"{field}: {row.where} of '{shown}' has a {type(row.values[-1]).__name__} as its label in column "
+                f"'{label}'; a label is one string or number (one class per row: multi-label data is not supported)"
+            )
         name = normalize_label(row.values[-1]) if labels is not None else None
         problem = row.problem
         if problem is None and not first:

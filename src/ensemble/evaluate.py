@@ -156,7 +156,10 @@ def _histories(ens: Ensemble) -> dict:
         except (OSError, TypeError, ValueError, KeyError):
             continue
         keep = ("epoch", "train_loss", "valid_loss", "accuracy", "macro_f1", "lr", "seconds", "samples_per_s")
-        histories[name] = [{k: row[k] for k in keep if k in row} for row in history if isinstance(row, dict)]
+        best = metrics.get("best_epoch") if isinstance(metrics, dict) else None
+        # "kept": the epoch whose weights the member holds (its best by best_metric), the one that votes
+        histories[name] = [{**{k: row[k] for k in keep if k in row}, **({"kept": True} if row.get("epoch") == best else {})}
+                           for row in history if isinstance(row, dict)]
     return histories
 
 

@@ -13,7 +13,7 @@ from .devices import bf16_tip
 from .ensemble import MANIFEST, Ensemble, write_json
 from .errors import EnsembleError
 from .evaluate import evaluate, gold
-from .labels import check_known_labels, sorted_labels
+from .labels import check_known_labels, check_label_column, sorted_labels
 from .members import METRICS_FILE, preflight, saved_recipe
 from .recipe import DataConfig, MemberConfig, Recipe, recipe_dict
 from .train import Diverged, Splits, process_state, train_member
@@ -29,6 +29,7 @@ def load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str]
                                 f"would be optimistic: give a separate file, or leave data.{later} out")
     columns = dict(text=data.text, text_pair=data.text_pair, label=data.label, on_bad_rows=data.on_bad_rows)
     train = load_table(data.train, field="data.train", **columns)
+    check_label_column(train, data.label)
     if data.valid is not None:
         valid = load_table(data.valid, field="data.valid", **columns)
     else:
@@ -175,8 +176,9 @@ def vote_and_report(recipe: Recipe, out: Path, splits: Splits, test: TextDataset
     else:  # the members' own counts, from the same tokenization
         truncated = {name: _valid_truncated(out / "members" / name) for name in ens.members}
     fitted = ens.fit_vote(valid_logits, gold(ens, splits.valid, "data.valid"), recipe.vote)
-    skipped = {"train": splits.train.skipped, "valid": splits.valid.skipped if recipe.data.valid else 0,
-               "test": test.skipped if test is not None else 0}
+    skipped = {"train": splits.train.skipped, "valid": splits.valid.skipped if recipe.data.valid else 0}
+    if test is not None:  # only the splits there are
+        skipped["test"] = test.skipped
     info = {"skipped_rows": skipped, "failed_members": failed}
     if test is not None:
         report = evaluate(ens, test, "test", out, fitted=fitted, data_info=info, progress=progress)

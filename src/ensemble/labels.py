@@ -1,11 +1,13 @@
 """Label names: clean strings from whatever a file holds, a stable order, checks against training.
 
-A label is always a string: ``1``, ``1.0`` and ``"1"`` in a file are the same class, ``"1"``.
+A label is always a string: ``1``, ``1.0`` and ``"1"`` in a file are the same class, ``"1"``;
+``"1.10"`` and ``"1.1"`` are two.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -17,16 +19,27 @@ from .errors import EnsembleError
 if TYPE_CHECKING:
     from .data import TextDataset
 
+_INTEGRAL_FLOAT = re.compile(r"\+?(-?(?:0|[1-9][0-9]*))\.0+")  # "1.0", "-2.00": an integer written as a float
+
 
 def normalize_label(value: object) -> str | None:
-    """A label as a clean string: integer-valued numbers lose their ".0"; blanks and NaN are None.
+    """A label as a clean string: an integer written as a float loses its ".0"; blanks and NaN are None.
+
+    Only spellings that cannot mean two classes are merged: ``1``, ``1.0`` and ``"1.00"`` are
+    the class ``"1"`` (Quora writes its labels as floats, a dev file may not), while ``"01"``,
+    ``"1.10"`` and ``"1e3"`` keep their own spelling, so that ``"1.10"`` and ``"1.1"`` stay two
+    classes. JSON and Parquet booleans are ``"true"`` / ``"false"``.
 
     Example:
         >>> normalize_label("1.0"), normalize_label(4.0), normalize_label(" pos "), normalize_label("nan")
         ('1', '4', 'pos', None)
+        >>> normalize_label("01"), normalize_label("1.10"), normalize_label(0.25), normalize_label(True)
+        ('01', '1.10', '0.25', 'true')
     """
     if value is None:
         return None
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
     if isinstance(value, int | np.integer):
         return str(int(value))
     if isinstance(value, float | np.floating):
@@ -34,14 +47,8 @@ def normalize_label(value: object) -> str | None:
     s = str(value).strip()
     if not s or s.lower() == "nan":
         return None
-    try:
-        return str(int(s))  # exact, even for ints too large for a float
-    except ValueError:
-        pass
-    try:
-        return _number_text(float(s))
-    except ValueError:
-        return s
+    whole = _INTEGRAL_FLOAT.fullmatch(s)
+    return whole.group(1) if whole else s
 
 
 def sorted_labels(labels: Iterable[str]) -> list[str]:
@@ -56,6 +63,56 @@ def sorted_labels(labels: Iterable[str]) -> list[str]:
         return sorted(unique, key=lambda s: (float(s), s))
     except ValueError:
         return sorted(unique)
+
+
+def check_label_column(ds: TextDataset, column: str, field: str = "data.label") -> None:
+    """Refuse a training label column that cannot be classes: a continuous target, or text / ids.
+
+    More than 20 distinct numbers, some not whole, are a regression target (STS similarity
+    scores); more than 50 distinct values making up at least half the rows are a text or id
+    column chosen by mistake. Both would otherwise train a classifier with a class per value.
+
+    Example:
+        >>> from ensemble.data import TextDataset
+        >>> scores = TextDataset(["a"] * 40, None, [str(k / 8) for k in range(40)], "sts.csv")
+        >>> check_label_column(scores, "similarity")
+        Traceback (most recent call last):
+        ...
+        ensemble.errors.EnsembleError: data.label: column 'similarity' of 'sts.csv' holds 40 distinct numbers such as '0.125', '0.25', '0.375' (a continuous target, not classes); ensemble trains classifiers: bin the values into classes (e.g. round them) in the file, or set data.label to a column of classes
+    """
+    if ds.labels is None:
+        return
+    distinct = Counter(ds.labels)
+    if len(distinct) > 20 and all(_is_number(v) for v in distinct) and any(not float(v).is_integer() for v in distinct):
+        examples = ", ".join(f"'{v}'" for v in [v for v in distinct if not float(v).is_integer()][:3])
+        raise EnsembleError(
+            f"{field}: column '{column}' of '{ds.path}' holds {len(distinct)} distinct numbers such as {examples} "
+            "(a continuous target, not classes); ensemble trains classifiers: bin the values into classes "
+            "(e.g. round them) in the file, or set data.label to a column of classes"
+        )
+    if len(distinct) > 50 and 2 * len(distinct) >= len(ds.labels):
+        examples = ", ".join(f"'{shorten(v)}'" for v in list(distinct)[:2])
+        raise EnsembleError(
+            f"{field}: column '{column}' of '{ds.path}' holds {len(distinct)} distinct values in {len(ds.labels)} "
+            f"rows (such as {examples}): text or ids, not class labels; set data.label to the column of classes"
+        )
+
+
+def shorten(label: str, limit: int = 40) -> str:
+    """A label cut to `limit` characters for a message.
+
+    Example:
+        >>> shorten("a whole sentence that somebody chose as the label column by mistake", 20)
+        'a whole sentence ...'
+    """
+    return label if len(label) <= limit else label[: limit - 4].rstrip() + " ..."
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def check_known_labels(ds: TextDataset, known: Sequence[str], field: str) -> None:
@@ -76,10 +133,10 @@ def check_known_labels(ds: TextDataset, known: Sequence[str], field: str) -> Non
     if not unseen:
         return
     most = unseen.most_common(10)
-    found = ", ".join(f"'{lab}' ({n} row{'s' if n != 1 else ''})" for lab, n in most)
+    found = ", ".join(f"'{shorten(lab)}' ({n} row{'s' if n != 1 else ''})" for lab, n in most)
     more = f" and {len(unseen) - len(most)} more" if len(unseen) > len(most) else ""
     plural = len(unseen) > 1
-    training = sorted_labels(known)
+    training = [shorten(lab) for lab in sorted_labels(known)]
     training_text = str(training) if len(training) <= 20 else str(training[:20])[:-1] + ", ...]"
     raise EnsembleError(
         f"{field}: label{'s' if plural else ''} {found}{more} in '{ds.path}' never appear{'' if plural else 's'} "

@@ -173,8 +173,10 @@ def _training(report: dict) -> Figure | None:
             points = [(_number(e.get("epoch")), _number(e.get(key)))
                       for e in (epochs if isinstance(epochs, list) else []) if isinstance(e, dict)]
             points = sorted((x, y) for x, y in points if x is not None and y is not None)
+            kept = [(_number(e.get("epoch")), _number(e.get(key))) for e in (epochs if isinstance(epochs, list) else [])
+                    if isinstance(e, dict) and e.get("kept") is True]
             if points:
-                lines.append((name, points))
+                lines.append((name, points, [p for p in kept if None not in p]))
         if lines:
             panels.append((title, lines))
     if not panels:
@@ -186,14 +188,18 @@ def _training(report: dict) -> Figure | None:
     figure = Figure(figsize=(4.2 * len(panels), 3.4 + 0.25 * legend_rows), layout="constrained")
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for ax, (title, lines) in zip(axes, panels):
-        for name, points in lines:
+        for name, points, kept in lines:
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, **styles[name])
+            for x, y in kept:  # the epoch whose weights vote: a ring around its point
+                ax.plot([x], [y], linestyle="", marker="o", markersize=8, markerfacecolor="none",
+                        markeredgewidth=1.5, color=styles[name].get("color"))
         ax.set_title(title, fontsize=11)
-        ax.set_xlabel("epoch")
+        ax.set_ylabel(title)
+        ax.set_xlabel("epoch (ring: the kept epoch)" if any(kept for _, _, kept in lines) else "epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    plotted = {name for _, lines in panels for name, _ in lines}
+    plotted = {name for _, lines in panels for name, _, _ in lines}
     drawn = [name for name in names if name in plotted]
     handles = [Line2D([], [], marker="o", markersize=3, **styles[name]) for name in drawn]
     figure.legend(handles, [_legend_label(name) for name in drawn], loc="outside lower center",
@@ -233,9 +239,10 @@ def _coverage(report: dict) -> Figure | None:
     ax.set_xlim(0.0, 1.02)
     ax.set_xlabel("coverage (share of rows answered)")
     ax.set_ylabel("accuracy on answered rows")
-    ax.set_title("Accuracy vs coverage", fontsize=11)
+    on = abstention.get("on")
+    ax.set_title("Accuracy vs coverage" + (f" (abstaining on low {_short(on)})" if on else ""), fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=9)
+    ax.legend(loc="best", fontsize=9)  # where it hides the fewest points
     return figure
 
 

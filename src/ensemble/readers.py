@@ -78,6 +78,13 @@ def _not_utf8(p: Path, shown: str, field: str) -> EnsembleError:
     """
     how = "save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 in.csv > out.csv"
     with open(p, "rb") as f:
+        start = f.read(2)
+        if start in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):  # Excel's "Unicode text": latin1 would garble it
+            return EnsembleError(
+                f"{field}: '{shown}' is UTF-16 (it starts with the byte-order mark {start.hex(' ')}); save it as "
+                "UTF-8, e.g. iconv -f utf-16 -t utf-8 in.tsv > out.tsv"
+            )
+        f.seek(0)
         offset = len(codecs.BOM_UTF8) if f.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8 else 0
         f.seek(offset)
         line, carry = 1, b""

@@ -172,7 +172,7 @@ def _apply_override(raw: dict, item: str) -> None:
         raise EnsembleError(f"--set: expected KEY=VALUE (e.g. members.bert.lr=3e-5); got '{item}'")
     value = _parse_value(text.strip())
     parts = key.split(".")
-    if parts[0] == "data" and len(parts) == 2 and parts[1] in ("train", "valid", "test") and isinstance(value, str):
+    if parts[0] == "data" and len(parts) == 2 and parts[1] in ("train", "valid", "test") and isinstance(value, str) and value:
         value = str(Path(value).resolve())  # typed on the command line: relative to where it was typed
     if parts[0] == "members":
         if len(parts) != 3:
@@ -304,6 +304,8 @@ def _coerce(value: Any, hint: Any, path: str, where: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], path, where)
+    if hint is Path and value == "":
+        raise EnsembleError(f"{where}: {path}: is empty; give a file path, or leave {path} out")
     if hint in SCALARS:
         expected, accepts, convert = SCALARS[hint]
         if not accepts(value):

@@ -184,8 +184,9 @@ def _calibration(section: Any, report: dict, names: list[str]) -> list:
     entries = [(n, (section.get("members") or {}).get(n), temperatures.get(n)) for n in names]
     # the ensemble's own temperature rescales the soft vote's probabilities after the members'; a
     # stacker's probabilities are its own (in the metrics table): this row is then the plain average
-    stacked = report.get("method") == "stacking"
-    label = "soft average of the members" if stacked else Span("ensemble", "strong")
+    method = report.get("method")
+    stacked = method == "stacking"
+    label = "soft average of the members" if method in ("stacking", "hard") else Span("ensemble", "strong")
     entries.append((label, section.get("ensemble"), section.get("ensemble_temperature")))
     rows = [[name, _num(temperature)] + [_num((scores or {}).get(k)) for k in keys]
             for name, scores, temperature in entries if scores or temperature is not None]
@@ -195,6 +196,9 @@ def _calibration(section: Any, report: dict, names: list[str]) -> list:
     if stacked:
         note += (" The stacker's own NLL and ECE are the ensemble's in the metrics table; the last row is the "
                  "members' plain weighted average, before and after their temperatures.",)
+    elif method == "hard":
+        note += (" A hard vote gives labels, not probabilities; the last row is the members' plain weighted "
+                 "average, before and after their temperatures.",)
     return [note, Table(columns, rows)] if rows else [note]
 
 
@@ -271,18 +275,22 @@ def _chosen(chosen: Any) -> list[tuple[str]]:
 def _training(section: Any, report: dict, names: list[str]) -> list:
     if not isinstance(section, dict):
         return []
-    final = {str(n): epochs[-1] for n, epochs in section.items()
-             if isinstance(epochs, list) and epochs and isinstance(epochs[-1], dict)}
+    histories = {str(n): [e for e in epochs if isinstance(e, dict)] for n, epochs in section.items()
+                 if isinstance(epochs, list)}
+    # the kept epoch (its weights are the member's, the ones that vote), else the last
+    final = {n: next((e for e in epochs if e.get("kept") is True), epochs[-1])
+             for n, epochs in histories.items() if epochs}
     if not final:
         return []
     keys = ["epoch"] + [k for k in ("train_loss", "valid_loss", "accuracy")
                         if any(k in e for e in final.values())]
     for entry in final.values():  # then any further numbers, in the order first seen
-        keys += [k for k, v in entry.items() if k not in keys and _is_number(v)]
-    rows = [[name] + [_value(entry.get(k)) for k in keys] for name, entry in final.items()]
-    names_here = {**_NAMES, "accuracy": "valid accuracy"}  # per-epoch accuracy is on valid
-    columns = ["model"] + [names_here.get(k, k.replace("_", " ")) for k in keys]
-    return [("Each member's last epoch.",), Table(columns, rows)]
+        keys += [k for k, v in entry.items() if k not in keys and k != "kept" and _is_number(v)]
+    rows = [[name, str(len(histories[name]))] + [_value(entry.get(k)) for k in keys] for name, entry in final.items()]
+    names_here = {**_NAMES, "accuracy": "valid accuracy", "epoch": "kept epoch"}  # per-epoch accuracy is on valid
+    columns = ["model", "epochs trained"] + [names_here.get(k, k.replace("_", " ")) for k in keys]
+    return [("Each member's kept epoch: the one whose weights vote (its best by the recipe's best_metric; "
+             "the last epoch where none is recorded).",), Table(columns, rows)]
 
 
 def _data(section: Any, report: dict, names: list[str]) -> list:
@@ -348,7 +356,11 @@ def _disputed(report: dict, names: list[str], has_gold: bool) -> list:
         rows.append(row + [str(item["members"][n]) for n in names])
     # Right-align the numbers: row, confidence, agreement.
     numeric = [True] + [False] * (len(columns) - len(names) - 3) + [True, True]
-    return [("Rows where the members disagree, lowest member agreement first.",),
+    skipped = (report.get("data") or {}).get("skipped_rows")
+    skipping = isinstance(skipped, dict) and any(_is_number(v) and v > 0 for v in skipped.values())
+    return [("Rows where the members disagree, deepest splits first (fewest members behind any one label), then "
+             "lowest agreement with the ensemble. Row: the row of predictions.csv, counted from 0"
+             + (" (the rows skipped as bad are not in it)." if skipping else "."),),
             Table(columns, rows, numeric + [False] * len(names))]
 
 

@@ -120,9 +120,10 @@ def build_report(*, names: list[str], labels: list[str], vote: Vote, method: str
     metrics and ``mean_confidence``), ``ensemble`` (metrics, ``mean_confidence``,
     ``mean_agreement``), ``agreement`` (see `agreement_stats`), ``oracle_accuracy`` (share of
     rows some member gets right) and ``disputed``: up to ``top_disputed`` of the rows where the
-    members do not all give the same label, lowest agreement first, ties going to the smaller
-    share of members agreeing with the ensemble, then to the lower ensemble confidence, then to
-    the earlier row; empty when every member agreed on every row.
+    members do not all give the same label, fewest members behind any one label first (the
+    deepest splits), then lowest agreement, ties going to the smaller share of members agreeing
+    with the ensemble, then to the lower ensemble confidence, then to the earlier row (``row``
+    counts from 0 in ``predictions.csv``); empty when every member agreed on every row.
     Without ``y_true`` the metric keys and ``oracle_accuracy`` are absent and ``gold`` is None.
 
     Example:
@@ -166,7 +167,12 @@ def build_report(*, names: list[str], labels: list[str], vote: Vote, method: str
     # then the share of members (not of weight) that agree: with a zero-weight member every row's
     # weighted agreement can be 1, and the members' own split still orders the rows
     agreeing = (member_labels == vote.labels[None]).mean(axis=0)
-    order = np.lexsort((np.arange(rows), vote.confidence, agreeing, agreement_key))
+    # first the rows where the members split most: the fewest members behind any one label (a
+    # three-way split before two against one), whatever the ensemble chose
+    plurality = np.zeros(rows, np.int64)
+    for c in range(n_classes):
+        np.maximum(plurality, (member_labels == c).sum(axis=0), out=plurality)
+    order = np.lexsort((np.arange(rows), vote.confidence, agreeing, agreement_key, plurality))
     # Only rows where the members disagree are disputed; a unanimous row is not, whatever its rank.
     split_rows = ~(member_labels == member_labels[:1]).all(axis=0)
     order = order[split_rows[order]][:top_disputed]

@@ -61,13 +61,17 @@ def fit_vote(ens: Ensemble, logits: np.ndarray, y: np.ndarray, vote: VoteConfig)
     ens.ensemble_temperature = 1.0
     if vote.method != "stacking":
         ens.stacker = None
-        scores = ens.vote_logits(logits, member_details=False).scores
+        voted = ens.vote_logits(logits, member_details=False)
+        scores = voted.scores
         if vote.calibrate and vote.method != "hard":  # hard-vote shares are not probabilities
             log_scores = np.log(np.clip(scores, 1e-12, None))[None].astype(np.float64)
             ens.ensemble_temperature = float(combine.fit_temperatures(log_scores, y)[0])
             scores = combine.soften(scores, ens.ensemble_temperature)
             info["ensemble_temperature"] = ens.ensemble_temperature
-        info["valid"] = {"accuracy": float((scores.argmax(1) == y).mean()), "nll": combine.nll(scores, y)}
+        # the labels as predicted (a hard vote breaks ties between shares by mean probability)
+        info["valid"] = {"accuracy": float((voted.labels == y).mean())}
+        if vote.method != "hard":  # vote shares have no log-loss worth reading
+            info["valid"]["nll"] = combine.nll(scores, y)
         info["valid_scored"] = "in-sample (fitted on these rows)" if vote.method in LEARNED_METHODS else "nothing fitted but temperatures"
     if vote.method != "stacking":
         info["weights"] = dict(ens.weights)
