@@ -446,3 +446,12 @@ def test_labels_without_gold_rows_are_named_under_the_metrics():
     md = markdown(report)
     assert (f"Macro averages are over all {len(labels)} labels the members know; '{labels[0]}' has no gold row in "
             "this split and counts as 0 there, so that scores stay comparable across splits.") in md
+
+
+def test_valid_and_test_rows_seen_in_training_are_a_warning_in_the_data_section():
+    report = full_report()
+    report["data"]["seen_in_train"] = {"valid": 50, "test": 1}
+    data = markdown(report).split("## Data\n\n")[1].split("\n## ")[0]
+    assert ("Warning: 50 valid rows and 1 test row have the same text as a training row (duplicates in the data): "
+            "scores on them are optimistic") in data
+    assert "Warning" not in markdown(full_report())

@@ -338,6 +338,19 @@ def _clean_rows(
         )
 
 
+def seen_in(ds: TextDataset, train: TextDataset) -> int:
+    """How many rows of `ds` have the same text (and pair) as some row of `train`: duplicates
+    there make scores on `ds` optimistic.
+
+    Example:
+        >>> train = TextDataset(["good", "bad"], None, ["p", "n"], "t.csv")
+        >>> seen_in(TextDataset(["good", "fine", "good"], None, ["p", "p", "p"], "v.csv"), train)
+        2
+    """
+    known = set(zip(train.texts, train.pairs or [None] * len(train.texts)))
+    return sum(row in known for row in zip(ds.texts, ds.pairs or [None] * len(ds.texts)))
+
+
 def stratified_split(ds: TextDataset, fraction: float, seed: int) -> tuple[TextDataset, TextDataset]:
     """Split off `fraction` of the rows as a validation part, keeping class proportions.
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .data import TextDataset, load_table, stratified_split
+from .data import TextDataset, load_table, seen_in, stratified_split
 from .devices import bf16_tip
 from .ensemble import MANIFEST, Ensemble, write_json
 from .errors import EnsembleError
@@ -179,7 +179,14 @@ def vote_and_report(recipe: Recipe, out: Path, splits: Splits, test: TextDataset
     skipped = {"train": splits.train.skipped, "valid": splits.valid.skipped if recipe.data.valid else 0}
     if test is not None:  # only the splits there are
         skipped["test"] = test.skipped
-    info = {"skipped_rows": skipped, "failed_members": failed}
+    # rows of valid / test whose text is also a training text: the file's duplicates (or a leak)
+    seen = {name: n for name, ds in (("valid", splits.valid), ("test", test)) if ds is not None
+            and (n := seen_in(ds, splits.train))}
+    info = {"skipped_rows": skipped, "failed_members": failed, **({"seen_in_train": seen} if seen else {})}
+    if seen:
+        listed = " and ".join(f"{n} {split} row{'s' if n != 1 else ''}" for split, n in seen.items())
+        print(f"warning: {listed} have the same text as a training row (duplicates in the data): scores on them "
+              "are optimistic (see the report's Data section)", file=sys.stderr)
     if test is not None:
         report = evaluate(ens, test, "test", out, fitted=fitted, data_info=info, progress=progress)
     else:  # no test file: the report is on valid, whose logits are at hand

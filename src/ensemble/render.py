@@ -308,6 +308,11 @@ def _data(section: Any, report: dict, names: list[str]) -> list:
                     or any(_is_number(v) and v > 0 for v in skipped.values())):
         blocks += [("Rows skipped as bad (on_bad_rows = \"skip\"):",),
                    Table(["split", "rows skipped"], [[k, str(v)] for k, v in skipped.items()])]
+    seen = section.get("seen_in_train") or {}
+    if isinstance(seen, dict) and seen:
+        listed = " and ".join(f"{_value(n)} {split} row{'s' if n != 1 else ''}" for split, n in seen.items())
+        blocks += [(f"Warning: {listed} have the same text as a training row (duplicates in the data): "
+                    "scores on them are optimistic; deduplicate the files to score only unseen texts.",)]
     truncated, lengths = section.get("truncated") or {}, section.get("max_length") or {}
     if truncated or lengths:
         splits = list(dict.fromkeys(s for counts in truncated.values() for s in counts))
