@@ -133,6 +133,12 @@ def _read_delimited(p: Path, shown: str, field: str) -> Iterator[tuple[list[str]
                 # Extra empty fields are harmless (trailing tabs); extra text means a shifted row.
                 if len(record) < len(columns) or any(f.strip() for f in record[len(columns) :]):
                     problem = f"has {len(record)} fields but the header has {len(columns)}"
+                    if tabbed and any(f.startswith('"') and not f.endswith('"') for f in record):
+                        # pandas' to_csv(sep="\t") quotes fields holding a newline or a tab; read
+                        # quote-free, such a field is split over rows (and "skip" would keep its tail)
+                        problem += (" (a field opens a quote it does not close: tab-separated files are read "
+                                    "without CSV quoting, so a quoted field spanning lines or holding a tab "
+                                    "breaks rows; save the file as .csv, or without quoting)")
                 yield Row(f"line {start}", [record[i] if i < len(record) else None for i in idx], problem)
 
         yield columns, fetch
