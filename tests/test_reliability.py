@@ -201,7 +201,7 @@ def test_report_counts_skipped_rows_and_truncated_texts(tmp_path, cli):
     code, _, err = cli(["fit", str(tmp_path / "r.toml"), "--out", str(tmp_path / "run"), "--quiet"])
     assert code == 0, err
     data = json.loads((tmp_path / "run" / "report.json").read_text())["data"]
-    assert data["skipped_rows"] == {"train": 2, "valid": 0, "test": 0}
+    assert data["skipped_rows"] == {"train": 2, "valid": 0}  # no test file: no test split
     counts = data["truncated"]["bert"]
     # counted independently: every good row tokenized in full by the member's own tokenizer
     from ensemble.members import load_member
@@ -254,3 +254,44 @@ def test_ctrl_c_during_fit_exits_130_with_the_resume_hint(monkeypatch, tmp_path,
     assert code == 130
     assert err == "interrupted (training state is saved after every epoch: rerun with --resume to continue)\n"
     assert not (tmp_path / "run" / "ensemble.json").exists()
+
+
+def test_sigterm_stops_predict_like_ctrl_c_with_exit_143(trained, tmp_path):
+    # what SLURM's time limit, `timeout` and `docker stop` send
+    huger = tmp_path / "huger.csv"
+    huger.write_text("text,label\n" + "\n".join(ROWS * 200) + "\n", encoding="utf-8")
+    args = [sys.executable, "-m", "ensemble", "predict", "--ensemble", str(trained / "run"), "--data",
+            str(huger), "--chunk-rows", "200", "--quiet", "--out", str(tmp_path / "p.csv")]
+    proc = subprocess.Popen(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    state = tmp_path / ".p.csv.partial.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not state.is_file():
+        time.sleep(0.005)
+    assert proc.poll() is None, "predict finished before it could be terminated"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "terminated (finished chunks are kept: rerun with --resume to continue)"
+    assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize(("exc", "message"), [
+    (OSError(errno.EACCES, "Permission denied", "ro/run"),
+     "permission denied while writing 'ro/run'; nothing half-written was kept as a result: choose an --out you can write to"),
+    (OSError(errno.EFBIG, "File too large", "run/x"), "file too large for this file system or the shell's file-size limit"),
+    (OSError(errno.EROFS, "Read-only file system", "run/x"), "read-only file system while writing 'run/x'; nothing "
+                                                             "half-written was kept as a result: choose an --out on a writable"),
+    (type("SafetensorError", (Exception,), {})("Error while serializing: I/O error: No space left on device (os error 28)"),
+     "disk full while writing; nothing half-written was kept as a result: make room and rerun"),
+    (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1715648 vs 1715540"),
+     "writing a checkpoint failed part-way (a full disk or a file-size limit?)"),
+])
+def test_the_machines_write_failures_are_one_line_and_exit_2(monkeypatch, tmp_path, cli, exc, message):
+    def failing(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(train_mod, "build_member", failing)
+    code, _, err = cli(["fit", str(write_recipe(tmp_path, members=("bert",))), "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert "internal error" not in err

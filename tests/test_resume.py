@@ -82,3 +82,26 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert not (tmp_path / "cut" / "members" / ".roberta.ckpt").exists()  # cleaned up once finished
     steps = [json.loads(line) for line in (tmp_path / "cut" / "members" / "roberta" / "log.jsonl").read_text().splitlines()]
     assert {s["event"] for s in steps} == {"step", "epoch"}
+
+
+def test_resume_keeps_a_member_the_recipe_dropped_and_retrains_one_whose_data_changed(tmp_path, cli):
+    rows = (ROOT / "recipes" / "demo" / "train.csv").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "train.csv").write_text("\n".join(rows[:161]) + "\n", encoding="utf-8")
+    members = "".join(f'[[members]]\nname = "{a}"\ninit = "scratch"\narch = "{a}"\n' for a in ("bert", "roberta"))
+    base = '[data]\ntrain = "train.csv"\nvalid_fraction = 0.25\n[defaults]\nepochs = 1\nmax_length = 32\n'
+    (tmp_path / "r.toml").write_text(base + members, encoding="utf-8")
+    run = tmp_path / "run"
+    assert cli(["fit", str(tmp_path / "r.toml"), "--out", str(run), "--quiet", "--concurrent", "1"])[0] == 0
+    # roberta left out of the recipe: --resume must not delete a trained member
+    (tmp_path / "one.toml").write_text(base + members.split("[[members]]\nname = \"roberta\"")[0], encoding="utf-8")
+    code, out, err = cli(["fit", str(tmp_path / "one.toml"), "--out", str(run), "--quiet", "--resume"])
+    assert code == 0, err
+    assert "roberta: in " in out and "not in the recipe; kept there, left out of the vote" in out
+    assert (run / "members" / "roberta" / "model.safetensors").is_file()
+    assert list(json.loads((run / "ensemble.json").read_text())["members"]) == ["bert"]
+    # same settings, other rows: not "already trained", trained again and said why
+    (tmp_path / "train.csv").write_text("\n".join([rows[0], *rows[161:321]]) + "\n", encoding="utf-8")
+    code, out, err = cli(["fit", str(tmp_path / "one.toml"), "--out", str(run), "--quiet", "--resume"])
+    assert code == 0, err
+    assert "bert: its train rows changed since it was trained (other texts or labels); training it again" in out
+    assert "already trained" not in out

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import shutil
 import sys
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -336,6 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     args = expand_multi(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args or os.environ.get("ENSEMBLE_DEBUG") == "1"
     command = typer.main.get_command(app)
+    if "--serve" not in args:  # schedulers (SLURM, timeout, docker stop) send SIGTERM: end as on Ctrl-C
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         code = command.main(args, prog_name="ensemble", standalone_mode=False)
         if code == 130:  # typer's click turns Ctrl-C into this return code, silently
@@ -350,35 +354,77 @@ def main(argv: list[str] | None = None) -> None:
         where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         typer.echo(f"error: {unknown_option(exc, ctx) or exc.format_message()}{where}", err=True)
         sys.exit(exc.exit_code)
-    except (Abort, KeyboardInterrupt):
+    except (Abort, KeyboardInterrupt) as exc:
+        terminated = isinstance(exc, _Terminated) or _SIGTERM.is_set()  # click may have turned it into 130
         hints = {"fit": " (training state is saved after every epoch: rerun with --resume to continue)",
                  "predict": " (finished chunks are kept: rerun with --resume to continue)",
                  "distill": " (the student's training state is saved after every epoch: rerun with --resume to continue)"}
         hint = next((h for command, h in hints.items() if command in args), "")
-        typer.echo(f"interrupted{hint}", err=True)
-        sys.exit(130)
+        typer.echo(f"{'terminated' if terminated else 'interrupted'}{hint}", err=True)
+        sys.exit(143 if terminated else 130)
     except EnsembleError as exc:
         if debug:
             raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except OSError as exc:
-        if exc.errno not in _DISK_ERRORS:
-            _bug(exc, debug)
-        if debug:
-            raise
-        where = f" '{exc.filename}'" if exc.filename else ""
-        typer.echo(f"error: {_DISK_ERRORS[exc.errno]} while writing{where}; nothing half-written was kept as a "
-                   "result: make room and rerun (with --resume, fit and predict keep what was finished)", err=True)
-        sys.exit(2)
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - also native panics (tokenizers' PanicException), not Exceptions
-        _bug(exc, debug)
+        problem = _machine_problem(exc)
+        if problem is None or debug:
+            _bug(exc, debug)
+        typer.echo(f"error: {problem}", err=True)
+        sys.exit(2)
 
 
-# The machine's problems, not the library's: the user can act on them (exit 2, not 1).
-_DISK_ERRORS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system"}
+# The machine's problems, not the library's: the user can act on them (exit 2, not 1). What to do
+# after each; with --resume, fit and predict keep what was finished.
+_ROOM = "make room and rerun (with --resume, fit and predict keep what was finished)"
+_DISK_ERRORS = {errno.ENOSPC: ("disk full", _ROOM), errno.EDQUOT: ("disk quota exceeded", _ROOM),
+                errno.EFBIG: ("file too large for this file system or the shell's file-size limit (ulimit -f)", _ROOM),
+                errno.EROFS: ("read-only file system", "choose an --out on a writable file system"),
+                errno.EACCES: ("permission denied", "choose an --out you can write to, or fix its permissions"),
+                errno.EPERM: ("permission denied", "choose an --out you can write to, or fix its permissions")}
+# safetensors and torch's checkpoint writer report the same failures as their own exceptions
+_DISK_MESSAGES = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
+                  "File too large": errno.EFBIG, "Read-only file system": errno.EROFS}
+
+
+def _machine_problem(exc: BaseException) -> str | None:
+    """The one-line error for a full disk, a read-only or forbidden directory, or a file-size limit
+    met while writing (`exc` from Python, safetensors or torch), else None.
+
+    Example:
+        >>> _machine_problem(OSError(errno.ENOSPC, "No space left on device", "runs/x/ensemble.json"))
+        "disk full while writing 'runs/x/ensemble.json'; nothing half-written was kept as a result: make room and rerun (with --resume, fit and predict keep what was finished)"
+        >>> _machine_problem(ValueError("bad")) is None
+        True
+    """
+    code, where = None, ""
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
+        code, where = exc.errno, f" '{exc.filename}'" if exc.filename else ""
+    elif type(exc).__name__ in ("SafetensorError", "RuntimeError"):
+        text = str(exc)
+        code = next((c for message, c in _DISK_MESSAGES.items() if message in text), None)
+        if code is None and "inline_container" in text and "unexpected pos" in text:
+            return ("writing a checkpoint failed part-way (a full disk or a file-size limit?); nothing half-written "
+                    f"was kept as a result: {_ROOM}")
+    if code is None:
+        return None
+    what, fix = _DISK_ERRORS[code]
+    return f"{what} while writing{where}; nothing half-written was kept as a result: {fix}"
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it ends like an interrupt (its workers stopped)."""
+
+
+_SIGTERM = threading.Event()
+
+
+def _terminated(signum, frame) -> None:
+    _SIGTERM.set()
+    raise _Terminated
 
 
 def _bug(exc: BaseException, debug: bool) -> None:

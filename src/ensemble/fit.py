@@ -75,17 +75,18 @@ def fit(recipe: Recipe, out: Path, overwrite: bool = False, resume: bool = False
         print(tip)
     state.wait_for_everyone()
     if state.is_main_process:
-        prepare_out(out, recipe, prune=only is None, keep_vote=only is not None)
+        prepare_out(out, recipe, prune=only is None, keep_vote=only is not None, resume=resume)
     state.wait_for_everyone()
 
     failed: dict[str, str] = {}  # members whose loss diverged, under on_diverge = "skip"
+    rows = splits.rows() if resume else None
     for member in chosen:
         target = out / "members" / member.name
-        if resume and finished(target, member, labels):
+        if resume and finished(target, member, labels, rows):
             if state.is_main_process:
                 print(f"{member.name}: already trained with these settings; kept")
             continue
-        why = changed(target, member, labels) if resume and state.is_main_process else None
+        why = changed(target, member, labels, rows) if resume and state.is_main_process else None
         if why:
             print(f"{member.name}: {why}; training it again")
         if only is not None and state.is_main_process:
@@ -125,8 +126,9 @@ def check_out(out: Path, overwrite: bool, resume: bool) -> None:
 VOTE_FILES = (MANIFEST, "report.json", "report.md", "report.html", "predictions.csv", "plots")
 
 
-def prepare_out(out: Path, recipe: Recipe, prune: bool = True, keep_vote: bool = False) -> None:
-    """Start (or reopen) the run directory; with `prune`, members no longer in the recipe go.
+def prepare_out(out: Path, recipe: Recipe, prune: bool = True, keep_vote: bool = False, resume: bool = False) -> None:
+    """Start (or reopen) the run directory; with `prune`, members no longer in the recipe go, except
+    under `resume`, which never deletes a trained member: it says that one is left out of the vote.
     Unless `keep_vote` (``--only``, which may train nothing), the manifest goes: the run is
     incomplete until the vote writes it back."""
     if not keep_vote:
@@ -134,8 +136,13 @@ def prepare_out(out: Path, recipe: Recipe, prune: bool = True, keep_vote: bool =
     out.mkdir(parents=True, exist_ok=True)
     members_dir = out / "members"
     if members_dir.is_dir() and prune:
-        for old in members_dir.iterdir():
-            if old.name not in {m.name for m in recipe.members} and not old.name.startswith("."):
+        for old in sorted(members_dir.iterdir()):
+            if old.name in {m.name for m in recipe.members} or old.name.startswith("."):
+                continue
+            if resume:
+                print(f"{old.name}: in '{members_dir}' but not in the recipe; kept there, left out of the vote "
+                      "(delete it, or run with --overwrite instead of --resume)")
+            else:
                 shutil.rmtree(old, ignore_errors=True)
 
 
@@ -185,8 +192,9 @@ def vote_and_report(recipe: Recipe, out: Path, splits: Splits, test: TextDataset
     info = {"skipped_rows": skipped, "failed_members": failed, **({"seen_in_train": seen} if seen else {})}
     if seen:
         listed = " and ".join(f"{n} {split} row{'s' if n != 1 else ''}" for split, n in seen.items())
-        print(f"warning: {listed} have the same text as a training row (duplicates in the data): scores on them "
-              "are optimistic (see the report's Data section)", file=sys.stderr)
+        verb = "has" if sum(seen.values()) == 1 else "have"
+        print(f"warning: {listed} {verb} the same text as a training row (duplicates in the data): scores on them "
+              "are optimistic (see the report's Data section)")
     if test is not None:
         report = evaluate(ens, test, "test", out, fitted=fitted, data_info=info, progress=progress)
     else:  # no test file: the report is on valid, whose logits are at hand
@@ -203,7 +211,7 @@ def _valid_truncated(member_dir: Path) -> int:
         return 0
 
 
-def changed(path: Path, member: MemberConfig, labels: list[str]) -> str | None:
+def changed(path: Path, member: MemberConfig, labels: list[str], rows: dict | None = None) -> str | None:
     """How the member trained in `path` differs from `member` / `labels` (for --resume to say why it
     trains it again), or None when there is no trained member there or nothing differs.
 
@@ -215,6 +223,9 @@ def changed(path: Path, member: MemberConfig, labels: list[str]) -> str | None:
         return None
     if saved.get("labels") != labels:
         return f"the labels changed since it was trained ({saved.get('labels')} -> {labels})"
+    moved = _rows_changed(saved, rows)
+    if moved:
+        return f"its {moved} rows changed since it was trained (other texts or labels)"
     before, now = _flat(saved.get("member")), _flat(recipe_dict(member))
     diffs = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
     return f"its settings changed since it was trained ({'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''})" if diffs else None
@@ -226,8 +237,19 @@ def _flat(tree, prefix: str = "") -> dict:
     return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
 
 
-def finished(path: Path, member: MemberConfig, labels: list[str]) -> bool:
-    """Whether `path` holds a complete member trained with exactly these settings and labels."""
+def finished(path: Path, member: MemberConfig, labels: list[str], rows: dict | None = None) -> bool:
+    """Whether `path` holds a complete member trained with exactly these settings and labels (and,
+    given `rows` (`Splits.rows`), on the same training and validation rows)."""
     saved = saved_recipe(path)
     complete = bool(saved) and (path / METRICS_FILE).is_file() and any(path.glob("model*.safetensors"))
-    return complete and saved.get("member") == recipe_dict(member) and saved.get("labels") == labels
+    return (complete and saved.get("member") == recipe_dict(member) and saved.get("labels") == labels
+            and not _rows_changed(saved, rows))
+
+
+def _rows_changed(saved: dict, rows: dict | None) -> str | None:
+    """Which split's rows differ from those `saved` (a member's recipe.json) records; members from
+    before rows were recorded are taken as they are."""
+    recorded = saved.get("rows")
+    if rows is None or not isinstance(recorded, dict):
+        return None
+    return next((split for split in ("train", "valid") if recorded.get(split) != rows.get(split)), None)

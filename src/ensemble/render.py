@@ -311,7 +311,8 @@ def _data(section: Any, report: dict, names: list[str]) -> list:
     seen = section.get("seen_in_train") or {}
     if isinstance(seen, dict) and seen:
         listed = " and ".join(f"{_value(n)} {split} row{'s' if n != 1 else ''}" for split, n in seen.items())
-        blocks += [(f"Warning: {listed} have the same text as a training row (duplicates in the data): "
+        verb = "has" if sum(v for v in seen.values() if _is_number(v)) == 1 else "have"
+        blocks += [(f"Warning: {listed} {verb} the same text as a training row (duplicates in the data): "
                     "scores on them are optimistic; deduplicate the files to score only unseen texts.",)]
     truncated, lengths = section.get("truncated") or {}, section.get("max_length") or {}
     if truncated or lengths:

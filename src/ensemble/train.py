@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .batching import Collator, EpochBatches, encode
 from .card import write_model_card
-from .checkpoint import LOG, PROGRESS, Checkpoint, Progress, checkpoint_dir, cpu_state, fingerprint
+from .checkpoint import LOG, PROGRESS, Checkpoint, Progress, checkpoint_dir, cpu_state, fingerprint, read_progress
 from .cpu import clip_into_step, fast_dropout, folds_clip, keep_freed_memory
 from .embedding_rows import EmbeddingRows
 from .data import TextDataset
@@ -46,6 +46,10 @@ class Splits:
 
     train: TextDataset
     valid: TextDataset
+
+    def rows(self) -> dict[str, str]:
+        """Fingerprints of both splits' rows: a member, or its checkpoint, is only reused on the same data."""
+        return {"train": self.train.fingerprint(), "valid": self.valid.fingerprint()}
 
 
 def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: DataConfig, out_dir: Path,
@@ -83,11 +87,18 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
                             f"expected ({len(splits.train)}, {len(labels)}) (train rows, classes)")
     taught = None if teacher is None else (teacher.temperature, teacher.hard_weight,
                                            hashlib.sha256(teacher.probs.astype(np.float32).tobytes()).hexdigest())
-    ckpt = Checkpoint(checkpoint_dir(out_dir), fingerprint(
-        recipe_dict(cfg), labels, len(splits.train), len(splits.valid), world, taught))
+    ckpt = Checkpoint(checkpoint_dir(out_dir), member_fingerprint(cfg, labels, splits.rows(), world, taught))
     saved = ckpt.load() if resume else None
-    if not resume:
-        ckpt.clear()
+    if resume and saved is None and (other := read_progress(ckpt.root)) is not None:
+        # a checkpoint of other settings, data or process count: say so, rather than start over unannounced
+        if process_state().is_main_process:
+            print(f"{cfg.name}: its checkpoint (epoch {other.epoch}, batch {other.batches_done}) was made with other "
+                  "settings, data or number of processes; training it from the start")
+        process_state().wait_for_everyone()
+    if saved is None:  # starting over: nothing of an older run (its step log included) may mix in
+        if process_state().is_main_process:
+            ckpt.clear()
+        process_state().wait_for_everyone()
 
     def smaller(current: list[int]) -> int:
         # the next micro-batch that divides the per-process batch: the effective batch stays exact
@@ -167,7 +178,12 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
 
     # resume, or start afresh
     state = saved or Progress(fingerprint=ckpt.fingerprint, micro_batch_size=micro)
-    best_state, best_logits = ckpt.restore(accelerator, state) if saved else (None, None)
+    try:
+        best_state, best_logits = ckpt.restore(accelerator, state) if saved else (None, None)
+    except Exception as exc:  # noqa: BLE001 - torch, safetensors and accelerate each raise their own
+        raise EnsembleError(f"members[{cfg.name}]: its checkpoint '{ckpt.root}' is damaged ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:120] if str(exc) else 'unreadable'}); delete that "
+                            f"directory to train {cfg.name} from the start") from exc
     # ... and the word-embedding rows no batch has touched yet stay out of the step (after the
     # restore: the restored moments say which rows were touched)
     sparse_rows = EmbeddingRows.attach(accelerator.unwrap_model(model), optimizer.optimizer) if fold_clip and not t.compile else None
@@ -323,7 +339,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
         try:
             unwrapped.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            resolved = {"member": recipe_dict(cfg), "data": recipe_dict(data), "labels": labels}
+            resolved = {"member": recipe_dict(cfg), "data": recipe_dict(data), "labels": labels, "rows": splits.rows()}
             (tmp / RECIPE_FILE).write_text(json.dumps(resolved, indent=2), encoding="utf-8")
             (tmp / METRICS_FILE).write_text(json.dumps(result, indent=2), encoding="utf-8")
             if best_logits is not None:
@@ -341,6 +357,12 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     accelerator.wait_for_everyone()
     accelerator.free_memory()
     return result
+
+
+def member_fingerprint(cfg: MemberConfig, labels: list[str], rows: dict, world: int = 1, taught=None) -> str:
+    """What a member's checkpoint must match to be resumed: its settings, labels, data rows (`Splits.rows`),
+    number of processes and teacher."""
+    return fingerprint(recipe_dict(cfg), labels, rows, world, taught)
 
 
 def epoch_line(name: str, record: dict) -> str:

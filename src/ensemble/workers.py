@@ -33,7 +33,7 @@ from .devices import bf16_tip
 from .members import preflight
 from .recipe import MemberConfig, Recipe
 from .slots import Slot, plan, split_threads, threads_label, work
-from .train import epoch_line
+from .train import epoch_line, member_fingerprint
 
 PARENT = "ENSEMBLE_PARENT_PID"  # a worker stops when this process, its parent, is gone
 LOGS = "ENSEMBLE_WORKER_LOGS"  # ... and removes the parent's log directory, which nobody will read
@@ -62,7 +62,8 @@ def fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | in
     try:
         splits, test, labels = load_splits(recipe.data)  # a data error is reported once, here
         preflight(recipe.members, where=recipe.path.name)
-        kept = [m for m in recipe.members if resume and finished(out / "members" / m.name, m, labels)]
+        rows = splits.rows() if resume else None
+        kept = [m for m in recipe.members if resume and finished(out / "members" / m.name, m, labels, rows)]
         queue = [m for m in recipe.members if m not in kept]
         if resume:
             slots = plan(workers, queue) if queue else []
@@ -72,7 +73,7 @@ def fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | in
         tip = bf16_tip(recipe.members) if progress else None
         if tip:
             print(tip)
-        prepare_out(out, recipe)
+        prepare_out(out, recipe, resume=resume)
     except BaseException:
         for w in started:
             w.stop()
@@ -82,10 +83,10 @@ def fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | in
         print(f"{m.name}: already trained with these settings; kept")
     resuming = set()  # members that continue from a checkpoint (not trained again from the start)
     for m in queue:
-        why = changed(out / "members" / m.name, m, labels) if resume else None
+        why = changed(out / "members" / m.name, m, labels, rows) if resume else None
         if why:
             print(f"{m.name}: {why}; training it again")
-        elif resume:
+        elif resume and _resumable(out / "members" / m.name, m, labels, rows):
             resuming.add(m.name)
     for m in queue:
         diverged_file(out, m.name).unlink(missing_ok=True)
@@ -97,6 +98,12 @@ def fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | in
     pool = started or [_Worker(slot, k, argv, out, logs, resume) for k, slot in enumerate(slots)]
     failed = _run_queue(queue, pool, out, logs, len(splits.train), progress, resuming)
     return vote_and_report(recipe, out, splits, test, labels, failed, progress)
+
+
+def _resumable(member_dir: Path, m: MemberConfig, labels: list[str], rows: dict | None) -> bool:
+    """Whether the member's checkpoint is one its worker (one process, no teacher) will continue."""
+    progress = read_progress(checkpoint_dir(member_dir))
+    return progress is not None and rows is not None and progress.fingerprint == member_fingerprint(m, labels, rows)
 
 
 def _run_queue(queue: list[MemberConfig], workers: list[_Worker], out: Path, logs: Path, train_rows: int,
