@@ -82,6 +82,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert not (tmp_path / "cut" / "members" / ".roberta.ckpt").exists()  # cleaned up once finished
     steps = [json.loads(line) for line in (tmp_path / "cut" / "members" / "roberta" / "log.jsonl").read_text().splitlines()]
     assert {s["event"] for s in steps} == {"step", "epoch"}
+    # the steps redone after the checkpoint are logged once: the log reads like the uninterrupted one's
+    whole = [json.loads(line) for line in (tmp_path / "whole" / "members" / "roberta" / "log.jsonl").read_text().splitlines()]
+    assert [(s["event"], s["epoch"], s.get("step")) for s in steps] == [(s["event"], s["epoch"], s.get("step")) for s in whole]
 
 
 def test_resume_keeps_a_member_the_recipe_dropped_and_retrains_one_whose_data_changed(tmp_path, cli):
@@ -105,3 +108,24 @@ def test_resume_keeps_a_member_the_recipe_dropped_and_retrains_one_whose_data_ch
     assert code == 0, err
     assert "bert: its train rows changed since it was trained (other texts or labels); training it again" in out
     assert "already trained" not in out
+
+
+def test_a_second_fit_on_a_run_directory_in_use_is_refused(tmp_path, cli):
+    from ensemble.fit import OutLock
+
+    rows = (ROOT / "recipes" / "demo" / "train.csv").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "train.csv").write_text("\n".join(rows[:121]) + "\n", encoding="utf-8")
+    (tmp_path / "r.toml").write_text('[data]\ntrain = "train.csv"\nvalid_fraction = 0.25\n[defaults]\nepochs = 1\n'
+                                     + "".join(f'[[members]]\nname = "{a}"\ninit = "scratch"\narch = "{a}"\n'
+                                               for a in ("bert", "roberta")), encoding="utf-8")
+    held = OutLock()
+    held.acquire(tmp_path / "run")  # the first run, still training
+    (tmp_path / "run" / "members").mkdir()
+    for extra in (["--overwrite", "--concurrent", "2"], ["--overwrite", "--concurrent", "1"], ["--resume"]):
+        code, _, err = cli(["fit", str(tmp_path / "r.toml"), "--out", str(tmp_path / "run"), "--quiet", *extra])
+        assert code == 2 and err == (f"error: --out: '{tmp_path / 'run'}' is in use by another 'ensemble fit'; "
+                                     "wait for it to end, or choose another --out\n"), err
+    assert list((tmp_path / "run").iterdir()) == [tmp_path / "run" / "members"]  # untouched
+    held.release()
+    assert cli(["fit", str(tmp_path / "r.toml"), "--out", str(tmp_path / "run"), "--quiet", "--overwrite",
+                "--concurrent", "1"])[0] == 0

@@ -43,6 +43,7 @@ class Progress:
     best_value: float | None = None
     best_epoch: int = 0
     stale: int = 0
+    steps_done: int | None = None  # optimizer steps (and their log lines) when this was saved
     slot: int = -1  # the slot holding this state; -1 before the first save
 
 
@@ -118,6 +119,29 @@ class Checkpoint:
             # line-buffered: every record is on disk before the next step, as a kill may come any time
             self._log = open(self.root / LOG, "a", encoding="utf-8", buffering=1)
         self._log.write(json.dumps(record) + "\n")
+
+    def trim_log(self, step: int, epoch: int) -> None:
+        """Cut log.jsonl back to the checkpoint being resumed: the steps after optimizer step `step`
+        and the epoch lines from `epoch` on were written after it, and will be written again.
+
+        They are always the file's tail, so it is truncated in place. (A worker's parent cuts it
+        first, before its worker resumes: `workers._Member`.)"""
+        path = self.root / LOG
+        try:
+            with open(path, "r+b") as f:
+                keep = 0
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:  # a line cut by the kill
+                        break
+                    if (record.get("event") == "step" and record.get("step", 0) > step) or \
+                            (record.get("event") == "epoch" and record.get("epoch", 0) >= epoch):
+                        break
+                    keep += len(line)
+                f.truncate(keep)
+        except OSError:
+            pass
 
     def clear(self) -> None:
         if self._log is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -47,21 +48,66 @@ def load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str]
 
 
 def fit(recipe: Recipe, out: Path, overwrite: bool = False, resume: bool = False, progress: bool = True,
-        only: Sequence[str] | None = None) -> dict:
+        only: Sequence[str] | None = None, claim: bool = True) -> dict:
     """Train every member of `recipe` into ``out/members``, one after another, vote, and write the report.
 
     The test split is reported when the recipe has one, else the validation split. With
     `resume`, members already finished with the same settings are kept and an interrupted member
     continues from its last checkpoint. Under ``accelerate launch`` every process trains; the
     main process votes and writes the report (the others return an empty dict). `only` trains
-    just the named members and skips the vote (what a worker of `ensemble.workers` runs).
+    just the named members and skips the vote (what a worker of `ensemble.workers` runs). Another
+    `fit` on the same `out` is refused while this one runs (`OutLock`; `claim=False`: a worker,
+    whose parent holds it).
 
     Example:
         >>> report = fit(load_recipe("recipes/demo.toml"), Path("runs/demo"))  # doctest: +SKIP
         >>> report["ensemble"]["accuracy"]  # doctest: +SKIP
         0.93
     """
-    out = Path(out)
+    lock = OutLock() if claim else None
+    try:
+        return _fit(recipe, Path(out), overwrite, resume, progress, only, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+class OutLock:
+    """An exclusive lock on a run directory (``flock`` on the directory itself, so nothing is written
+    into it): two `ensemble fit` runs on one --out would train over each other's members.
+
+    Example:
+        >>> lock = OutLock(); lock.acquire(Path("runs/demo"))  # doctest: +SKIP
+        >>> OutLock().acquire(Path("runs/demo"))  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        ensemble.errors.EnsembleError: --out: 'runs/demo' is in use by another 'ensemble fit'; wait for it to end, or choose another --out
+    """
+
+    def __init__(self):
+        self.fd: int | None = None
+
+    def acquire(self, out: Path) -> None:
+        import fcntl
+
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise EnsembleError(f"--out: '{out}' is in use by another 'ensemble fit'; wait for it to end, "
+                                "or choose another --out") from None
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor drops the lock
+            self.fd = None
+
+
+def _fit(recipe: Recipe, out: Path, overwrite: bool, resume: bool, progress: bool, only: Sequence[str] | None,
+         lock: OutLock | None) -> dict:
     state = process_state()
     check_out(out, overwrite, resume)
     unknown = sorted(set(only or ()) - {m.name for m in recipe.members})
@@ -75,6 +121,8 @@ def fit(recipe: Recipe, out: Path, overwrite: bool = False, resume: bool = False
         print(tip)
     state.wait_for_everyone()
     if state.is_main_process:
+        if lock is not None:
+            lock.acquire(out)
         prepare_out(out, recipe, prune=only is None, keep_vote=only is not None, resume=resume)
     state.wait_for_everyone()
 

@@ -203,9 +203,12 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     say(f"{cfg.name}: {cfg.model or f'{cfg.arch}-{cfg.size} from scratch'}, "
         f"{total_params / 1e6:.1f}M parameters ({trainable / 1e6:.1f}M trainable), "
         f"{len(train_set)} train / {len(valid_set)} valid rows"
-        + (f", resumed at epoch {state.epoch} batch {state.batches_done}" if saved else ""))
+        + ("" if not saved else f", resumed at epoch {state.epoch} batch {state.batches_done}" if state.epoch <= t.epochs
+           else f", all {t.epochs} epochs done before the interruption: saving it"))
     steps_per_epoch = math.ceil(len(train_dl) / accum)  # this process's optimizer steps (len is per process now)
     step = (state.epoch - 1) * steps_per_epoch + math.ceil(state.batches_done / accum)
+    if saved and main:  # the steps after the checkpoint are done again: their old lines go
+        ckpt.trim_log(step, state.epoch)
     stop = t.patience is not None and state.stale >= t.patience
     for epoch in range(state.epoch, t.epochs + 1):
         if stop:
@@ -282,7 +285,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
             if save:
                 if sparse_rows is not None:
                     sparse_rows.settle()  # untouched rows take their owed weight decay before being saved
-                state.epoch, state.batches_done = epoch, done
+                state.epoch, state.batches_done, state.steps_done = epoch, done, step
                 ckpt.save(accelerator, state, best_state, best_logits)
         settle()
         seconds = time.perf_counter() - start
@@ -317,7 +320,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
             if t.patience is not None and state.stale >= t.patience:
                 say(f"{cfg.name}: no better {t.best_metric} for {state.stale} epochs; stopping early")
                 stop = True
-        state.epoch, state.batches_done = epoch + 1, 0
+        state.epoch, state.batches_done, state.steps_done = epoch + 1, 0, step
         ckpt.save(accelerator, state, best_state, best_logits)
     bar.close()
     if sparse_rows is not None:

@@ -26,9 +26,9 @@ from queue import Queue
 
 from tqdm.auto import tqdm
 
-from .checkpoint import LOG, checkpoint_dir, read_progress
+from .checkpoint import LOG, Checkpoint, checkpoint_dir, read_progress
 from .errors import EnsembleError
-from .fit import changed, check_out, diverged_file, finished, fit, load_splits, prepare_out, vote_and_report
+from .fit import OutLock, changed, check_out, diverged_file, finished, fit, load_splits, prepare_out, vote_and_report
 from .devices import bf16_tip
 from .members import preflight
 from .recipe import MemberConfig, Recipe
@@ -50,7 +50,15 @@ def fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | in
     Example:
         >>> fit_concurrent(recipe, ["recipes/project1.toml"], Path("runs/p1"), workers="auto")  # doctest: +SKIP
     """
-    out = Path(out)
+    lock = OutLock()  # taken before the run directory changes; the workers train under it
+    try:
+        return _fit_concurrent(recipe, argv, Path(out), workers, overwrite, resume, progress, lock)
+    finally:
+        lock.release()
+
+
+def _fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | int, overwrite: bool, resume: bool,
+                    progress: bool, lock: OutLock) -> dict:
     slots = plan(workers, list(recipe.members))
     if len(slots) == 1:
         return fit(recipe, out, overwrite=overwrite, resume=resume, progress=progress)
@@ -73,6 +81,7 @@ def fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | in
         tip = bf16_tip(recipe.members) if progress else None
         if tip:
             print(tip)
+        lock.acquire(out)
         prepare_out(out, recipe, resume=resume)
     except BaseException:
         for w in started:
@@ -191,7 +200,7 @@ def serve(recipe: Recipe, out: Path, resume: bool) -> None:
 
     threading.Thread(target=read, daemon=True).start()
     while (name := names.get()) is not None:
-        fit(recipe, out, overwrite=not resume, resume=resume, progress=False, only=[name])
+        fit(recipe, out, overwrite=not resume, resume=resume, progress=False, only=[name], claim=False)
         answers.write(f"done {name}\n")
 
 
@@ -307,13 +316,15 @@ class _Member:
         interruption, printed by the interrupted run; say where it resumes instead of replaying them.
         (The worker has not started on it yet: every line there is old.)"""
         log = checkpoint_dir(self.member_dir) / LOG
+        progress = read_progress(checkpoint_dir(self.member_dir))
+        if progress is not None and progress.steps_done is not None:  # the lines after the checkpoint go (`trim_log`)
+            Checkpoint(checkpoint_dir(self.member_dir), progress.fingerprint).trim_log(progress.steps_done, progress.epoch)
         try:
             with open(log, "rb") as f:
                 stat, data = os.fstat(f.fileno()), f.read()
         except OSError:
             return
         self.file, self.offset = (stat.st_dev, stat.st_ino), data.rfind(b"\n") + 1
-        progress = read_progress(checkpoint_dir(self.member_dir))
         if progress is None:
             return  # no checkpoint was saved: it starts again from its first step
         done = len(progress.history)  # the epochs the checkpoint holds (the log may run past it)
