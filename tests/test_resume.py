@@ -129,3 +129,19 @@ def test_a_second_fit_on_a_run_directory_in_use_is_refused(tmp_path, cli):
     held.release()
     assert cli(["fit", str(tmp_path / "r.toml"), "--out", str(tmp_path / "run"), "--quiet", "--overwrite",
                 "--concurrent", "1"])[0] == 0
+
+
+def test_resume_clears_what_a_killed_run_left_half_moved(tmp_path, cli):
+    rows = (ROOT / "recipes" / "demo" / "train.csv").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "train.csv").write_text("\n".join(rows[:121]) + "\n", encoding="utf-8")
+    (tmp_path / "r.toml").write_text('[data]\ntrain = "train.csv"\nvalid_fraction = 0.25\n[defaults]\nepochs = 1\n'
+                                     '[[members]]\nname = "bert"\ninit = "scratch"\narch = "bert"\n', encoding="utf-8")
+    run = tmp_path / "run"
+    assert cli(["fit", str(tmp_path / "r.toml"), "--out", str(run), "--quiet"])[0] == 0
+    leftovers = [run / "members" / n for n in (".bert.tmp-4242", ".bert.old-4243", ".bert.ckpt")]
+    for path in leftovers:
+        (path / "sub").mkdir(parents=True)
+    code, out, err = cli(["fit", str(tmp_path / "r.toml"), "--out", str(run), "--quiet", "--resume"])
+    assert code == 0 and "bert: already trained with these settings; kept" in out, err
+    assert not any(path.exists() for path in leftovers)
+    assert (run / "members" / "bert" / "model.safetensors").is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from .evaluate import evaluate, gold
 from .labels import check_known_labels, check_label_column, sorted_labels
 from .members import METRICS_FILE, preflight, saved_recipe
 from .recipe import DataConfig, MemberConfig, Recipe, recipe_dict
+from .checkpoint import checkpoint_dir
 from .train import Diverged, Splits, process_state, train_member
 
 
@@ -133,6 +135,7 @@ def _fit(recipe: Recipe, out: Path, overwrite: bool, resume: bool, progress: boo
         if resume and finished(target, member, labels, rows):
             if state.is_main_process:
                 print(f"{member.name}: already trained with these settings; kept")
+                shutil.rmtree(checkpoint_dir(target), ignore_errors=True)  # a kill may have cut its clean-up short
             continue
         why = changed(target, member, labels, rows) if resume and state.is_main_process else None
         if why:
@@ -183,6 +186,10 @@ def prepare_out(out: Path, recipe: Recipe, prune: bool = True, keep_vote: bool =
         (out / MANIFEST).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     members_dir = out / "members"
+    # what a killed run left half-moved (`train.replace_dir`): under the lock no run is writing them
+    for left in members_dir.glob(".*.*-*") if members_dir.is_dir() else ():
+        if re.fullmatch(r"\..+\.(tmp|old)-\d+", left.name):
+            shutil.rmtree(left, ignore_errors=True)
     if members_dir.is_dir() and prune:
         for old in sorted(members_dir.iterdir()):
             if old.name in {m.name for m in recipe.members} or old.name.startswith("."):

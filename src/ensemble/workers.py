@@ -90,6 +90,7 @@ def _fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | i
         raise
     for m in kept:
         print(f"{m.name}: already trained with these settings; kept")
+        shutil.rmtree(checkpoint_dir(out / "members" / m.name), ignore_errors=True)  # a kill may have cut its clean-up short
     resuming = set()  # members that continue from a checkpoint (not trained again from the start)
     for m in queue:
         why = changed(out / "members" / m.name, m, labels, rows) if resume else None
