@@ -188,6 +188,8 @@ CASES = [
      "is UTF-16 (it starts with the byte-order mark ff fe); save it as UTF-8, e.g. iconv -f utf-16"),
     ("a CSV-quoted field in a TSV", train_file('text\tlabel\n"first line\nsecond line"\t3\nok\t2\n', name="train.tsv"), 2,
      "has 1 fields but the header has 2 (a field opens a quote it does not close: tab-separated files are read without CSV quoting"),
+    ("a CoNLL file by its extension", train_file("Melbourne NP B-LOC\n", name="esp.train"), 2,
+     "unknown extension '.train'; use one of .csv, .tsv, .jsonl, .npz, .parquet (it looks like a CoNLL token-per-line file"),
     ("a CoNLL token-per-line file", train_file("Melbourne NP B-LOC\n( Fpa O\n\nEl DA O\n", name="esp.tsv"), 2,
      "it looks like a CoNLL file, one token and its tags per line; ensemble classifies whole texts"),
     ("header only", train_file("text,label\n"), 2, "has column names but no data rows"),

@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {unknown_option(exc, ctx) or exc.format_message()}{where}", err=True)
         sys.exit(exc.exit_code)
     except (Abort, KeyboardInterrupt) as exc:
+        _end_bars()
         terminated = isinstance(exc, _Terminated) or _SIGTERM.is_set()  # click may have turned it into 130
         hints = {"fit": " (training state is saved after every epoch: rerun with --resume to continue)",
                  "predict": " (finished chunks are kept: rerun with --resume to continue)",
@@ -365,12 +366,14 @@ def main(argv: list[str] | None = None) -> None:
     except EnsembleError as exc:
         if debug:
             raise
+        _end_bars()
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - also native panics (tokenizers' PanicException), not Exceptions
         problem = _machine_problem(exc)
+        _end_bars()
         if problem is None or debug:
             _bug(exc, debug)
         typer.echo(f"error: {problem}", err=True)
@@ -413,6 +416,17 @@ def _machine_problem(exc: BaseException) -> str | None:
         return None
     what, fix = _DISK_ERRORS[code]
     return f"{what} while writing{where}; nothing half-written was kept as a result: {fix}"
+
+
+def _end_bars() -> None:
+    """End the progress bars an error cut short, so that its line starts a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001, S110 - a bar that cannot close must not hide the error
+            pass
 
 
 class _Terminated(KeyboardInterrupt):

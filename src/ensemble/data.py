@@ -170,8 +170,11 @@ def _stream_table(
         raise EnsembleError(f"{field}: '{shown}' is a directory; give the path of a data file inside it")
     reader = READERS.get(p.suffix.lower())
     if reader is None:
+        conll = p.suffix.lower() in (".train", ".testa", ".testb", ".conll", ".iob", ".bio")
         raise EnsembleError(
             f"{field}: cannot read '{shown}': unknown extension {p.suffix!r}; use one of {', '.join(FORMATS)}"
+            + (" (it looks like a CoNLL token-per-line file: ensemble classifies whole texts or text pairs; token "
+               "classification (NER) is not supported)" if conll else "")
         )
     with reader(p, shown, field) as (columns, fetch):
 
