@@ -955,3 +955,25 @@ def test_real_rte_string_labels(shared_data: Path) -> None:
     ds = load_table(shared_data / "glue/RTE/train.tsv", text="sentence1", text_pair="sentence2", label="label")
     assert len(ds) == 2490
     assert sorted_labels(ds.labels) == ["entailment", "not_entailment"]
+
+
+def test_a_tsv_written_with_csv_quoting_reads_whole_with_quoting_csv(tmp_path):
+    import csv as csvlib
+
+    rows = [("plain text", "a"), ('He said "wow" and left', "b"), ("first line\nsecond line", "a"), ("a\ttab", "b")]
+    path = tmp_path / "pandas.tsv"
+    with open(path, "w", newline="", encoding="utf-8") as f:  # what pandas' to_csv(sep="\t") writes
+        writer = csvlib.writer(f, delimiter="\t")
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    ds = load_table(path, quoting="csv")
+    assert list(zip(ds.texts, ds.labels)) == rows
+    with pytest.raises(EnsembleError, match="a field opens a quote it does not close"):
+        load_table(path)  # quote-free by default: GLUE's stray quotes are text
+    # the default keeps a stray quote as text, where CSV quoting would swallow rows
+    stray = tmp_path / "glue.tsv"
+    stray.write_text('text\tlabel\n"a stray quote\tx\nnext row\ty\n', encoding="utf-8")
+    assert load_table(stray).texts == ['"a stray quote', "next row"]
+    assert [c.texts for c in iter_table(path, chunk_rows=2, quoting="csv")] == [[r[0] for r in rows[:2]], [r[0] for r in rows[2:]]]
+    with pytest.raises(EnsembleError, match=r"the 'quoting' parameter must be one of \{'none', 'csv'\}; got 'x'"):
+        load_table(path, quoting="x")

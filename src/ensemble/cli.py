@@ -17,7 +17,8 @@ from typing import List, Optional
 
 import typer
 
-from .errors import EnsembleError
+from .config import QUOTINGS
+from .errors import EnsembleError, one_of
 from .flags import as_flags, check_precision, expand_multi, named_dirs, not_over_inputs, unknown_option, weights_by_name
 
 try:  # recent typer carries its own copy of click; older releases use click itself
@@ -111,6 +112,7 @@ def vote(
     abstain_accuracy: Optional[float] = typer.Option(None, "--abstain-accuracy", help="Choose the threshold on --valid: answer the most rows at this accuracy (0-1]."),
     text: Optional[str] = typer.Option(None, "--text", help="Text column (default: the members' recipe, else 'text')."),
     text_pair: Optional[str] = typer.Option(None, "--text-pair", help="Second text column for sentence pairs."),
+    quoting: Optional[str] = typer.Option(None, "--quoting", help="A .tsv file's quotes: 'none' (text) or 'csv' (CSV-quoted fields, as pandas writes them); default: the members' recipe, else 'none'."),
     label: Optional[str] = typer.Option(None, "--label", help="Label column, if the data has labels (default: the members' recipe, else 'label'; \"\" reads none)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
@@ -154,10 +156,11 @@ def vote(
                              precision=precision)
     label_given = bool(label)  # a --label column must exist; the default one may be absent
     text, text_pair, label = _columns(ens, text, text_pair, label)
+    quoting = _quoting(ens, quoting)
     if label is None and valid is not None:
         raise EnsembleError("--label: '' reads no gold labels, and --valid needs them to fit the vote; "
                             "name the label column, or drop --valid")
-    columns = dict(text=text, text_pair=text_pair, label=label)
+    columns = dict(text=text, text_pair=text_pair, label=label, quoting=quoting)
     ds = load_table(data, **columns, field="--data", require_label=label_given)
     if out.exists() and not overwrite:
         raise EnsembleError(f"--out: '{out}' already exists; choose another directory or pass --overwrite")
@@ -212,6 +215,7 @@ def predict(
     out: Path = typer.Option(..., "--out", help="Output CSV: texts, member and ensemble labels, confidence, agreement."),
     text: Optional[str] = typer.Option(None, "--text", help="Text column (default: the members' recipe, else 'text')."),
     text_pair: Optional[str] = typer.Option(None, "--text-pair", help="Second text column for sentence pairs."),
+    quoting: Optional[str] = typer.Option(None, "--quoting", help="A .tsv file's quotes: 'none' (text) or 'csv' (CSV-quoted fields, as pandas writes them); default: the members' recipe, else 'none'."),
     label: Optional[str] = typer.Option(None, "--label", help="Gold label column, copied through when present (\"\": none, even if the file has one)."),
     chunk_rows: int = typer.Option(10_000, "--chunk-rows", min=1, help="Rows per chunk (bounds the memory)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run into the same --out, after its last finished chunk."),
@@ -234,7 +238,8 @@ def predict(
     not_over_inputs(out, {f"member '{n}' directory": m.path for n, m in ens.members.items()})
     label_given = bool(label)  # a --label column must exist; the default one is copied through if present
     text, text_pair, label = _columns(ens, text, text_pair, label)
-    rows = predict_file(ens, data, out, text=text, text_pair=text_pair, label=label, chunk_rows=chunk_rows,
+    rows = predict_file(ens, data, out, text=text, text_pair=text_pair, label=label, quoting=_quoting(ens, quoting),
+                        chunk_rows=chunk_rows,
                         progress=not quiet, resume=resume, overwrite=overwrite, require_label=label_given)
     typer.echo(f"{rows} rows predicted: {out}")
 
@@ -306,6 +311,14 @@ def _columns(ens, text: str | None, text_pair: str | None, label: str | None) ->
         return text or recorded.get("text") or "text", text_pair or recorded.get("text_pair"), None
     return (text or recorded.get("text") or "text", text_pair or recorded.get("text_pair"),
             label or recorded.get("label") or "label")
+
+
+def _quoting(ens, quoting: str | None) -> str:
+    """--quoting as given (checked), else what the members' recipe read their files with, else "none"."""
+    if quoting is not None and quoting not in QUOTINGS:
+        raise EnsembleError(f"--quoting: must be one of {one_of(QUOTINGS)}; got '{quoting}'")
+    recorded = ens.data_columns().get("quoting")
+    return quoting or (recorded if recorded in QUOTINGS else "none")
 
 
 def _summary(report: dict, out: Path) -> None:

@@ -21,6 +21,7 @@ PRECISIONS = ("bf16", "fp16", "no")
 VOTE_METHODS = ("hard", "soft", "weighted", "selection", "stacking")
 LEARNED_METHODS = ("weighted", "selection", "stacking")  # fitted on the validation split
 ABSTAIN_ON = ("agreement", "confidence")
+QUOTINGS = ("none", "csv")  # how a .tsv file's quote characters are read
 BAD_ROWS = ("error", "skip")
 ON_DIVERGE = ("skip", "stop")
 TRACKERS = ("aim", "clearml", "comet_ml", "dvclive", "mlflow", "swanlab", "tensorboard", "trackio", "wandb")
@@ -39,6 +40,7 @@ class DataConfig:
     text_pair: str | None = None
     label: str = "label"
     on_bad_rows: str = "error"
+    quoting: str = "none"  # tab-separated files: "none" (a quote is text) or "csv" (pandas' to_csv(sep="\t"))
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "best_metric": BEST_METRICS,
     "mixed_precision": PRECISIONS, "method": VOTE_METHODS, "on_bad_rows": BAD_ROWS,
     "init": ("pretrained", "scratch"), "arch": ARCHES, "size": SIZES, "log_with": TRACKERS,
-    "on_diverge": ON_DIVERGE, "abstain_on": ABSTAIN_ON,
+    "on_diverge": ON_DIVERGE, "abstain_on": ABSTAIN_ON, "quoting": QUOTINGS,
 }
 # (low, high, low_inclusive): value must satisfy low </<= value <= high
 RANGES: dict[str, tuple[float, float, bool]] = {

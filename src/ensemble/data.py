@@ -21,7 +21,7 @@ from sklearn.model_selection import train_test_split
 
 from .errors import EnsembleError
 from .labels import normalize_label
-from .readers import READERS, Row
+from .readers import READERS, Row, _read_delimited
 
 BAD_ROW_MODES = ("error", "skip")
 _FLAGS = {"data.text": "--text", "data.text_pair": "--text-pair", "data.label": "--label"}
@@ -76,6 +76,7 @@ def load_table(
     field: str = "data",
     on_bad_rows: str = "error",
     require_label: bool = True,
+    quoting: str = "none",
 ) -> TextDataset:
     """Read a table of texts and labels, picking columns by name.
 
@@ -91,11 +92,11 @@ def load_table(
         >>> ds.texts[0][:20], ds.labels[0]  # doctest: +SKIP
         ('The Rock is destined', '3')
     """
-    _check_bad_row_mode(on_bad_rows)
+    _check_bad_row_mode(on_bad_rows, quoting)
     # One chunk holding every row: the shared streaming code with no chunk limit.
     (ds,) = _stream_table(
         path, chunk_rows=None, text=text, text_pair=text_pair, label=label,
-        field=field, on_bad_rows=on_bad_rows, require_label=require_label,
+        field=field, on_bad_rows=on_bad_rows, require_label=require_label, quoting=quoting,
     )
     return ds
 
@@ -110,6 +111,7 @@ def iter_table(
     field: str = "data",
     on_bad_rows: str = "error",
     require_label: bool = True,
+    quoting: str = "none",
 ) -> Iterator[TextDataset]:
     """`load_table` in consecutive chunks of at most `chunk_rows` rows, in file order.
 
@@ -138,16 +140,18 @@ def iter_table(
     """
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int | np.integer) or chunk_rows < 1:
         raise EnsembleError(f"the 'chunk_rows' parameter must be a positive integer; got {chunk_rows!r}")
-    _check_bad_row_mode(on_bad_rows)
+    _check_bad_row_mode(on_bad_rows, quoting)
     return _stream_table(
         path, chunk_rows=int(chunk_rows), text=text, text_pair=text_pair, label=label,
-        field=field, on_bad_rows=on_bad_rows, require_label=require_label,
+        field=field, on_bad_rows=on_bad_rows, require_label=require_label, quoting=quoting,
     )
 
 
-def _check_bad_row_mode(on_bad_rows: str) -> None:
+def _check_bad_row_mode(on_bad_rows: str, quoting: str = "none") -> None:
     if on_bad_rows not in BAD_ROW_MODES:
         raise EnsembleError(f"the 'on_bad_rows' parameter must be one of {{'error', 'skip'}}; got {on_bad_rows!r}")
+    if quoting not in ("none", "csv"):
+        raise EnsembleError(f"the 'quoting' parameter must be one of {{'none', 'csv'}}; got {quoting!r}")
 
 
 def _stream_table(
@@ -160,6 +164,7 @@ def _stream_table(
     field: str,
     on_bad_rows: str,
     require_label: bool,
+    quoting: str = "none",
 ) -> Iterator[TextDataset]:
     """The one implementation behind `load_table` and `iter_table`; `chunk_rows=None` is one chunk."""
     p, shown = Path(path), str(path)
@@ -176,7 +181,7 @@ def _stream_table(
             + (" (it looks like a CoNLL token-per-line file: ensemble classifies whole texts or text pairs; token "
                "classification (NER) is not supported)" if conll else "")
         )
-    with reader(p, shown, field) as (columns, fetch):
+    with (reader(p, shown, field, quoting=quoting) if reader is _read_delimited else reader(p, shown, field)) as (columns, fetch):
 
         def find(name: str, key: str) -> str:
             if not name.strip():  # a header's unnamed first column (a row index) is never the one meant

@@ -69,7 +69,7 @@ def training_data(ens: Ensemble) -> DataConfig:
         if path is not None and not path.is_file():
             raise EnsembleError(f"--ensemble: the members were trained on data.{key} = '{path}', which is gone; "
                                 "put it back to distill")
-    known = ("valid_fraction", "split_seed", "text", "text_pair", "label", "on_bad_rows")
+    known = ("valid_fraction", "split_seed", "text", "text_pair", "label", "on_bad_rows", "quoting")
     return DataConfig(**paths, **{k: data[k] for k in known if k in data})
 
 

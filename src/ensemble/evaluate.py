@@ -186,7 +186,7 @@ def _data_section(ens: Ensemble, data_info: dict, truncated: dict[str, int]) -> 
 
 def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str = "text", text_pair: str | None = None,
                  label: str | None = "label", chunk_rows: int = 10_000, progress: bool = True,
-                 resume: bool = False, overwrite: bool = False, require_label: bool = False) -> int:
+                 resume: bool = False, overwrite: bool = False, require_label: bool = False, quoting: str = "none") -> int:
     """Stream `data` through the ensemble into the CSV `out`, `chunk_rows` rows at a time.
 
     Memory is bounded by the chunk, not the file. The columns are those of predictions.csv
@@ -221,7 +221,7 @@ def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str 
     names, rows = list(ens.members), done_rows
     # the file's own problems (path, columns, header) surface here, before any progress is drawn
     chunks = iter_table(data, chunk_rows=chunk_rows, text=text, text_pair=text_pair, label=label,
-                        field="--data", require_label=require_label)
+                        field="--data", require_label=require_label, quoting=quoting)
     first = next(chunks, None)
     bar = tqdm(desc="predict", unit="rows", initial=done_rows, disable=not progress,
                mininterval=0.5 if sys.stderr.isatty() else 30)

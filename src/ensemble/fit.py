@@ -30,7 +30,8 @@ def load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str]
             raise EnsembleError(f"data.{later}: is the data.{earlier} file ('{getattr(data, later)}'); scores on rows the "
                                 f"members {'trained' if earlier == 'train' else 'chose their epoch and vote'} on "
                                 f"would be optimistic: give a separate file, or leave data.{later} out")
-    columns = dict(text=data.text, text_pair=data.text_pair, label=data.label, on_bad_rows=data.on_bad_rows)
+    columns = dict(text=data.text, text_pair=data.text_pair, label=data.label, on_bad_rows=data.on_bad_rows,
+                   quoting=data.quoting)
     train = load_table(data.train, field="data.train", **columns)
     check_label_column(train, data.label)
     if data.valid is not None:

@@ -107,14 +107,17 @@ def _not_utf8(p: Path, shown: str, field: str) -> EnsembleError:
 
 
 @contextmanager
-def _read_delimited(p: Path, shown: str, field: str) -> Iterator[tuple[list[str], _Fetch]]:
+def _read_delimited(p: Path, shown: str, field: str, quoting: str = "none") -> Iterator[tuple[list[str], _Fetch]]:
     with _open_text(p, shown, field) as lines:
         header = next(lines, "")
         tabbed = p.suffix.lower() == ".tsv" or "\t" in header
         stream = chain([header], lines)
-        # TSV fields are never quoted, so a quote character is literal text (CFIMDB has stray ones);
-        # with normal quoting, one stray quote would swallow the following rows.
-        if tabbed:
+        # By default TSV fields are not quoted, so a quote character is literal text (GLUE's files
+        # have stray ones: with normal quoting, one would swallow the following rows); quoting =
+        # "csv" reads files written with CSV quoting, as pandas' to_csv(sep="\t") writes them.
+        if tabbed and quoting == "csv":
+            reader = csv.reader(stream, delimiter="\t", strict=True)
+        elif tabbed:
             reader = csv.reader(stream, delimiter="\t", quoting=csv.QUOTE_NONE)
         else:
             reader = csv.reader(stream, strict=True)
@@ -133,12 +136,12 @@ def _read_delimited(p: Path, shown: str, field: str) -> Iterator[tuple[list[str]
                 # Extra empty fields are harmless (trailing tabs); extra text means a shifted row.
                 if len(record) < len(columns) or any(f.strip() for f in record[len(columns) :]):
                     problem = f"has {len(record)} fields but the header has {len(columns)}"
-                    if tabbed and any(f.startswith('"') and not f.endswith('"') for f in record):
+                    if tabbed and quoting == "none" and any(f.startswith('"') and not f.endswith('"') for f in record):
                         # pandas' to_csv(sep="\t") quotes fields holding a newline or a tab; read
                         # quote-free, such a field is split over rows (and "skip" would keep its tail)
                         problem += (" (a field opens a quote it does not close: tab-separated files are read "
-                                    "without CSV quoting, so a quoted field spanning lines or holding a tab "
-                                    "breaks rows; save the file as .csv, or without quoting)")
+                                    "without CSV quoting unless quoting = \"csv\", so a quoted field spanning "
+                                    "lines or holding a tab breaks rows)")
                 yield Row(f"line {start}", [record[i] if i < len(record) else None for i in idx], problem)
 
         yield columns, fetch
