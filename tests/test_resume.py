@@ -145,3 +145,16 @@ def test_resume_clears_what_a_killed_run_left_half_moved(tmp_path, cli):
     assert code == 0 and "bert: already trained with these settings; kept" in out, err
     assert not any(path.exists() for path in leftovers)
     assert (run / "members" / "bert" / "model.safetensors").is_file()
+
+
+def test_resume_says_why_it_retrains_a_member_whose_recipe_json_is_damaged(tmp_path):
+    from ensemble.fit import changed
+    from ensemble.recipe import MemberConfig
+
+    member = tmp_path / "members" / "bert"
+    member.mkdir(parents=True)
+    (member / "model.safetensors").write_bytes(b"")
+    (member / "recipe.json").write_text('{"member": ', encoding="utf-8")
+    why = changed(member, MemberConfig("bert", init="scratch", arch="bert"), ["a", "b"])
+    assert why == "its recipe.json is missing or not valid JSON, so what it was trained with is unknown"
+    assert changed(tmp_path / "members" / "none", MemberConfig("bert", init="scratch", arch="bert"), ["a", "b"]) is None

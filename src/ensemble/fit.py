@@ -276,6 +276,8 @@ def changed(path: Path, member: MemberConfig, labels: list[str], rows: dict | No
     """
     saved = saved_recipe(path)
     if not saved:
+        if path.is_dir() and any(path.glob("model*.safetensors")):  # trained, but its record is gone or damaged
+            return "its recipe.json is missing or not valid JSON, so what it was trained with is unknown"
         return None
     if saved.get("labels") != labels:
         return f"the labels changed since it was trained ({saved.get('labels')} -> {labels})"
