@@ -295,3 +295,28 @@ def test_the_machines_write_failures_are_one_line_and_exit_2(monkeypatch, tmp_pa
     code, _, err = cli(["fit", str(write_recipe(tmp_path, members=("bert",))), "--out", str(tmp_path / "run"), "--quiet"])
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert "internal error" not in err
+
+
+def test_a_rank_whose_launcher_was_killed_stops(tmp_path):
+    # torchrun's ranks live on after a SIGKILL of the launcher; a rank watches its parent
+    child = ("import signal, time; from ensemble.cli import main, stop_when_orphaned; "
+             "signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(SystemExit(143))); "
+             "stop_when_orphaned(grace=2); time.sleep(60)")
+    launcher = ("import subprocess, sys, time; "
+                f"p = subprocess.Popen([sys.executable, '-c', {child!r}]); print(p.pid, flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True)
+    pid = int(proc.stdout.readline())
+    time.sleep(1.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+
+    def running() -> bool:
+        try:
+            return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
+
+    while time.monotonic() < deadline and running():
+        time.sleep(0.1)
+    assert not running(), "the orphaned rank is still running"

@@ -12,6 +12,7 @@ import signal
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -79,6 +80,8 @@ def fit(
     not_over_inputs(out, {what: path for what, path in reads.items() if path is not None}, holds_ok=True)
     if serve:
         return serve_members(spec, out, resume)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a rank of torchrun / accelerate launch
+        stop_when_orphaned()
     if only:
         if workers not in ("auto", 1):
             raise EnsembleError(f"--concurrent: {workers} workers cannot be combined with --only, which trains the "
@@ -440,6 +443,28 @@ def _end_bars() -> None:
             bar.close()
         except Exception:  # noqa: BLE001, S110 - a bar that cannot close must not hide the error
             pass
+
+
+def stop_when_orphaned(grace: float = 10.0) -> threading.Thread:
+    """Stop this process when its parent dies (a launcher killed with SIGKILL cannot stop its ranks),
+    rather than train on into a run resumed meanwhile: SIGTERM to itself, which ends like Ctrl-C,
+    and after `grace` seconds (a rank blocked in a collective whose peer is gone) an exit.
+
+    Example:
+        >>> stop_when_orphaned()  # doctest: +SKIP
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)  # checkpoints are written atomically: any moment is safe
+        time.sleep(grace)
+        os._exit(143)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
 
 
 class _Terminated(KeyboardInterrupt):
