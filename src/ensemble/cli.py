@@ -285,7 +285,8 @@ def distill(
         from .data import load_table
 
         text, text_pair, _ = _columns(ens, text, text_pair, None)
-        extra = load_table(unlabeled, text=text, text_pair=text_pair, label=None, field="--unlabeled", require_label=False)
+        extra = load_table(unlabeled, text=text, text_pair=text_pair, label=None, field="--unlabeled", require_label=False,
+                           quoting=_quoting(ens, None))  # read as the members read their files
     out.parent.mkdir(parents=True, exist_ok=True)
     result = run_distill(ens, spec, out, temperature=temperature, hard_weight=hard_weight, unlabeled=extra,
                          progress=not quiet, resume=resume)
