@@ -69,8 +69,8 @@ def check_label_column(ds: TextDataset, column: str, field: str = "data.label") 
     """Refuse a training label column that cannot be classes: a continuous target, or text / ids.
 
     More than 20 distinct numbers, some not whole, are a regression target (STS similarity
-    scores); more than 50 distinct values making up at least half the rows are a text or id
-    column chosen by mistake. Both would otherwise train a classifier with a class per value.
+    scores); more than 50 distinct values, hardly any of them repeated (90% of the rows or more),
+    are a text or id column chosen by mistake. Both would otherwise train a classifier with a class per value.
 
     Example:
         >>> from ensemble.data import TextDataset
@@ -90,7 +90,7 @@ def check_label_column(ds: TextDataset, column: str, field: str = "data.label") 
             "(a continuous target, not classes); ensemble trains classifiers: bin the values into classes "
             "(e.g. round them) in the file, or set data.label to a column of classes"
         )
-    if len(distinct) > 50 and 2 * len(distinct) >= len(ds.labels):
+    if len(distinct) > 50 and 10 * len(distinct) >= 9 * len(ds.labels):
         examples = ", ".join(f"'{shorten(v)}'" for v in list(distinct)[:2])
         raise EnsembleError(
             f"{field}: column '{column}' of '{ds.path}' holds {len(distinct)} distinct values in {len(ds.labels)} "
