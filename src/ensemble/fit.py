@@ -187,8 +187,9 @@ def prepare_out(out: Path, recipe: Recipe, prune: bool = True, keep_vote: bool =
         (out / MANIFEST).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     members_dir = out / "members"
-    # what a killed run left half-moved (`train.replace_dir`): under the lock no run is writing them
-    for left in members_dir.glob(".*.*-*") if members_dir.is_dir() else ():
+    # what a killed run left half-moved (`train.replace_dir`): under the lock no other run writes them,
+    # and `prune` is false in a worker, whose sibling workers do
+    for left in members_dir.glob(".*.*-*") if members_dir.is_dir() and prune else ():
         if re.fullmatch(r"\..+\.(tmp|old)-\d+", left.name):
             shutil.rmtree(left, ignore_errors=True)
     if members_dir.is_dir() and prune:
