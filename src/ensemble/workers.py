@@ -37,6 +37,9 @@ from .train import epoch_line, member_fingerprint
 
 PARENT = "ENSEMBLE_PARENT_PID"  # a worker stops when this process, its parent, is gone
 LOGS = "ENSEMBLE_WORKER_LOGS"  # ... and removes the parent's log directory, which nobody will read
+# "0": a worker keeps its threads when others finish. The hand-over's timing changes float sums,
+# so a killed and resumed run matches an uninterrupted one bit for bit only without it.
+HANDOVER = "ENSEMBLE_THREAD_HANDOVER"
 
 
 def fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | int = "auto", overwrite: bool = False,
@@ -135,7 +138,7 @@ def _run_queue(queue: list[MemberConfig], workers: list[_Worker], out: Path, log
                 for w in [w for w in workers if w.member is None]:
                     w.finish()
                     workers.remove(w)
-                if threads and workers:
+                if threads and workers and os.environ.get(HANDOVER, "1") != "0":
                     for w, n in zip(workers, split_threads(threads, len(workers))):
                         w.use_threads(n)
             time.sleep(0.2)
