@@ -214,23 +214,29 @@ def test_report_counts_skipped_rows_and_truncated_texts(tmp_path, cli):
     assert data["max_length"] == {"bert": 32}
 
 
-def test_ctrl_c_stops_predict_cleanly_and_it_resumes(trained, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # Five times huge.csv (~20 s to predict): once in CI (1 run of many) a lone SIGINT was lost
-    # and predict ran on to the end, exit code 0; the time left lets this test Ctrl-C again then.
+def _predict_past_its_first_chunk(trained: Path, tmp_path: Path, copies: int, env: dict, **popen):
+    """`ensemble predict` on `copies` x the rows, running, once its first chunk is on disk."""
     huger = tmp_path / "huger.csv"
-    huger.write_text("text,label\n" + "\n".join(ROWS * 500) + "\n", encoding="utf-8")
+    huger.write_text("text,label\n" + "\n".join(ROWS * copies) + "\n", encoding="utf-8")
     args = [sys.executable, "-m", "ensemble", "predict", "--ensemble", str(trained / "run"), "--data",
             str(huger), "--chunk-rows", "200", "--quiet", "--out", str(tmp_path / "p.csv")]
-    # A shell starts background jobs with SIGINT ignored, and children inherit that (CI may run us
-    # so): give the child the default disposition, as a terminal's foreground job has.
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
     state = tmp_path / ".p.csv.partial.json"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None and not state.is_file():
         time.sleep(0.005)
-    assert proc.poll() is None, "predict finished before it could be interrupted"
+    assert proc.poll() is None, "predict finished before it could be stopped"
+    return proc, args
+
+
+def test_ctrl_c_stops_predict_cleanly_and_it_resumes(trained, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Five times huge.csv (~20 s to predict): once in CI (1 run of many) a lone SIGINT was lost
+    # and predict ran on to the end, exit code 0; the time left lets this test Ctrl-C again then.
+    # A shell starts background jobs with SIGINT ignored, and children inherit that (CI may run us
+    # so): give the child the default disposition, as a terminal's foreground job has.
+    proc, args = _predict_past_its_first_chunk(trained, tmp_path, 500, env,
+                                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     proc.send_signal(signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=5)
@@ -258,17 +264,7 @@ def test_ctrl_c_during_fit_exits_130_with_the_resume_hint(monkeypatch, tmp_path,
 
 def test_sigterm_stops_predict_like_ctrl_c_with_exit_143(trained, tmp_path):
     # what SLURM's time limit, `timeout` and `docker stop` send
-    huger = tmp_path / "huger.csv"
-    huger.write_text("text,label\n" + "\n".join(ROWS * 200) + "\n", encoding="utf-8")
-    args = [sys.executable, "-m", "ensemble", "predict", "--ensemble", str(trained / "run"), "--data",
-            str(huger), "--chunk-rows", "200", "--quiet", "--out", str(tmp_path / "p.csv")]
-    proc = subprocess.Popen(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    state = tmp_path / ".p.csv.partial.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None and not state.is_file():
-        time.sleep(0.005)
-    assert proc.poll() is None, "predict finished before it could be terminated"
+    proc, _ = _predict_past_its_first_chunk(trained, tmp_path, 200, {**os.environ, "OMP_NUM_THREADS": "1"})
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err

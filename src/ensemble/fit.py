@@ -130,7 +130,7 @@ def _fit(recipe: Recipe, out: Path, overwrite: bool, resume: bool, progress: boo
     state.wait_for_everyone()
 
     failed: dict[str, str] = {}  # members whose loss diverged, under on_diverge = "skip"
-    rows = splits.rows() if resume else None
+    rows = splits.rows if resume else None
     for member in chosen:
         target = out / "members" / member.name
         if resume and finished(target, member, labels, rows):

@@ -304,8 +304,7 @@ def _data(section: Any, report: dict, names: list[str]) -> list:
     skipped = section.get("skipped_rows") or {}
     # Under the default on_bad_rows = "error" nothing is ever skipped (a bad row stops the run):
     # the table only when a row was skipped, or the recipe (when recorded) said "skip".
-    if skipped and (section.get("on_bad_rows") == "skip"
-                    or any(_is_number(v) and v > 0 for v in skipped.values())):
+    if skipped and (section.get("on_bad_rows") == "skip" or _any_skipped(skipped)):
         blocks += [("Rows skipped as bad (on_bad_rows = \"skip\"):",),
                    Table(["split", "rows skipped"], [[k, str(v)] for k, v in skipped.items()])]
     seen = section.get("seen_in_train") or {}
@@ -362,8 +361,7 @@ def _disputed(report: dict, names: list[str], has_gold: bool) -> list:
         rows.append(row + [str(item["members"][n]) for n in names])
     # Right-align the numbers: row, confidence, agreement.
     numeric = [True] + [False] * (len(columns) - len(names) - 3) + [True, True]
-    skipped = (report.get("data") or {}).get("skipped_rows")
-    skipping = isinstance(skipped, dict) and any(_is_number(v) and v > 0 for v in skipped.values())
+    skipping = _any_skipped((report.get("data") or {}).get("skipped_rows"))
     return [("Rows where the members disagree, deepest splits first (fewest members behind any one label), then "
              "lowest agreement with the ensemble. Row: the row of predictions.csv, counted from 0"
              + (" (the rows skipped as bad are not in it)." if skipping else "."),),
@@ -395,6 +393,11 @@ def _decimals(values: list[Any]) -> int:
         if len({f"{v:.{decimals}f}" for v in numbers}) == len(numbers):
             return decimals
     return 17
+
+
+def _any_skipped(skipped: Any) -> bool:
+    """Whether a ``skipped_rows`` table counts some row."""
+    return isinstance(skipped, dict) and any(_is_number(v) and v > 0 for v in skipped.values())
 
 
 def _is_number(value: Any) -> bool:

@@ -8,6 +8,7 @@ seed; `ensemble.workers` runs several of these loops side by side, one member ea
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -47,8 +48,10 @@ class Splits:
     train: TextDataset
     valid: TextDataset
 
+    @functools.cached_property
     def rows(self) -> dict[str, str]:
-        """Fingerprints of both splits' rows: a member, or its checkpoint, is only reused on the same data."""
+        """Fingerprints of both splits' rows: a member, or its checkpoint, is only reused on the same
+        data. Hashed once per run, not once per member and use."""
         return {"train": self.train.fingerprint(), "valid": self.valid.fingerprint()}
 
 
@@ -87,7 +90,7 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
                             f"expected ({len(splits.train)}, {len(labels)}) (train rows, classes)")
     taught = None if teacher is None else (teacher.temperature, teacher.hard_weight,
                                            hashlib.sha256(teacher.probs.astype(np.float32).tobytes()).hexdigest())
-    ckpt = Checkpoint(checkpoint_dir(out_dir), member_fingerprint(cfg, labels, splits.rows(), world, taught))
+    ckpt = Checkpoint(checkpoint_dir(out_dir), member_fingerprint(cfg, labels, splits.rows, world, taught))
     saved = ckpt.load() if resume else None
     if resume and saved is None and (other := read_progress(ckpt.root)) is not None:
         # a checkpoint of other settings, data or process count: say so, rather than start over unannounced
@@ -342,7 +345,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
         try:
             unwrapped.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            resolved = {"member": recipe_dict(cfg), "data": recipe_dict(data), "labels": labels, "rows": splits.rows()}
+            resolved = {"member": recipe_dict(cfg), "data": recipe_dict(data), "labels": labels, "rows": splits.rows}
             (tmp / RECIPE_FILE).write_text(json.dumps(resolved, indent=2), encoding="utf-8")
             (tmp / METRICS_FILE).write_text(json.dumps(result, indent=2), encoding="utf-8")
             if best_logits is not None:

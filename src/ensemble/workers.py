@@ -73,7 +73,7 @@ def _fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | i
     try:
         splits, test, labels = load_splits(recipe.data)  # a data error is reported once, here
         preflight(recipe.members, where=recipe.path.name)
-        rows = splits.rows() if resume else None
+        rows = splits.rows if resume else None
         kept = [m for m in recipe.members if resume and finished(out / "members" / m.name, m, labels, rows)]
         queue = [m for m in recipe.members if m not in kept]
         if resume:
