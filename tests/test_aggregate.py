@@ -596,6 +596,10 @@ def test_kernel_huge_finite_values_are_not_reported_as_non_finite(inputs, classe
     # Sums of such values overflow; the kernel's cheap check must then look again, exactly.
     x = np.full((4, 700, classes), 3e38, dtype=np.float32)
     x[:, :, 2:] = -3e38
+    if inputs == "probs":  # not probabilities, which `aggregate` refuses: the kernel itself
+        part = kernels_cpu.fused_vote(x, "soft", np.full(4, 0.25), np.ones(4), probs_in=True)
+        assert part["bad_row"] == -1 and part["labels"].tolist() == [0] * 700
+        return
     vote = aggregate(x, "soft", inputs=inputs)
     assert vote.labels.tolist() == [0] * 700
 
@@ -761,3 +765,44 @@ def test_kernel_is_right_without_avx512(tmp_path):
     finally:
         for run in runs.values():
             run.kill()  # a no-op for a finished process; a timed-out one must not outlive the test
+
+
+@pytest.mark.parametrize("x, message", [
+    (np.array([[[0.5, -0.1, 0.6]]]), "inputs='probs': member 0, row 0 has a value of -0.1, below 0"),
+    (np.array([[[0.2, 0.2, 0.2]], [[0.3, 0.3, 0.4]]]), "inputs='probs': member 0, row 0 has values summing to 0.6, not 1"),
+])
+def test_probabilities_that_are_not_are_refused(x, message):
+    # logits or scores passed as probabilities gave negative scores and confidences above 1
+    with pytest.raises(EnsembleError, match=re.escape(message) + r"; pass probabilities \(rows summing to 1\), or logits"):
+        aggregate(x, inputs="probs")
+
+
+def test_probabilities_rounded_in_bfloat16_are_accepted():
+    probs = torch.softmax(torch.randn(3, 50, 7, generator=torch.Generator().manual_seed(0)), -1).to(torch.bfloat16)
+    assert aggregate(probs, inputs="probs").scores.sum(axis=1) == pytest.approx(1.0, abs=2e-2)
+
+
+def test_float64_logits_beyond_float32_are_named_as_such():
+    with pytest.raises(EnsembleError, match=re.escape("must fit in float32, in which votes are computed; got 1e+300 at "
+                                                      "member 1, row 2 (beyond +-3.4e38)")):
+        x = np.zeros((2, 3, 2))
+        x[1, 2, 1] = 1e300
+        aggregate(x)
+
+
+def test_weights_that_overflow_in_their_sum_vote_as_their_ratios():
+    x = np.random.default_rng(0).normal(size=(3, 50, 4)).astype(np.float32)
+    assert aggregate(x, weights=[1e308, 1e308, 1.0]).labels.tolist() == aggregate(x, weights=[1, 1, 0]).labels.tolist()
+
+
+def test_many_classes_vote_without_a_scratch_per_class():
+    # the fused kernel's scratch grows with the class count: above MAX_CLASSES the torch path votes
+    x = np.random.default_rng(0).normal(size=(2, 3, kernels_cpu.MAX_CLASSES + 1)).astype(np.float32)
+    vote = aggregate(x, member_details=False)
+    assert vote.labels.tolist() == vote.scores.argmax(axis=1).tolist()
+    np.testing.assert_allclose(vote.scores, torch.softmax(torch.from_numpy(x), -1).mean(0).numpy(), rtol=1e-5, atol=1e-9)
+
+
+def test_member_details_must_be_a_bool():
+    with pytest.raises(EnsembleError, match="the 'member_details' parameter must be True or False; got 'no'"):
+        aggregate(np.zeros((1, 1, 2)), member_details="no")

@@ -180,6 +180,14 @@ def test_hard_vote_predict_proba_refused_and_pairs_checked(run):
     (["a film", ""], "texts[1] is empty (''): fill or drop the empty texts"),
     (["  \n"], "texts[0] is blank ('  \\n'): fill or drop the empty texts"),
     (7, "texts: give a list of strings; got int"),
+    ({"a film": 1}, "texts: give a list of strings; got a dict (its keys would be the texts)"),
+    ({"a film", "dull"}, "texts: give a list of strings; got a set (it has no order)"),
+    (np.array([["a", "b", "c"]]), "texts: give a 1-D list of strings, or (N, 2) rows of (text, text_pair); got an "
+                                  "array of shape (1, 3)"),
+    (["fine", "cut \ud83d"], "texts[1] is not valid Unicode: lone surrogate '\\ud83d' at character 4; drop or replace "
+                              "it (e.g. text.encode('utf-8', 'replace').decode())"),
+    (["a film", ("a", "b")], "texts[1] must be a string; got tuple (('a', 'b')): give every row as a (text, text_pair) "
+                             "tuple, or plain strings with pairs="),
 ])
 @pytest.mark.parametrize("call", ["predict", "predict_proba", "vote", "member_logits"])
 def test_texts_that_are_not_a_list_of_strings_are_refused_by_name(run, texts, message, call):
@@ -187,6 +195,70 @@ def test_texts_that_are_not_a_list_of_strings_are_refused_by_name(run, texts, me
     ens = Ensemble([load_member(run / "run" / "members" / "bert")])
     with pytest.raises(EnsembleError, match=f"^{re.escape(message)}$"):
         getattr(ens, call)(texts)
+
+
+class _Frame:
+    """What matters of a pandas DataFrame here: it iterates over its column names."""
+
+    columns, iloc = ["text"], None
+
+    def __iter__(self):
+        return iter(self.columns)
+
+
+def test_a_dataframe_is_refused_with_how_to_pass_its_column(run):
+    with pytest.raises(EnsembleError, match=re.escape("texts: got a DataFrame, which iterates over its column names; "
+                                                      "pass its text column (df['text'])")):
+        three(run).predict(_Frame())
+
+
+def test_an_array_of_two_columns_is_read_as_pairs(run):
+    ens = three(run)
+    with pytest.raises(EnsembleError, match="trained on single texts, not pairs"):
+        ens.predict(np.array([["a man plays", "someone plays"]]))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 0}, "the 'batch_size' parameter must be an integer >= 1; got 0"),
+    ({"batch_size": -1}, "the 'batch_size' parameter must be an integer >= 1; got -1"),
+    ({"batch_size": 2.5}, "the 'batch_size' parameter must be an integer >= 1; got 2.5"),
+])
+def test_a_bad_batch_size_is_refused(run, kwargs, message):
+    with pytest.raises(EnsembleError, match=f"^{re.escape(message)}$"):
+        Ensemble([load_member(run / "run" / "members" / "bert")], **kwargs)
+
+
+def test_numpy_numbers_are_numbers(run):
+    members = [load_member(run / "run" / "members" / n) for n in ("bert", "roberta")]
+    ens = Ensemble(members, weights={"bert": np.float32(2.0), "roberta": np.int64(1)},
+                   temperatures={"bert": np.float32(1.5)}, abstain_below=np.float32(0.5), batch_size=np.int64(8))
+    assert ens.weights == {"bert": 2.0, "roberta": 1.0} and ens.temperatures["bert"] == 1.5
+    assert ens.abstain_below == 0.5 and ens.batch_size == 8
+    with pytest.raises(EnsembleError, match=r"weights.bert: must be a finite number >= 0; got True"):
+        Ensemble(members, weights={"bert": True})
+
+
+def test_opening_the_manifest_or_a_list_of_dirs_says_what_to_pass(run):
+    with pytest.raises(EnsembleError, match=r"ensemble '.*ensemble.json': the manifest itself; pass its directory '.*run'$"):
+        Ensemble.load(run / "run" / "ensemble.json")
+    with pytest.raises(EnsembleError, match=r"Ensemble.from_dirs: 'dirs' must be a dict of member name -> directory"):
+        Ensemble.from_dirs([run / "run" / "members" / "bert"])
+
+
+def test_save_refuses_to_write_over_a_directory_its_members_are_read_from(run, tmp_path):
+    shutil.copytree(run / "run", tmp_path / "runs" / "a")
+    (tmp_path / "runs" / "b").mkdir()
+    (tmp_path / "runs" / "b" / "keep.txt").write_text("other run", encoding="utf-8")
+    ens = Ensemble.load(tmp_path / "runs" / "a")
+    for target, word in ((tmp_path / "runs" / "a" / "members" / "bert", "is inside member 'bert'"),
+                         (tmp_path / "runs" / "a" / "members" / "bert" / "sub", "is inside member 'bert'"),
+                         (tmp_path / "runs", "holds member"),
+                         (tmp_path / "runs" / "a" / "members", "holds member")):
+        with pytest.raises(EnsembleError, match=f"Ensemble.save: '.*' {word}.*save it to another directory"):
+            ens.save(target, overwrite=True)
+    assert (tmp_path / "runs" / "b" / "keep.txt").is_file()
+    ens.save(tmp_path / "runs" / "a", overwrite=True)  # over its own directory: fine
+    assert Ensemble.load(tmp_path / "runs" / "a").labels == ens.labels
 
 
 def test_any_iterable_of_strings_is_accepted_and_no_texts_give_no_rows(run):
@@ -594,9 +666,13 @@ def test_vote_on_the_members_training_rows_warns(run, tmp_path, cli):
 
 
 @pytest.mark.parametrize("vote, message", [
-    (VoteConfig(method="mean"), "the 'method' parameter must be one of"),
-    (VoteConfig(abstain_on="x"), "the 'abstain_on' parameter must be one of"),
-    (VoteConfig(weights={"zz": 2.0}), "weights: no member named 'zz'"),
+    (VoteConfig(method="mean"), "fit_vote: vote.method: must be one of"),
+    (VoteConfig(abstain_on="x"), "fit_vote: vote.abstain_on: must be one of"),
+    (VoteConfig(weights={"zz": 2.0}), "fit_vote: vote.weights.zz: no member named 'zz'"),
+    (VoteConfig(weights=None), "fit_vote: vote.weights: must be a table of member name = number; got None"),
+    (VoteConfig(calibrate="no"), "fit_vote: vote.calibrate: must be true or false; got 'no'"),
+    (VoteConfig("weighted", weights={"bert": 2.0}), "vote.weights: method 'weighted' learns its own weights"),
+    ("weighted", "fit_vote: the 'vote' parameter must be a VoteConfig, e.g. VoteConfig('weighted'); got str"),
 ])
 def test_fit_vote_refuses_a_bad_config_before_changing_anything(run, vote, message):
     ens = three(run)
@@ -605,6 +681,23 @@ def test_fit_vote_refuses_a_bad_config_before_changing_anything(run, vote, messa
     with pytest.raises(EnsembleError, match=re.escape(message)):
         ens.fit_vote(logits, np.array([0, 1, 2, 0]), vote)
     assert ens.manifest() == before
+
+
+@pytest.mark.parametrize("vote, y, message", [
+    (VoteConfig("weighted"), np.array(["a", "b", "c", "a"]), "'y' must hold integer class indices"),
+    (VoteConfig("stacking"), np.array([0, 1, 7, 0]), "7"),
+    (VoteConfig("selection", selection_rounds=0), np.array([0, 1, 2, 0]), "selection_rounds"),
+])
+def test_a_fit_vote_that_fails_midway_leaves_the_fitted_vote_as_it_was(run, vote, y, message):
+    ens = three(run)
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((3, 40, 3)).astype(np.float32)
+    ens.fit_vote(logits, rng.integers(0, 3, 40), VoteConfig("selection", abstain_coverage=0.9))
+    before = ens.manifest()
+    with pytest.raises(EnsembleError, match=message):
+        ens.fit_vote(logits[:, :4], y, vote)
+    assert ens.manifest() == before
+    assert ens.predict_proba(["good film"]).shape == (1, 3)
 
 
 def test_member_logits_progress_counts_every_members_rows(run, monkeypatch):

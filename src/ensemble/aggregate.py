@@ -92,7 +92,9 @@ def aggregate(
     (exact ties -> lowest class index). With ``method="hard"`` each member votes its argmax
     (ties inside a member -> lowest class index) and the label is the class with the largest
     share of member weight; ties between classes go to the higher soft score (the weighted mean
-    probability), and if that is also equal, to the lowest class index.
+    probability), and if that is also equal, to the lowest class index. Scores are float32 and
+    compared as computed: classes that tie in exact arithmetic may differ by a rounding step
+    (two members' softmaxes add their terms in different orders), and then the higher wins.
 
     Computation is float32 in row chunks, so memory stays bounded and the input is never copied
     whole. On CPU one fused numba pass does each chunk (`ensemble.kernels_cpu`); on CUDA one
@@ -108,7 +110,8 @@ def aggregate(
         inputs: ``"logits"`` (the default) or ``"probs"`` when `logits` already holds member
             probabilities (e.g. scikit-learn ``predict_proba`` outputs stacked); they are then
             averaged as they are, or sharpened as ``p ** (1 / T)`` renormalised when
-            temperatures are given.
+            temperatures are given. The first 1,024 rows of each member are checked to be
+            probabilities (no value below 0, rows summing to 1 within 1e-2).
         member_details: keep every member's label and confidence (members x rows arrays, the
             largest outputs). Agreement and the equal-prediction counts are computed either way;
             prediction that needs only the ensemble's answer passes False.
@@ -132,6 +135,8 @@ def aggregate(
         raise EnsembleError(f"the 'method' parameter must be one of {one_of(sorted(METHODS))}; got {method!r}")
     if inputs not in ("logits", "probs"):
         raise EnsembleError(f"the 'inputs' parameter must be one of {one_of(('logits', 'probs'))}; got {inputs!r}")
+    if not isinstance(member_details, (bool, np.bool_)):
+        raise EnsembleError(f"the 'member_details' parameter must be True or False; got {member_details!r}")
     source = _as_source(logits)
     members, rows, classes = (int(n) for n in source.shape)
     weight = _member_vector(weights, "weights", members, default=1.0)
@@ -147,10 +152,14 @@ def aggregate(
             f"the 'temperatures' parameter must be positive and finite; got {temperature.tolist()}"
         )
 
+    weight = weight / weight.max()  # first: weights that are each finite may overflow in their sum
+    weight = weight / weight.sum()
+    if inputs == "probs":
+        _check_probs(source)
     device = torch.device("cpu")
     if isinstance(source, torch.Tensor) and source.device.type != "mps":  # MPS has no float64
         device = source.device
-    weight64 = torch.tensor(weight / weight.sum(), dtype=torch.float64, device=device)
+    weight64 = torch.tensor(weight, dtype=torch.float64, device=device)
     temperature32 = torch.tensor(temperature, dtype=torch.float32, device=device)
 
     # Preallocated so that the chunks are written in place, never concatenated.
@@ -183,11 +192,12 @@ def aggregate(
                          "agreement": agreement[start:stop]}
                 if member_details:  # whole, written from column `start` (a column slice is not contiguous)
                     views.update(member_labels=member_labels, member_confidence=member_confidence)
-                part = kernels_cpu.fused_vote(chunk if whole is None else whole, method, weight / weight.sum(),
+                part = kernels_cpu.fused_vote(chunk if whole is None else whole, method, weight,
                                               temperature, probs_in, out=views, member_details=member_details,
                                               start=0 if whole is None else start, stop=None if whole is None else stop,
                                               member_start=start)
-                _check_finite(chunk, part["bad_row"], start)
+                if part["bad_row"] >= 0:
+                    _not_finite(source, chunk, part["bad_row"], start)
                 equal_counts += torch.from_numpy(part["equal_counts"])
                 continue  # written in place
             if fused == "triton" and not probs_in:
@@ -283,7 +293,8 @@ def _fused_backend(device: torch.device, members: int, classes: int) -> str:
     if device.type == "cpu":
         from . import kernels_cpu
 
-        return "numba" if kernels_cpu.available() else ""
+        # the kernels' scratch grows with the class count (a tile of rows per class)
+        return "numba" if kernels_cpu.available() and classes <= kernels_cpu.MAX_CLASSES else ""
     if device.type == "cuda":
         try:
             from . import kernels
@@ -304,7 +315,8 @@ def _chunk_numpy(source: torch.Tensor | np.ndarray, start: int, stop: int) -> np
         part = source[:, start:stop]
         return (part if part.dtype == torch.float32 else part.to(torch.float32)).cpu().numpy()
     part = source[:, start:stop]
-    return part if part.dtype == np.float32 else part.astype(np.float32)
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range: reported by `_not_finite`
+        return part if part.dtype == np.float32 else part.astype(np.float32)
 
 
 def _contiguous_float32(source: torch.Tensor | np.ndarray) -> np.ndarray | None:
@@ -315,11 +327,41 @@ def _contiguous_float32(source: torch.Tensor | np.ndarray) -> np.ndarray | None:
     return source if source.dtype == np.float32 and source.flags.c_contiguous else None
 
 
-def _check_finite(chunk: np.ndarray, bad_row: int, start: int) -> None:
-    if bad_row >= 0:
-        member = int(np.flatnonzero(~np.isfinite(chunk[:, bad_row]).all(axis=-1))[0])
-        raise EnsembleError(
-            f"the 'logits' parameter must be finite; got NaN or infinity at member {member}, row {start + bad_row}")
+def _not_finite(source: torch.Tensor | np.ndarray, chunk: np.ndarray | torch.Tensor, row: int, start: int):
+    """Raise for row `row` of `chunk` (row ``start + row`` of `source`), which holds a value that is
+    not finite in float32: NaN or infinity, or a finite float64 beyond float32's range."""
+    bad = ~np.isfinite(np.asarray(chunk[:, row]))
+    member, column = (int(i[0]) for i in np.nonzero(bad))
+    value = float(source[member, start + row, column])
+    if np.isfinite(value):
+        raise EnsembleError(f"the 'logits' parameter must fit in float32, in which votes are computed; got {value:g} "
+                            f"at member {member}, row {start + row} (beyond +-3.4e38): rescale the inputs")
+    raise EnsembleError(
+        f"the 'logits' parameter must be finite; got NaN or infinity at member {member}, row {start + row}")
+
+
+PROBS_CHECKED_ROWS = 1024  # rows of each member checked as probabilities (inputs="probs")
+
+
+def _check_probs(source: torch.Tensor | np.ndarray) -> None:
+    """With ``inputs="probs"``, the first `PROBS_CHECKED_ROWS` rows of each member must be
+    probabilities: no value below 0, each row summing to 1 within 1e-2 (bf16 rounding). That
+    catches logits or scores passed as probabilities at no cost to a large vote."""
+    part = source[:, :PROBS_CHECKED_ROWS]
+    part = part.detach().to("cpu", torch.float64).numpy() if isinstance(part, torch.Tensor) else part.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        low = part < -1e-6
+        off = np.abs(part.sum(axis=-1) - 1.0) > 1e-2
+    if low.any():
+        member, row, column = (int(i[0]) for i in np.nonzero(low))
+        problem = f"a value of {part[member, row, column]:.4g}, below 0"
+    elif off.any():
+        member, row = (int(i[0]) for i in np.nonzero(off))
+        problem = f"values summing to {part[member, row].sum():.4g}, not 1"
+    else:
+        return
+    raise EnsembleError(f"inputs='probs': member {member}, row {row} has {problem}; pass probabilities (rows summing "
+                        "to 1), or logits with inputs='logits'")
 
 
 def _log_probs(source: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -358,16 +400,13 @@ def _chunk(
 ) -> torch.Tensor:
     """Rows [start, stop) of every member as a finite float32 tensor on ``device``."""
     if isinstance(source, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(source[:, start:stop], dtype=np.float32))
+        x = torch.from_numpy(_chunk_numpy(source, start, stop)).contiguous()
     else:
         x = source[:, start:stop].to(device=device, dtype=torch.float32)
     finite = torch.isfinite(x)
     if not bool(finite.all()):
-        member, row, _ = (int(i) for i in (~finite).nonzero()[0])
-        raise EnsembleError(
-            f"the 'logits' parameter must be finite; got NaN or infinity at member {member}, "
-            f"row {start + row}"
-        )
+        row = int((~finite).nonzero()[0][1])
+        _not_finite(source, x.cpu().numpy(), row, start)
     return x
 
 

@@ -9,6 +9,7 @@ last, so a directory that has it is complete.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import shutil
 import sys
@@ -55,9 +56,11 @@ class Ensemble:
             raise EnsembleError(f"the 'method' parameter must be one of {one_of(VOTE_METHODS)}; got '{method}'")
         if abstain_on not in ABSTAIN_ON:
             raise EnsembleError(f"the 'abstain_on' parameter must be one of {one_of(ABSTAIN_ON)}; got '{abstain_on}'")
-        if abstain_below is not None and not (isinstance(abstain_below, (int, float)) and 0 <= abstain_below <= 1):
+        if abstain_below is not None and not (_is_number(abstain_below) and 0 <= abstain_below <= 1):
             raise EnsembleError(f"the 'abstain_below' parameter must be a number in [0, 1] or None; got {abstain_below!r}")
-        if not (isinstance(ensemble_temperature, (int, float)) and np.isfinite(ensemble_temperature)
+        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, (bool, np.bool_)) or batch_size < 1:
+            raise EnsembleError(f"the 'batch_size' parameter must be an integer >= 1; got {batch_size!r}")
+        if not (_is_number(ensemble_temperature) and np.isfinite(ensemble_temperature)
                 and ensemble_temperature > 0):
             raise EnsembleError(f"the 'ensemble_temperature' parameter must be a finite number > 0; got {ensemble_temperature!r}")
         if not members:
@@ -79,7 +82,7 @@ class Ensemble:
             for name, w in given.items():
                 if name not in names:
                     raise EnsembleError(f"{label}: no member named '{name}'; members: {', '.join(names)}")
-                ok = isinstance(w, (int, float)) and np.isfinite(w) and (w >= low if low is not None else w > 0)
+                ok = _is_number(w) and np.isfinite(w) and (w >= low if low is not None else w > 0)
                 if not ok:
                     rule = ">= 0" if low is not None else "> 0"
                     raise EnsembleError(f"{label}.{name}: must be a finite number {rule}; got {w!r}")
@@ -111,7 +114,7 @@ class Ensemble:
         self.abstain_below = None if abstain_below is None else float(abstain_below)
         self.abstain_on = abstain_on
         self.text_pair = members[0].text_pair
-        self.batch_size = batch_size
+        self.batch_size = int(batch_size)
         self.precision = check_precision(precision)
 
     # ------------------------------------------------------------ loading and saving
@@ -126,6 +129,8 @@ class Ensemble:
         check_devices(device)  # a wrong device or precision is reported before the members load
         check_precision(precision)
         manifest_file = path / MANIFEST
+        if path.name == MANIFEST and path.is_file():
+            raise EnsembleError(f"ensemble '{path}': the manifest itself; pass its directory '{path.parent}'")
         if not manifest_file.is_file():
             if (path / "config.json").is_file():
                 raise EnsembleError(f"ensemble '{path}': a member directory, not an ensemble; vote members with "
@@ -169,6 +174,9 @@ class Ensemble:
                   device: str | Sequence[str] = "auto", precision: str = "auto", load_weights: bool = True) -> Ensemble:
         """Members from their directories, keyed by name. With ``load_weights=False`` the members
         are only described (see `load_member`): the ensemble votes on given logits only."""
+        if not isinstance(dirs, dict):
+            raise EnsembleError(f"Ensemble.from_dirs: 'dirs' must be a dict of member name -> directory, e.g. "
+                                f"{{'bert': 'runs/demo/members/bert'}}; got {type(dirs).__name__}")
         return cls([load_member(d, name, weights=load_weights) for name, d in dirs.items()], method, weights,
                    precision=precision).to(device)
 
@@ -226,6 +234,7 @@ class Ensemble:
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise EnsembleError(f"Ensemble.save: '{path}' is a file; give a directory path")
+        self._check_not_over_members(path)
         if path.is_dir() and any(path.iterdir()) and not overwrite:
             raise EnsembleError(f"Ensemble.save: '{path}' is not empty; choose a new directory, or pass "
                                 "overwrite=True to replace it (its other files go with it)")
@@ -237,6 +246,22 @@ class Ensemble:
             replace_dir(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _check_not_over_members(self, path: Path) -> None:
+        """Refuse a save that would delete or replace what a member is read from: `path` inside a
+        member's directory, or holding one anywhere but where this save writes it
+        (``path/members/NAME``, which is saving an ensemble over its own directory)."""
+        target = path.resolve()
+        for name, member in self.members.items():
+            if member.path is None:
+                continue
+            source = member.path.resolve()
+            if source == target or source in target.parents:
+                raise EnsembleError(f"Ensemble.save: '{path}' is inside member '{name}' ('{member.path}'), which this "
+                                    "ensemble reads; save it to another directory")
+            if target in source.parents and source != target / "members" / name:
+                raise EnsembleError(f"Ensemble.save: '{path}' holds member '{name}' ('{member.path}'), which replacing "
+                                    "it would delete; save it to another directory")
 
     def write_into(self, path: Path) -> None:
         """Write the manifest and the members (hard links where possible) into the existing
@@ -379,6 +404,11 @@ class Ensemble:
                                 "use predict(), or vote() for the shares, or method 'soft'")
         return self.vote(texts, pairs, member_details=False).scores
 
+
+
+def _is_number(value) -> bool:
+    """A real number, numpy's scalars included; not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def write_json(path: Path, obj) -> None:

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 
 import numpy as np
 import torch
@@ -111,9 +111,23 @@ def predict_logits(member: Member, enc: Encoded, batch_size: int, precision: str
 
 
 def _text_list(texts, name: str) -> list:
-    """Any iterable of texts as a list; a lone string is refused (iterating it would predict each character)."""
+    """Any ordered iterable of texts as a list. Refused: a lone string (iterating it would predict
+    each character), a DataFrame or a dict (they iterate over column names or keys) and a set
+    (no order). A 2-D array of two columns is a list of (text, text_pair) rows.
+    """
     if isinstance(texts, (str, bytes)):
         raise EnsembleError(f"{name}: give a list of strings; got a single {type(texts).__name__} (wrap it: [text])")
+    if hasattr(texts, "columns") and hasattr(texts, "iloc"):  # a pandas DataFrame
+        raise EnsembleError(f"{name}: got a DataFrame, which iterates over its column names; pass its text column "
+                            "(df['text']), or pairs as df[['text', 'text_pair']].to_numpy()")
+    if isinstance(texts, (Mapping, Set)):
+        kind = "a dict (its keys would be the texts)" if isinstance(texts, Mapping) else "a set (it has no order)"
+        raise EnsembleError(f"{name}: give a list of strings; got {kind}")
+    if isinstance(texts, np.ndarray) and texts.ndim == 2 and texts.shape[1] == 2:
+        return [tuple(row) for row in texts.tolist()]
+    if isinstance(texts, np.ndarray) and texts.ndim != 1:
+        raise EnsembleError(f"{name}: give a 1-D list of strings, or (N, 2) rows of (text, text_pair); "
+                            f"got an array of shape {texts.shape}")
     try:
         return list(texts)
     except TypeError:
@@ -124,8 +138,16 @@ def _strings(texts: list, name: str) -> list[str]:
     """`texts` when every item is a string (numpy's str_ included), else the first offender, named."""
     for i, t in enumerate(texts):
         if not isinstance(t, str):
-            hint = ": fill or drop the missing texts" if t is None or (isinstance(t, float) and t != t) else ""
+            missing = t is None or (isinstance(t, float) and t != t) or type(t).__name__ in ("NAType", "NaTType")
+            hint = ": fill or drop the missing texts" if missing else ""
+            if isinstance(t, (tuple, list)) and name == "texts":
+                hint = ": give every row as a (text, text_pair) tuple, or plain strings with pairs="
             raise EnsembleError(f"{name}[{i}] must be a string; got {type(t).__name__} ({t!r:.40}){hint}")
         if not t.strip():  # as in data files: a label for no text would be noise
             raise EnsembleError(f"{name}[{i}] is {'blank' if t else 'empty'} ({t!r:.40}): fill or drop the empty texts")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate: JSON with a broken escape, an emoji cut in half
+            raise EnsembleError(f"{name}[{i}] is not valid Unicode: lone surrogate {t[exc.start]!r} at character "
+                                f"{exc.start}; drop or replace it (e.g. text.encode('utf-8', 'replace').decode())") from None
     return [str(t) for t in texts]

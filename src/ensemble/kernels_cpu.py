@@ -44,6 +44,7 @@ except ImportError:  # pragma: no cover - numba is a dependency; this keeps the 
 SHARE_TOL = 1e-6  # float32 vote shares: sums such as 0.2 + 0.3 vs 0.5 differ by rounding only
 TILE = 512  # rows per tile: classes x TILE float32 scratch arrays stay in L1 (L2 for many classes)
 ROW_TILE = 128  # rows per tile of `vote_rows`: its rows of soft sums (16 KB at 32 lanes) stay in L1
+MAX_CLASSES = 1024  # above, `aggregate` votes with torch: the tile kernel's scratch is ~6 KB a class a block
 AHEAD = 32  # rows `vote_rows` prefetches ahead of its reads (24-96 measured alike; none: 0.7x)
 if TILE % 64 or ROW_TILE % 64 or ROW_TILE > TILE:  # the 64-row reads of `simd.equal64` stay in a tile
     raise AssertionError("kernels_cpu.TILE and ROW_TILE must be multiples of 64, ROW_TILE <= TILE")

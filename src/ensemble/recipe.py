@@ -17,12 +17,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
 import sys
 import types
 import typing
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .config import (  # re-exported: the recipe's types are imported from here too
     ABSTAIN_ON,
@@ -222,7 +225,22 @@ def _validate(raw: dict, base: Path, where: str) -> Recipe:
     if dupes:
         raise EnsembleError(f"{where}: members: duplicate name '{dupes[0]}'; every member needs its own name")
 
-    vote = _build(VoteConfig, _table(raw, "vote", where), "vote", where)
+    vote = check_vote(_build(VoteConfig, _table(raw, "vote", where), "vote", where), names, where)
+    return Recipe(path=base, data=data, defaults=defaults, members=tuple(members), vote=vote)
+
+
+def check_vote(vote: VoteConfig, names: list[str], where: str) -> VoteConfig:
+    """`vote` checked as a recipe's [vote] is, for members `names`: types and ranges (a
+    VoteConfig built in Python is checked here), weights naming members, one abstention rule.
+
+    Example:
+        >>> check_vote(VoteConfig("hard", weights={"bert": 2}), ["bert", "roberta"], "fit_vote").weights
+        {'bert': 2.0}
+    """
+    if not isinstance(vote, VoteConfig):
+        raise EnsembleError(f"{where}: the 'vote' parameter must be a VoteConfig, e.g. VoteConfig('weighted'); "
+                            f"got {type(vote).__name__}")
+    vote = _build(VoteConfig, {f.name: getattr(vote, f.name) for f in fields(VoteConfig)}, "vote", where)
     for name, weight in vote.weights.items():
         if name not in names:
             raise EnsembleError(f"{where}: vote.weights.{name}: no member named '{name}'{_suggest(name, names)}; members: {', '.join(names)}")
@@ -237,7 +255,7 @@ def _validate(raw: dict, base: Path, where: str) -> Recipe:
     if len(given) > 1:
         raise EnsembleError(f"{where}: vote: set at most one of abstain_below, abstain_coverage, abstain_accuracy; "
                             f"got {' and '.join(given)}")
-    return Recipe(path=base, data=data, defaults=defaults, members=tuple(members), vote=vote)
+    return vote
 
 
 def _member(item: dict, index: int, defaults: TrainConfig, base: Path, where: str) -> MemberConfig:
@@ -336,8 +354,8 @@ def _coerce(value: Any, hint: Any, path: str, where: str) -> Any:
 SCALARS: dict[type, tuple[str, typing.Callable[[Any], bool], typing.Callable[[Any], Any]]] = {
     Path: ("a path (string)", lambda v: isinstance(v, str) and bool(v), Path),
     bool: ("true or false", lambda v: isinstance(v, bool), bool),
-    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool), int),
-    float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), float),
+    int: ("an integer", lambda v: isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)), int),
+    float: ("a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)), float),
     str: ("a string", lambda v: isinstance(v, str), str),
 }
 

@@ -226,6 +226,11 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
         start = time.perf_counter()
         seen_at_start = state.seen
         pending: list[tuple] = []  # (batch, rows, loss on the device, lr, step or None) not yet read back
+        window = [0.0, 0]  # loss x rows and rows of the optimizer step being accumulated, for its log line
+        # rows of each batch's optimizer step (its `accum` batches; the epoch's last step may have
+        # fewer): a step's loss is the mean over its rows, as without accumulation
+        steps_rows = _step_rows(train_dl, accum) if accum > 1 else None
+        lr = scheduler.get_last_lr()[0]
 
         def settle() -> None:
             """Read the pending losses back in one transfer; check them, count them, log them.
@@ -246,25 +251,37 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
                 raise Diverged(f"members[{cfg.name}]: training loss became {value} at epoch {epoch}, batch {batch_no}; "
                                f"lower lr (now {t.lr:g}) or set max_grad_norm (now {t.max_grad_norm:g}); {kept}")
             rate = 0.0
-            for (_, rows, _, lr, stepped), value in zip(pending, values):
+            for (_, rows, _, used_lr, stepped), value in zip(pending, values):
                 state.loss_sum += value * rows
                 state.seen += rows
+                window[0] += value * rows
+                window[1] += rows
                 rate = (state.seen - seen_at_start) * accelerator.num_processes / max(time.perf_counter() - start, 1e-9)
-                if stepped is not None and main:
-                    ckpt.log({"event": "step", "epoch": epoch, "step": stepped, "loss": value, "lr": lr, "samples_per_s": rate})
-                if stepped is not None and t.log_with:
-                    accelerator.log({"train/loss": value, "train/lr": lr}, step=stepped)
+                if stepped is None:
+                    continue
+                step_loss = window[0] / window[1]
+                window[:] = [0.0, 0]
+                if main:
+                    ckpt.log({"event": "step", "epoch": epoch, "step": stepped, "loss": step_loss, "lr": used_lr,
+                              "samples_per_s": rate})
+                if t.log_with:
+                    accelerator.log({"train/loss": step_loss, "train/lr": used_lr}, step=stepped)
             bar.set_postfix(epoch=f"{epoch}/{t.epochs}", loss=f"{state.loss_sum / state.seen:.4f}", samples_s=f"{rate:.0f}",
                             refresh=False)  # drawn at the bar's own interval, not on every step
             bar.update(len(pending))
             pending.clear()
 
         for batch in batches:
+            rows = batch["input_ids"].shape[0]
+            lr = scheduler.get_last_lr()[0]  # the rate this batch's step uses (read before the scheduler moves on)
             with accelerator.accumulate(model):
                 targets = batch.pop("teacher", None)
                 output = model(**batch)
                 loss = output.loss if targets is None else distill_loss(output.logits, batch["labels"], targets, teacher)
-                accelerator.backward(loss)
+                # Accelerate divides each batch's mean loss by `accum`: right when the step's
+                # batches are equal, so a batch of a smaller step is weighted by its share of it
+                share = 1.0 if steps_rows is None else rows * accum / steps_rows[done]
+                accelerator.backward(loss if share == 1.0 else loss * share)
                 square = sparse_rows.take() if sparse_rows is not None and accelerator.sync_gradients else 0.0
                 if accelerator.sync_gradients and t.max_grad_norm > 0:
                     if fold_clip:
@@ -279,8 +296,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
             done += 1
             if accelerator.sync_gradients:
                 step += 1
-            pending.append((done, batch["input_ids"].shape[0], loss.detach(), scheduler.get_last_lr()[0],
-                            step if accelerator.sync_gradients else None))
+            pending.append((done, rows, loss.detach(), lr, step if accelerator.sync_gradients else None))
             save = (accelerator.sync_gradients and t.checkpoint_every and step % t.checkpoint_every == 0
                     and done < len(train_dl))
             if save or len(pending) >= sync_every:
@@ -300,7 +316,8 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
         if sparse_rows is not None:
             sparse_rows.settle()
         metrics, valid_logits = evaluate(model, valid_dl, accelerator, len(labels))
-        record = {"epoch": epoch, "train_loss": train_loss, **metrics, "lr": scheduler.get_last_lr()[0],
+        # "lr": the rate of the epoch's last step
+        record = {"epoch": epoch, "train_loss": train_loss, **metrics, "lr": lr,
                   "seconds": seconds, "samples_per_s": (state.seen - seen_at_start) * accelerator.num_processes / seconds,
                   "threads": torch.get_num_threads()}  # CPU threads at the epoch's end (they shape float rounding)
         state.history.append(record)
@@ -379,6 +396,22 @@ def epoch_line(name: str, record: dict) -> str:
 
 class Diverged(EnsembleError):
     """A member's training loss became NaN or infinite (the recipe's ``on_diverge`` decides what follows)."""
+
+
+def _step_rows(loader, accum: int) -> list[int]:
+    """Per batch of this epoch in this process, the rows of the optimizer step it is part of:
+    Accelerate steps after every `accum` batches from the epoch's start and after the last.
+
+    Example:
+        >>> _step_rows(type("Loader", (), {"batch_sampler": [[0, 1], [2, 3], [4]]}), 2)
+        [4, 4, 1]
+    """
+    sizes = [len(batch) for batch in loader.batch_sampler]
+    rows = []
+    for first in range(0, len(sizes), accum):
+        step = sizes[first:first + accum]
+        rows += [sum(step)] * len(step)
+    return rows
 
 
 def _sync_every(device: torch.device) -> int:

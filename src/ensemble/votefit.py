@@ -12,29 +12,45 @@ import numpy as np
 
 from . import combine
 from .errors import EnsembleError
-from .recipe import LEARNED_METHODS, VoteConfig
+from .recipe import LEARNED_METHODS, VoteConfig, check_vote
 from .stacking import Stacker
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ensemble import Ensemble
 
 
+VOTE_STATE = ("method", "weights", "temperatures", "ensemble_temperature", "stacker", "abstain_below", "abstain_on")
+
+
 def fit_vote(ens: Ensemble, logits: np.ndarray, y: np.ndarray, vote: VoteConfig) -> dict:
     """`Ensemble.fit_vote`'s work: set `ens`'s vote from `logits` (members, rows, classes) and
-    label indices `y`; return what was fitted, for the report.
+    label indices `y`; return what was fitted, for the report. A call that raises leaves `ens`
+    voting as before.
 
     Example:
         >>> info = fit_vote(ens, valid_logits, y_valid, VoteConfig("selection"))  # doctest: +SKIP
         >>> sorted(info)[:3]  # doctest: +SKIP
         ['calibrated', 'fitted_on', 'method']
     """
+    vote = check_vote(vote, list(ens.members), "fit_vote")
+    before = {key: getattr(ens, key) for key in VOTE_STATE}
+    try:
+        return _fit(ens, logits, y, vote)
+    except BaseException:
+        for key, value in before.items():
+            setattr(ens, key, value)
+        raise
+
+
+def _fit(ens: Ensemble, logits, y, vote: VoteConfig) -> dict:
     names = list(ens.members)
     # the constructor's checks of method, weights and abstention, before anything changes: a bad
     # VoteConfig must not leave this ensemble voting in a way that its saved manifest cannot load
     type(ens)(list(ens.members.values()), vote.method, dict(vote.weights or {}), abstain_below=vote.abstain_below,
               abstain_on=vote.abstain_on)
     y = np.asarray(y)
-    if logits.shape[:2] != (len(names), len(y)):
+    logits = np.asarray(logits)
+    if logits.ndim != 3 or logits.shape[:2] != (len(names), len(y)):
         raise EnsembleError(f"fit_vote: logits have shape {logits.shape}; expected ({len(names)}, {len(y)}, classes)")
     ens.method, ens.abstain_below, ens.abstain_on = vote.method, vote.abstain_below, vote.abstain_on
     ens.weights = {n: float(vote.weights.get(n, 1.0)) for n in names}  # the config says it all
