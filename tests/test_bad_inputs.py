@@ -435,9 +435,16 @@ def test_only_keeps_the_vote_unless_it_trains_and_then_drops_all_of_it(tmp_path,
     assert not [name for name in ("ensemble.json", "report.json", "report.md", "report.html", "predictions.csv", "plots")
                 if (run / name).exists()]
     assert f"--only trained without voting, so '{run}' has no vote" in out
+    # the command it suggests is this one's, overrides included: the member just trained is kept
+    assert "--set members.bert.lr=3e-4 --out" in out and out.rstrip().endswith("--resume', which trains only what is "
+                                                                                "missing, votes")
     code, out, err = cli(args + ["--resume", "--set", "members.bert.lr=3e-4"])
     assert code == 0 and "already trained with these settings; kept" in out, err
     assert Ensemble.load(run).predict(["a fine film"]) and (run / "report.md").is_file()
+    # settings that change nothing a member learns (checkpoints, trackers) do not train it again
+    code, out, err = cli(args + ["--resume", "--set", "members.bert.lr=3e-4", "--set", "defaults.checkpoint_every=7",
+                                 "--set", 'defaults.on_diverge="skip"'])
+    assert code == 0 and "already trained with these settings; kept" in out and "training it again" not in out, err
 
 
 def test_member_files_are_readable_as_the_umask_says(member):

@@ -49,6 +49,7 @@ def fitted(tmp_path_factory):
     (["vote", "--members", "{member}", "--data", "x.csv", "--out", "o", "--weights", "bert"], "--weights: expected NAME=NUMBER"),
     (["vote", "--members", "{member}", "--data", "x.csv", "--out", "o", "--weights", "bret=2"], "weights: no member named 'bret'"),
     (["vote", "--members", "{member}", "{member}", "--data", "x.csv", "--out", "o"], "two members are named 'bert'"),
+    (["vote", "--members", "a/b={member}", "--data", "x.csv", "--out", "o"], "bad member name: use letters, digits, '-', '_' or '.' (it names a directory); got 'a/b'; choose another NAME in NAME=DIR"),
     (["vote", "--members", "{member}", "--data", "missing.csv", "--out", "o"], "--data"),
 ])
 def test_user_errors_exit_2_with_one_line(fitted, cli, tmp_path, args, message):
@@ -247,3 +248,10 @@ def test_flags_show_no_type_in_the_help(cli):
     code, out, _ = cli(["predict", "--help"])
     assert code == 0 and "<bool>" not in out
     assert "  --overwrite " in out and "  --chunk-rows <int range> " in out
+
+
+def test_a_flag_value_click_refuses_is_quoted_back(cli):
+    code, _, err = cli(["predict", "--ensemble", "e", "--data", "d.csv", "--out", "o.csv", "--chunk-rows", "0"])
+    assert code == 2 and "Invalid value for '--chunk-rows'" in err and "; got '0' (see 'ensemble predict --help')" in err
+    code, _, err = cli(["vote", "--members", "m", "--data", "d.csv", "--out", "o", "--abstain-below=abc"])
+    assert code == 2 and "; got 'abc' (see 'ensemble vote --help')" in err

@@ -230,3 +230,31 @@ def test_clip_into_step_needs_a_fused_adam():
         assert not folds_clip(opt)
         with pytest.raises(ValueError, match="needs a fused Adam or AdamW; got"):
             clip_into_step(opt, [w], 1.0)
+
+
+def test_gradient_checkpointing_covers_the_first_token_layer_too():
+    # the switched last layer replaces the forward that transformers checkpoints: it checkpoints itself
+    from ensemble import firsttoken
+
+    runs = []
+    for checkpointing in (False, True):
+        torch.manual_seed(1)
+        model, _ = build_member(MemberConfig("m", init="scratch", arch="bert"), ["a", "b"], TEXTS)
+        assert firsttoken.switch(model)
+        if checkpointing:
+            checkpoint_activations(model)
+        model.train()
+        calls = []
+        layer = model.bert.encoder.layer[-1]
+        layer.attention.self.query.register_forward_hook(lambda *_: calls.append(1))
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            torch.manual_seed(0)
+            loss = model(input_ids=torch.tensor([[1, 5, 6, 7, 2], [1, 8, 9, 2, 0]]), labels=torch.tensor([0, 1])).loss
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        runs.append((len(calls), sum(saved), grads))
+    (plain_calls, plain_saved, plain_grads), (ckpt_calls, ckpt_saved, ckpt_grads) = runs
+    assert (plain_calls, ckpt_calls) == (1, 2)  # recomputed in backward
+    assert ckpt_saved < plain_saved
+    assert torch.allclose(plain_grads, ckpt_grads, atol=1e-6)

@@ -237,7 +237,8 @@ def test_bad_row_errors_on_first_and_skip_counts(tmp_path: Path, content: str, k
         ("data.valid", 'fix the row or set data.on_bad_rows = "skip"'),
         ("data", 'fix the row or set data.on_bad_rows = "skip"'),
         # vote and predict have no recipe and no way to skip rows: no recipe setting is named.
-        ("--data", "fix the row or remove it from the file"),
+        # --data's gold labels are optional: going without them is the other way out
+        ("--data", 'fix the row, remove it from the file, or pass --label "" to go without gold labels'),
         ("--valid", "fix the row or remove it from the file"),
         ("--unlabeled", "fix the row or remove it from the file"),
     ],

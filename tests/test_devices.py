@@ -91,7 +91,7 @@ def test_emulated_bf16_training_warns_with_the_fix(monkeypatch, native, cuda, pr
 
 
 def test_preflight_warns_before_any_training(monkeypatch):
-    from ensemble.members import preflight
+    from ensemble.preflight import preflight
 
     monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -524,7 +524,8 @@ def test_predict_resume_refuses_a_partial_written_at_another_precision(run, tmp_
     partial = out.with_name(f".{out.name}.partial")
     partial.write_bytes(b"")
     for precision, ok in (("auto", True), ("bf16", False)):
-        identity = evaluate_mod._identity(Ensemble.load(run / "run", precision=precision), data, "text", None, None, 10)
+        identity = evaluate_mod._identity(Ensemble.load(run / "run", precision=precision), data, "text", None, None, 10,
+                                          "none")
         (tmp_path / ".p.csv.partial.json").write_text(json.dumps({"identity": identity, "rows": 0, "bytes": 0}))
         if ok:
             evaluate_mod.predict_file(ens, data, out, label=None, chunk_rows=10, progress=False, resume=True)
@@ -538,6 +539,15 @@ def test_predict_resume_refuses_a_partial_written_at_another_precision(run, tmp_
     identity = evaluate_mod._identity(ens, data, "text", None, None, 500)
     (tmp_path / ".p.csv.partial.json").write_text(json.dumps({"identity": identity, "rows": 0, "bytes": 0}))
     with pytest.raises(EnsembleError, match=r"other settings: --chunk-rows 500 \(now 10\); "):
+        evaluate_mod.predict_file(ens, data, out, label=None, chunk_rows=10, progress=False, resume=True)
+    # how quotes are read changes the rows; a column left out shows as '' (what was typed), not None
+    identity = evaluate_mod._identity(ens, data, "text", None, None, 10, "csv")
+    (tmp_path / ".p.csv.partial.json").write_text(json.dumps({"identity": identity, "rows": 0, "bytes": 0}))
+    with pytest.raises(EnsembleError, match=r"other settings: --quoting 'csv' \(now 'none'\); "):
+        evaluate_mod.predict_file(ens, data, out, label=None, chunk_rows=10, progress=False, resume=True)
+    identity = evaluate_mod._identity(ens, data, "text", None, "label", 10, "none")
+    (tmp_path / ".p.csv.partial.json").write_text(json.dumps({"identity": identity, "rows": 0, "bytes": 0}))
+    with pytest.raises(EnsembleError, match=r"other settings: --label 'label' \(now ''\); "):
         evaluate_mod.predict_file(ens, data, out, label=None, chunk_rows=10, progress=False, resume=True)
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ensemble.errors import EnsembleError
-from ensemble.members import build_member, freeze, load_member, parameter_count, preflight
+from ensemble.members import build_member, freeze, load_member, parameter_count
+from ensemble.preflight import preflight
 from ensemble.scratch import train_tokenizer
 from ensemble.recipe import ARCHES, MemberConfig, TrainConfig
 
@@ -186,3 +187,32 @@ def test_load_member_without_weights_describes_it_only(tmp_path):
     ens = Ensemble.from_dirs({"b": tmp_path / "b"}, load_weights=False)
     with pytest.raises(EnsembleError, match="member 'b' was opened without its weights; open it with load_weights=True"):
         ens.member_logits(["a text"])
+
+
+def test_preflight_refuses_a_max_length_beyond_the_models_positions(tmp_path):
+    # a longer row would have crashed in the embeddings' forward, in training or later in predict
+    too_long = TrainConfig(max_length=1000)
+    with pytest.raises(EnsembleError, match=r"^r.toml: members\[s\].max_length: must be <= 512, the positions the model "
+                                            r"has; got 1000$"):
+        preflight([MemberConfig("s", init="scratch", arch="roberta", train=too_long)], where="r.toml")
+    from transformers import BertConfig
+
+    BertConfig(max_position_embeddings=128).save_pretrained(tmp_path)
+    with pytest.raises(EnsembleError, match=r"members\[x\].max_length: must be <= 128"):
+        preflight([MemberConfig("x", model=str(tmp_path), train=TrainConfig(max_length=256))])
+    preflight([MemberConfig("x", model=str(tmp_path), train=TrainConfig(max_length=128))])
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_dropout_reaches_the_classifier_head(arch):
+    # ALBERT's head has its own dropout (0.1 by default) that the encoder's does not set
+    model, _ = build_member(MemberConfig("m", init="scratch", arch=arch, train=TrainConfig(dropout=0.0)), ["a", "b"],
+                            ["a good film", "a bad film"] * 10)
+    assert [(n, m.p) for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout) and m.p > 0] == []
+
+
+def test_preflight_refuses_more_trainable_layers_than_the_model_has():
+    # a larger number was taken as "all layers" yet still froze the embeddings
+    with pytest.raises(EnsembleError, match=r"members\[s\].trainable_layers: the model has 2 layers; got 5 .*\"all\""):
+        preflight([MemberConfig("s", init="scratch", arch="bert", train=TrainConfig(trainable_layers=5))])
+    preflight([MemberConfig("s", init="scratch", arch="bert", train=TrainConfig(trainable_layers=2))])

@@ -130,6 +130,8 @@ BAD = [
     ('[data]\ntrain = "x.csv"\n[defaults]\nlr = -1\n', "defaults.lr: must be > 0"),
     ('[data]\ntrain = "x.csv"\n[defaults]\nwarmup_ratio = 1.5\n', "defaults.warmup_ratio: must be >= 0 and <= 1; got 1.5"),
     ('[data]\ntrain = "x.csv"\nvalid_fraction = 1.0\n', "data.valid_fraction: must be > 0"),
+    ('[data]\ntrain = "x.csv"\n[defaults]\ndropout = 1.0\n', "defaults.dropout: must be >= 0 and < 1; got 1.0"),
+    ('[data]\ntrain = "x.csv"\n[defaults]\nseed = 4294967296\n', "defaults.seed: must be >= 0 and <= 4294967295; got 4294967296"),
     ('[data]\ntrain = "x.csv"\n[defaults]\noptimizer = "adamm"\n', "defaults.optimizer: must be one of {'adam', 'adamax', 'adamw', 'rmsprop', 'sgd'}; got 'adamm' (did you mean 'adam'?)"),
     ('[data]\ntrain = "x.csv"\n[defaults]\nbatch_size = 30\ngrad_accum = 4\n', "batch_size (30) must be a multiple of grad_accum"),
     ('[data]\ntrain = "x.csv"\n[[members]]\nname = "a"\ninit = "scratch"\narch = "gpt2"\n', "members[a].arch: must be one of"),
@@ -147,7 +149,36 @@ BAD = [
     ('[data]\ntrain = "x.csv"\n[[members]]\nname = "bert"\nmodel = "m"\n[vote]\nweights = { bert = 0.0 }\n', "at least one member needs a weight > 0"),
     # missing data
     ('[[members]]\nname = "bert"\nmodel = "m"\n', "missing [data] table"),
+    # settings that the chosen optimizer, scheduler or vote method does not read
+    ('[data]\ntrain = "x.csv"\n[[members]]\nname = "b"\nmodel = "m"\nmomentum = 0.9\n',
+     "members[b].momentum: only optimizer 'rmsprop' or 'sgd' reads it, and this member uses 'adamw'; remove it"),
+    ('[data]\ntrain = "x.csv"\n[defaults]\ngamma = 0.5\n[[members]]\nname = "b"\nmodel = "m"\n'
+     '[[members]]\nname = "c"\nmodel = "m"\nscheduler = "cosine"\n',
+     "defaults.gamma: only scheduler 'exponential' or 'step' reads it, and the members use 'cosine', 'linear'; remove it"),
+    ('[data]\ntrain = "x.csv"\n[[members]]\nname = "b"\nmodel = "m"\noptimizer = "sgd"\nbetas = [0.5, 0.5]\n',
+     "members[b].betas: only optimizer 'adam' or 'adamax' or 'adamw' reads it, and this member uses 'sgd'"),
+    ('[data]\ntrain = "x.csv"\n[defaults]\nsize = "mini"\n', "defaults.size: a member's own key, not a training field; "
+                                                          "set it in each [[members]] table"),
+    ('[data]\ntrain = "x.csv"\n[[members]]\nname = "b"\nmodel = "m"\n[vote]\nselection_rounds = 5\n',
+     "vote.selection_rounds: only method 'selection' reads it, and the vote uses 'soft'; remove it"),
 ]
+
+
+def test_a_member_sets_an_optional_field_back_to_its_default_by_word(tmp_path):
+    text = ('[data]\ntrain = "x.csv"\n[defaults]\ntrainable_layers = 0\npatience = 2\ndropout = 0.2\n'
+            '[[members]]\nname = "b"\nmodel = "m"\ntrainable_layers = "all"\npatience = "none"\ndropout = "model"\n'
+            '[[members]]\nname = "c"\nmodel = "m"\n')
+    b, c = load_recipe(write(tmp_path, text)).members
+    assert (b.train.trainable_layers, b.train.patience, b.train.dropout) == (None, None, None)
+    assert (c.train.trainable_layers, c.train.patience, c.train.dropout) == (0, 2, 0.2)
+    with pytest.raises(EnsembleError, match=r"members\[b\].trainable_layers: must be an integer or \"all\"; got 'none'"):
+        load_recipe(write(tmp_path, text.replace('trainable_layers = "all"', 'trainable_layers = "none"')))
+
+
+def test_a_defaults_setting_some_member_reads_is_fine(tmp_path):
+    text = ('[data]\ntrain = "x.csv"\n[defaults]\nmomentum = 0.9\n[[members]]\nname = "b"\nmodel = "m"\n'
+            '[[members]]\nname = "c"\nmodel = "m"\noptimizer = "sgd"\n')
+    assert [m.train.momentum for m in load_recipe(write(tmp_path, text)).members] == [0.9, 0.9]
 
 
 @pytest.mark.parametrize("text, message", BAD, ids=[m[:40] for _, m in BAD])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import signal
 import shutil
 import sys
@@ -20,7 +21,8 @@ import typer
 
 from .config import QUOTINGS
 from .errors import EnsembleError, one_of
-from .flags import as_flags, check_precision, expand_multi, named_dirs, not_over_inputs, unknown_option, weights_by_name
+from .flags import (as_flags, check_precision, expand_multi, given_value, named_dirs, not_over_inputs, unknown_option,
+                    weights_by_name)
 
 try:  # recent typer carries its own copy of click; older releases use click itself
     from typer._click.exceptions import ClickException
@@ -74,6 +76,8 @@ def fit(
 
     workers = parse_workers(concurrent)
     out = out or Path("runs") / recipe.stem
+    # the recipe as given, overrides included: for the workers, and for the command --only suggests
+    argv = [str(recipe)] + [a for item in set_ for a in ("--set", item)] + (["--scratch", scratch] if scratch else [])
     data = spec.data
     reads = {"recipe file": recipe, "data.train file": data.train, "data.valid file": data.valid, "data.test file": data.test}
     # fit adds to its run directory and deletes only its own members there: holding the data is harmless
@@ -91,10 +95,10 @@ def fit(
             raise EnsembleError(f"--only: give member names separated by commas (e.g. --only bert,albert); got '{only}'")
         report = run_fit(spec, out, overwrite=overwrite, resume=resume, progress=not quiet, only=names)
         if not (out / MANIFEST).exists():
+            again = shlex.join(["ensemble", "fit", *argv, "--out", str(out), "--resume"])
             typer.echo(f"--only trained without voting, so '{out}' has no vote (no {MANIFEST} or report) until "
-                       f"'ensemble fit {recipe} --out {out} --resume', which trains only what is missing, votes")
+                       f"'{again}', which trains only what is missing, votes")
     else:
-        argv = [str(recipe)] + [a for item in set_ for a in ("--set", item)] + (["--scratch", scratch] if scratch else [])
         report = fit_concurrent(spec, argv, out, workers, overwrite=overwrite, resume=resume, progress=not quiet)
     if report:  # empty on the non-main processes of a distributed run
         _summary(report, out)
@@ -293,11 +297,12 @@ def distill(
     if extra is not None:
         typer.echo(f"\n{len(extra)} unlabelled rows from {unlabeled}, taught by the ensemble alone")
     typer.echo(f"\n{result['split']} split, {result['rows']} rows")
-    typer.echo(f"{'':<22} {'accuracy':>9} {'rows/s':>9}")
-    typer.echo(f"{'ensemble':<22} {result['ensemble_accuracy']:>9.4f} {result['ensemble_rows_per_s']:>9.1f}")
     best = result["best_member"]
-    typer.echo(f"{'best member (' + best + ')':<22} {result['members_accuracy'][best]:>9.4f}")
-    typer.echo(f"{'student':<22} {result['student_accuracy']:>9.4f} {result['student_rows_per_s']:>9.1f}")
+    first = max(22, len(best) + 14)  # wide enough for a long member name
+    typer.echo(f"{'':<{first}} {'accuracy':>9} {'rows/s':>9}")
+    typer.echo(f"{'ensemble':<{first}} {result['ensemble_accuracy']:>9.4f} {result['ensemble_rows_per_s']:>9.1f}")
+    typer.echo(f"{'best member (' + best + ')':<{first}} {result['members_accuracy'][best]:>9.4f}")
+    typer.echo(f"{'student':<{first}} {result['student_accuracy']:>9.4f} {result['student_rows_per_s']:>9.1f}")
     kept = result["gain_kept"]
     typer.echo("gain over the best member kept: " + ("n/a (the ensemble does not beat it)" if kept is None else f"{kept:.0%}"))
     typer.echo(f"student: {out}")
@@ -369,7 +374,8 @@ def main(argv: list[str] | None = None) -> None:
             typer.echo(exc.format_message(), err=True)
             sys.exit(exc.exit_code)
         where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        typer.echo(f"error: {unknown_option(exc, ctx) or exc.format_message()}{where}", err=True)
+        message = unknown_option(exc, ctx) or exc.format_message() + given_value(exc, args)
+        typer.echo(f"error: {message}{where}", err=True)
         sys.exit(exc.exit_code)
     except (Abort, KeyboardInterrupt) as exc:
         _end_bars()

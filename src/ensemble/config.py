@@ -123,11 +123,12 @@ class VoteConfig:
 class Recipe:
     """A validated recipe. Load with `load_recipe`."""
 
-    path: Path
+    path: Path  # the recipe's directory: its data paths are relative to it
     data: DataConfig
     defaults: TrainConfig
     members: tuple[MemberConfig, ...]
     vote: VoteConfig
+    file_name: str = ""  # the recipe file's name, which errors found later name (as the recipe's own do)
 
     def member(self, name: str) -> MemberConfig:
         for member in self.members:
@@ -143,18 +144,21 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "init": ("pretrained", "scratch"), "arch": ARCHES, "size": SIZES, "log_with": TRACKERS,
     "on_diverge": ON_DIVERGE, "abstain_on": ABSTAIN_ON, "quoting": QUOTINGS,
 }
-# (low, high, low_inclusive): value must satisfy low </<= value <= high
-RANGES: dict[str, tuple[float, float, bool]] = {
+# (low, high, low_inclusive[, high_inclusive=True]): value must satisfy low </<= value <=/< high
+RANGES: dict[str, tuple] = {
     "lr": (0, 10, False), "batch_size": (1, 1 << 20, True), "eval_batch_size": (1, 1 << 20, True),
     "epochs": (1, 10_000, True), "eps": (0, 1, False), "momentum": (0, 1, True),
     "weight_decay": (0, 10, True), "warmup_ratio": (0, 1, True), "step_size": (1, 10_000, True),
     "gamma": (0, 1, False), "max_length": (8, 8192, True), "max_grad_norm": (0, 1e6, True),
-    "grad_accum": (1, 1 << 16, True), "dropout": (0, 1, True), "trainable_layers": (0, 1000, True),
+    "grad_accum": (1, 1 << 16, True), "dropout": (0, 1, True, False), "trainable_layers": (0, 1000, True),
     "patience": (1, 10_000, True), "valid_fraction": (0, 0.9, False), "split_seed": (0, 2**32 - 1, True),
     "seed": (0, 2**32 - 1, True), "checkpoint_every": (0, 1 << 40, True),
     "selection_rounds": (1, 100_000, True), "stacking_folds": (2, 100, True), "abstain_below": (0, 1, True),
     "abstain_coverage": (0, 1, False), "abstain_accuracy": (0, 1, False),
 }
+# The word that sets an optional field back to its default (TOML has no null, and a member may
+# need to undo a [defaults] value): trainable_layers = "all", patience = "none", dropout = "model".
+DEFAULT_WORDS: dict[str, str] = {"trainable_layers": "all", "patience": "none", "dropout": "model"}
 MEMBER_KEYS = ("name", "model", "init", "arch", "size")
 
 

@@ -326,7 +326,10 @@ def _clean_rows(
             problem = f"has an empty label in column '{label}'"
         if problem is not None:
             if on_bad_rows == "error":
-                raise EnsembleError(f"{field}: {row.where} of '{shown}' {problem}; {_bad_row_fix(field)}")
+                fix = _bad_row_fix(field)
+                if field == "--data" and problem.startswith("has an empty label"):
+                    fix = fix.replace(" or remove", ", remove") + ', or pass --label "" to go without gold labels'
+                raise EnsembleError(f"{field}: {row.where} of '{shown}' {problem}; {fix}")
             skipped += 1
             continue
         if hold and len(texts) == chunk_rows:  # this good row starts the next chunk

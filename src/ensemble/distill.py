@@ -20,7 +20,8 @@ from .data import TextDataset
 from .ensemble import Ensemble, write_json
 from .errors import EnsembleError
 from .evaluate import gold
-from .members import RECIPE_FILE, load_member, preflight, saved_recipe
+from .members import RECIPE_FILE, load_member, saved_recipe
+from .preflight import preflight
 from .recipe import ARCHES, SIZES, DataConfig, MemberConfig, infer_arch, name_problem, train_config
 from .teacher import Teacher
 from .train import Splits, train_member

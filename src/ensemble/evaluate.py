@@ -207,7 +207,7 @@ def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str 
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     state_file = out.with_name(f".{out.name}.partial.json")
-    identity = _identity(ens, data, text, text_pair, label, chunk_rows)
+    identity = _identity(ens, data, text, text_pair, label, chunk_rows, quoting)
     done_rows, done_bytes = 0, 0
     if resume:
         state = _read_state(state_file)
@@ -286,16 +286,16 @@ def check_predictions_out(out: Path, data: Path, overwrite: bool) -> None:
 
 
 def _identity(ens: Ensemble, data: Path, text: str, text_pair: str | None, label: str | None,
-              chunk_rows: int) -> dict:
+              chunk_rows: int, quoting: str) -> dict:
     """What a partial output depends on, by name: the data file (path, size, mtime), the ensemble
-    (its manifest and member paths, hashed), the columns, the chunk size and the precision (bf16
-    may flip near-tied labels)."""
+    (its manifest and member paths, hashed), the columns, how quotes are read, the chunk size
+    and the precision (bf16 may flip near-tied labels)."""
     stat = data.stat() if data.is_file() else None
     ensemble = [ens.manifest(), {n: str(m.path) for n, m in ens.members.items()}]
     return {"data file": [str(data.resolve()), stat and stat.st_size, stat and stat.st_mtime_ns],
             "ensemble": hashlib.sha256(json.dumps(ensemble, sort_keys=True, default=str).encode()).hexdigest(),
-            "--text": text, "--text-pair": text_pair, "--label": label, "--chunk-rows": chunk_rows,
-            "--precision": ens.precision}
+            "--text": text, "--text-pair": text_pair, "--label": label, "--quoting": quoting,
+            "--chunk-rows": chunk_rows, "--precision": ens.precision}
 
 
 def _changes(before: object, now: dict) -> str:
@@ -318,8 +318,13 @@ def _changes(before: object, now: dict) -> str:
         elif key == "ensemble":
             changed.append("another ensemble, or this one before it changed")
         else:
-            changed.append(f"{key} {before.get(key)!r} (now {value!r})")
+            changed.append(f"{key} {_shown(before.get(key))} (now {_shown(value)})")
     return "other settings: " + ", ".join(changed)
+
+
+def _shown(value: object) -> str:
+    """An option's value as typed: None (a column not used) is ``--label ''``."""
+    return "''" if value is None else repr(value)
 
 
 def _read_state(path: Path) -> dict | None:

@@ -19,6 +19,7 @@ layout) runs unchanged.
 from __future__ import annotations
 
 import contextlib
+import functools
 import types
 import weakref
 from collections.abc import Iterator
@@ -53,7 +54,16 @@ def _last_layer(model) -> torch.nn.Module | None:
 
 def _first_token_forward(self, hidden_states, attention_mask=None, *args, **kwargs):
     """The layer's forward for position 0 only: (batch, 1, hidden), where the original returns
-    (batch, sequence, hidden). Mirrors `BertLayer.forward` without cross-attention and cache."""
+    (batch, sequence, hidden). With gradient checkpointing on, checkpointed as transformers
+    checkpoints the layer's own forward (which this one replaces, wrapper included)."""
+    if getattr(self, "gradient_checkpointing", False) and self.training and torch.is_grad_enabled():
+        return self._gradient_checkpointing_func(functools.partial(_first_token, self, **kwargs), hidden_states,
+                                                 attention_mask, *args)
+    return _first_token(self, hidden_states, attention_mask, *args, **kwargs)
+
+
+def _first_token(self, hidden_states, attention_mask=None, *args, **kwargs):
+    """`_first_token_forward`'s work. Mirrors `BertLayer.forward` without cross-attention and cache."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     from transformers.models.bert.modeling_bert import eager_attention_forward
 

@@ -16,7 +16,8 @@ from .ensemble import MANIFEST, Ensemble, write_json
 from .errors import EnsembleError
 from .evaluate import evaluate, gold
 from .labels import check_known_labels, check_label_column, sorted_labels
-from .members import METRICS_FILE, preflight, saved_recipe
+from .members import METRICS_FILE, saved_recipe
+from .preflight import preflight
 from .recipe import DataConfig, MemberConfig, Recipe, recipe_dict
 from .checkpoint import checkpoint_dir
 from .train import Diverged, Splits, process_state, train_member
@@ -118,7 +119,7 @@ def _fit(recipe: Recipe, out: Path, overwrite: bool, resume: bool, progress: boo
         raise EnsembleError(f"--only: no member named '{unknown[0]}'; members: {', '.join(m.name for m in recipe.members)}")
     chosen = [m for m in recipe.members if only is None or m.name in only]
     splits, test, labels = load_splits(recipe.data)
-    preflight(chosen, where=recipe.path.name)  # only the members to train: --only b must not need member a's model
+    preflight(chosen, where=recipe.file_name or recipe.path.name)  # only the members to train: --only b must not need member a's model
     tip = bf16_tip(chosen) if progress and state.is_main_process else None
     if tip:
         print(tip)
@@ -285,9 +286,18 @@ def changed(path: Path, member: MemberConfig, labels: list[str], rows: dict | No
     moved = _rows_changed(saved, rows)
     if moved:
         return f"its {moved} rows changed since it was trained (other texts or labels)"
-    before, now = _flat(saved.get("member")), _flat(recipe_dict(member))
+    before, now = _weights_settings(saved.get("member")), _weights_settings(recipe_dict(member))
     diffs = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
     return f"its settings changed since it was trained ({'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''})" if diffs else None
+
+
+# Settings that do not change what a member learns: a finished member is kept when only they differ.
+BOOKKEEPING = ("train.log_with", "train.checkpoint_every", "train.on_diverge")
+
+
+def _weights_settings(member: dict | None) -> dict:
+    """A member's recorded settings, flat, without `BOOKKEEPING`."""
+    return {k: v for k, v in _flat(member).items() if k not in BOOKKEEPING}
 
 
 def _flat(tree, prefix: str = "") -> dict:
@@ -301,7 +311,8 @@ def finished(path: Path, member: MemberConfig, labels: list[str], rows: dict | N
     given `rows` (`Splits.rows`), on the same training and validation rows)."""
     saved = saved_recipe(path)
     complete = bool(saved) and (path / METRICS_FILE).is_file() and any(path.glob("model*.safetensors"))
-    return (complete and saved.get("member") == recipe_dict(member) and saved.get("labels") == labels
+    return (complete and _weights_settings(saved.get("member")) == _weights_settings(recipe_dict(member))
+            and saved.get("labels") == labels
             and not _rows_changed(saved, rows))
 
 

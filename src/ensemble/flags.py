@@ -11,6 +11,7 @@ import math
 import re
 from pathlib import Path
 
+from .config import name_problem
 from .errors import EnsembleError, one_of
 
 # Options that take several values after one flag (`--members a b c`), as the README shows them.
@@ -95,6 +96,10 @@ def named_dirs(items: list[str]) -> dict[str, Path]:
         name, path = (name, path) if sep else (Path(item).name, item)
         if name in dirs:
             raise EnsembleError(f"--members: two members are named '{name}'; give each its own name (NAME=DIR)")
+        problem = name_problem(name)
+        if problem:
+            how = "choose another NAME in NAME=DIR" if sep else "name it: NAME=DIR"
+            raise EnsembleError(f"--members: '{item}': bad member name: {problem}; {how}")
         dirs[name] = Path(path)
     return dirs
 
@@ -147,3 +152,23 @@ def unknown_option(exc, ctx) -> str | None:
     flags = [o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
     close = difflib.get_close_matches(name.lstrip("-"), [f.lstrip("-") for f in flags], n=1, cutoff=0.6)
     return f"No such option: {name}" + (f" (did you mean --{close[0]}?)" if close else "")
+
+
+def given_value(exc, args: list[str]) -> str:
+    """``"; got 'abc'"`` for a flag whose value click refused (its message leaves the value out),
+    read back from the command line; "" when it cannot be found.
+
+    Example:
+        >>> class Bad: param = type("P", (), {"opts": ["--chunk-rows"]})()
+        >>> given_value(Bad(), ["predict", "--chunk-rows", "0"])
+        "; got '0'"
+    """
+    param = getattr(exc, "param", None)
+    opts = [o for o in getattr(param, "opts", []) if o.startswith("-")]
+    for k, arg in enumerate(args):
+        for opt in opts:
+            if arg == opt and k + 1 < len(args):
+                return f"; got {args[k + 1]!r}"
+            if arg.startswith(opt + "="):
+                return f"; got {arg[len(opt) + 1:]!r}"
+    return ""

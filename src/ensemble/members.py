@@ -10,22 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 from torch import nn
 
 from .data import TextDataset
-from .devices import check_mixed_precision, warn_emulated_bf16
 from .errors import EnsembleError
 from .integrity import check_size, first_line, json_object, json_section, probe
-from .recipe import ARCHES, MemberConfig, is_local
+from .recipe import ARCHES, MemberConfig
 from .scratch import SIZES, scratch_config, train_tokenizer
 
 RECIPE_FILE = "recipe.json"
@@ -86,6 +82,7 @@ def build_member(cfg: MemberConfig, labels: list[str], texts: Iterable[str]) -> 
         tokenizer = train_tokenizer(cfg.arch, texts, SIZES[cfg.size][4], cfg.train.max_length)
         config = scratch_config(cfg.arch, cfg.size, tokenizer, num_labels=len(labels), id2label=id2label,
                                 label2id=label2id, **extra, **dropout)
+        _head_dropout(config, cfg.train.dropout)
         model = AutoModelForSequenceClassification.from_config(config)
         return model, tokenizer
     source = cfg.model
@@ -93,6 +90,7 @@ def build_member(cfg: MemberConfig, labels: list[str], texts: Iterable[str]) -> 
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         config = AutoConfig.from_pretrained(source, num_labels=len(labels), id2label=id2label,
                                             label2id=label2id, trust_remote_code=False, **extra, **dropout)
+        _head_dropout(config, cfg.train.dropout)
         # A checkpoint may already carry a head for other labels: replace it, never reuse it.
         model = AutoModelForSequenceClassification.from_pretrained(
             source, config=config, ignore_mismatched_sizes=True, trust_remote_code=False)
@@ -139,94 +137,33 @@ def _encoder_layers(base: nn.Module) -> nn.ModuleList:
 
 # ---------------------------------------------------------------- checking sources before training
 
-SCRATCH_HINT = "run with --scratch tiny to train tiny scratch models of the same architectures instead"
+def _head_dropout(config, dropout: float | None) -> None:
+    """The classifier head's dropout follows the recipe's too: ALBERT's head has its own
+    (``classifier_dropout_prob``, 0.1 whatever the encoder's); the others' follows the encoder's
+    when their ``classifier_dropout`` is unset, which a checkpoint may have set."""
+    if dropout is None:
+        return
+    for key in ("classifier_dropout_prob", "classifier_dropout"):
+        if hasattr(config, key):
+            setattr(config, key, dropout)
 
 
-def preflight(members: Iterable[MemberConfig], offline_hint: str = SCRATCH_HINT, where: str = "") -> None:
-    """Fail fast, before any training, on a member whose model cannot be found (or whose mixed
-    precision this machine cannot train in).
-
-    Hub ids are looked up in the local cache first; when the hub cannot be reached the error
-    ends with `offline_hint` (for `fit`: ``--scratch tiny``, which turns hub members into scratch
-    models of the same arch). `where` (the recipe's file name) starts each error, as the
-    recipe's own errors do.
-
-    Example:
-        >>> preflight([MemberConfig("m", init="scratch", arch="bert")], where="demo.toml")  # scratch: nothing to find
-    """
-    try:
-        _preflight(list(members), offline_hint)
-    except EnsembleError as exc:
-        if not where:
-            raise
-        raise EnsembleError(f"{where}: {exc}") from None
-
-
-def _preflight(members: list[MemberConfig], offline_hint: str) -> None:
-    _quiet_transformers()
-    from transformers import AutoConfig
-
-    warn_emulated_bf16(members)
-    for m in members:
-        check_mixed_precision(m)
-        check_trackers(m)
-        if m.init == "scratch":
-            continue
-        path = Path(m.model).expanduser()
-        if is_local(m.model):
-            if not (path / "config.json").is_file():
-                raise EnsembleError(f"members[{m.name}].model: '{m.model}' is not a model directory (no config.json)")
-            continue
-        try:
-            AutoConfig.from_pretrained(m.model, local_files_only=True)
-            continue
-        except (OSError, ValueError):
-            pass
-        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not _hub_reachable():
-            raise EnsembleError(
-                f"members[{m.name}].model: '{m.model}' is not in the local cache and the Hugging Face hub cannot be "
-                f"reached; {offline_hint}, or set the model to a local directory")
-        try:
-            AutoConfig.from_pretrained(m.model)
-        except (OSError, ValueError) as exc:
-            raise EnsembleError(f"members[{m.name}].model: cannot load '{m.model}' from the hub: {first_line(exc)}") from None
-
-
-# The package each Accelerate tracker imports (tensorboard: either of two).
-TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
-                    "comet_ml": ("comet_ml",), "aim": ("aim",), "clearml": ("clearml",), "dvclive": ("dvclive",),
-                    "swanlab": ("swanlab",), "trackio": ("trackio",)}
-
-
-def check_trackers(cfg: MemberConfig) -> None:
-    """Refuse a `log_with` tracker whose package is not installed: Accelerate would drop it with
-    a warning buried in the training output, and the run would log nowhere.
+def positions(config) -> int | None:
+    """How many tokens the model's position embeddings hold (RoBERTa-style models number positions
+    from pad_token_id + 1), or None when its config does not say.
 
     Example:
-        >>> check_trackers(MemberConfig("m", init="scratch", arch="bert"))  # no trackers: fine
+        >>> from transformers import RobertaConfig
+        >>> positions(RobertaConfig(max_position_embeddings=514, pad_token_id=1))
+        512
     """
-    import importlib.util
+    total = getattr(config, "max_position_embeddings", None)
+    if not isinstance(total, int):
+        return None
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer"):
+        total -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return total
 
-    for tracker in cfg.train.log_with:
-        packages = TRACKER_PACKAGES.get(tracker, (tracker,))
-        if not any(importlib.util.find_spec(p) for p in packages):
-            raise EnsembleError(f"members[{cfg.name}].log_with: the '{tracker}' tracker needs the '{packages[0]}' "
-                                f"package, which is not installed; pip install {packages[0]}, or drop '{tracker}'")
-
-
-def _hub_reachable() -> bool:
-    # One DNS lookup answers in milliseconds; the hub client would retry for half a minute.
-    from huggingface_hub import constants
-
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.getaddrinfo(host, 443)
-        return True
-    except OSError:
-        return False
-
-
-# ---------------------------------------------------------------- loading trained members
 
 def load_member(path: str | Path, name: str | None = None, weights: bool = True) -> Member:
     """Open a trained member directory (safetensors and JSON only; no code from the directory).
@@ -305,6 +242,8 @@ def load_member(path: str | Path, name: str | None = None, weights: bool = True)
                             "recopy or retrain the member")
     limit = getattr(tokenizer, "model_max_length", 512)
     max_length = recorded or (min(limit, 512) if type(limit) is int and limit >= 1 else 512)
+    # a longer recorded max_length (accepted by older versions) would overrun the position embeddings
+    max_length = min(max_length, positions(model.config) or max_length)
     probe(tokenizer, model, len(labels), text_pair, min(16, max_length), where)
     return Member(name=name, path=path, model=model, tokenizer=tokenizer, labels=labels,
                   max_length=max_length, text_pair=text_pair, tokenizer_key=tokenizer_key(path, max_length))

@@ -31,6 +31,7 @@ from .config import (  # re-exported: the recipe's types are imported from here 
     ABSTAIN_ON,
     ARCHES,
     CHOICES,
+    DEFAULT_WORDS,
     LEARNED_METHODS,
     MEMBER_KEYS,
     RANGES,
@@ -87,7 +88,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, scratch: s
         raise EnsembleError(f"{where}: TOML syntax error: {exc}") from None
     for item in overrides or []:
         _apply_override(raw, item)
-    recipe = _validate(raw, path.resolve().parent, where)
+    recipe = replace(_validate(raw, path.resolve().parent, where), file_name=path.name)
     if scratch is not None:
         recipe = to_scratch(recipe, scratch)
     return recipe
@@ -210,6 +211,9 @@ def _validate(raw: dict, base: Path, where: str) -> Recipe:
         raise EnsembleError(f"{where}: missing [data] table (with at least train = \"path\")")
     data = _build(DataConfig, _table(raw, "data", where), "data", where)
     data = replace(data, **{k: _path(getattr(data, k), base) for k in ("train", "valid", "test")})
+    for key in _table(raw, "defaults", where).keys() & set(MEMBER_KEYS):
+        raise EnsembleError(f"{where}: defaults.{key}: a member's own key, not a training field; set it in each "
+                            "[[members]] table")
     defaults = _build(TrainConfig, _table(raw, "defaults", where), "defaults", where)
 
     raw_members = raw.get("members")
@@ -226,6 +230,7 @@ def _validate(raw: dict, base: Path, where: str) -> Recipe:
         raise EnsembleError(f"{where}: members: duplicate name '{dupes[0]}'; every member needs its own name")
 
     vote = check_vote(_build(VoteConfig, _table(raw, "vote", where), "vote", where), names, where)
+    _check_used(_table(raw, "defaults", where), raw_members, members, _table(raw, "vote", where), vote, where)
     return Recipe(path=base, data=data, defaults=defaults, members=tuple(members), vote=vote)
 
 
@@ -258,6 +263,41 @@ def check_vote(vote: VoteConfig, names: list[str], where: str) -> VoteConfig:
     return vote
 
 
+# Settings that only some choices read: (the field that chooses, the choices that read the setting).
+USED_BY = {
+    "betas": ("optimizer", ("adam", "adamax", "adamw")),
+    "eps": ("optimizer", ("adam", "adamax", "adamw", "rmsprop")),
+    "momentum": ("optimizer", ("rmsprop", "sgd")),
+    "gamma": ("scheduler", ("exponential", "step")),
+    "step_size": ("scheduler", ("step",)),
+    "selection_rounds": ("method", ("selection",)),
+    "stacking_folds": ("method", ("stacking",)),
+}
+
+
+def _check_used(defaults: dict, raw_members: list[dict], members: list[MemberConfig], vote_raw: dict,
+                vote: VoteConfig, where: str) -> None:
+    """Refuse a setting that nothing reads: one that a member's own optimizer or scheduler, or the
+    vote's method, ignores, or a [defaults] one that no member's choices read."""
+    def unused(path: str, key: str, situation: str) -> EnsembleError:
+        chooser, users = USED_BY[key]
+        readers = " or ".join(f"'{c}'" for c in users)
+        return EnsembleError(f"{where}: {path}: only {chooser} {readers} reads it, and {situation}; remove it")
+
+    for item, member in zip(raw_members, members, strict=True):
+        for key in sorted(item.keys() & USED_BY.keys()):
+            choice = getattr(member.train, USED_BY[key][0])
+            if choice not in USED_BY[key][1]:
+                raise unused(f"members[{member.name}].{key}", key, f"this member uses '{choice}'")
+    for key in sorted(defaults.keys() & USED_BY.keys()):
+        choices = sorted({getattr(m.train, USED_BY[key][0]) for m in members})
+        if not set(choices) & set(USED_BY[key][1]):
+            raise unused(f"defaults.{key}", key, f"the members use {', '.join(map(repr, choices))}")
+    for key in sorted(vote_raw.keys() & USED_BY.keys()):
+        if vote.method not in USED_BY[key][1]:
+            raise unused(f"vote.{key}", key, f"the vote uses '{vote.method}'")
+
+
 def _member(item: dict, index: int, defaults: TrainConfig, base: Path, where: str) -> MemberConfig:
     name = item.get("name")
     label = f"members[{name}]" if isinstance(name, str) and name else f"members[{index}]"
@@ -288,6 +328,11 @@ def _build(cls: type, values: dict, prefix: str, where: str):
     kwargs = {}
     for name, value in values.items():
         path = f"{prefix}.{name}"
+        if name in DEFAULT_WORDS and isinstance(value, str):
+            if value != DEFAULT_WORDS[name]:
+                kind = "an integer" if name != "dropout" else "a number"
+                raise EnsembleError(f"{where}: {path}: must be {kind} or \"{DEFAULT_WORDS[name]}\"; got {value!r}")
+            value = None
         value = _coerce(value, hints[name], path, where)
         for item in value if isinstance(value, tuple) and name in CHOICES else [value]:
             if name in CHOICES and item is not None and item not in CHOICES[name]:
@@ -360,12 +405,18 @@ SCALARS: dict[type, tuple[str, typing.Callable[[Any], bool], typing.Callable[[An
 }
 
 
-def _check_range(value: float, bounds: tuple[float, float, bool], path: str, where: str) -> None:
-    low, high, inclusive = bounds
-    ok = (value >= low if inclusive else value > low) and value <= high
+def _check_range(value: float, bounds: tuple, path: str, where: str) -> None:
+    low, high, inclusive, *rest = bounds
+    high_inclusive = rest[0] if rest else True
+    ok = (value >= low if inclusive else value > low) and (value <= high if high_inclusive else value < high)
     if not ok:
-        rule = f"{'>=' if inclusive else '>'} {low:g} and <= {high:g}"
+        rule = f"{'>=' if inclusive else '>'} {_bound(low)} and {'<=' if high_inclusive else '<'} {_bound(high)}"
         raise EnsembleError(f"{where}: {path}: must be {rule}; got {value!r}")
+
+
+def _bound(value: float) -> str:
+    """A range's bound as written: whole numbers in full (4294967295, not 4.29497e+09)."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _check_keys(table: dict, allowed: tuple[str, ...], prefix: str, where: str) -> None:

@@ -98,9 +98,11 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
             print(f"{cfg.name}: its checkpoint (epoch {other.epoch}, batch {other.batches_done}) was made with other "
                   "settings, data or number of processes; training it from the start")
         process_state().wait_for_everyone()
-    if saved is None:  # starting over: nothing of an older run (its step log included) may mix in
+    if saved is None:  # starting over: nothing of an older run (its step log, its trackers' logs) may mix in
         if process_state().is_main_process:
             ckpt.clear()
+            if cfg.train.log_with:  # where its trackers write (`_train_loop`)
+                shutil.rmtree(out_dir.parent.parent / "logs" / cfg.name, ignore_errors=True)
         process_state().wait_for_everyone()
 
     def smaller(current: list[int]) -> int:
@@ -338,7 +340,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
         else:
             state.stale += 1
             if t.patience is not None and state.stale >= t.patience:
-                say(f"{cfg.name}: no better {t.best_metric} for {state.stale} epochs; stopping early")
+                say(f"{cfg.name}: no better {t.best_metric} for {state.stale} epoch{'s' if state.stale > 1 else ''}; stopping early")
                 stop = True
         state.epoch, state.batches_done, state.steps_done = epoch + 1, 0, step
         ckpt.save(accelerator, state, best_state, best_logits)

@@ -30,7 +30,7 @@ from .checkpoint import LOG, Checkpoint, checkpoint_dir, read_progress
 from .errors import EnsembleError
 from .fit import OutLock, changed, check_out, diverged_file, finished, fit, load_splits, prepare_out, vote_and_report
 from .devices import bf16_tip
-from .members import preflight
+from .preflight import preflight
 from .recipe import MemberConfig, Recipe
 from .slots import Slot, plan, split_threads, threads_label, work
 from .train import epoch_line, member_fingerprint
@@ -72,7 +72,7 @@ def _fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | i
     started = [] if resume else [_Worker(slot, k, argv, out, logs, resume) for k, slot in enumerate(slots)]
     try:
         splits, test, labels = load_splits(recipe.data)  # a data error is reported once, here
-        preflight(recipe.members, where=recipe.path.name)
+        preflight(recipe.members, where=recipe.file_name or recipe.path.name)
         rows = splits.rows if resume else None
         kept = [m for m in recipe.members if resume and finished(out / "members" / m.name, m, labels, rows)]
         queue = [m for m in recipe.members if m not in kept]
