@@ -536,7 +536,7 @@ def test_predict_resume_refuses_a_partial_written_at_another_precision(run, tmp_
             with pytest.raises(EnsembleError, match=r"was written with other settings: --precision 'bf16' \(now 'auto'\); "
                                                     r"run again with the same settings, or without --resume"):
                 evaluate_mod.predict_file(ens, data, out, label=None, chunk_rows=10, progress=False, resume=True)
-    identity = evaluate_mod._identity(ens, data, "text", None, None, 500)
+    identity = evaluate_mod._identity(ens, data, "text", None, None, 500, "none")
     (tmp_path / ".p.csv.partial.json").write_text(json.dumps({"identity": identity, "rows": 0, "bytes": 0}))
     with pytest.raises(EnsembleError, match=r"other settings: --chunk-rows 500 \(now 10\); "):
         evaluate_mod.predict_file(ens, data, out, label=None, chunk_rows=10, progress=False, resume=True)

@@ -6,9 +6,10 @@ allowed or what to do, e.g. ``recipe members[1].lr: must be > 0; got -1``.
 """
 
 
-class EnsembleError(ValueError):
-    """A problem with the user's input (recipe, data file, member directory, CLI flag). A
-    ValueError, so that ``except ValueError`` catches it, as it catches scikit-learn's.
+class EnsembleError(Exception):
+    """A problem with the user's input (recipe, data file, member directory, CLI flag). Not a
+    ValueError on purpose: the library's own ``except ValueError`` around file parsing must never
+    swallow one.
 
     Example:
         >>> raise EnsembleError("data.train: file not found: 'x.csv'")

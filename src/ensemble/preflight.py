@@ -58,15 +58,18 @@ def _preflight(members: list[MemberConfig], offline_hint: str) -> None:
             if not (path / "config.json").is_file():
                 raise EnsembleError(f"members[{m.name}].model: '{m.model}' is not a model directory (no config.json)")
             try:
-                _check_config(m, AutoConfig.from_pretrained(path, trust_remote_code=False))
+                config = AutoConfig.from_pretrained(path, trust_remote_code=False)
             except (OSError, ValueError):
-                pass  # an unreadable config is reported, with its reason, when the member is built
+                continue  # an unreadable config is reported, with its reason, when the member is built
+            _check_config(m, config)
             continue
         try:
-            _check_config(m, AutoConfig.from_pretrained(m.model, local_files_only=True))
-            continue
+            config = AutoConfig.from_pretrained(m.model, local_files_only=True)
         except (OSError, ValueError):
-            pass
+            config = None
+        if config is not None:
+            _check_config(m, config)
+            continue
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not _hub_reachable():
             raise EnsembleError(
                 f"members[{m.name}].model: '{m.model}' is not in the local cache and the Hugging Face hub cannot be "
