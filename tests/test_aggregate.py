@@ -671,13 +671,18 @@ def test_both_kernels_give_the_same_vote(monkeypatch, method, inputs, classes, l
 
 
 @needs_numba
-@pytest.mark.parametrize("avx512, probs_in, classes, lanes", [
-    (True, True, 8, 0), (True, True, 9, 32), (True, False, 16, 0), (True, False, 17, 32), (True, True, 33, 0),
-    (False, True, 4, 0), (False, True, 5, 8), (False, True, 9, 16), (False, True, 17, 32),
-    (False, False, 11, 0), (False, False, 12, 16), (False, False, 20, 32), (False, False, 33, 0),
+@pytest.mark.parametrize("avx512, zen, probs_in, classes, lanes", [
+    (True, False, True, 8, 0), (True, False, True, 9, 32), (True, False, False, 16, 0), (True, False, False, 17, 32),
+    (True, False, True, 33, 0),
+    (False, True, True, 4, 0), (False, True, True, 5, 8), (False, False, True, 9, 16), (False, False, True, 17, 32),
+    (False, False, False, 11, 0), (False, False, False, 12, 16), (False, False, False, 20, 32), (False, False, False, 33, 0),
+    # Zen 4: probabilities as on AVX2, logits as on other AVX-512 CPUs
+    (True, True, True, 4, 0), (True, True, True, 5, 8), (True, True, True, 12, 16), (True, True, True, 20, 32),
+    (True, True, False, 12, 0), (True, True, False, 16, 0), (True, True, False, 17, 32),
 ])
-def test_row_width_follows_the_class_count_and_the_cpu(monkeypatch, avx512, probs_in, classes, lanes):
+def test_row_width_follows_the_class_count_and_the_cpu(monkeypatch, avx512, zen, probs_in, classes, lanes):
     monkeypatch.setattr(kernels_cpu, "_avx512", lambda: avx512)
+    monkeypatch.setattr(kernels_cpu, "_zen", lambda: zen)
     assert kernels_cpu.row_lanes(classes, probs_in) == lanes
 
 

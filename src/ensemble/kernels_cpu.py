@@ -57,24 +57,40 @@ def available() -> bool:
 def row_lanes(classes: int, probs_in: bool) -> int:
     """The row-vector width `vote_rows` votes with (8, 16 or 32 lanes), or 0 for `vote_tiles`.
 
-    Measured on both kernels (`benchmarks/aggregate.py`, outputs identical). On a 2-core AVX-512
-    VM (Sapphire Rapids): with 32 lanes, probabilities 1.1-1.3x faster at 9-12 classes and
-    1.5-1.8x at 20; logits 0.5-0.6x at 9-12 classes, level at 20, 1.9x at 32; at 2-8 classes
-    the tiles 2-4x faster (narrower rows were not measured there, so that CPU keeps this choice).
-    On a 2-core AVX2 VM (AMD EPYC) a row is best held in the narrowest of 8, 16 or 32 lanes:
-    probabilities of 5-8 classes in 8 lanes 1.2-2.2x faster than the tiles (at 2-4 classes
-    0.4-0.9x), 9-16 classes in 16 lanes 1.4-1.7x the 32-lane rows; logits from 12 classes
-    1.2-1.4x (level at 10, 0.7x at 5-6).
+    Measured on both kernels (`benchmarks/aggregate.py` and A/B runs in one process, outputs
+    identical), on 2-core VMs:
+
+    - Sapphire Rapids (AVX-512): with 32 lanes, probabilities 1.1-1.3x faster at 9-12 classes and
+      1.5-1.8x at 20; logits 0.5-0.6x at 9-12 classes, level at 20, 1.9x at 32; at 2-8 classes
+      the tiles 2-4x faster (narrower rows were not measured there, so that CPU keeps this choice).
+    - AMD EPYC with AVX2: a row is best held in the narrowest of 8, 16 or 32 lanes: probabilities
+      of 5-8 classes in 8 lanes 1.2-2.2x faster than the tiles (at 2-4 classes 0.4-0.9x), 9-16
+      classes in 16 lanes 1.4-1.7x the 32-lane rows; logits from 12 classes 1.2-1.4x (level at
+      10, 0.7x at 5-6).
+    - AMD EPYC Zen 4 (AVX-512 on 256-bit units): probabilities as on AVX2 (soft votes of 5
+      classes 1.11-1.23x the tiles, 8 classes 1.55x; 12-16 classes in 16 lanes 1.01-1.21x the
+      32-lane rows; 3 classes 0.86x), logits as on Sapphire Rapids (16 lanes at 12-14 classes
+      0.84-1.04x the tiles; 32 lanes at 20 classes 0.90-1.02x).
 
     Example:
         >>> row_lanes(20, probs_in=True)
         32
     """
-    if _avx512():
+    if _avx512() and not (probs_in and _zen()):
         return simd.LANES if (9 if probs_in else 17) <= classes <= simd.LANES else 0
     if not (5 if probs_in else 12) <= classes <= simd.LANES:
         return 0
     return next(width for width in simd.WIDTHS if classes <= width)
+
+
+@functools.cache
+def _zen() -> bool:
+    """Whether numba compiles for an AMD Zen CPU (LLVM's host CPU name znver*)."""
+    try:
+        from llvmlite import binding
+        return binding.get_host_cpu_name().startswith("znver")
+    except (ImportError, RuntimeError):  # pragma: no cover - llvmlite comes with numba
+        return False
 
 
 @functools.cache
