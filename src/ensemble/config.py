@@ -156,6 +156,16 @@ RANGES: dict[str, tuple] = {
     "selection_rounds": (1, 100_000, True), "stacking_folds": (2, 100, True), "abstain_below": (0, 1, True),
     "abstain_coverage": (0, 1, False), "abstain_accuracy": (0, 1, False),
 }
+# Settings that only some choices read: (the field that chooses, the choices that read the setting).
+USED_BY = {
+    "betas": ("optimizer", ("adam", "adamax", "adamw")),
+    "eps": ("optimizer", ("adam", "adamax", "adamw", "rmsprop")),
+    "momentum": ("optimizer", ("rmsprop", "sgd")),
+    "gamma": ("scheduler", ("exponential", "step")),
+    "step_size": ("scheduler", ("step",)),
+    "selection_rounds": ("method", ("selection",)),
+    "stacking_folds": ("method", ("stacking",)),
+}
 # The word that sets an optional field back to its default (TOML has no null, and a member may
 # need to undo a [defaults] value): trainable_layers = "all", patience = "none", dropout = "model".
 DEFAULT_WORDS: dict[str, str] = {"trainable_layers": "all", "patience": "none", "dropout": "model"}

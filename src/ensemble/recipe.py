@@ -36,6 +36,7 @@ from .config import (  # re-exported: the recipe's types are imported from here 
     MEMBER_KEYS,
     RANGES,
     SIZES,
+    USED_BY,
     VOTE_METHODS,
     DataConfig,
     MemberConfig,
@@ -261,18 +262,6 @@ def check_vote(vote: VoteConfig, names: list[str], where: str) -> VoteConfig:
         raise EnsembleError(f"{where}: vote: set at most one of abstain_below, abstain_coverage, abstain_accuracy; "
                             f"got {' and '.join(given)}")
     return vote
-
-
-# Settings that only some choices read: (the field that chooses, the choices that read the setting).
-USED_BY = {
-    "betas": ("optimizer", ("adam", "adamax", "adamw")),
-    "eps": ("optimizer", ("adam", "adamax", "adamw", "rmsprop")),
-    "momentum": ("optimizer", ("rmsprop", "sgd")),
-    "gamma": ("scheduler", ("exponential", "step")),
-    "step_size": ("scheduler", ("step",)),
-    "selection_rounds": ("method", ("selection",)),
-    "stacking_folds": ("method", ("stacking",)),
-}
 
 
 def _check_used(defaults: dict, raw_members: list[dict], members: list[MemberConfig], vote_raw: dict,
