@@ -7,6 +7,7 @@ import doctest
 import importlib
 import math
 import re
+import subprocess
 import sys
 from unittest import mock
 
@@ -811,3 +812,13 @@ def test_many_classes_vote_without_a_scratch_per_class():
 def test_member_details_must_be_a_bool():
     with pytest.raises(EnsembleError, match="the 'member_details' parameter must be True or False; got 'no'"):
         aggregate(np.zeros((1, 1, 2)), member_details="no")
+
+
+@needs_numba
+def test_the_first_cpu_vote_leaves_torchs_thread_count_alone():
+    # numba's OpenMP layer set the process's thread count when it started: the next forward pass
+    # then ran on other threads and rounded differently (1 ulp) than the one before the vote
+    script = ("import numpy as np, torch\nfrom ensemble import aggregate\ntorch.set_num_threads(1)\n"
+              "aggregate(np.zeros((2, 3, 3), np.float32))\nprint(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "1"

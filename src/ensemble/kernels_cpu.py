@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import torch
 
 from . import simd
 
@@ -188,14 +189,21 @@ def fused_vote(x: np.ndarray, method: str, weight: np.ndarray, temperature: np.n
             out["labels"], scores, out["confidence"], out["agreement"], out["member_labels"], out["member_confidence"],
             member_start, partial, bad, member_details)
     lanes = row_lanes(classes, probs_in)
-    if lanes:
-        from .kernels_cpu_rows import compiled_vote_rows
+    # numba's OpenMP layer, started by the first parallel call, sets the process's OpenMP thread
+    # count, which is torch's too: put torch's back, or later forward passes round differently
+    torch_threads = torch.get_num_threads()
+    try:
+        if lanes:
+            from .kernels_cpu_rows import compiled_vote_rows
 
-        compiled_vote_rows(args, lanes)(*args, lanes)
-    else:
-        from .kernels_cpu_tiles import vote_tiles
+            compiled_vote_rows(args, lanes)(*args, lanes)
+        else:
+            from .kernels_cpu_tiles import vote_tiles
 
-        vote_tiles(*args)
+            vote_tiles(*args)
+    finally:
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
     equal = partial.sum(axis=0)
     out["equal_counts"] = equal + equal.T + np.diag(np.full(members, rows, np.int64))
     out["bad_row"] = int(bad[bad >= 0].min()) - start if (bad >= 0).any() else -1
