@@ -6,6 +6,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import math
+import os
 import re
 import subprocess
 import sys
@@ -818,7 +819,8 @@ def test_member_details_must_be_a_bool():
 def test_the_first_cpu_vote_leaves_torchs_thread_count_alone():
     # numba's OpenMP layer set the process's thread count when it started: the next forward pass
     # then ran on other threads and rounded differently (1 ulp) than the one before the vote
-    script = ("import numpy as np, torch\nfrom ensemble import aggregate\ntorch.set_num_threads(1)\n"
-              "aggregate(np.zeros((2, 3, 3), np.float32))\nprint(torch.get_num_threads())\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "1"
+    script = ("import numpy as np, torch\nfrom ensemble import aggregate\nbefore = torch.get_num_threads()\n"
+              "aggregate(np.zeros((2, 3, 3), np.float32))\nprint(before, torch.get_num_threads())\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.split() == ["1", "1"]

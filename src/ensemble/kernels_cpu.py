@@ -167,6 +167,9 @@ def fused_vote(x: np.ndarray, method: str, weight: np.ndarray, temperature: np.n
     stop = x.shape[1] if stop is None else stop
     members, _, classes = x.shape
     rows = stop - start
+    # numba's OpenMP layer, started by its first use here, sets the process's OpenMP thread count,
+    # which is torch's too: it is put back below, or later forward passes would round differently
+    torch_threads = torch.get_num_threads()
     blocks = max(1, min((rows + TILE - 1) // TILE, 4 * numba.get_num_threads()))
     out = dict(out or {})
     shapes = {"labels": ((rows,), np.int64), "scores": ((rows, classes), np.float32),
@@ -189,9 +192,6 @@ def fused_vote(x: np.ndarray, method: str, weight: np.ndarray, temperature: np.n
             out["labels"], scores, out["confidence"], out["agreement"], out["member_labels"], out["member_confidence"],
             member_start, partial, bad, member_details)
     lanes = row_lanes(classes, probs_in)
-    # numba's OpenMP layer, started by the first parallel call, sets the process's OpenMP thread
-    # count, which is torch's too: put torch's back, or later forward passes round differently
-    torch_threads = torch.get_num_threads()
     try:
         if lanes:
             from .kernels_cpu_rows import compiled_vote_rows
