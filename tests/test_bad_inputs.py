@@ -457,3 +457,20 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_test_rows_that_are_validation_rows_are_a_warning(tmp_path, cli):
+    # the vote is fitted on the validation rows: scores on the same texts in the test file are optimistic
+    rows = TRAIN_ROWS[:40]
+    (tmp_path / "valid.csv").write_text("text,label\n" + "\n".join(rows[:20]) + "\n", encoding="utf-8")
+    (tmp_path / "test.csv").write_text("text,label\n" + "\n".join(rows[15:20] + TRAIN_ROWS[-10:]) + "\n",
+                                       encoding="utf-8")
+    text = GOOD_RECIPE.replace("valid_fraction = 0.25", 'valid = "valid.csv"\ntest = "test.csv"')
+    args = recipe(text)(tmp_path, None) + ["--quiet"]
+    (tmp_path / "train.csv").write_text("text,label\n" + "\n".join(TRAIN_ROWS[40:-10]) + "\n", encoding="utf-8")
+    code, out, err = cli(args)
+    assert code == 0, err
+    assert "warning: 5 test rows have the same text as a validation row, on which the vote was fitted" in out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["data"]["seen_in_valid"] == {"test": 5}
+    assert "Warning: 5 test rows have the same text as a validation row" in (tmp_path / "out" / "report.md").read_text()

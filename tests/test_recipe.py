@@ -149,6 +149,11 @@ BAD = [
     ('[data]\ntrain = "x.csv"\n[[members]]\nname = "bert"\nmodel = "m"\n[vote]\nweights = { bert = 0.0 }\n', "at least one member needs a weight > 0"),
     # missing data
     ('[[members]]\nname = "bert"\nmodel = "m"\n', "missing [data] table"),
+    # member keys of the other kind of member (they were ignored)
+    ('[data]\ntrain = "x.csv"\n[[members]]\nname = "s"\ninit = "scratch"\narch = "roberta"\nmodel = "bert-base-uncased"\n',
+     "members[s].model: a scratch member is built from arch and size, not from a model"),
+    ('[data]\ntrain = "x.csv"\n[[members]]\nname = "p"\nmodel = "bert-base-uncased"\nsize = "base"\n',
+     "members[p].size: only a scratch member (init = \"scratch\") has an arch and a size"),
     # settings that the chosen optimizer, scheduler or vote method does not read
     ('[data]\ntrain = "x.csv"\n[[members]]\nname = "b"\nmodel = "m"\nmomentum = 0.9\n',
      "members[b].momentum: only optimizer 'rmsprop' or 'sgd' reads it, and this member uses 'adamw'; remove it"),

@@ -58,7 +58,8 @@ def _labels(y, shape: tuple[int, ...], name: str) -> np.ndarray:
     if n_rows == 0:
         raise EnsembleError("'y' is empty; need at least one labelled row")
     if not np.issubdtype(arr.dtype, np.integer):
-        raise EnsembleError(f"'y' must hold integer class indices; got dtype {arr.dtype}")
+        raise EnsembleError(f"'y' must hold integer class indices (positions in the ensemble's labels); got dtype "
+                            f"{arr.dtype}: map label names with [ens.labels.index(v) for v in y]")
     if arr.min() < 0 or arr.max() >= n_classes:
         bad = arr[(arr < 0) | (arr >= n_classes)][0]
         raise EnsembleError(f"'y' must hold class indices in [0, {n_classes}); got {bad}")

@@ -247,12 +247,19 @@ def vote_and_report(recipe: Recipe, out: Path, splits: Splits, test: TextDataset
     # rows of valid / test whose text is also a training text: the file's duplicates (or a leak)
     seen = {name: n for name, ds in (("valid", splits.valid), ("test", test)) if ds is not None
             and (n := seen_in(ds, splits.train))}
-    info = {"skipped_rows": skipped, "failed_members": failed, **({"seen_in_train": seen} if seen else {})}
+    # ... and test rows that are validation rows: the vote (its weights, temperatures, stacker) was fitted on them
+    in_valid = seen_in(test, splits.valid) if test is not None else 0
+    info = {"skipped_rows": skipped, "failed_members": failed, **({"seen_in_train": seen} if seen else {}),
+            **({"seen_in_valid": {"test": in_valid}} if in_valid else {})}
     if seen:
         listed = " and ".join(f"{n} {split} row{'s' if n != 1 else ''}" for split, n in seen.items())
         verb = "has" if sum(seen.values()) == 1 else "have"
         print(f"warning: {listed} {verb} the same text as a training row (duplicates in the data): scores on them "
               "are optimistic (see the report's Data section)")
+    if in_valid:
+        print(f"warning: {in_valid} test row{'s' if in_valid != 1 else ''} {'has' if in_valid == 1 else 'have'} the "
+              "same text as a validation row, on which the vote was fitted: the test scores are optimistic "
+              "(see the report's Data section)")
     if test is not None:
         report = evaluate(ens, test, "test", out, fitted=fitted, data_info=info, progress=progress)
     else:  # no test file: the report is on valid, whose logits are at hand

@@ -302,6 +302,13 @@ def _member(item: dict, index: int, defaults: TrainConfig, base: Path, where: st
     if member.init == "scratch":
         if member.arch is None:
             raise EnsembleError(f"{where}: {label}.arch: a scratch member needs arch = one of {one_of(ARCHES)}")
+        if member.model:
+            raise EnsembleError(f"{where}: {label}.model: a scratch member is built from arch and size, not from a "
+                                f"model; remove model, or remove init = \"scratch\" to fine-tune '{member.model}'")
+    elif "arch" in own or "size" in own:
+        key = "arch" if "arch" in own else "size"
+        raise EnsembleError(f"{where}: {label}.{key}: only a scratch member (init = \"scratch\") has an arch and a "
+                            f"size; a pretrained member takes both from its model: remove {key}")
     elif not member.model:
         raise EnsembleError(f"{where}: {label}.model: give a hub id or a local directory, or set init = \"scratch\" with an arch")
     elif (base / member.model).is_dir():  # a local directory, relative to the recipe

@@ -313,6 +313,11 @@ def _data(section: Any, report: dict, names: list[str]) -> list:
         verb = "has" if sum(v for v in seen.values() if _is_number(v)) == 1 else "have"
         blocks += [(f"Warning: {listed} {verb} the same text as a training row (duplicates in the data): "
                     "scores on them are optimistic; deduplicate the files to score only unseen texts.",)]
+    in_valid = (section.get("seen_in_valid") or {}).get("test") if isinstance(section.get("seen_in_valid"), dict) else None
+    if _is_number(in_valid) and in_valid:
+        blocks += [(f"Warning: {_value(in_valid)} test row{'s' if in_valid != 1 else ''} {'has' if in_valid == 1 else 'have'} "
+                    "the same text as a validation row, on which the vote (temperatures, weights, stacker, "
+                    "abstention) was fitted: the test scores are optimistic; deduplicate the files.",)]
     truncated, lengths = section.get("truncated") or {}, section.get("max_length") or {}
     if truncated or lengths:
         splits = list(dict.fromkeys(s for counts in truncated.values() for s in counts))
