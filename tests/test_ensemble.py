@@ -673,6 +673,14 @@ def test_vote_on_the_members_training_rows_warns(run, tmp_path, cli):
     code, _, err = cli(["vote", "--members", *members, "--data", str(ROOT / "recipes" / "demo" / "test.csv"),
                         "--valid", str(run / "train.csv"), "--method", "weighted", "--out", str(tmp_path / "w")])
     assert code == 0 and "warning: --valid is the training file of members 'bert', 'roberta'" in err, err
+    # some of the training rows in another file: counted, as fit counts them
+    lines = (run / "train.csv").read_text(encoding="utf-8").splitlines()
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("\n".join([lines[0], *lines[1:8], *(f"{t},positive" for t in TEXTS[:5])]) + "\n", encoding="utf-8")
+    code, _, err = cli(["vote", "--members", *members, "--data", str(mixed), "--out", str(tmp_path / "m")])
+    assert code == 0 and ("warning: 7 --data rows have the same text as a training row of 'bert', 'roberta': "
+                          "scores on them are optimistic") in err, err
+    assert json.loads((tmp_path / "m" / "report.json").read_text())["data"]["seen_in_train"] == {"mixed.csv": 7}
 
 
 @pytest.mark.parametrize("vote, message", [

@@ -128,7 +128,7 @@ def vote(
     """Combine trained members on a data file: predictions, agreement report, ensemble.json."""
     from .data import load_table
     from .ensemble import Ensemble
-    from .evaluate import evaluate, gold
+    from .evaluate import evaluate, gold, seen_in_training
     from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig
     from .train import replace_dir
 
@@ -190,17 +190,22 @@ def vote(
             raise as_flags(exc, "abstain_accuracy", "abstain_coverage", "abstain_below") from None
     else:
         ens.abstain_below, ens.abstain_on = abstain_below, abstain_on
-    trained_on = _trained_on(ens, data)
+    trained_on, info = _trained_on(ens, data), None
     if trained_on:
         warning = (f"--data is the training file of {trained_on}: these scores are measured on rows the members "
                    "were fitted on, so they are optimistic")
         typer.echo(f"warning: {warning}", err=True)
+    elif (seen := seen_in_training(ens, ds, quoting))[0]:  # some rows only: counted, as fit counts them
+        info = {"seen_in_train": {data.name: seen[0]}}
+        typer.echo(f"warning: {seen[0]} --data row{'s' if seen[0] != 1 else ''} {'has' if seen[0] == 1 else 'have'} the "
+                   f"same text as a training row of {', '.join(repr(n) for n in seen[1])}: scores on them are "
+                   "optimistic (see the report's Data section)", err=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        report = evaluate(ens, ds, data.name, tmp, fitted=fitted, caveat=warning if trained_on else None,
-                          progress=not quiet)
+        report = evaluate(ens, ds, data.name, tmp, fitted=fitted, data_info=info,
+                          caveat=warning if trained_on else None, progress=not quiet)
         ens.write_into(tmp)
         replace_dir(tmp, out)
     finally:

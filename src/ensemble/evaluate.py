@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import combine
-from .data import TextDataset, iter_table
+from .data import TextDataset, iter_table, load_table, seen_in
 from .ensemble import ABSTAIN, Ensemble, write_json
 from .errors import EnsembleError
 from .members import METRICS_FILE
@@ -283,6 +283,35 @@ def check_predictions_out(out: Path, data: Path, overwrite: bool) -> None:
         raise EnsembleError(f"--out: '{out}' is the --data file; write the predictions to another file")
     if out.exists() and not overwrite:
         raise EnsembleError(f"--out: '{out}' already exists; choose another file or pass --overwrite")
+
+
+def seen_in_training(ens: Ensemble, ds: TextDataset, quoting: str = "none") -> tuple[int, list[str]]:
+    """How many rows of `ds` have the same text as a row of some member's training file (as its
+    recipe.json records it; files no longer there are passed over), and those members' names.
+
+    Example:
+        >>> seen_in_training(Ensemble.load("runs/demo"), load_table("recipes/demo/test.csv"))  # doctest: +SKIP
+        (4, ['albert', 'bert', 'electra', 'roberta'])
+    """
+    seen, names, read = 0, [], {}
+    for name, train in ens.training_files().items():
+        key = str(train.resolve())
+        if key not in read:
+            try:
+                rows = load_table(train, label=None, field="training file", on_bad_rows="skip", quoting=quoting,
+                                  **_columns_of(ens, ds))
+            except (EnsembleError, OSError):
+                rows = None  # moved, or read with other columns: nothing to compare with
+            read[key] = 0 if rows is None else seen_in(ds, rows)
+        if read[key]:
+            seen, names = max(seen, read[key]), names + [name]
+    return seen, names
+
+
+def _columns_of(ens: Ensemble, ds: TextDataset) -> dict:
+    """The text columns the members were trained with (their recipe's), for reading their training files."""
+    columns = ens.data_columns()
+    return {"text": columns.get("text", "text"), "text_pair": columns.get("text_pair") if ds.pairs is not None else None}
 
 
 def _identity(ens: Ensemble, data: Path, text: str, text_pair: str | None, label: str | None,
