@@ -117,7 +117,7 @@ def test_distill_command_writes_an_ordinary_member_and_the_comparison(fitted, tm
     code, out, err = cli(again + ["--out", str(tmp_path / "student"), "--temperature", "3"])
     assert code == 0 and "student: already distilled with these settings; kept" in out, err
     code, out, err = cli(again + ["--out", str(tmp_path / "student"), "--temperature", "2"])
-    assert code == 0 and "student: its temperature, hard weight or unlabelled rows changed; training it again" in out, err
+    assert code == 0 and "student: its temperature (3.0 -> 2.0) changed; training it again" in out, err
     code, out, err = cli(again + ["--out", str(tmp_path / "fresh")])
     assert code == 0 and f"--resume: nothing to continue in '{tmp_path / 'fresh'}'; training from the start" in out, err
 
@@ -144,6 +144,11 @@ def test_distill_command_learns_from_unlabelled_texts(fitted, tmp_path, cli):
     (["--student", "scratch:gpt:tiny"], "--student: scratch students are scratch:ARCH[:SIZE]"),
     (["--student", "scratch:bert:huge"], "--student: scratch students are scratch:ARCH[:SIZE]"),
     (["--student", "scratch:bert", "--temperature", "0"], "--temperature: must be > 0"),
+    # float32 softmaxes at such temperatures are flat to rounding: the KL term went negative
+    (["--student", "scratch:bert", "--temperature", "1e5"], "--temperature: must be > 0 and <= 100; got 100000.0"),
+    (["--student", "scratch:bert", "--set", "momentum=0.9"],
+     "--set: momentum: only optimizer 'rmsprop' or 'sgd' reads it, and the student uses 'adamw'; remove it"),
+    (["--student", "/nowhere/checkpoint"], "--student: '/nowhere/checkpoint' is not a directory"),
     (["--student", "scratch:bert", "--hard-weight", "2"], "--hard-weight: must be between 0 and 1"),
     (["--student", "scratch:bert", "--set", "lrr=1"], "--set: lrr: unknown key (did you mean 'lr'?)"),
     (["--student", "somewhere/unknown-model"], "--student: cannot tell the architecture"),
@@ -190,4 +195,38 @@ def test_unlabeled_texts_may_not_be_the_rows_the_student_is_judged_on(fitted, tm
     code, _, err = cli(["distill", "--ensemble", str(run), "--student", "scratch:bert:tiny", "--out", str(tmp_path / "s"),
                         "--unlabeled", str(valid), "--quiet"])
     assert code == 2 and f"--unlabeled: '{valid}' is the members' data.valid file" in err, err
+    assert not (tmp_path / "s").exists()
+
+
+def test_distill_never_writes_over_the_members_data_and_resumes_only_a_student(fitted, tmp_path, cli):
+    run, data = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(fitted / "run", run)
+    data.mkdir()
+    shutil.copy(fitted / "train.csv", data / "train.csv")
+    for member in (run / "members").iterdir():  # as if the members had been trained on data/train.csv
+        recipe = json.loads((member / "recipe.json").read_text(encoding="utf-8"))
+        recipe["data"]["train"] = str(data / "train.csv")
+        (member / "recipe.json").write_text(json.dumps(recipe), encoding="utf-8")
+    args = ["distill", "--ensemble", str(run), "--student", "scratch:bert:tiny", "--quiet"]
+    code, _, err = cli(args + ["--out", str(data), "--overwrite"])
+    assert code == 2 and f"--out: '{data}' holds the data.train file" in err, err
+    code, _, err = cli(args + ["--out", str(data / "train.csv"), "--overwrite"])
+    assert code == 2 and f"--out: '{data / 'train.csv'}' is the data.train file" in err, err
+    (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
+    code, _, err = cli(args + ["--out", str(tmp_path / "notes.txt"), "--overwrite"])
+    assert code == 2 and "is a file; the student is a directory" in err, err
+    other = tmp_path / "thesis"
+    other.mkdir()
+    (other / "chapter1.txt").write_text("mine", encoding="utf-8")
+    code, _, err = cli(args + ["--out", str(other), "--resume"])
+    assert code == 2 and "is not a student's directory (no config.json), so --resume has nothing there" in err, err
+    assert (other / "chapter1.txt").read_text(encoding="utf-8") == "mine"
+    assert (data / "train.csv").is_file() and sorted(p.name for p in data.iterdir()) == ["train.csv"]
+
+
+def test_unlabeled_texts_are_checked_against_the_held_out_rows_by_content(fitted, tmp_path, cli):
+    # the validation rows were split off the training file: that file as a transfer set holds them
+    code, _, err = cli(["distill", "--ensemble", str(fitted / "run"), "--student", "scratch:bert:tiny", "--quiet",
+                        "--out", str(tmp_path / "s"), "--unlabeled", str(fitted / "train.csv")])
+    assert code == 2 and "--unlabeled: 100 of the members' valid rows have the same text as a row of" in err, err
     assert not (tmp_path / "s").exists()

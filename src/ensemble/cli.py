@@ -274,7 +274,7 @@ def distill(
 ) -> None:
     """Train one student member on the ensemble's soft labels; compare accuracy and predict speed."""
     from .distill import distill as run_distill
-    from .distill import student_config
+    from .distill import student_config, training_data
     from .ensemble import Ensemble
 
     if out.exists() and not (overwrite or resume):
@@ -286,7 +286,14 @@ def distill(
     reads = {"--ensemble directory": ensemble, **({"--unlabeled file": unlabeled} if unlabeled is not None else {})}
     not_over_inputs(out, reads, nested_ok=("--ensemble directory",))
     ens = Ensemble.load(ensemble)
-    not_over_inputs(out, {f"member '{n}' directory": m.path for n, m in ens.members.items()})
+    data = training_data(ens)  # the members' data files: the student trains and is compared on them
+    files = {f"data.{key} file": getattr(data, key) for key in ("train", "valid", "test") if getattr(data, key)}
+    not_over_inputs(out, {**{f"member '{n}' directory": m.path for n, m in ens.members.items()}, **files})
+    if out.exists() and not out.is_dir():
+        raise EnsembleError(f"--out: '{out}' is a file; the student is a directory: choose a directory path")
+    if out.is_dir() and resume and not overwrite and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise EnsembleError(f"--out: '{out}' is not a student's directory (no config.json), so --resume has nothing "
+                            "there to continue; choose another --out, or pass --overwrite to replace it")
     spec = student_config(student, name, ens, set_)
     extra = None
     if unlabeled is not None:

@@ -9,6 +9,7 @@ accuracy and in predict speed (``distill.json`` next to the student's weights).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -16,17 +17,18 @@ from pathlib import Path
 import numpy as np
 
 from .aggregate import aggregate
-from .data import TextDataset
+from .data import TextDataset, seen_in
 from .ensemble import Ensemble, write_json
 from .errors import EnsembleError
 from .evaluate import gold
 from .members import RECIPE_FILE, load_member, saved_recipe
 from .preflight import preflight
-from .recipe import ARCHES, SIZES, DataConfig, MemberConfig, infer_arch, name_problem, train_config
+from .recipe import ARCHES, SIZES, USED_BY, DataConfig, MemberConfig, infer_arch, is_local, name_problem, train_config
 from .teacher import Teacher
 from .train import Splits, train_member
 
 REPORT = "distill.json"
+MAX_TEMPERATURE = 100.0
 
 
 def student_config(spec: str, name: str, ens: Ensemble, overrides: list[str]) -> MemberConfig:
@@ -44,6 +46,11 @@ def student_config(spec: str, name: str, ens: Ensemble, overrides: list[str]) ->
     first = next(iter(ens.members.values()))
     saved = saved_recipe(first.path).get("member", {}).get("train", {})
     train = train_config({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}, overrides)
+    for key in sorted({item.partition("=")[0].strip() for item in overrides} & USED_BY.keys()):
+        chooser, readers = USED_BY[key]
+        if chooser != "method" and getattr(train, chooser) not in readers:
+            raise EnsembleError(f"--set: {key}: only {chooser} {' or '.join(repr(r) for r in readers)} reads it, and "
+                                f"the student uses '{getattr(train, chooser)}'; remove it")
     if spec.startswith("scratch:"):
         parts = spec.split(":")
         arch, size = parts[1], parts[2] if len(parts) > 2 else "tiny"
@@ -52,6 +59,9 @@ def student_config(spec: str, name: str, ens: Ensemble, overrides: list[str]) ->
                                 f"{', '.join(ARCHES)} and SIZE one of {', '.join(SIZES)}; got '{spec}'")
         return MemberConfig(name, init="scratch", arch=arch, size=size, train=train)
     model = str(Path(spec).resolve()) if Path(spec).is_dir() else spec
+    if is_local(spec) and not Path(spec).is_dir():
+        raise EnsembleError(f"--student: '{spec}' is not a directory; give a checkpoint directory, a hub id, or "
+                            "scratch:ARCH[:SIZE]")
     if infer_arch(model) is None:
         raise EnsembleError(f"--student: cannot tell the architecture of '{spec}'; give a checkpoint of one of "
                             f"{', '.join(ARCHES)}, or scratch:ARCH[:SIZE]")
@@ -91,8 +101,8 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
     """
     from .fit import load_splits
 
-    if not temperature > 0:
-        raise EnsembleError(f"--temperature: must be > 0; got {temperature}")
+    if not 0 < temperature <= MAX_TEMPERATURE:  # beyond, float32 softmaxes are flat to rounding: the KL is noise
+        raise EnsembleError(f"--temperature: must be > 0 and <= {MAX_TEMPERATURE:g}; got {temperature}")
     if not 0 <= hard_weight <= 1:
         raise EnsembleError(f"--hard-weight: must be between 0 and 1; got {hard_weight}")
     splits, test, labels = load_splits(training_data(ens))
@@ -107,6 +117,12 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
                 raise EnsembleError(f"--unlabeled: '{unlabeled.path}' is the members' data.{key} file; the student "
                                     f"would learn the rows it is {'scored' if key == 'test' else 'validated'} on: "
                                     "give texts the comparison does not use")
+        for key, held in (("valid", splits.valid), ("test", test)):  # copies of them too, by content
+            overlap = seen_in(held, unlabeled) if held is not None else 0
+            if overlap:
+                raise EnsembleError(f"--unlabeled: {overlap} of the members' {key} rows have the same text as a row of "
+                                    f"'{unlabeled.path}'; the student would learn rows it is "
+                                    f"{'scored' if key == 'test' else 'validated'} on: remove them from the file")
         if (unlabeled.pairs is None) != (splits.train.pairs is None):
             need = "needs a second text column" if splits.train.pairs is not None else "must have one text column"
             raise EnsembleError(f"--unlabeled: '{unlabeled.path}' {need}, like the members' training data")
@@ -115,8 +131,11 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
             texts=train.texts + unlabeled.texts,
             pairs=None if train.pairs is None else train.pairs + unlabeled.pairs,
             labels=list(train.labels) + [None] * len(unlabeled), path=train.path), splits.valid)
+    # what taught the student: a kept student must have been taught the same way, by the same ensemble
     teaching = {"temperature": temperature, "hard_weight": hard_weight,
-                "unlabeled_rows": 0 if unlabeled is None else len(unlabeled)}
+                "unlabeled_rows": 0 if unlabeled is None else len(unlabeled),
+                "unlabeled_texts": None if unlabeled is None else unlabeled.fingerprint(),
+                "ensemble": _teacher_id(ens)}
     if not (resume and _kept(out, student, labels, teaching)):
         # the teacher's probabilities for every training row, in the student's label order
         order = [ens.labels.index(label) for label in labels]
@@ -148,12 +167,32 @@ def _kept(out: Path, student: MemberConfig, labels: list[str], teaching: dict) -
         print(f"{student.name}: already distilled with these settings; kept")
         return True
     why = changed(out, student, labels) or (
-        "its temperature, hard weight or unlabelled rows changed" if isinstance(before, dict) and not taught else None)
+        f"its {_what_changed(before, teaching)} changed" if isinstance(before, dict) and not taught else None)
     if why:
         print(f"{student.name}: {why}; training it again")
     elif not checkpoint_dir(out).is_dir():
         print(f"--resume: nothing to continue in '{out}'; training from the start")
     return False
+
+
+def _teacher_id(ens: Ensemble) -> str:
+    """The ensemble that teaches: its vote (manifest) and its members' directories, hashed."""
+    described = [ens.manifest(), {n: str(m.path.resolve()) if m.path else None for n, m in ens.members.items()}]
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+def _what_changed(before: dict, teaching: dict) -> str:
+    """Which of the teaching settings differ from the distill.json of the student there.
+
+    Example:
+        >>> _what_changed({"temperature": 2.0, "ensemble": "a"}, {"temperature": 4.0, "ensemble": "b"})
+        'temperature (2.0 -> 4.0) and ensemble (another one)'
+    """
+    names = {"hard_weight": "hard weight", "unlabeled_rows": "unlabelled row count",
+             "unlabeled_texts": "unlabelled texts", "ensemble": "ensemble"}
+    changed = [f"{names.get(k, k)} ({before.get(k)} -> {v})" if k in ("temperature", "hard_weight", "unlabeled_rows")
+               else f"{names[k]} (another one)" for k, v in teaching.items() if before.get(k) != v]
+    return " and ".join(changed) or "teaching"
 
 
 def compare(ens: Ensemble, student, held: TextDataset, split: str) -> dict:
