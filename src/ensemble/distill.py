@@ -105,6 +105,9 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
         raise EnsembleError(f"--temperature: must be > 0 and <= {MAX_TEMPERATURE:g}; got {temperature}")
     if not 0 <= hard_weight <= 1:
         raise EnsembleError(f"--hard-weight: must be between 0 and 1; got {hard_weight}")
+    if unlabeled is not None and hard_weight == 1:
+        raise EnsembleError("--hard-weight: 1 leaves the soft labels no weight, and the --unlabeled rows have only "
+                            "those: give a weight below 1, or drop --unlabeled")
     splits, test, labels = load_splits(training_data(ens))
     if sorted(labels) != sorted(ens.labels):
         raise EnsembleError(f"--ensemble: its labels {ens.labels} differ from its training data's {labels}")
