@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -766,3 +767,43 @@ def test_predict_with_an_empty_label_flag_ignores_a_gold_column_that_has_holes(r
     code, _, err = cli(["predict", "--ensemble", str(run / "run"), "--data", str(data), "--out", str(tmp_path / "q.csv"),
                         "--text", " "])
     assert code == 2 and "--text: is empty" in err
+
+
+def test_a_second_predict_on_the_same_out_is_refused(run, tmp_path):
+    # both used to write into one partial file: NUL bytes and mixed rows, and one of them said it succeeded
+    data = _write_csv(tmp_path / "d.csv", ["text"], [[t] for t in TEXTS[:5]])
+    out = tmp_path / "p.csv"
+    held = evaluate_mod._lock_out(out)
+    try:
+        with pytest.raises(EnsembleError, match=r"--out: '.*p.csv' is being written by another 'ensemble predict'"):
+            evaluate_mod.predict_file(Ensemble.load(run / "run"), data, out, label=None, progress=False)
+    finally:
+        os.close(held)
+    evaluate_mod.predict_file(Ensemble.load(run / "run"), data, out, label=None, progress=False)
+    assert out.is_file() and not (tmp_path / ".p.csv.lock").exists()
+
+
+def test_predict_resume_refuses_members_whose_weights_changed(run, tmp_path):
+    ens_dir = tmp_path / "e"
+    shutil.copytree(run / "run", ens_dir)
+    data = _write_csv(tmp_path / "d.csv", ["text"], [[t] for t in TEXTS[:30]])
+    out = tmp_path / "p.csv"
+    identity = evaluate_mod._identity(Ensemble.load(ens_dir), data, "text", None, None, 10, "none")
+    (tmp_path / ".p.csv.partial").write_bytes(b"")
+    (tmp_path / ".p.csv.partial.json").write_text(json.dumps({"identity": identity, "rows": 0, "bytes": 0}))
+    weights = ens_dir / "members" / "bert" / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # voted again, same names
+    with pytest.raises(EnsembleError, match=r"other settings: another ensemble, or this one before it changed"):
+        evaluate_mod.predict_file(Ensemble.load(ens_dir), data, out, label=None, chunk_rows=10, progress=False,
+                                  resume=True)
+
+
+def test_a_valid_file_without_some_class_is_a_warning(run, tmp_path, cli):
+    members = [str(run / "run" / "members" / n) for n in ("bert", "roberta")]
+    rows = [r.rsplit(",", 1) for r in (ROOT / "recipes" / "demo" / "valid.csv").read_text(encoding="utf-8").splitlines()[1:]]
+    valid = _write_csv(tmp_path / "v.csv", ["text", "label"], [[t.strip('"'), y] for t, y in rows if y != "negative"][:60])
+    code, _, err = cli(["vote", "--members", *members, "--data", str(ROOT / "recipes" / "demo" / "test.csv"), "--valid",
+                        str(valid), "--method", "stacking", "--out", str(tmp_path / "v")])
+    assert code == 0, err
+    assert ("warning: --valid has no row labelled 'negative': the vote was fitted without that class (a stacker never "
+            "predicts it)") in err

@@ -129,6 +129,7 @@ def vote(
     from .data import load_table
     from .ensemble import Ensemble
     from .evaluate import evaluate, gold, seen_in_training
+    from .votefit import missing_labels_warning
     from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig
     from .train import replace_dir
 
@@ -188,6 +189,8 @@ def vote(
             fitted = ens.fit_vote(held_logits, gold(ens, held, "--valid"), spec)
         except EnsembleError as exc:  # the library names the recipe's settings; here they are flags
             raise as_flags(exc, "abstain_accuracy", "abstain_coverage", "abstain_below") from None
+        if (missing := missing_labels_warning(fitted, "--valid")) is not None:
+            typer.echo(missing, err=True)
     else:
         ens.abstain_below, ens.abstain_on = abstain_below, abstain_on
     trained_on, info = _trained_on(ens, data), None

@@ -205,6 +205,32 @@ def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str 
     out, data = Path(out), Path(data)
     check_predictions_out(out, data, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
+    lock = _lock_out(out)  # two runs on one --out would write into each other's partial file
+    try:
+        return _predict_file(ens, data, out, text=text, text_pair=text_pair, label=label, chunk_rows=chunk_rows,
+                             progress=progress, resume=resume, require_label=require_label, quoting=quoting)
+    finally:
+        out.with_name(f".{out.name}.lock").unlink(missing_ok=True)
+        os.close(lock)
+
+
+def _lock_out(out: Path) -> int:
+    """An exclusive ``flock`` on ``.<out>.lock`` (removed when the run ends), or a one-line error."""
+    import fcntl
+
+    fd = os.open(out.with_name(f".{out.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise EnsembleError(f"--out: '{out}' is being written by another 'ensemble predict'; wait for it to end, "
+                            "or choose another --out") from None
+    return fd
+
+
+def _predict_file(ens: Ensemble, data: Path, out: Path, *, text: str, text_pair: str | None, label: str | None,
+                  chunk_rows: int, progress: bool, resume: bool, require_label: bool, quoting: str) -> int:
+    """`predict_file`'s work, under its lock on `out`."""
     partial = out.with_name(f".{out.name}.partial")
     state_file = out.with_name(f".{out.name}.partial.json")
     identity = _identity(ens, data, text, text_pair, label, chunk_rows, quoting)
@@ -320,11 +346,24 @@ def _identity(ens: Ensemble, data: Path, text: str, text_pair: str | None, label
     (its manifest and member paths, hashed), the columns, how quotes are read, the chunk size
     and the precision (bf16 may flip near-tied labels)."""
     stat = data.stat() if data.is_file() else None
-    ensemble = [ens.manifest(), {n: str(m.path) for n, m in ens.members.items()}]
+    # the members' files too: an ensemble voted again from other members of the same names has
+    # the same manifest and paths
+    ensemble = [ens.manifest(), {n: [str(m.path), _files_stamp(m.path)] for n, m in ens.members.items()}]
     return {"data file": [str(data.resolve()), stat and stat.st_size, stat and stat.st_mtime_ns],
             "ensemble": hashlib.sha256(json.dumps(ensemble, sort_keys=True, default=str).encode()).hexdigest(),
             "--text": text, "--text-pair": text_pair, "--label": label, "--quoting": quoting,
             "--chunk-rows": chunk_rows, "--precision": ens.precision}
+
+
+def _files_stamp(path: Path | None) -> list:
+    """Size and modification time of a member directory's weights and config."""
+    if path is None:
+        return []
+    stamps = []
+    for f in sorted(path.glob("model*.safetensors")) + [path / "config.json"]:
+        stat = f.stat() if f.is_file() else None
+        stamps.append([f.name, stat and stat.st_size, stat and stat.st_mtime_ns])
+    return stamps
 
 
 def _changes(before: object, now: dict) -> str:

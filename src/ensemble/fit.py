@@ -18,6 +18,7 @@ from .evaluate import evaluate, gold
 from .labels import check_known_labels, check_label_column, sorted_labels
 from .members import METRICS_FILE, saved_recipe
 from .preflight import preflight
+from .votefit import missing_labels_warning
 from .recipe import DataConfig, MemberConfig, Recipe, recipe_dict
 from .checkpoint import checkpoint_dir
 from .train import Diverged, Splits, process_state, train_member
@@ -241,6 +242,8 @@ def vote_and_report(recipe: Recipe, out: Path, splits: Splits, test: TextDataset
     else:  # the members' own counts, from the same tokenization
         truncated = {name: _valid_truncated(out / "members" / name) for name in ens.members}
     fitted = ens.fit_vote(valid_logits, gold(ens, splits.valid, "data.valid"), recipe.vote)
+    if (missing := missing_labels_warning(fitted, "the validation split")) is not None:
+        print(missing)
     skipped = {"train": splits.train.skipped, "valid": splits.valid.skipped if recipe.data.valid else 0}
     if test is not None:  # only the splits there are
         skipped["test"] = test.skipped

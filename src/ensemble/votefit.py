@@ -59,6 +59,9 @@ def _fit(ens: Ensemble, logits, y, vote: VoteConfig) -> dict:
     probs = combine.softmax(logits, temps)
     info: dict = {"method": vote.method, "fitted_on": "valid", "valid_rows": len(y),
                   "calibrated": bool(vote.calibrate), "temperatures": dict(ens.temperatures)}
+    missing = [label for k, label in enumerate(ens.labels) if not (y == k).any()]
+    if missing:  # nothing there to fit them on: a stacker never predicts them, weights ignore them
+        info["labels_not_in_valid"] = missing
     if vote.method == "weighted":
         ens.weights = dict(zip(names, map(float, combine.fit_weights(probs, y)), strict=True))
     elif vote.method == "selection":
@@ -116,3 +119,19 @@ def _fit_abstention(ens: Ensemble, logits: np.ndarray, y: np.ndarray, vote: Vote
     ens.abstain_below = chosen["threshold"]
     return {"target": target, "value": float(value), "on": vote.abstain_on, "threshold": chosen["threshold"],
             "valid_coverage": chosen["coverage"], "valid_accuracy": chosen["accuracy"]}
+
+
+def missing_labels_warning(info: dict | None, where: str) -> str | None:
+    """The warning for labels the validation rows lack (`fit_vote` lists them), or None.
+
+    Example:
+        >>> missing_labels_warning({"method": "stacking", "labels_not_in_valid": ["neg"]}, "--valid")
+        "warning: --valid has no row labelled 'neg': the vote was fitted without that class (a stacker never predicts it)"
+    """
+    missing = (info or {}).get("labels_not_in_valid")
+    if not missing:
+        return None
+    listed = ", ".join(repr(m) for m in missing)
+    never = " (a stacker never predicts it)" if info.get("method") == "stacking" else ""
+    return (f"warning: {where} has no row labelled {listed}: the vote was fitted without "
+            f"{'that class' if len(missing) == 1 else 'those classes'}{never}")
