@@ -978,3 +978,13 @@ def test_a_tsv_written_with_csv_quoting_reads_whole_with_quoting_csv(tmp_path):
     assert [c.texts for c in iter_table(path, chunk_rows=2, quoting="csv")] == [[r[0] for r in rows[:2]], [r[0] for r in rows[2:]]]
     with pytest.raises(EnsembleError, match=r"the 'quoting' parameter must be one of \{'none', 'csv'\}; got 'x'"):
         load_table(path, quoting="x")
+
+
+@pytest.mark.parametrize("chunk_rows", [2, 10_000])
+def test_a_label_after_an_unlabelled_first_chunk_is_an_error_at_any_chunk_size(tmp_path: Path, chunk_rows: int) -> None:
+    # the first chunk decided "unlabelled", and later labels were dropped or kept by chunk size
+    path = write(tmp_path / "x.csv", "text,label\n" + "".join(f"t{i},\n" for i in range(5)) + "t5,pos\n")
+    message = (r"line 7 of '.*' has a label in column 'label', but the first 2 rows have none; fill the blank labels"
+               if chunk_rows == 2 else r"line 2 of '.*' has an empty label in column 'label'; fix the row")
+    with pytest.raises(EnsembleError, match=message + r".*pass --label \"\" to go without gold labels"):
+        list(iter_table(path, chunk_rows=chunk_rows, require_label=False, field="--data"))

@@ -226,14 +226,27 @@ def _stream_table(
         if not head:
             raise EnsembleError(f"{field}: '{shown}' has column names but no data rows; add rows or use another file")
         # Prediction files often carry a blank label column: that means "unlabelled", not "all rows bad".
-        if decide and all(normalize_label(r.values[-1]) is None for r in head):
+        unlabelled = decide and all(normalize_label(r.values[-1]) is None for r in head)
+        if unlabelled:
             use_label = False
+            rows = _no_labels_after(rows, len(head), label, shown, field)  # a label further down is an error
         ahead = deque(head)
         del head
         yield from _clean_rows(
             chain(_drain(ahead), rows), shown=shown, field=field, chunk_rows=chunk_rows, text=text,
             text_pair=text_pair, label=label if use_label else None, on_bad_rows=on_bad_rows,
         )
+
+
+def _no_labels_after(rows: Iterator, looked: int, label: str, shown: str, field: str) -> Iterator:
+    """`rows`, refusing one with a label: the first `looked` rows had none, so the file was taken
+    as unlabelled (a label further down would otherwise be dropped, or kept, by chunk size)."""
+    for row in rows:
+        if normalize_label(row.values[-1]) is not None:
+            raise EnsembleError(f"{field}: {row.where} of '{shown}' has a label in column '{label}', but the first "
+                                f"{looked} rows have none; fill the blank labels, or pass --label \"\" to go "
+                                "without gold labels")
+        yield row
 
 
 def _other_separator(p: Path, columns: list[str]) -> str | None:
