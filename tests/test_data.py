@@ -820,11 +820,11 @@ def test_iter_table_all_rows_bad_is_an_error(tmp_path: Path) -> None:
 
 
 def test_iter_table_decides_unlabelled_from_the_first_chunk(tmp_path: Path) -> None:
-    # Blank labels in the first 3 rows: unlabelled throughout, later labels are ignored.
+    # Blank labels in the first 3 rows: taken as unlabelled, so a later label is an error (it used to be
+    # dropped: whether labels were kept depended on the chunk size).
     path = write(tmp_path / "u.csv", "text,label\na,\nb,\nc, \nd,1\ne,\n")
-    chunks = list(iter_table(path, chunk_rows=3, require_label=False))
-    assert [c.texts for c in chunks] == [["a", "b", "c"], ["d", "e"]]
-    assert all(c.labels is None for c in chunks) and sum(c.skipped for c in chunks) == 0
+    with pytest.raises(EnsembleError, match="line 5 of .* has a label in column 'label', but the first 3 rows have none"):
+        list(iter_table(path, chunk_rows=3, require_label=False))
     # load_table looks at every row: "d" has a label, so the file is labelled and "a" is a bad row.
     with pytest.raises(EnsembleError, match="line 2 of .* has an empty label"):
         load_table(path, require_label=False)
