@@ -988,3 +988,18 @@ def test_a_label_after_an_unlabelled_first_chunk_is_an_error_at_any_chunk_size(t
                if chunk_rows == 2 else r"line 2 of '.*' has an empty label in column 'label'; fix the row")
     with pytest.raises(EnsembleError, match=message + r".*pass --label \"\" to go without gold labels"):
         list(iter_table(path, chunk_rows=chunk_rows, require_label=False, field="--data"))
+
+
+def test_parquet_is_read_in_record_batches_in_order(tmp_path: Path, monkeypatch) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from ensemble import readers
+
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"idx": list(range(7)), "text": [f"t{i}" for i in range(7)], "label": ["a", "b"] * 3 + ["a"]}),
+                   path)
+    monkeypatch.setattr(readers, "PARQUET_BATCH_ROWS", 3)  # batches of 3 rows across chunks of 2
+    chunks = list(iter_table(path, chunk_rows=2))
+    assert [c.texts for c in chunks] == [["t0", "t1"], ["t2", "t3"], ["t4", "t5"], ["t6"]]
+    assert sum((c.labels for c in chunks), []) == ["a", "b"] * 3 + ["a"]

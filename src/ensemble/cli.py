@@ -225,7 +225,7 @@ def _trained_on(ens, file: Path) -> str:
 @app.command()
 def predict(
     ensemble: Path = typer.Option(..., "--ensemble", help="An ensemble directory (from fit or vote)."),
-    data: Path = typer.Option(..., "--data", help="Data file (csv, tsv, jsonl, npz, parquet), any size: it is streamed."),
+    data: Path = typer.Option(..., "--data", help="Data file (csv, tsv, jsonl, parquet: streamed, any size; npz: read whole)."),
     out: Path = typer.Option(..., "--out", help="Output CSV: texts, member and ensemble labels, confidence, agreement."),
     text: Optional[str] = typer.Option(None, "--text", help="Text column (default: the members' recipe, else 'text')."),
     text_pair: Optional[str] = typer.Option(None, "--text-pair", help="Second text column for sentence pairs."),

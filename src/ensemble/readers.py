@@ -321,6 +321,9 @@ def _read_npz(p: Path, shown: str, field: str) -> Iterator[tuple[list[str], _Fet
     yield columns, fetch
 
 
+PARQUET_BATCH_ROWS = 8192  # rows per record batch read from a parquet file
+
+
 @contextmanager
 def _read_parquet(p: Path, shown: str, field: str) -> Iterator[tuple[list[str], _Fetch]]:
     try:
@@ -331,25 +334,30 @@ def _read_parquet(p: Path, shown: str, field: str) -> Iterator[tuple[list[str], 
             "or convert the file to .csv"
         ) from None
     try:
-        table = pq.read_table(p)
+        parquet = pq.ParquetFile(p)
+        schema = parquet.schema_arrow
     except Exception as e:  # pyarrow has its own error types for corrupt files
         raise EnsembleError(
             f"{field}: '{shown}' is not a readable parquet file ({e}); re-save it or convert it to .csv"
         ) from None
-    data = table.to_pydict()
-    columns = [str(c).strip() for c in table.column_names]
+    columns = [str(c).strip() for c in schema.names]
 
     def fetch(names: list[str], texts: int) -> Iterator[Row]:
         for name in names[:texts]:
-            kind = table.schema.field(columns.index(name)).type
+            kind = schema.field(columns.index(name)).type
             if not _is_text_type(kind):
                 raise EnsembleError(
                     f"{field}: text column '{name}' in '{shown}' holds {kind} values; texts must be strings: "
                     "convert the column to string before saving"
                 )
-        cols = [data[table.column_names[columns.index(n)]] for n in names]
-        for i in range(table.num_rows):
-            yield Row(f"row {i + 1}", [c[i] for c in cols])
+        wanted = [schema.names[columns.index(n)] for n in names]
+        row = 0
+        # record batches of the wanted columns only: memory is bounded by a batch, not the file
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted):
+            cols = [batch.column(k).to_pylist() for k in range(len(wanted))]
+            for values in zip(*cols):
+                row += 1
+                yield Row(f"row {row}", list(values))
 
     yield columns, fetch
 
