@@ -51,6 +51,10 @@ def fitted(tmp_path_factory):
     (["vote", "--members", "{member}", "{member}", "--data", "x.csv", "--out", "o"], "two members are named 'bert'"),
     (["vote", "--members", "a/b={member}", "--data", "x.csv", "--out", "o"], "bad member name: use letters, digits, '-', '_' or '.' (it names a directory); got 'a/b'; choose another NAME in NAME=DIR"),
     (["vote", "--members", "{member}", "--data", "missing.csv", "--out", "o"], "--data"),
+    (["vote", "--members", "{member}", "b={member}", "--weights", "bert=1", "bert=2", "--data", "x.csv", "--out", "o"],
+     "--weights: 'bert' is given twice (1 and 2); give each member one weight"),
+    (["predict", "--ensemble", "e", "--data", "x.csv", "--out", "p.jsonl"],
+     "--out: 'p.jsonl' ends in .jsonl, and predictions are written as CSV; name it 'p.csv'"),
 ])
 def test_user_errors_exit_2_with_one_line(fitted, cli, tmp_path, args, message):
     recipe = small_recipe(tmp_path)

@@ -169,6 +169,8 @@ def vote(
                             "name the label column, or drop --valid")
     columns = dict(text=text, text_pair=text_pair, label=label, quoting=quoting)
     ds = load_table(data, **columns, field="--data", require_label=label_given)
+    if out.exists() and not out.is_dir():
+        raise EnsembleError(f"--out: '{out}' is a file; the vote writes a directory: choose a directory path")
     if out.exists() and not overwrite:
         raise EnsembleError(f"--out: '{out}' already exists; choose another directory or pass --overwrite")
     spec = VoteConfig(method=method, weights=weights_by_name(weights, dirs), calibrate=calibrate and valid is not None,
@@ -310,7 +312,9 @@ def distill(
                          progress=not quiet, resume=resume)
     if extra is not None:
         typer.echo(f"\n{len(extra)} unlabelled rows from {unlabeled}, taught by the ensemble alone")
-    typer.echo(f"\n{result['split']} split, {result['rows']} rows")
+    typer.echo(f"\n{result['split']} split, {result['rows']} rows"
+               + (" (no test file: the validation split also picked each model's epoch, so these scores are optimistic)"
+                  if result["split"] == "valid" else ""))
     best = result["best_member"]
     first = max(22, len(best) + 14)  # wide enough for a long member name
     typer.echo(f"{'':<{first}} {'accuracy':>9} {'rows/s':>9}")

@@ -305,6 +305,9 @@ def check_predictions_out(out: Path, data: Path, overwrite: bool) -> None:
     file without `overwrite` (`predict_file` checks; the CLI too, before loading the members)."""
     if out.is_dir():
         raise EnsembleError(f"--out: '{out}' is a directory; give the path of the CSV file to write")
+    if out.suffix.lower() not in (".csv", ""):
+        raise EnsembleError(f"--out: '{out}' ends in {out.suffix}, and predictions are written as CSV; name it "
+                            f"'{out.with_suffix('.csv').name}'")
     if data.exists() and out.exists() and out.resolve() == data.resolve():
         raise EnsembleError(f"--out: '{out}' is the --data file; write the predictions to another file")
     if out.exists() and not overwrite:

@@ -114,6 +114,9 @@ def weights_by_name(items: list[str], members: dict[str, Path]) -> dict[str, flo
     weights = {}
     for item in items:
         name, sep, value = item.partition("=")
+        if sep and name in weights:
+            raise EnsembleError(f"--weights: '{name}' is given twice ({weights[name]:g} and {value}); give each member "
+                                "one weight")
         try:
             weights[name] = float(value)
         except ValueError:
