@@ -244,12 +244,13 @@ def predict(
     """Predict a data file of any size with a saved ensemble, streaming it in chunks."""
     from .devices import check_devices
     from .ensemble import Ensemble
-    from .evaluate import check_predictions_out, predict_file
+    from .evaluate import check_csv_name, check_predictions_out, predict_file
 
     check_precision(precision)
     check_devices(device, "--device")
     check_predictions_out(out, data, overwrite)  # before the members load (predict_file checks again)
     not_over_inputs(out, {"--ensemble directory": ensemble}, nested_ok=("--ensemble directory",))
+    check_csv_name(out)
     ens = Ensemble.load(ensemble, device=device, precision=precision)
     not_over_inputs(out, {f"member '{n}' directory": m.path for n, m in ens.members.items()})
     label_given = bool(label)  # a --label column must exist; the default one is copied through if present

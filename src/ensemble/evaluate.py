@@ -204,6 +204,7 @@ def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str 
     """
     out, data = Path(out), Path(data)
     check_predictions_out(out, data, overwrite)
+    check_csv_name(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = _lock_out(out)  # two runs on one --out would write into each other's partial file
     try:
@@ -305,13 +306,17 @@ def check_predictions_out(out: Path, data: Path, overwrite: bool) -> None:
     file without `overwrite` (`predict_file` checks; the CLI too, before loading the members)."""
     if out.is_dir():
         raise EnsembleError(f"--out: '{out}' is a directory; give the path of the CSV file to write")
-    if out.suffix.lower() not in (".csv", ""):
-        raise EnsembleError(f"--out: '{out}' ends in {out.suffix}, and predictions are written as CSV; name it "
-                            f"'{out.with_suffix('.csv').name}'")
     if data.exists() and out.exists() and out.resolve() == data.resolve():
         raise EnsembleError(f"--out: '{out}' is the --data file; write the predictions to another file")
     if out.exists() and not overwrite:
         raise EnsembleError(f"--out: '{out}' already exists; choose another file or pass --overwrite")
+
+
+def check_csv_name(out: Path) -> None:
+    """Refuse a predictions path whose extension says another format: they are written as CSV."""
+    if out.suffix.lower() not in (".csv", ""):
+        raise EnsembleError(f"--out: '{out}' ends in {out.suffix}, and predictions are written as CSV; name it "
+                            f"'{out.with_suffix('.csv').name}'")
 
 
 def seen_in_training(ens: Ensemble, ds: TextDataset, quoting: str = "none") -> tuple[int, list[str]]:
