@@ -773,7 +773,9 @@ def test_a_second_predict_on_the_same_out_is_refused(run, tmp_path):
     # both used to write into one partial file: NUL bytes and mixed rows, and one of them said it succeeded
     data = _write_csv(tmp_path / "d.csv", ["text"], [[t] for t in TEXTS[:5]])
     out = tmp_path / "p.csv"
-    held = evaluate_mod._lock_out(out)
+    from ensemble.checkpoint import exclusive_lock
+
+    held = exclusive_lock(tmp_path / ".p.csv.lock", os.O_RDWR | os.O_CREAT, "another predict holds it")  # as a run does
     try:
         with pytest.raises(EnsembleError, match=r"--out: '.*p.csv' is being written by another 'ensemble predict'"):
             evaluate_mod.predict_file(Ensemble.load(run / "run"), data, out, label=None, progress=False)

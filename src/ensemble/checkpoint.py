@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import EnsembleError
+
 PROGRESS = "progress.json"
 BEST = "best.safetensors"
 BEST_LOGITS = "best_logits.safetensors"  # the best epoch's validation logits, for the vote
@@ -158,3 +160,21 @@ def fingerprint(*parts) -> str:
 def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A CPU copy of the model's weights (the best epoch's, kept while training goes on)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def exclusive_lock(path: Path, flags: int, busy: str) -> int:
+    """Open `path` with `flags` and take an exclusive, non-blocking ``flock`` on it; the open
+    descriptor holds the lock until closed. Held already: an `EnsembleError` saying `busy`.
+
+    Example:
+        >>> fd = exclusive_lock(Path("runs/demo"), os.O_RDONLY, "runs/demo is in use")  # doctest: +SKIP
+    """
+    import fcntl
+
+    fd = os.open(path, flags, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise EnsembleError(busy) from None
+    return fd

@@ -23,7 +23,8 @@ from .errors import EnsembleError
 from .evaluate import gold
 from .members import RECIPE_FILE, load_member, saved_recipe
 from .preflight import preflight
-from .recipe import ARCHES, SIZES, USED_BY, DataConfig, MemberConfig, infer_arch, is_local, name_problem, train_config
+from .recipe import (ARCHES, SIZES, USED_BY, DataConfig, MemberConfig, infer_arch, is_local, name_problem,
+                     train_config, unused_setting)
 from .teacher import Teacher
 from .train import Splits, train_member
 
@@ -49,8 +50,7 @@ def student_config(spec: str, name: str, ens: Ensemble, overrides: list[str]) ->
     for key in sorted({item.partition("=")[0].strip() for item in overrides} & USED_BY.keys()):
         chooser, readers = USED_BY[key]
         if chooser != "method" and getattr(train, chooser) not in readers:
-            raise EnsembleError(f"--set: {key}: only {chooser} {' or '.join(repr(r) for r in readers)} reads it, and "
-                                f"the student uses '{getattr(train, chooser)}'; remove it")
+            raise unused_setting("--set", key, key, f"the student uses '{getattr(train, chooser)}'")
     if spec.startswith("scratch:"):
         parts = spec.split(":")
         arch, size = parts[1], parts[2] if len(parts) > 2 else "tiny"

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import combine
+from .checkpoint import exclusive_lock
 from .data import TextDataset, iter_table, load_table, seen_in
 from .ensemble import ABSTAIN, Ensemble, write_json
 from .errors import EnsembleError
@@ -206,27 +207,16 @@ def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str 
     check_predictions_out(out, data, overwrite)
     check_csv_name(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    lock = _lock_out(out)  # two runs on one --out would write into each other's partial file
+    # two runs on one --out would write into each other's partial file
+    lock_file = out.with_name(f".{out.name}.lock")
+    lock = exclusive_lock(lock_file, os.O_RDWR | os.O_CREAT, f"--out: '{out}' is being written by another "
+                          "'ensemble predict'; wait for it to end, or choose another --out")
     try:
         return _predict_file(ens, data, out, text=text, text_pair=text_pair, label=label, chunk_rows=chunk_rows,
                              progress=progress, resume=resume, require_label=require_label, quoting=quoting)
     finally:
-        out.with_name(f".{out.name}.lock").unlink(missing_ok=True)
+        lock_file.unlink(missing_ok=True)
         os.close(lock)
-
-
-def _lock_out(out: Path) -> int:
-    """An exclusive ``flock`` on ``.<out>.lock`` (removed when the run ends), or a one-line error."""
-    import fcntl
-
-    fd = os.open(out.with_name(f".{out.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise EnsembleError(f"--out: '{out}' is being written by another 'ensemble predict'; wait for it to end, "
-                            "or choose another --out") from None
-    return fd
 
 
 def _predict_file(ens: Ensemble, data: Path, out: Path, *, text: str, text_pair: str | None, label: str | None,

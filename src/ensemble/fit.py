@@ -17,11 +17,11 @@ from .errors import EnsembleError
 from .evaluate import evaluate, gold
 from .labels import check_known_labels, check_label_column, sorted_labels
 from .members import METRICS_FILE, saved_recipe
+from .checkpoint import checkpoint_dir, exclusive_lock
 from .preflight import preflight
-from .votefit import missing_labels_warning
 from .recipe import DataConfig, MemberConfig, Recipe, recipe_dict
-from .checkpoint import checkpoint_dir
 from .train import Diverged, Splits, process_state, train_member
+from .votefit import missing_labels_warning
 
 
 def load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str]]:
@@ -93,17 +93,9 @@ class OutLock:
         self.fd: int | None = None
 
     def acquire(self, out: Path) -> None:
-        import fcntl
-
         out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise EnsembleError(f"--out: '{out}' is in use by another 'ensemble fit'; wait for it to end, "
-                                "or choose another --out") from None
-        self.fd = fd
+        self.fd = exclusive_lock(out, os.O_RDONLY, f"--out: '{out}' is in use by another 'ensemble fit'; wait for it "
+                                 "to end, or choose another --out")
 
     def release(self) -> None:
         if self.fd is not None:

@@ -264,14 +264,24 @@ def check_vote(vote: VoteConfig, names: list[str], where: str) -> VoteConfig:
     return vote
 
 
+def unused_setting(where: str, path: str, key: str, situation: str) -> EnsembleError:
+    """The error for setting `key` (at `path`) that no choice in `situation` reads (see `USED_BY`).
+
+    Example:
+        >>> str(unused_setting("--set", "momentum", "momentum", "the student uses 'adamw'"))
+        "--set: momentum: only optimizer 'rmsprop' or 'sgd' reads it, and the student uses 'adamw'; remove it"
+    """
+    chooser, users = USED_BY[key]
+    readers = " or ".join(f"'{c}'" for c in users)
+    return EnsembleError(f"{where}: {path}: only {chooser} {readers} reads it, and {situation}; remove it")
+
+
 def _check_used(defaults: dict, raw_members: list[dict], members: list[MemberConfig], vote_raw: dict,
                 vote: VoteConfig, where: str) -> None:
     """Refuse a setting that nothing reads: one that a member's own optimizer or scheduler, or the
     vote's method, ignores, or a [defaults] one that no member's choices read."""
     def unused(path: str, key: str, situation: str) -> EnsembleError:
-        chooser, users = USED_BY[key]
-        readers = " or ".join(f"'{c}'" for c in users)
-        return EnsembleError(f"{where}: {path}: only {chooser} {readers} reads it, and {situation}; remove it")
+        return unused_setting(where, path, key, situation)
 
     for item, member in zip(raw_members, members, strict=True):
         for key in sorted(item.keys() & USED_BY.keys()):
