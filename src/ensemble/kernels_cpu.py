@@ -5,19 +5,22 @@ are slow (a softmax over 5 classes costs ten times an `exp` of the same tensor).
 kernels, chosen by `row_lanes` from the class count (and the CPU's vector width), compute the
 same outputs with the same tie-breaks; `fused_vote` runs one of them:
 
-- `kernels_cpu_tiles.vote_tiles` walks the rows in tiles, each member's tile transposed into a
-  small class-major scratch so that every later loop runs along rows and vectorises. Best at
-  2-8 classes, where the transposing copy has a constant stride.
+- `kernels_cpu_tiles.vote_tiles` walks the rows in tiles with class-major scratch sums, so that
+  every step runs along rows and vectorises. At 2-8 classes a member's vote on 16 rows is one
+  `simd.group_vote` (one wide load shuffled into a vector per class, all in registers); above,
+  a transposing copy and loops. Best at 2-8 classes (2-5 for probabilities on CPUs without
+  AVX-512 and on Zen 4).
 - `kernels_cpu_rows.vote_rows` keeps each row of a member as one vector of 8, 16 or 32 lanes
   (`simd`): no transpose, the reductions over a row's classes are shuffle trees, and it
-  prefetches ahead. Best from 9 classes on AVX-512 CPUs, from 5 (probabilities) on AVX2 ones.
+  prefetches ahead. Best from 9 classes on AVX-512 CPUs, from 6 (probabilities) on the others.
 
 From that one read come the member argmax and confidence, the temperature softmax (through
 `simd.exp`, a branch-free float32 exp that vectorises: numba has no vector `exp` without Intel's
 SVML), weighted soft scores, hard vote shares, the tie-broken label, agreement and the member x
 member equal-prediction counts (one partial table per thread block, summed at the end; 64 rows
 per popcount of a word of equal-label bits, which made 16-member votes 1.33x (two classes) and
-1.09x (five) faster than a compare-and-add per row). This module holds what both kernels share.
+1.09x (five) faster than a compare-and-add per row; labels are kept as int16 so that a 64-row
+compare is two AVX-512 loads, not four). This module holds what both kernels share.
 
 It follows `aggregate`'s tie-breaking rules exactly: sums run in member order and identical
 inputs go through identical float32 arithmetic, so they tie exactly.
@@ -47,6 +50,7 @@ TILE = 512  # rows per tile: classes x TILE float32 scratch arrays stay in L1 (L
 ROW_TILE = 128  # rows per tile of `vote_rows`: its rows of soft sums (16 KB at 32 lanes) stay in L1
 MAX_CLASSES = 1024  # above, `aggregate` votes with torch: the tile kernel's scratch is ~6 KB a class a block
 AHEAD = 32  # rows `vote_rows` prefetches ahead of its reads (24-96 measured alike; none: 0.7x)
+GROUP_AHEAD = 256  # rows `vote_tiles` prefetches ahead at 2-8 classes (128-1024 within 10%; none: 0.75-0.92x)
 if TILE % 64 or ROW_TILE % 64 or ROW_TILE > TILE:  # the 64-row reads of `simd.equal64` stay in a tile
     raise AssertionError("kernels_cpu.TILE and ROW_TILE must be multiples of 64, ROW_TILE <= TILE")
 
@@ -65,13 +69,16 @@ def row_lanes(classes: int, probs_in: bool) -> int:
       1.5-1.8x at 20; logits 0.5-0.6x at 9-12 classes, level at 20, 1.9x at 32; at 2-8 classes
       the tiles 2-4x faster (narrower rows were not measured there, so that CPU keeps this choice).
     - AMD EPYC with AVX2: a row is best held in the narrowest of 8, 16 or 32 lanes: probabilities
-      of 5-8 classes in 8 lanes 1.2-2.2x faster than the tiles (at 2-4 classes 0.4-0.9x), 9-16
+      of 5-8 classes in 8 lanes 1.2-2.2x faster than the tiles then (at 2-4 classes 0.4-0.9x), 9-16
       classes in 16 lanes 1.4-1.7x the 32-lane rows; logits from 12 classes 1.2-1.4x (level at
       10, 0.7x at 5-6).
-    - AMD EPYC Zen 4 (AVX-512 on 256-bit units): probabilities as on AVX2 (soft votes of 5
-      classes 1.11-1.23x the tiles, 8 classes 1.55x; 12-16 classes in 16 lanes 1.01-1.21x the
-      32-lane rows; 3 classes 0.86x), logits as on Sapphire Rapids (16 lanes at 12-14 classes
-      0.84-1.04x the tiles; 32 lanes at 20 classes 0.90-1.02x).
+    - AMD EPYC Zen 4 (AVX-512 on 256-bit units): probabilities as on AVX2 (8 classes 1.07-1.22x
+      the tiles, 7 classes 1.09-1.20x, 6 level; 12-16 classes in 16 lanes 1.01-1.21x the 32-lane
+      rows), logits as on Sapphire Rapids (16 lanes at 12-14 classes 0.84-1.04x the tiles; 32
+      lanes at 20 classes 0.90-1.02x).
+    - Since the tiles vote 16 rows at a time in registers at 2-8 classes (`simd.group_vote`),
+      they also beat the 8-lane rows at 5 classes: 1.03-1.22x on Zen 4, 1.14-1.29x with AVX2
+      code on it (no AVX2-only CPU was at hand), so rows start at 6 classes there.
 
     Example:
         >>> row_lanes(20, probs_in=True)
@@ -79,7 +86,7 @@ def row_lanes(classes: int, probs_in: bool) -> int:
     """
     if _avx512() and not (probs_in and _zen()):
         return simd.LANES if (9 if probs_in else 17) <= classes <= simd.LANES else 0
-    if not (5 if probs_in else 12) <= classes <= simd.LANES:
+    if not (6 if probs_in else 12) <= classes <= simd.LANES:
         return 0
     return next(width for width in simd.WIDTHS if classes <= width)
 

@@ -53,7 +53,7 @@ def vote_rows(x, start, stop, probs_in, hard, weight, inv_temp, labels, scores, 
     for b in prange(blocks):
         soft = np.zeros(ROW_TILE * lanes, np.float32)  # row-major, `lanes` floats a row
         shares = np.zeros(ROW_TILE * lanes, np.float32)
-        own = np.empty((members, TILE), np.int32)
+        own = np.empty((members, TILE), np.int16)  # labels (< MAX_CLASSES): 32 a vector for `count_equal`
         label = np.empty(TILE, np.int32)
         top = np.empty(TILE, np.float32)
         total = np.empty(TILE, np.float32)
@@ -87,13 +87,13 @@ def vote_rows(x, start, stop, probs_in, hard, weight, inv_temp, labels, scores, 
                 if hard:
                     for r in range(n):
                         shares[r * lanes + own_m[r]] += w
-                if details:
-                    ml = member_labels[m]
-                    mc = member_confidence[m]
+                if details:  # through slices: see `vote_tiles` on wrap-around checks
+                    ml = member_labels[m][member_start + t0:member_start + t0 + n]
+                    mc = member_confidence[m][member_start + t0:member_start + t0 + n]
                     for r in range(n):
-                        ml[member_start + t0 + r] = own_m[r]
+                        ml[r] = own_m[r]
                     for r in range(n):
-                        mc[member_start + t0 + r] = total[r]
+                        mc[r] = total[r]
             flagged = False
             if hard:
                 for r in range(n):
@@ -115,10 +115,13 @@ def vote_rows(x, start, stop, probs_in, hard, weight, inv_temp, labels, scores, 
             else:
                 agreeing_weight(own, weight, label, n, total)
             sums = shares if hard else soft
+            tile_labels = labels[t0:t0 + n]
+            tile_confidence = confidence[t0:t0 + n]
+            tile_agreement = agreement[t0:t0 + n]
             for r in range(n):
-                labels[t0 + r] = label[r]
-                confidence[t0 + r] = top[r]
-                agreement[t0 + r] = total[r]
+                tile_labels[r] = label[r]
+                tile_confidence[r] = top[r]
+                tile_agreement[r] = total[r]
             for r in range(n):
                 simd.row_store(scores, (t0 + r) * classes, sums, r * lanes, classes, lanes)
             count_equal(own, n, same)

@@ -12,6 +12,8 @@ numba vectorises plain loops, but it has no way to say "this row of 20 floats is
   Arithmetic is the scalar kernel's, operation for operation (separate multiplies and adds,
   `exp`'s polynomial), except that a row's softmax sum runs as a tree: every row still goes
   through identical operations, so identical inputs still tie exactly.
+- Row groups (`group_vote`): one member's vote on 16 rows of 2-8 classes, shuffled from one
+  wide load into one vector per class, for the tile kernel.
 - Bit words (`nonzero64`, `equal64`, `popcount`): 64 rows' labels compared at once, for the
   member x member equal-prediction counts.
 - `adam8_grad`, `adam8_zero`: the Adam update of 8 values (`cpu.EmbeddingRows`).
@@ -34,6 +36,8 @@ except ImportError:  # pragma: no cover - numba is a dependency; kernels_cpu rep
 
 LANES = 32  # the widest row vector: rows of up to 32 classes can take the vector path
 WIDTHS = (8, 16, 32)  # the row vector widths the intrinsics are built for
+GROUP = 16  # rows of one `group_vote` call
+GROUP_CLASSES = 8  # the most classes `group_vote` is built for
 
 if ir is not None:
     _F32 = ir.FloatType()
@@ -257,6 +261,88 @@ if ir is not None:
 
         return sig, codegen
 
+    def _group_classes(classes):
+        """The class count a `classes` argument's type names (a literal 2-8), else None."""
+        value = getattr(classes, "literal_value", None)
+        return value if isinstance(value, int) and 2 <= value <= GROUP_CLASSES else None
+
+    @intrinsic
+    def group_vote(typingctx, x, offset, classes, column, soft, shares, stride, weight, inv_temp, own, confidence,
+                   check, probs_in, hard):  # pragma: no cover - compiled
+        """One member's vote on `GROUP` rows, ``x[offset:offset + GROUP * classes]`` (row-major,
+        `classes` a literal 2-8), all in registers: one wide load, shuffled into one vector per
+        class (16 rows each), then
+
+        - its label (first maximum) to ``own[column:column + GROUP]`` and its confidence (the
+          maximum probability, or exp(0) / softmax sum) to `confidence` at the same place;
+        - the weighted probabilities added into the class-major soft sums ``soft[c * stride +
+          column + k]``; logits (not `probs_in`) through the temperature softmax first, and
+          added into ``check`` (a non-finite logit makes that sum non-finite);
+        - `hard`: the weight added into ``shares`` (laid out as `soft`) at the label.
+
+        The operations and their order are `kernels_cpu_tiles.vote_tiles`' loops' (a multiply and
+        an add, never fused), so the results are bit for bit the same. It replaces their
+        transposing copy through a scratch tile and their loops' stores between steps: 1.1-1.4x
+        faster at 2-8 classes.
+        """
+        C = _group_classes(classes)
+        if C is None:
+            return None
+        sig = types.void(x, types.intp, classes, types.intp, soft, shares, types.intp, types.float32, types.float32,
+                         own, confidence, check, types.boolean, types.boolean)
+        vf, vi, i64 = _vf(GROUP), _vi(GROUP), ir.IntType(64)
+
+        def codegen(context, builder, signature, args):
+            x, offset, _, column, soft, shares, stride, weight, inv_temp, own, confidence, check, probs_in, hard = args
+            kinds = signature.args
+
+            def vector_at(k, arr, at, vtype=vf):
+                return builder.bitcast(_pointer(context, builder, kinds[k], arr, at), vtype.as_pointer())
+
+            def add_into(k, arr, c, value):  # arr[c * stride + column:][:GROUP] += value
+                ptr = vector_at(k, arr, builder.add(builder.mul(ir.Constant(i64, c), stride), column))
+                builder.store(builder.fadd(builder.load(ptr, align=4), value), ptr, align=4)
+
+            block = builder.load(vector_at(0, x, offset, ir.VectorType(_F32, GROUP * C)), align=4)
+            xs = [builder.shuffle_vector(block, block, ir.Constant(vi, [c + C * k for k in range(GROUP)]))
+                  for c in range(C)]
+            best, label = xs[0], ir.Constant(vi, [0] * GROUP)
+            for c in range(1, C):  # the first maximum wins
+                greater = builder.fcmp_ordered(">", xs[c], best)
+                best = builder.select(greater, xs[c], best)
+                label = builder.select(greater, ir.Constant(vi, [c] * GROUP), label)
+            w = _splat(builder, weight, vf)
+            with builder.if_else(probs_in) as (probs, logits):
+                with probs:
+                    for c in range(C):
+                        add_into(4, soft, c, builder.fmul(w, xs[c]))
+                    builder.store(best, vector_at(10, confidence, column), align=4)
+                with logits:
+                    sums = vector_at(11, check, column)
+                    total = builder.load(sums, align=4)
+                    for value in xs:
+                        total = builder.fadd(total, value)
+                    builder.store(total, sums, align=4)
+                    t = _splat(builder, inv_temp, vf)
+                    es = [_vector_exp(builder, builder.fmul(builder.fsub(value, best), t)) for value in xs]
+                    total = es[0]
+                    for e in es[1:]:
+                        total = builder.fadd(total, e)
+                    inverse = builder.fdiv(ir.Constant(vf, [1.0] * GROUP), total)
+                    for c in range(C):
+                        add_into(4, soft, c, builder.fmul(w, builder.fmul(es[c], inverse)))
+                    builder.store(inverse, vector_at(10, confidence, column), align=4)
+            with builder.if_then(hard):
+                zero = ir.Constant(vf, [0.0] * GROUP)
+                for c in range(C):
+                    add_into(5, shares, c, builder.select(builder.icmp_signed("==", label, ir.Constant(vi, [c] * GROUP)), w, zero))
+            own_type = context.get_data_type(kinds[9].dtype)
+            builder.store(builder.trunc(label, ir.VectorType(own_type, GROUP)) if own_type.width < 32 else label,
+                          vector_at(9, own, column, ir.VectorType(own_type, GROUP)), align=1)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
     @intrinsic
     def scale_by_pow2(typingctx, t, p):  # pragma: no cover - compiled
         """``p * 2**k`` for the float32 ``t = k + 1.5 * 2**23`` (k an integer in [-126, 127]).
@@ -346,14 +432,14 @@ if ir is not None:
         return sig, codegen
 
     def _load64(context, builder, arrty, arr, offset):  # pragma: no cover - compiled
-        """LLVM IR: the 64 int32 values of array `arr` from `offset` as one <64 x i32> vector."""
+        """LLVM IR: the 64 integers of array `arr` from `offset` as one <64 x iN> vector."""
         data = context.make_array(arrty)(context, builder, arr).data
-        vec = ir.VectorType(ir.IntType(32), 64)
+        vec = ir.VectorType(context.get_data_type(arrty.dtype), 64)
         return builder.load(builder.bitcast(builder.gep(data, [offset]), vec.as_pointer()), align=4)
 
     @intrinsic
     def nonzero64(typingctx, arr, offset):  # pragma: no cover - compiled
-        """A uint64 whose bit k says ``arr[offset + k] != 0``, k < 64 (`arr`: contiguous int32 with
+        """A uint64 whose bit k says ``arr[offset + k] != 0``, k < 64 (`arr`: contiguous integers,
         64 values from `offset`).
 
         One 64-lane vector compare whose one-bit results are the word: AVX-512 does it in a few
@@ -371,8 +457,8 @@ if ir is not None:
     @intrinsic
     def equal64(typingctx, a, b, offset):  # pragma: no cover - compiled
         """A uint64 whose bit k says ``a[offset + k] == b[offset + k]``, k < 64 (`a`, `b`:
-        contiguous int32 with 64 values from `offset`): two 64-lane vector loads and a compare,
-        as `nonzero64`."""
+        contiguous integers of one type, 64 values from `offset`): two 64-lane vector loads and a
+        compare, as `nonzero64` (int16 labels: two AVX-512 registers a load, int32: four)."""
         sig = types.uint64(a, b, types.intp)
 
         def codegen(context, builder, signature, args):
