@@ -26,7 +26,6 @@ import argparse
 import importlib
 import json
 import os
-import platform
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +39,8 @@ try:
     from sklearn.frozen import FrozenEstimator
 except ImportError:  # scikit-learn < 1.6 (an image we cannot upgrade): VotingClassifier.fit clones
     FrozenEstimator = None  # the members instead, which copies their arrays once but times the same predict
+
+from shared_data import cpu  # benchmarks/shared_data.py: this folder is on sys.path when run as a script
 
 from ensemble.aggregate import aggregate
 
@@ -351,7 +352,7 @@ def main() -> None:
                   f"  hard x{row['fused_hard_probs'] / row['sklearn_hard']:.0f} (lean x{row['lean_hard_probs'] / row['sklearn_hard']:.0f})"
                   " vs sklearn", flush=True)
 
-    info = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    info = {"machine": cpu(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "cuda": torch.cuda.is_available(), "bandwidth_GBps": bandwidth}
     args.json.write_text(json.dumps({"info": info, "results": results, "gpu": gpu}, indent=2))
     print("\n| members | classes | rows | sklearn soft | fused soft | x | lean soft | x | sklearn hard | fused hard | x "

@@ -25,14 +25,13 @@ import argparse
 import importlib.util
 import json
 import math
-import platform
 import re
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from shared_data import cs224n  # benchmarks/shared_data.py: this folder is on sys.path when run as a script
+from shared_data import cpu, cs224n  # benchmarks/shared_data.py: this folder is on sys.path when run as a script
 
 from ensemble import combine
 from ensemble.data import TextDataset, load_table
@@ -316,7 +315,7 @@ def main() -> None:
     path = HERE / "combining.json"
     earlier = json.loads(path.read_text()) if path.is_file() else {}
     merged = {**earlier.get("results", {}), **results}
-    path.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
+    path.write_text(json.dumps({"machine": cpu(),
                                 "args": {**earlier.get("args", {}), **vars(args)}, "results": merged}, indent=2))
 
 

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from pathlib import Path
 
 import torch
-from shared_data import cs224n  # benchmarks/shared_data.py: this folder is on sys.path when run as a script
+from shared_data import cpu, cs224n  # benchmarks/shared_data.py: this folder is on sys.path when run as a script
 
 from ensemble.data import load_table
 from ensemble.labels import sorted_labels
@@ -145,7 +144,7 @@ def measure(args: argparse.Namespace, reviews, batch: int) -> dict:
     epoch_samples_per_s = result["history"][0]["samples_per_s"]
     achieved = samples_per_s * train_flops_per_sequence(n, layers, hidden, round(mean_len)) / 1e12
     peak, source = peak_tflops(args.precision, args.peak_tflops)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu()
     record = {"device": device, "precision": args.precision, "compile": args.compile, "seq": args.seq,
               "mean_tokens": mean_len, "batch": batch, "steps": args.steps, "non_embedding_params": n,
               "samples_per_s": samples_per_s, "epoch_samples_per_s": epoch_samples_per_s,

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from shared_data import cs224n  # benchmarks/shared_data.py: this folder is on sys.path when run as a script
+from shared_data import cpu, cs224n  # benchmarks/shared_data.py: this folder is on sys.path when run as a script
 
 from ensemble.data import load_table
 from ensemble.ensemble import Ensemble
@@ -135,7 +134,7 @@ def main() -> None:
         "identical_labels": same, "precision": args.precision, "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu(),
     }
     if fp32 is not None:
         result.update(ensemble_fp32_s=fp32[1], ensemble_fp32_rows_per_s=len(texts) / fp32[1],

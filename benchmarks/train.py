@@ -26,7 +26,6 @@ import csv
 import importlib.util
 import json
 import multiprocessing
-import platform
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from shared_data import cs224n  # benchmarks/shared_data.py: this folder is on sys.path when run as a script
+from shared_data import cpu, cs224n  # benchmarks/shared_data.py: this folder is on sys.path when run as a script
 
 from ensemble.data import load_table
 from ensemble.labels import sorted_labels
@@ -201,7 +200,7 @@ def main() -> None:
             print(f"{title}, {k} members: ensemble fit {ours_s:.0f} s; Trainer one after another {bare_s:.0f} s "
                   f"({bare_s / ours_s:.2f}x), evaluating and saving every epoch {same_s:.0f} s ({same_s / ours_s:.2f}x)",
                   flush=True)
-    info = {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine()}
+    info = {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": cpu()}
     name = "train.json" if args.precision == "no" else f"train-{args.precision}.json"
     (args.json or HERE / name).write_text(json.dumps({"info": info, "results": results, "ensembles": jobs}, indent=2))
     print("\n| model | precision | rows | ensemble samples/s | Trainer samples/s (workers) | x | ensemble dev acc | Trainer dev acc |")
