@@ -14,15 +14,16 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def recipe(tmp_path: Path, members=("bert",)) -> Path:
+def recipe(tmp_path: Path, members=("bert",), rows: int = 320, extra: str = "") -> Path:
     lines = (ROOT / "recipes" / "demo" / "train.csv").read_text(encoding="utf-8").splitlines()
-    (tmp_path / "train.csv").write_text("\n".join(lines[:401]) + "\n", encoding="utf-8")
+    # valid_fraction 0.2 of rows + 80: 80 validation rows at 320 (82 at 330), the rest to train
+    (tmp_path / "train.csv").write_text("\n".join(lines[:rows + 81]) + "\n", encoding="utf-8")
     path = tmp_path / "r.toml"
     # dropout off and plain shuffling: one process with 16-row batches and two with 8 rows each
     # then train on exactly the same rows per optimizer step.
     path.write_text('[data]\ntrain = "train.csv"\nvalid_fraction = 0.2\n'
                     "[defaults]\nepochs = 2\nbatch_size = 16\nmax_length = 32\nlr = 5e-4\ndropout = 0.0\n"
-                    "group_by_length = false\n"
+                    "group_by_length = false\n" + extra
                     + "".join(f'[[members]]\nname = "{a}"\ninit = "scratch"\narch = "{a}"\n' for a in members),
                     encoding="utf-8")
     return path
@@ -57,6 +58,34 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         assert sum(map(sum, two["confusion"])) == sum(map(sum, one["confusion"])) == 80
     report = json.loads((tmp_path / "two" / "report.json").read_text())
     assert report["rows"] == 80 and (tmp_path / "two" / "ensemble.json").is_file()
+
+
+def steps(out: Path, name: str = "bert") -> list[dict]:
+    lines = (out / "members" / name / "log.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record["event"] == "step"]
+
+
+def test_two_gloo_processes_follow_the_one_process_schedule_and_log_with_a_tracker(tmp_path):
+    """328 training rows in batches of 16: 21 steps an epoch, the last of 8 rows; two processes
+    each take 21 micro-batches of 8 (Accelerate pads the last). The schedule used to be sized by all
+    processes' micro-batches (42 ticks an epoch, 2 per step) against 2 x 21 steps: epochs drifted,
+    warmup ran half a step behind. A tracker used to crash every member at its save (the process
+    group was destroyed with the trackers), and a step's logged loss was the main process's rows."""
+    path = recipe(tmp_path, rows=330, extra="warmup_ratio = 0.1\n")
+    run([sys.executable, "-m", "ensemble", "fit", str(path), "--out", str(tmp_path / "one"), "--quiet"])
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    run([torchrun, "--nproc_per_node", "2", "-m", "ensemble", "fit", str(path), "--out", str(tmp_path / "two"), "--quiet",
+         "--set", 'defaults.log_with=["tensorboard"]'])
+    one, two = steps(tmp_path / "one"), steps(tmp_path / "two")
+    assert [s["step"] for s in one] == [s["step"] for s in two] == list(range(1, 43))
+    assert [s["lr"] for s in two] == pytest.approx([s["lr"] for s in one], rel=1e-12)
+    assert one[4]["lr"] == pytest.approx(5e-4)  # warmup: 4 steps (10% of 42), then the full rate
+    # the same rows at the first steps (batches of 16 split in two halves of 8): the same mean loss
+    for a, b in zip(one[:20], two[:20]):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-4)
+    assert (tmp_path / "two" / "members" / "bert" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "two" / "members" / "bert" / "metrics.json").read_text())["processes"] == 2
+    assert any((tmp_path / "two" / "logs" / "bert").rglob("events.out.tfevents.*"))
 
 
 def test_concurrent_members_one_worker_each_match_sequential(tmp_path):

@@ -809,3 +809,34 @@ def test_a_valid_file_without_some_class_is_a_warning(run, tmp_path, cli):
     assert code == 0, err
     assert ("warning: --valid has no row labelled 'negative': the vote was fitted without that class (a stacker never "
             "predicts it)") in err
+
+
+def test_save_leaves_the_modes_of_the_members_files_alone(run, tmp_path):
+    """save() hard-links the members' weights when it can; it used to chmod every file it wrote to
+    the umask's mode, which through the link made a user's private (0600) weights world-readable
+    and read-only ones writable."""
+    import os
+    import stat
+
+    members = tmp_path / "mine"
+    for name in ("bert", "roberta"):
+        shutil.copytree(run / "run" / "members" / name, members / name)
+        for path in (members / name).iterdir():
+            path.chmod(0o600 if name == "bert" else 0o444)
+    Ensemble.from_dirs({n: members / n for n in ("bert", "roberta")}).save(tmp_path / "saved")
+    modes = {path.relative_to(members): stat.S_IMODE(path.stat().st_mode) for path in members.rglob("*") if path.is_file()}
+    assert set(modes.values()) == {0o600, 0o444}
+    assert {str(p) for p, mode in modes.items() if mode == 0o600} == {str(p) for p in modes if p.parts[0] == "bert"}
+    saved = tmp_path / "saved" / "members" / "bert" / "model.safetensors"
+    if saved.stat().st_ino != (members / "bert" / "model.safetensors").stat().st_ino:  # copied, not linked
+        assert stat.S_IMODE(saved.stat().st_mode) == 0o666 & ~_umask()
+    for path in members.rglob("*"):
+        os.chmod(path, 0o700 if path.is_dir() else 0o600)  # let tmp_path's clean-up delete them
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -216,3 +216,141 @@ def test_preflight_refuses_more_trainable_layers_than_the_model_has():
     with pytest.raises(EnsembleError, match=r"members\[s\].trainable_layers: the model has 2 layers; got 5 .*\"all\""):
         preflight([MemberConfig("s", init="scratch", arch="bert", train=TrainConfig(trainable_layers=5))])
     preflight([MemberConfig("s", init="scratch", arch="bert", train=TrainConfig(trainable_layers=2))])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A local pretrained checkpoint whose head was trained on labels pos, neg, mid (in that order)."""
+    path = tmp_path_factory.mktemp("ckpt") / "bert"
+    model, tok = build_member(MemberConfig("c", init="scratch", arch="bert"), ["pos", "neg", "mid"], TEXTS)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_a_checkpoints_head_follows_label_names_not_positions(checkpoint):
+    """A head of the right size is reused only for the same label names, rows in the recipe's
+    order; for other names it starts afresh (it used to be reused by position)."""
+    from safetensors.torch import load_file
+
+    head = load_file(checkpoint / "model.safetensors")["classifier.weight"]
+    same, _ = build_member(MemberConfig("m", model=str(checkpoint)), ["mid", "neg", "pos"], [])
+    assert torch.equal(same.classifier.weight, head[[2, 1, 0]])
+    other, _ = build_member(MemberConfig("m", model=str(checkpoint)), ["a", "b", "c"], [])
+    assert not any(torch.equal(other.classifier.weight[i], head[j]) for i in range(3) for j in range(3))
+    assert other.classifier.bias.abs().sum() == 0  # initialised as transformers initialises a new head
+    encoder = load_file(checkpoint / "model.safetensors")["bert.encoder.layer.0.attention.self.query.weight"]
+    assert torch.equal(other.bert.encoder.layer[0].attention.self.query.weight, encoder)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing_tensor", r"its weights lack or mis-shape 1 encoder tensors \(bert.encoder.layer.1.output.dense.weight\)"),
+    ("wrong_shape", r"its weights lack or mis-shape 1 encoder tensors \(bert.encoder.layer.0.attention.self.query.weight\)"),
+    ("truncated", r"its safetensors weights are corrupt \(.*\); download or copy them again"),
+    ("pickle_only", r"holds pickle weights only \(pytorch_model.bin\)"),
+    ("no_pad", r"its tokenizer has no padding token"),
+    ("big_vocab", r"its tokenizer has \d+ tokens but the model embeds 40"),
+])
+def test_a_broken_checkpoint_is_refused_before_training(checkpoint, tmp_path, damage, message):
+    """Each of these used to train on random encoder weights or crash as an internal error."""
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "c"
+    shutil.copytree(checkpoint, path)
+    weights = load_file(path / "model.safetensors")
+    if damage == "missing_tensor":
+        del weights["bert.encoder.layer.1.output.dense.weight"]
+    elif damage == "wrong_shape":
+        weights["bert.encoder.layer.0.attention.self.query.weight"] = weights["bert.encoder.layer.0.attention.self.query.weight"][:8]
+    if damage in ("missing_tensor", "wrong_shape"):
+        save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    elif damage == "truncated":
+        data = (path / "model.safetensors").read_bytes()
+        (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif damage == "pickle_only":
+        (path / "model.safetensors").unlink()
+        (path / "pytorch_model.bin").write_bytes(b"not read")
+    elif damage == "no_pad":
+        config = json.loads((path / "tokenizer_config.json").read_text())
+        config["pad_token"] = None
+        (path / "tokenizer_config.json").write_text(json.dumps(config))
+        tok = json.loads((path / "tokenizer.json").read_text())
+        tok["padding"] = None
+        (path / "tokenizer.json").write_text(json.dumps(tok))
+    else:
+        config = json.loads((path / "config.json").read_text())
+        config["vocab_size"] = 40
+        (path / "config.json").write_text(json.dumps(config))
+        weights["bert.embeddings.word_embeddings.weight"] = weights["bert.embeddings.word_embeddings.weight"][:40]
+        save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(EnsembleError, match=rf"^members\[m\].model: '{path}': {message}"):
+        build_member(MemberConfig("m", model=str(path)), LABELS, [])
+
+
+def test_load_member_refuses_a_label_named_twice(member_dir, tmp_path):
+    # both columns mapped to the first, the other one's scores dropped, gold and predictions apart
+    path = tmp_path / "m"
+    shutil.copytree(member_dir, path)
+    config = json.loads((path / "config.json").read_text())
+    config["id2label"] = {"0": "neg", "1": "neg"}
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(EnsembleError, match=r"id2label names 'neg' more than once"):
+        load_member(path)
+
+
+def test_load_member_names_a_head_of_another_size(member_dir, tmp_path):
+    path = tmp_path / "m"
+    shutil.copytree(member_dir, path)
+    config = json.loads((path / "config.json").read_text())
+    config["id2label"], config["label2id"] = {"0": "a", "1": "b", "2": "c"}, {"a": 0, "b": 1, "c": 2}
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(EnsembleError, match=r"mismatched keys: classifier.bias of shape \[2\] in the file, \[3\] by "
+                                            r"config.json"):
+        load_member(path)
+
+
+def test_load_member_refuses_weights_that_give_nan(member_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "m"
+    shutil.copytree(member_dir, path)
+    weights = load_file(path / "model.safetensors")
+    weights["classifier.bias"] = torch.full_like(weights["classifier.bias"], float("nan"))
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(EnsembleError, match=r"its weights give NaN or infinite scores"):
+        load_member(path)
+
+
+@pytest.mark.parametrize("model_type, gradient_checkpointing, message", [
+    ("distilbert", False, r"members\[m\].model: '.*' is a 'distilbert' model; supported: albert, bert, electra, roberta"),
+    ("albert", True, r"members\[m\].gradient_checkpointing: transformers has no activation checkpointing for albert"),
+    ("bert", True, None),
+])
+def test_preflight_refuses_what_would_fail_after_training(tmp_path, model_type, gradient_checkpointing, message):
+    """These used to train for the whole run, then fail (an unsupported model type at the vote) or
+    crash as an internal error at the first step (checkpointing ALBERT)."""
+    from transformers import AutoConfig
+
+    AutoConfig.for_model(model_type).save_pretrained(tmp_path)
+    cfg = MemberConfig("m", model=str(tmp_path), train=TrainConfig(gradient_checkpointing=gradient_checkpointing))
+    if message is None:
+        preflight([cfg])
+        return
+    with pytest.raises(EnsembleError, match=message):
+        preflight([cfg])
+    if model_type == "albert":  # a scratch ALBERT too
+        with pytest.raises(EnsembleError, match=message):
+            preflight([MemberConfig("m", init="scratch", arch="albert", train=cfg.train)])
+
+
+def test_a_trained_member_drops_the_base_checkpoints_custom_code_references(tmp_path):
+    """A base checkpoint's auto_map named code files the trained member does not carry: with
+    trust_remote_code=True transformers failed to open the member, looking for them."""
+    from ensemble.members import drop_remote_code
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "auto_map": {"AutoConfig": "evil.Cfg"}}))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": ["evil.Tok", None]},
+                                                               "pad_token": "[PAD]"}))
+    drop_remote_code(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text()) == {"model_type": "bert"}
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text()) == {"pad_token": "[PAD]"}

@@ -598,7 +598,7 @@ def test_word_embedding_rows_step_matches_the_dense_step(weight_decay, monkeypat
 # ---------------------------------------------------------------- out-of-memory backoff
 
 @pytest.mark.slow
-def test_out_of_memory_shrinks_the_micro_batch_and_keeps_the_effective_batch(monkeypatch, demo_splits, tmp_path):
+def test_out_of_memory_shrinks_the_micro_batch_and_keeps_the_effective_batch(monkeypatch, demo_splits, tmp_path, capsys):
     real = train_mod.build_member
     sizes: list[int] = []
 
@@ -608,9 +608,9 @@ def test_out_of_memory_shrinks_the_micro_batch_and_keeps_the_effective_batch(mon
         def pre(module, args, kwargs):
             if module.training:
                 rows = kwargs["input_ids"].shape[0]
-                if rows > 8:  # what the CPU allocator says when it runs out
-                    raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
                 sizes.append(rows)
+                if rows > 8 and len(sizes) > 3:  # what the CPU allocator says when it runs out, at the 4th batch
+                    raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
 
         model.register_forward_pre_hook(pre, with_kwargs=True)
         return model, tokenizer
@@ -625,10 +625,18 @@ def test_out_of_memory_shrinks_the_micro_batch_and_keeps_the_effective_batch(mon
         return opt
 
     monkeypatch.setattr(train_mod, "make_optimizer", counting)
-    result = fit(member(batch_size=32, grad_accum=1, epochs=1, group_by_length=False), demo_splits, tmp_path / "m")
-    # 32 -> 16 -> 8: micro-batches of 8, four per optimizer step, ceil(200 / 32) = 7 steps
-    assert sizes == [8] * 25 and len(steps) == 7
+    result = fit(member(batch_size=32, grad_accum=1, epochs=1, group_by_length=False, checkpoint_every=2), demo_splits,
+                 tmp_path / "m")
+    # 32 (3 steps, then out of memory) -> 16 -> 8: micro-batches of 8, four per optimizer step,
+    # ceil(200 / 32) = 7 steps from the start
+    assert sizes == [32] * 4 + [16] + [8] * 25 and len(steps) == 3 + 7
     assert result["history"][0]["lr"] == pytest.approx(1e-3 / 7)  # the rate of the last of the 7 linear steps
+    # the aborted attempt's step lines are gone: one line per step of the attempt that finished
+    lines = [json.loads(line) for line in (tmp_path / "m" / "log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if line["event"] == "step"] == list(range(1, 8))
+    out = capsys.readouterr().out
+    assert "out of memory at micro-batch 32; training again from the start with micro-batch 16 x 2" in out
+    assert "micro-batch 8 x 4 accumulation steps (the effective batch stays 32)" in out
 
 
 @pytest.mark.slow
@@ -686,6 +694,14 @@ def test_recorded_valid_logits_are_refused_for_other_rows(demo_splits, tmp_path)
         assert members_mod.recorded_valid_logits(out, other, labels) is None
     assert members_mod.recorded_valid_logits(out, valid, labels + ["other"]) is None
     assert members_mod.recorded_valid_logits(tmp_path / "nowhere", valid, labels) is None
+    # new weights saved into the directory (a further save_pretrained) leave the logits behind: not theirs
+    assert members_mod.recorded_valid_logits(out, valid, labels) is not None
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(out / "model.safetensors")
+    weights["classifier.bias"] = weights["classifier.bias"] + 1.0
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    assert members_mod.recorded_valid_logits(out, valid, labels) is None
     (out / "valid_logits.safetensors").write_bytes(b"not safetensors")
     assert members_mod.recorded_valid_logits(out, valid, labels) is None
 
@@ -744,3 +760,34 @@ def test_vote_command_fits_on_recorded_logits_when_valid_is_the_members_file(mon
     assert code == 0, err
     first, again = (json.loads((tmp_path / d / "ensemble.json").read_text()) for d in ("out", "again"))
     assert first["weights"] == pytest.approx(again["weights"], abs=1e-4)
+
+
+# ---------------------------------------------------------------- checkpoints of several processes
+
+def test_a_checkpoint_of_several_processes_holds_the_epochs_loss_over_all_their_rows(tmp_path):
+    """Each process keeps the running loss of its own rows; the checkpoint holds their sum, and on
+    a resume only the main process takes it back. (progress.json used to hold the main process's
+    share, which every process took back: the resumed epoch's train_loss counted the main
+    process's rows twice and the others' not at all.)"""
+    from ensemble.checkpoint import Checkpoint, Progress, read_progress
+
+    class TwoProcesses:  # the main process of two, whose partner has the same running sums
+        num_processes, is_main_process, device = 2, True, "cpu"
+
+        def reduce(self, tensor, op):
+            assert op == "sum"
+            return tensor * 2
+
+        def wait_for_everyone(self):
+            pass
+
+        def save_state(self, path):
+            Path(path).mkdir(parents=True)
+
+    ckpt = Checkpoint(tmp_path / ".m.ckpt", "fp")
+    progress = Progress(fingerprint="fp", micro_batch_size=8, batches_done=3, loss_sum=3.5, seen=24)
+    ckpt.save(TwoProcesses(), progress, None)
+    assert (progress.loss_sum, progress.seen, progress.slot) == (3.5, 24, 0)  # this process goes on with its own
+    assert (read_progress(ckpt.root).loss_sum, read_progress(ckpt.root).seen) == (7.0, 48)
+    assert (ckpt.load().loss_sum, ckpt.load().seen) == (7.0, 48)
+    assert (ckpt.load(main=False).loss_sum, ckpt.load(main=False).seen, ckpt.load(main=False).batches_done) == (0.0, 0, 3)

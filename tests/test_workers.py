@@ -226,8 +226,14 @@ def write_recipe(tmp: Path, extra: str = "", broken: bool = False) -> Path:
         labels = sorted_labels([row.rsplit(",", 1)[1] for row in ROWS])
         model, tokenizer = build_member(MemberConfig("x", init="scratch", arch="bert", size="tiny",
                                                      train=TrainConfig()), labels, [r.rsplit(",", 1)[0] for r in ROWS])
-        with torch.no_grad():  # a corrupt checkpoint: every forward pass is NaN from the first batch
-            model.bert.embeddings.LayerNorm.weight[0] = float("nan")
+        from ensemble.integrity import PROBE
+
+        # a corrupt checkpoint that passes the load-time check (`integrity.probe`, whose tokens
+        # are kept finite) yet gives NaN on every training batch: NaN embeddings for other tokens
+        kept = {i for text in (PROBE, "a") for i in tokenizer(text)["input_ids"]} | set(tokenizer.all_special_ids)
+        embeddings = model.bert.embeddings.word_embeddings.weight
+        with torch.no_grad():
+            embeddings[[i for i in range(embeddings.shape[0]) if i not in kept]] = float("nan")
         model.save_pretrained(tmp / "nan-model")
         tokenizer.save_pretrained(tmp / "nan-model")
         body += f'[[members]]\nname = "broken"\nmodel = "{tmp / "nan-model"}"\n'

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -70,13 +70,17 @@ class Checkpoint:
         self.fingerprint = fingerprint
         self._log = None  # log.jsonl, opened once: it is written every optimizer step
 
-    def load(self) -> Progress | None:
-        """The saved progress, or None if there is none or it belongs to another recipe."""
+    def load(self, main: bool = True) -> Progress | None:
+        """The saved progress, or None if there is none or it belongs to another recipe. The
+        epoch's running loss in it covers every process's rows: a process other than the `main`
+        one gets zero instead, so that the sum over processes counts each row once."""
         progress = read_progress(self.root)
         if progress is None:
             return None
         if progress.fingerprint != self.fingerprint or not self.slot_dir(progress.slot).is_dir():
             return None
+        if not main:
+            progress.loss_sum, progress.seen = 0.0, 0
         return progress
 
     def slot_dir(self, slot: int) -> Path:
@@ -89,6 +93,13 @@ class Checkpoint:
 
         slot = 1 - progress.slot if progress.slot in (0, 1) else 0
         target = self.slot_dir(slot)
+        written = progress
+        if accelerator.num_processes > 1:
+            # the epoch's running loss over every process's rows: the main process alone takes
+            # it back on a resume (`load`), the others start from zero
+            sums = accelerator.reduce(torch.tensor([progress.loss_sum, float(progress.seen)], dtype=torch.float64,
+                                                   device=accelerator.device), "sum").tolist()
+            written = replace(progress, loss_sum=sums[0], seen=int(sums[1]))
         if accelerator.is_main_process:
             shutil.rmtree(target, ignore_errors=True)
         accelerator.wait_for_everyone()
@@ -98,9 +109,9 @@ class Checkpoint:
                 save_file({k: v.contiguous() for k, v in best_state.items()}, str(target / BEST))
             if best_logits is not None:
                 save_file({"logits": best_logits.contiguous()}, str(target / BEST_LOGITS))
-            progress.slot = slot
+            progress.slot = written.slot = slot
             tmp = self.root / f".{PROGRESS}.tmp"
-            tmp.write_text(json.dumps(asdict(progress)), encoding="utf-8")
+            tmp.write_text(json.dumps(asdict(written)), encoding="utf-8")
             os.replace(tmp, self.root / PROGRESS)
         accelerator.wait_for_everyone()
 

@@ -471,5 +471,6 @@ def _bug(exc: BaseException, debug: bool) -> None:
     """A bug in this library, not the user's input: one line and exit 1 (the traceback under --debug)."""
     if debug:
         raise exc
-    typer.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+    line = (str(exc).strip().splitlines() or [""])[0]  # one line: some libraries' messages run to a dozen
+    typer.echo(f"internal error: {type(exc).__name__}: {line} (rerun with --debug for the traceback)", err=True)
     sys.exit(1)

@@ -3,7 +3,8 @@ do not belong together or do not work, before they cost memory or fail mid-predi
 
 `ensemble.members.load_member` calls these: `json_object` / `json_section` for the JSON files,
 `check_size` before the model is built, `probe` once it is (a short input through the tokenizer
-and the model).
+and the model). `ensemble.members.build_member` calls `adopt_head` and `probe` on a pretrained
+checkpoint before training from it.
 """
 
 from __future__ import annotations
@@ -105,12 +106,13 @@ def _stderr_silenced():
         os.close(saved)
 
 
-def probe(tokenizer, model: nn.Module, classes: int, text_pair: bool, max_length: int, where: str) -> None:
+def probe(tokenizer, model: nn.Module, classes: int, text_pair: bool, max_length: int, where: str,
+          fix: str = "recopy or retrain the member") -> None:
     """Encode `PROBE` and run the model on it once at load time (milliseconds), so that a
     directory whose files parse but do not work fails here, named, not in the middle of a
     prediction: a tokenizer.json that cannot encode (the Rust library panics, e.g. on a
     vocabulary without its unknown token), a config.json the weights load under but the forward
-    pass rejects (e.g. a negative head count).
+    pass rejects (e.g. a negative head count), weights that give NaN. `fix` ends each message.
 
     Example:
         >>> m = load_member("runs/demo/members/bert")  # load_member probes; by hand:  # doctest: +SKIP
@@ -125,17 +127,72 @@ def probe(tokenizer, model: nn.Module, classes: int, text_pair: bool, max_length
         raise
     except BaseException as exc:  # noqa: BLE001 - tokenizers' PanicException derives from BaseException
         raise EnsembleError(f"{where}: its tokenizer cannot encode text ({type(exc).__name__}: {first_line(exc)}); "
-                            "tokenizer.json may be damaged: recopy or retrain the member") from None
+                            f"tokenizer.json may be damaged: {fix}") from None
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
         raise EnsembleError(f"{where}: its tokenizer has {len(tokenizer)} tokens but the model embeds {rows}; "
-                            "tokenizer files and weights do not belong together: recopy or retrain the member")
+                            f"tokenizer files and weights do not belong together: {fix}")
     try:
         with torch.inference_mode():
-            shape = tuple(model(**batch).logits.shape)
+            logits = model(**batch).logits
     except Exception as exc:  # noqa: BLE001 - any failure on a 16-token input is the directory's
         raise EnsembleError(f"{where}: the model fails on a short input ({type(exc).__name__}: {first_line(exc)}); "
-                            "config.json may not match the weights: recopy or retrain the member") from None
+                            f"config.json may not match the weights: {fix}") from None
+    shape = tuple(logits.shape)
     if shape != (2, classes):
         raise EnsembleError(f"{where}: the model outputs {shape[-1]} scores per row but config.json names {classes} "
-                            "labels (id2label); recopy or retrain the member")
+                            f"labels (id2label); {fix}")
+    if not torch.isfinite(logits).all():
+        raise EnsembleError(f"{where}: its weights give NaN or infinite scores (model.safetensors is damaged); {fix}")
+
+
+def adopt_head(model: nn.Module, info: dict, own, labels: list[str], where: str) -> None:
+    """Check what a pretrained checkpoint gave the model, and make its head answer for `labels`.
+
+    Encoder weights the checkpoint lacks or holds in another shape would train from random values
+    (transformers only logs it): refused. A head of the right size is kept when it was trained on
+    the same label names, its rows put in `labels` order (a sentiment model's head for
+    positive/negative keeps what it learned); for other names it is initialised afresh, as
+    transformers does for a head of another size, rather than reused by position.
+
+    Example:
+        >>> model, info = AutoModelForSequenceClassification.from_pretrained(
+        ...     path, config=config, ignore_mismatched_sizes=True, output_loading_info=True)  # doctest: +SKIP
+        >>> adopt_head(model, info, AutoConfig.from_pretrained(path), ["neg", "pos"], "members[m]")  # doctest: +SKIP
+    """
+    prefix = f"{model.base_model_prefix}."
+
+    def is_head(key: str) -> bool:
+        return not key.startswith(prefix) or ".pooler." in key  # the pooler is trained with the head
+
+    mismatched = [entry[0] if isinstance(entry, (tuple, list)) else entry for entry in info.get("mismatched_keys") or ()]
+    broken = sorted(key for key in [*(info.get("missing_keys") or ()), *mismatched] if not is_head(key))
+    if broken:
+        raise EnsembleError(f"{where}: its weights lack or mis-shape {len(broken)} encoder tensors "
+                            f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}), which would train from "
+                            "random values; the weights do not match its config.json: fix or replace the checkpoint")
+    fresh = {key for key in [*(info.get("missing_keys") or ()), *mismatched] if is_head(key)}
+    head = {name: module for name, module in model.named_modules()
+            if name and not name.startswith(prefix) and not list(module.children())}
+    if any(any(key.startswith(f"{name}.") for key in fresh) for name in head):
+        return  # transformers initialised the head afresh: the checkpoint had none of this size
+    names = [own.id2label.get(i, own.id2label.get(str(i), "")) for i in range(own.num_labels)] if own.id2label else []
+    if names == labels:
+        return
+    last = [module for module in head.values() if isinstance(module, nn.Linear) and module.out_features == len(labels)]
+    with torch.no_grad():
+        if sorted(names) == sorted(labels) and last:
+            order = torch.tensor([names.index(label) for label in labels])
+            last[-1].weight.copy_(last[-1].weight[order])
+            if last[-1].bias is not None:
+                last[-1].bias.copy_(last[-1].bias[order])
+            return
+        std = getattr(model.config, "initializer_range", 0.02)
+        for module in head.values():
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()

@@ -20,7 +20,7 @@ from torch import nn
 
 from .data import TextDataset
 from .errors import EnsembleError
-from .integrity import check_size, first_line, json_object, json_section, probe
+from .integrity import adopt_head, check_size, first_line, json_object, json_section, probe
 from .recipe import ARCHES, MemberConfig
 from .scratch import SIZES, scratch_config, train_tokenizer
 
@@ -86,16 +86,34 @@ def build_member(cfg: MemberConfig, labels: list[str], texts: Iterable[str]) -> 
         model = AutoModelForSequenceClassification.from_config(config)
         return model, tokenizer
     source = cfg.model
+    where = f"members[{cfg.name}].model: '{source}'"
+    local = Path(source).expanduser()
+    if local.is_dir() and not any(local.glob("model*.safetensors")) and any(local.glob("pytorch_model*.bin")):
+        raise EnsembleError(f"{where}: holds pickle weights only (pytorch_model.bin), and only safetensors are "
+                            "loaded; convert it: AutoModel.from_pretrained(DIR).save_pretrained(DIR) writes model.safetensors")
+    from safetensors import SafetensorError
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        own = AutoConfig.from_pretrained(source, trust_remote_code=False)  # the checkpoint's own labels
         config = AutoConfig.from_pretrained(source, num_labels=len(labels), id2label=id2label,
                                             label2id=label2id, trust_remote_code=False, **extra, **dropout)
         _head_dropout(config, cfg.train.dropout)
-        # A checkpoint may already carry a head for other labels: replace it, never reuse it.
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, config=config, ignore_mismatched_sizes=True, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise EnsembleError(f"members[{cfg.name}].model: cannot load '{source}': {first_line(exc)}") from None
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            source, config=config, ignore_mismatched_sizes=True, trust_remote_code=False, use_safetensors=True,
+            output_loading_info=True)
+    except SafetensorError as exc:
+        raise EnsembleError(f"{where}: its safetensors weights are corrupt ({first_line(exc)}); download or copy them again") from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parser's failure on these files is the checkpoint's problem
+        raise EnsembleError(f"{where}: cannot load: {first_line(exc)}") from None
+    adopt_head(model, info, own, labels, where)
+    if tokenizer.pad_token_id is None:
+        raise EnsembleError(f"{where}: its tokenizer has no padding token (tokenizer_config.json: pad_token); "
+                            "give the checkpoint one, e.g. tokenizer.pad_token = tokenizer.unk_token, then save_pretrained")
+    probe(tokenizer, model, len(labels), False, min(16, cfg.train.max_length), where,
+          fix="fix or replace the checkpoint")
     return model, tokenizer
 
 
@@ -204,6 +222,10 @@ def load_member(path: str | Path, name: str | None = None, weights: bool = True)
     labels = [id2label.get(str(i), id2label.get(i, "")) for i in range(len(id2label))]
     if not labels or any(not isinstance(label, str) or not label for label in labels):
         raise EnsembleError(f"{where}: config.json has no usable id2label; the member must carry its label names")
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise EnsembleError(f"{where}: config.json's id2label names {', '.join(map(repr, twice))} more than once; "
+                            "each output needs its own label name: fix id2label (and label2id)")
     recipe = json_object(path / RECIPE_FILE, where) if (path / RECIPE_FILE).is_file() else {}
     train = json_section(json_section(recipe, "member", where, RECIPE_FILE), "train", where, RECIPE_FILE, "member.")
     text_pair = bool(json_section(recipe, "data", where, RECIPE_FILE).get("text_pair"))
@@ -222,7 +244,8 @@ def load_member(path: str | Path, name: str | None = None, weights: bool = True)
         check_size(config, path, where)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            path, trust_remote_code=False, use_safetensors=True, output_loading_info=True)
+            path, trust_remote_code=False, use_safetensors=True, output_loading_info=True,
+            ignore_mismatched_sizes=True)  # reported below, by name, rather than as transformers' exception
     except SafetensorError as exc:
         raise EnsembleError(f"{where}: model.safetensors is corrupt ({first_line(exc)}); retrain or recopy the member") from None
     except EnsembleError:
@@ -230,12 +253,17 @@ def load_member(path: str | Path, name: str | None = None, weights: bool = True)
     except Exception as exc:  # noqa: BLE001 - any parser's failure on these files is the directory's problem
         raise EnsembleError(f"{where}: cannot load: {type(exc).__name__}: {first_line(exc)}") from None
     # A trained member's weights and config.json match tensor for tensor; transformers would only warn.
-    odd = {kind: sorted(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    def described(entry) -> str:  # a mismatched key comes as (name, shape in the file, shape config.json gives)
+        if isinstance(entry, (tuple, list)) and len(entry) == 3:
+            return f"{entry[0]} of shape {list(entry[1])} in the file, {list(entry[2])} by config.json"
+        return str(entry)
+
+    odd = {kind: sorted(map(described, info.get(kind) or [])) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     odd = {kind: keys for kind, keys in odd.items() if keys}
     if odd:
         kind, keys = next(iter(odd.items()))
         raise EnsembleError(f"{where}: model.safetensors does not match config.json ({kind.replace('_', ' ')}: "
-                            f"{', '.join(map(str, keys[:3]))}{', ...' if len(keys) > 3 else ''}); recopy or retrain the member")
+                            f"{'; '.join(keys[:3])}{'; ...' if len(keys) > 3 else ''}); recopy or retrain the member")
     model.eval()
     if tokenizer.pad_token_id is None:
         raise EnsembleError(f"{where}: its tokenizer has no padding token (tokenizer_config.json: pad_token); "
@@ -264,18 +292,51 @@ def saved_recipe(member_dir: str | Path | None) -> dict:
     return recipe if isinstance(recipe, dict) else {}
 
 
+def drop_remote_code(member_dir: Path) -> None:
+    """Remove `auto_map` (custom code to import) that a base checkpoint's config.json or
+    tokenizer_config.json carried into a trained member: the member is a plain architecture, its
+    code files are not copied, and with trust_remote_code=True transformers would look for them."""
+    for name in ("config.json", "tokenizer_config.json"):
+        path = Path(member_dir) / name
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.pop("auto_map", None) is not None:
+            path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def save_valid_logits(path: Path, logits: torch.Tensor, valid: TextDataset, labels: list[str], precision: str) -> None:
-    """Write the best epoch's validation logits with what they are valid for (rows, labels)."""
+    """Write the best epoch's validation logits with what they are valid for (rows, labels, and
+    the weights beside them: call it after those are saved)."""
     from safetensors.torch import save_file
 
     save_file({"logits": logits.contiguous()}, str(path), metadata={
-        "rows": valid.fingerprint(), "labels": json.dumps(labels), "mixed_precision": precision})
+        "rows": valid.fingerprint(), "labels": json.dumps(labels), "mixed_precision": precision,
+        "weights": weights_digest(path.parent)})
+
+
+def weights_digest(member_dir: Path) -> str:
+    """sha256 over a member's safetensors weight files: recorded validation logits are reused only
+    with the weights that made them (a later save_pretrained into the directory changes them).
+
+    Example:
+        >>> len(weights_digest(Path("runs/none")))
+        64
+    """
+    digest = hashlib.sha256()
+    for path in sorted(Path(member_dir).glob("model*.safetensors")):
+        digest.update(path.name.encode())
+        with path.open("rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
 
 
 def recorded_valid_logits(member_dir: Path, valid: TextDataset, labels: list[str],
                           rows: str | None = None) -> np.ndarray | None:
     """The validation logits a member recorded at its best epoch, columns in `labels` order, if
-    they are for exactly these rows; else None (then the vote runs the member). `rows` may pass
+    they are for exactly these rows and the weights now in the directory; else None (then the
+    vote runs the member). `rows` may pass
     ``valid.fingerprint()`` when checking several members against the same rows."""
     from safetensors import SafetensorError, safe_open
 
@@ -283,7 +344,7 @@ def recorded_valid_logits(member_dir: Path, valid: TextDataset, labels: list[str
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-            if meta.get("rows") != (rows or valid.fingerprint()):
+            if meta.get("rows") != (rows or valid.fingerprint()) or meta.get("weights") != weights_digest(path.parent):
                 return None
             saved = json.loads(meta.get("labels", "[]"))
             logits = f.get_tensor("logits").float().numpy()

@@ -41,10 +41,12 @@ def _fused_supported(params: list) -> bool:
         p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params)
 
 
-def make_scheduler(optimizer, t: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(optimizer, t: TrainConfig, steps_per_epoch: int, ticks_per_step: int = 1) -> torch.optim.lr_scheduler.LambdaLR:
     """Learning-rate multiplier per optimizer step: linear warmup, then the recipe's shape.
 
     `step` and `exponential` change the rate once per epoch (every `step_size` epochs for step).
+    `ticks_per_step`: how often the scheduler is stepped per optimizer step (Accelerate steps a
+    prepared one once per process), so that any number of processes follows one schedule.
 
     Example:
         >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
@@ -55,7 +57,8 @@ def make_scheduler(optimizer, t: TrainConfig, steps_per_epoch: int) -> torch.opt
     total = max(1, steps_per_epoch * t.epochs)
     warmup = int(round(t.warmup_ratio * total))
 
-    def factor(step: int) -> float:
+    def factor(tick: int) -> float:
+        step = tick // ticks_per_step
         if step < warmup:
             return (step + 1) / warmup
         epoch = step // steps_per_epoch

@@ -16,7 +16,7 @@ from .devices import check_mixed_precision, warn_emulated_bf16
 from .errors import EnsembleError
 from .integrity import first_line
 from .members import _quiet_transformers, positions
-from .recipe import MemberConfig, is_local
+from .recipe import ARCHES, MemberConfig, is_local
 from .scratch import MAX_POSITIONS, SIZES
 
 SCRATCH_HINT = "run with --scratch tiny to train tiny scratch models of the same architectures instead"
@@ -51,6 +51,7 @@ def _preflight(members: list[MemberConfig], offline_hint: str) -> None:
         check_mixed_precision(m)
         check_trackers(m)
         if m.init == "scratch":
+            _check_arch(m, m.arch)
             _check_fits(m, MAX_POSITIONS, SIZES[m.size][0])
             continue
         path = Path(m.model).expanduser()
@@ -82,8 +83,23 @@ def _preflight(members: list[MemberConfig], offline_hint: str) -> None:
 
 
 def _check_config(m: MemberConfig, config) -> None:
+    _check_arch(m, getattr(config, "model_type", None))
     depth = getattr(config, "num_hidden_layers", None)
     _check_fits(m, positions(config), depth if isinstance(depth, int) else None)
+
+
+def _check_arch(m: MemberConfig, model_type: str | None) -> None:
+    """A model type the members' loader accepts (checked before training, not after), and
+    activation checkpointing only where transformers has it (not ALBERT)."""
+    if model_type not in ARCHES:
+        raise EnsembleError(f"members[{m.name}].model: '{m.model}' is a {model_type!r} model; supported: {', '.join(ARCHES)}")
+    if m.train.gradient_checkpointing:
+        import transformers
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as classes
+
+        if not getattr(getattr(transformers, classes[model_type]), "supports_gradient_checkpointing", False):
+            raise EnsembleError(f"members[{m.name}].gradient_checkpointing: transformers has no activation "
+                                f"checkpointing for {model_type} models; set it to false for this member")
 
 
 def _check_fits(m: MemberConfig, limit: int | None, depth: int | None) -> None:

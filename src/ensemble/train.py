@@ -33,8 +33,8 @@ from .data import TextDataset
 from .devices import check_mixed_precision
 from .errors import EnsembleError
 from .firsttoken import switch as switch_first_token
-from .members import (METRICS_FILE, RECIPE_FILE, VALID_LOGITS, build_member, checkpoint_activations, freeze, parameter_count,
-                      save_valid_logits)
+from .members import (METRICS_FILE, RECIPE_FILE, VALID_LOGITS, build_member, checkpoint_activations, drop_remote_code,
+                      freeze, parameter_count, save_valid_logits)
 from .optim import make_optimizer, make_scheduler
 from .recipe import DataConfig, MemberConfig, recipe_dict
 from .report import classification_metrics
@@ -91,23 +91,36 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
     taught = None if teacher is None else (teacher.temperature, teacher.hard_weight,
                                            hashlib.sha256(teacher.probs.astype(np.float32).tobytes()).hexdigest())
     ckpt = Checkpoint(checkpoint_dir(out_dir), member_fingerprint(cfg, labels, splits.rows, world, taught))
-    saved = ckpt.load() if resume else None
+    saved = ckpt.load(main=process_state().is_main_process) if resume else None
     if resume and saved is None and (other := read_progress(ckpt.root)) is not None:
         # a checkpoint of other settings, data or process count: say so, rather than start over unannounced
         if process_state().is_main_process:
             print(f"{cfg.name}: its checkpoint (epoch {other.epoch}, batch {other.batches_done}) was made with other "
                   "settings, data or number of processes; training it from the start")
         process_state().wait_for_everyone()
-    if saved is None:  # starting over: nothing of an older run (its step log, its trackers' logs) may mix in
+
+    def start_over() -> None:  # nothing of an older run or attempt (its step log, its trackers' logs) may mix in
         if process_state().is_main_process:
             ckpt.clear()
             if cfg.train.log_with:  # where its trackers write (`_train_loop`)
                 shutil.rmtree(out_dir.parent.parent / "logs" / cfg.name, ignore_errors=True)
+
+    if saved is None:
+        start_over()
         process_state().wait_for_everyone()
 
     def smaller(current: list[int]) -> int:
         # the next micro-batch that divides the per-process batch: the effective batch stays exact
+        old = current[0]
         current[0] = max([d for d in range(1, current[0]) if per_process % d == 0], default=0)
+        if current[0]:
+            # the attempt's steps are done again from the start: its log lines and checkpoints go
+            # (no barrier: another process may not have run out of memory)
+            start_over()
+            if process_state().is_main_process:
+                print(f"{cfg.name}: out of memory at micro-batch {old}; training again from the start with micro-batch "
+                      f"{current[0]} x {per_process // current[0]} accumulation steps (the effective batch stays "
+                      f"{t.batch_size})", flush=True)
         return current[0]
 
     micro = [saved.micro_batch_size if saved else per_process // t.grad_accum]
@@ -168,13 +181,17 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     valid_dl = DataLoader(numbered, sampler=by_length, batch_size=t.eval_batch_size, collate_fn=collate,
                           generator=torch.Generator(), pin_memory=cuda)
     accum = per_process // micro
-    # Accelerate steps a prepared scheduler once per process per optimizer step, so count its
-    # ticks over all processes' batches: the same schedule for any number of processes.
     optimizer = make_optimizer(model, t)
-    scheduler = make_scheduler(optimizer, t, math.ceil(len(train_dl) / accum))
     if t.compile:
         model = torch.compile(model, dynamic=True)
-    model, optimizer, train_dl, valid_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, valid_dl, scheduler)
+    model, optimizer, train_dl, valid_dl = accelerator.prepare(model, optimizer, train_dl, valid_dl)
+    # The schedule is sized by this process's optimizer steps (its share of the batches, the
+    # last one padded by Accelerate), and Accelerate steps a prepared scheduler once per process
+    # per optimizer step: one tick per process, so that any number of processes follows the
+    # one-process schedule (sizing it before `prepare`, by all processes' batches, let the epochs
+    # drift apart when the batches did not divide evenly).
+    scheduler = accelerator.prepare_scheduler(make_scheduler(optimizer.optimizer, t, math.ceil(len(train_dl) / accum),
+                                                             ticks_per_step=accelerator.num_processes))
     # one process on a CPU without a loss scaler: the clip rides along in the fused optimizer's read
     fold_clip = (accelerator.device.type == "cpu" and accelerator.num_processes == 1 and accelerator.scaler is None
                  and folds_clip(optimizer.optimizer))
@@ -245,29 +262,36 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
                 return
             values = torch.stack([p[2] for p in pending]).float().tolist()
             bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
-            if not _finite_everywhere(accelerator, values[bad] if bad is not None else 0.0):
-                batch_no, value = (pending[bad][0], values[bad]) if bad is not None else (pending[-1][0], "non-finite in another process")
-                # nothing of this epoch is saved: the checkpoint of the last good epoch (or step) stays
-                kept = (f"the last good checkpoint is kept in '{ckpt.root}'" if (ckpt.root / PROGRESS).is_file()
-                        else "no checkpoint was saved before it")
-                raise Diverged(f"members[{cfg.name}]: training loss became {value} at epoch {epoch}, batch {batch_no}; "
-                               f"lower lr (now {t.lr:g}) or set max_grad_norm (now {t.max_grad_norm:g}); {kept}")
             rate = 0.0
+            steps = []  # [step, lr, loss x rows, rows, samples/s] of each optimizer step completed here
             for (_, rows, _, used_lr, stepped), value in zip(pending, values):
                 state.loss_sum += value * rows
                 state.seen += rows
                 window[0] += value * rows
                 window[1] += rows
                 rate = (state.seen - seen_at_start) * accelerator.num_processes / max(time.perf_counter() - start, 1e-9)
-                if stepped is None:
-                    continue
-                step_loss = window[0] / window[1]
-                window[:] = [0.0, 0]
+                if stepped is not None:
+                    steps.append([stepped, used_lr, window[0], window[1], rate])
+                    window[:] = [0.0, 0]
+            # one exchange between processes: whether any loss is non-finite, and each step's loss x
+            # rows and rows, so that its logged loss is over all processes' rows (every process
+            # completes the same steps here)
+            everywhere = _over_processes(accelerator, [float(bad is not None)] + [x for s in steps for x in s[2:4]])
+            if everywhere[0]:
+                batch_no, value = (pending[bad][0], values[bad]) if bad is not None else (pending[-1][0], "non-finite in another process")
+                # nothing of this epoch is saved: the checkpoint of the last good epoch (or step) stays
+                kept = (f"the last good checkpoint is kept in '{ckpt.root}'" if (ckpt.root / PROGRESS).is_file()
+                        else "no checkpoint was saved before it")
+                raise Diverged(f"members[{cfg.name}]: training loss became {value} at epoch {epoch}, batch {batch_no}; "
+                               f"lower lr (now {t.lr:g}) or set max_grad_norm (now {t.max_grad_norm:g}); {kept}")
+            for i, s in enumerate(steps):
+                s[2:4] = everywhere[1 + 2 * i: 3 + 2 * i]
+            for stepped, used_lr, loss_rows, rows, step_rate in steps:
                 if main:
-                    ckpt.log({"event": "step", "epoch": epoch, "step": stepped, "loss": step_loss, "lr": used_lr,
-                              "samples_per_s": rate})
+                    ckpt.log({"event": "step", "epoch": epoch, "step": stepped, "loss": loss_rows / rows, "lr": used_lr,
+                              "samples_per_s": step_rate})
                 if t.log_with:
-                    accelerator.log({"train/loss": step_loss, "train/lr": used_lr}, step=stepped)
+                    accelerator.log({"train/loss": loss_rows / rows, "train/lr": used_lr}, step=stepped)
             bar.set_postfix(epoch=f"{epoch}/{t.epochs}", loss=f"{state.loss_sum / state.seen:.4f}", samples_s=f"{rate:.0f}",
                             refresh=False)  # drawn at the bar's own interval, not on every step
             bar.update(len(pending))
@@ -347,8 +371,10 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     bar.close()
     if sparse_rows is not None:
         sparse_rows.detach()
-    if t.log_with:
-        accelerator.end_training()
+    # the trackers only: `end_training` would also destroy the process group, which the saving
+    # below and the members after this one still need under torchrun
+    for tracker in accelerator.trackers:
+        tracker.finish()
 
     # save the best epoch as a standard Hugging Face directory, atomically
     unwrapped = accelerator.unwrap_model(model)
@@ -356,7 +382,8 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     history = state.history
     result = {"member": cfg.name, "best_metric": t.best_metric, "best_epoch": state.best_epoch,
               "best": history[state.best_epoch - 1], "history": history,
-              "truncated": {"train": train_set.truncated, "valid": valid_set.truncated, "max_length": t.max_length}}
+              "truncated": {"train": train_set.truncated, "valid": valid_set.truncated, "max_length": t.max_length},
+              "processes": accelerator.num_processes}
     accelerator.wait_for_everyone()
     if main:
         tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
@@ -364,6 +391,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
         try:
             unwrapped.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+            drop_remote_code(tmp)
             resolved = {"member": recipe_dict(cfg), "data": recipe_dict(data), "labels": labels, "rows": splits.rows}
             (tmp / RECIPE_FILE).write_text(json.dumps(resolved, indent=2), encoding="utf-8")
             (tmp / METRICS_FILE).write_text(json.dumps(result, indent=2), encoding="utf-8")
@@ -421,12 +449,12 @@ def _sync_every(device: torch.device) -> int:
     return 1 if device.type == "cpu" else 16
 
 
-def _finite_everywhere(accelerator, value: float) -> bool:
-    """Whether the loss is finite in every process: all must stop together, or the others hang."""
-    bad = not math.isfinite(value)
-    if accelerator.num_processes > 1:
-        bad = accelerator.reduce(torch.tensor([float(bad)], device=accelerator.device), "sum").item() > 0
-    return not bad
+def _over_processes(accelerator, values: list[float]) -> list[float]:
+    """`values` summed over the processes (one all-reduce; as they are in one process). A
+    non-finite loss must stop them all together, or the others hang."""
+    if accelerator.num_processes == 1:
+        return values
+    return accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), "sum").tolist()
 
 
 def use_cpu() -> bool:
@@ -472,11 +500,13 @@ def replace_dir(tmp: Path, final: Path) -> None:
 
     Its files get the permissions the user's umask gives new files: safetensors writes weights as
     0600 (its temporary file's mode), which would keep colleagues from loading a shared member.
+    Files hard-linked in from elsewhere (`Ensemble.save`, `vote`: a member's weights) keep theirs:
+    a mode belongs to the inode, so changing it would change the user's own input file.
     """
     umask = os.umask(0)
     os.umask(umask)
     for path in tmp.rglob("*"):
-        if path.is_file() and not path.is_symlink():
+        if path.is_file() and not path.is_symlink() and path.stat().st_nlink == 1:
             os.chmod(path, 0o666 & ~umask)
     final.parent.mkdir(parents=True, exist_ok=True)
     old = final.parent / f".{final.name}.old-{os.getpid()}"
