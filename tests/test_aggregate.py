@@ -705,10 +705,13 @@ def test_both_kernels_give_the_same_vote(monkeypatch, method, inputs, classes, l
     # Zen 4: probabilities as on AVX2, logits as on other AVX-512 CPUs
     (True, True, True, 5, 0), (True, True, True, 6, 8), (True, True, True, 12, 16), (True, True, True, 20, 32),
     (True, True, False, 12, 0), (True, True, False, 16, 0), (True, True, False, 17, 32),
+    # Zen 5: probabilities in the tiles up to 8 classes, then in the narrowest rows
+    (True, 5, True, 8, 0), (True, 5, True, 9, 16), (True, 5, True, 20, 32), (True, 5, False, 16, 0),
+    (True, 5, False, 17, 32),
 ])
 def test_row_width_follows_the_class_count_and_the_cpu(monkeypatch, avx512, zen, probs_in, classes, lanes):
     monkeypatch.setattr(kernels_cpu, "_avx512", lambda: avx512)
-    monkeypatch.setattr(kernels_cpu, "_zen", lambda: zen)
+    monkeypatch.setattr(kernels_cpu, "_zen", lambda: 4 if zen is True else int(zen))
     assert kernels_cpu.row_lanes(classes, probs_in) == lanes
 
 
