@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 import ensemble.ensemble as ensemble_mod
@@ -308,6 +309,11 @@ def test_fit_vote_saves_and_loads_to_the_same_vote(run, tmp_path, method):
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(a.scores.sum(axis=1), 1.0, atol=1e-5)
+    # the same logits as a torch tensor, fp32 or bf16, vote the same way (stacking used to refuse a tensor)
+    logits = ens.member_logits(TEXTS[:50])
+    np.testing.assert_array_equal(ens.vote_logits(torch.from_numpy(logits)).labels, a.labels)
+    rounded = ens.vote_logits(torch.from_numpy(logits).bfloat16())
+    np.testing.assert_array_equal(rounded.labels, ens.vote_logits(torch.from_numpy(logits).bfloat16().float().numpy()).labels)
 
 
 def test_weighted_and_selection_starve_a_member_that_is_always_wrong(run):

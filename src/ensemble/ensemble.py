@@ -345,8 +345,16 @@ class Ensemble:
             logits.append(recorded)
         return np.stack(logits)
 
-    def vote_logits(self, logits: np.ndarray, member_details: bool = True) -> Vote:
-        """Combine member logits (members, rows, classes) as this ensemble's method says."""
+    def vote_logits(self, logits, member_details: bool = True) -> Vote:
+        """Combine member logits (members, rows, classes; a NumPy array or a torch tensor of any
+        float dtype, members in this ensemble's order) as this ensemble's method says.
+
+        Example:
+            >>> ens.vote_logits(ens.member_logits(["a fine film"])).labels  # doctest: +SKIP
+            array([2])
+        """
+        if hasattr(logits, "detach") and self.method == "stacking":  # the stacker reads NumPy; aggregate takes either
+            logits = logits.detach().float().cpu().numpy()
         names = list(self.members)
         temps = [self.temperatures[n] for n in names]
         weights = [self.weights[n] for n in names]
