@@ -663,6 +663,39 @@ def test_tensorboard_tracker_gets_every_step_and_epoch(small_splits, tmp_path):
     assert logged == pytest.approx([h["accuracy"] for h in result["history"]])
 
 
+@pytest.mark.slow
+def test_tensorboard_shows_each_step_once_after_a_resume(monkeypatch, small_splits, tmp_path):
+    """A run interrupted at step 7 (checkpoint at step 4) and resumed: the steps after the
+    checkpoint are logged twice, and TensorBoard used to show both (`purge_step` hides the first)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    real, calls = train_mod.build_member, [0]
+
+    def interrupted(cfg, labels, texts):
+        model, tokenizer = real(cfg, labels, texts)
+
+        def pre(module, args, kwargs):
+            if module.training:
+                calls[0] += 1
+                if calls[0] == 7:
+                    raise KeyboardInterrupt
+
+        model.register_forward_pre_hook(pre, with_kwargs=True)
+        monkeypatch.setattr(train_mod, "build_member", real)  # the resumed run is not interrupted
+        return model, tokenizer
+
+    monkeypatch.setattr(train_mod, "build_member", interrupted)
+    cfg, out = member(epochs=2, log_with=("tensorboard",), checkpoint_every=4), tmp_path / "run" / "members" / "bert"
+    labels = sorted_labels(small_splits.train.labels)
+    with pytest.raises(KeyboardInterrupt):
+        train_member(cfg, small_splits, labels, DataConfig(train=DEMO / "train.csv"), out, progress=False)
+    result = train_member(cfg, small_splits, labels, DataConfig(train=DEMO / "train.csv"), out, progress=False, resume=True)
+    events = EventAccumulator(str(tmp_path / "run" / "logs" / "bert"))
+    events.Reload()
+    assert [s.step for s in events.Scalars("train/loss")] == list(range(1, 9))
+    assert [s.value for s in events.Scalars("valid/accuracy")] == pytest.approx([h["accuracy"] for h in result["history"]])
+
+
 # ---------------------------------------------------------------- recorded validation logits
 
 def test_recorded_valid_logits_are_the_saved_members_predictions(demo_splits, tmp_path):

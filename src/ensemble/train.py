@@ -196,7 +196,10 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     fold_clip = (accelerator.device.type == "cpu" and accelerator.num_processes == 1 and accelerator.scaler is None
                  and folds_clip(optimizer.optimizer))
     if t.log_with:
-        accelerator.init_trackers(cfg.name, config={k: str(v) for k, v in recipe_dict(t).items()})
+        # a resumed run logs again the steps after its checkpoint: TensorBoard hides what the
+        # interrupted run had logged from there on, rather than show those steps twice
+        redo = {"tensorboard": {"purge_step": saved.steps_done + 1}} if saved and saved.steps_done is not None else {}
+        accelerator.init_trackers(cfg.name, config={k: str(v) for k, v in recipe_dict(t).items()}, init_kwargs=redo)
 
     # resume, or start afresh
     state = saved or Progress(fingerprint=ckpt.fingerprint, micro_batch_size=micro)
