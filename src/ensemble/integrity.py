@@ -165,13 +165,15 @@ def adopt_head(model: nn.Module, info: dict, own, labels: list[str], where: str)
     def is_head(key: str) -> bool:
         return not key.startswith(prefix) or ".pooler." in key  # the pooler is trained with the head
 
-    mismatched = [entry[0] if isinstance(entry, (tuple, list)) else entry for entry in info.get("mismatched_keys") or ()]
-    broken = sorted(key for key in [*(info.get("missing_keys") or ()), *mismatched] if not is_head(key))
+    # what transformers initialised at random: keys missing from the file, or there in another shape
+    # (a mismatched key comes as (name, shape in the file, shape the config gives))
+    fresh = {*(info.get("missing_keys") or ()),
+             *(entry[0] if isinstance(entry, (tuple, list)) else entry for entry in info.get("mismatched_keys") or ())}
+    broken = sorted(key for key in fresh if not is_head(key))
     if broken:
         raise EnsembleError(f"{where}: its weights lack or mis-shape {len(broken)} encoder tensors "
                             f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}), which would train from "
                             "random values; the weights do not match its config.json: fix or replace the checkpoint")
-    fresh = {key for key in [*(info.get("missing_keys") or ()), *mismatched] if is_head(key)}
     head = {name: module for name, module in model.named_modules()
             if name and not name.startswith(prefix) and not list(module.children())}
     if any(any(key.startswith(f"{name}.") for key in fresh) for name in head):
