@@ -63,7 +63,7 @@ fi
 # STAGES picks and orders the stages. The default is what the next session lent a GPU should
 # measure first: the kernel sweep (relaxed atomics, unmeasured), the kernel tests on the GPU,
 # training MFU eager (pinned, non-blocking batches, unmeasured) and compiled, then the full voting
-# table and prediction. (Measured on 2026-12-04: README, Performance, On an H200.)
+# table and prediction. (Measured on 2026-12-04: benchmarks/RESULTS.md, On an H200.)
 STAGES=${STAGES:-env sweep tests-short mfu mfu-compile aggregate predict}
 for name in $STAGES; do
     if [[ $SMOKE == 1 ]]; then

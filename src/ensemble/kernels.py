@@ -319,7 +319,7 @@ class Launch(NamedTuple):
 
 def _launch(members: int, classes: int) -> Launch:
     """The launch for a (members, rows, classes) vote, as measured on an H200
-    (``benchmarks/aggregate.py --sweep``, 10M rows, soft votes; README *Performance*).
+    (``benchmarks/aggregate.py --sweep``, 10M rows, soft votes; benchmarks/RESULTS.md, On an H200).
 
     3-8 classes go to the rows kernel, 64 rows (two warps) per program: 8 x 5 bf16 3.6G rows/s
     against 3.2G for the tile kernel, 16 x 5 bf16 1.3G against 1.0G. At 2 classes the tile kernel
