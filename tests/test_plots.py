@@ -109,7 +109,7 @@ def test_many_classes_and_members_stay_readable_sizes(tmp_path):
                            tmp_path / "many")
     assert list(wide) == ALL[:2] and list(many) == ALL
     _, width = check_png(tmp_path / "wide" / wide["confusion"])
-    assert width >= 1200  # 20 x 20 cells need room: about 30 pixels a cell
+    assert width >= 700  # 20 x 20 cells need room: about 30 pixels a cell, beside the tick labels
     for key in many:
         check_png(tmp_path / "many" / many[key])
 
@@ -155,3 +155,66 @@ def test_importing_the_report_modules_does_not_import_matplotlib():
 
 def test_docstring_examples():
     assert doctest.testmod(plots_module).failed == 0
+
+
+def _texts(labels) -> list[str]:
+    return [label.get_text() for label in labels]
+
+
+def test_names_that_differ_only_at_the_end_stay_apart_on_every_plot():
+    names = [f"roberta_large_lr2e-5_seed{i}" for i in range(3)]
+    labels = ["sentiment_negative_strong", "sentiment_negative_weak", "positive"]
+    data = report(names=names, labels=labels)
+    agreement = plots_module._agreement(data).axes[0]
+    for ticks in (agreement.get_xticklabels(), agreement.get_yticklabels()):
+        assert len(set(_texts(ticks))) == 3 and all(t.endswith(f"seed{i}") for i, t in enumerate(_texts(ticks)))
+    assert agreement.get_xticklabels()[0].get_rotation() == 90  # long names never run into each other
+    confusion = plots_module._confusion(data).axes[0]
+    assert _texts(confusion.get_yticklabels()) == ["sentimen…ve_strong", "sentimen…tive_weak", "positive"]
+    legend = plots_module._training(data).legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == plots_module._distinct(names)
+    assert len(set(plots_module._distinct(names))) == 3
+
+
+def test_long_label_names_widen_the_confusion_panels_instead_of_squeezing_the_cells():
+    short = plots_module._confusion(report(labels=["a", "b", "c"]))
+    long = plots_module._confusion(report(labels=["x" * 17 + "a", "x" * 17 + "b", "c"]))
+    assert long.get_figwidth() > short.get_figwidth() + 1.0
+
+
+def test_plots_say_which_split_and_rows_they_show():
+    data = report()
+    assert "on test, 40 rows" in plots_module._agreement(data).axes[0].get_title()
+    assert "on test, 40 rows" in plots_module._confusion(data).get_suptitle()
+    assert "on test, 40 rows" in plots_module._coverage(data).axes[0].get_title()
+    # With abstention on, the ensemble's matrix counts every row: its panel says so.
+    titles = [ax.get_title() for ax in plots_module._confusion(data).axes if ax.get_title()]
+    assert "before abstention" in titles[-1] and "before abstention" not in titles[0]
+
+
+def test_agreement_heatmap_tells_near_agreement_from_full_agreement():
+    data = report(members=3)
+    data["agreement"]["pairwise"]["member0"]["member1"] = data["agreement"]["pairwise"]["member1"]["member0"] = 0.9967
+    texts = [t.get_text() for t in plots_module._agreement(data).axes[0].texts]
+    assert "0.997" in texts and "1.00" not in texts and "1.000" not in texts  # diagonal left blank
+    assert len(texts) == 6
+
+
+@pytest.mark.parametrize("accuracies, span", [((0.9848, 0.985), 0.05), ((0.6, 0.9), 0.3)])
+def test_coverage_axis_never_blows_a_few_rows_up_into_a_cliff(accuracies, span):
+    data = report()
+    low, high = accuracies
+    data["abstention"]["curve"] = [{"threshold": 0.1, "coverage": 1.0, "accuracy": low},
+                                   {"threshold": 0.9, "coverage": 0.5, "accuracy": high}]
+    ax = plots_module._coverage(data).axes[0]
+    bottom, top = ax.get_ylim()
+    assert top - bottom >= span and bottom <= low and top >= high
+    assert any("answering every row (%.3f)" % low in t.get_text() for t in ax.get_legend().get_texts())
+
+
+def test_a_plot_this_report_has_no_data_for_is_removed_not_left_stale(tmp_path):
+    write_plots(report(members=3), tmp_path)
+    assert (tmp_path / "plots" / "agreement.png").exists()
+    written = write_plots(report(members=1), tmp_path)  # one member: no agreement to draw
+    assert "agreement" not in written and not (tmp_path / "plots" / "agreement.png").exists()
+    assert (tmp_path / "plots" / "confusion.png").exists()

@@ -27,6 +27,7 @@ __all__ = ["write_plots"]
 _DPI = 100
 _LABEL_WIDTH = 18  # characters of a class or member name shown on an axis or in a legend
 _MAX_ANNOTATED = 30  # classes beyond this make per-cell numbers unreadable: colour only
+_MIN_SPAN = 0.05  # the least accuracy range the coverage plot's axis shows
 _PAGE_WIDTH = 16.0  # inches a multi-panel figure may grow to before wrapping into rows
 _CURVES = (("train_loss", "train loss"), ("valid_loss", "valid loss"),
            ("accuracy", "valid accuracy"))
@@ -37,7 +38,8 @@ def write_plots(report: dict, out_dir: str | os.PathLike) -> dict[str, str]:
 
     Returns ``{key: "plots/<key>.png"}`` for the plots written, in a fixed order: ``confusion``,
     ``agreement``, ``training``, ``coverage``. Paths are relative to ``out_dir``, as the report
-    pages link them. The same report gives the same bytes.
+    pages link them. The same report gives the same bytes. A plot of an earlier report in the
+    same folder that this one has no data for is removed, so ``plots/`` never shows a stale figure.
 
     Example:
         >>> import tempfile
@@ -65,6 +67,8 @@ def write_plots(report: dict, out_dir: str | os.PathLike) -> dict[str, str]:
             if figure is not None:
                 _save(figure, out / f"{key}.png")
                 written[key] = f"plots/{key}.png"
+            else:
+                (out / f"{key}.png").unlink(missing_ok=True)
     return written
 
 
@@ -76,15 +80,21 @@ def _confusion(report: dict) -> Figure | None:
     import numpy as np
     from matplotlib.figure import Figure
 
-    labels = [_short(label) for label in report.get("labels") or []]
+    labels = _distinct(report.get("labels") or [])
     k = len(labels)
     entries = [(str(name), entry) for name, entry in (report.get("members") or {}).items()]
     entries.append(("ensemble", report.get("ensemble") or {}))
     panels = [(name, entry) for name, entry in entries if _is_square(entry.get("confusion"), k)]
     if not panels or k == 0:
         return None
+    abstention = report.get("abstention")
+    abstaining = isinstance(abstention, dict) and abstention.get("threshold") is not None
 
-    side = 1.7 + 0.3 * k  # inches per panel: room for the tick labels plus a readable cell
+    font = 8 if k <= 10 else 6 if k <= 20 else 5
+    # Inches per panel: the cells (0.3 inch a class) plus room for the longest tick label (about
+    # 0.6 of the font size a character), so long label names do not squeeze the matrix.
+    ticks = (font + 1) / 72 * 0.6 * max(map(len, labels))
+    side = 1.2 + 0.3 * k + max(0.5, ticks)
     columns = max(1, min(len(panels), 4, int(_PAGE_WIDTH // side)))
     rows = math.ceil(len(panels) / columns)
     # A little short rather than tall: "compressed" then closes the gaps between panels and the
@@ -92,7 +102,6 @@ def _confusion(report: dict) -> Figure | None:
     height = rows * side + 0.6
     figure = Figure(figsize=(columns * side + 1.0, height), layout="compressed")
     axes = figure.subplots(rows, columns, squeeze=False)
-    font = 8 if k <= 10 else 6 if k <= 20 else 5
     rotate = k > 6 or max(map(len, labels)) > 5
     image = None
     for ax, (name, entry) in zip(axes.flat, panels):
@@ -111,6 +120,8 @@ def _confusion(report: dict) -> Figure | None:
         accuracy = _number(entry.get("accuracy"))
         title = _short(name, 2 * _LABEL_WIDTH)
         title += "" if accuracy is None else f"\naccuracy {accuracy:.3f}"
+        if name == "ensemble" and abstaining:
+            title += "\n(every row, before abstention)"
         ax.set_title(title, fontsize=10, fontweight="bold" if name == "ensemble" else "normal")
     for ax in axes.flat[len(panels):]:
         ax.set_axis_off()
@@ -119,6 +130,7 @@ def _confusion(report: dict) -> Figure | None:
         "location": "top", "shrink": min(0.5, 6.0 / (columns * side)), "aspect": 30,
         "pad": 0.2 / height}  # pad is a share of the figure's height: keep it to 0.2 inch
     figure.colorbar(image, ax=axes, label="share of gold row", **placement)
+    figure.suptitle(f"Confusion matrices{_on_split(report)}", fontsize=11)
     return figure
 
 
@@ -136,8 +148,11 @@ def _agreement(report: dict) -> Figure | None:
     off_diagonal = shares[~np.eye(len(names), dtype=bool)]
     if np.isnan(off_diagonal).all():
         return None
-    # Members mostly agree (0.8-0.95); a colour scale from 0 would paint them all alike.
+    # Members mostly agree (0.8-0.95); a colour scale from 0 would paint them all alike. The
+    # diagonal (a member with itself, 1 by definition) is left blank so that it does not read as
+    # a pair in full agreement.
     low = min(0.9, math.floor(float(np.nanmin(off_diagonal)) * 10) / 10)
+    shares[np.eye(len(names), dtype=bool)] = np.nan
     side = 2.6 + 0.5 * len(names)
     figure = Figure(figsize=(side + 1.2, side), layout="constrained")
     ax = figure.subplots()
@@ -146,12 +161,15 @@ def _agreement(report: dict) -> Figure | None:
     for (i, j), share in np.ndenumerate(shares):
         if not math.isnan(share):
             dark = share < low + 0.6 * (1.0 - low)  # viridis is dark at the low end
-            ax.text(j, i, f"{share:.2f}", ha="center", va="center", fontsize=font,
+            # 3 decimals: 0.9967 must not read as the 1.00 of two members that always agree
+            ax.text(j, i, f"{share:.3f}", ha="center", va="center", fontsize=font,
                     color="white" if dark else "black")
-    ticks = [_short(name) for name in names]
-    ax.set_xticks(range(len(names)), ticks, rotation=90 if len(names) > 4 else 0, fontsize=font)
+    ticks = _distinct(names)
+    # Upright only while short names fit side by side under their cells.
+    upright = len(names) <= 4 and max(map(len, ticks)) <= 7
+    ax.set_xticks(range(len(names)), ticks, rotation=0 if upright else 90, fontsize=font)
     ax.set_yticks(range(len(names)), ticks, fontsize=font)
-    ax.set_title("Pairwise agreement", fontsize=11)
+    ax.set_title(f"Pairwise agreement{_on_split(report)}", fontsize=11)
     figure.colorbar(image, ax=ax, shrink=0.8, label="share of rows predicted alike")
     return figure
 
@@ -183,6 +201,7 @@ def _training(report: dict) -> Figure | None:
         return None
 
     styles = _member_styles(names)
+    legend = dict(zip(names, _distinct(names)))
     columns = min(4, len(names))
     legend_rows = math.ceil(len(names) / columns)
     figure = Figure(figsize=(4.2 * len(panels), 3.4 + 0.25 * legend_rows), layout="constrained")
@@ -202,7 +221,7 @@ def _training(report: dict) -> Figure | None:
     plotted = {name for _, lines in panels for name, _, _ in lines}
     drawn = [name for name in names if name in plotted]
     handles = [Line2D([], [], marker="o", markersize=3, **styles[name]) for name in drawn]
-    figure.legend(handles, [_legend_label(name) for name in drawn], loc="outside lower center",
+    figure.legend(handles, [_legend_label(legend[name]) for name in drawn], loc="outside lower center",
                   ncols=min(4, len(drawn)), fontsize=9, frameon=False)
     return figure
 
@@ -237,10 +256,22 @@ def _coverage(report: dict) -> Figure | None:
                 label=f"chosen {on} threshold {threshold:.3g}\n(coverage {coverage:.3f}, "
                       f"accuracy {accuracy:.3f})")
     ax.set_xlim(0.0, 1.02)
+    # At least 0.05 of accuracy tall: a span of a few rows would otherwise fill the axis and
+    # draw noise as a cliff. The accuracy answering every row is the baseline to read against.
+    low, high = min(ys), max(ys)
+    if high - low < _MIN_SPAN:
+        middle = min(max((low + high) / 2, _MIN_SPAN / 2), 1.0 - _MIN_SPAN / 2)
+        ax.set_ylim(middle - _MIN_SPAN / 2 - 0.005, middle + _MIN_SPAN / 2 + 0.005)
+    everyone = [y for x, y in points if x == max(xs)]
+    if everyone:
+        ax.axhline(everyone[0], color="0.5", linestyle="--", linewidth=1,
+                   label=f"answering every row ({everyone[0]:.3f})" if max(xs) == 1.0 else
+                   f"answering the most rows ({everyone[0]:.3f})")
     ax.set_xlabel("coverage (share of rows answered)")
     ax.set_ylabel("accuracy on answered rows")
     on = abstention.get("on")
-    ax.set_title("Accuracy vs coverage" + (f" (abstaining on low {_short(on)})" if on else ""), fontsize=11)
+    ax.set_title(f"Accuracy vs coverage{_on_split(report)}" + (f"\nabstaining on low {_short(on)}" if on else ""),
+                 fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=9)  # where it hides the fewest points
     return figure
@@ -292,7 +323,37 @@ def _short(text: Any, width: int = _LABEL_WIDTH) -> str:
     return flat.replace("$", r"\$")
 
 
-def _legend_label(name: str) -> str:
+def _legend_label(label: str) -> str:
     # Matplotlib leaves labels starting with "_" out of legends; a leading space keeps them in.
-    label = _short(name)
     return " " + label if label.startswith("_") else label
+
+
+def _on_split(report: dict) -> str:
+    """" on <split> (N rows)" for a title: a PNG seen on its own still says what it measures."""
+    split, rows = report.get("split"), report.get("rows")
+    if split is None:
+        return ""
+    counted = f", {rows:,} rows" if isinstance(rows, int) and not isinstance(rows, bool) else ""
+    return f" on {_short(split)}{counted}"
+
+
+def _distinct(names: list[Any], width: int = _LABEL_WIDTH) -> list[str]:
+    """`_short` of each name, cut in the middle where cutting the end would make two alike:
+    members often differ only by a suffix (a seed, a learning rate).
+
+    Example:
+        >>> _distinct(["roberta_large_lr2e-5_seed1", "roberta_large_lr2e-5_seed2", "bert"])
+        ['roberta_…e-5_seed1', 'roberta_…e-5_seed2', 'bert']
+    """
+    flat = [" ".join(str(name).split()) for name in names]
+    cut = [_short(name, width) for name in flat]
+    if len(set(cut)) == len(set(flat)):
+        return cut
+    for tail in range(width // 2, width - 1):  # longer tails until every name reads apart
+        head = width - 1 - tail
+        cut = [name if len(name) <= width else name[:head] + "…" + name[-tail:] for name in flat]
+        if len(set(cut)) == len(set(flat)):
+            break
+    else:
+        cut = flat  # no cut of this width tells them apart: the whole names
+    return [name.replace("$", r"\$") for name in cut]
