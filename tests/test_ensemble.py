@@ -690,6 +690,37 @@ def test_vote_on_the_members_training_rows_warns(run, tmp_path, cli):
     assert json.loads((tmp_path / "m" / "report.json").read_text())["data"]["seen_in_train"] == {"mixed.csv": 7}
 
 
+def test_vote_on_the_members_validation_rows_or_on_rows_of_its_own_valid_file_warns(run, tmp_path, cli):
+    from ensemble.data import load_table, stratified_split
+
+    members = [str(run / "run" / "members" / n) for n in ("bert", "roberta")]
+    # the very rows each member's best epoch was chosen on (split off train.csv by the recipe)
+    _, held = stratified_split(load_table(run / "train.csv"), 0.2, seed=42)
+    valid = _write_csv(tmp_path / "held.csv", ["text", "label"], list(zip(held.texts, held.labels)))
+    code, _, err = cli(["vote", "--members", *members, "--data", str(valid), "--out", str(tmp_path / "v")])
+    assert code == 0, err
+    assert ("warning: --data is the validation file of every member: each member's best epoch was chosen on these "
+            "rows, so these scores are optimistic") in err, err
+    assert "best epoch was chosen" in json.loads((tmp_path / "v" / "report.json").read_text())["warning"]
+    # a recipe's validation file, by its recorded path
+    copied = tmp_path / "members"
+    shutil.copytree(run / "run" / "members" / "bert", copied / "bert")
+    recipe = json.loads((copied / "bert" / "recipe.json").read_text())
+    recipe["data"]["valid"] = str(tmp_path / "mine.csv")
+    (copied / "bert" / "recipe.json").write_text(json.dumps(recipe))
+    mine = _write_csv(tmp_path / "mine.csv", ["text", "label"], [[t, "positive"] for t in TEXTS[:6]])
+    code, _, err = cli(["vote", "--members", str(copied / "bert"), "--data", str(mine), "--out", str(tmp_path / "b")])
+    assert code == 0 and "warning: --data is the validation file of member 'bert'" in err, err
+    # --data rows that are also --valid rows: the vote was fitted on them
+    data = _write_csv(tmp_path / "d.csv", ["text", "label"], [[t, "positive"] for t in TEXTS[3:9]])
+    code, _, err = cli(["vote", "--members", *members, "--data", str(data), "--valid", str(mine), "--method", "weighted",
+                        "--out", str(tmp_path / "w")])
+    assert code == 0 and ("warning: 3 --data rows have the same text as a --valid row, on which the vote was "
+                          "fitted") in err, err
+    assert json.loads((tmp_path / "w" / "report.json").read_text())["data"]["seen_in_valid"] == {"d.csv": 3}
+    assert "Warning: 3 d.csv rows have the same text as a validation row" in (tmp_path / "w" / "report.md").read_text()
+
+
 @pytest.mark.parametrize("vote, message", [
     (VoteConfig(method="mean"), "fit_vote: vote.method: must be one of"),
     (VoteConfig(abstain_on="x"), "fit_vote: vote.abstain_on: must be one of"),
@@ -846,3 +877,12 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@pytest.mark.parametrize("calibrate, scored", [(False, "nothing fitted"),
+                                               (True, "in-sample: temperatures fitted on these rows")])
+def test_the_validation_score_says_what_was_fitted_on_those_rows(run, calibrate, scored):
+    ens = three(run)
+    logits = ens.member_logits(TEXTS[:24])
+    y = np.arange(24) % len(ens.labels)
+    assert ens.fit_vote(logits, y, VoteConfig("soft", calibrate=calibrate))["valid_scored"] == scored

@@ -86,7 +86,7 @@ def test_markdown_renders_the_new_sections_with_their_numbers():
                         "Calibration", "Combining", "Abstention", "Training", "Data",
                         "Disputed examples"]
     # Metrics grow NLL and ECE columns.
-    assert "| mean confidence | NLL | ECE |" in md
+    assert "| mean confidence | NLL (calibrated) | ECE (calibrated) |" in md
     assert re.search(r"^\| electra \| 0\.3333 \|( [0-9.]+ \|){5} 0\.6000 \| 0\.0600 \|$", md, re.MULTILINE)
     # Calibration: temperature, then NLL and ECE before and after.
     assert "| model | temperature | NLL before | NLL after | ECE before | ECE after |" in md
@@ -103,9 +103,9 @@ def test_markdown_renders_the_new_sections_with_their_numbers():
     assert "| threshold | coverage | accuracy |\n| ---: | ---: | ---: |" in md
     assert "| 0.5000 | 0.9000 | 0.8889 |" in md and "| 1.0000 | 0.0000 |  |" in md
     # Training: the kept epoch (the last where none is marked), extra numbers (seconds) as further columns.
-    assert "| model | epochs trained | kept epoch | train loss | valid loss | valid accuracy | seconds |" in md
-    assert "| roberta | 3 | 2 | 0.4000 | 0.4000 | 0.7000 | 12.5000 |" in md
-    assert "| albert | 3 | 3 | 0.2000 | 0.3000 | 0.8000 | 12.5000 |" in md
+    assert "| model | epochs trained | kept epoch | train loss | valid loss | valid accuracy | epoch seconds |" in md
+    assert "| roberta | 3 | 2 | 0.4000 | 0.4000 | 0.7000 | 12.5 |" in md
+    assert "| albert | 3 | 3 | 0.2000 | 0.3000 | 0.8000 | 12.5 |" in md
     # Data: skipped rows per split, truncation per member ("eval" is this report's split: test).
     assert "| split | rows skipped |" in md and "| train | 3 |" in md and "| test | 1 |" in md
     assert "| model | max length | train | valid | test |" in md and "eval" not in md
@@ -416,7 +416,7 @@ def test_members_left_out_of_the_vote_are_listed_with_why():
     md = markdown(report)
     data = md.split("## Data\n\n")[1]
     assert data.startswith("Members left out of the vote: their training loss diverged (on_diverge = \"skip\"):\n\n"
-                           "| model | why |\n| --- | ---: |\n| electra | members[electra]: training loss became nan at epoch 1, batch 3 |")
+                           "| model | why |\n| --- | --- |\n| electra | members[electra]: training loss became nan at epoch 1, batch 3 |")
     assert "left out of the vote" in html(report) and "training loss became nan" in html(report)
 
 
@@ -455,3 +455,75 @@ def test_valid_and_test_rows_seen_in_training_are_a_warning_in_the_data_section(
     assert ("Warning: 50 valid rows and 1 test row have the same text as a training row (duplicates in the data): "
             "scores on them are optimistic") in data
     assert "Warning" not in markdown(full_report())
+
+
+# --------------------------------------------------------------------------- what a reader could misread
+
+
+def test_a_hard_votes_vote_share_is_not_shown_as_a_mean_probability():
+    report = full_report()
+    report["method"] = "hard"
+    del report["ensemble"]["nll"], report["ensemble"]["ece"]
+    md = markdown(report)
+    ensemble_row = next(line for line in md.splitlines() if line.startswith("| **ensemble (all rows"))
+    cells = [cell.strip() for cell in ensemble_row.split("|")[1:-1]]
+    assert cells[-3:] == ["", "", ""]  # mean confidence, NLL, ECE: none for a vote share
+    share = f"{report['ensemble']['mean_agreement']:.4f}"
+    assert f"the share of member weight behind its label (mean {share})" in md
+    assert "abstains when confidence (a hard vote's: the share of member weight behind its label) is below" in md
+    assert "- Abstain on: confidence (a hard vote's" in md
+    # The calibration table's last row is the members' plain average: no temperature was fitted for it.
+    report["calibration"]["ensemble_temperature"] = 1.0
+    last = [line for line in markdown(report).split("## Calibration")[1].splitlines() if line.startswith("| soft")]
+    assert last and last[0].startswith("| soft average of the members |  |")
+
+
+def test_one_member_gets_no_agreement_statistics_to_misread():
+    md = markdown(base_report(members=1))
+    for absent in ("Pairwise agreement", "Cohen's kappa", "Fleiss' kappa", "Unanimous rows", "Oracle accuracy"):
+        assert absent not in md
+    assert "Pairwise agreement" in markdown(base_report(members=2))
+
+
+def test_members_left_out_are_named_in_the_header_not_only_under_data():
+    report = full_report()
+    report["data"]["failed_members"] = {"bert": "members[bert]: training loss became nan at epoch 1, batch 3"}
+    header = markdown(report).split("## Metrics")[0]
+    assert "- Members: 3 vote; left out: bert (training diverged; see Data)" in header
+
+
+def test_disputed_rows_that_abstained_read_as_predictions_csv_has_them():
+    report = full_report()
+    report["disputed"][0]["abstained"] = True
+    report["disputed"][1]["abstained"] = False
+    md = markdown(report)
+    rows = md.split("## Disputed examples")[1]
+    first, second = report["disputed"][0], report["disputed"][1]
+    assert f"| abstain ({first['ensemble']}) |" in rows
+    assert f"| {second['ensemble']} | {second['confidence']:.4f} |" in rows
+    assert "Rows: gold; columns: predicted, every row counted, before abstention." in md
+
+
+def test_calibrated_member_scores_say_so_and_ece_is_defined():
+    md = markdown(full_report())
+    assert "| NLL (calibrated) | ECE (calibrated) |" in md
+    assert "ECE: expected calibration error over 15 equal-width bins of the top probability" in md
+    assert "The members' are after their temperature scaling (see Calibration)." in md
+    report = full_report()
+    del report["calibration"]
+    assert "| NLL | ECE |" in markdown(report) and "after their temperature" not in markdown(report)
+
+
+def test_training_table_numbers_in_one_notation_each():
+    report = full_report()
+    for epochs in report["training"].values():
+        for i, epoch in enumerate(epochs):
+            epoch.update(lr=[5.29e-07, 0.000199, 7.17e-05][i], seconds=30.7034, samples_per_s=536.3494)
+    md = markdown(report)
+    assert "| epoch seconds | lr (its last step) | samples/s |" in md
+    assert "| 30.7 | 7.17e-05 | 536.3 |" in md and "| 30.7 | 1.99e-04 | 536.3 |" in md
+
+
+def test_no_negative_zero():
+    assert render_module._num(-0.0) == "0.0000" and render_module._num(-0.00001) == "0.0000"
+    assert render_module._num(-0.5) == "-0.5000"

@@ -126,7 +126,7 @@ def vote(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Combine trained members on a data file: predictions, agreement report, ensemble.json."""
-    from .data import load_table
+    from .data import load_table, seen_in
     from .ensemble import Ensemble
     from .evaluate import evaluate, gold, seen_in_training
     from .votefit import missing_labels_warning
@@ -195,22 +195,32 @@ def vote(
             typer.echo(missing, err=True)
     else:
         ens.abstain_below, ens.abstain_on = abstain_below, abstain_on
-    trained_on, info = _trained_on(ens, data), None
+    trained_on, info, warning = _trained_on(ens, data), {}, None
+    chosen_on = _trained_on(ens, data, "valid") or (ens.recorded_logits(ds) is not None and "every member")
     if trained_on:
         warning = (f"--data is the training file of {trained_on}: these scores are measured on rows the members "
                    "were fitted on, so they are optimistic")
         typer.echo(f"warning: {warning}", err=True)
+    elif chosen_on:
+        warning = (f"--data is the validation file of {chosen_on}: each member's best epoch was chosen on these rows, "
+                   "so these scores are optimistic; score a file the members never saw")
+        typer.echo(f"warning: {warning}", err=True)
     elif (seen := seen_in_training(ens, ds, quoting))[0]:  # some rows only: counted, as fit counts them
-        info = {"seen_in_train": {data.name: seen[0]}}
+        info["seen_in_train"] = {data.name: seen[0]}
         typer.echo(f"warning: {seen[0]} --data row{'s' if seen[0] != 1 else ''} {'has' if seen[0] == 1 else 'have'} the "
                    f"same text as a training row of {', '.join(repr(n) for n in seen[1])}: scores on them are "
                    "optimistic (see the report's Data section)", err=True)
+    if valid is not None and (in_valid := seen_in(ds, held)):  # as fit checks its test split
+        info["seen_in_valid"] = {data.name: in_valid}
+        typer.echo(f"warning: {in_valid} --data row{'s' if in_valid != 1 else ''} {'has' if in_valid == 1 else 'have'} "
+                   "the same text as a --valid row, on which the vote was fitted: scores on them are optimistic "
+                   "(see the report's Data section)", err=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        report = evaluate(ens, ds, data.name, tmp, fitted=fitted, data_info=info,
-                          caveat=warning if trained_on else None, progress=not quiet)
+        report = evaluate(ens, ds, data.name, tmp, fitted=fitted, data_info=info or None, caveat=warning,
+                          progress=not quiet)
         ens.write_into(tmp)
         replace_dir(tmp, out)
     finally:
@@ -218,9 +228,10 @@ def vote(
     _summary(report, out)
 
 
-def _trained_on(ens, file: Path) -> str:
-    """The members (as "member 'a'" / "members 'a', 'b'") whose recorded training file is `file`, or ""."""
-    names = [n for n, train in ens.training_files().items() if train.resolve() == file.resolve()]
+def _trained_on(ens, file: Path, split: str = "train") -> str:
+    """The members (as "member 'a'" / "members 'a', 'b'") whose recorded training file (or validation
+    file, `split` "valid") is `file`, or ""."""
+    names = [n for n, path in ens.training_files(split).items() if path.resolve() == file.resolve()]
     return (f"member '{names[0]}'" if len(names) == 1 else "members " + ", ".join(f"'{n}'" for n in names)) if names else ""
 
 

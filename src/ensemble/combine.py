@@ -124,7 +124,8 @@ def nll(probs2d, y) -> float:
     """
     p = _floats("probs2d", probs2d, 2, probs=True)
     labels = _labels(y, p.shape, "probs2d")
-    return float(-np.mean(np.log(np.clip(p[np.arange(labels.size), labels], _EPS, None))))
+    # + 0.0: a model certain of every row gives -0.0, which would print as "-0.0000"
+    return float(-np.mean(np.log(np.clip(p[np.arange(labels.size), labels], _EPS, None)))) + 0.0
 
 
 def ece(probs2d, y, bins: int = 15) -> float:

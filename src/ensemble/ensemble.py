@@ -185,14 +185,16 @@ class Ensemble:
         data = saved_recipe(next(iter(self.members.values())).path).get("data")
         return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
 
-    def training_files(self) -> dict[str, Path]:
-        """Member name -> the training file its recipe.json records (members made by ``fit``)."""
+    def training_files(self, split: str = "train") -> dict[str, Path]:
+        """Member name -> the training file (or, with ``split="valid"``, the validation file) its
+        recipe.json records (members made by ``fit``; a validation part split off the training
+        file has no file of its own)."""
         files = {}
         for name, member in self.members.items():
             data = saved_recipe(member.path).get("data")
-            train = data.get("train") if isinstance(data, dict) else None
-            if isinstance(train, str):
-                files[name] = Path(train)
+            path = data.get(split) if isinstance(data, dict) else None
+            if isinstance(path, str):
+                files[name] = Path(path)
         return files
 
     def manifest(self) -> dict:

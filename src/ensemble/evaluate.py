@@ -69,6 +69,9 @@ def evaluate(ens: Ensemble, ds: TextDataset, split: str, out: Path, *, fitted: d
     report = build_report(names=names, labels=ens.labels, vote=vote, method=ens.method, weights=ens.weights,
                           y_true=y, texts=ds.texts, pairs=ds.pairs, split=split)
     abstain = ens.abstained(vote)
+    if abstain is not None:  # as predictions.csv says them
+        for item in report["disputed"]:
+            item["abstained"] = bool(abstain[item["row"]])
     if y is not None:
         _probability_scores(report, ens, logits, vote, y)
     if y is not None or abstain is not None:  # without gold: what was abstained, no accuracy

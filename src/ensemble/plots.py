@@ -233,6 +233,8 @@ def _coverage(report: dict) -> Figure | None:
     abstention = report.get("abstention")
     if not isinstance(abstention, dict):
         return None
+    if abstention.get("on") == "confidence" and report.get("method") == "hard":  # a hard vote's is its vote share
+        abstention = {**abstention, "on": "vote share"}
     points = []
     for point in abstention.get("curve") or []:
         if isinstance(point, dict):  # no accuracy where nothing is answered: no point

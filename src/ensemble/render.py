@@ -86,13 +86,16 @@ def _document(report: dict, plots: dict[str, str]) -> tuple[str, list[tuple[str,
         return [Image(_PLOTS.get(key, key), plots[key])]
 
     warning = _warning(report)
-    sections: list[tuple[str, list]] = [("", [Caveat(warning)] * bool(warning) + [[
-        ("Split: ", Span(str(report["split"]), "code")), (f"Rows: {report['rows']}",),
-        (f"Method: {_METHODS.get(report['method'], report['method'])}",), (f"Labels: {', '.join(labels)}",),
-    ]])]
+    header: list = [("Split: ", Span(str(report["split"]), "code")), (f"Rows: {report['rows']}",),
+                    (f"Method: {_METHODS.get(report['method'], report['method'])}",), (f"Labels: {', '.join(labels)}",)]
+    failed = (report.get("data") or {}).get("failed_members")
+    if isinstance(failed, dict) and failed:  # the recipe listed them: say at once that they do not vote
+        header.append((f"Members: {len(names)} vote; left out: {', '.join(map(str, failed))} (training diverged; "
+                       "see Data)",))
+    sections: list[tuple[str, list]] = [("", [Caveat(warning)] * bool(warning) + [header])]
     sections.append(("Metrics", _metrics(report, names, has_gold)))
     agreement = report.get("agreement")
-    if agreement:
+    if agreement and len(names) > 1:  # one member has no one to agree with
         notes = {"pairwise": "Share of rows where two members predict the same.",
                  "cohen_kappa": "Agreement between two members beyond chance."}
         for heading, key in (("Pairwise agreement", "pairwise"), ("Cohen's kappa", "cohen_kappa")):
@@ -104,7 +107,8 @@ def _document(report: dict, plots: dict[str, str]) -> tuple[str, list[tuple[str,
     if has_gold:
         matrix = [[labels[i]] + [str(n) for n in row] for i, row in enumerate(ensemble["confusion"])]
         sections.append(("Ensemble confusion matrix", [
-            ("Rows: gold; columns: predicted.",),
+            ("Rows: gold; columns: predicted" + (", every row counted, before abstention." if _abstaining(report)
+                                                 else "."),),
             Table([Span("gold \\ predicted", "literal"), *labels], matrix), *image("confusion"),
         ]))
     for heading, build in (("Calibration", _calibration), ("Combining", _combining),
@@ -127,15 +131,29 @@ def _metrics(report: dict, names: list[str], has_gold: bool) -> list:
     metrics["mean_confidence"] = "mean confidence"
     # NLL and ECE come with newer reports only; a column appears when anyone has the number.
     metrics.update({k: _NAMES[k] for k in ("nll", "ece") if any(k in e for e in entries)})
+    calibrated = isinstance(report.get("calibration"), dict)  # the members' scores are after their temperatures
+    headers = [f"{name} (calibrated)" if calibrated and k in ("nll", "ece") else name for k, name in metrics.items()]
     stacked = report.get("method") == "stacking"  # the stacker, not these weights, combines the members
+    hard = report.get("method") == "hard"
     rows = [[name, "" if stacked else _num(report["weights"].get(name))] + [_num(e.get(k)) for k in metrics]
             for name, e in zip(names, entries)]
     abstention = report.get("abstention")
-    abstaining = isinstance(abstention, dict) and abstention.get("threshold") is not None
+    abstaining = _abstaining(report)
     # With abstention on, the row's numbers still count every row: say so where they are read.
     label = "ensemble (all rows, before abstention)" if abstaining else "ensemble"
-    rows.append([Span(label, "strong"), ""] + [_num(entries[-1].get(k)) for k in metrics])
-    blocks: list = [Table(["model", "weight", *metrics.values()], rows)]
+    # A hard vote's confidence is a vote share, not a probability: not in a column of probabilities.
+    rows.append([Span(label, "strong"), ""] + ["" if hard and k == "mean_confidence" else _num(entries[-1].get(k))
+                                               for k in metrics])
+    blocks: list = [Table(["model", "weight", *headers], rows)]
+    if hard:
+        blocks.append(("A hard vote gives labels, not probabilities: its confidence is the share of member weight "
+                       f"behind its label (mean {_num(entries[-1].get('mean_agreement'))}), so it has no mean "
+                       "confidence, NLL or ECE to set beside the members'.",))
+    if "ece" in metrics:
+        blocks.append(("NLL: negative log-likelihood of the gold label; ECE: expected calibration error over 15 "
+                       "equal-width bins of the top probability; lower is better for both"
+                       + (". The members' are after their temperature scaling (see Calibration)."
+                          if calibrated else "."),))
     if abstaining:
         blocks.append(_after_abstention(abstention, report))
     confusion = report["ensemble"].get("confusion") if has_gold else None
@@ -146,9 +164,21 @@ def _metrics(report: dict, names: list[str], has_gold: bool) -> list:
                        f"{'has' if len(absent) == 1 else 'have'} no gold row in this split and "
                        f"count{'s' if len(absent) == 1 else ''} as 0 there, so that scores stay comparable across "
                        "splits.",))
-    if "oracle_accuracy" in report:
+    if "oracle_accuracy" in report and len(names) > 1:
         blocks.append((f"Oracle accuracy (some member right): {_num(report['oracle_accuracy'])}",))
     return blocks
+
+
+def _abstaining(report: dict) -> bool:
+    abstention = report.get("abstention")
+    return isinstance(abstention, dict) and abstention.get("threshold") is not None
+
+
+def _on(section: dict, report: dict) -> str:
+    """What abstention reads; a hard vote's confidence is its vote share, and said so."""
+    on = str(section.get("on", "?"))
+    return "confidence (a hard vote's: the share of member weight behind its label)" if (
+        on == "confidence" and report.get("method") == "hard") else on
 
 
 def _after_abstention(section: dict, report: dict) -> tuple:
@@ -156,7 +186,7 @@ def _after_abstention(section: dict, report: dict) -> tuple:
     threshold = _num(section.get("threshold"), _threshold_decimals(section))
     answered = report["rows"] - section["abstained"] if _is_int(section.get("abstained")) else "?"
     line: tuple = (Span("Ensemble after abstention", "strong"),
-                   f" (abstains when {section.get('on', '?')} is below {threshold}): answers {answered} "
+                   f" (abstains when {_on(section, report)} is below {threshold}): answers {answered} "
                    f"of {report['rows']} rows, coverage {_num(section.get('coverage'))}")
     if "accuracy_answered" in section:  # absent without gold labels
         line += (f"; accuracy on the answered rows: {_answered_accuracy(section)}",)
@@ -187,7 +217,9 @@ def _calibration(section: Any, report: dict, names: list[str]) -> list:
     method = report.get("method")
     stacked = method == "stacking"
     label = "soft average of the members" if method in ("stacking", "hard") else Span("ensemble", "strong")
-    entries.append((label, section.get("ensemble"), section.get("ensemble_temperature")))
+    # only a soft vote fits a temperature of its own; for the others the row's 1.0 was never fitted
+    entries.append((label, section.get("ensemble"), None if method in ("stacking", "hard")
+                    else section.get("ensemble_temperature")))
     rows = [[name, _num(temperature)] + [_num((scores or {}).get(k)) for k in keys]
             for name, scores, temperature in entries if scores or temperature is not None]
     columns = ["model", "temperature", "NLL before", "NLL after", "ECE before", "ECE after"]
@@ -237,7 +269,7 @@ def _abstention(section: Any, report: dict, names: list[str]) -> list:
     threshold = section.get("threshold")
     curve = _curve(section)
     decimals = _threshold_decimals(section)
-    items = [(f"Abstain on: {section.get('on', '?')}",),
+    items = [(f"Abstain on: {_on(section, report)}",),
              (f"Threshold: {'none (every row answered)' if threshold is None else _num(threshold, decimals)}",),
              *_chosen(section.get("chosen")),
              (f"Abstained rows: {section.get('abstained', '?')} of {report['rows']}",),
@@ -286,11 +318,22 @@ def _training(section: Any, report: dict, names: list[str]) -> list:
                         if any(k in e for e in final.values())]
     for entry in final.values():  # then any further numbers, in the order first seen
         keys += [k for k, v in entry.items() if k not in keys and k != "kept" and _is_number(v)]
-    rows = [[name, str(len(histories[name]))] + [_value(entry.get(k)) for k in keys] for name, entry in final.items()]
-    names_here = {**_NAMES, "accuracy": "valid accuracy", "epoch": "kept epoch"}  # per-epoch accuracy is on valid
+    rows = [[name, str(len(histories[name]))] + [_epoch_value(k, entry.get(k)) for k in keys]
+            for name, entry in final.items()]
+    names_here = {**_NAMES, "accuracy": "valid accuracy", "epoch": "kept epoch",  # per-epoch accuracy is on valid
+                  "lr": "lr (its last step)", "seconds": "epoch seconds", "samples_per_s": "samples/s"}
     columns = ["model", "epochs trained"] + [names_here.get(k, k.replace("_", " ")) for k in keys]
     return [("Each member's kept epoch: the one whose weights vote (its best by the recipe's best_metric; "
              "the last epoch where none is recorded).",), Table(columns, rows)]
+
+
+def _epoch_value(key: str, value: Any) -> str:
+    """One cell of the training table: learning rates in one notation, times to what they mean."""
+    if _is_number(value) and key == "lr":
+        return f"{value:.2e}"
+    if _is_number(value) and key in ("seconds", "samples_per_s"):
+        return f"{value:.1f}"
+    return _value(value)
 
 
 def _data(section: Any, report: dict, names: list[str]) -> list:
@@ -300,7 +343,7 @@ def _data(section: Any, report: dict, names: list[str]) -> list:
     failed = section.get("failed_members") or {}
     if isinstance(failed, dict) and failed:
         blocks += [("Members left out of the vote: their training loss diverged (on_diverge = \"skip\"):",),
-                   Table(["model", "why"], [[name, str(why)] for name, why in failed.items()])]
+                   Table(["model", "why"], [[name, str(why)] for name, why in failed.items()], [False, False])]
     skipped = section.get("skipped_rows") or {}
     # Under the default on_bad_rows = "error" nothing is ever skipped (a bad row stops the run):
     # the table only when a row was skipped, or the recipe (when recorded) said "skip".
@@ -313,11 +356,13 @@ def _data(section: Any, report: dict, names: list[str]) -> list:
         verb = "has" if sum(v for v in seen.values() if _is_number(v)) == 1 else "have"
         blocks += [(f"Warning: {listed} {verb} the same text as a training row (duplicates in the data): "
                     "scores on them are optimistic; deduplicate the files to score only unseen texts.",)]
-    in_valid = (section.get("seen_in_valid") or {}).get("test") if isinstance(section.get("seen_in_valid"), dict) else None
-    if _is_number(in_valid) and in_valid:
-        blocks += [(f"Warning: {_value(in_valid)} test row{'s' if in_valid != 1 else ''} {'has' if in_valid == 1 else 'have'} "
-                    "the same text as a validation row, on which the vote (temperatures, weights, stacker, "
-                    "abstention) was fitted: the test scores are optimistic; deduplicate the files.",)]
+    in_valid = section.get("seen_in_valid")
+    for split, count in (in_valid.items() if isinstance(in_valid, dict) else ()):
+        if _is_number(count) and count:
+            blocks += [(f"Warning: {_value(count)} {split} row{'s' if count != 1 else ''} "
+                        f"{'has' if count == 1 else 'have'} the same text as a validation row, on which the vote "
+                        "(temperatures, weights, stacker, abstention) was fitted: the scores here are optimistic; "
+                        "deduplicate the files.",)]
     truncated, lengths = section.get("truncated") or {}, section.get("max_length") or {}
     if truncated or lengths:
         splits = list(dict.fromkeys(s for counts in truncated.values() for s in counts))
@@ -362,7 +407,9 @@ def _disputed(report: dict, names: list[str], has_gold: bool) -> list:
             row.append(Span(str(item["text_pair"]), width=_TEXT_WIDTH))
         if has_gold:
             row.append(str(item["gold"]))
-        row += [str(item["ensemble"]), _num(item.get("confidence")), _num(item["agreement"])]
+        # as predictions.csv has it: "abstain", with the label the vote would have given
+        chosen = f"abstain ({item['ensemble']})" if item.get("abstained") else str(item["ensemble"])
+        row += [chosen, _num(item.get("confidence")), _num(item["agreement"])]
         rows.append(row + [str(item["members"][n]) for n in names])
     # Right-align the numbers: row, confidence, agreement.
     numeric = [True] + [False] * (len(columns) - len(names) - 3) + [True, True]
@@ -383,7 +430,10 @@ def _num(value: Any, decimals: int = 4) -> str:
     """A number with 4 decimals, None as an empty cell, anything else (hand-edited?) as text."""
     if value is None:
         return ""
-    return f"{value:.{decimals}f}" if _is_number(value) else str(value)
+    if not _is_number(value):
+        return str(value)
+    text = f"{value:.{decimals}f}"
+    return text[1:] if text.startswith("-") and not text.strip("-0.") else text  # no "-0.0000"
 
 
 def _decimals(values: list[Any]) -> int:

@@ -91,7 +91,9 @@ def _fit(ens: Ensemble, logits, y, vote: VoteConfig) -> dict:
         info["valid"] = {"accuracy": float((voted.labels == y).mean())}
         if vote.method != "hard":  # vote shares have no log-loss worth reading
             info["valid"]["nll"] = combine.nll(scores, y)
-        info["valid_scored"] = "in-sample: fitted on these rows" if vote.method in LEARNED_METHODS else "nothing fitted but temperatures"
+        info["valid_scored"] = ("in-sample: fitted on these rows" if vote.method in LEARNED_METHODS
+                                else "in-sample: temperatures fitted on these rows" if vote.calibrate
+                                else "nothing fitted")
     if vote.method != "stacking":
         info["weights"] = dict(ens.weights)
     if vote.abstain_target is not None:
