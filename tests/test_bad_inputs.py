@@ -206,9 +206,22 @@ CASES = [
                                          name="train.csv"), None, None),  # replaced below
     ("non-UTF-8 bytes", train_file(b"text,label\ncaf\xe9,positive\n"), 2, "is not valid UTF-8"),
     ("quote breaks comma CSV", train_file('text,label\n"unclosed,positive\n'), 2, "is not valid CSV"),
+    ("quote breaks a TSV read with CSV quoting",
+     lambda tmp, m: train_file('text\tlabel\n"x\t"y" z\tpositive\n', "train.tsv")(tmp, m) + ["--set", 'data.quoting="csv"'],
+     2, "is not valid CSV-quoted TSV ('\t' expected after '\"'); read it without CSV quoting (data.quoting = \"none\""),
+    ("the label column as the second text", override('data.text_pair="label"'), 2,
+     "data.text_pair and data.label both name column 'label'; each must name a different column"),
+    ("the text column twice", override('data.text_pair="text"'), 2, "data.text and data.text_pair both name column 'text'"),
+    ("--text naming the label column", vote_file("text,label\na film,positive\n", "data.csv", "--text", "label"), 2,
+     "--data: --text and --label both name column 'label' of '"),
+    ("an empty jsonl file", vote_file("\n", "data.jsonl"), 2, "is empty; it needs one JSON object per row"),
+    ("unbinned scores in valid", lambda tmp, m: _unbinned(tmp), 2,
+     "never appears in the training labels ['0', '1', '2', '3', '4']; they look like unbinned scores while the "
+     "training labels are whole numbers: bin them as the training labels were binned"),
     ("unknown extension", train_file("x", name="train.xlsx"), 2, "unknown extension '.xlsx'"),
-    ("labels the members do not know", vote_file("text,label\na film,7\n"), 2, "data.csv: label '7' (first at data row 1 of '"),
-    ("mixed numbers and strings", vote_file("text,label\na film,positive\nanother,3\n"), 2, "data.csv') is not one the members know (negative, neutral, positive)"),
+    ("labels the members do not know", vote_file("text,label\na film,7\n"), 2, "--data: label '7' (1 row) (the first at data row 1 of '"),
+    ("mixed numbers and strings", vote_file("text,label\na film,positive\nanother,3\nmore,1\nagain,3\n"), 2,
+     "--data: labels '3' (2 rows), '1' (1 row) (the first at data row 2 of '"),
     # data that must work
     ("byte-order mark", vote_file("\ufefftext,label\na film,positive\n"), 0, "report:"),
     ("quotes inside TSV", vote_file('text\tlabel\nsay "hi\tpositive\n', "d.tsv"), 0, "report:"),
@@ -336,6 +349,15 @@ def _pairs_member(tmp: Path, command: str, single: Path | None = None) -> list[s
         return ["predict", "--ensemble", str(tmp / "pairs"), "--data", str(tmp / "single.csv"), "--out", str(tmp / "p.csv")]
     members = [str(tmp / "pairs" / "members" / "bert")] + ([f"single={single}"] if single else [])
     return ["vote", "--members", *members, "--data", str(tmp / "single.csv"), "--out", str(tmp / "out")]
+
+
+def _unbinned(tmp: Path) -> list[str]:
+    """Similarity scores rounded to classes in train, left as scores in valid."""
+    rows = [f"{r.rsplit(',', 1)[0]},{i % 5}" for i, r in enumerate(TRAIN_ROWS)]
+    (tmp / "train.csv").write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    (tmp / "valid.csv").write_text("text,label\nthe film runs two hours,2.2\na fine film,3\n", encoding="utf-8")
+    (tmp / "r.toml").write_text(GOOD_RECIPE.replace('valid_fraction = 0.25', 'valid = "valid.csv"'), encoding="utf-8")
+    return ["fit", str(tmp / "r.toml"), "--out", str(tmp / "out")]
 
 
 def _unseen(tmp: Path) -> list[str]:

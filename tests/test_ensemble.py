@@ -886,3 +886,36 @@ def test_the_validation_score_says_what_was_fitted_on_those_rows(run, calibrate,
     logits = ens.member_logits(TEXTS[:24])
     y = np.arange(24) % len(ens.labels)
     assert ens.fit_vote(logits, y, VoteConfig("soft", calibrate=calibrate))["valid_scored"] == scored
+
+
+def test_vote_refuses_to_guess_columns_the_members_were_trained_on_differently(run, tmp_path, cli):
+    copied = tmp_path / "members"
+    for name in ("bert", "roberta"):
+        shutil.copytree(run / "run" / "members" / name, copied / name)
+    recipe = json.loads((copied / "roberta" / "recipe.json").read_text())
+    recipe["data"]["text"] = "sentence"
+    (copied / "roberta" / "recipe.json").write_text(json.dumps(recipe))
+    data = _write_csv(tmp_path / "d.csv", ["text", "label"], [[t, "positive"] for t in TEXTS[:4]])
+    args = ["vote", "--members", str(copied / "bert"), str(copied / "roberta"), "--data", str(data)]
+    code, _, err = cli(args + ["--out", str(tmp_path / "a")])
+    assert code == 2 and err.strip() == ("error: --text: the members were trained on different text columns (bert: 'text', "
+                                         "roberta: 'sentence'); name the --data file's column with --text"), err
+    code, _, err = cli(args + ["--out", str(tmp_path / "b"), "--text", "text"])
+    assert code == 0, err
+
+
+def test_an_empty_column_flag_is_refused(run, tmp_path, cli):
+    data = _write_csv(tmp_path / "d.csv", ["text"], [[t] for t in TEXTS[:3]])
+    code, _, err = cli(["predict", "--ensemble", str(run / "run"), "--data", str(data), "--out", str(tmp_path / "p.csv"),
+                        "--text", " "])
+    assert code == 2 and err.strip() == "error: --text: is empty; give the column's name, or leave --text out", err
+
+
+def test_predict_says_how_many_rows_were_cut_to_max_length(run, tmp_path, cli):
+    long = " ".join(TEXTS[:12])  # far past the members' max_length of 32 tokens
+    data = _write_csv(tmp_path / "d.csv", ["text"], [[long], [TEXTS[0]]])
+    code, _, err = cli(["predict", "--ensemble", str(run / "run"), "--data", str(data), "--out", str(tmp_path / "p.csv"),
+                        "--quiet"])
+    assert code == 0, err
+    assert ("note: rows longer than a member's max_length were cut to fit: 1 for 'bert' (max_length 32), "
+            "1 for 'roberta' (max_length 32)") in err, err

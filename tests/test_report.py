@@ -19,11 +19,13 @@ from ensemble.report import (
     build_report,
     classification_metrics,
     fleiss_kappa,
+    per_label_scores,
     write_predictions,
     write_report,
 )
 
 report_module = importlib.import_module("ensemble.report")
+render = importlib.import_module("ensemble.render")
 
 # --------------------------------------------------------------------------- metrics
 
@@ -345,7 +347,7 @@ def test_write_report_with_gold(tmp_path):
             assert len(line.split(" | ")[1]) == 80  # shortened to 80 characters
     # Every table row has as many cells as its header.
     blocks = [b for b in md.split("\n\n") if b.startswith("|")]
-    assert len(blocks) == 5
+    assert len(blocks) == 6  # metrics, per label, agreement, kappa, confusion, disputed
     for block in blocks:
         counts = {line.replace("\\|", "").count("|") for line in block.splitlines()}
         assert len(counts) == 1, block
@@ -523,3 +525,22 @@ def test_disputed_rows_start_with_the_deepest_split_not_the_lowest_agreement():
                           weights={"a": 1.0, "b": 1.0, "c": 1.0}, y_true=None, texts=["t0", "t1"], pairs=None,
                           split="test")
     assert [item["row"] for item in report["disputed"]] == [1, 0]
+
+
+def test_per_label_scores_hand_case_and_their_table():
+    #   class 0: TP 1, FP 1, FN 1 -> P .5, R .5, F1 .5;  class 1: TP 2, FP 1 -> P 2/3, R 1, F1 .8
+    #   class 2: TP 0 -> 0, 0, 0 (zero_division), one gold row;  class 3: no row at all
+    s = per_label_scores(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]), 4)
+    assert s["precision"] == pytest.approx([0.5, 2 / 3, 0.0, 0.0])
+    assert s["recall"] == pytest.approx([0.5, 1.0, 0.0, 0.0])
+    assert s["f1"] == pytest.approx([0.5, 0.8, 0.0, 0.0])
+    assert s["support"] == [2, 2, 1, 0]
+    report = make_report()
+    md = render.markdown(report)
+    block = md.split("Per label (a binary task's usual score is its positive label's F1):")[1]
+    names = list(report["members"])
+    assert block.split("\n\n")[1].splitlines()[0] == (
+        "| label | gold rows | ensemble precision | ensemble recall | ensemble F1 | "
+        + " | ".join(f"F1 {n}" for n in names) + " |")
+    scores = report["ensemble"]["per_label"]
+    assert f"| neg | {scores['support'][0]} | {scores['precision'][0]:.4f} | {scores['recall'][0]:.4f} | " in block

@@ -11,9 +11,11 @@ import csv
 import json
 import math
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -425,6 +427,15 @@ def test_sentence_pair_member_records_and_requires_pairs(shared_data, tmp_path):
     got = ens.predict(pairs)
     assert len(got) == 2 and set(got) <= {"entailment", "not_entailment"}
     assert ens.predict([p[0] for p in pairs], pairs=[p[1] for p in pairs]) == got
+    # no rows give no rows, in any form a pair task's rows come in
+    for empty in ([], iter([]), np.empty((0, 2), dtype=str)):
+        assert ens.predict(empty) == [] and ens.predict_proba(empty).shape == (0, 2)
+    for rows, message in (([("a", "b", "c")], "texts[0] has 3 items"), ([("a", "b"), "c"], "texts[1] is a str ('c')"),
+                          ([["a1", "a2", "a3"], ["b1", "b2", "b3"]], "texts look like [texts, text_pairs]")):
+        with pytest.raises(EnsembleError, match=re.escape(message)):
+            ens.predict(rows)
+    with pytest.raises(EnsembleError, match=re.escape("give (text, text_pair) tuples or pairs=, not both")):
+        ens.predict(pairs, pairs=["x", "y"])
 
 
 # ---------------------------------------------------------------- atomic save

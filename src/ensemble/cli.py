@@ -169,6 +169,7 @@ def vote(
                             "name the label column, or drop --valid")
     columns = dict(text=text, text_pair=text_pair, label=label, quoting=quoting)
     ds = load_table(data, **columns, field="--data", require_label=label_given)
+    gold(ens, ds, "--data")  # a label the members do not know: said as a flag's error, before any member runs
     if out.exists() and not out.is_dir():
         raise EnsembleError(f"--out: '{out}' is a file; the vote writes a directory: choose a directory path")
     if out.exists() and not overwrite:
@@ -344,8 +345,13 @@ def _columns(ens, text: str | None, text_pair: str | None, label: str | None) ->
     if text_pair is not None and not ens.text_pair:
         raise EnsembleError(f"--text-pair: these members were trained on single texts, not pairs; drop --text-pair '{text_pair}'")
     recorded = ens.data_columns()
-    if text is not None and not text.strip():
-        raise EnsembleError("--text: is empty; give the text column's name, or leave --text out")
+    for flag, key, given in (("--text", "text", text), ("--text-pair", "text_pair", text_pair), ("--label", "label", label)):
+        if given is not None and not given.strip() and key != "label":
+            raise EnsembleError(f"{flag}: is empty; give the column's name, or leave {flag} out")
+        if given is None and (values := ens.differing_columns().get(key)):  # no one default fits them all
+            listed = ", ".join(f"{name}: '{value}'" for name, value in values.items())
+            raise EnsembleError(f"{flag}: the members were trained on different {key.replace('_', ' ')} columns "
+                                f"({listed}); name the --data file's column with {flag}")
     if label is not None and not label.strip():  # asked for: no gold labels, whatever the file holds
         return text or recorded.get("text") or "text", text_pair or recorded.get("text_pair"), None
     return (text or recorded.get("text") or "text", text_pair or recorded.get("text_pair"),
@@ -357,6 +363,10 @@ def _quoting(ens, quoting: str | None) -> str:
     if quoting is not None and quoting not in QUOTINGS:
         raise EnsembleError(f"--quoting: must be one of {one_of(QUOTINGS)}; got '{quoting}'")
     recorded = ens.data_columns().get("quoting")
+    if quoting is None and (values := ens.differing_columns().get("quoting")):
+        listed = ", ".join(f"{name}: '{value}'" for name, value in values.items())
+        raise EnsembleError(f"--quoting: the members read their files with different quoting ({listed}); "
+                            "say how to read the --data file with --quoting")
     return quoting or (recorded if recorded in QUOTINGS else "none")
 
 

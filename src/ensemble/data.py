@@ -219,6 +219,12 @@ def _stream_table(
         use_label = label is not None and (require_label or label in columns)
         if use_label:
             wanted.append(find(label, "data.label"))  # type: ignore[arg-type]  # not None when use_label
+        keys = ["data.text", *["data.text_pair"] * (text_pair is not None), *["data.label"] * use_label]
+        for i, name in enumerate(wanted):  # the label as a text would train on the answer
+            if name in wanted[:i]:
+                first, second = (_FLAGS[k] if field.startswith("--") else k for k in (keys[wanted.index(name)], keys[i]))
+                raise EnsembleError(f"{field}: {first} and {second} both name column '{name}' of '{shown}'; "
+                                    "each must name a different column")
         rows = fetch(wanted, 1 if text_pair is None else 2)  # the text columns come first
         # Look ahead only as far as the decision below needs: one row, or the first chunk.
         decide = use_label and not require_label

@@ -181,9 +181,27 @@ class Ensemble:
                    precision=precision).to(device)
 
     def data_columns(self) -> dict:
-        """The data columns (text, text_pair, label) the first member was trained with, if recorded."""
-        data = saved_recipe(next(iter(self.members.values())).path).get("data")
-        return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
+        """The data settings (text, text_pair, label columns, quoting) the members were trained
+        with, where every member that recorded one agrees (`differing_columns` has the others)."""
+        recorded = self._recorded_columns()
+        differing = self.differing_columns()
+        return {k: v for values in recorded.values() for k, v in values.items() if k not in differing}
+
+    def differing_columns(self) -> dict[str, dict[str, str]]:
+        """Data settings the members were trained with different values of: {key: {member: value}}."""
+        recorded = self._recorded_columns()
+        keys = dict.fromkeys(k for values in recorded.values() for k in values)
+        by_key = {k: {n: values[k] for n, values in recorded.items() if k in values} for k in keys}
+        return {k: values for k, values in by_key.items() if len(set(values.values())) > 1}
+
+    def _recorded_columns(self) -> dict[str, dict[str, str]]:
+        recorded = {}
+        for name, member in self.members.items():
+            data = saved_recipe(member.path).get("data")
+            if isinstance(data, dict):
+                recorded[name] = {k: v for k, v in data.items() if k in ("text", "text_pair", "label", "quoting")
+                                  and isinstance(v, str)}
+        return recorded
 
     def training_files(self, split: str = "train") -> dict[str, Path]:
         """Member name -> the training file (or, with ``split="valid"``, the validation file) its

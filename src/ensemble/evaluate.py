@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from .checkpoint import exclusive_lock
 from .data import TextDataset, iter_table, load_table, seen_in
 from .ensemble import ABSTAIN, Ensemble, write_json
 from .errors import EnsembleError
+from .labels import shorten
 from .members import METRICS_FILE
 from .report import append_predictions, build_report, write_predictions, write_report
 
@@ -33,12 +35,18 @@ def gold(ens: Ensemble, ds: TextDataset, split: str, offset: int = 0) -> np.ndar
     and its first data row (counted from 1; `ds` starts at data row `offset` + 1 of its file)."""
     if ds.labels is None:
         return None
-    unknown = sorted(set(ds.labels) - set(ens.labels))
+    known = set(ens.labels)
+    unknown = Counter(label for label in ds.labels if label not in known)
     if unknown:
-        first = ds.labels.index(unknown[0]) + offset + 1
+        first = next(i for i, label in enumerate(ds.labels) if label not in known)
         where = f" of '{ds.path}'" if ds.path else ""
-        raise EnsembleError(f"{split}: label '{unknown[0]}' (first at data row {first}{where}) is not one the "
-                            f"members know ({', '.join(ens.labels)})")
+        listed = ", ".join(f"'{shorten(label)}' ({n} row{'s' if n != 1 else ''})" for label, n in unknown.most_common(5))
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        flag = "--label \"\"" if split.startswith("--") else "no gold labels"
+        raise EnsembleError(f"{split}: label{'s' if len(unknown) > 1 else ''} {listed}{more} (the first at data row "
+                            f"{first + offset + 1}{where}) {'are' if len(unknown) > 1 else 'is'} not among the labels "
+                            f"the members know ({', '.join(ens.labels)}); map the file's labels to those names, or "
+                            f"predict without gold labels ({flag})")
     index = {label: i for i, label in enumerate(ens.labels)}
     return np.array([index[y] for y in ds.labels])
 
@@ -239,6 +247,7 @@ def _predict_file(ens: Ensemble, data: Path, out: Path, *, text: str, text_pair:
         else:
             print(f"--resume: no finished chunk of '{out}' to continue from; predicting from the start", file=sys.stderr)
     names, rows = list(ens.members), done_rows
+    truncated: dict[str, int] = {}  # rows cut to each member's max_length, in this run
     # the file's own problems (path, columns, header) surface here, before any progress is drawn
     chunks = iter_table(data, chunk_rows=chunk_rows, text=text, text_pair=text_pair, label=label,
                         field="--data", require_label=require_label, quoting=quoting)
@@ -256,7 +265,10 @@ def _predict_file(ens: Ensemble, data: Path, out: Path, *, text: str, text_pair:
                 if skipped < done_rows:  # finished before the interruption: read, not predicted
                     skipped += len(chunk)
                     continue
-                vote = ens.vote(chunk.texts, chunk.pairs)
+                cut: dict[str, int] = {}
+                vote = ens.vote_logits(ens.member_logits(chunk.texts, chunk.pairs, cut))
+                for name, n in cut.items():
+                    truncated[name] = truncated.get(name, 0) + n
                 handle = _TextSink()
                 append_predictions(handle, names=names, labels=ens.labels, vote=vote, texts=chunk.texts,
                                    pairs=chunk.pairs, y_true=gold(ens, chunk, "--data", offset=rows), header=rows == 0,
@@ -277,6 +289,11 @@ def _predict_file(ens: Ensemble, data: Path, out: Path, *, text: str, text_pair:
         raise
     finally:
         bar.close()
+    if any(truncated.values()):  # fit and vote report these; a file predicted should say so too
+        listed = ", ".join(f"{n} for '{name}' (max_length {ens.members[name].max_length})"
+                           for name, n in truncated.items() if n)
+        print(f"note: rows longer than a member's max_length were cut to fit: {listed}"
+              + (" (in this run, after the resumed rows)" if done_rows else ""), file=sys.stderr)
     return rows
 
 

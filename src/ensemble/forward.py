@@ -27,12 +27,23 @@ def split_pairs(texts: Sequence, pairs: Sequence[str] | None, text_pair: bool) -
         >>> split_pairs([("A man plays.", "Someone plays.")], None, text_pair=True)
         (['A man plays.'], ['Someone plays.'])
     """
+    shaped_as_pairs = isinstance(texts, np.ndarray) and texts.ndim == 2 and texts.shape[1:] == (2,)
     texts = _text_list(texts, "texts")
     if pairs is None and texts and isinstance(texts[0], (tuple, list)):
-        if any(not isinstance(t, (tuple, list)) or len(t) != 2 for t in texts):
-            raise EnsembleError("texts: give strings, or (text, text_pair) tuples of two strings")
+        for i, t in enumerate(texts):
+            if not isinstance(t, (tuple, list)):
+                raise EnsembleError(f"texts[{i}] is a {type(t).__name__} ({t!r:.40}) where texts[0] is a pair: give "
+                                    "every row as a (text, text_pair) tuple, or every row as a string")
+            if len(t) != 2:
+                column_major = i == 0 and len(texts) == 2 and len(t) == len(texts[1])
+                hint = (": texts look like [texts, text_pairs]; give rows, e.g. list(zip(texts, text_pairs)), "
+                        "or pairs=text_pairs" if column_major else "")
+                raise EnsembleError(f"texts[{i}] has {len(t)} item{'s' if len(t) != 1 else ''} ({t!r:.60}); a row "
+                                    f"of a pair task is (text, text_pair){hint}")
         pairs = [t[1] for t in texts]
         texts = [t[0] for t in texts]
+    elif pairs is None and not texts and (shaped_as_pairs or text_pair):
+        pairs = []  # no rows: nothing to tell pairs from single texts by, and nothing to predict
     texts = _strings(texts, "texts")
     if pairs is not None:
         pairs = _strings(_text_list(pairs, "pairs"), "pairs")
@@ -141,7 +152,9 @@ def _strings(texts: list, name: str) -> list[str]:
             missing = t is None or (isinstance(t, float) and t != t) or type(t).__name__ in ("NAType", "NaTType")
             hint = ": fill or drop the missing texts" if missing else ""
             if isinstance(t, (tuple, list)) and name == "texts":
-                hint = ": give every row as a (text, text_pair) tuple, or plain strings with pairs="
+                hint = (": with pairs= given, texts are the first texts only (strings); give (text, text_pair) "
+                        "tuples or pairs=, not both" if i == 0 else
+                        ": give every row as a (text, text_pair) tuple, or plain strings with pairs=")
             raise EnsembleError(f"{name}[{i}] must be a string; got {type(t).__name__} ({t!r:.40}){hint}")
         if not t.strip():  # as in data files: a label for no text would be noise
             raise EnsembleError(f"{name}[{i}] is {'blank' if t else 'empty'} ({t!r:.40}): fill or drop the empty texts")

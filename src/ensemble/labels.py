@@ -69,7 +69,8 @@ def check_label_column(ds: TextDataset, column: str, field: str = "data.label") 
     """Refuse a training label column that cannot be classes: a continuous target, or text / ids.
 
     More than 20 distinct numbers, some not whole, are a regression target (STS similarity
-    scores); more than 50 distinct values, hardly any of them repeated (90% of the rows or more),
+    scores), and so are more than 10 of which most are off the half-step grid (a small sample of
+    them; half-star ratings, 0.5 apart, stay classes); more than 50 distinct values, hardly any of them repeated (90% of the rows or more),
     are a text or id column chosen by mistake. Both would otherwise train a classifier with a class per value.
 
     Example:
@@ -83,7 +84,7 @@ def check_label_column(ds: TextDataset, column: str, field: str = "data.label") 
     if ds.labels is None:
         return
     distinct = Counter(ds.labels)
-    if len(distinct) > 20 and all(_is_number(v) for v in distinct) and any(not float(v).is_integer() for v in distinct):
+    if _continuous(distinct):
         examples = ", ".join(f"'{v}'" for v in [v for v in distinct if not float(v).is_integer()][:3])
         raise EnsembleError(
             f"{field}: column '{column}' of '{ds.path}' holds {len(distinct)} distinct numbers such as {examples} "
@@ -96,6 +97,20 @@ def check_label_column(ds: TextDataset, column: str, field: str = "data.label") 
             f"{field}: column '{column}' of '{ds.path}' holds {len(distinct)} distinct values in {len(ds.labels)} "
             f"rows (such as {examples}): text or ids, not class labels; set data.label to the column of classes"
         )
+
+
+def _continuous(distinct) -> bool:
+    """Whether distinct label values look like scores of a regression target (see `check_label_column`).
+
+    Example:
+        >>> _continuous([str(k / 5) for k in range(12)]), _continuous([str(k / 2) for k in range(12)])
+        (True, False)
+    """
+    if not distinct or not all(_is_number(v) for v in distinct):
+        return False
+    values = [float(v) for v in distinct]
+    off_grid = sum(not (2 * v).is_integer() for v in values)
+    return (len(values) > 20 and any(not v.is_integer() for v in values)) or (len(values) > 10 and 2 * off_grid > len(values))
 
 
 def shorten(label: str, limit: int = 40) -> str:
@@ -138,9 +153,14 @@ def check_known_labels(ds: TextDataset, known: Sequence[str], field: str) -> Non
     plural = len(unseen) > 1
     training = [shorten(lab) for lab in sorted_labels(known)]
     training_text = str(training) if len(training) <= 20 else str(training[:20])[:-1] + ", ...]"
+    fix = "fix those rows or add examples of them to the training data"
+    if all(_is_number(v) for v in unseen) and any(not float(v).is_integer() for v in unseen) and all(
+            _is_number(v) and float(v).is_integer() for v in known):
+        fix = ("they look like unbinned scores while the training labels are whole numbers: bin them as the "
+               "training labels were binned")
     raise EnsembleError(
         f"{field}: label{'s' if plural else ''} {found}{more} in '{ds.path}' never appear{'' if plural else 's'} "
-        f"in the training labels {training_text}; fix those rows or add examples of them to the training data"
+        f"in the training labels {training_text}; {fix}"
     )
 
 

@@ -48,7 +48,8 @@ def check_not_empty(p: Path, shown: str, field: str) -> None:
             if block.strip():
                 return
             block = f.read(1 << 16)
-    raise EnsembleError(f"{field}: '{shown}' is empty; it needs a header line and at least one row")
+    needs = "one JSON object per row" if p.suffix.lower() == ".jsonl" else "a header line and at least one row"
+    raise EnsembleError(f"{field}: '{shown}' is empty; it needs {needs}")
 
 
 @contextmanager
@@ -121,13 +122,13 @@ def _read_delimited(p: Path, shown: str, field: str, quoting: str = "none") -> I
             reader = csv.reader(stream, delimiter="\t", quoting=csv.QUOTE_NONE)
         else:
             reader = csv.reader(stream, strict=True)
-        columns = [c.strip() for c in _next_record(reader, shown, field) or []]
+        columns = [c.strip() for c in _next_record(reader, shown, field, tabbed) or []]
 
         def fetch(names: list[str], texts: int) -> Iterator[Row]:  # csv values are always strings
             idx = [columns.index(n) for n in names]
             while True:
                 start = reader.line_num + 1  # a quoted record may span lines; report its first
-                record = _next_record(reader, shown, field)
+                record = _next_record(reader, shown, field, tabbed)
                 if record is None:
                     return
                 if len(record) <= 1 and not "".join(record).strip():
@@ -147,14 +148,17 @@ def _read_delimited(p: Path, shown: str, field: str, quoting: str = "none") -> I
         yield columns, fetch
 
 
-def _next_record(reader: Iterator[list[str]], shown: str, field: str) -> list[str] | None:
+def _next_record(reader: Iterator[list[str]], shown: str, field: str, tabbed: bool = False) -> list[str] | None:
     try:
         return next(reader, None)
     except csv.Error as e:
         line = getattr(reader, "line_num", "?")
-        raise EnsembleError(
-            f"{field}: line {line} of '{shown}' is not valid CSV ({e}); fix the quoting, or save it tab-separated"
-        ) from None
+        # A tab-separated file is only read with CSV quoting when asked to: reading it as plain text is the fix.
+        setting = "--quoting none" if field.startswith("--") else 'data.quoting = "none"'
+        fix = (f"read it without CSV quoting ({setting}; quotes are then text), or fix its quoting" if tabbed
+               else "fix the quoting, or save it tab-separated")
+        kind = "CSV-quoted TSV" if tabbed else "CSV"
+        raise EnsembleError(f"{field}: line {line} of '{shown}' is not valid {kind} ({e}); {fix}") from None
 
 
 @contextmanager

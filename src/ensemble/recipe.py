@@ -212,6 +212,12 @@ def _validate(raw: dict, base: Path, where: str) -> Recipe:
         raise EnsembleError(f"{where}: missing [data] table (with at least train = \"path\")")
     data = _build(DataConfig, _table(raw, "data", where), "data", where)
     data = replace(data, **{k: _path(getattr(data, k), base) for k in ("train", "valid", "test")})
+    named = [("text", data.text), ("text_pair", data.text_pair), ("label", data.label)]
+    for i, (key, column) in enumerate(named):  # the label as a text would train on the answer
+        for other, same in named[:i]:
+            if column is not None and column == same:
+                raise EnsembleError(f"{where}: data.{other} and data.{key} both name column '{column}'; each must "
+                                    "name a different column")
     for key in _table(raw, "defaults", where).keys() & set(MEMBER_KEYS):
         raise EnsembleError(f"{where}: defaults.{key}: a member's own key, not a training field; set it in each "
                             "[[members]] table")

@@ -164,9 +164,27 @@ def _metrics(report: dict, names: list[str], has_gold: bool) -> list:
                        f"{'has' if len(absent) == 1 else 'have'} no gold row in this split and "
                        f"count{'s' if len(absent) == 1 else ''} as 0 there, so that scores stay comparable across "
                        "splits.",))
+    blocks += _per_label(report, names)
     if "oracle_accuracy" in report and len(names) > 1:
         blocks.append((f"Oracle accuracy (some member right): {_num(report['oracle_accuracy'])}",))
     return blocks
+
+
+def _per_label(report: dict, names: list[str]) -> list:
+    """Each label's precision, recall and F1 for the ensemble and its F1 for every member."""
+    scores = report["ensemble"].get("per_label")
+    if not isinstance(scores, dict):
+        return []
+    labels = [str(label) for label in report["labels"]]
+    members = [(n, (report["members"][n].get("per_label") or {}).get("f1")) for n in names]
+    members = [(n, f1) for n, f1 in members if isinstance(f1, list) and len(f1) == len(labels)]
+    rows = []
+    for i, label in enumerate(labels):
+        row: list[Inline] = [label, _value((scores.get("support") or [None] * len(labels))[i])]
+        row += [_num((scores.get(k) or [None] * len(labels))[i]) for k in ("precision", "recall", "f1")]
+        rows.append(row + [_num(f1[i]) for _, f1 in members])
+    columns = ["label", "gold rows", "ensemble precision", "ensemble recall", "ensemble F1", *(f"F1 {n}" for n, _ in members)]
+    return [("Per label (a binary task's usual score is its positive label's F1):",), Table(columns, rows)]
 
 
 def _abstaining(report: dict) -> bool:

@@ -26,7 +26,7 @@ from .aggregate import Vote
 from .errors import EnsembleError
 from .plots import write_plots
 
-__all__ = ["agreement_stats", "build_report", "classification_metrics", "fleiss_kappa",
+__all__ = ["agreement_stats", "build_report", "classification_metrics", "fleiss_kappa", "per_label_scores",
            "write_predictions", "write_report"]
 
 
@@ -52,6 +52,22 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
         "macro_f1": float(f1),
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+
+
+def per_label_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, list]:
+    """Precision, recall and F1 of each class (lists in class order, 0 where undefined), and its
+    gold rows (``support``): a binary task's usual score is the F1 of its positive class.
+
+    Example:
+        >>> s = per_label_scores(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]), 3)
+        >>> [round(f, 4) for f in s["f1"]], s["support"]
+        ([0.5, 0.8, 0.0], [2, 2, 1])
+    """
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=list(range(n_classes)), average=None, zero_division=0
+    )
+    return {"precision": [float(v) for v in precision], "recall": [float(v) for v in recall],
+            "f1": [float(v) for v in f1], "support": [int(v) for v in support]}
 
 
 def fleiss_kappa(member_labels: np.ndarray, n_classes: int) -> float:
@@ -145,6 +161,8 @@ def build_report(*, names: list[str], labels: list[str], vote: Vote, method: str
 
     def scored(predicted: np.ndarray, confidence: np.ndarray) -> dict[str, Any]:
         entry = {} if gold is None else classification_metrics(gold, predicted, n_classes)
+        if gold is not None:
+            entry["per_label"] = per_label_scores(gold, predicted, n_classes)
         entry["mean_confidence"] = _f32(confidence.mean(dtype=np.float64))
         return entry
 
