@@ -219,9 +219,9 @@ CASES = [
      "never appears in the training labels ['0', '1', '2', '3', '4']; they look like unbinned scores while the "
      "training labels are whole numbers: bin them as the training labels were binned"),
     ("unknown extension", train_file("x", name="train.xlsx"), 2, "unknown extension '.xlsx'"),
-    ("labels the members do not know", vote_file("text,label\na film,7\n"), 2, "--data: label '7' (1 row) (the first at data row 1 of '"),
+    ("labels the members do not know", vote_file("text,label\na film,7\n"), 2, "--data: label '7' (1 row) is not among the labels the members know (negative, neutral, positive), first at data row 1 of '"),
     ("mixed numbers and strings", vote_file("text,label\na film,positive\nanother,3\nmore,1\nagain,3\n"), 2,
-     "--data: labels '3' (2 rows), '1' (1 row) (the first at data row 2 of '"),
+     "--data: labels '3' (2 rows), '1' (1 row) are not among the labels the members know (negative, neutral, positive), first at data row 2 of '"),
     # data that must work
     ("byte-order mark", vote_file("\ufefftext,label\na film,positive\n"), 0, "report:"),
     ("quotes inside TSV", vote_file('text\tlabel\nsay "hi\tpositive\n', "d.tsv"), 0, "report:"),

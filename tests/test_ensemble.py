@@ -605,11 +605,11 @@ def test_predict_failing_on_the_data_leaves_no_partial_file(run, tmp_path, cli):
     data = _write_csv(tmp_path / "d.csv", ["text", "label"], rows)
     out = tmp_path / "p.csv"
     code, _, err = cli(["predict", "--ensemble", str(run / "run"), "--data", str(data), "--out", str(out), "--quiet"])
-    assert code == 2 and "--data: label 'sideways' (first at data row 21 of " in err
+    assert code == 2 and "--data: label 'sideways' (1 row) is not among the labels the members know (negative, neutral, positive), first at data row 21 of " in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv"]  # neither p.csv nor .p.csv.partial(.json)
     code, _, err = cli(["predict", "--ensemble", str(run / "run"), "--data", str(data), "--out", str(out), "--quiet",
                         "--chunk-rows", "8"])  # in the third chunk: the row still counts from the file's start
-    assert code == 2 and "--data: label 'sideways' (first at data row 21 of " in err
+    assert code == 2 and "--data: label 'sideways' (1 row) is not among the labels the members know (negative, neutral, positive), first at data row 21 of " in err
 
 
 @pytest.mark.parametrize("command", ["vote", "predict"])

@@ -18,10 +18,9 @@ from typing import List, Optional
 
 import typer
 
-from .config import QUOTINGS
-from .errors import EnsembleError, machine_problem, one_of
-from .flags import (as_flags, check_precision, expand_multi, given_value, named_dirs, not_over_inputs, unknown_option,
-                    weights_by_name)
+from .errors import EnsembleError, machine_problem
+from .flags import (as_flags, check_precision, data_columns, expand_multi, given_value, named_dirs, not_over_inputs,
+                    quoting_of, unknown_option, weights_by_name)
 
 try:  # recent typer carries its own copy of click; older releases use click itself
     from typer._click.exceptions import ClickException
@@ -162,8 +161,8 @@ def vote(
     ens = Ensemble.from_dirs(dirs, method if method not in LEARNED_METHODS else "soft", weights_by_name(weights, dirs),
                              precision=precision)
     label_given = bool(label)  # a --label column must exist; the default one may be absent
-    text, text_pair, label = _columns(ens, text, text_pair, label)
-    quoting = _quoting(ens, quoting)
+    text, text_pair, label = data_columns(ens, text, text_pair, label)
+    quoting = quoting_of(ens, quoting)
     if label is None and valid is not None:
         raise EnsembleError("--label: '' reads no gold labels, and --valid needs them to fit the vote; "
                             "name the label column, or drop --valid")
@@ -266,8 +265,8 @@ def predict(
     ens = Ensemble.load(ensemble, device=device, precision=precision)
     not_over_inputs(out, {f"member '{n}' directory": m.path for n, m in ens.members.items()})
     label_given = bool(label)  # a --label column must exist; the default one is copied through if present
-    text, text_pair, label = _columns(ens, text, text_pair, label)
-    rows = predict_file(ens, data, out, text=text, text_pair=text_pair, label=label, quoting=_quoting(ens, quoting),
+    text, text_pair, label = data_columns(ens, text, text_pair, label)
+    rows = predict_file(ens, data, out, text=text, text_pair=text_pair, label=label, quoting=quoting_of(ens, quoting),
                         chunk_rows=chunk_rows,
                         progress=not quiet, resume=resume, overwrite=overwrite, require_label=label_given)
     typer.echo(f"{rows} rows predicted: {out}")
@@ -317,9 +316,9 @@ def distill(
     if unlabeled is not None:
         from .data import load_table
 
-        text, text_pair, _ = _columns(ens, text, text_pair, None)
+        text, text_pair, _ = data_columns(ens, text, text_pair, None)
         extra = load_table(unlabeled, text=text, text_pair=text_pair, label=None, field="--unlabeled", require_label=False,
-                           quoting=_quoting(ens, None))  # read as the members read their files
+                           quoting=quoting_of(ens, None))  # read as the members read their files
     out.parent.mkdir(parents=True, exist_ok=True)
     result = run_distill(ens, spec, out, temperature=temperature, hard_weight=hard_weight, unlabeled=extra,
                          progress=not quiet, resume=resume)
@@ -337,37 +336,6 @@ def distill(
     kept = result["gain_kept"]
     typer.echo("gain over the best member kept: " + ("n/a (the ensemble does not beat it)" if kept is None else f"{kept:.0%}"))
     typer.echo(f"student: {out}")
-
-
-def _columns(ens, text: str | None, text_pair: str | None, label: str | None) -> tuple[str, str | None, str | None]:
-    """Data columns: the flags, else what the members were trained with, else text / label;
-    ``--label ""`` reads no gold labels (label None)."""
-    if text_pair is not None and not ens.text_pair:
-        raise EnsembleError(f"--text-pair: these members were trained on single texts, not pairs; drop --text-pair '{text_pair}'")
-    recorded = ens.data_columns()
-    for flag, key, given in (("--text", "text", text), ("--text-pair", "text_pair", text_pair), ("--label", "label", label)):
-        if given is not None and not given.strip() and key != "label":
-            raise EnsembleError(f"{flag}: is empty; give the column's name, or leave {flag} out")
-        if given is None and (values := ens.differing_columns().get(key)):  # no one default fits them all
-            listed = ", ".join(f"{name}: '{value}'" for name, value in values.items())
-            raise EnsembleError(f"{flag}: the members were trained on different {key.replace('_', ' ')} columns "
-                                f"({listed}); name the --data file's column with {flag}")
-    if label is not None and not label.strip():  # asked for: no gold labels, whatever the file holds
-        return text or recorded.get("text") or "text", text_pair or recorded.get("text_pair"), None
-    return (text or recorded.get("text") or "text", text_pair or recorded.get("text_pair"),
-            label or recorded.get("label") or "label")
-
-
-def _quoting(ens, quoting: str | None) -> str:
-    """--quoting as given (checked), else what the members' recipe read their files with, else "none"."""
-    if quoting is not None and quoting not in QUOTINGS:
-        raise EnsembleError(f"--quoting: must be one of {one_of(QUOTINGS)}; got '{quoting}'")
-    recorded = ens.data_columns().get("quoting")
-    if quoting is None and (values := ens.differing_columns().get("quoting")):
-        listed = ", ".join(f"{name}: '{value}'" for name, value in values.items())
-        raise EnsembleError(f"--quoting: the members read their files with different quoting ({listed}); "
-                            "say how to read the --data file with --quoting")
-    return quoting or (recorded if recorded in QUOTINGS else "none")
 
 
 def _summary(report: dict, out: Path) -> None:

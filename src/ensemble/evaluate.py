@@ -43,10 +43,10 @@ def gold(ens: Ensemble, ds: TextDataset, split: str, offset: int = 0) -> np.ndar
         listed = ", ".join(f"'{shorten(label)}' ({n} row{'s' if n != 1 else ''})" for label, n in unknown.most_common(5))
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         flag = "--label \"\"" if split.startswith("--") else "no gold labels"
-        raise EnsembleError(f"{split}: label{'s' if len(unknown) > 1 else ''} {listed}{more} (the first at data row "
-                            f"{first + offset + 1}{where}) {'are' if len(unknown) > 1 else 'is'} not among the labels "
-                            f"the members know ({', '.join(ens.labels)}); map the file's labels to those names, or "
-                            f"predict without gold labels ({flag})")
+        raise EnsembleError(f"{split}: label{'s' if len(unknown) > 1 else ''} {listed}{more} "
+                            f"{'are' if len(unknown) > 1 else 'is'} not among the labels the members know "
+                            f"({', '.join(ens.labels)}), first at data row {first + offset + 1}{where}; map the file's "
+                            f"labels to those names, or predict without gold labels ({flag})")
     index = {label: i for i, label in enumerate(ens.labels)}
     return np.array([index[y] for y in ds.labels])
 

@@ -1,6 +1,7 @@
 """Command-line flag values, parsed and checked for `cli`: ``--members NAME=DIR``, ``--weights
-NAME=NUMBER``, ``--precision``, ``--out`` against the directories a command reads, several values
-after one flag, and close matches for a mistyped flag. Each mistake is one `EnsembleError` naming
+NAME=NUMBER``, ``--precision``, ``--out`` against the directories a command reads, the data columns
+and quoting (the flags, else the members' own), several values after one flag, and close matches
+for a mistyped flag. Each mistake is one `EnsembleError` naming
 the flag, the value and the fix.
 """
 
@@ -11,7 +12,7 @@ import math
 import re
 from pathlib import Path
 
-from .config import name_problem
+from .config import QUOTINGS, name_problem
 from .errors import EnsembleError, one_of
 
 # Options that take several values after one flag (`--members a b c`), as the README shows them.
@@ -175,3 +176,34 @@ def given_value(exc, args: list[str]) -> str:
             if arg.startswith(opt + "="):
                 return f"; got {arg[len(opt) + 1:]!r}"
     return ""
+
+
+def data_columns(ens, text: str | None, text_pair: str | None, label: str | None) -> tuple[str, str | None, str | None]:
+    """Data columns: the flags, else what the members were trained with, else text / label;
+    ``--label ""`` reads no gold labels (label None). Members trained on different columns need the flag."""
+    if text_pair is not None and not ens.text_pair:
+        raise EnsembleError(f"--text-pair: these members were trained on single texts, not pairs; drop --text-pair '{text_pair}'")
+    recorded = ens.data_columns()
+    for flag, key, given in (("--text", "text", text), ("--text-pair", "text_pair", text_pair), ("--label", "label", label)):
+        if given is not None and not given.strip() and key != "label":
+            raise EnsembleError(f"{flag}: is empty; give the column's name, or leave {flag} out")
+        if given is None and (values := ens.differing_columns().get(key)):  # no one default fits them all
+            listed = ", ".join(f"{name}: '{value}'" for name, value in values.items())
+            raise EnsembleError(f"{flag}: the members were trained on different {key.replace('_', ' ')} columns "
+                                f"({listed}); name the --data file's column with {flag}")
+    if label is not None and not label.strip():  # asked for: no gold labels, whatever the file holds
+        return text or recorded.get("text") or "text", text_pair or recorded.get("text_pair"), None
+    return (text or recorded.get("text") or "text", text_pair or recorded.get("text_pair"),
+            label or recorded.get("label") or "label")
+
+
+def quoting_of(ens, quoting: str | None) -> str:
+    """--quoting as given (checked), else what the members' recipe read their files with, else "none"."""
+    if quoting is not None and quoting not in QUOTINGS:
+        raise EnsembleError(f"--quoting: must be one of {one_of(QUOTINGS)}; got '{quoting}'")
+    recorded = ens.data_columns().get("quoting")
+    if quoting is None and (values := ens.differing_columns().get("quoting")):
+        listed = ", ".join(f"{name}: '{value}'" for name, value in values.items())
+        raise EnsembleError(f"--quoting: the members read their files with different quoting ({listed}); "
+                            "say how to read the --data file with --quoting")
+    return quoting or (recorded if recorded in QUOTINGS else "none")
