@@ -133,7 +133,7 @@ def measure(args: argparse.Namespace, reviews, batch: int) -> dict:
     model, tokenizer = build_member(cfg, labels, train.texts)
     lengths = [len(ids) for ids in tokenizer(train.texts[: len(reviews)], truncation=True, max_length=args.seq)["input_ids"]]
     mean_len = sum(lengths) / len(lengths)
-    layers, hidden = SIZES["base"][0], SIZES["base"][1]
+    layers, hidden = SIZES["base"].layers, SIZES["base"].hidden
     n = non_embedding_parameters(model)
     del model
     with tempfile.TemporaryDirectory() as tmp:

@@ -283,7 +283,7 @@ CASES = [
     ("--valid is the --data file", lambda tmp, m: vote_file("text,label\na,positive\n")(tmp, m)
      + ["--method", "stacking", "--valid", str(tmp / "data.csv")], 2, "--valid: is the --data file"),
     ("bad --abstain-below", lambda tmp, m: vote_file("text\na\n")(tmp, m) + ["--abstain-below", "2"], 2,
-     "--abstain-below: must be between 0 and 1; got 2.0"),
+     "--abstain-below: must be >= 0 and <= 1; got 2.0"),
     ("bad --abstain-on", lambda tmp, m: vote_file("text\na\n")(tmp, m) + ["--abstain-on", "mood"], 2,
      "--abstain-on: must be one of {'agreement', 'confidence'}; got 'mood'"),
     # combining and runtime settings in the recipe

@@ -151,7 +151,7 @@ def test_distill_command_learns_from_unlabelled_texts(fitted, tmp_path, cli):
     (["--student", "/nowhere/checkpoint"], "--student: '/nowhere/checkpoint' is not a directory"),
     (["--student", "scratch:bert", "--unlabeled", str(DEMO / "test.csv"), "--hard-weight", "1"],
      "--hard-weight: 1 leaves the soft labels no weight, and the --unlabeled rows have only those"),
-    (["--student", "scratch:bert", "--hard-weight", "2"], "--hard-weight: must be between 0 and 1"),
+    (["--student", "scratch:bert", "--hard-weight", "2"], "--hard-weight: must be >= 0 and <= 1"),
     (["--student", "scratch:bert", "--set", "lrr=1"], "--set: lrr: unknown key (did you mean 'lr'?)"),
     (["--student", "somewhere/unknown-model"], "--student: cannot tell the architecture"),
     (["--student", "scratch:bert", "--name", "a/b"], "--name: use letters, digits, '-', '_' or '.'"),

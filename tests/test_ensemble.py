@@ -810,7 +810,7 @@ def test_a_second_predict_on_the_same_out_is_refused(run, tmp_path):
     # both used to write into one partial file: NUL bytes and mixed rows, and one of them said it succeeded
     data = _write_csv(tmp_path / "d.csv", ["text"], [[t] for t in TEXTS[:5]])
     out = tmp_path / "p.csv"
-    from ensemble.checkpoint import exclusive_lock
+    from ensemble.files import exclusive_lock
 
     held = exclusive_lock(tmp_path / ".p.csv.lock", os.O_RDWR | os.O_CREAT, "another predict holds it")  # as a run does
     try:

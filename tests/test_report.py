@@ -14,6 +14,7 @@ import pytest
 
 from ensemble.aggregate import Vote, aggregate
 from ensemble.errors import EnsembleError
+from ensemble.files import atomic_write
 from ensemble.report import (
     agreement_stats,
     build_report,
@@ -386,7 +387,7 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        report_module._atomic_write(target, fail_halfway)
+        atomic_write(target, fail_halfway)
     assert target.read_text(encoding="utf-8") == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
 

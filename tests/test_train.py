@@ -30,7 +30,8 @@ from ensemble.errors import EnsembleError
 from ensemble.labels import sorted_labels
 from ensemble.members import build_member, load_member
 from ensemble.recipe import DataConfig, MemberConfig, TrainConfig
-from ensemble.train import Splits, make_optimizer, make_scheduler, replace_dir, train_member
+from ensemble.files import replace_dir
+from ensemble.train import Splits, make_optimizer, make_scheduler, train_member
 
 DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo"
 WEIGHTS = "model.safetensors"
@@ -87,8 +88,8 @@ def member_valid_metrics(path: Path, valid, eval_batch_size: int) -> tuple[float
 
 
 def script_metrics(monkeypatch, key: str, values: list[float]) -> list[dict[str, torch.Tensor]]:
-    """Make `evaluate` report `values[epoch - 1]` as `key`; returns the weights seen at each evaluation."""
-    real = train_mod.evaluate
+    """Make `validate` report `values[epoch - 1]` as `key`; returns the weights seen at each evaluation."""
+    real = train_mod.validate
     snapshots: list[dict[str, torch.Tensor]] = []
 
     def scripted(model, loader, accelerator, n_classes):
@@ -98,7 +99,7 @@ def script_metrics(monkeypatch, key: str, values: list[float]) -> list[dict[str,
         snapshots.append({k: v.detach().clone() for k, v in state.items()})
         return metrics, logits
 
-    monkeypatch.setattr(train_mod, "evaluate", scripted)
+    monkeypatch.setattr(train_mod, "validate", scripted)
     return snapshots
 
 

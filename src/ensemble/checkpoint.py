@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from .errors import EnsembleError
+from .files import write_json
 
 PROGRESS = "progress.json"
 BEST = "best.safetensors"
@@ -110,9 +109,7 @@ class Checkpoint:
             if best_logits is not None:
                 save_file({"logits": best_logits.contiguous()}, str(target / BEST_LOGITS))
             progress.slot = written.slot = slot
-            tmp = self.root / f".{PROGRESS}.tmp"
-            tmp.write_text(json.dumps(asdict(written)), encoding="utf-8")
-            os.replace(tmp, self.root / PROGRESS)
+            write_json(self.root / PROGRESS, asdict(written))
         accelerator.wait_for_everyone()
 
     def restore(self, accelerator, progress: Progress) -> tuple[dict | None, torch.Tensor | None]:
@@ -171,21 +168,3 @@ def fingerprint(*parts) -> str:
 def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A CPU copy of the model's weights (the best epoch's, kept while training goes on)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
-def exclusive_lock(path: Path, flags: int, busy: str) -> int:
-    """Open `path` with `flags` and take an exclusive, non-blocking ``flock`` on it; the open
-    descriptor holds the lock until closed. Held already: an `EnsembleError` saying `busy`.
-
-    Example:
-        >>> fd = exclusive_lock(Path("runs/demo"), os.O_RDONLY, "runs/demo is in use")  # doctest: +SKIP
-    """
-    import fcntl
-
-    fd = os.open(path, flags, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise EnsembleError(busy) from None
-    return fd

@@ -18,7 +18,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import EnsembleError, machine_problem
+from .errors import EnsembleError, machine_problem, one_of
 from .flags import (as_flags, check_precision, data_columns, expand_multi, given_value, named_dirs, not_over_inputs,
                     quoting_of, unknown_option, weights_by_name)
 
@@ -130,15 +130,15 @@ def vote(
     from .evaluate import evaluate, gold, seen_in_training
     from .votefit import missing_labels_warning
     from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig
-    from .train import replace_dir
+    from .files import replace_dir
 
     if method not in VOTE_METHODS:
-        raise EnsembleError(f"--method: must be one of {{{', '.join(repr(m) for m in VOTE_METHODS)}}}; got '{method}'")
+        raise EnsembleError(f"--method: must be one of {one_of(VOTE_METHODS)}; got '{method}'")
     check_precision(precision)
     if abstain_on not in ABSTAIN_ON:
-        raise EnsembleError(f"--abstain-on: must be one of {{'agreement', 'confidence'}}; got '{abstain_on}'")
+        raise EnsembleError(f"--abstain-on: must be one of {one_of(ABSTAIN_ON)}; got '{abstain_on}'")
     if abstain_below is not None and not 0 <= abstain_below <= 1:
-        raise EnsembleError(f"--abstain-below: must be between 0 and 1; got {abstain_below}")
+        raise EnsembleError(f"--abstain-below: must be >= 0 and <= 1; got {abstain_below}")
     for flag, value in (("--abstain-coverage", abstain_coverage), ("--abstain-accuracy", abstain_accuracy)):
         if value is not None and not 0 < value <= 1:
             raise EnsembleError(f"{flag}: must be > 0 and <= 1; got {value}")

@@ -17,7 +17,7 @@ SIZES = ("tiny", "mini", "small", "medium", "base")
 OPTIMIZERS = ("adam", "adamax", "adamw", "rmsprop", "sgd")
 SCHEDULERS = ("constant", "cosine", "exponential", "linear", "step")
 BEST_METRICS = ("accuracy", "macro_f1", "valid_loss")
-PRECISIONS = ("bf16", "fp16", "no")
+MIXED_PRECISIONS = ("bf16", "fp16", "no")  # training arithmetic (`devices.PREDICT_PRECISIONS`: prediction's)
 VOTE_METHODS = ("hard", "soft", "weighted", "selection", "stacking")
 LEARNED_METHODS = ("weighted", "selection", "stacking")  # fitted on the validation split
 ABSTAIN_ON = ("agreement", "confidence")
@@ -140,7 +140,7 @@ class Recipe:
 # Allowed values and ranges, checked once for every field of the same name.
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "best_metric": BEST_METRICS,
-    "mixed_precision": PRECISIONS, "method": VOTE_METHODS, "on_bad_rows": BAD_ROWS,
+    "mixed_precision": MIXED_PRECISIONS, "method": VOTE_METHODS, "on_bad_rows": BAD_ROWS,
     "init": ("pretrained", "scratch"), "arch": ARCHES, "size": SIZES, "log_with": TRACKERS,
     "on_diverge": ON_DIVERGE, "abstain_on": ABSTAIN_ON, "quoting": QUOTINGS,
 }

@@ -15,7 +15,7 @@ from torch import nn
 from .errors import EnsembleError, one_of
 from .recipe import MemberConfig
 
-PRECISIONS = ("auto", "fp32", "bf16")  # prediction arithmetic; "auto": bf16 autocast on GPUs, fp32 on CPUs
+PREDICT_PRECISIONS = ("auto", "fp32", "bf16")  # prediction arithmetic; "auto": bf16 autocast on GPUs, fp32 on CPUs
 
 
 def check_devices(device: str | Sequence[str], name: str = "device") -> list[str]:
@@ -60,8 +60,8 @@ def check_precision(precision: str) -> str:
         >>> check_precision("bf16")
         'bf16'
     """
-    if precision not in PRECISIONS:
-        raise EnsembleError(f"the 'precision' parameter must be one of {one_of(PRECISIONS)}; got {precision!r}")
+    if precision not in PREDICT_PRECISIONS:
+        raise EnsembleError(f"the 'precision' parameter must be one of {one_of(PREDICT_PRECISIONS)}; got {precision!r}")
     if precision == "bf16" and not torch.cuda.is_available() and not cpu_has_bf16():
         warnings.warn("precision 'bf16': this CPU has no native bf16 arithmetic (AMX or AVX512-BF16), so bf16 "
                       "prediction is emulated and likely slower than 'fp32'", stacklevel=2)

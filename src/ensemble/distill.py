@@ -18,9 +18,10 @@ import numpy as np
 
 from .aggregate import aggregate
 from .data import TextDataset, seen_in
-from .ensemble import Ensemble, write_json
+from .ensemble import Ensemble
 from .errors import EnsembleError
 from .evaluate import gold
+from .files import write_json
 from .members import RECIPE_FILE, load_member, saved_recipe
 from .preflight import preflight
 from .recipe import (ARCHES, SIZES, USED_BY, DataConfig, MemberConfig, infer_arch, is_local, name_problem,
@@ -104,7 +105,7 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
     if not 0 < temperature <= MAX_TEMPERATURE:  # beyond, float32 softmaxes are flat to rounding: the KL is noise
         raise EnsembleError(f"--temperature: must be > 0 and <= {MAX_TEMPERATURE:g}; got {temperature}")
     if not 0 <= hard_weight <= 1:
-        raise EnsembleError(f"--hard-weight: must be between 0 and 1; got {hard_weight}")
+        raise EnsembleError(f"--hard-weight: must be >= 0 and <= 1; got {hard_weight}")
     if unlabeled is not None and hard_weight == 1:
         raise EnsembleError("--hard-weight: 1 leaves the soft labels no weight, and the --unlabeled rows have only "
                             "those: give a weight below 1, or drop --unlabeled")

@@ -26,6 +26,7 @@ from .aggregate import Vote, aggregate
 from .data import TextDataset
 from .errors import EnsembleError, one_of
 from .devices import check_devices, check_precision, device_of
+from .files import replace_dir, write_json
 from .forward import encode_per_tokenizer, predict_logits, split_pairs
 from .members import Member, load_member, recorded_valid_logits, saved_recipe
 from .recipe import ABSTAIN_ON, VOTE_METHODS, VoteConfig, name_problem
@@ -249,7 +250,6 @@ class Ensemble:
         Example:
             >>> ens.save("runs/selected")  # doctest: +SKIP
         """
-        from .train import replace_dir
 
         path = Path(path)
         if path.exists() and not path.is_dir():
@@ -439,16 +439,8 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
-def write_json(path: Path, obj) -> None:
-    """Write JSON through a temporary file and a rename: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _link_or_copy(src: str, dst: str) -> None:
     try:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-

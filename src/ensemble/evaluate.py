@@ -21,12 +21,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import combine
-from .checkpoint import exclusive_lock
 from .data import TextDataset, iter_table, load_table, seen_in
-from .ensemble import ABSTAIN, Ensemble, write_json
+from .ensemble import ABSTAIN, Ensemble
 from .errors import EnsembleError
+from .files import exclusive_lock, write_json
 from .labels import shorten
-from .members import METRICS_FILE
+from .members import saved_metrics
 from .report import append_predictions, build_report, write_predictions, write_report
 
 
@@ -162,13 +162,12 @@ def _histories(ens: Ensemble) -> dict:
     """Each member's per-epoch history from its metrics.json (members from elsewhere have none)."""
     histories = {}
     for name, member in ens.members.items():
-        try:
-            metrics = json.loads((member.path / METRICS_FILE).read_text(encoding="utf-8"))
-            history = metrics["history"]
-        except (OSError, TypeError, ValueError, KeyError):
+        metrics = saved_metrics(member.path)
+        history = metrics.get("history")
+        if not isinstance(history, list):
             continue
         keep = ("epoch", "train_loss", "valid_loss", "accuracy", "macro_f1", "lr", "seconds", "samples_per_s")
-        best = metrics.get("best_epoch") if isinstance(metrics, dict) else None
+        best = metrics.get("best_epoch")
         # "kept": the epoch whose weights the member holds (its best by best_metric), the one that votes
         histories[name] = [{**{k: row[k] for k in keep if k in row}, **({"kept": True} if row.get("epoch") == best else {})}
                            for row in history if isinstance(row, dict)]
@@ -183,10 +182,10 @@ def _data_section(ens: Ensemble, data_info: dict, truncated: dict[str, int]) -> 
     counts = {}
     for name, member in ens.members.items():
         entry = {}
+        saved = saved_metrics(member.path).get("truncated")
         try:
-            saved = json.loads((member.path / METRICS_FILE).read_text(encoding="utf-8")).get("truncated", {})
             entry.update({k: int(v) for k, v in saved.items() if k in ("train", "valid")})
-        except (OSError, TypeError, ValueError, AttributeError):
+        except (TypeError, ValueError, AttributeError):
             pass
         entry["eval"] = truncated.get(name, 0)  # the split this report is about
         counts[name] = entry

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -12,12 +11,13 @@ from pathlib import Path
 
 from .data import TextDataset, load_table, seen_in, stratified_split
 from .devices import bf16_tip
-from .ensemble import MANIFEST, Ensemble, write_json
+from .ensemble import MANIFEST, Ensemble
 from .errors import EnsembleError
 from .evaluate import evaluate, gold
 from .labels import check_known_labels, check_label_column, sorted_labels
-from .members import METRICS_FILE, saved_recipe
-from .checkpoint import checkpoint_dir, exclusive_lock
+from .members import METRICS_FILE, saved_metrics, saved_recipe
+from .checkpoint import checkpoint_dir
+from .files import exclusive_lock, write_json
 from .preflight import preflight
 from .recipe import DataConfig, MemberConfig, Recipe, recipe_dict
 from .train import Diverged, Splits, process_state, train_member
@@ -181,7 +181,7 @@ def prepare_out(out: Path, recipe: Recipe, prune: bool = True, keep_vote: bool =
         (out / MANIFEST).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     members_dir = out / "members"
-    # what a killed run left half-moved (`train.replace_dir`): under the lock no other run writes them,
+    # what a killed run left half-moved (`files.replace_dir`): under the lock no other run writes them,
     # and `prune` is false in a worker, whose sibling workers do
     for left in members_dir.glob(".*.*-*") if members_dir.is_dir() and prune else ():
         if re.fullmatch(r"\..+\.(tmp|old)-\d+", left.name):
@@ -266,8 +266,8 @@ def vote_and_report(recipe: Recipe, out: Path, splits: Splits, test: TextDataset
 
 def _valid_truncated(member_dir: Path) -> int:
     try:
-        return int(json.loads((member_dir / METRICS_FILE).read_text(encoding="utf-8"))["truncated"]["valid"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(saved_metrics(member_dir)["truncated"]["valid"])
+    except (KeyError, TypeError, ValueError):
         return 0
 
 

@@ -71,17 +71,18 @@ def not_over_inputs(out: Path, inputs: dict[str, Path], nested_ok: tuple[str, ..
 
 
 def check_precision(precision: str) -> None:
-    """Refuse a --precision outside `devices.PRECISIONS`.
+    """Refuse a --precision outside `devices.PREDICT_PRECISIONS` (`devices.check_precision`, which
+    `Ensemble.load` calls, also warns where bf16 is emulated: once, there).
 
     Example:
         >>> check_precision("fp16")
         Traceback (most recent call last):
         ensemble.errors.EnsembleError: --precision: must be one of {'auto', 'fp32', 'bf16'}; got 'fp16'
     """
-    from .devices import PRECISIONS
+    from .devices import PREDICT_PRECISIONS
 
-    if precision not in PRECISIONS:
-        raise EnsembleError(f"--precision: must be one of {one_of(PRECISIONS)}; got '{precision}'")
+    if precision not in PREDICT_PRECISIONS:
+        raise EnsembleError(f"--precision: must be one of {one_of(PREDICT_PRECISIONS)}; got '{precision}'")
 
 
 def named_dirs(items: list[str]) -> dict[str, Path]:

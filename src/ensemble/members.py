@@ -46,7 +46,7 @@ class Member:
     tokenizer_key: str = ""  # equal keys: the same tokenizer files and max_length, so the same token ids
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     # The library's own progress bars and load reports would drown ours.
     from transformers.utils import logging
 
@@ -66,7 +66,7 @@ def build_member(cfg: MemberConfig, labels: list[str], texts: Iterable[str]) -> 
         >>> model, tok = build_member(MemberConfig("b", init="scratch", arch="bert"),
         ...                           ["neg", "pos"], ["good film", "bad film"])  # doctest: +SKIP
     """
-    _quiet_transformers()
+    quiet_transformers()
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     id2label = dict(enumerate(labels))
@@ -79,7 +79,7 @@ def build_member(cfg: MemberConfig, labels: list[str], texts: Iterable[str]) -> 
     if cfg.train.dropout is not None:
         dropout = {"hidden_dropout_prob": cfg.train.dropout, "attention_probs_dropout_prob": cfg.train.dropout}
     if cfg.init == "scratch":
-        tokenizer = train_tokenizer(cfg.arch, texts, SIZES[cfg.size][4], cfg.train.max_length)
+        tokenizer = train_tokenizer(cfg.arch, texts, SIZES[cfg.size].vocab, cfg.train.max_length)
         config = scratch_config(cfg.arch, cfg.size, tokenizer, num_labels=len(labels), id2label=id2label,
                                 label2id=label2id, **extra, **dropout)
         _head_dropout(config, cfg.train.dropout)
@@ -153,8 +153,6 @@ def _encoder_layers(base: nn.Module) -> nn.ModuleList:
     raise EnsembleError(f"trainable_layers: cannot find the encoder layers of a {type(base).__name__}; remove trainable_layers")
 
 
-# ---------------------------------------------------------------- checking sources before training
-
 def _head_dropout(config, dropout: float | None) -> None:
     """The classifier head's dropout follows the recipe's too: ALBERT's head has its own
     (``classifier_dropout_prob``, 0.1 whatever the encoder's); the others' follows the encoder's
@@ -165,6 +163,8 @@ def _head_dropout(config, dropout: float | None) -> None:
         if hasattr(config, key):
             setattr(config, key, dropout)
 
+
+# ---------------------------------------------------------------- loading trained members
 
 def positions(config) -> int | None:
     """How many tokens the model's position embeddings hold (RoBERTa-style models number positions
@@ -236,7 +236,7 @@ def load_member(path: str | Path, name: str | None = None, weights: bool = True)
         max_length = recorded or 512
         return Member(name=name, path=path, model=None, tokenizer=None, labels=labels, max_length=max_length,
                       text_pair=text_pair, tokenizer_key=tokenizer_key(path, max_length))
-    _quiet_transformers()
+    quiet_transformers()
     from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -290,6 +290,21 @@ def saved_recipe(member_dir: str | Path | None) -> dict:
     except (OSError, TypeError, ValueError):
         return {}
     return recipe if isinstance(recipe, dict) else {}
+
+
+def saved_metrics(member_dir: str | Path | None) -> dict:
+    """A member directory's metrics.json (history, best epoch, truncation counts) as a dict: {} when
+    it is missing, unreadable or not a JSON object (members from elsewhere have none).
+
+    Example:
+        >>> saved_metrics("runs/none/members/bert")
+        {}
+    """
+    try:
+        metrics = json.loads((Path(member_dir) / METRICS_FILE).read_text(encoding="utf-8"))
+    except (OSError, TypeError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
 
 
 def drop_remote_code(member_dir: Path) -> None:
@@ -383,16 +398,16 @@ def member_shape(cfg: MemberConfig) -> tuple[int, int, int, int]:
         (2, 128, 512, 8000)
     """
     if cfg.init == "scratch":
-        layers, hidden, _, inter, vocab = SIZES[cfg.size]
-        return layers, hidden, inter, vocab
-    _quiet_transformers()
+        shape = SIZES[cfg.size]
+        return shape.layers, shape.hidden, shape.intermediate, shape.vocab
+    quiet_transformers()
     from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(cfg.model, local_files_only=True)
     except (OSError, ValueError):
-        layers, hidden, _, inter, vocab = SIZES["base"]
-        return layers, hidden, inter, vocab
+        shape = SIZES["base"]
+        return shape.layers, shape.hidden, shape.intermediate, shape.vocab
     hidden = getattr(config, "hidden_size", 768)
     return (getattr(config, "num_hidden_layers", 12), hidden, getattr(config, "intermediate_size", 4 * hidden),
             getattr(config, "vocab_size", 30000))

@@ -286,11 +286,11 @@ def _save(figure: Figure, path: Path) -> None:
     """Save as PNG via a temporary file in the same folder and os.replace: never half a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from .report import _atomic_write
+    from .files import atomic_write
 
     FigureCanvasAgg(figure)  # attaches itself to the figure: Agg without choosing a backend
     # No "Software" stamp: the bytes then depend on the drawing, not the library version.
-    _atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=_DPI, bbox_inches="tight",
+    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=_DPI, bbox_inches="tight",
                                                       pad_inches=0.15, metadata={"Software": None}), binary=True)
 
 

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 from .devices import check_mixed_precision, warn_emulated_bf16
 from .errors import EnsembleError
 from .integrity import first_line
-from .members import _quiet_transformers, positions
+from .members import positions, quiet_transformers
 from .recipe import ARCHES, MemberConfig, is_local
 from .scratch import MAX_POSITIONS, SIZES
 
@@ -43,7 +43,7 @@ def preflight(members: Iterable[MemberConfig], offline_hint: str = SCRATCH_HINT,
 
 
 def _preflight(members: list[MemberConfig], offline_hint: str) -> None:
-    _quiet_transformers()
+    quiet_transformers()
     from transformers import AutoConfig
 
     warn_emulated_bf16(members)
@@ -52,7 +52,7 @@ def _preflight(members: list[MemberConfig], offline_hint: str) -> None:
         check_trackers(m)
         if m.init == "scratch":
             _check_arch(m, m.arch)
-            _check_fits(m, MAX_POSITIONS, SIZES[m.size][0])
+            _check_fits(m, MAX_POSITIONS, SIZES[m.size].layers)
             continue
         path = Path(m.model).expanduser()
         if is_local(m.model):

@@ -11,9 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-import secrets
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,6 +23,7 @@ from sklearn.metrics import precision_recall_fscore_support
 from . import render
 from .aggregate import Vote
 from .errors import EnsembleError
+from .files import atomic_write
 from .plots import write_plots
 
 __all__ = ["agreement_stats", "build_report", "classification_metrics", "fleiss_kappa", "per_label_scores",
@@ -224,7 +224,7 @@ def write_predictions(path: str | os.PathLike, *, names: list[str], labels: list
         >>> out.read_text().splitlines()[1]
         'fine,neg,0.880797,pos,0.731059,neg,0.574869,0.5'
     """
-    _atomic_write(Path(path), lambda handle: append_predictions(
+    atomic_write(Path(path), lambda handle: append_predictions(
         handle, names=names, labels=labels, vote=vote, texts=texts, pairs=pairs, y_true=y_true, header=True,
         abstain=abstain))
 
@@ -284,11 +284,11 @@ def write_report(out_dir: str | os.PathLike, report: dict, plots: bool = True) -
     out = Path(out_dir)
     # allow_nan=False: a NaN here is a bug upstream, and it would make the file invalid JSON.
     text = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    _atomic_write(out / "report.json", lambda handle: handle.write(text))
+    atomic_write(out / "report.json", lambda handle: handle.write(text))
     images = write_plots(report, out) if plots else {}
     for name, page in (("report.md", render.markdown(report, images)),
                        ("report.html", render.html(report, images))):
-        _atomic_write(out / name, lambda handle, page=page: handle.write(page))
+        atomic_write(out / name, lambda handle, page=page: handle.write(page))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -343,20 +343,3 @@ def _check_inputs(vote: Vote, names: Sequence[str], n_classes: int, texts: Seque
     if wrong:
         raise ValueError(f"the vote has {members} members and {rows} rows, but got lengths {wrong}")
     return member_labels, None if y_true is None else _indices(y_true, n_classes, 1)
-
-
-def _atomic_write(path: Path, write: Callable[[IO], Any], binary: bool = False) -> None:
-    """Write via a temporary file in the same folder and os.replace: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Our own name with mode "x" rather than mkstemp: the file gets the usual umask permissions.
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    text = {} if binary else {"encoding": "utf-8", "newline": ""}
-    try:
-        with open(temporary, "xb" if binary else "x", **text) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

@@ -5,16 +5,27 @@ the demo, `--scratch`). The vocabulary is plain BPE, so the same texts always gi
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
-# (layers, hidden, heads, intermediate, vocabulary) per size; tiny..medium follow Google's
-# compact BERT family (BERT-Tiny L-2 H-128, Mini L-4 H-256, Small L-4 H-512, Medium L-8 H-512).
-SIZES: dict[str, tuple[int, int, int, int, int]] = {
-    "tiny": (2, 128, 2, 512, 8000),
-    "mini": (4, 256, 4, 1024, 16000),
-    "small": (4, 512, 8, 2048, 30000),
-    "medium": (8, 512, 8, 2048, 30000),
-    "base": (12, 768, 12, 3072, 30000),
+
+class Shape(NamedTuple):
+    """A scratch member's size: encoder layers, hidden width, attention heads, feed-forward width, vocabulary."""
+
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+    vocab: int
+
+
+# tiny..medium follow Google's compact BERT family (BERT-Tiny L-2 H-128, Mini L-4 H-256, Small L-4
+# H-512, Medium L-8 H-512); base is BERT-base.
+SIZES: dict[str, Shape] = {
+    "tiny": Shape(layers=2, hidden=128, heads=2, intermediate=512, vocab=8000),
+    "mini": Shape(layers=4, hidden=256, heads=4, intermediate=1024, vocab=16000),
+    "small": Shape(layers=4, hidden=512, heads=8, intermediate=2048, vocab=30000),
+    "medium": Shape(layers=8, hidden=512, heads=8, intermediate=2048, vocab=30000),
+    "base": Shape(layers=12, hidden=768, heads=12, intermediate=3072, vocab=30000),
 }
 MAX_POSITIONS = 512
 
@@ -30,18 +41,19 @@ def scratch_config(arch: str, size: str, tokenizer, **extra):
     """
     from transformers import AutoConfig
 
-    layers, hidden, heads, inter, _ = SIZES[size]
-    kwargs = dict(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
-                  num_attention_heads=heads, intermediate_size=inter, pad_token_id=tokenizer.pad_token_id,
+    shape = SIZES[size]
+    kwargs = dict(vocab_size=len(tokenizer), hidden_size=shape.hidden, num_hidden_layers=shape.layers,
+                  num_attention_heads=shape.heads, intermediate_size=shape.intermediate,
+                  pad_token_id=tokenizer.pad_token_id,
                   max_position_embeddings=MAX_POSITIONS)
     if arch == "roberta":
         # RoBERTa numbers positions from pad_token_id + 1, so it needs that many more slots.
         kwargs.update(max_position_embeddings=MAX_POSITIONS + tokenizer.pad_token_id + 1, type_vocab_size=1,
                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     elif arch == "albert":
-        kwargs.update(embedding_size=min(128, hidden))
+        kwargs.update(embedding_size=min(128, shape.hidden))
     elif arch == "electra":
-        kwargs.update(embedding_size=hidden)
+        kwargs.update(embedding_size=shape.hidden)
     return AutoConfig.for_model(arch, **kwargs, **extra)
 
 

@@ -32,6 +32,7 @@ from .embedding_rows import EmbeddingRows
 from .data import TextDataset
 from .devices import check_mixed_precision
 from .errors import EnsembleError
+from .files import replace_dir
 from .firsttoken import switch as switch_first_token
 from .members import (METRICS_FILE, RECIPE_FILE, VALID_LOGITS, build_member, checkpoint_activations, drop_remote_code,
                       freeze, parameter_count, save_valid_logits)
@@ -176,7 +177,8 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
                           pin_memory=cuda)
     # Validation rows in length order (little padding) in equal-size batches: across processes,
     # Accelerate evens out the last batch and gather_for_metrics drops the repeats.
-    by_length = sorted(range(len(valid_set)), key=lambda i: -valid_set.lengths()[i])
+    lengths = valid_set.lengths()  # once: it is computed afresh on each call
+    by_length = sorted(range(len(valid_set)), key=lambda i: -lengths[i])
     numbered = [{**valid_set[i], "row": i} for i in range(len(valid_set))]  # logits go back in row order
     valid_dl = DataLoader(numbered, sampler=by_length, batch_size=t.eval_batch_size, collate_fn=collate,
                           generator=torch.Generator(), pin_memory=cuda)
@@ -344,7 +346,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
         # evaluate on the validation split
         if sparse_rows is not None:
             sparse_rows.settle()
-        metrics, valid_logits = evaluate(model, valid_dl, accelerator, len(labels))
+        metrics, valid_logits = validate(model, valid_dl, accelerator, len(labels))
         # "lr": the rate of the epoch's last step
         record = {"epoch": epoch, "train_loss": train_loss, **metrics, "lr": lr,
                   "seconds": seconds, "samples_per_s": (state.seen - seen_at_start) * accelerator.num_processes / seconds,
@@ -478,7 +480,7 @@ def process_state():
 
 
 @torch.inference_mode()
-def evaluate(model, loader, accelerator, n_classes: int) -> tuple[dict, torch.Tensor]:
+def validate(model, loader, accelerator, n_classes: int) -> tuple[dict, torch.Tensor]:
     """Validation loss, accuracy, macro precision / recall / F1 and the confusion matrix, and the
     float32 logits in the split's row order (batches carry each row's index as "row")."""
     model.eval()
@@ -496,31 +498,3 @@ def evaluate(model, loader, accelerator, n_classes: int) -> tuple[dict, torch.Te
     in_order = torch.empty_like(logits)
     in_order[rows] = logits
     return {"valid_loss": loss, **metrics}, in_order
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished directory into place so a reader never sees a half-written one.
-
-    Its files get the permissions the user's umask gives new files: safetensors writes weights as
-    0600 (its temporary file's mode), which would keep colleagues from loading a shared member.
-    Files hard-linked in from elsewhere (`Ensemble.save`, `vote`: a member's weights) keep theirs:
-    a mode belongs to the inode, so changing it would change the user's own input file.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in tmp.rglob("*"):
-        if path.is_file() and not path.is_symlink() and path.stat().st_nlink == 1:
-            os.chmod(path, 0o666 & ~umask)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    old = final.parent / f".{final.name}.old-{os.getpid()}"
-    moved = final.exists()
-    if moved:
-        os.replace(final, old)
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        if moved:
-            os.replace(old, final)  # put the previous directory back rather than lose it
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-

@@ -108,8 +108,6 @@ def _fit_abstention(ens: Ensemble, logits: np.ndarray, y: np.ndarray, vote: Vote
     threshold chosen on the stacker's out-of-fold confidence answered another share of the rows
     once the stacker refitted on all of them (54.7% of the validation rows for a 70% target).
     """
-    if vote.abstain_below is not None or None not in (vote.abstain_coverage, vote.abstain_accuracy):
-        raise EnsembleError("vote: set at most one of abstain_below, abstain_coverage, abstain_accuracy")
     target, value = vote.abstain_target
     scored = ens.vote_logits(logits, member_details=False)
     values, correct = scored.confidence, scored.labels == y

@@ -5,8 +5,9 @@ norms, dropout and optimizer passes hardly speed up with more threads (a MiniLM 
 faster on two threads than on one). Members are independent, so when a recipe has several,
 ``ensemble fit`` trains them concurrently by default: each worker process gets its own share of
 the cores (or one GPU) and takes the next member from a queue, largest first; the vote follows
-once all are done. A worker is ``ensemble fit RECIPE --only NAME``; its step log (``log.jsonl``)
-feeds this process's progress bar for that member.
+once all are done. A worker is ``ensemble fit RECIPE --serve``: it trains each member named on its
+stdin (as ``--only NAME`` would), and the member's step log (``log.jsonl``) feeds this process's
+progress bar for it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .checkpoint import LOG, Checkpoint, checkpoint_dir, read_progress
 from .errors import EnsembleError
 from .fit import OutLock, changed, check_out, diverged_file, finished, fit, load_splits, prepare_out, vote_and_report
 from .devices import bf16_tip
+from .members import saved_metrics
 from .preflight import preflight
 from .recipe import MemberConfig, Recipe
 from .slots import Slot, plan, split_threads, threads_label, work
@@ -304,8 +306,7 @@ class _Member:
         self.cfg, self.worker = cfg, worker
         self.member_dir = worker.out / "members" / cfg.name
         t = cfg.train
-        micro = t.batch_size // t.grad_accum
-        steps = math.ceil(math.ceil(train_rows / micro) / t.grad_accum) * t.epochs
+        steps = math.ceil(math.ceil(train_rows / t.micro_batch_size) / t.grad_accum) * t.epochs
         self.bar = tqdm(total=steps, desc=f"{cfg.name} ({worker.label})", unit="step", position=worker.position,
                         leave=False, dynamic_ncols=True, mininterval=0.5,
                         disable=not (progress and sys.stderr.isatty()))  # in a log file the epoch lines suffice
@@ -371,8 +372,8 @@ class _Member:
         if (self.member_dir / LOG).is_file():
             self.follow(self.member_dir / LOG)  # the last lines, written just before the checkpoint went
         self.bar.close()
-        if (self.member_dir / "metrics.json").is_file():
-            best = json.loads((self.member_dir / "metrics.json").read_text(encoding="utf-8"))
+        best = saved_metrics(self.member_dir)
+        if "best_epoch" in best:
             tqdm.write(f"{self.cfg.name}: trained in {time.perf_counter() - self.started:.0f} s on "
                        f"{self.worker.label}; best epoch {best['best_epoch']} "
                        f"({best['best_metric']} {best['best'][best['best_metric']]:.4f})")
