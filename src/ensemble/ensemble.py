@@ -174,7 +174,14 @@ class Ensemble:
     def from_dirs(cls, dirs: dict[str, str | Path], method: str = "soft", weights: dict[str, float] | None = None,
                   device: str | Sequence[str] = "auto", precision: str = "auto", load_weights: bool = True) -> Ensemble:
         """Members from their directories, keyed by name. With ``load_weights=False`` the members
-        are only described (see `load_member`): the ensemble votes on given logits only."""
+        are only described (see `load_member`): the ensemble votes on given logits only.
+
+        Example:
+            >>> ens = Ensemble.from_dirs({"bert": "runs/p1/members/bert", "roberta": "runs/p1/members/roberta"},
+            ...                          method="hard")  # doctest: +SKIP
+            >>> list(ens.members), ens.labels  # doctest: +SKIP
+            (['bert', 'roberta'], ['negative', 'neutral', 'positive'])
+        """
         if not isinstance(dirs, dict):
             raise EnsembleError(f"Ensemble.from_dirs: 'dirs' must be a dict of member name -> directory, e.g. "
                                 f"{{'bert': 'runs/demo/members/bert'}}; got {type(dirs).__name__}")
@@ -301,6 +308,9 @@ class Ensemble:
 
         A single device (``"cpu"``, ``"cuda:1"``) takes every member; a list spreads them over it.
         Members on different GPUs then predict concurrently.
+
+        Example:
+            >>> ens = Ensemble.load("runs/demo").to(["cuda:0", "cuda:1"])  # doctest: +SKIP
         """
         devices = check_devices(device)
         for k, member in enumerate(self.members.values()):
@@ -317,6 +327,13 @@ class Ensemble:
         `precision` says "fp32". Pass a dict as `truncated` to receive, per member, how many rows
         were cut to its max_length. `progress` names a progress bar over the members' rows, shown
         once the work has taken a second.
+
+        Example:
+            >>> cut = {}
+            >>> Ensemble.load("runs/demo").member_logits(["a wonderful film"], truncated=cut).shape  # doctest: +SKIP
+            (4, 1, 3)
+            >>> cut  # doctest: +SKIP
+            {'albert': 0, 'electra': 0, 'roberta': 0, 'bert': 0}
         """
         texts, pairs = split_pairs(texts, pairs, self.text_pair)
         members = list(self.members.values())
@@ -407,7 +424,13 @@ class Ensemble:
         return combine.abstain_mask(values, self.abstain_below)
 
     def vote(self, texts: Sequence, pairs: Sequence[str] | None = None, member_details: bool = True) -> Vote:
-        """The full vote: labels, scores, confidence, agreement, member predictions."""
+        """The full vote: labels, scores, confidence, agreement, member predictions.
+
+        Example:
+            >>> vote = Ensemble.load("runs/demo").vote(["a wonderful film", "dull and long"])  # doctest: +SKIP
+            >>> vote.labels, vote.agreement  # doctest: +SKIP
+            (array([2, 0]), array([1.  , 0.75], dtype=float32))
+        """
         return self.vote_logits(self.member_logits(texts, pairs), member_details=member_details)
 
     def predict(self, texts: Sequence, pairs: Sequence[str] | None = None) -> list[str]:
@@ -426,7 +449,12 @@ class Ensemble:
                 for row, i in enumerate(vote.labels.tolist())]
 
     def predict_proba(self, texts: Sequence, pairs: Sequence[str] | None = None) -> np.ndarray:
-        """(rows, classes) probabilities in `classes_` order; not for hard voting."""
+        """(rows, classes) probabilities in `classes_` order; not for hard voting.
+
+        Example:
+            >>> Ensemble.load("runs/demo").predict_proba(["a wonderful film"]).round(2)  # doctest: +SKIP
+            array([[0.02, 0.03, 0.95]], dtype=float32)
+        """
         if self.method == "hard":
             raise EnsembleError("predict_proba needs probabilities, and a hard vote gives labels and vote shares: "
                                 "use predict(), or vote() for the shares, or method 'soft'")

@@ -181,7 +181,12 @@ def given_value(exc, args: list[str]) -> str:
 
 def data_columns(ens, text: str | None, text_pair: str | None, label: str | None) -> tuple[str, str | None, str | None]:
     """Data columns: the flags, else what the members were trained with, else text / label;
-    ``--label ""`` reads no gold labels (label None). Members trained on different columns need the flag."""
+    ``--label ""`` reads no gold labels (label None). Members trained on different columns need the flag.
+
+    Example:
+        >>> data_columns(Ensemble.load("runs/rte"), None, None, "")  # doctest: +SKIP
+        ('sentence1', 'sentence2', None)
+    """
     if text_pair is not None and not ens.text_pair:
         raise EnsembleError(f"--text-pair: these members were trained on single texts, not pairs; drop --text-pair '{text_pair}'")
     recorded = ens.data_columns()
@@ -199,7 +204,12 @@ def data_columns(ens, text: str | None, text_pair: str | None, label: str | None
 
 
 def quoting_of(ens, quoting: str | None) -> str:
-    """--quoting as given (checked), else what the members' recipe read their files with, else "none"."""
+    """--quoting as given (checked), else what the members' recipe read their files with, else "none".
+
+    Example:
+        >>> quoting_of(Ensemble.load("runs/quora"), None)  # doctest: +SKIP
+        'csv'
+    """
     if quoting is not None and quoting not in QUOTINGS:
         raise EnsembleError(f"--quoting: must be one of {one_of(QUOTINGS)}; got '{quoting}'")
     recorded = ens.data_columns().get("quoting")

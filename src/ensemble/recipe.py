@@ -117,7 +117,13 @@ def train_config(values: dict, overrides: list[str] | None = None, where: str = 
 def to_scratch(recipe: Recipe, size: str) -> Recipe:
     """Replace every hub member by a scratch model of the same architecture and `size` (scratch
     members take that size too); members loaded from a local directory are kept as they are: they
-    need no network, and replacing them would silently drop someone's checkpoint."""
+    need no network, and replacing them would silently drop someone's checkpoint.
+
+    Example:
+        >>> recipe = load_recipe(Path(__file__).parents[2] / "recipes" / "project1.toml")  # hub members
+        >>> [(m.name, m.init, m.arch, m.size) for m in to_scratch(recipe, "tiny").members][:2]
+        [('albert', 'scratch', 'albert', 'tiny'), ('electra', 'scratch', 'electra', 'tiny')]
+    """
     if size not in SIZES:
         raise EnsembleError(f"--scratch: must be one of {one_of(SIZES)}; got '{size}'")
     members = []
@@ -149,7 +155,12 @@ def is_local(model: str) -> bool:
 
 
 def infer_arch(model: str) -> str | None:
-    """The architecture of a hub id or local directory, from its config or, failing that, its name."""
+    """The architecture of a hub id or local directory, from its config or, failing that, its name.
+
+    Example:
+        >>> infer_arch("FacebookAI/roberta-base"), infer_arch("google/electra-small-discriminator"), infer_arch("gpt2")
+        ('roberta', 'electra', None)
+    """
     config = Path(model) / "config.json"
     if config.is_file():
         import json
