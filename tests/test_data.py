@@ -650,7 +650,7 @@ def test_stratified_split_unlabelled() -> None:
 
 @pytest.mark.parametrize("fraction", [0, 1, -0.1, 1.5, True])
 def test_stratified_split_bad_fraction(fraction: float) -> None:
-    with pytest.raises(EnsembleError, match="between 0 and 1"):
+    with pytest.raises(EnsembleError, match=r"the 'fraction' parameter \(data.valid_fraction\) must be > 0 and < 1; got "):
         stratified_split(make_ds(["a", "b"] * 5), fraction, seed=0)
 
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from .errors import EnsembleError
+from .config import BAD_ROWS, QUOTINGS
+from .errors import EnsembleError, one_of
 from .labels import normalize_label
-from .readers import READERS, Row, _read_delimited
+from .readers import READERS, Row
 
-BAD_ROW_MODES = ("error", "skip")
 _FLAGS = {"data.text": "--text", "data.text_pair": "--text-pair", "data.label": "--label"}
 FORMATS = (".csv", ".tsv", ".jsonl", ".npz", ".parquet")
 
@@ -92,7 +92,7 @@ def load_table(
         >>> ds.texts[0][:20], ds.labels[0]  # doctest: +SKIP
         ('The Rock is destined', '3')
     """
-    _check_bad_row_mode(on_bad_rows, quoting)
+    _check_options(on_bad_rows, quoting)
     # One chunk holding every row: the shared streaming code with no chunk limit.
     (ds,) = _stream_table(
         path, chunk_rows=None, text=text, text_pair=text_pair, label=label,
@@ -140,18 +140,18 @@ def iter_table(
     """
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int | np.integer) or chunk_rows < 1:
         raise EnsembleError(f"the 'chunk_rows' parameter must be a positive integer; got {chunk_rows!r}")
-    _check_bad_row_mode(on_bad_rows, quoting)
+    _check_options(on_bad_rows, quoting)
     return _stream_table(
         path, chunk_rows=int(chunk_rows), text=text, text_pair=text_pair, label=label,
         field=field, on_bad_rows=on_bad_rows, require_label=require_label, quoting=quoting,
     )
 
 
-def _check_bad_row_mode(on_bad_rows: str, quoting: str = "none") -> None:
-    if on_bad_rows not in BAD_ROW_MODES:
-        raise EnsembleError(f"the 'on_bad_rows' parameter must be one of {{'error', 'skip'}}; got {on_bad_rows!r}")
-    if quoting not in ("none", "csv"):
-        raise EnsembleError(f"the 'quoting' parameter must be one of {{'none', 'csv'}}; got {quoting!r}")
+def _check_options(on_bad_rows: str, quoting: str = "none") -> None:
+    if on_bad_rows not in BAD_ROWS:
+        raise EnsembleError(f"the 'on_bad_rows' parameter must be one of {one_of(BAD_ROWS)}; got {on_bad_rows!r}")
+    if quoting not in QUOTINGS:
+        raise EnsembleError(f"the 'quoting' parameter must be one of {one_of(QUOTINGS)}; got {quoting!r}")
 
 
 def _stream_table(
@@ -181,7 +181,7 @@ def _stream_table(
             + (" (it looks like a CoNLL token-per-line file: ensemble classifies whole texts or text pairs; token "
                "classification (NER) is not supported)" if conll else "")
         )
-    with (reader(p, shown, field, quoting=quoting) if reader is _read_delimited else reader(p, shown, field)) as (columns, fetch):
+    with reader(p, shown, field, quoting=quoting) as (columns, fetch):
 
         def find(name: str, key: str) -> str:
             if not name.strip():  # a header's unnamed first column (a row index) is never the one meant
@@ -400,7 +400,7 @@ def stratified_split(ds: TextDataset, fraction: float, seed: int) -> tuple[TextD
         [1, 1, 1, 1, 1]
     """
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
-        raise EnsembleError(f"validation fraction must be between 0 and 1 (exclusive); got {fraction!r}")
+        raise EnsembleError(f"the 'fraction' parameter (data.valid_fraction) must be > 0 and < 1; got {fraction!r}")
     n = len(ds)
     n_valid = math.ceil(fraction * n)
     n_train = n - n_valid

@@ -34,7 +34,8 @@ class Row:
 # any row is judged. `fetch(names, texts)`: the first `texts` of `names` are text columns, whose
 # values must be strings (or missing).
 _Fetch = Callable[[list[str], int], Iterator[Row]]
-_Reader = Callable[[Path, str, str], AbstractContextManager[tuple[list[str], _Fetch]]]
+# Every reader takes the .tsv quoting as a keyword; the formats without quotes ignore it.
+_Reader = Callable[..., AbstractContextManager[tuple[list[str], _Fetch]]]
 
 
 
@@ -162,7 +163,7 @@ def _next_record(reader: Iterator[list[str]], shown: str, field: str, tabbed: bo
 
 
 @contextmanager
-def _read_jsonl(p: Path, shown: str, field: str) -> Iterator[tuple[list[str], _Fetch]]:
+def _read_jsonl(p: Path, shown: str, field: str, quoting: str = "none") -> Iterator[tuple[list[str], _Fetch]]:
     # The columns are the keys of the first JSON object: there is no pre-scan of the whole file.
     # Non-object lines before it are remembered (line numbers and problems, equal ones shared) to be
     # judged in order.
@@ -272,7 +273,7 @@ def _not_text(name: str, value: object) -> str | None:
 
 
 @contextmanager
-def _read_npz(p: Path, shown: str, field: str) -> Iterator[tuple[list[str], _Fetch]]:
+def _read_npz(p: Path, shown: str, field: str, quoting: str = "none") -> Iterator[tuple[list[str], _Fetch]]:
     how = "save it with np.savez(path, text=np.array(texts, dtype=str), label=np.array(labels))"
     try:
         archive = np.load(p, allow_pickle=False)
@@ -329,7 +330,7 @@ PARQUET_BATCH_ROWS = 8192  # rows per record batch read from a parquet file
 
 
 @contextmanager
-def _read_parquet(p: Path, shown: str, field: str) -> Iterator[tuple[list[str], _Fetch]]:
+def _read_parquet(p: Path, shown: str, field: str, quoting: str = "none") -> Iterator[tuple[list[str], _Fetch]]:
     try:
         import pyarrow.parquet as pq  # optional and heavy: imported only when a parquet file is read
     except ImportError:
