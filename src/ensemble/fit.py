@@ -129,12 +129,10 @@ def _fit(recipe: Recipe, out: Path, overwrite: bool, resume: bool, progress: boo
         target = out / "members" / member.name
         if resume and finished(target, member, labels, rows):
             if state.is_main_process:
-                print(f"{member.name}: already trained with these settings; kept")
-                shutil.rmtree(checkpoint_dir(target), ignore_errors=True)  # a kill may have cut its clean-up short
+                keep_trained(target, member.name)
             continue
-        why = changed(target, member, labels, rows) if resume and state.is_main_process else None
-        if why:
-            print(f"{member.name}: {why}; training it again")
+        if resume and state.is_main_process:
+            retrain_why(target, member, labels, rows)
         if only is not None and state.is_main_process:
             drop_vote(out)  # it no longer describes these members
         try:
@@ -269,6 +267,21 @@ def _valid_truncated(member_dir: Path) -> int:
         return int(saved_metrics(member_dir)["truncated"]["valid"])
     except (KeyError, TypeError, ValueError):
         return 0
+
+
+def keep_trained(target: Path, name: str) -> None:
+    """Say that a finished member is kept (--resume), and clear the checkpoint a kill may have left."""
+    print(f"{name}: already trained with these settings; kept")
+    shutil.rmtree(checkpoint_dir(target), ignore_errors=True)  # a kill may have cut its clean-up short
+
+
+def retrain_why(target: Path, member: MemberConfig, labels: list[str], rows: dict | None) -> str | None:
+    """Why a member in `target` is trained again from the start (--resume), said and returned; None
+    when it can go on from where it was."""
+    why = changed(target, member, labels, rows)
+    if why:
+        print(f"{member.name}: {why}; training it again")
+    return why
 
 
 def changed(path: Path, member: MemberConfig, labels: list[str], rows: dict | None = None) -> str | None:

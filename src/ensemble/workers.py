@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import LOG, Checkpoint, checkpoint_dir, read_progress
 from .errors import EnsembleError
-from .fit import OutLock, changed, check_out, diverged_file, finished, fit, load_splits, prepare_out, vote_and_report
+from .fit import (OutLock, check_out, diverged_file, finished, fit, keep_trained, load_splits, prepare_out,
+                  retrain_why, vote_and_report)
 from .devices import bf16_tip
 from .members import saved_metrics
 from .preflight import preflight
@@ -94,14 +95,11 @@ def _fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | i
         shutil.rmtree(logs, ignore_errors=True)
         raise
     for m in kept:
-        print(f"{m.name}: already trained with these settings; kept")
-        shutil.rmtree(checkpoint_dir(out / "members" / m.name), ignore_errors=True)  # a kill may have cut its clean-up short
+        keep_trained(out / "members" / m.name, m.name)
     resuming = set()  # members that continue from a checkpoint (not trained again from the start)
     for m in queue:
-        why = changed(out / "members" / m.name, m, labels, rows) if resume else None
-        if why:
-            print(f"{m.name}: {why}; training it again")
-        elif resume and _resumable(out / "members" / m.name, m, labels, rows):
+        if resume and not retrain_why(out / "members" / m.name, m, labels, rows) and _resumable(
+                out / "members" / m.name, m, labels, rows):
             resuming.add(m.name)
     for m in queue:
         diverged_file(out, m.name).unlink(missing_ok=True)
