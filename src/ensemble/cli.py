@@ -18,7 +18,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import EnsembleError, machine_problem, one_of
+from .errors import EnsembleError, machine_problem, one_of, rows_phrase
 from .flags import (as_flags, check_precision, data_columns, expand_multi, given_value, named_dirs, not_over_inputs,
                     quoting_of, unknown_option, weights_by_name)
 
@@ -125,9 +125,9 @@ def vote(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Combine trained members on a data file: predictions, agreement report, ensemble.json."""
-    from .data import load_table, seen_in
+    from .data import load_table
     from .ensemble import Ensemble
-    from .evaluate import evaluate, gold, seen_in_training
+    from .evaluate import evaluate, gold
     from .votefit import missing_labels_warning
     from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig
     from .files import replace_dir
@@ -195,26 +195,7 @@ def vote(
             typer.echo(missing, err=True)
     else:
         ens.abstain_below, ens.abstain_on = abstain_below, abstain_on
-    trained_on, info, warning = _trained_on(ens, data), {}, None
-    chosen_on = _trained_on(ens, data, "valid") or (ens.recorded_logits(ds) is not None and "every member")
-    if trained_on:
-        warning = (f"--data is the training file of {trained_on}: these scores are measured on rows the members "
-                   "were fitted on, so they are optimistic")
-        typer.echo(f"warning: {warning}", err=True)
-    elif chosen_on:
-        warning = (f"--data is the validation file of {chosen_on}: each member's best epoch was chosen on these rows, "
-                   "so these scores are optimistic; score a file the members never saw")
-        typer.echo(f"warning: {warning}", err=True)
-    elif (seen := seen_in_training(ens, ds, quoting))[0]:  # some rows only: counted, as fit counts them
-        info["seen_in_train"] = {data.name: seen[0]}
-        typer.echo(f"warning: {seen[0]} --data row{'s' if seen[0] != 1 else ''} {'has' if seen[0] == 1 else 'have'} the "
-                   f"same text as a training row of {', '.join(repr(n) for n in seen[1])}: scores on them are "
-                   "optimistic (see the report's Data section)", err=True)
-    if valid is not None and (in_valid := seen_in(ds, held)):  # as fit checks its test split
-        info["seen_in_valid"] = {data.name: in_valid}
-        typer.echo(f"warning: {in_valid} --data row{'s' if in_valid != 1 else ''} {'has' if in_valid == 1 else 'have'} "
-                   "the same text as a --valid row, on which the vote was fitted: scores on them are optimistic "
-                   "(see the report's Data section)", err=True)
+    warning, info = _leaks(ens, ds, data, held if valid is not None else None, quoting)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -226,6 +207,36 @@ def vote(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _summary(report, out)
+
+
+def _leaks(ens, ds, data: Path, held, quoting: str) -> tuple[str | None, dict]:
+    """What makes `vote`'s scores on `ds` optimistic, said on stderr: the warning that opens the
+    report (the file is the members' training or validation file) and the report's Data counts
+    (rows shared with the members' training file, or with --valid's rows `held`)."""
+    from .data import seen_in
+    from .evaluate import seen_in_training
+
+    warning, info = None, {}
+    trained_on = _trained_on(ens, data)
+    chosen_on = _trained_on(ens, data, "valid") or (ens.recorded_logits(ds) is not None and "every member")
+    if trained_on:
+        warning = (f"--data is the training file of {trained_on}: these scores are measured on rows the members "
+                   "were fitted on, so they are optimistic")
+    elif chosen_on:
+        warning = (f"--data is the validation file of {chosen_on}: each member's best epoch was chosen on these rows, "
+                   "so these scores are optimistic; score a file the members never saw")
+    elif (seen := seen_in_training(ens, ds, quoting))[0]:  # some rows only: counted, as fit counts them
+        info["seen_in_train"] = {data.name: seen[0]}
+        typer.echo(f"warning: {rows_phrase(seen[0], '--data')} the same text as a training row of "
+                   f"{', '.join(repr(n) for n in seen[1])}: scores on them are optimistic (see the report's Data "
+                   "section)", err=True)
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
+    if held is not None and (in_valid := seen_in(ds, held)):  # as fit checks its test split
+        info["seen_in_valid"] = {data.name: in_valid}
+        typer.echo(f"warning: {rows_phrase(in_valid, '--data')} the same text as a --valid row, on which the vote "
+                   "was fitted: scores on them are optimistic (see the report's Data section)", err=True)
+    return warning, info
 
 
 def _trained_on(ens, file: Path, split: str = "train") -> str:

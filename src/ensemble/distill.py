@@ -109,12 +109,12 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
     if unlabeled is not None and hard_weight == 1:
         raise EnsembleError("--hard-weight: 1 leaves the soft labels no weight, and the --unlabeled rows have only "
                             "those: give a weight below 1, or drop --unlabeled")
-    splits, test, labels = load_splits(training_data(ens))
+    data = training_data(ens)  # the members' data: the student learns and is compared on the same rows
+    splits, test, labels = load_splits(data)
     if sorted(labels) != sorted(ens.labels):
         raise EnsembleError(f"--ensemble: its labels {ens.labels} differ from its training data's {labels}")
     preflight([student], offline_hint="use --student scratch:ARCH[:SIZE] (e.g. scratch:bert:tiny) instead")
     if unlabeled is not None:
-        data = training_data(ens)
         for key in ("valid", "test"):  # rows the student picks its epoch on or is scored on
             held_file = getattr(data, key)
             if held_file is not None and unlabeled.path and Path(unlabeled.path).resolve() == Path(held_file).resolve():
@@ -145,7 +145,7 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
         order = [ens.labels.index(label) for label in labels]
         teach = "teacher labels" if progress else None
         probs = _soft_scores(ens, ens.member_logits(splits.train.texts, splits.train.pairs, progress=teach))[:, order]
-        train_member(student, splits, labels, training_data(ens), out, progress=progress, resume=resume,
+        train_member(student, splits, labels, data, out, progress=progress, resume=resume,
                      teacher=Teacher(probs.astype(np.float32), temperature, hard_weight))
 
     held, split = (test, "test") if test is not None else (splits.valid, "valid")

@@ -32,6 +32,16 @@ def one_of(options) -> str:
     return "{" + ", ".join(f"'{o}'" for o in options) + "}"
 
 
+def rows_phrase(count: int, what: str) -> str:
+    """"N <what> row(s) has/have", the start of the messages that count rows.
+
+    Example:
+        >>> rows_phrase(1, "test"), rows_phrase(3, "--data")
+        ('1 test row has', '3 --data rows have')
+    """
+    return f"{count} {what} row{'s' if count != 1 else ''} {'has' if count == 1 else 'have'}"
+
+
 # The machine's problems, not the library's: the user can act on them (exit 2, not 1). What to do
 # after each; with --resume, fit and predict keep what was finished.
 _ROOM = "make room and rerun (with --resume, fit and predict keep what was finished)"

@@ -12,7 +12,7 @@ from pathlib import Path
 from .data import TextDataset, load_table, seen_in, stratified_split
 from .devices import bf16_tip
 from .ensemble import MANIFEST, Ensemble
-from .errors import EnsembleError
+from .errors import EnsembleError, rows_phrase
 from .evaluate import evaluate, gold
 from .labels import check_known_labels, check_label_column, sorted_labels
 from .members import METRICS_FILE, saved_metrics, saved_recipe
@@ -250,9 +250,8 @@ def vote_and_report(recipe: Recipe, out: Path, splits: Splits, test: TextDataset
         print(f"warning: {listed} {verb} the same text as a training row (duplicates in the data): scores on them "
               "are optimistic (see the report's Data section)")
     if in_valid:
-        print(f"warning: {in_valid} test row{'s' if in_valid != 1 else ''} {'has' if in_valid == 1 else 'have'} the "
-              "same text as a validation row, on which the vote was fitted: the test scores are optimistic "
-              "(see the report's Data section)")
+        print(f"warning: {rows_phrase(in_valid, 'test')} the same text as a validation row, on which the vote was "
+              "fitted: the test scores are optimistic (see the report's Data section)")
     if test is not None:
         report = evaluate(ens, test, "test", out, fitted=fitted, data_info=info, progress=progress)
     else:  # no test file: the report is on valid, whose logits are at hand

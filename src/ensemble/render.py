@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .errors import rows_phrase
 from .markup import PAGE, Caveat, Image, Inline, Span, Table, html_block, html_inline, md_block, md_inline
 
 __all__ = ["html", "markdown"]
@@ -377,8 +378,7 @@ def _data(section: Any, report: dict, names: list[str]) -> list:
     in_valid = section.get("seen_in_valid")
     for split, count in (in_valid.items() if isinstance(in_valid, dict) else ()):
         if _is_number(count) and count:
-            blocks += [(f"Warning: {_value(count)} {split} row{'s' if count != 1 else ''} "
-                        f"{'has' if count == 1 else 'have'} the same text as a validation row, on which the vote "
+            blocks += [(f"Warning: {rows_phrase(count, split)} the same text as a validation row, on which the vote "
                         "(temperatures, weights, stacker, abstention) was fitted: the scores here are optimistic; "
                         "deduplicate the files.",)]
     truncated, lengths = section.get("truncated") or {}, section.get("max_length") or {}
