@@ -391,30 +391,38 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
               "processes": accelerator.num_processes}
     accelerator.wait_for_everyone()
     if main:
-        tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            unwrapped.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            drop_remote_code(tmp)
-            resolved = {"member": recipe_dict(cfg), "data": recipe_dict(data), "labels": labels, "rows": splits.rows}
-            (tmp / RECIPE_FILE).write_text(json.dumps(resolved, indent=2), encoding="utf-8")
-            (tmp / METRICS_FILE).write_text(json.dumps(result, indent=2), encoding="utf-8")
-            if best_logits is not None:
-                save_valid_logits(tmp / VALID_LOGITS, best_logits, splits.valid, labels, t.mixed_precision)
-            if (ckpt.root / LOG).is_file():
-                shutil.copy2(ckpt.root / LOG, tmp / LOG)
-            write_model_card(tmp / "README.md", cfg, labels, result, len(train_set), len(valid_set),
-                             arch=unwrapped.config.model_type,
-                             distilled=None if teacher is None else (teacher.temperature, teacher.hard_weight))
-            replace_dir(tmp, out_dir)
-        finally:
-            # after a crash, leave no half-written member behind (a loadable one, even)
-            shutil.rmtree(tmp, ignore_errors=True)
+        _save_member(out_dir, unwrapped, tokenizer, cfg, data, labels, splits, result, best_logits, ckpt.root / LOG,
+                     (len(train_set), len(valid_set)), teacher)
         ckpt.clear()
     accelerator.wait_for_everyone()
     accelerator.free_memory()
     return result
+
+
+def _save_member(out_dir: Path, model, tokenizer, cfg: MemberConfig, data: DataConfig, labels: list[str],
+                 splits: Splits, result: dict, best_logits: torch.Tensor | None, step_log: Path,
+                 sizes: tuple[int, int], teacher: Teacher | None) -> None:
+    """Write the trained member as a standard Hugging Face directory, with the recipe that made it,
+    its metrics, validation logits, step log and model card, all at once (`files.replace_dir`)."""
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        drop_remote_code(tmp)
+        resolved = {"member": recipe_dict(cfg), "data": recipe_dict(data), "labels": labels, "rows": splits.rows}
+        (tmp / RECIPE_FILE).write_text(json.dumps(resolved, indent=2), encoding="utf-8")
+        (tmp / METRICS_FILE).write_text(json.dumps(result, indent=2), encoding="utf-8")
+        if best_logits is not None:
+            save_valid_logits(tmp / VALID_LOGITS, best_logits, splits.valid, labels, cfg.train.mixed_precision)
+        if step_log.is_file():
+            shutil.copy2(step_log, tmp / LOG)
+        write_model_card(tmp / "README.md", cfg, labels, result, *sizes, arch=model.config.model_type,
+                         distilled=None if teacher is None else (teacher.temperature, teacher.hard_weight))
+        replace_dir(tmp, out_dir)
+    finally:
+        # after a crash, leave no half-written member behind (a loadable one, even)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def member_fingerprint(cfg: MemberConfig, labels: list[str], rows: dict, world: int = 1, taught=None) -> str:
