@@ -13,6 +13,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import List, Optional
 
@@ -433,19 +434,23 @@ def _end_bars() -> None:
             pass
 
 
-def stop_when_orphaned(grace: float = 10.0) -> threading.Thread:
-    """Stop this process when its parent dies (a launcher killed with SIGKILL cannot stop its ranks),
-    rather than train on into a run resumed meanwhile: SIGTERM to itself, which ends like Ctrl-C,
-    and after `grace` seconds (a rank blocked in a collective whose peer is gone) an exit.
+def stop_when_orphaned(grace: float = 10.0, parent: int | None = None,
+                       cleanup: Callable[[], None] | None = None) -> threading.Thread:
+    """Stop this process when its parent (`parent`, else the current one) dies: a launcher or a
+    run killed with SIGKILL cannot stop its ranks or workers, which must not train on into a run
+    resumed meanwhile. Then `cleanup`, SIGTERM to itself, which ends like Ctrl-C, and after `grace`
+    seconds (a rank blocked in a collective whose peer is gone) an exit.
 
     Example:
         >>> stop_when_orphaned()  # doctest: +SKIP
     """
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1)
+        if cleanup is not None:
+            cleanup()
         os.kill(os.getpid(), signal.SIGTERM)  # checkpoints are written atomically: any moment is safe
         time.sleep(grace)
         os._exit(143)

@@ -170,17 +170,14 @@ def serve(recipe: Recipe, out: Path, resume: bool) -> None:
     Everything else the worker prints goes to stderr, which the parent keeps in a log file. A
     worker whose parent dies (even by SIGKILL) stops within a second.
     """
-    parent = int(os.environ.get(PARENT, os.getppid()))
+    from .cli import stop_when_orphaned
 
-    def orphaned() -> None:  # a killed parent cannot stop us: stop, rather than train into a run resumed meanwhile
-        while os.getppid() == parent:
-            time.sleep(1)
+    def clear_logs() -> None:  # the parent that would have removed them is gone
         logs = os.environ.get(LOGS, "")
         if Path(logs).name.startswith("ensemble-workers-"):  # only the directory the parent made
             shutil.rmtree(logs, ignore_errors=True)
-        os.kill(os.getpid(), signal.SIGTERM)  # checkpoints are written atomically: any moment is safe
 
-    threading.Thread(target=orphaned, daemon=True).start()
+    stop_when_orphaned(parent=int(os.environ.get(PARENT, os.getppid())), cleanup=clear_logs)
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     sys.stdout.flush()
     os.dup2(2, 1)
