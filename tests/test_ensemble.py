@@ -919,3 +919,47 @@ def test_predict_says_how_many_rows_were_cut_to_max_length(run, tmp_path, cli):
     assert code == 0, err
     assert ("note: rows longer than a member's max_length were cut to fit: 1 for 'bert' (max_length 32), "
             "1 for 'roberta' (max_length 32)") in err, err
+
+
+def test_threads_predicting_with_one_ensemble_share_its_models_safely(run, monkeypatch):
+    """Each forward pass switches the last layer to token 0 and back: two threads must not switch it
+    under each other (a layer switched back mid-pass, or deleted twice, raised AttributeError)."""
+    import sys
+    import threading
+    import time
+
+    import ensemble.firsttoken as firsttoken
+
+    real_switch = firsttoken.switch
+
+    def slow_switch(model):  # widens the window between "not switched yet" and switching
+        time.sleep(0.002)
+        return real_switch(model)
+
+    monkeypatch.setattr(firsttoken, "switch", slow_switch)
+    ens = three(run)
+    texts = TEXTS[:3]
+    expected = ens.predict_proba(texts)
+    errors, results = [], []
+
+    def work():
+        try:
+            for _ in range(30):
+                results.append(ens.predict_proba(texts))
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion below
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors
+    assert len(results) == 120 and all(np.allclose(r, expected, atol=1e-6) for r in results)
+    assert all("forward" not in vars(m.model.bert.encoder.layer[-1]) for m in ens.members.values()
+               if hasattr(m.model, "bert"))  # every layer switched back

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import types
 import weakref
 from collections.abc import Iterator
@@ -31,6 +32,11 @@ from .cpu import ATTENTION
 _HEADS = {"BertForSequenceClassification", "RobertaForSequenceClassification", "ElectraForSequenceClassification"}
 _AGREE = 1e-4  # logits of the check input, switched against plain (float32: ~1e-6 apart)
 _checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> whether switched, it passed the check
+# Threads predicting with one model share its last layer: the first to enter `first_token_only`
+# switches it, the last to leave switches it back (a thread leaving early must not switch it
+# under another's forward pass).
+_inside: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> first_token_only blocks open on it
+_inside_lock = threading.Lock()
 
 
 def _last_layer(model) -> torch.nn.Module | None:
@@ -149,12 +155,26 @@ def first_token_only(model) -> Iterator[bool]:
         False
     """
     layer = _last_layer(model)
-    if layer is None or "forward" in vars(layer):  # not switchable, or switched for good already
-        yield layer is not None
+    if layer is None:
+        yield False
         return
-    switched = switch(model)
+    with _inside_lock:
+        opened = _inside.get(layer, 0)
+        if not opened and "forward" in vars(layer):  # switched for good already (the training loop's)
+            permanent = True
+        else:
+            permanent = False
+            switched = switch(model) if not opened else "forward" in vars(layer)
+            _inside[layer] = opened + 1
+    if permanent:
+        yield True
+        return
     try:
         yield switched
     finally:
-        if switched:
-            del layer.forward
+        with _inside_lock:
+            _inside[layer] -= 1
+            if not _inside[layer]:
+                del _inside[layer]
+                if "forward" in vars(layer):
+                    del layer.forward
