@@ -851,3 +851,9 @@ def test_the_first_cpu_vote_leaves_torchs_thread_count_alone():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env).stdout
     assert out.split() == ["1", "1"]
+
+
+def test_a_ragged_nested_list_is_refused_by_name():
+    with pytest.raises(EnsembleError, match=re.escape("the 'logits' parameter must be a (members, rows, classes) "
+                                                      "array; got nested sequences of unequal lengths")):
+        aggregate([[[1.0, 2.0]], [[1.0, 2.0, 3.0]]])

@@ -963,3 +963,51 @@ def test_threads_predicting_with_one_ensemble_share_its_models_safely(run, monke
     assert len(results) == 120 and all(np.allclose(r, expected, atol=1e-6) for r in results)
     assert all("forward" not in vars(m.model.bert.encoder.layer[-1]) for m in ens.members.values()
                if hasattr(m.model, "bert"))  # every layer switched back
+
+
+def test_logits_of_the_wrong_shape_or_kind_are_refused_by_name(run):
+    ens = three(run)  # 3 members x 3 labels
+    logits = ens.member_logits(TEXTS[:6])
+    y = np.arange(6) % 3
+    expected = ("expected (3, rows, 3): members ['bert', 'roberta', 'bert_twin'] x rows x labels ['negative', 'neutral', "
+                "'positive']")
+    for call in (lambda x: ens.vote_logits(x), lambda x: ens.fit_vote(x, y, VoteConfig("stacking"))):
+        for bad, shape in ((logits[:, :, :2], (3, 6, 2)), (logits[:2], (2, 6, 3)), (logits[0], (6, 3))):
+            with pytest.raises(EnsembleError, match=re.escape(f"logits have shape {shape}; {expected}")):
+                call(bad)
+    assert (ens.vote_logits(logits.tolist()).labels == ens.vote_logits(logits).labels).all()  # lists are arrays
+    with pytest.raises(EnsembleError, match=re.escape("fit_vote: 'y' holds 5 labels for 6 rows of logits")):
+        ens.fit_vote(logits, y[:5], VoteConfig("soft"))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+    with pytest.raises(EnsembleError, match=re.escape("fit_vote: these logits are probabilities (every row sums to 1)")):
+        ens.fit_vote(probs, y, VoteConfig("soft"))
+    as_bf16 = ens.fit_vote(torch.from_numpy(logits).bfloat16(), y, VoteConfig("soft"))  # any float tensor
+    assert as_bf16["method"] == "soft"
+
+
+def test_weights_that_are_learned_must_be_learned_before_voting(run):
+    members = {n: run / "run" / "members" / n for n in ("bert", "roberta")}
+    for method in ("weighted", "selection"):
+        ens = Ensemble.from_dirs(members, method=method)
+        with pytest.raises(EnsembleError, match=f"method '{method}' learns its weights on validation data first"):
+            ens.predict(TEXTS[:2])
+        ens.fit_vote(ens.member_logits(TEXTS[:9]), np.arange(9) % 3, VoteConfig(method))
+        assert len(ens.predict(TEXTS[:2])) == 2
+    given = Ensemble.from_dirs(members, method="weighted", weights={"bert": 0.7, "roberta": 0.3})  # as load passes them
+    assert len(given.predict(TEXTS[:2])) == 2
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda run: Ensemble([str(run / "run" / "members" / "bert")]),
+     "the 'members' parameter must hold members (load_member(dir)); got a str"),
+    (lambda run: Ensemble.load(run / "run", device=[]), "device: must be 'auto', 'cpu', 'cuda[:N]' or a non-empty list"),
+    (lambda run: Ensemble.load(run / "run", device=None), "device: must be 'auto', 'cpu', 'cuda[:N]' or a non-empty list"),
+    (lambda run: three(run).save(5), "Ensemble.save: the 'path' parameter must be a directory path; got 5"),
+])
+def test_api_misuse_is_one_named_error(run, make, message):
+    with pytest.raises(EnsembleError, match=re.escape(message)):
+        make(run)
+
+
+def test_a_torch_device_object_is_a_device(run):
+    assert list(Ensemble.load(run / "run", device=torch.device("cpu")).members)

@@ -378,7 +378,11 @@ def _as_source(logits: ArrayLike) -> torch.Tensor | np.ndarray:
                 f"the 'logits' parameter must hold real numbers; got {logits.dtype}"
             )
     else:
-        source = np.asarray(logits)
+        try:
+            source = np.asarray(logits)
+        except ValueError:  # a ragged nested list
+            raise EnsembleError("the 'logits' parameter must be a (members, rows, classes) array; got nested "
+                                "sequences of unequal lengths") from None
         if source.dtype.kind not in "iuf":
             raise EnsembleError(
                 f"the 'logits' parameter must hold real numbers; got {source.dtype}"

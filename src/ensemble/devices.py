@@ -29,10 +29,12 @@ def check_devices(device: str | Sequence[str], name: str = "device") -> list[str
     if device == "auto":
         count = torch.cuda.device_count()
         devices = [f"cuda:{i}" for i in range(count)] if count else ["cpu"]
-    elif isinstance(device, str):
-        devices = [device]
+    elif isinstance(device, (str, torch.device)):
+        devices = [str(device)]
+    elif isinstance(device, (list, tuple)) and device:
+        devices = [str(d) for d in device]
     else:
-        devices = list(device)
+        raise EnsembleError(f"{name}: must be 'auto', 'cpu', 'cuda[:N]' or a non-empty list of them; got {device!r}")
     for d in devices:
         kind, _, index = str(d).partition(":")
         ok = (kind == "cpu" and not index) or (

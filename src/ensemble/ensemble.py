@@ -66,6 +66,11 @@ class Ensemble:
             raise EnsembleError(f"the 'ensemble_temperature' parameter must be a finite number > 0; got {ensemble_temperature!r}")
         if not members:
             raise EnsembleError("an ensemble needs at least one member")
+        odd = next((m for m in members if not isinstance(m, Member)), None)
+        if odd is not None:
+            raise EnsembleError(f"the 'members' parameter must hold members (load_member(dir)); got a "
+                                f"{type(odd).__name__} ({odd!r:.60}): for directories use Ensemble.from_dirs("
+                                "{name: dir}) or Ensemble.load(dir)")
         names = [m.name for m in members]
         for name in names:
             problem = name_problem(name)
@@ -106,6 +111,8 @@ class Ensemble:
                                 f"ensemble has {len(members)} x {len(self.labels)}: fit it again")
         self.classes_ = np.array(self.labels, dtype=object)
         self.method = method
+        # weighted and selection votes learn their weights (fit_vote); given, they count as learned
+        self.weights_learned = method not in ("weighted", "selection") or bool(weights)
         self.weights = {n: float(weights.get(n, 1.0)) for n in names}
         if not any(self.weights.values()):
             raise EnsembleError("weights: at least one member needs a weight > 0")
@@ -258,6 +265,8 @@ class Ensemble:
             >>> ens.save("runs/selected")  # doctest: +SKIP
         """
 
+        if not isinstance(path, (str, os.PathLike)):
+            raise EnsembleError(f"Ensemble.save: the 'path' parameter must be a directory path; got {path!r}")
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise EnsembleError(f"Ensemble.save: '{path}' is a file; give a directory path")
@@ -390,8 +399,12 @@ class Ensemble:
             >>> ens.vote_logits(ens.member_logits(["a fine film"])).labels  # doctest: +SKIP
             array([2])
         """
+        logits = self._checked_logits(logits, "vote_logits")
         if hasattr(logits, "detach") and self.method == "stacking":  # the stacker reads NumPy; aggregate takes either
             logits = logits.detach().float().cpu().numpy()
+        if not self.weights_learned:
+            raise EnsembleError(f"method '{self.method}' learns its weights on validation data first: call fit_vote "
+                                "(the CLI's 'ensemble vote --valid FILE' or 'ensemble fit' do), or give weights=")
         names = list(self.members)
         temps = [self.temperatures[n] for n in names]
         weights = [self.weights[n] for n in names]
@@ -422,6 +435,21 @@ class Ensemble:
             return None
         values = vote.confidence if self.abstain_on == "confidence" else vote.agreement
         return combine.abstain_mask(values, self.abstain_below)
+
+    def _checked_logits(self, logits, where: str):
+        """`logits` as an array (a tensor stays one) of shape (members, rows, classes) for this
+        ensemble, else an error naming the shape expected."""
+        if not hasattr(logits, "shape"):
+            try:
+                logits = np.asarray(logits, dtype=np.float32)
+            except (TypeError, ValueError):
+                raise EnsembleError(f"{where}: logits must be a (members, rows, classes) array of numbers; got a "
+                                    f"{type(logits).__name__} that is not one (ragged, or not numbers)") from None
+        shape = tuple(logits.shape)
+        if len(shape) != 3 or shape[0] != len(self.members) or shape[2] != len(self.labels):
+            raise EnsembleError(f"{where}: logits have shape {shape}; expected ({len(self.members)}, rows, "
+                                f"{len(self.labels)}): members {list(self.members)} x rows x labels {self.labels}")
+        return logits
 
     def vote(self, texts: Sequence, pairs: Sequence[str] | None = None, member_details: bool = True) -> Vote:
         """The full vote: labels, scores, confidence, agreement, member predictions.

@@ -19,7 +19,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .ensemble import Ensemble
 
 
-VOTE_STATE = ("method", "weights", "temperatures", "ensemble_temperature", "stacker", "abstain_below", "abstain_on")
+VOTE_STATE = ("method", "weights", "weights_learned", "temperatures", "ensemble_temperature", "stacker", "abstain_below",
+              "abstain_on")
 
 
 def fit_vote(ens: Ensemble, logits: np.ndarray, y: np.ndarray, vote: VoteConfig) -> dict:
@@ -49,9 +50,17 @@ def _fit(ens: Ensemble, logits, y, vote: VoteConfig) -> dict:
     type(ens)(list(ens.members.values()), vote.method, dict(vote.weights or {}), abstain_below=vote.abstain_below,
               abstain_on=vote.abstain_on)
     y = np.asarray(y)
+    logits = ens._checked_logits(logits, "fit_vote")
+    if hasattr(logits, "detach"):  # a torch tensor, of any float dtype (bf16 included)
+        logits = logits.detach().float().cpu().numpy()
     logits = np.asarray(logits)
-    if logits.ndim != 3 or logits.shape[:2] != (len(names), len(y)):
-        raise EnsembleError(f"fit_vote: logits have shape {logits.shape}; expected ({len(names)}, {len(y)}, classes)")
+    if y.ndim != 1 or len(y) != logits.shape[1]:
+        raise EnsembleError(f"fit_vote: 'y' holds {y.size} labels for {logits.shape[1]} rows of logits; give one "
+                            "label index per row")
+    if logits.size and np.isfinite(logits).all() and logits.min() >= 0 and logits.max() <= 1 and np.allclose(
+            logits.sum(axis=2, dtype=np.float64), 1.0, atol=1e-3):
+        raise EnsembleError("fit_vote: these logits are probabilities (every row sums to 1); temperatures and "
+                            "thresholds fitted on them would be wrong: pass logits (np.log(probabilities) will do)")
     ens.method, ens.abstain_below, ens.abstain_on = vote.method, vote.abstain_below, vote.abstain_on
     ens.weights = {n: float(vote.weights.get(n, 1.0)) for n in names}  # the config says it all
     temps = combine.fit_temperatures(logits, y) if vote.calibrate else np.ones(len(names))
@@ -77,6 +86,7 @@ def _fit(ens: Ensemble, logits, y, vote: VoteConfig) -> dict:
         size = len(ens.labels)
         norms = [float(np.linalg.norm(ens.stacker.coef_[:, k * size:(k + 1) * size])) for k in range(len(names))]
         info["reliance"] = {n: (v / sum(norms) if sum(norms) else 0.0) for n, v in zip(names, norms, strict=True)}
+    ens.weights_learned = True  # fitted above (or fixed by the config): the vote below may use them
     ens.ensemble_temperature = 1.0
     if vote.method != "stacking":
         ens.stacker = None
