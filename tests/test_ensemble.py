@@ -1011,3 +1011,14 @@ def test_api_misuse_is_one_named_error(run, make, message):
 
 def test_a_torch_device_object_is_a_device(run):
     assert list(Ensemble.load(run / "run", device=torch.device("cpu")).members)
+
+
+def test_rows_go_through_in_chunks_with_the_same_logits_and_counts(run, monkeypatch):
+    ens = three(run)
+    texts = TEXTS[:10] + [" ".join(TEXTS[:12])]  # the last one is cut to max_length
+    whole_cut, chunked_cut = {}, {}
+    whole = ens.member_logits(texts, truncated=whole_cut)
+    monkeypatch.setattr(ensemble_mod, "PREDICT_CHUNK", 4)
+    chunked = ens.member_logits(texts, truncated=chunked_cut)
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)
+    assert chunked_cut == whole_cut == {"bert": 1, "roberta": 1, "bert_twin": 1}

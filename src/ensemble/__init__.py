@@ -2,7 +2,7 @@
 
 Example:
     >>> from ensemble import Ensemble
-    >>> Ensemble.load("runs/demo").predict(["what a wonderful film"])  # doctest: +SKIP
+    >>> Ensemble.load("runs/demo").predict(["the story is gripping."])  # doctest: +SKIP
     ['positive']
 """
 

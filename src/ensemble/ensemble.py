@@ -34,6 +34,7 @@ from .stacking import Stacker
 
 MANIFEST = "ensemble.json"
 FORMAT = "ensemble/1"
+PREDICT_CHUNK = 20_000  # rows tokenized at a time by `member_logits`: bounds its memory
 ABSTAIN = "abstain"  # the label of rows the ensemble is not sure enough to answer
 
 
@@ -42,9 +43,10 @@ class Ensemble:
 
     Example:
         >>> ens = Ensemble.load("runs/demo")  # doctest: +SKIP
-        >>> ens.predict(["a gripping, beautifully acted film"])  # doctest: +SKIP
-        ['positive']
-        >>> ens.predict_proba([("A man plays.", "Someone plays.")]).shape  # pairs too  # doctest: +SKIP
+        >>> ens.predict(["the story is gripping.", "the final act is thrilling but the plot is messy."])  # doctest: +SKIP
+        ['positive', 'neutral']
+        >>> rte = Ensemble.load("runs/rte")  # members trained on sentence pairs  # doctest: +SKIP
+        >>> rte.predict_proba([("A man plays.", "Someone plays.")]).shape  # doctest: +SKIP
         (1, 2)
         >>> fast = Ensemble.load("runs/demo", precision="bf16")  # bf16 autocast, also on AMX CPUs  # doctest: +SKIP
     """
@@ -124,6 +126,22 @@ class Ensemble:
         self.text_pair = members[0].text_pair
         self.batch_size = int(batch_size)
         self.precision = check_precision(precision)
+
+    def __repr__(self) -> str:
+        """What a notebook shows: how it votes, over which members and labels.
+
+        Example:
+            >>> Ensemble.load("runs/demo")  # doctest: +SKIP
+            Ensemble(method='soft', members=['albert', 'electra', 'roberta', 'bert'], labels=['negative', 'neutral', 'positive'])
+        """
+        parts = [f"method={self.method!r}", f"members={list(self.members)}", f"labels={self.labels}"]
+        if len(set(self.weights.values())) > 1 and self.method != "stacking":
+            parts.append(f"weights={ {n: round(w, 4) for n, w in self.weights.items()} }")
+        if self.abstain_below is not None:
+            parts += [f"abstain_below={self.abstain_below:.4g}", f"abstain_on={self.abstain_on!r}"]
+        if self.text_pair:
+            parts.append("pairs=True")
+        return f"Ensemble({', '.join(parts)})"
 
     # ------------------------------------------------------------ loading and saving
 
@@ -339,7 +357,7 @@ class Ensemble:
 
         Example:
             >>> cut = {}
-            >>> Ensemble.load("runs/demo").member_logits(["a wonderful film"], truncated=cut).shape  # doctest: +SKIP
+            >>> Ensemble.load("runs/demo").member_logits(["the story is gripping."], truncated=cut).shape  # doctest: +SKIP
             (4, 1, 3)
             >>> cut  # doctest: +SKIP
             {'albert': 0, 'electra': 0, 'roberta': 0, 'bert': 0}
@@ -352,27 +370,34 @@ class Ensemble:
         out = np.empty((len(members), len(texts), len(self.labels)), dtype=np.float32)
         if not texts:  # nothing to tokenize (the tokenizer would fail on an empty batch)
             return out
-        encodings = encode_per_tokenizer(members, texts, pairs, truncated)
-
         bar = tqdm(total=len(members) * len(texts), desc=f"{progress} ({len(members)} members)" if progress else None,
                    unit="rows", disable=progress is None, delay=1, mininterval=0.5 if sys.stderr.isatty() else 30)
-
-        def run(indices: list[int]) -> None:
-            for k in indices:
-                member = members[k]
-                order = [member.labels.index(label) for label in self.labels]
-                enc = encodings[member.tokenizer_key or member.name]
-                out[k] = predict_logits(member, enc, self.batch_size, self.precision, bar)[:, order]
-
         by_device: dict[str, list[int]] = {}
         for k, member in enumerate(members):
             by_device.setdefault(str(device_of(member.model)), []).append(k)
         with bar:
-            if len(by_device) > 1:
-                with ThreadPoolExecutor(len(by_device)) as pool:
-                    list(pool.map(run, by_device.values()))
-            else:
-                run(list(range(len(members))))
+            # Token ids take ~5 KB a row as Python lists: rows go through in chunks, so that memory
+            # stays bounded whatever the input's size (length-sorting within a chunk pads as little).
+            for start in range(0, len(texts), PREDICT_CHUNK):
+                stop = min(start + PREDICT_CHUNK, len(texts))
+                cut: dict[str, int] = {}
+                encodings = encode_per_tokenizer(members, texts[start:stop], None if pairs is None else pairs[start:stop],
+                                                 cut)
+                for name, n in cut.items() if truncated is not None else ():
+                    truncated[name] = truncated.get(name, 0) + n
+
+                def run(indices: list[int]) -> None:
+                    for k in indices:
+                        member = members[k]
+                        order = [member.labels.index(label) for label in self.labels]
+                        enc = encodings[member.tokenizer_key or member.name]
+                        out[k, start:stop] = predict_logits(member, enc, self.batch_size, self.precision, bar)[:, order]
+
+                if len(by_device) > 1:
+                    with ThreadPoolExecutor(len(by_device)) as pool:
+                        list(pool.map(run, by_device.values()))
+                else:
+                    run(list(range(len(members))))
         return out
 
     def recorded_logits(self, valid: TextDataset) -> np.ndarray | None:
@@ -396,7 +421,7 @@ class Ensemble:
         float dtype, members in this ensemble's order) as this ensemble's method says.
 
         Example:
-            >>> ens.vote_logits(ens.member_logits(["a fine film"])).labels  # doctest: +SKIP
+            >>> ens.vote_logits(ens.member_logits(["the story is gripping."])).labels  # doctest: +SKIP
             array([2])
         """
         logits = self._checked_logits(logits, "vote_logits")
@@ -455,9 +480,9 @@ class Ensemble:
         """The full vote: labels, scores, confidence, agreement, member predictions.
 
         Example:
-            >>> vote = Ensemble.load("runs/demo").vote(["a wonderful film", "dull and long"])  # doctest: +SKIP
+            >>> vote = Ensemble.load("runs/demo").vote(["the story is gripping.", "the plot is boring."])  # doctest: +SKIP
             >>> vote.labels, vote.agreement  # doctest: +SKIP
-            (array([2, 0]), array([1.  , 0.75], dtype=float32))
+            (array([2, 0]), array([1., 1.], dtype=float32))
         """
         return self.vote_logits(self.member_logits(texts, pairs), member_details=member_details)
 
@@ -468,7 +493,7 @@ class Ensemble:
         (it would be read one character per text), and so are None / NaN items.
 
         Example:
-            >>> Ensemble.load("runs/demo").predict(["a wonderful film", "dull and long"])  # doctest: +SKIP
+            >>> Ensemble.load("runs/demo").predict(["the story is gripping.", "the plot is boring."])  # doctest: +SKIP
             ['positive', 'negative']
         """
         vote = self.vote(texts, pairs, member_details=False)
@@ -480,8 +505,8 @@ class Ensemble:
         """(rows, classes) probabilities in `classes_` order; not for hard voting.
 
         Example:
-            >>> Ensemble.load("runs/demo").predict_proba(["a wonderful film"]).round(2)  # doctest: +SKIP
-            array([[0.02, 0.03, 0.95]], dtype=float32)
+            >>> Ensemble.load("runs/demo").predict_proba(["the story is gripping."]).round(2)  # doctest: +SKIP
+            array([[0.02, 0.01, 0.96]], dtype=float32)
         """
         if self.method == "hard":
             raise EnsembleError("predict_proba needs probabilities, and a hard vote gives labels and vote shares: "
