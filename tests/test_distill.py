@@ -174,6 +174,7 @@ def test_distill_never_writes_over_the_ensemble_it_reads(fitted, tmp_path, cli):
     unlabeled.write_text("text\na film\n", encoding="utf-8")
     for out, what in ((run, "is the --ensemble directory"), (run / "members" / "bert", "is inside the --ensemble directory"),
                       (run / "members" / "bert" / "x", "is inside the member 'bert' directory"),
+                      (run / "members" / "student", "is inside the --ensemble's members folder"),
                       (tmp_path, "holds the --ensemble directory")):
         code, _, err = cli(["distill", "--ensemble", str(run), "--student", "scratch:bert:tiny", "--out", str(out),
                             "--overwrite", "--quiet"])

@@ -318,6 +318,9 @@ def distill(
     data = training_data(ens)  # the members' data files: the student trains and is compared on them
     files = {f"data.{key} file": getattr(data, key) for key in ("train", "valid", "test") if getattr(data, key)}
     not_over_inputs(out, {**{f"member '{n}' directory": m.path for n, m in ens.members.items()}, **files})
+    if (ensemble / "members").resolve() in out.resolve().parents:  # a student there would pass for a member
+        raise EnsembleError(f"--out: '{out}' is inside the --ensemble's members folder ('{ensemble / 'members'}'), "
+                            "where the student would pass for one of its members; choose another --out")
     if out.exists() and not out.is_dir():
         raise EnsembleError(f"--out: '{out}' is a file; the student is a directory: choose a directory path")
     if out.is_dir() and resume and not overwrite and any(out.iterdir()) and not (out / "config.json").is_file():
