@@ -1022,3 +1022,15 @@ def test_rows_go_through_in_chunks_with_the_same_logits_and_counts(run, monkeypa
     chunked = ens.member_logits(texts, truncated=chunked_cut)
     np.testing.assert_allclose(chunked, whole, atol=1e-5)
     assert chunked_cut == whole_cut == {"bert": 1, "roberta": 1, "bert_twin": 1}
+
+
+def test_saving_an_ensemble_whose_member_directory_is_gone_names_it(run, tmp_path):
+    copied = tmp_path / "bert"
+    shutil.copytree(run / "run" / "members" / "bert", copied)
+    ens = Ensemble.from_dirs({"bert": copied})
+    shutil.rmtree(copied)
+    with pytest.raises(EnsembleError, match=re.escape(f"Ensemble.save: member 'bert' was loaded from '{copied}', "
+                                                      "which is gone")):
+        ens.save(tmp_path / "saved")
+    with pytest.raises(EnsembleError, match="member_logits: the 'truncated' parameter must be a dict"):
+        three(run).member_logits(TEXTS[:2], truncated=[])

@@ -76,6 +76,20 @@ class Vote:
     member_confidence: np.ndarray | None
     equal_counts: np.ndarray
 
+    def __repr__(self) -> str:
+        """A summary (a notebook would otherwise print every array).
+
+        Example:
+            >>> aggregate(np.array([[[2.0, 0.0]], [[0.0, 1.0]]]), "soft")
+            Vote(rows=1, classes=2, members=2, labels=[0], mean confidence 0.5749, mean agreement 0.5000)
+        """
+        rows, classes = self.scores.shape
+        shown = self.labels[:8].tolist()
+        more = ", ..." if rows > 8 else ""
+        mean = (lambda a: float(a.mean()) if rows else float("nan"))  # noqa: E731
+        return (f"Vote(rows={rows}, classes={classes}, members={len(self.equal_counts)}, labels={str(shown)[:-1]}{more}], "
+                f"mean confidence {mean(self.confidence):.4f}, mean agreement {mean(self.agreement):.4f})")
+
 
 def aggregate(
     logits: ArrayLike,

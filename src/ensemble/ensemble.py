@@ -309,6 +309,9 @@ class Ensemble:
         for name, member in self.members.items():
             if member.path is None:
                 continue
+            if not member.path.is_dir():  # its files are copied (linked) from there
+                raise EnsembleError(f"Ensemble.save: member '{name}' was loaded from '{member.path}', which is gone; "
+                                    "put it back, or save an ensemble without it")
             source = member.path.resolve()
             if source == target or source in target.parents:
                 raise EnsembleError(f"Ensemble.save: '{path}' is inside member '{name}' ('{member.path}'), which this "
@@ -362,6 +365,9 @@ class Ensemble:
             >>> cut  # doctest: +SKIP
             {'albert': 0, 'electra': 0, 'roberta': 0, 'bert': 0}
         """
+        if truncated is not None and not isinstance(truncated, dict):
+            raise EnsembleError(f"member_logits: the 'truncated' parameter must be a dict (it receives counts per "
+                                f"member) or None; got {type(truncated).__name__}")
         texts, pairs = split_pairs(texts, pairs, self.text_pair)
         members = list(self.members.values())
         unloaded = [m.name for m in members if m.model is None]
