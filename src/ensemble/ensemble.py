@@ -216,25 +216,22 @@ class Ensemble:
     def data_columns(self) -> dict:
         """The data settings (text, text_pair, label columns, quoting) the members were trained
         with, where every member that recorded one agrees (`differing_columns` has the others)."""
-        recorded = self._recorded_columns()
-        differing = self.differing_columns()
-        return {k: v for values in recorded.values() for k, v in values.items() if k not in differing}
+        by_key = self._columns_by_key()
+        return {k: next(iter(values.values())) for k, values in by_key.items() if len(set(values.values())) == 1}
 
     def differing_columns(self) -> dict[str, dict[str, str]]:
         """Data settings the members were trained with different values of: {key: {member: value}}."""
-        recorded = self._recorded_columns()
-        keys = dict.fromkeys(k for values in recorded.values() for k in values)
-        by_key = {k: {n: values[k] for n, values in recorded.items() if k in values} for k in keys}
-        return {k: values for k, values in by_key.items() if len(set(values.values())) > 1}
+        return {k: values for k, values in self._columns_by_key().items() if len(set(values.values())) > 1}
 
-    def _recorded_columns(self) -> dict[str, dict[str, str]]:
-        recorded = {}
+    def _columns_by_key(self) -> dict[str, dict[str, str]]:
+        """{setting: {member: value}} from each member's recipe.json, for the members that recorded it."""
+        by_key: dict[str, dict[str, str]] = {}
         for name, member in self.members.items():
             data = saved_recipe(member.path).get("data")
-            if isinstance(data, dict):
-                recorded[name] = {k: v for k, v in data.items() if k in ("text", "text_pair", "label", "quoting")
-                                  and isinstance(v, str)}
-        return recorded
+            for key, value in (data.items() if isinstance(data, dict) else ()):
+                if key in ("text", "text_pair", "label", "quoting") and isinstance(value, str):
+                    by_key.setdefault(key, {})[name] = value
+        return by_key
 
     def training_files(self, split: str = "train") -> dict[str, Path]:
         """Member name -> the training file (or, with ``split="valid"``, the validation file) its

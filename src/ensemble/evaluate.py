@@ -25,7 +25,7 @@ from .data import TextDataset, iter_table, load_table, seen_in
 from .ensemble import ABSTAIN, Ensemble
 from .errors import EnsembleError
 from .files import exclusive_lock, write_json
-from .labels import shorten
+from .labels import counted
 from .members import saved_metrics
 from .report import append_predictions, build_report, write_predictions, write_report
 
@@ -40,10 +40,9 @@ def gold(ens: Ensemble, ds: TextDataset, split: str, offset: int = 0) -> np.ndar
     if unknown:
         first = next(i for i, label in enumerate(ds.labels) if label not in known)
         where = f" of '{ds.path}'" if ds.path else ""
-        listed = ", ".join(f"'{shorten(label)}' ({n} row{'s' if n != 1 else ''})" for label, n in unknown.most_common(5))
-        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        listed = counted(unknown, 5)
         flag = "--label \"\"" if split.startswith("--") else "no gold labels"
-        raise EnsembleError(f"{split}: label{'s' if len(unknown) > 1 else ''} {listed}{more} "
+        raise EnsembleError(f"{split}: label{'s' if len(unknown) > 1 else ''} {listed} "
                             f"{'are' if len(unknown) > 1 else 'is'} not among the labels the members know "
                             f"({', '.join(ens.labels)}), first at data row {first + offset + 1}{where}; map the file's "
                             f"labels to those names, or predict without gold labels ({flag})")

@@ -189,11 +189,11 @@ def data_columns(ens, text: str | None, text_pair: str | None, label: str | None
     """
     if text_pair is not None and not ens.text_pair:
         raise EnsembleError(f"--text-pair: these members were trained on single texts, not pairs; drop --text-pair '{text_pair}'")
-    recorded = ens.data_columns()
+    recorded, differing = ens.data_columns(), ens.differing_columns()
     for flag, key, given in (("--text", "text", text), ("--text-pair", "text_pair", text_pair), ("--label", "label", label)):
         if given is not None and not given.strip() and key != "label":
             raise EnsembleError(f"{flag}: is empty; give the column's name, or leave {flag} out")
-        if given is None and (values := ens.differing_columns().get(key)):  # no one default fits them all
+        if given is None and (values := differing.get(key)):  # no one default fits them all
             listed = ", ".join(f"{name}: '{value}'" for name, value in values.items())
             raise EnsembleError(f"{flag}: the members were trained on different {key.replace('_', ' ')} columns "
                                 f"({listed}); name the --data file's column with {flag}")

@@ -113,6 +113,18 @@ def _continuous(distinct) -> bool:
     return (len(values) > 20 and any(not v.is_integer() for v in values)) or (len(values) > 10 and 2 * off_grid > len(values))
 
 
+def counted(counts: Counter, most: int) -> str:
+    """The `most` commonest labels of `counts` with their rows, for a message; "and N more" after.
+
+    Example:
+        >>> counted(Counter(["x", "y", "x", "z"]), 2)
+        "'x' (2 rows), 'y' (1 row) and 1 more"
+    """
+    common = counts.most_common(most)
+    listed = ", ".join(f"'{shorten(label)}' ({n} row{'s' if n != 1 else ''})" for label, n in common)
+    return listed + (f" and {len(counts) - len(common)} more" if len(counts) > len(common) else "")
+
+
 def shorten(label: str, limit: int = 40) -> str:
     """A label cut to `limit` characters for a message.
 
@@ -147,9 +159,7 @@ def check_known_labels(ds: TextDataset, known: Sequence[str], field: str) -> Non
     unseen = Counter(lab for lab in ds.labels if lab not in known_set)
     if not unseen:
         return
-    most = unseen.most_common(10)
-    found = ", ".join(f"'{shorten(lab)}' ({n} row{'s' if n != 1 else ''})" for lab, n in most)
-    more = f" and {len(unseen) - len(most)} more" if len(unseen) > len(most) else ""
+    found = counted(unseen, 10)
     plural = len(unseen) > 1
     training = [shorten(lab) for lab in sorted_labels(known)]
     training_text = str(training) if len(training) <= 20 else str(training[:20])[:-1] + ", ...]"
@@ -159,7 +169,7 @@ def check_known_labels(ds: TextDataset, known: Sequence[str], field: str) -> Non
         fix = ("they look like unbinned scores while the training labels are whole numbers: bin them as the "
                "training labels were binned")
     raise EnsembleError(
-        f"{field}: label{'s' if plural else ''} {found}{more} in '{ds.path}' never appear{'' if plural else 's'} "
+        f"{field}: label{'s' if plural else ''} {found} in '{ds.path}' never appear{'' if plural else 's'} "
         f"in the training labels {training_text}; {fix}"
     )
 

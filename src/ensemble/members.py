@@ -285,11 +285,7 @@ def saved_recipe(member_dir: str | Path | None) -> dict:
         >>> saved_recipe("runs/none/members/bert")
         {}
     """
-    try:
-        recipe = json.loads((Path(member_dir) / RECIPE_FILE).read_text(encoding="utf-8"))
-    except (OSError, TypeError, ValueError):
-        return {}
-    return recipe if isinstance(recipe, dict) else {}
+    return _json_object(member_dir, RECIPE_FILE)
 
 
 def saved_metrics(member_dir: str | Path | None) -> dict:
@@ -300,11 +296,15 @@ def saved_metrics(member_dir: str | Path | None) -> dict:
         >>> saved_metrics("runs/none/members/bert")
         {}
     """
+    return _json_object(member_dir, METRICS_FILE)
+
+
+def _json_object(member_dir: str | Path | None, name: str) -> dict:
     try:
-        metrics = json.loads((Path(member_dir) / METRICS_FILE).read_text(encoding="utf-8"))
+        value = json.loads((Path(member_dir) / name).read_text(encoding="utf-8"))
     except (OSError, TypeError, ValueError):
         return {}
-    return metrics if isinstance(metrics, dict) else {}
+    return value if isinstance(value, dict) else {}
 
 
 def drop_remote_code(member_dir: Path) -> None:
