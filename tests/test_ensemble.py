@@ -230,6 +230,31 @@ def test_a_bad_batch_size_is_refused(run, kwargs, message):
         Ensemble([load_member(run / "run" / "members" / "bert")], **kwargs)
 
 
+@pytest.mark.parametrize("setting, value, message", [
+    ("batch_size", 0, "the 'batch_size' parameter must be an integer >= 1; got 0"),
+    ("batch_size", "256", "the 'batch_size' parameter must be an integer >= 1; got '256'"),
+    ("precision", "fp16", "the 'precision' parameter must be one of {'auto', 'fp32', 'bf16'}; got 'fp16'"),
+    ("method", "average", "the 'method' parameter must be one of"),
+    ("abstain_below", 1.5, "the 'abstain_below' parameter must be a number in [0, 1] or None; got 1.5"),
+    ("abstain_on", "margin", "the 'abstain_on' parameter must be one of"),
+])
+def test_a_setting_changed_after_loading_is_checked_on_assignment(run, setting, value, message):
+    ens = Ensemble.load(run / "run")
+    before = getattr(ens, setting)
+    with pytest.raises(EnsembleError, match=f"^{re.escape(message)}"):
+        setattr(ens, setting, value)
+    assert getattr(ens, setting) == before  # a refused value leaves the old one
+
+
+def test_a_setting_changed_after_loading_takes_effect(run):
+    ens = Ensemble.load(run / "run")
+    ens.batch_size, ens.abstain_below = np.int64(3), 1.0
+    assert ens.batch_size == 3 and type(ens.batch_size) is int
+    assert set(ens.predict(["the story is gripping.", "the plot is boring."])) == {"abstain"}
+    ens.abstain_below = None
+    assert "abstain" not in ens.predict(["the story is gripping."])
+
+
 def test_numpy_numbers_are_numbers(run):
     members = [load_member(run / "run" / "members" / n) for n in ("bert", "roberta")]
     ens = Ensemble(members, weights={"bert": np.float32(2.0), "roberta": np.int64(1)},

@@ -55,14 +55,10 @@ class Ensemble:
                  batch_size: int = 64, *, temperatures: dict[str, float] | None = None,
                  stacker: Stacker | None = None, abstain_below: float | None = None,
                  abstain_on: str = "confidence", ensemble_temperature: float = 1.0, precision: str = "auto"):
-        if method not in VOTE_METHODS:
-            raise EnsembleError(f"the 'method' parameter must be one of {one_of(VOTE_METHODS)}; got '{method}'")
-        if abstain_on not in ABSTAIN_ON:
-            raise EnsembleError(f"the 'abstain_on' parameter must be one of {one_of(ABSTAIN_ON)}; got '{abstain_on}'")
-        if abstain_below is not None and not (_is_number(abstain_below) and 0 <= abstain_below <= 1):
-            raise EnsembleError(f"the 'abstain_below' parameter must be a number in [0, 1] or None; got {abstain_below!r}")
-        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, (bool, np.bool_)) or batch_size < 1:
-            raise EnsembleError(f"the 'batch_size' parameter must be an integer >= 1; got {batch_size!r}")
+        _check_method(method)
+        _check_abstain_on(abstain_on)
+        _check_abstain_below(abstain_below)
+        _check_batch_size(batch_size)
         if not (_is_number(ensemble_temperature) and np.isfinite(ensemble_temperature)
                 and ensemble_temperature > 0):
             raise EnsembleError(f"the 'ensemble_temperature' parameter must be a finite number > 0; got {ensemble_temperature!r}")
@@ -105,9 +101,6 @@ class Ensemble:
                 kinds = {True: "sentence pairs", False: "single texts"}
                 raise EnsembleError(f"member '{m.name}' was trained on {kinds[m.text_pair]} but member "
                                     f"'{members[0].name}' on {kinds[members[0].text_pair]}; they cannot vote together")
-        if abstain_below is not None and ABSTAIN in self.labels:
-            raise EnsembleError(f"abstain_below: '{ABSTAIN}' is one of the labels, so abstaining rows could not be told "
-                                "apart; rename that label or leave abstain_below unset")
         if stacker is not None and (stacker.n_members_, stacker.n_classes_) != (len(members), len(self.labels)):
             raise EnsembleError(f"stacker: fitted for {stacker.n_members_} members x {stacker.n_classes_} classes; this "
                                 f"ensemble has {len(members)} x {len(self.labels)}: fit it again")
@@ -121,11 +114,57 @@ class Ensemble:
         self.temperatures = {n: float(temperatures.get(n, 1.0)) for n in names}
         self.ensemble_temperature = float(ensemble_temperature)  # on the soft vote's probabilities
         self.stacker = stacker
-        self.abstain_below = None if abstain_below is None else float(abstain_below)
+        self.abstain_below = abstain_below
         self.abstain_on = abstain_on
         self.text_pair = members[0].text_pair
-        self.batch_size = int(batch_size)
-        self.precision = check_precision(precision)
+        self.batch_size = batch_size
+        self.precision = precision
+
+    # Settings people change on a loaded ensemble (``ens.batch_size = 256``) are checked on
+    # assignment as in __init__, so a wrong value fails there, not deep inside predict.
+    @property
+    def method(self) -> str:
+        return self._method
+
+    @method.setter
+    def method(self, value: str) -> None:
+        self._method = _check_method(value)
+
+    @property
+    def abstain_on(self) -> str:
+        return self._abstain_on
+
+    @abstain_on.setter
+    def abstain_on(self, value: str) -> None:
+        self._abstain_on = _check_abstain_on(value)
+
+    @property
+    def abstain_below(self) -> float | None:
+        return self._abstain_below
+
+    @abstain_below.setter
+    def abstain_below(self, value: float | None) -> None:
+        value = _check_abstain_below(value)
+        if value is not None and ABSTAIN in getattr(self, "labels", ()):
+            raise EnsembleError(f"abstain_below: '{ABSTAIN}' is one of the labels, so abstaining rows could not be "
+                                "told apart; rename that label or leave abstain_below unset")
+        self._abstain_below = value
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self._batch_size = _check_batch_size(value)
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self._precision = check_precision(value)
 
     def __repr__(self) -> str:
         """What a notebook shows: how it votes, over which members and labels.
@@ -516,6 +555,30 @@ class Ensemble:
                                 "use predict(), or vote() for the shares, or method 'soft'")
         return self.vote(texts, pairs, member_details=False).scores
 
+
+
+def _check_method(method: str) -> str:
+    if method not in VOTE_METHODS:
+        raise EnsembleError(f"the 'method' parameter must be one of {one_of(VOTE_METHODS)}; got {method!r}")
+    return method
+
+
+def _check_abstain_on(abstain_on: str) -> str:
+    if abstain_on not in ABSTAIN_ON:
+        raise EnsembleError(f"the 'abstain_on' parameter must be one of {one_of(ABSTAIN_ON)}; got {abstain_on!r}")
+    return abstain_on
+
+
+def _check_abstain_below(value: float | None) -> float | None:
+    if value is not None and not (_is_number(value) and 0 <= value <= 1):
+        raise EnsembleError(f"the 'abstain_below' parameter must be a number in [0, 1] or None; got {value!r}")
+    return None if value is None else float(value)
+
+
+def _check_batch_size(value: int) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)) or value < 1:
+        raise EnsembleError(f"the 'batch_size' parameter must be an integer >= 1; got {value!r}")
+    return int(value)
 
 
 def _is_number(value) -> bool:
