@@ -329,6 +329,8 @@ CASES = [
 ]
 if not torch.cuda.is_available():
     CASES.append(("fp16 on a CPU", override('defaults.mixed_precision="fp16"'), 2,
+                  'members[bert].mixed_precision (from [defaults]): fp16 needs a GPU; use "bf16" or "no" on CPU'))
+    CASES.append(("fp16 for one member on a CPU", override('members.bert.mixed_precision="fp16"'), 2,
                   'members[bert].mixed_precision: fp16 needs a GPU; use "bf16" or "no" on CPU'))
 # a label in valid never seen in train: train on two labels, validate on a third
 CASES[[c[0] for c in CASES].index("label unseen in valid")] = (

@@ -203,6 +203,21 @@ def test_preflight_refuses_a_max_length_beyond_the_models_positions(tmp_path):
     preflight([MemberConfig("x", model=str(tmp_path), train=TrainConfig(max_length=128))])
 
 
+def test_preflight_says_when_the_value_came_from_defaults(tmp_path):
+    from transformers import BertConfig
+
+    BertConfig(max_position_embeddings=64).save_pretrained(tmp_path)
+    shared = TrainConfig(max_length=100)
+    member = MemberConfig("x", model=str(tmp_path), train=shared)
+    with pytest.raises(EnsembleError, match=r"^r.toml: members\[x\].max_length \(from \[defaults\]\): must be <= 64"):
+        preflight([member], where="r.toml", defaults=shared)
+    # its own value, or the built-in default (128), is not the [defaults] one
+    with pytest.raises(EnsembleError, match=r"^r.toml: members\[x\].max_length: must be <= 64"):
+        preflight([MemberConfig("x", model=str(tmp_path), train=TrainConfig(max_length=90))], where="r.toml", defaults=shared)
+    with pytest.raises(EnsembleError, match=r"^members\[x\].max_length: must be <= 64"):
+        preflight([MemberConfig("x", model=str(tmp_path))], defaults=TrainConfig())
+
+
 @pytest.mark.parametrize("arch", ARCHES)
 def test_dropout_reaches_the_classifier_head(arch):
     # ALBERT's head has its own dropout (0.1 by default) that the encoder's does not set

@@ -112,7 +112,7 @@ def _fit(recipe: Recipe, out: Path, overwrite: bool, resume: bool, progress: boo
         raise EnsembleError(f"--only: no member named '{unknown[0]}'; members: {', '.join(m.name for m in recipe.members)}")
     chosen = [m for m in recipe.members if only is None or m.name in only]
     splits, test, labels = load_splits(recipe.data)
-    preflight(chosen, where=recipe.file_name or recipe.path.name)  # only the members to train: --only b must not need member a's model
+    preflight(chosen, where=recipe.file_name or recipe.path.name, defaults=recipe.defaults)  # only the members to train: --only b must not need member a's model
     tip = bf16_tip(chosen) if progress and state.is_main_process else None
     if tip:
         print(tip)

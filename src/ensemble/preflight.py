@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import socket
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,20 +17,23 @@ from .devices import check_mixed_precision, warn_emulated_bf16
 from .errors import EnsembleError
 from .integrity import first_line
 from .members import positions, quiet_transformers
+from .config import TrainConfig
 from .recipe import ARCHES, MemberConfig, is_local
 from .scratch import MAX_POSITIONS, SIZES
 
 SCRATCH_HINT = "run with --scratch tiny to train tiny scratch models of the same architectures instead"
 
 
-def preflight(members: Iterable[MemberConfig], offline_hint: str = SCRATCH_HINT, where: str = "") -> None:
+def preflight(members: Iterable[MemberConfig], offline_hint: str = SCRATCH_HINT, where: str = "",
+              defaults: TrainConfig | None = None) -> None:
     """Fail fast, before any training, on a member whose model cannot be found (or whose mixed
     precision this machine cannot train in).
 
     Hub ids are looked up in the local cache first; when the hub cannot be reached the error
     ends with `offline_hint` (for `fit`: ``--scratch tiny``, which turns hub members into scratch
     models of the same arch). `where` (the recipe's file name) starts each error, as the
-    recipe's own errors do.
+    recipe's own errors do; with the recipe's `defaults`, an error on a training field a member
+    shares with ``[defaults]`` says so, since that is where it is set most often.
 
     Example:
         >>> preflight([MemberConfig("m", init="scratch", arch="bert")], where="demo.toml")  # scratch: nothing to find
@@ -37,9 +41,23 @@ def preflight(members: Iterable[MemberConfig], offline_hint: str = SCRATCH_HINT,
     try:
         _preflight(list(members), offline_hint)
     except EnsembleError as exc:
-        if not where:
+        message = _name_defaults(str(exc), list(members), defaults)
+        if not where and message == str(exc):
             raise
-        raise EnsembleError(f"{where}: {exc}") from None
+        raise EnsembleError(f"{where}: {message}" if where else message) from None
+
+
+def _name_defaults(message: str, members: list[MemberConfig], defaults: TrainConfig | None) -> str:
+    """``members[bert].mixed_precision: ...`` as ``members[bert].mixed_precision (from
+    [defaults]): ...`` where the member's value is one [defaults] set (not the built-in default)."""
+    found = re.match(r"members\[([^\]]+)\]\.(\w+): ", message)
+    member = next((m for m in members if found and m.name == found.group(1)), None)
+    if defaults is None or member is None or not hasattr(defaults, found.group(2)):
+        return message
+    value = getattr(member.train, found.group(2))
+    if value != getattr(defaults, found.group(2)) or value == getattr(TrainConfig(), found.group(2)):
+        return message
+    return f"{message[:found.end() - 2]} (from [defaults]){message[found.end() - 2:]}"
 
 
 def _preflight(members: list[MemberConfig], offline_hint: str) -> None:

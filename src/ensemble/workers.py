@@ -75,7 +75,7 @@ def _fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | i
     started = [] if resume else [_Worker(slot, k, argv, out, logs, resume) for k, slot in enumerate(slots)]
     try:
         splits, test, labels = load_splits(recipe.data)  # a data error is reported once, here
-        preflight(recipe.members, where=recipe.file_name or recipe.path.name)
+        preflight(recipe.members, where=recipe.file_name or recipe.path.name, defaults=recipe.defaults)
         rows = splits.rows if resume else None
         kept = [m for m in recipe.members if resume and finished(out / "members" / m.name, m, labels, rows)]
         queue = [m for m in recipe.members if m not in kept]
