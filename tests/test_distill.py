@@ -106,6 +106,9 @@ def test_distill_command_writes_an_ordinary_member_and_the_comparison(fitted, tm
     assert set(result["members_accuracy"]) == {"bert", "electra"}
     assert 0 <= result["student_accuracy"] <= 1 and result["temperature"] == 3.0
     assert result["student"] == "scratch:roberta:tiny"
+    from ensemble.distill import DistillResult
+
+    assert set(result) == set(DistillResult.__dataclass_fields__)  # what distill() returns, as JSON
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student")  # plain transformers loads it

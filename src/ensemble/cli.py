@@ -339,16 +339,16 @@ def distill(
                          progress=not quiet, resume=resume)
     if extra is not None:
         typer.echo(f"\n{len(extra)} unlabelled rows from {unlabeled}, taught by the ensemble alone")
-    typer.echo(f"\n{result['split']} split, {result['rows']} rows"
+    typer.echo(f"\n{result.split} split, {result.rows} rows"
                + (" (no test file: the validation split also picked each model's epoch, so these scores are optimistic)"
-                  if result["split"] == "valid" else ""))
-    best = result["best_member"]
+                  if result.split == "valid" else ""))
+    best = result.best_member
     first = max(22, len(best) + 14)  # wide enough for a long member name
     typer.echo(f"{'':<{first}} {'accuracy':>9} {'rows/s':>9}")
-    typer.echo(f"{'ensemble':<{first}} {result['ensemble_accuracy']:>9.4f} {result['ensemble_rows_per_s']:>9.1f}")
-    typer.echo(f"{'best member (' + best + ')':<{first}} {result['members_accuracy'][best]:>9.4f}")
-    typer.echo(f"{'student':<{first}} {result['student_accuracy']:>9.4f} {result['student_rows_per_s']:>9.1f}")
-    kept = result["gain_kept"]
+    typer.echo(f"{'ensemble':<{first}} {result.ensemble_accuracy:>9.4f} {result.ensemble_rows_per_s:>9.1f}")
+    typer.echo(f"{'best member (' + best + ')':<{first}} {result.members_accuracy[best]:>9.4f}")
+    typer.echo(f"{'student':<{first}} {result.student_accuracy:>9.4f} {result.student_rows_per_s:>9.1f}")
+    kept = result.gain_kept
     typer.echo("gain over the best member kept: " + ("n/a (the ensemble does not beat it)" if kept is None else f"{kept:.0%}"))
     typer.echo(f"student: {out}")
 

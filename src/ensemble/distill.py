@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,29 @@ from .teacher import Teacher
 from .train import Splits, train_member
 
 REPORT = "distill.json"
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    """What `distill` measured on the held-out split, and how the student was taught (also
+    written as ``distill.json``). `gain_kept`: the share of the ensemble's accuracy gain over its
+    best member that the student keeps (None where the ensemble does not beat that member)."""
+
+    split: str
+    rows: int
+    ensemble_accuracy: float
+    student_accuracy: float
+    members_accuracy: dict[str, float]
+    best_member: str
+    gain_kept: float | None
+    ensemble_rows_per_s: float
+    student_rows_per_s: float
+    temperature: float
+    hard_weight: float
+    unlabeled_rows: int
+    unlabeled_texts: str | None
+    ensemble: str
+    student: str
 MAX_TEMPERATURE = 100.0
 
 
@@ -86,7 +110,7 @@ def training_data(ens: Ensemble) -> DataConfig:
 
 
 def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: float = 2.0, hard_weight: float = 0.5,
-            unlabeled: TextDataset | None = None, progress: bool = True, resume: bool = False) -> dict:
+            unlabeled: TextDataset | None = None, progress: bool = True, resume: bool = False) -> DistillResult:
     """Train `student` on `ens`'s soft labels into `out` (a member directory); return the comparison.
 
     `unlabeled` adds a transfer set: texts without gold labels that the ensemble labels and the
@@ -97,7 +121,7 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
     Example:
         >>> ens = Ensemble.load("runs/demo")  # doctest: +SKIP
         >>> result = distill(ens, student_config("scratch:bert:mini", "student", ens, []), Path("runs/student"))  # doctest: +SKIP
-        >>> result["gain_kept"]  # doctest: +SKIP
+        >>> result.gain_kept  # doctest: +SKIP
         0.93
     """
     from .fit import load_splits
@@ -149,10 +173,9 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
                      teacher=Teacher(probs.astype(np.float32), temperature, hard_weight))
 
     held, split = (test, "test") if test is not None else (splits.valid, "valid")
-    result = compare(ens, load_member(out, student.name), held, split)
-    result.update(**teaching, student=student.model or
-                  f"scratch:{student.arch}:{student.size}")
-    write_json(out / REPORT, result)
+    result = DistillResult(**compare(ens, load_member(out, student.name), held, split), **teaching,
+                           student=student.model or f"scratch:{student.arch}:{student.size}")
+    write_json(out / REPORT, asdict(result))
     return result
 
 
