@@ -1,4 +1,4 @@
-"""Readers for the table formats: csv / tsv and jsonl streamed line by line, npz and parquet whole.
+"""Readers for the table formats: csv / tsv and jsonl streamed line by line, parquet in record batches, npz whole.
 
 Each reader is a context manager giving the column names and a `fetch(columns, texts)` that
 yields one `Row` per data row, so columns are checked by name before any row is judged. Messages name the
