@@ -117,8 +117,9 @@ def iter_table(
 
     csv, tsv and jsonl files are read incrementally and parquet files in record batches, so
     memory is bounded by the chunk, not the file; npz files (zip archives of whole arrays) are
-    loaded whole and then chunked. Rows are cleaned, checked and skipped exactly as in `load_table`, with the same messages and line numbers. A chunk spans the
-    file from its first row to the next chunk's first row, and its ``skipped`` counts the bad rows
+    loaded whole and then chunked. Rows are cleaned, checked and skipped exactly as in
+    `load_table`, with the same messages and line numbers. A chunk spans the file from its first
+    row to the next chunk's first row, and its ``skipped`` counts the bad rows
     skipped in that span (bad rows before the first good row count in the first chunk), so the
     chunks' ``skipped`` add up to `load_table`'s. Chunks are never empty; only the last one may
     hold fewer than `chunk_rows` rows.
