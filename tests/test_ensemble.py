@@ -237,6 +237,9 @@ def test_a_bad_batch_size_is_refused(run, kwargs, message):
     ("method", "average", "the 'method' parameter must be one of"),
     ("abstain_below", 1.5, "the 'abstain_below' parameter must be a number in [0, 1] or None; got 1.5"),
     ("abstain_on", "margin", "the 'abstain_on' parameter must be one of"),
+    ("weights", {"bret": 2.0}, "weights: no member named 'bret'; members: "),
+    ("weights", [1, 2], "the 'weights' parameter must be a dict of member name -> number, or None; got list"),
+    ("temperatures", {"bert": 0.0}, "temperatures.bert: must be a finite number > 0; got 0.0"),
 ])
 def test_a_setting_changed_after_loading_is_checked_on_assignment(run, setting, value, message):
     ens = Ensemble.load(run / "run")
@@ -253,6 +256,8 @@ def test_a_setting_changed_after_loading_takes_effect(run):
     assert set(ens.predict(["the story is gripping.", "the plot is boring."])) == {"abstain"}
     ens.abstain_below = None
     assert "abstain" not in ens.predict(["the story is gripping."])
+    ens.weights = {"bert": 3}  # the others keep weight 1.0
+    assert ens.weights["bert"] == 3.0 and set(ens.weights) == set(ens.members)
 
 
 def test_numpy_numbers_are_numbers(run):

@@ -77,19 +77,8 @@ class Ensemble:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise EnsembleError(f"members: two members are named '{dupes[0]}'; give each its own name (NAME=DIR)")
-        for label, given in (("weights", weights), ("temperatures", temperatures)):
-            if given is not None and not isinstance(given, dict):
-                raise EnsembleError(f"the '{label}' parameter must be a dict of member name -> number, or None; "
-                                    f"got {type(given).__name__}")
-        weights, temperatures = dict(weights or {}), dict(temperatures or {})
-        for label, given, low in (("weights", weights, 0.0), ("temperatures", temperatures, None)):
-            for name, w in given.items():
-                if name not in names:
-                    raise EnsembleError(f"{label}: no member named '{name}'; members: {', '.join(names)}")
-                ok = _is_number(w) and np.isfinite(w) and (w >= low if low is not None else w > 0)
-                if not ok:
-                    rule = ">= 0" if low is not None else "> 0"
-                    raise EnsembleError(f"{label}.{name}: must be a finite number {rule}; got {w!r}")
+        given_weights = bool(weights)
+        weights, temperatures = _per_member("weights", weights, names), _per_member("temperatures", temperatures, names)
         self.members = {m.name: m for m in members}
         self.labels = list(members[0].labels)
         for m in members[1:]:
@@ -107,11 +96,9 @@ class Ensemble:
         self.classes_ = np.array(self.labels, dtype=object)
         self.method = method
         # weighted and selection votes learn their weights (fit_vote); given, they count as learned
-        self.weights_learned = method not in ("weighted", "selection") or bool(weights)
-        self.weights = {n: float(weights.get(n, 1.0)) for n in names}
-        if not any(self.weights.values()):
-            raise EnsembleError("weights: at least one member needs a weight > 0")
-        self.temperatures = {n: float(temperatures.get(n, 1.0)) for n in names}
+        self.weights_learned = method not in ("weighted", "selection") or given_weights
+        self.weights = weights
+        self.temperatures = temperatures
         self.ensemble_temperature = float(ensemble_temperature)  # on the soft vote's probabilities
         self.stacker = stacker
         self.abstain_below = abstain_below
@@ -129,6 +116,22 @@ class Ensemble:
     @method.setter
     def method(self, value: str) -> None:
         self._method = _check_method(value)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return self._weights
+
+    @weights.setter
+    def weights(self, value: dict[str, float] | None) -> None:
+        self._weights = _per_member("weights", value, list(self.members))
+
+    @property
+    def temperatures(self) -> dict[str, float]:
+        return self._temperatures
+
+    @temperatures.setter
+    def temperatures(self, value: dict[str, float] | None) -> None:
+        self._temperatures = _per_member("temperatures", value, list(self.members))
 
     @property
     def abstain_on(self) -> str:
@@ -555,6 +558,26 @@ class Ensemble:
                                 "use predict(), or vote() for the shares, or method 'soft'")
         return self.vote(texts, pairs, member_details=False).scores
 
+
+
+def _per_member(label: str, given: dict[str, float] | None, names: list[str]) -> dict[str, float]:
+    """Checked weights (finite, >= 0, one > 0) or temperatures (finite, > 0) for every member
+    in `names`, 1.0 for those `given` leaves out."""
+    if given is not None and not isinstance(given, dict):
+        raise EnsembleError(f"the '{label}' parameter must be a dict of member name -> number, or None; "
+                            f"got {type(given).__name__}")
+    given = dict(given or {})
+    for name, w in given.items():
+        if name not in names:
+            raise EnsembleError(f"{label}: no member named '{name}'; members: {', '.join(names)}")
+        ok = _is_number(w) and np.isfinite(w) and (w >= 0 if label == "weights" else w > 0)
+        if not ok:
+            rule = ">= 0" if label == "weights" else "> 0"
+            raise EnsembleError(f"{label}.{name}: must be a finite number {rule}; got {w!r}")
+    full = {n: float(given.get(n, 1.0)) for n in names}
+    if label == "weights" and not any(full.values()):
+        raise EnsembleError("weights: at least one member needs a weight > 0")
+    return full
 
 
 def _check_method(method: str) -> str:
