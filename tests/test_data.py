@@ -215,7 +215,7 @@ def test_texts_and_headers_are_stripped(tmp_path: Path) -> None:
             "line 3 of '{p}' has an empty text in column 'pair'",
         ),
         ("text\tlabel\na\t1\nb\t\n", {}, "line 3 of '{p}' has an empty label in column 'label'"),
-        ("text\tlabel\na\t1\nb\tnan\n", {}, "line 3 of '{p}' has an empty label in column 'label'"),
+        ("text\tlabel\na\t1\nb\tnan\n", {}, "line 3 of '{p}' has an empty label in column 'label' ('nan', read as a missing value)"),
         ("text\tlabel\na\t1\nb\n", {}, "line 3 of '{p}' has 1 fields but the header has 2"),
         ("text\tlabel\na\t1\nb\t0\textra\n", {}, "line 3 of '{p}' has 3 fields but the header has 2"),
     ],
@@ -523,6 +523,11 @@ def test_parquet_string_kinds_and_numeric_labels_load(tmp_path: Path) -> None:
             ("0.50", "0.50"), ("1.10", "1.10"), ("01", "01"), ("1e3", "1e3"), (True, "true"), (np.bool_(False), "false"),
         ("12345678901234567890", "12345678901234567890"),
         ("", None), ("  ", None), ("nan", None), ("NaN", None), (float("nan"), None), (None, None),
+        # one integer however signed (SVM files write +1), one zero
+        ("+1", "1"), ("-0", "0"), ("-0.0", "0"), ("+0", "0"), (-0.0, "0"), ("-12", "-12"),
+        # booleans in any format and case; bytes as UTF-8; NFC and NFD accents one class
+        ("True", "true"), ("FALSE", "false"), (np.bytes_(b"pos"), "pos"), (b"caf\xc3\xa9", "caf\u00e9"),
+        ("cafe\u0301", "caf\u00e9"), ("pos\u200b", "pos"), ("\ufeffneg ", "neg"), (b"\xff", "\\xff"),
     ],
 )
 def test_normalize_label(value: object, expected: str | None) -> None:
@@ -1003,3 +1008,27 @@ def test_parquet_is_read_in_record_batches_in_order(tmp_path: Path, monkeypatch)
     chunks = list(iter_table(path, chunk_rows=2))
     assert [c.texts for c in chunks] == [["t0", "t1"], ["t2", "t3"], ["t4", "t5"], ["t6"]]
     assert sum((c.labels for c in chunks), []) == ["a", "b"] * 3 + ["a"]
+
+
+def test_a_bytes_label_column_is_read_as_utf8_text(tmp_path: Path) -> None:
+    path = tmp_path / "b.npz"
+    np.savez(path, text=np.array(["a b", "c d"]), label=np.array(["posé".encode(), b"neg"]))
+    assert load_table(path).labels == ["posé", "neg"]  # not the repr "b'pos\\xc3\\xa9'"
+
+
+@pytest.mark.parametrize(("values", "rows_each", "refused"), [
+    ([str(k / 2) for k in range(21)], 1, False),  # half-star ratings 0..10: classes
+    (["401.9", "250.00", "427.31", "414.01", "428.0"] + [f"{k}.{k % 7 + 1}" for k in range(500, 520)], 5, False),  # codes
+    (["401.9", "250.00", "427.31", "414.01", "428.0"] + [f"{k}.{k % 7 + 1}" for k in range(500, 520)], 1, True),
+    ([f"{k / 10:.1f}" for k in range(51)], 1, True),  # scores in tenths
+])
+def test_numbered_classes_and_continuous_targets(tmp_path: Path, values: list[str], rows_each: int, refused: bool) -> None:
+    from ensemble.labels import check_label_column
+
+    rows = [f"row {k} {i},{v}" for i, v in enumerate(values) for k in range(rows_each)]
+    ds = load_table(write(tmp_path / "t.csv", "text,label\n" + "\n".join(rows) + "\n"))
+    if refused:
+        with pytest.raises(EnsembleError, match="a continuous target, not classes"):
+            check_label_column(ds, "label")
+    else:
+        check_label_column(ds, "label")

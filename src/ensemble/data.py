@@ -343,7 +343,9 @@ def _clean_rows(
         elif problem is None and pairs is not None and not second:
             problem = f"has an empty text in column '{text_pair}'"
         elif problem is None and labels is not None and name is None:
-            problem = f"has an empty label in column '{label}'"
+            blank = row.values[-1] is None or not str(row.values[-1]).strip()
+            problem = f"has an empty label in column '{label}'" if blank else \
+                f"has an empty label in column '{label}' ({str(row.values[-1]).strip()!r}, read as a missing value)"
         if problem is not None:
             if on_bad_rows == "error":
                 fix = _bad_row_fix(field)

@@ -1,6 +1,6 @@
 """Label names: clean strings from whatever a file holds, a stable order, checks against training.
 
-A label is always a string: ``1``, ``1.0`` and ``"1"`` in a file are the same class, ``"1"``;
+A label is always a string: ``1``, ``1.0``, ``+1`` and ``"1"`` in a file are the same class, ``"1"``;
 ``"1.10"`` and ``"1.1"`` are two.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -19,22 +20,31 @@ from .errors import EnsembleError
 if TYPE_CHECKING:
     from .data import TextDataset
 
-_INTEGRAL_FLOAT = re.compile(r"\+?(-?(?:0|[1-9][0-9]*))\.0+")  # "1.0", "-2.00": an integer written as a float
+# "1.0", "-2.00", "+1": an integer, written with a sign or as a float
+_INTEGER = re.compile(r"([+-]?)(0|[1-9][0-9]*)(?:\.0+)?")
+_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"  # zero-width characters, stripped from the ends like spaces
+_BOOLEAN = {"true": "true", "false": "false"}
+MIN_CLASS_ROWS = 5  # numbered labels that each label this many rows are classes, not scores
 
 
 def normalize_label(value: object) -> str | None:
     """A label as a clean string: an integer written as a float loses its ".0"; blanks and NaN are None.
 
-    Only spellings that cannot mean two classes are merged: ``1``, ``1.0`` and ``"1.00"`` are
-    the class ``"1"`` (Quora writes its labels as floats, a dev file may not), while ``"01"``,
-    ``"1.10"`` and ``"1e3"`` keep their own spelling, so that ``"1.10"`` and ``"1.1"`` stay two
-    classes. JSON and Parquet booleans are ``"true"`` / ``"false"``.
+    Only spellings that cannot mean two classes are merged: ``1``, ``1.0``, ``"+1"`` and
+    ``"1.00"`` are the class ``"1"`` (Quora writes its labels as floats, a dev file may not; SVM
+    files write ``+1``), ``-0`` is ``"0"``, while ``"01"``, ``"1.10"`` and ``"1e3"`` keep their own
+    spelling, so that ``"1.10"`` and ``"1.1"`` stay two classes. Booleans are ``"true"`` /
+    ``"false"`` in any format and spelling (JSON's ``true``, pandas' CSV ``True``). Text is
+    Unicode-normalised (NFC: an accent typed as one character or as two is one class), bytes
+    are read as UTF-8, and spaces and zero-width characters at either end are dropped.
 
     Example:
         >>> normalize_label("1.0"), normalize_label(4.0), normalize_label(" pos "), normalize_label("nan")
         ('1', '4', 'pos', None)
         >>> normalize_label("01"), normalize_label("1.10"), normalize_label(0.25), normalize_label(True)
         ('01', '1.10', '0.25', 'true')
+        >>> normalize_label("+1"), normalize_label("-0.0"), normalize_label("True"), normalize_label(b"pos")
+        ('1', '0', 'true', 'pos')
     """
     if value is None:
         return None
@@ -44,11 +54,16 @@ def normalize_label(value: object) -> str | None:
         return str(int(value))
     if isinstance(value, float | np.floating):
         return None if math.isnan(value) else _number_text(float(value))
-    s = str(value).strip()
+    if isinstance(value, bytes | bytearray | np.bytes_):
+        value = bytes(value).decode("utf-8", errors="backslashreplace")
+    s = unicodedata.normalize("NFC", str(value)).strip().strip(_INVISIBLE).strip()
     if not s or s.lower() == "nan":
         return None
-    whole = _INTEGRAL_FLOAT.fullmatch(s)
-    return whole.group(1) if whole else s
+    whole = _INTEGER.fullmatch(s)
+    if whole:
+        sign, digits = whole.groups()
+        return f"-{digits}" if sign == "-" and digits != "0" else digits
+    return _BOOLEAN.get(s.lower(), s)
 
 
 def sorted_labels(labels: Iterable[str]) -> list[str]:
@@ -68,10 +83,13 @@ def sorted_labels(labels: Iterable[str]) -> list[str]:
 def check_label_column(ds: TextDataset, column: str, field: str = "data.label") -> None:
     """Refuse a training label column that cannot be classes: a continuous target, or text / ids.
 
-    More than 20 distinct numbers, some not whole, are a regression target (STS similarity
-    scores), and so are more than 10 of which most are off the half-step grid (a small sample of
-    them; half-star ratings, 0.5 apart, stay classes); more than 50 distinct values, hardly any of them repeated (90% of the rows or more),
-    are a text or id column chosen by mistake. Both would otherwise train a classifier with a class per value.
+    More than 20 distinct numbers, some off the half-step grid, are a regression target (STS
+    similarity scores), and so are more than 10 of which most are off that grid (a small sample of
+    them); half-star ratings, 0.5 apart, stay classes, and so do numbers that each label at least
+    `MIN_CLASS_ROWS` rows (decimal class codes, such as ICD-9's 401.9: a regression target's
+    rarest scores stand alone). More than 50 distinct values, hardly any of them repeated (90% of
+    the rows or more), are a text or id column chosen by mistake. Both would otherwise train a
+    classifier with a class per value.
 
     Example:
         >>> from ensemble.data import TextDataset
@@ -79,7 +97,7 @@ def check_label_column(ds: TextDataset, column: str, field: str = "data.label") 
         >>> check_label_column(scores, "similarity")
         Traceback (most recent call last):
         ...
-        ensemble.errors.EnsembleError: data.label: column 'similarity' of 'sts.csv' holds 40 distinct numbers such as '0.125', '0.25', '0.375' (a continuous target, not classes); ensemble trains classifiers: bin the values into classes (e.g. round them) in the file, or set data.label to a column of classes
+        ensemble.errors.EnsembleError: data.label: column 'similarity' of 'sts.csv' holds 40 distinct numbers such as '0.125', '0.25', '0.375' (a continuous target, not classes); ensemble trains classifiers: bin the values into classes (e.g. round them) in the file, or set data.label to a column of classes (numbered classes pass when each has at least 5 rows)
     """
     if ds.labels is None:
         return
@@ -89,7 +107,8 @@ def check_label_column(ds: TextDataset, column: str, field: str = "data.label") 
         raise EnsembleError(
             f"{field}: column '{column}' of '{ds.path}' holds {len(distinct)} distinct numbers such as {examples} "
             "(a continuous target, not classes); ensemble trains classifiers: bin the values into classes "
-            "(e.g. round them) in the file, or set data.label to a column of classes"
+            "(e.g. round them) in the file, or set data.label to a column of classes (numbered classes pass "
+            f"when each has at least {MIN_CLASS_ROWS} rows)"
         )
     if len(distinct) > 50 and 10 * len(distinct) >= 9 * len(ds.labels):
         examples = ", ".join(f"'{shorten(v)}'" for v in list(distinct)[:2])
@@ -99,18 +118,22 @@ def check_label_column(ds: TextDataset, column: str, field: str = "data.label") 
         )
 
 
-def _continuous(distinct) -> bool:
-    """Whether distinct label values look like scores of a regression target (see `check_label_column`).
+def _continuous(distinct: Counter) -> bool:
+    """Whether label values (with their row counts) look like scores of a regression target (see
+    `check_label_column`).
 
     Example:
-        >>> _continuous([str(k / 5) for k in range(12)]), _continuous([str(k / 2) for k in range(12)])
-        (True, False)
+        >>> fifths, halves = Counter(str(k / 5) for k in range(12)), Counter(str(k / 2) for k in range(30))
+        >>> _continuous(fifths), _continuous(halves), _continuous(Counter({v: MIN_CLASS_ROWS for v in fifths}))
+        (True, False, False)
     """
     if not distinct or not all(_is_number(v) for v in distinct):
         return False
+    if min(distinct.values()) >= MIN_CLASS_ROWS:
+        return False
     values = [float(v) for v in distinct]
     off_grid = sum(not (2 * v).is_integer() for v in values)
-    return (len(values) > 20 and any(not v.is_integer() for v in values)) or (len(values) > 10 and 2 * off_grid > len(values))
+    return (len(values) > 20 and off_grid > 0) or (len(values) > 10 and 2 * off_grid > len(values))
 
 
 def counted(counts: Counter, most: int) -> str:
@@ -175,4 +198,4 @@ def check_known_labels(ds: TextDataset, known: Sequence[str], field: str) -> Non
 
 
 def _number_text(f: float) -> str:
-    return str(int(f)) if math.isfinite(f) and f.is_integer() else repr(f)
+    return str(int(f)) if math.isfinite(f) and f.is_integer() else repr(f)  # int(-0.0) is 0: "0"
