@@ -84,6 +84,17 @@ def damaged_member(damage):
     return setup
 
 
+def _relabelled(member: Path, tmp: Path, old: str, new: str) -> Path:
+    """A copy of `member` whose label `old` is named `new`."""
+    copy = tmp / "relabelled"
+    shutil.copytree(member, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["id2label"] = {i: new if name == old else name for i, name in config["id2label"].items()}
+    config["label2id"] = {name: i for i, name in config["id2label"].items()}
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
 def relabel(path: Path) -> None:
     config = json.loads((path / "config.json").read_text())
     config["id2label"] = {"0": "bad", "1": "meh", "2": "good"}
@@ -326,6 +337,15 @@ CASES = [
      2, "nope': no such directory; pass the --out directory of a finished"),
     ("a member dir as --ensemble", lambda tmp, m: ["predict", "--ensemble", str(m), "--data", "x.csv", "--out", str(tmp / "p.csv")],
      2, "a member directory, not an ensemble; vote members with 'ensemble vote --members"),
+]
+ABSTAIN_ROWS = "text,label\n" + "\n".join(r.replace(",negative", ",abstain") for r in TRAIN_ROWS) + "\n"
+CASES += [
+    ("a label named abstain with abstention", train_file(ABSTAIN_ROWS, extra="[vote]\nabstain_coverage = 0.9\n"), 2,
+     "r.toml: vote.abstain_coverage: 'abstain' is one of the labels, so abstaining rows could not be told apart; "
+     "rename that label in the data or leave vote.abstain_coverage unset"),
+    ("vote --abstain-below with a label named abstain",
+     lambda tmp, m: vote_file("text\na\n")(tmp, _relabelled(m, tmp, "negative", "abstain")) + ["--abstain-below", "0.5"],
+     2, "--abstain-below: 'abstain' is one of the labels"),
 ]
 if not torch.cuda.is_available():
     CASES.append(("fp16 on a CPU", override('defaults.mixed_precision="fp16"'), 2,

@@ -127,7 +127,7 @@ def vote(
 ) -> None:
     """Combine trained members on a data file: predictions, agreement report, ensemble.json."""
     from .data import load_table
-    from .ensemble import Ensemble
+    from .ensemble import Ensemble, check_abstain_label
     from .evaluate import evaluate, gold
     from .votefit import missing_labels_warning
     from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig
@@ -161,6 +161,7 @@ def vote(
     not_over_inputs(out, {**reads, "--data file": data, **({"--valid file": valid} if valid is not None else {})})
     ens = Ensemble.from_dirs(dirs, method if method not in LEARNED_METHODS else "soft", weights_by_name(weights, dirs),
                              precision=precision)
+    check_abstain_label(ens.labels, given[0] if given else None)
     label_given = bool(label)  # a --label column must exist; the default one may be absent
     text, text_pair, label = data_columns(ens, text, text_pair, label)
     quoting = quoting_of(ens, quoting)

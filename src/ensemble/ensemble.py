@@ -560,6 +560,23 @@ class Ensemble:
 
 
 
+def check_abstain_label(labels: Sequence[str], setting: str | None, where: str = "") -> None:
+    """Refuse abstention (`setting`: the recipe key or flag that asks for it, or None) when a
+    label is named ``"abstain"``: abstaining rows could not be told from that class. Called before
+    any training or prediction, so the mistake costs nothing; `where` (a recipe's file name)
+    starts the message.
+
+    Example:
+        >>> check_abstain_label(["abstain", "keep"], "vote.abstain_coverage")
+        Traceback (most recent call last):
+        ...
+        ensemble.errors.EnsembleError: vote.abstain_coverage: 'abstain' is one of the labels, so abstaining rows could not be told apart; rename that label in the data or leave vote.abstain_coverage unset
+    """
+    if setting is not None and ABSTAIN in labels:
+        raise EnsembleError(f"{where + ': ' if where else ''}{setting}: '{ABSTAIN}' is one of the labels, so abstaining "
+                            f"rows could not be told apart; rename that label in the data or leave {setting} unset")
+
+
 def _per_member(label: str, given: dict[str, float] | None, names: list[str]) -> dict[str, float]:
     """Checked weights (finite, >= 0, one > 0) or temperatures (finite, > 0) for every member
     in `names`, 1.0 for those `given` leaves out."""

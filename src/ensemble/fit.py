@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .data import TextDataset, load_table, seen_in, stratified_split
 from .devices import bf16_tip
-from .ensemble import MANIFEST, Ensemble
+from .ensemble import MANIFEST, Ensemble, check_abstain_label
 from .errors import EnsembleError, rows_phrase
 from .evaluate import evaluate, gold
 from .labels import check_known_labels, check_label_column, sorted_labels
@@ -19,7 +19,7 @@ from .members import METRICS_FILE, saved_metrics, saved_recipe
 from .checkpoint import checkpoint_dir
 from .files import exclusive_lock, write_json
 from .preflight import preflight
-from .recipe import DataConfig, MemberConfig, Recipe, recipe_dict
+from .recipe import DataConfig, MemberConfig, Recipe, abstention_key, recipe_dict
 from .train import Diverged, Splits, process_state, train_member
 from .votefit import missing_labels_warning
 
@@ -112,6 +112,7 @@ def _fit(recipe: Recipe, out: Path, overwrite: bool, resume: bool, progress: boo
         raise EnsembleError(f"--only: no member named '{unknown[0]}'; members: {', '.join(m.name for m in recipe.members)}")
     chosen = [m for m in recipe.members if only is None or m.name in only]
     splits, test, labels = load_splits(recipe.data)
+    check_abstain_label(labels, abstention_key(recipe.vote), recipe.file_name or recipe.path.name)
     preflight(chosen, where=recipe.file_name or recipe.path.name, defaults=recipe.defaults)  # only the members to train: --only b must not need member a's model
     tip = bf16_tip(chosen) if progress and state.is_main_process else None
     if tip:

@@ -281,6 +281,17 @@ def check_vote(vote: VoteConfig, names: list[str], where: str) -> VoteConfig:
     return vote
 
 
+def abstention_key(vote: VoteConfig) -> str | None:
+    """The ``[vote]`` key that asks for abstention (``vote.abstain_coverage``), or None.
+
+    Example:
+        >>> abstention_key(VoteConfig(abstain_coverage=0.9)), abstention_key(VoteConfig())
+        ('vote.abstain_coverage', None)
+    """
+    key = next((k for k in ("abstain_below", "abstain_coverage", "abstain_accuracy") if getattr(vote, k) is not None), None)
+    return None if key is None else f"vote.{key}"
+
+
 def unused_setting(where: str, path: str, key: str, situation: str) -> EnsembleError:
     """The error for setting `key` (at `path`) that no choice in `situation` reads (see `USED_BY`).
 

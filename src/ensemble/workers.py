@@ -34,7 +34,8 @@ from .fit import (OutLock, check_out, diverged_file, finished, fit, keep_trained
 from .devices import bf16_tip
 from .members import saved_metrics
 from .preflight import preflight
-from .recipe import MemberConfig, Recipe
+from .ensemble import check_abstain_label
+from .recipe import MemberConfig, Recipe, abstention_key
 from .slots import Slot, plan, split_threads, threads_label, work
 from .train import epoch_line, member_fingerprint
 
@@ -75,6 +76,7 @@ def _fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | i
     started = [] if resume else [_Worker(slot, k, argv, out, logs, resume) for k, slot in enumerate(slots)]
     try:
         splits, test, labels = load_splits(recipe.data)  # a data error is reported once, here
+        check_abstain_label(labels, abstention_key(recipe.vote), recipe.file_name or recipe.path.name)
         preflight(recipe.members, where=recipe.file_name or recipe.path.name, defaults=recipe.defaults)
         rows = splits.rows if resume else None
         kept = [m for m in recipe.members if resume and finished(out / "members" / m.name, m, labels, rows)]
