@@ -12,6 +12,7 @@ import pytest
 
 import ensemble.render as render_module
 from ensemble.aggregate import aggregate
+from ensemble.markup import md_inline
 from ensemble.render import html, markdown
 from ensemble.report import build_report, write_report
 
@@ -152,8 +153,23 @@ def test_markdown_without_plots_or_optional_keys_is_the_old_report():
 def test_markdown_escapes_table_syntax_and_html_in_texts():
     md = markdown(base_report())
     disputed = md.split("## Disputed examples")[1]
-    assert "\\<script>" in disputed and "<script>" not in disputed.replace("\\<script>", "")
+    assert "\\<script\\>" in disputed and "<script>" not in disputed
     assert "pipe" in disputed and " | pipe" not in disputed and "\\| pipe" in disputed
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("*a*", "\\*a\\*"), ("_a_", "\\_a\\_"), ("&lt;b&gt;", "\\&lt;b\\&gt;"),
+    ("[click](http://x)", "\\[click\\](http://x)"), ("![x](http://e.com/p.png)", "\\!\\[x\\](http://e.com/p.png)"),
+    ("a|b", "a\\|b"), ("0.9000", "0.9000"), ("out-of-fold (5 folds)", "out-of-fold (5 folds)"),
+])
+def test_markdown_shows_a_label_as_written_not_as_markup(text, shown):
+    # a label "![x](url)" must not become an image that a markdown viewer fetches
+    assert md_inline(text) == shown
+
+
+def test_the_labels_line_keeps_each_label_one(tmp_path):
+    md = markdown({**base_report(), "labels": ["neg, bad", "neutral", "*pos*"]})
+    assert "Labels: `neg, bad`, `neutral`, `*pos*`" in md
 
 
 def test_unknown_plot_keys_get_a_plots_section():
@@ -416,7 +432,7 @@ def test_members_left_out_of_the_vote_are_listed_with_why():
     md = markdown(report)
     data = md.split("## Data\n\n")[1]
     assert data.startswith("Members left out of the vote: their training loss diverged (on_diverge = \"skip\"):\n\n"
-                           "| model | why |\n| --- | --- |\n| electra | members[electra]: training loss became nan at epoch 1, batch 3 |")
+                           "| model | why |\n| --- | --- |\n| electra | members\\[electra\\]: training loss became nan at epoch 1, batch 3 |")
     assert "left out of the vote" in html(report) and "training loss became nan" in html(report)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+from .markup import Span, md_inline
 from .recipe import MemberConfig, TrainConfig, recipe_dict
 
 
@@ -39,7 +40,7 @@ def write_model_card(path: Path, cfg: MemberConfig, labels: list[str], result: d
         "directory: `AutoModelForSequenceClassification.from_pretrained(this_dir)` opens it.",
         "",
         f"- Base model: {base}",
-        f"- Labels: {', '.join(f'`{label}`' for label in labels)}",
+        f"- Labels: {', '.join(md_inline(Span(label, 'code')) for label in labels)}",
         f"- Data: {n_train} training rows, {n_valid} validation rows",
         *([f"- Distilled from an ensemble: trained on its soft labels at temperature {distilled[0]:g}, "
            f"with {distilled[1]:g} of the loss on the gold labels (`ensemble distill`)"] if distilled else []),

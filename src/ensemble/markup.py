@@ -12,6 +12,9 @@ import re
 from dataclasses import dataclass
 
 _TOOLTIP_WIDTH = 2000  # characters of the full text kept in report.html's hover title
+# markdown syntax characters, escaped in plain text; "_" inside a word (max_length) is no
+# emphasis in CommonMark and stays as it is
+_MD_ACTIVE = re.compile(r"[\\`*\[\]<>&!|~#]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
 
 
 @dataclass(frozen=True)
@@ -85,9 +88,11 @@ def md_inline(inline: Inline) -> str:
     if span.kind == "code":
         fence = "``" if "`" in text else "`"  # a backtick inside needs a longer fence
         return f"{fence}{text}{fence}" if fence == "`" else f"{fence} {text} {fence}"
-    # Escaped after shortening, so a cut never splits an escape. "\<" shows a "<" that no
-    # markdown viewer takes for the start of an HTML tag.
-    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "\\<")
+    # Escaped after shortening, so a cut never splits an escape: every character markdown could
+    # read as syntax (emphasis, a link or image that a viewer would fetch, an HTML tag or
+    # entity, a table cell's end) is backslash-escaped, which CommonMark allows for any ASCII
+    # punctuation, so a label such as "*x*" or "![x](http://...)" shows as written.
+    text = _MD_ACTIVE.sub(r"\\\g<0>", text)
     return f"**{text}**" if span.kind == "strong" else text
 
 

@@ -88,7 +88,7 @@ def _document(report: dict, plots: dict[str, str]) -> tuple[str, list[tuple[str,
 
     warning = _warning(report)
     header: list = [("Split: ", Span(str(report["split"]), "code")), (f"Rows: {report['rows']}",),
-                    (f"Method: {_METHODS.get(report['method'], report['method'])}",), (f"Labels: {', '.join(labels)}",)]
+                    (f"Method: {_METHODS.get(report['method'], report['method'])}",), _labels_line(labels)]
     failed = (report.get("data") or {}).get("failed_members")
     if isinstance(failed, dict) and failed:  # the recipe listed them: say at once that they do not vote
         header.append((f"Members: {len(names)} vote; left out: {', '.join(map(str, failed))} (training diverged; "
@@ -496,3 +496,12 @@ def _value(value: Any) -> str:
     if not _is_number(value):
         return str(value)
     return f"{value:.3g}" if value and abs(value) < 1e-3 else _num(value)
+
+
+def _labels_line(labels: list[str]) -> tuple:
+    """"Labels: `neg`, `pos`": each label a code span, so that a comma or markdown inside one
+    cannot make it read as two."""
+    items: list = ["Labels: "]
+    for k, label in enumerate(labels):
+        items += [", "] * bool(k) + [Span(str(label), "code")]
+    return tuple(items)

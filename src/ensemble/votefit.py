@@ -135,11 +135,14 @@ def missing_labels_warning(info: dict | None, where: str) -> str | None:
     Example:
         >>> missing_labels_warning({"method": "stacking", "labels_not_in_valid": ["neg"]}, "--valid")
         "warning: --valid has no row labelled 'neg': the vote was fitted without that class (a stacker never predicts it)"
+        >>> many = missing_labels_warning({"method": "soft", "labels_not_in_valid": [f"c{k}" for k in range(12)]}, "x")
+        >>> many[many.index("'c8'"):]
+        "'c8', 'c9' and 2 more: the vote was fitted without those classes"
     """
     missing = (info or {}).get("labels_not_in_valid")
     if not missing:
         return None
-    listed = ", ".join(repr(m) for m in missing)
+    listed = ", ".join(repr(m) for m in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
     never = " (a stacker never predicts it)" if info.get("method") == "stacking" else ""
     return (f"warning: {where} has no row labelled {listed}: the vote was fitted without "
             f"{'that class' if len(missing) == 1 else 'those classes'}{never}")
