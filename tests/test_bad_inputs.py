@@ -161,7 +161,7 @@ CASES = [
     ("toml line and column", recipe('[data]\ntrain = "x"\n[[members]]\nname = "a" arch = "b"\n'), 2, "(at line 4, column"),
     ("unknown key", recipe(GOOD_RECIPE.replace("epochs", "epoch")), 2, "defaults.epoch: unknown key (did you mean 'epochs'?)"),
     ("a tracker that is not installed", override('defaults.log_with=["aim"]'), 2,
-     "members[bert].log_with: the 'aim' tracker needs the 'aim' package, which is not installed; pip install aim"),
+     "members[bert].log_with (from [defaults]): the 'aim' tracker needs the 'aim' package, which is not installed; pip install aim"),
     ("recipe is a directory", lambda tmp, m: ["fit", str(tmp)], 2, "' is a directory; give the recipe's TOML file"),
     ("fit --out is the training file", lambda tmp, m: recipe(GOOD_RECIPE)(tmp, m)[:2] + ["--out", str(tmp / "train.csv")],
      2, "train.csv' is the data.train file ("),

@@ -166,7 +166,25 @@ BAD = [
                                                           "set it in each [[members]] table"),
     ('[data]\ntrain = "x.csv"\n[[members]]\nname = "b"\nmodel = "m"\n[vote]\nselection_rounds = 5\n',
      "vote.selection_rounds: only method 'selection' reads it, and the vote uses 'soft'; remove it"),
+    # data.labels: the classes' order
+    ('[data]\ntrain = "x.csv"\nlabels = ["low", "high", "low"]\n[[members]]\nname = "b"\nmodel = "m"\n',
+     "data.labels: 'low' is listed twice; list each class once"),
+    ('[data]\ntrain = "x.csv"\nlabels = ["1", 1.0]\n[[members]]\nname = "b"\nmodel = "m"\n',
+     "data.labels: '1' is listed twice"),
+    ('[data]\ntrain = "x.csv"\nlabels = ["low", " "]\n[[members]]\nname = "b"\nmodel = "m"\n',
+     "data.labels: holds an empty name"),
+    ('[data]\ntrain = "x.csv"\nlabels = ["low"]\n[[members]]\nname = "b"\nmodel = "m"\n',
+     "data.labels: a classifier needs at least two classes; got ['low']"),
+    ('[data]\ntrain = "x.csv"\nlabels = "low"\n[[members]]\nname = "b"\nmodel = "m"\n',
+     "data.labels: a classifier needs at least two classes; got ['low']"),
+    ('[data]\ntrain = "x.csv"\nlabels = [{ a = 1 }, "b"]\n[[members]]\nname = "b"\nmodel = "m"\n',
+     "data.labels[0]: must be a string"),
 ]
+
+
+def test_data_labels_set_the_class_order_as_names(tmp_path):
+    text = '[data]\ntrain = "x.csv"\nlabels = [3, "+1", "2.0", " low "]\n[[members]]\nname = "b"\nmodel = "m"\n'
+    assert load_recipe(write(tmp_path, text)).data.labels == ("3", "1", "2", "low")  # as the files' labels are read
 
 
 def test_a_member_sets_an_optional_field_back_to_its_default_by_word(tmp_path):

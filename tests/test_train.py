@@ -836,3 +836,46 @@ def test_a_checkpoint_of_several_processes_holds_the_epochs_loss_over_all_their_
     assert (read_progress(ckpt.root).loss_sum, read_progress(ckpt.root).seen) == (7.0, 48)
     assert (ckpt.load().loss_sum, ckpt.load().seen) == (7.0, 48)
     assert (ckpt.load(main=False).loss_sum, ckpt.load(main=False).seen, ckpt.load(main=False).batches_done) == (0.0, 0, 3)
+
+
+def test_data_labels_order_the_classes_everywhere(tmp_path):
+    """A recipe's data.labels (ordinal classes) is the order of id2label, the manifest, the
+    probabilities' columns and the report; a label it lacks, or one without rows, is refused."""
+    from ensemble import fit as fit_mod
+    from ensemble.recipe import load_recipe
+
+    rows = (DEMO / "train.csv").read_text(encoding="utf-8").splitlines()[:161]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    order = ["positive", "neutral", "negative"]
+    text = ('[data]\ntrain = "train.csv"\nvalid_fraction = 0.25\nlabels = LABELS\n[defaults]\nepochs = 1\nmax_length = 32\n'
+            + "".join(f'[[members]]\nname = "{a}"\ninit = "scratch"\narch = "{a}"\n' for a in ("bert", "roberta")))
+    (tmp_path / "r.toml").write_text(text.replace("LABELS", json.dumps(order)), encoding="utf-8")
+    report = fit_mod.fit(load_recipe(tmp_path / "r.toml"), tmp_path / "run", progress=False)
+    assert report["labels"] == order
+    config = json.loads((tmp_path / "run" / "members" / "bert" / "config.json").read_text())
+    assert [config["id2label"][str(i)] for i in range(3)] == order
+    assert json.loads((tmp_path / "run" / "ensemble.json").read_text())["labels"] == order
+    ens = Ensemble.load(tmp_path / "run")
+    assert ens.labels == order and list(ens.classes_) == order
+    probs = ens.predict_proba(["the story is gripping and the acting superb."])
+    assert ens.predict(["the story is gripping and the acting superb."]) == [order[int(probs.argmax())]]
+    for labels, message in ((["positive", "negative"], r"data.train: label 'neutral' \(.* rows\) in '.*' is not in data.labels "
+                                                        r"\['positive', 'negative'\]; add it to data.labels"),
+                            (order + ["mixed"], "data.labels: 'mixed' has no row in data.train")):
+        (tmp_path / "r.toml").write_text(text.replace("LABELS", json.dumps(labels)), encoding="utf-8")
+        with pytest.raises(EnsembleError, match=message):
+            fit_mod.load_splits(load_recipe(tmp_path / "r.toml").data)
+
+
+def test_an_ensemble_orders_its_classes_by_its_members_not_by_who_comes_first(tmp_path, demo_splits):
+    train_member(member("a", epochs=1), demo_splits, ["negative", "neutral", "positive"], DataConfig(train=DEMO / "train.csv"),
+                 tmp_path / "a", progress=False)
+    train_member(member("b", "roberta", epochs=1), demo_splits, ["positive", "negative", "neutral"],
+                 DataConfig(train=DEMO / "train.csv"), tmp_path / "b", progress=False)
+    for names in (("a", "b"), ("b", "a")):  # members that disagree on the order: sorted, whoever is first
+        ens = Ensemble.from_dirs({n: tmp_path / n for n in names}, load_weights=False)
+        assert ens.labels == ["negative", "neutral", "positive"]
+    only_b = Ensemble.from_dirs({"b": tmp_path / "b"}, load_weights=False)
+    assert only_b.labels == ["positive", "negative", "neutral"]  # one order shared: kept
+    with pytest.raises(EnsembleError, match="labels: \\['x', 'y', 'z'\\] are not the members' labels"):
+        Ensemble([load_member(tmp_path / "a")], labels=["x", "y", "z"])

@@ -41,6 +41,7 @@ class DataConfig:
     label: str = "label"
     on_bad_rows: str = "error"
     quoting: str = "none"  # tab-separated files: "none" (a quote is text) or "csv" (pandas' to_csv(sep="\t"))
+    labels: tuple[str, ...] | None = None  # the classes in their order (ordinal ones: low, medium, high); default sorted
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from . import combine, votefit
 from .aggregate import Vote, aggregate
 from .data import TextDataset
 from .errors import EnsembleError, one_of
+from .labels import sorted_labels
 from .devices import check_devices, check_precision, device_of
 from .files import replace_dir, write_json
 from .forward import encode_per_tokenizer, predict_logits, split_pairs
@@ -54,7 +55,8 @@ class Ensemble:
     def __init__(self, members: Sequence[Member], method: str = "soft", weights: dict[str, float] | None = None,
                  batch_size: int = 64, *, temperatures: dict[str, float] | None = None,
                  stacker: Stacker | None = None, abstain_below: float | None = None,
-                 abstain_on: str = "confidence", ensemble_temperature: float = 1.0, precision: str = "auto"):
+                 abstain_on: str = "confidence", ensemble_temperature: float = 1.0, precision: str = "auto",
+                 labels: Sequence[str] | None = None):
         _check_method(method)
         _check_abstain_on(abstain_on)
         _check_abstain_below(abstain_below)
@@ -80,11 +82,20 @@ class Ensemble:
         given_weights = bool(weights)
         weights, temperatures = _per_member("weights", weights, names), _per_member("temperatures", temperatures, names)
         self.members = {m.name: m for m in members}
-        self.labels = list(members[0].labels)
         for m in members[1:]:
-            if sorted(m.labels) != sorted(self.labels):
+            if sorted(m.labels) != sorted(members[0].labels):
                 raise EnsembleError(f"member '{m.name}' has labels {m.labels} but member '{members[0].name}' has "
-                                    f"{self.labels}; members must be trained on the same label names")
+                                    f"{members[0].labels}; members must be trained on the same label names")
+        # the class order of probabilities, reports and ties ("the first label"): the members' own
+        # when they share one (a recipe's data.labels), else sorted, so that it never depends on
+        # which member is listed first
+        orders = {tuple(m.labels) for m in members}
+        self.labels = list(members[0].labels) if len(orders) == 1 else sorted_labels(members[0].labels)
+        if labels is not None:
+            if sorted(map(str, labels)) != sorted(self.labels) or len(set(labels)) != len(labels):
+                raise EnsembleError(f"labels: {list(labels)!r} are not the members' labels {self.labels!r} (in any "
+                                    "order); give each of them once, or leave labels out")
+            self.labels = list(labels)
         for m in members[1:]:
             if m.text_pair != members[0].text_pair:
                 kinds = {True: "sentence pairs", False: "single texts"}
@@ -227,14 +238,13 @@ class Ensemble:
                        abstain_below=manifest.get("abstain_below"),
                        abstain_on=manifest.get("abstain_on", "confidence"),
                        ensemble_temperature=manifest.get("ensemble_temperature", 1.0),
-                       precision=precision)
+                       precision=precision, labels=manifest.get("labels"))  # the stacker's and the report's order
         except EnsembleError as exc:
-            raise EnsembleError(f"ensemble '{path}': {MANIFEST}: {exc}") from None
-        recorded = manifest.get("labels", ensemble.labels)  # the stacker's and the report's class order
-        if recorded != ensemble.labels:
-            raise EnsembleError(f"ensemble '{path}': {MANIFEST}: labels {recorded!r} are not the members' labels "
-                                f"{ensemble.labels!r} (in their order); it was edited or belongs to other members: "
-                                "vote them again ('ensemble vote')")
+            message = str(exc)
+            if message.startswith("labels:"):
+                message = (f"labels {manifest.get('labels')!r} are not the members' labels {members[0].labels!r}; it "
+                           "was edited or belongs to other members: vote them again ('ensemble vote')")
+            raise EnsembleError(f"ensemble '{path}': {MANIFEST}: {message}") from None
         return ensemble.to(device)
 
     @classmethod

@@ -44,6 +44,13 @@ def load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str]
         train.skipped = skipped  # bad rows of the file, counted once, on the split they came from
     test = load_table(data.test, field="data.test", **columns) if data.test is not None else None
     labels = sorted_labels(train.labels)
+    if data.labels is not None:  # the recipe's order; every class listed, every listed class trained
+        check_known_labels(train, data.labels, "data.train", known_as="data.labels")
+        untrained = [label for label in data.labels if label not in set(labels)]
+        if untrained:
+            raise EnsembleError(f"data.labels: '{untrained[0]}' has no row in data.train ('{data.train}'); a member "
+                                "cannot learn a class it never sees: add rows of it or remove it from data.labels")
+        labels = list(data.labels)
     if len(labels) < 2:
         raise EnsembleError(f"data.train: every row has the label '{labels[0]}'; a classifier needs at least two labels")
     check_known_labels(valid, labels, "data.valid")

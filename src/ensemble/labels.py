@@ -165,8 +165,9 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def check_known_labels(ds: TextDataset, known: Sequence[str], field: str) -> None:
+def check_known_labels(ds: TextDataset, known: Sequence[str], field: str, known_as: str = "") -> None:
     """Raise if `ds` has labels outside `known`: a model cannot predict a class it never trained on.
+    `known_as` names a list the user gave (``data.labels``) instead of the training labels.
 
     Example:
         >>> from ensemble.data import TextDataset
@@ -184,9 +185,14 @@ def check_known_labels(ds: TextDataset, known: Sequence[str], field: str) -> Non
         return
     found = counted(unseen, 10)
     plural = len(unseen) > 1
-    training = [shorten(lab) for lab in sorted_labels(known)]
+    training = [shorten(lab) for lab in (known if known_as else sorted_labels(known))]
     training_text = str(training) if len(training) <= 20 else str(training[:20])[:-1] + ", ...]"
     fix = "fix those rows or add examples of them to the training data"
+    if known_as:
+        plural = len(unseen) > 1
+        raise EnsembleError(f"{field}: label{'s' if plural else ''} {counted(unseen, 10)} in '{ds.path}' "
+                            f"{'are' if plural else 'is'} not in {known_as} {training_text}; add "
+                            f"{'them' if plural else 'it'} to {known_as} or fix those rows")
     if all(_is_number(v) for v in unseen) and any(not float(v).is_integer() for v in unseen) and all(
             _is_number(v) and float(v).is_integer() for v in known):
         fix = ("they look like unbinned scores while the training labels are whole numbers: bin them as the "

@@ -47,6 +47,7 @@ from .config import (  # re-exported: the recipe's types are imported from here 
     recipe_dict,
 )
 from .errors import EnsembleError, one_of
+from .labels import normalize_label
 
 __all__ = ["ABSTAIN_ON", "ARCHES", "LEARNED_METHODS", "SIZES", "VOTE_METHODS", "DataConfig", "MemberConfig",
            "Recipe", "TrainConfig", "VoteConfig", "infer_arch", "load_recipe", "recipe_dict", "to_scratch",
@@ -221,7 +222,13 @@ def _validate(raw: dict, base: Path, where: str) -> Recipe:
     _check_keys(raw, ("data", "defaults", "members", "vote"), "", where)
     if "data" not in raw:
         raise EnsembleError(f"{where}: missing [data] table (with at least train = \"path\")")
-    data = _build(DataConfig, _table(raw, "data", where), "data", where)
+    data_raw = dict(_table(raw, "data", where))
+    if isinstance(data_raw.get("labels"), list):  # numbers are label names too: labels = [1, 2, 3]
+        data_raw["labels"] = [str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+                              for v in data_raw["labels"]]
+    data = _build(DataConfig, data_raw, "data", where)
+    if data.labels is not None:
+        data = replace(data, labels=_class_order(data.labels, where))
     data = replace(data, **{k: _path(getattr(data, k), base) for k in ("train", "valid", "test")})
     named = [("text", data.text), ("text_pair", data.text_pair), ("label", data.label)]
     for i, (key, column) in enumerate(named):  # the label as a text would train on the answer
@@ -250,6 +257,20 @@ def _validate(raw: dict, base: Path, where: str) -> Recipe:
     vote = check_vote(_build(VoteConfig, _table(raw, "vote", where), "vote", where), names, where)
     _check_used(_table(raw, "defaults", where), raw_members, members, _table(raw, "vote", where), vote, where)
     return Recipe(path=base, data=data, defaults=defaults, members=tuple(members), vote=vote)
+
+
+def _class_order(given: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """`data.labels` as label names (normalised as the files' labels are), checked: two or more,
+    none empty, none twice."""
+    labels = tuple(normalize_label(v) for v in given)
+    if any(v is None for v in labels):
+        raise EnsembleError(f"{where}: data.labels: holds an empty name; list the class names, e.g. [\"low\", \"high\"]")
+    twice = sorted({v for v in labels if labels.count(v) > 1})
+    if twice:
+        raise EnsembleError(f"{where}: data.labels: '{twice[0]}' is listed twice; list each class once")
+    if len(labels) < 2:
+        raise EnsembleError(f"{where}: data.labels: a classifier needs at least two classes; got {list(labels)}")
+    return labels
 
 
 def check_vote(vote: VoteConfig, names: list[str], where: str) -> VoteConfig:
