@@ -588,6 +588,15 @@ def test_predict_resume_refuses_a_partial_written_at_another_precision(run, tmp_
         evaluate_mod.predict_file(ens, data, out, label=None, chunk_rows=10, progress=False, resume=True)
 
 
+def test_a_moved_ensemble_continues_its_partial_predictions(run, tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text("text\n" + "\n".join(f'"{t}"' for t in TEXTS[:30]) + "\n", encoding="utf-8")
+    shutil.copytree(run / "run", tmp_path / "a")  # copytree keeps modification times, as mv does
+    before = evaluate_mod._identity(Ensemble.load(tmp_path / "a"), data, "text", None, None, 10, "none")
+    (tmp_path / "a").rename(tmp_path / "b")
+    assert evaluate_mod._identity(Ensemble.load(tmp_path / "b"), data, "text", None, None, 10, "none") == before
+
+
 def _write_csv(path, header, rows):
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)

@@ -135,7 +135,8 @@ def test_disk_full_while_predicting_then_resume(trained, monkeypatch, tmp_path, 
     args = ["predict", "--ensemble", str(trained / "run"), "--data", str(trained / "big.csv"), "--chunk-rows", "500", "--quiet"]
     monkeypatch.setattr(os, "fsync", fsync)
     code, _, err = cli(args + ["--out", str(tmp_path / "p.csv")])
-    assert code == 2 and "disk full" in err
+    assert code == 2 and f"disk full while writing '{tmp_path / '.p.csv.partial'}' after 1000 finished rows, which " \
+        "are kept there; " in err and "make room and rerun with --resume" in err
     assert not (tmp_path / "p.csv").exists()
     assert json.loads((tmp_path / ".p.csv.partial.json").read_text())["rows"] == 1000
     monkeypatch.setattr(os, "fsync", real_fsync)
@@ -145,6 +146,37 @@ def test_disk_full_while_predicting_then_resume(trained, monkeypatch, tmp_path, 
     code, _, err = cli(args + ["--out", str(tmp_path / "whole.csv")])
     assert (tmp_path / "p.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
     assert not (tmp_path / ".p.csv.partial").exists() and not (tmp_path / ".p.csv.partial.json").exists()
+
+
+def test_predict_checks_every_row_before_predicting_any(trained, monkeypatch, tmp_path, cli):
+    from ensemble.ensemble import Ensemble
+
+    lines = (trained / "big.csv").read_text(encoding="utf-8").splitlines()
+    late = tmp_path / "late.csv"
+    late.write_bytes(("\n".join(lines[:2001]) + "\n").encode() + b"caf\xe9 movie,positive\n")
+    calls = []
+    real = Ensemble.member_logits
+    monkeypatch.setattr(Ensemble, "member_logits", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    code, _, err = cli(["predict", "--ensemble", str(trained / "run"), "--data", str(late), "--chunk-rows", "200",
+                        "--quiet", "--out", str(tmp_path / "p.csv")])
+    assert code == 2 and "line 2002 of" in err and "is not valid UTF-8" in err
+    assert calls == []  # found before the first chunk was predicted, not after 2,000 rows
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["late.csv"]  # nothing left behind
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link"])
+def test_predict_refuses_an_out_that_is_not_a_regular_file(trained, tmp_path, cli, kind):
+    target = tmp_path / "p.csv"
+    if kind == "fifo":
+        os.mkfifo(target)
+    else:
+        (tmp_path / "real.csv").write_text("keep\n", encoding="utf-8")
+        target.symlink_to(tmp_path / "real.csv")
+    code, _, err = cli(["predict", "--ensemble", str(trained / "run"), "--data", str(trained / "big.csv"), "--quiet",
+                        "--out", str(target), "--overwrite"])
+    assert code == 2 and f"--out: '{target}' is " in err and "give the path of a CSV file to write" in err
+    assert target.is_fifo() if kind == "fifo" else target.is_symlink()  # as it was
+    assert kind == "fifo" or (tmp_path / "real.csv").read_text(encoding="utf-8") == "keep\n"
 
 
 def test_predict_killed_then_resumed_redoes_no_finished_chunk(trained, tmp_path):

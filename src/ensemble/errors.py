@@ -55,6 +55,25 @@ _DISK_MESSAGES = {"No space left on device": errno.ENOSPC, "Disk quota exceeded"
                   "File too large": errno.EFBIG, "Read-only file system": errno.EROFS}
 
 
+# what to do about each, said where the caller words the rest (predict's partial output)
+DISK_FIX = {errno.ENOSPC: "make room", errno.EDQUOT: "make room", errno.EFBIG: "raise the limit or write elsewhere",
+            errno.EROFS: "choose an --out on a writable file system",
+            errno.EACCES: "choose an --out you can write to, or fix its permissions",
+            errno.EPERM: "choose an --out you can write to, or fix its permissions"}
+
+
+def disk_problem(exc: BaseException) -> str | None:
+    """What an OSError met while writing is, in words ("disk full"), when the user can act on it.
+
+    Example:
+        >>> disk_problem(OSError(errno.ENOSPC, "No space left on device")), disk_problem(OSError(errno.EIO, "I/O"))
+        ('disk full', None)
+    """
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
+        return _DISK_ERRORS[exc.errno][0]
+    return None
+
+
 def machine_problem(exc: BaseException) -> str | None:
     """The one-line error for a full disk, a read-only or forbidden directory, or a file-size limit
     met while writing (`exc` from Python, safetensors or torch), else None.

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from . import combine
 from .data import TextDataset, iter_table, load_table, seen_in
 from .ensemble import ABSTAIN, Ensemble
-from .errors import EnsembleError
+from .errors import DISK_FIX, EnsembleError, disk_problem, machine_problem
 from .files import exclusive_lock, write_json
 from .labels import counted
 from .members import saved_metrics
@@ -218,8 +218,14 @@ def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str 
     out.parent.mkdir(parents=True, exist_ok=True)
     # two runs on one --out would write into each other's partial file
     lock_file = out.with_name(f".{out.name}.lock")
-    lock = exclusive_lock(lock_file, os.O_RDWR | os.O_CREAT, f"--out: '{out}' is being written by another "
-                          "'ensemble predict'; wait for it to end, or choose another --out")
+    try:
+        lock = exclusive_lock(lock_file, os.O_RDWR | os.O_CREAT, f"--out: '{out}' is being written by another "
+                              "'ensemble predict'; wait for it to end, or choose another --out")
+    except OSError as exc:
+        if machine_problem(exc) is not None:
+            raise
+        raise EnsembleError(f"--out: cannot create files in '{out.parent}' ({exc.strerror}); choose an --out in a "
+                            "directory you can write to") from None
     try:
         return _predict_file(ens, data, out, text=text, text_pair=text_pair, label=label, chunk_rows=chunk_rows,
                              progress=progress, resume=resume, require_label=require_label, quoting=quoting)
@@ -246,11 +252,14 @@ def _predict_file(ens: Ensemble, data: Path, out: Path, *, text: str, text_pair:
             print(f"--resume: no finished chunk of '{out}' to continue from; predicting from the start", file=sys.stderr)
     names, rows = list(ens.members), done_rows
     truncated: dict[str, int] = {}  # rows cut to each member's max_length, in this run
-    # the file's own problems (path, columns, header) surface here, before any progress is drawn
-    chunks = iter_table(data, chunk_rows=chunk_rows, text=text, text_pair=text_pair, label=label,
-                        field="--data", require_label=require_label, quoting=quoting)
+    reading = dict(chunk_rows=chunk_rows, text=text, text_pair=text_pair, label=label, field="--data",
+                   require_label=require_label, quoting=quoting)
+    # Every row is read and checked before the first is predicted: a bad row at line 900,000 must
+    # fail in seconds (reading costs ~4 s per million CSV rows), not after an hour of predicting.
+    total = _checked_rows(ens, data, reading, progress)
+    chunks = iter_table(data, **reading)
     first = next(chunks, None)
-    bar = tqdm(desc="predict", unit="rows", initial=done_rows, disable=not progress,
+    bar = tqdm(desc="predict", unit="rows", initial=done_rows, total=total, disable=not progress,
                mininterval=0.5 if sys.stderr.isatty() else 30)
     if done_rows:
         bar.write(f"resuming after row {done_rows} of '{data}'")
@@ -285,6 +294,22 @@ def _predict_file(ens: Ensemble, data: Path, out: Path, *, text: str, text_pair:
         partial.unlink(missing_ok=True)
         state_file.unlink(missing_ok=True)
         raise
+    except OSError as exc:
+        problem = disk_problem(exc)
+        if problem is None:
+            raise
+        if rows == 0:
+            partial.unlink(missing_ok=True)
+            raise EnsembleError(f"{problem} while writing '{partial}', before any row was finished; nothing was "
+                                f"kept: {DISK_FIX.get(exc.errno, 'fix that and rerun')}") from None
+        raise EnsembleError(f"{problem} while writing '{partial}' after {rows} finished rows, which are kept there; "
+                            f"'{out}' was not written: {DISK_FIX.get(exc.errno, 'fix that')} and rerun with --resume "
+                            f"to continue (or delete '{partial}')") from None
+    except BaseException:  # an interruption: keep the finished chunks for --resume, if there are any
+        if rows == 0:
+            partial.unlink(missing_ok=True)
+            state_file.unlink(missing_ok=True)
+        raise
     finally:
         bar.close()
     if any(truncated.values()):  # fit and vote report these; a file predicted should say so too
@@ -292,6 +317,18 @@ def _predict_file(ens: Ensemble, data: Path, out: Path, *, text: str, text_pair:
                            for name, n in truncated.items() if n)
         print(f"note: rows longer than a member's max_length were cut to fit: {listed}"
               + (" (in this run, after the resumed rows)" if done_rows else ""), file=sys.stderr)
+    return rows
+
+
+def _checked_rows(ens: Ensemble, data: Path, reading: dict, progress: bool) -> int:
+    """Read all of `data` as `predict_file` will, checking every row and gold label; its row count."""
+    rows = 0
+    with tqdm(desc="checking rows", unit="rows", disable=not progress, leave=False,
+              mininterval=0.5 if sys.stderr.isatty() else 30) as bar:
+        for chunk in iter_table(data, **reading):
+            gold(ens, chunk, "--data", offset=rows)
+            rows += len(chunk)
+            bar.update(len(chunk))
     return rows
 
 
@@ -314,6 +351,11 @@ def check_predictions_out(out: Path, data: Path, overwrite: bool) -> None:
     file without `overwrite` (`predict_file` checks; the CLI too, before loading the members)."""
     if out.is_dir():
         raise EnsembleError(f"--out: '{out}' is a directory; give the path of the CSV file to write")
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        # the output is renamed into place: over /dev/null or a link it would replace the device or the link
+        kind = "a link" if out.is_symlink() else "not a regular file (a device or a pipe)"
+        raise EnsembleError(f"--out: '{out}' is {kind}; give the path of a CSV file to write (predictions are "
+                            "written whole and renamed into place)")
     if data.exists() and out.exists() and out.resolve() == data.resolve():
         raise EnsembleError(f"--out: '{out}' is the --data file; write the predictions to another file")
     if out.exists() and not overwrite:
@@ -359,12 +401,14 @@ def _columns_of(ens: Ensemble, ds: TextDataset) -> dict:
 def _identity(ens: Ensemble, data: Path, text: str, text_pair: str | None, label: str | None,
               chunk_rows: int, quoting: str) -> dict:
     """What a partial output depends on, by name: the data file (path, size, mtime), the ensemble
-    (its manifest and member paths, hashed), the columns, how quotes are read, the chunk size
-    and the precision (bf16 may flip near-tied labels)."""
+    (its manifest and its members' weights and config files' sizes and modification times,
+    hashed), the columns, how quotes are read, the chunk size and the precision (bf16 may flip
+    near-tied labels)."""
     stat = data.stat() if data.is_file() else None
     # the members' files too: an ensemble voted again from other members of the same names has
     # the same manifest and paths
-    ensemble = [ens.manifest(), {n: [str(m.path), _files_stamp(m.path)] for n, m in ens.members.items()}]
+    ensemble = [ens.manifest(), {n: _files_stamp(m.path) for n, m in ens.members.items()}]  # not the paths: a
+    # moved ensemble directory (mv keeps sizes and modification times) continues its partial output
     return {"data file": [str(data.resolve()), stat and stat.st_size, stat and stat.st_mtime_ns],
             "ensemble": hashlib.sha256(json.dumps(ensemble, sort_keys=True, default=str).encode()).hexdigest(),
             "--text": text, "--text-pair": text_pair, "--label": label, "--quoting": quoting,
