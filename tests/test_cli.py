@@ -55,6 +55,8 @@ def fitted(tmp_path_factory):
      "--weights: 'bert' is given twice (1 and 2); give each member one weight"),
     (["predict", "--ensemble", "e", "--data", "x.csv", "--out", "p.jsonl"],
      "--out: 'p.jsonl' ends in .jsonl, and predictions are written as CSV; name it 'p.csv'"),
+    (["predict", "--ensemble", "e", "--data", "x.csv", "--out", "p.csv", "--batch-size", "0"],
+     "error: Invalid value for '--batch-size': Input should be greater than or equal to 1; got '0'"),
 ])
 def test_user_errors_exit_2_with_one_line(fitted, cli, tmp_path, args, message):
     recipe = small_recipe(tmp_path)
@@ -127,6 +129,11 @@ def test_vote_on_unlabelled_data_writes_predictions_without_metrics(fitted, cli,
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["rows"] == 2 and "accuracy" not in report["ensemble"] and list(report["members"]) == ["a", "b"]
     assert Ensemble.load(tmp_path / "o").predict(["the film is wonderful"])[0] in ("negative", "neutral", "positive")
+    # the batch size changes how rows are grouped, not what is predicted
+    code, out, err = cli(["vote", "--members", *members, "--data", str(data), "--out", str(tmp_path / "o1"),
+                          "--batch-size", "1"])
+    assert code == 0, err
+    assert (tmp_path / "o1" / "predictions.csv").read_text() == (tmp_path / "o" / "predictions.csv").read_text()
 
 
 def test_manifest_cannot_point_outside_its_directory(fitted, tmp_path):
@@ -259,3 +266,17 @@ def test_a_flag_value_click_refuses_is_quoted_back(cli):
     assert code == 2 and "Invalid value for '--chunk-rows'" in err and "; got '0' (see 'ensemble predict --help')" in err
     code, _, err = cli(["vote", "--members", "m", "--data", "d.csv", "--out", "o", "--abstain-below=abc"])
     assert code == 2 and "; got 'abc' (see 'ensemble vote --help')" in err
+
+
+def test_a_killed_votes_temp_directory_is_removed_by_the_next(tmp_path):
+    from ensemble.files import remove_stale_temps
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".out.tmp-{dead.stdout.strip()}"  # a process that has ended
+    (stale / "plots").mkdir(parents=True)
+    mine = tmp_path / f".out.tmp-{os.getpid()}"  # one still running keeps its own
+    mine.mkdir()
+    other = tmp_path / ".other.tmp-1"
+    other.mkdir()
+    assert remove_stale_temps(tmp_path / "out") == [stale]
+    assert not stale.exists() and mine.is_dir() and other.is_dir()

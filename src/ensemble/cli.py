@@ -121,6 +121,7 @@ def vote(
     quoting: Optional[str] = typer.Option(None, "--quoting", help="A .tsv file's quotes: 'none' (text) or 'csv' (CSV-quoted fields, as pandas writes them); default: the members' recipe, else 'none'."),
     label: Optional[str] = typer.Option(None, "--label", help="Label column, if the data has labels (default: the members' recipe, else 'label'; \"\" reads none)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Rows per forward pass of a member (more: faster on a GPU, more memory)."),
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
@@ -131,7 +132,7 @@ def vote(
     from .evaluate import evaluate, gold
     from .votefit import missing_labels_warning
     from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig
-    from .files import replace_dir
+    from .files import remove_stale_temps, replace_dir
 
     if method not in VOTE_METHODS:
         raise EnsembleError(f"--method: must be one of {one_of(VOTE_METHODS)}; got '{method}'")
@@ -161,6 +162,7 @@ def vote(
     not_over_inputs(out, {**reads, "--data file": data, **({"--valid file": valid} if valid is not None else {})})
     ens = Ensemble.from_dirs(dirs, method if method not in LEARNED_METHODS else "soft", weights_by_name(weights, dirs),
                              precision=precision)
+    ens.batch_size = batch_size
     check_abstain_label(ens.labels, given[0] if given else None)
     label_given = bool(label)  # a --label column must exist; the default one may be absent
     text, text_pair, label = data_columns(ens, text, text_pair, label)
@@ -199,6 +201,7 @@ def vote(
         ens.abstain_below, ens.abstain_on = abstain_below, abstain_on
     warning, info = _leaks(ens, ds, data, held if valid is not None else None, quoting)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    remove_stale_temps(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -258,6 +261,7 @@ def predict(
     quoting: Optional[str] = typer.Option(None, "--quoting", help="A .tsv file's quotes: 'none' (text) or 'csv' (CSV-quoted fields, as pandas writes them); default: the members' recipe, else 'none'."),
     label: Optional[str] = typer.Option(None, "--label", help="Gold label column, copied through when present (\"\": none, even if the file has one)."),
     chunk_rows: int = typer.Option(10_000, "--chunk-rows", min=1, help="Rows per chunk (bounds the memory)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Rows per forward pass of a member (more: faster on a GPU, more memory)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run into the same --out, after its last finished chunk."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
     device: str = typer.Option("auto", "--device", help="auto (all GPUs, else CPU), cpu, or cuda:N."),
@@ -276,6 +280,7 @@ def predict(
     not_over_inputs(out, {"--ensemble directory": ensemble}, nested_ok=("--ensemble directory",))
     check_csv_name(out)
     ens = Ensemble.load(ensemble, device=device, precision=precision)
+    ens.batch_size = batch_size
     not_over_inputs(out, {f"member '{n}' directory": m.path for n, m in ens.members.items()})
     label_given = bool(label)  # a --label column must exist; the default one is copied through if present
     text, text_pair, label = data_columns(ens, text, text_pair, label)

@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import IO, Any
 
@@ -113,3 +114,31 @@ def exclusive_lock(path: Path, flags: int, busy: str) -> int:
         os.close(fd)
         raise EnsembleError(busy) from None
     return fd
+
+
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Remove the ``.<out>.tmp-<pid>`` directories that killed runs writing `out` left beside it
+    (a process still running keeps its own); the ones removed.
+
+    Example:
+        >>> remove_stale_temps(Path("runs/vote"))  # doctest: +SKIP
+        [PosixPath('runs/.vote.tmp-4121')]
+    """
+    removed = []
+    for tmp in out.parent.glob(f".{glob_escape(out.name)}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not tmp.is_dir() or _running(int(pid)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
