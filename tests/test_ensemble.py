@@ -729,6 +729,25 @@ def test_vote_on_the_members_training_rows_warns(run, tmp_path, cli):
     assert json.loads((tmp_path / "m" / "report.json").read_text())["data"]["seen_in_train"] == {"mixed.csv": 7}
 
 
+def test_vote_knows_the_training_rows_after_the_project_moved(run, tmp_path, cli):
+    from ensemble.data import load_table, stratified_split
+
+    for name in ("bert", "roberta"):  # members whose recorded training file is gone
+        shutil.copytree(run / "run" / "members" / name, tmp_path / name)
+        recipe = json.loads((tmp_path / name / "recipe.json").read_text())
+        recipe["data"]["train"] = str(tmp_path / "gone" / "train.csv")
+        (tmp_path / name / "recipe.json").write_text(json.dumps(recipe))
+    members = [str(tmp_path / n) for n in ("bert", "roberta")]
+    trained, _ = stratified_split(load_table(run / "train.csv"), 0.2, seed=42)  # the rows they trained on, moved
+    moved = _write_csv(tmp_path / "moved.csv", ["text", "label"], list(zip(trained.texts, trained.labels)))
+    code, _, err = cli(["vote", "--members", *members, "--data", str(moved), "--out", str(tmp_path / "v")])
+    assert code == 0 and "warning: --data is the training file of members 'bert', 'roberta'" in err, err
+    other = _write_csv(tmp_path / "other.csv", ["text", "label"], [[t, "positive"] for t in TEXTS[:5]])
+    code, _, err = cli(["vote", "--members", *members, "--data", str(other), "--out", str(tmp_path / "w")])
+    assert code == 0 and (f"warning: the training file of members 'bert', 'roberta' ('{tmp_path / 'gone' / 'train.csv'}') "
+                          "is gone (moved?), so --data was not checked for rows the members trained on") in err, err
+
+
 def test_vote_on_the_members_validation_rows_or_on_rows_of_its_own_valid_file_warns(run, tmp_path, cli):
     from ensemble.data import load_table, stratified_split
 
@@ -738,8 +757,8 @@ def test_vote_on_the_members_validation_rows_or_on_rows_of_its_own_valid_file_wa
     valid = _write_csv(tmp_path / "held.csv", ["text", "label"], list(zip(held.texts, held.labels)))
     code, _, err = cli(["vote", "--members", *members, "--data", str(valid), "--out", str(tmp_path / "v")])
     assert code == 0, err
-    assert ("warning: --data is the validation file of every member: each member's best epoch was chosen on these "
-            "rows, so these scores are optimistic") in err, err
+    assert ("warning: --data is the validation file of members 'bert', 'roberta': each member's best epoch was chosen "
+            "on these rows, so these scores are optimistic") in err, err
     assert "best epoch was chosen" in json.loads((tmp_path / "v" / "report.json").read_text())["warning"]
     # a recipe's validation file, by its recorded path
     copied = tmp_path / "members"

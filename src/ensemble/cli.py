@@ -222,8 +222,8 @@ def _leaks(ens, ds, data: Path, held, quoting: str) -> tuple[str | None, dict]:
     from .evaluate import seen_in_training
 
     warning, info = None, {}
-    trained_on = _trained_on(ens, data)
-    chosen_on = _trained_on(ens, data, "valid") or (ens.recorded_logits(ds) is not None and "every member")
+    trained_on = _trained_on(ens, data, rows=ds)
+    chosen_on = _trained_on(ens, data, "valid", ds) or (ens.recorded_logits(ds) is not None and "every member")
     if trained_on:
         warning = (f"--data is the training file of {trained_on}: these scores are measured on rows the members "
                    "were fitted on, so they are optimistic")
@@ -235,6 +235,12 @@ def _leaks(ens, ds, data: Path, held, quoting: str) -> tuple[str | None, dict]:
         typer.echo(f"warning: {rows_phrase(seen[0], '--data')} the same text as a training row of "
                    f"{', '.join(repr(n) for n in seen[1])}: scores on them are optimistic (see the report's Data "
                    "section)", err=True)
+    gone = {n: path for n, path in ens.training_files().items() if not path.is_file()}
+    if gone and not warning:  # a moved project: say the check could not be made, rather than nothing
+        first = next(iter(gone))
+        typer.echo(f"warning: the training file of {_named(list(gone))} ('{gone[first]}'"
+                   f"{' and others' if len(set(gone.values())) > 1 else ''}) is gone (moved?), so --data was not "
+                   "checked for rows the members trained on", err=True)
     if warning:
         typer.echo(f"warning: {warning}", err=True)
     if held is not None and (in_valid := seen_in(ds, held)):  # as fit checks its test split
@@ -244,10 +250,25 @@ def _leaks(ens, ds, data: Path, held, quoting: str) -> tuple[str | None, dict]:
     return warning, info
 
 
-def _trained_on(ens, file: Path, split: str = "train") -> str:
+def _trained_on(ens, file: Path, split: str = "train", rows=None) -> str:
     """The members (as "member 'a'" / "members 'a', 'b'") whose recorded training file (or validation
-    file, `split` "valid") is `file`, or ""."""
-    names = [n for n, path in ens.training_files(split).items() if path.resolve() == file.resolve()]
+    file, `split` "valid") is `file`, or whose recorded rows of that split are `rows` (a moved
+    copy of the file), or ""."""
+    from .members import saved_recipe
+
+    files = ens.training_files(split)
+    fingerprint = rows.fingerprint() if rows is not None else None
+    def recorded(member) -> str | None:
+        rows_ = saved_recipe(member.path).get("rows")
+        return rows_.get(split) if isinstance(rows_, dict) else None
+
+    names = [n for n, m in ens.members.items() if (n in files and files[n].resolve() == file.resolve())
+             or (fingerprint is not None and recorded(m) == fingerprint)]
+    return _named(names)
+
+
+def _named(names: list[str]) -> str:
+    """``member 'a'`` / ``members 'a', 'b'``, or "" for none."""
     return (f"member '{names[0]}'" if len(names) == 1 else "members " + ", ".join(f"'{n}'" for n in names)) if names else ""
 
 
