@@ -324,11 +324,31 @@ def drop_remote_code(member_dir: Path) -> None:
 def save_valid_logits(path: Path, logits: torch.Tensor, valid: TextDataset, labels: list[str], precision: str) -> None:
     """Write the best epoch's validation logits with what they are valid for (rows, labels, and
     the weights beside them: call it after those are saved)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    save_file({"logits": logits.contiguous()}, str(path), metadata={
+    blob = save({"logits": logits.contiguous()}, metadata={
         "rows": valid.fingerprint(), "labels": json.dumps(labels), "mixed_precision": precision,
         "weights": weights_digest(path.parent)})
+    path.write_bytes(_sorted_header(blob))
+
+
+def _sorted_header(blob: bytes) -> bytes:
+    """A safetensors file's bytes with its header's keys sorted: the writer orders metadata as a
+    hash map, differently in every process, so two identical runs gave files of other checksums.
+
+    Example:
+        >>> import torch; from safetensors.torch import save
+        >>> _sorted_header(save({"x": torch.zeros(1)}, metadata={"b": "2", "a": "1"}))[8:41]
+        b'{"__metadata__":{"a":"1","b":"2"}'
+    """
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + size])
+    meta = header.pop("__metadata__", None)
+    ordered = {**({"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}), **dict(sorted(header.items()))}
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > size:  # escaped otherwise than the writer did: keep its bytes
+        return blob
+    return blob[:8] + text + b" " * (size - len(text)) + blob[8 + size:]
 
 
 def weights_digest(member_dir: Path) -> str:
