@@ -136,6 +136,29 @@ def _continuous(distinct: Counter) -> bool:
     return (len(values) > 20 and off_grid > 0) or (len(values) > 10 and 2 * off_grid > len(values))
 
 
+def case_variants(labels: Sequence[str]) -> str | None:
+    """The warning for labels that differ only in letter case (two classes that may be meant as
+    one), or None.
+
+    Example:
+        >>> case_variants(["Pos", "neg", "pos"])
+        "warning: labels 'Pos' and 'pos' differ only in letter case and train as two classes; if they are one, write them alike in the data"
+        >>> case_variants(["neg", "pos"]) is None
+        True
+    """
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        groups.setdefault(label.casefold(), []).append(label)
+    alike = [group for group in groups.values() if len(group) > 1]
+    if not alike:
+        return None
+    shown = "; ".join(" and ".join(f"'{shorten(v)}'" for v in group) for group in alike[:3])
+    more = f" (and {len(alike) - 3} more groups)" if len(alike) > 3 else ""
+    return (f"warning: labels {shown}{more} differ only in letter case and train as "
+            f"{'two classes' if len(alike) == 1 and len(alike[0]) == 2 else 'separate classes'}; if they are one, "
+            "write them alike in the data")
+
+
 def counted(counts: Counter, most: int) -> str:
     """The `most` commonest labels of `counts` with their rows, for a message; "and N more" after.
 
