@@ -478,7 +478,7 @@ def stop_when_orphaned(grace: float = 10.0, parent: int | None = None,
 
     def watch() -> None:
         while os.getppid() == parent:
-            time.sleep(1)
+            time.sleep(0.25)  # a getppid a quarter second: noticed well within the second promised
         if cleanup is not None:
             cleanup()
         os.kill(os.getpid(), signal.SIGTERM)  # checkpoints are written atomically: any moment is safe
