@@ -164,7 +164,7 @@ def test_project1_runs_offline_with_scratch_tiny(cli, tmp_path):
     report = json.loads((tmp_path / "p1" / "report.json").read_text())
     assert list(report["members"]) == ["albert", "electra", "roberta", "bert"] and report["split"] == "test"
     card = (tmp_path / "p1" / "members" / "albert" / "README.md").read_text()
-    assert "albert" in card and "| lr | 1e-05 (set) |" in card
+    assert "albert" in card and "| lr | 1e-05 *(not default)* |" in card
 
 
 def test_console_script_exit_code_and_no_traceback(tmp_path):

@@ -48,11 +48,13 @@ def write_model_card(path: Path, cfg: MemberConfig, labels: list[str], result: d
         "",
         "## Hyperparameters",
         "",
+        "Values that differ from the library's defaults are marked *(not default)*.",
+        "",
         "| field | value |",
         "|---|---|",
     ]
     for key, value in hyper.items():
-        mark = "" if value == defaults[key] else " (set)"
+        mark = "" if value == defaults[key] else " *(not default)*"
         lines.append(f"| {key} | {value}{mark} |")
     lines += ["", "## Validation metrics per epoch", "",
               "| epoch | train loss | valid loss | accuracy | macro-F1 | macro precision | macro recall |",
