@@ -1,5 +1,5 @@
 """What --resume compares a finished member or a checkpoint on: its base model's files (not the
-path they sit at), its settings but the bookkeeping ones.
+path they sit at), its settings but the bookkeeping ones; and the environment metrics.json records.
 
 No training here: member directories and checkpoints are written by hand, as `train` writes them.
 """
@@ -159,10 +159,21 @@ def test_progress_json_keeps_what_the_checkpoint_was_made_with(tmp_path):
     made = MadeWith.of(MemberConfig("b", init="scratch", arch="bert"), LABELS, ROWS, 2, (1.0, 0.5, "h"))
     root = checkpoint_dir(tmp_path / "members" / "b")
     root.mkdir(parents=True)
-    write_json(root / PROGRESS, asdict(Progress(made.fingerprint(), 8, made_with=made)))
+    write_json(root / PROGRESS, asdict(Progress(made.fingerprint(), 8, made_with=made, started="2025-01-01T00:00:00+00:00")))
     back = read_progress(root)
     assert back.made_with == made and back.made_with.fingerprint() == made.fingerprint()
-    older = {k: v for k, v in asdict(back).items() if k != "made_with"}
+    older = {k: v for k, v in asdict(back).items() if k not in ("made_with", "started", "seconds")}
     write_json(root / PROGRESS, older)  # an earlier version's progress.json still reads
     assert read_progress(root).made_with is None and read_progress(root).fingerprint == made.fingerprint()
 
+
+def test_environment_names_versions_device_and_times():
+    import importlib.metadata
+
+    import torch
+
+    env = provenance.environment(torch.device("cpu"), 2, "bf16", "2025-01-31T12:00:00+00:00", 12.34567)
+    assert env.ensemble and env.torch == importlib.metadata.version("torch")
+    assert env.device.startswith("cpu: ") and len(env.device) > len("cpu: ")
+    assert (env.processes, env.mixed_precision, env.wall_seconds) == (2, "bf16", 12.346)
+    assert all(getattr(env, k) for k in ("python", "transformers", "accelerate", "tokenizers"))

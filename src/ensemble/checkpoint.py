@@ -96,6 +96,8 @@ class Progress:
     steps_done: int | None = None  # optimizer steps (and their log lines) when this was saved
     slot: int = -1  # the slot holding this state; -1 before the first save
     made_with: MadeWith | None = None  # what `fingerprint` was computed from (None in older checkpoints)
+    started: str | None = None  # when training of the member began (UTC, ISO 8601)
+    seconds: float = 0.0  # wall seconds spent training it up to this state
 
 
 def read_progress(root: Path) -> Progress | None:

@@ -5,11 +5,17 @@
 - `base_fingerprint`: which starting checkpoint a pretrained member fine-tunes (a local
   directory's file contents, a hub model's cached snapshot commit), so that a base changed on
   disk is noticed and a moved but identical one is not.
+- `environment`: library versions, device, processes, precision and times, for metrics.json
+  (a record only: nothing compares it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import MemberConfig
@@ -124,3 +130,71 @@ def _cached_commit(repo_id: str) -> str | None:
         return None
     # .../models--org--name/snapshots/<commit>/config.json
     return f"commit:{Path(found).parent.name}" if isinstance(found, str) else None
+
+
+@dataclass
+class Environment:
+    """Where and with what a member was trained, for its metrics.json (`environment`)."""
+
+    ensemble: str | None
+    python: str
+    torch: str | None
+    transformers: str | None
+    accelerate: str | None
+    tokenizers: str | None
+    device: str  # "cpu: <model name>" or "cuda: <device name>"
+    processes: int
+    mixed_precision: str
+    started: str  # when training of the member began (UTC, ISO 8601), before any interruption
+    wall_seconds: float  # spent training it, over every resumed run (work lost to a kill not counted)
+
+
+def environment(device, processes: int, mixed_precision: str, started: str, wall_seconds: float) -> Environment:
+    """The `Environment` of a member trained on `device` (a torch.device).
+
+    Example:
+        >>> import torch
+        >>> environment(torch.device("cpu"), 1, "no", utc_now(), 12.5).device.startswith("cpu")
+        True
+    """
+    return Environment(ensemble=_version("ensemble"), python=platform.python_version(), torch=_version("torch"),
+                       transformers=_version("transformers"), accelerate=_version("accelerate"),
+                       tokenizers=_version("tokenizers"), device=describe_device(device), processes=processes,
+                       mixed_precision=mixed_precision, started=started, wall_seconds=round(wall_seconds, 3))
+
+
+def utc_now() -> str:
+    """The current time, UTC, ISO 8601 to the second (e.g. ``2025-01-31T12:00:00+00:00``)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def describe_device(device) -> str:
+    """ "cuda: NVIDIA H100 80GB HBM3", "cpu: AMD EPYC 7763 64-Core Processor", or the device type."""
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    if device.type == "cpu":
+        return f"cpu: {_cpu_model()}"
+    return str(device.type)
+
+
+def _cpu_model() -> str:
+    try:  # Linux names the model here; platform.processor() only gives the architecture there
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:  # e.g. run from a source tree
+        if package == "ensemble":
+            from . import __version__
+
+            return __version__
+        return None

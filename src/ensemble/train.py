@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from .firsttoken import switch as switch_first_token
 from .members import (METRICS_FILE, RECIPE_FILE, VALID_LOGITS, build_member, checkpoint_activations, drop_remote_code,
                       freeze, parameter_count, save_valid_logits)
 from .optim import make_optimizer, make_scheduler
+from .provenance import environment, utc_now
 from .recipe import DataConfig, MemberConfig, recipe_dict
 from .report import classification_metrics
 from .teacher import IGNORE, Teacher, distill_loss
@@ -75,6 +76,7 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
     """
     from accelerate.utils import find_executable_batch_size
 
+    clock = (utc_now(), time.perf_counter())  # when this run began on the member, for its environment record
     t = cfg.train
     check_mixed_precision(cfg)
     world = process_state().num_processes
@@ -127,7 +129,7 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
     micro = [saved.micro_batch_size if saved else per_process // t.grad_accum]
     attempt = find_executable_batch_size(
         _train_loop, starting_batch_size=micro[0], reduce_batch_size_fn=lambda: smaller(micro))
-    return attempt(cfg, splits, labels, data, out_dir, progress, ckpt, saved, per_process, teacher)
+    return attempt(cfg, splits, labels, data, out_dir, progress, ckpt, saved, per_process, teacher, clock)
 
 
 def checkpoint_mismatch(name: str, other: Progress, now: MadeWith) -> str:
@@ -147,7 +149,7 @@ def checkpoint_mismatch(name: str, other: Progress, now: MadeWith) -> str:
 
 def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str], data: DataConfig, out_dir: Path,
                 progress: bool, ckpt: Checkpoint, saved: Progress | None, per_process: int,
-                teacher: Teacher | None) -> dict:
+                teacher: Teacher | None, clock: tuple[str, float]) -> dict:
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
@@ -219,7 +221,14 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
         accelerator.init_trackers(cfg.name, config={k: str(v) for k, v in recipe_dict(t).items()}, init_kwargs=redo)
 
     # resume, or start afresh
-    state = saved or Progress(fingerprint=ckpt.fingerprint, micro_batch_size=micro, made_with=ckpt.made_with)
+    state = saved or Progress(fingerprint=ckpt.fingerprint, micro_batch_size=micro, made_with=ckpt.made_with,
+                              started=clock[0])
+    state.started = state.started or clock[0]  # a checkpoint of an older version did not record it
+    earlier = state.seconds  # spent on the member before this run, up to its checkpoint
+
+    def timed(progress_now: Progress) -> Progress:  # the wall time so far, saved with every checkpoint
+        progress_now.seconds = earlier + time.perf_counter() - clock[1]
+        return progress_now
     try:
         best_state, best_logits = ckpt.restore(accelerator, state) if saved else (None, None)
     except Exception as exc:  # noqa: BLE001 - torch, safetensors and accelerate each raise their own
@@ -351,7 +360,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
                 if sparse_rows is not None:
                     sparse_rows.settle()  # untouched rows take their owed weight decay before being saved
                 state.epoch, state.batches_done, state.steps_done = epoch, done, step
-                ckpt.save(accelerator, state, best_state, best_logits)
+                ckpt.save(accelerator, timed(state), best_state, best_logits)
         settle()
         seconds = time.perf_counter() - start
         # every process saw its own rows: the epoch's train loss is over all of them
@@ -387,7 +396,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
                 say(f"{cfg.name}: no better {t.best_metric} for {state.stale} epoch{'s' if state.stale > 1 else ''}; stopping early")
                 stop = True
         state.epoch, state.batches_done, state.steps_done = epoch + 1, 0, step
-        ckpt.save(accelerator, state, best_state, best_logits)
+        ckpt.save(accelerator, timed(state), best_state, best_logits)
     bar.close()
     if sparse_rows is not None:
         sparse_rows.detach()
@@ -403,7 +412,11 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     result = {"member": cfg.name, "best_metric": t.best_metric, "best_epoch": state.best_epoch,
               "best": history[state.best_epoch - 1], "history": history,
               "truncated": {"train": train_set.truncated, "valid": valid_set.truncated, "max_length": t.max_length},
-              "processes": accelerator.num_processes}
+              "processes": accelerator.num_processes,
+              # a record of where and with what (compared by nothing: --resume reads recipe.json)
+              "environment": asdict(environment(accelerator.device, accelerator.num_processes,
+                                                accelerator.mixed_precision, state.started,
+                                                timed(state).seconds))}
     accelerator.wait_for_everyone()
     if main:
         _save_member(out_dir, unwrapped, tokenizer, cfg, data, labels, splits, result, best_logits, ckpt.root / LOG,
