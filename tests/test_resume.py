@@ -158,3 +158,42 @@ def test_resume_says_why_it_retrains_a_member_whose_recipe_json_is_damaged(tmp_p
     why = changed(member, MemberConfig("bert", init="scratch", arch="bert"), ["a", "b"])
     assert why == "its recipe.json is missing or not valid JSON, so what it was trained with is unknown"
     assert changed(tmp_path / "members" / "none", MemberConfig("bert", init="scratch", arch="bert"), ["a", "b"]) is None
+
+
+def test_resume_retrains_a_member_whose_local_base_changed_and_keeps_one_whose_project_moved(tmp_path, cli):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from ensemble.members import build_member
+    from ensemble.recipe import MemberConfig
+
+    rows = (ROOT / "recipes" / "demo" / "train.csv").read_text(encoding="utf-8").splitlines()
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "train.csv").write_text("\n".join(rows[:121]) + "\n", encoding="utf-8")
+    # a local Hugging Face checkpoint to fine-tune: a tiny BERT, untrained
+    model, tokenizer = build_member(MemberConfig("b", init="scratch", arch="bert"), ["a", "b"], rows[1:121])
+    model.save_pretrained(proj / "base")
+    tokenizer.save_pretrained(proj / "base")
+    (proj / "r.toml").write_text('[data]\ntrain = "train.csv"\nvalid_fraction = 0.25\n[defaults]\nepochs = 1\n'
+                                 'max_length = 32\n[[members]]\nname = "ft"\nmodel = "base"\n', encoding="utf-8")
+    assert cli(["fit", str(proj / "r.toml"), "--out", str(proj / "run"), "--quiet"])[0] == 0
+    recorded = json.loads((proj / "run" / "members" / "ft" / "recipe.json").read_text())["base_fingerprint"]
+    assert recorded.startswith("sha256:")
+
+    # the project moved: the same base at another path is the same model
+    shutil.copytree(proj, tmp_path / "proj2")
+    code, out, err = cli(["fit", str(tmp_path / "proj2" / "r.toml"), "--out", str(tmp_path / "proj2" / "run"),
+                          "--quiet", "--resume"])
+    assert code == 0 and "ft: already trained with these settings; kept" in out, out + err
+
+    # other weights in the base directory: trained again, and said why
+    weights = load_file(proj / "base" / "model.safetensors")
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}, proj / "base" / "model.safetensors")
+    code, out, err = cli(["fit", str(proj / "r.toml"), "--out", str(proj / "run"), "--quiet", "--resume"])
+    assert code == 0, err
+    assert (f"ft: its base model's files changed since it was trained (model '{(proj / 'base').resolve()}'); "
+            "training it again") in out
+    assert "already trained" not in out
+    assert json.loads((proj / "run" / "members" / "ft" / "recipe.json").read_text())["base_fingerprint"] != recorded

@@ -675,12 +675,8 @@ def test_tensorboard_tracker_gets_every_step_and_epoch(small_splits, tmp_path):
     assert logged == pytest.approx([h["accuracy"] for h in result["history"]])
 
 
-@pytest.mark.slow
-def test_tensorboard_shows_each_step_once_after_a_resume(monkeypatch, small_splits, tmp_path):
-    """A run interrupted at step 7 (checkpoint at step 4) and resumed: the steps after the
-    checkpoint are logged twice, and TensorBoard used to show both (`purge_step` hides the first)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
+def interrupt_at_step(monkeypatch, step: int) -> None:
+    """The next member built raises KeyboardInterrupt at training batch `step` (a kill, mid-epoch)."""
     real, calls = train_mod.build_member, [0]
 
     def interrupted(cfg, labels, texts):
@@ -689,7 +685,7 @@ def test_tensorboard_shows_each_step_once_after_a_resume(monkeypatch, small_spli
         def pre(module, args, kwargs):
             if module.training:
                 calls[0] += 1
-                if calls[0] == 7:
+                if calls[0] == step:
                     raise KeyboardInterrupt
 
         model.register_forward_pre_hook(pre, with_kwargs=True)
@@ -697,6 +693,15 @@ def test_tensorboard_shows_each_step_once_after_a_resume(monkeypatch, small_spli
         return model, tokenizer
 
     monkeypatch.setattr(train_mod, "build_member", interrupted)
+
+
+@pytest.mark.slow
+def test_tensorboard_shows_each_step_once_after_a_resume(monkeypatch, small_splits, tmp_path):
+    """A run interrupted at step 7 (checkpoint at step 4) and resumed: the steps after the
+    checkpoint are logged twice, and TensorBoard used to show both (`purge_step` hides the first)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    interrupt_at_step(monkeypatch, 7)
     cfg, out = member(epochs=2, log_with=("tensorboard",), checkpoint_every=4), tmp_path / "run" / "members" / "bert"
     labels = sorted_labels(small_splits.train.labels)
     with pytest.raises(KeyboardInterrupt):
@@ -706,6 +711,39 @@ def test_tensorboard_shows_each_step_once_after_a_resume(monkeypatch, small_spli
     events.Reload()
     assert [s.step for s in events.Scalars("train/loss")] == list(range(1, 9))
     assert [s.value for s in events.Scalars("valid/accuracy")] == pytest.approx([h["accuracy"] for h in result["history"]])
+
+
+@pytest.mark.slow
+def test_a_checkpoint_resumes_under_other_bookkeeping_and_says_which_setting_changed(monkeypatch, small_splits,
+                                                                                     tmp_path, capsys):
+    """checkpoint_every (log_with, on_diverge) change nothing the member learns: its checkpoint is
+    resumed; a learning setting that changed is named in the line that says it starts over."""
+    out, data = tmp_path / "run" / "members" / "bert", DataConfig(train=DEMO / "train.csv")
+    labels = sorted_labels(small_splits.train.labels)
+    interrupt_at_step(monkeypatch, 7)
+    with pytest.raises(KeyboardInterrupt):
+        train_member(member(epochs=2, checkpoint_every=2), small_splits, labels, data, out)
+    progress = json.loads((out.parent / ".bert.ckpt" / "progress.json").read_text())
+    assert progress["made_with"]["settings"]["train.lr"] == 1e-3 and progress["seconds"] > 0
+    capsys.readouterr()
+    result = train_member(member(epochs=2, checkpoint_every=3), small_splits, labels, data, out, resume=True)
+    said = capsys.readouterr()
+    assert "resumed at epoch 2 batch 2" in said.out + said.err and "training it from the start" not in said.out
+    # the environment: when training began (before the interruption), and the time over both runs
+    env = json.loads((out / "metrics.json").read_text())["environment"]
+    assert env == result["environment"] and env["started"] == progress["started"]
+    assert env["wall_seconds"] > progress["seconds"] and env["processes"] == 1 and env["mixed_precision"] == "no"
+    assert env["device"].startswith("cpu: ") and set(env) >= {"ensemble", "python", "torch", "transformers",
+                                                              "accelerate", "tokenizers"}
+    assert "environment" not in json.loads((out / "recipe.json").read_text())  # nothing --resume compares
+
+    interrupt_at_step(monkeypatch, 7)
+    with pytest.raises(KeyboardInterrupt):
+        train_member(member(epochs=2, checkpoint_every=2), small_splits, labels, data, out, resume=True)
+    capsys.readouterr()
+    train_member(member(epochs=2, checkpoint_every=2, lr=5e-4), small_splits, labels, data, out, resume=True)
+    assert ("bert: its checkpoint (epoch 2, batch 2) was made with other settings (train.lr: 0.001 -> 0.0005); "
+            "training it from the start") in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- recorded validation logits

@@ -423,3 +423,26 @@ def test_when_the_queue_is_empty_idle_workers_hand_their_threads_to_the_busy_one
     threads = [h["threads"] for h in history]
     assert threads[0] == 1 and threads[-1] == 2, (threads, done.stdout)  # the worker switched between two steps
     assert list(json.loads((tmp_path / "run" / "ensemble.json").read_text())["members"]) == ["roberta", "electra", "bert"]
+
+
+def test_the_parent_resumes_a_checkpoint_of_other_bookkeeping_and_says_what_else_changed(tmp_path, capsys):
+    """The parent decides which members its workers continue (their own lines go to their logs):
+    checkpoint_every does not count; a learning setting does, and is named."""
+    from dataclasses import asdict
+
+    from ensemble.checkpoint import PROGRESS, MadeWith, Progress, checkpoint_dir
+    from ensemble.files import write_json
+
+    rows, labels = {"train": "t", "valid": "v"}, ["neg", "pos"]
+    saved = MemberConfig("m", init="scratch", arch="bert", train=TrainConfig(lr=5e-4, checkpoint_every=4))
+    made = MadeWith.of(saved, labels, rows)
+    root = checkpoint_dir(tmp_path / "members" / "m")
+    root.mkdir(parents=True)
+    write_json(root / PROGRESS, asdict(Progress(made.fingerprint(), 8, epoch=2, batches_done=8, made_with=made)))
+    assert workers._resumable(tmp_path / "members" / "m", replace(saved, train=replace(saved.train, checkpoint_every=5)),
+                              labels, rows)
+    assert capsys.readouterr().out == ""
+    assert not workers._resumable(tmp_path / "members" / "m", replace(saved, train=replace(saved.train, lr=3e-4)),
+                                  labels, rows)
+    assert capsys.readouterr().out == ("m: its checkpoint (epoch 2, batch 8) was made with other settings "
+                                       "(train.lr: 0.0005 -> 0.0003); training it from the start\n")

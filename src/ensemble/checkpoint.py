@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
+from .config import MemberConfig, recipe_dict
 from .files import write_json
+from .provenance import base_fingerprint, learned_settings, local_base, setting_changes
 
 PROGRESS = "progress.json"
 BEST = "best.safetensors"
@@ -28,6 +30,53 @@ LOG = "log.jsonl"
 def checkpoint_dir(member_dir: Path) -> Path:
     """Where the member being trained into `member_dir` keeps its checkpoints and step log."""
     return member_dir.parent / f".{member_dir.name}.ckpt"
+
+
+@dataclass
+class MadeWith:
+    """What a member's checkpoint was made with: it is resumed only when all of it matches
+    (`fingerprint`), and when not, `changes` says what differs.
+
+    Example:
+        >>> a = MadeWith.of(MemberConfig("b", init="scratch", arch="bert"), ["x", "y"], {"train": "1", "valid": "2"})
+        >>> a.changes(replace(a, processes=2))
+        'another number of processes (1 -> 2)'
+    """
+
+    settings: dict  # `learned_settings`; without `model` for a local directory, which `base` stands for
+    base: str | None  # `base_fingerprint`
+    labels: list[str]
+    rows: dict  # `Splits.rows`
+    processes: int
+    teacher: list | None  # a student's (temperature, hard-label weight, hash of the teacher's probabilities)
+
+    @classmethod
+    def of(cls, cfg: MemberConfig, labels: list[str], rows: dict, processes: int = 1, teacher=None) -> MadeWith:
+        settings, base = learned_settings(recipe_dict(cfg)), base_fingerprint(cfg)
+        if local_base(cfg) is not None and base is not None:
+            settings.pop("model")  # the same files elsewhere (a moved project) are the same start
+        return cls(settings, base, list(labels), dict(rows), processes, None if teacher is None else list(teacher))
+
+    def fingerprint(self) -> str:
+        return fingerprint(asdict(self))
+
+    def changes(self, now: MadeWith) -> str:
+        """What `now` changes from this, in words ("" when nothing does)."""
+        said = []
+        if settings := setting_changes(self.settings, now.settings):
+            said.append(f"other settings ({settings})")
+        if self.base != now.base:
+            said.append("other base model files")
+        if self.labels != now.labels:
+            said.append(f"other labels ({self.labels} -> {now.labels})")
+        if self.rows != now.rows:
+            said.append("other data (" + ", ".join(k for k in ("train", "valid") if self.rows.get(k) != now.rows.get(k))
+                        + " rows)")
+        if self.processes != now.processes:
+            said.append(f"another number of processes ({self.processes} -> {now.processes})")
+        if self.teacher != now.teacher:
+            said.append("another teacher")
+        return ", ".join(said)
 
 
 @dataclass
@@ -46,14 +95,22 @@ class Progress:
     stale: int = 0
     steps_done: int | None = None  # optimizer steps (and their log lines) when this was saved
     slot: int = -1  # the slot holding this state; -1 before the first save
+    made_with: MadeWith | None = None  # what `fingerprint` was computed from (None in older checkpoints)
+    started: str | None = None  # when training of the member began (UTC, ISO 8601)
+    seconds: float = 0.0  # wall seconds spent training it up to this state
 
 
 def read_progress(root: Path) -> Progress | None:
     """The progress saved in checkpoint directory `root`, whatever recipe it belongs to, or None."""
     try:
-        return Progress(**json.loads((root / PROGRESS).read_text(encoding="utf-8")))
+        progress = Progress(**json.loads((root / PROGRESS).read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):
         return None
+    try:
+        progress.made_with = MadeWith(**progress.made_with) if isinstance(progress.made_with, dict) else None
+    except TypeError:  # another version's record: only the fingerprint is compared then
+        progress.made_with = None
+    return progress
 
 
 class Checkpoint:
@@ -64,9 +121,10 @@ class Checkpoint:
         >>> progress = ckpt.load()  # None when there is nothing to resume  # doctest: +SKIP
     """
 
-    def __init__(self, root: Path, fingerprint: str):
+    def __init__(self, root: Path, fingerprint: str, made_with: MadeWith | None = None):
         self.root = root
         self.fingerprint = fingerprint
+        self.made_with = made_with  # what the fingerprint was computed from, kept beside it
         self._log = None  # log.jsonl, opened once: it is written every optimizer step
 
     def load(self, main: bool = True) -> Progress | None:

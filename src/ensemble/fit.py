@@ -19,6 +19,7 @@ from .members import METRICS_FILE, saved_metrics, saved_recipe
 from .checkpoint import checkpoint_dir
 from .files import exclusive_lock, write_json
 from .preflight import preflight
+from .provenance import base_fingerprint, learned_settings, local_base, setting_changes
 from .recipe import DataConfig, MemberConfig, Recipe, abstention_key, recipe_dict
 from .train import Diverged, Splits, process_state, train_member
 from .votefit import missing_labels_warning
@@ -310,34 +311,25 @@ def changed(path: Path, member: MemberConfig, labels: list[str], rows: dict | No
     moved = _rows_changed(saved, rows)
     if moved:
         return f"its {moved} rows changed since it was trained (other texts or labels)"
-    before, now = _weights_settings(saved.get("member")), _weights_settings(recipe_dict(member))
-    diffs = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
-    return f"its settings changed since it was trained ({'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''})" if diffs else None
-
-
-# Settings that do not change what a member learns: a finished member is kept when only they differ.
-BOOKKEEPING = ("train.log_with", "train.checkpoint_every", "train.on_diverge")
-
-
-def _weights_settings(member: dict | None) -> dict:
-    """A member's recorded settings, flat, without `BOOKKEEPING`."""
-    return {k: v for k, v in _flat(member).items() if k not in BOOKKEEPING}
-
-
-def _flat(tree, prefix: str = "") -> dict:
-    if not isinstance(tree, dict):
-        return {prefix.rstrip("."): tree} if prefix else {}
-    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    before, now = learned_settings(saved.get("member")), learned_settings(recipe_dict(member))
+    recorded, current = saved.get("base_fingerprint"), base_fingerprint(member)
+    # members from before base fingerprints were recorded (or whose base cannot be told now) are
+    # compared by their settings alone, `model` included
+    if recorded is not None and current is not None:
+        if recorded != current and before.get("model") == now.get("model"):
+            return f"its base model's files changed since it was trained (model '{member.model}')"
+        if recorded == current and local_base(member) is not None:
+            before.pop("model", None)  # the same files elsewhere (a moved project): the same start
+            now.pop("model", None)
+    diffs = setting_changes(before, now)
+    return f"its settings changed since it was trained ({diffs})" if diffs else None
 
 
 def finished(path: Path, member: MemberConfig, labels: list[str], rows: dict | None = None) -> bool:
-    """Whether `path` holds a complete member trained with exactly these settings and labels (and,
-    given `rows` (`Splits.rows`), on the same training and validation rows)."""
-    saved = saved_recipe(path)
-    complete = bool(saved) and (path / METRICS_FILE).is_file() and any(path.glob("model*.safetensors"))
-    return (complete and _weights_settings(saved.get("member")) == _weights_settings(recipe_dict(member))
-            and saved.get("labels") == labels
-            and not _rows_changed(saved, rows))
+    """Whether `path` holds a complete member trained with exactly these settings, labels and base
+    model files (and, given `rows` (`Splits.rows`), on the same training and validation rows)."""
+    complete = (path / METRICS_FILE).is_file() and any(path.glob("model*.safetensors"))
+    return complete and bool(saved_recipe(path)) and changed(path, member, labels, rows) is None
 
 
 def _rows_changed(saved: dict, rows: dict | None) -> str | None:

@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .batching import Collator, EpochBatches, encode
 from .card import write_model_card
-from .checkpoint import LOG, PROGRESS, Checkpoint, Progress, checkpoint_dir, cpu_state, fingerprint, read_progress
+from .checkpoint import LOG, PROGRESS, Checkpoint, MadeWith, Progress, checkpoint_dir, cpu_state, read_progress
 from .cpu import clip_into_step, fast_dropout, folds_clip, keep_freed_memory
 from .embedding_rows import EmbeddingRows
 from .data import TextDataset
@@ -37,6 +37,7 @@ from .firsttoken import switch as switch_first_token
 from .members import (METRICS_FILE, RECIPE_FILE, VALID_LOGITS, build_member, checkpoint_activations, drop_remote_code,
                       freeze, parameter_count, save_valid_logits)
 from .optim import make_optimizer, make_scheduler
+from .provenance import environment, utc_now
 from .recipe import DataConfig, MemberConfig, recipe_dict
 from .report import classification_metrics
 from .teacher import IGNORE, Teacher, distill_loss
@@ -75,6 +76,7 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
     """
     from accelerate.utils import find_executable_batch_size
 
+    clock = (utc_now(), time.perf_counter())  # when this run began on the member, for its environment record
     t = cfg.train
     check_mixed_precision(cfg)
     world = process_state().num_processes
@@ -91,13 +93,13 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
                             f"expected ({len(splits.train)}, {len(labels)}) (train rows, classes)")
     taught = None if teacher is None else (teacher.temperature, teacher.hard_weight,
                                            hashlib.sha256(teacher.probs.astype(np.float32).tobytes()).hexdigest())
-    ckpt = Checkpoint(checkpoint_dir(out_dir), member_fingerprint(cfg, labels, splits.rows, world, taught))
+    made = MadeWith.of(cfg, labels, splits.rows, world, taught)
+    ckpt = Checkpoint(checkpoint_dir(out_dir), made.fingerprint(), made)
     saved = ckpt.load(main=process_state().is_main_process) if resume else None
     if resume and saved is None and (other := read_progress(ckpt.root)) is not None:
         # a checkpoint of other settings, data or process count: say so, rather than start over unannounced
         if process_state().is_main_process:
-            print(f"{cfg.name}: its checkpoint (epoch {other.epoch}, batch {other.batches_done}) was made with other "
-                  "settings, data or number of processes; training it from the start")
+            print(checkpoint_mismatch(cfg.name, other, made))
         process_state().wait_for_everyone()
 
     def start_over() -> None:  # nothing of an older run or attempt (its step log, its trackers' logs) may mix in
@@ -127,12 +129,27 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
     micro = [saved.micro_batch_size if saved else per_process // t.grad_accum]
     attempt = find_executable_batch_size(
         _train_loop, starting_batch_size=micro[0], reduce_batch_size_fn=lambda: smaller(micro))
-    return attempt(cfg, splits, labels, data, out_dir, progress, ckpt, saved, per_process, teacher)
+    return attempt(cfg, splits, labels, data, out_dir, progress, ckpt, saved, per_process, teacher, clock)
+
+
+def checkpoint_mismatch(name: str, other: Progress, now: MadeWith) -> str:
+    """The line saying that a member's checkpoint `other` is not resumed, naming what differs where
+    it was recorded (checkpoints of older versions record only a fingerprint).
+
+    Example:
+        >>> cfg = MemberConfig("b", init="scratch", arch="bert")
+        >>> made = MadeWith.of(cfg, ["x", "y"], {})
+        >>> checkpoint_mismatch("b", Progress("f", 8, epoch=2, batches_done=8, made_with=made), MadeWith.of(cfg, ["x", "y"], {}, 2))
+        'b: its checkpoint (epoch 2, batch 8) was made with another number of processes (1 -> 2); training it from the start'
+    """
+    why = other.made_with.changes(now) if other.made_with is not None else ""
+    return (f"{name}: its checkpoint (epoch {other.epoch}, batch {other.batches_done}) was made with "
+            f"{why or 'other settings, data or number of processes'}; training it from the start")
 
 
 def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str], data: DataConfig, out_dir: Path,
                 progress: bool, ckpt: Checkpoint, saved: Progress | None, per_process: int,
-                teacher: Teacher | None) -> dict:
+                teacher: Teacher | None, clock: tuple[str, float]) -> dict:
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
@@ -204,7 +221,14 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
         accelerator.init_trackers(cfg.name, config={k: str(v) for k, v in recipe_dict(t).items()}, init_kwargs=redo)
 
     # resume, or start afresh
-    state = saved or Progress(fingerprint=ckpt.fingerprint, micro_batch_size=micro)
+    state = saved or Progress(fingerprint=ckpt.fingerprint, micro_batch_size=micro, made_with=ckpt.made_with,
+                              started=clock[0])
+    state.started = state.started or clock[0]  # a checkpoint of an older version did not record it
+    earlier = state.seconds  # spent on the member before this run, up to its checkpoint
+
+    def timed(progress_now: Progress) -> Progress:  # the wall time so far, saved with every checkpoint
+        progress_now.seconds = earlier + time.perf_counter() - clock[1]
+        return progress_now
     try:
         best_state, best_logits = ckpt.restore(accelerator, state) if saved else (None, None)
     except Exception as exc:  # noqa: BLE001 - torch, safetensors and accelerate each raise their own
@@ -336,7 +360,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
                 if sparse_rows is not None:
                     sparse_rows.settle()  # untouched rows take their owed weight decay before being saved
                 state.epoch, state.batches_done, state.steps_done = epoch, done, step
-                ckpt.save(accelerator, state, best_state, best_logits)
+                ckpt.save(accelerator, timed(state), best_state, best_logits)
         settle()
         seconds = time.perf_counter() - start
         # every process saw its own rows: the epoch's train loss is over all of them
@@ -372,7 +396,7 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
                 say(f"{cfg.name}: no better {t.best_metric} for {state.stale} epoch{'s' if state.stale > 1 else ''}; stopping early")
                 stop = True
         state.epoch, state.batches_done, state.steps_done = epoch + 1, 0, step
-        ckpt.save(accelerator, state, best_state, best_logits)
+        ckpt.save(accelerator, timed(state), best_state, best_logits)
     bar.close()
     if sparse_rows is not None:
         sparse_rows.detach()
@@ -388,11 +412,15 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
     result = {"member": cfg.name, "best_metric": t.best_metric, "best_epoch": state.best_epoch,
               "best": history[state.best_epoch - 1], "history": history,
               "truncated": {"train": train_set.truncated, "valid": valid_set.truncated, "max_length": t.max_length},
-              "processes": accelerator.num_processes}
+              "processes": accelerator.num_processes,
+              # a record of where and with what (compared by nothing: --resume reads recipe.json)
+              "environment": asdict(environment(accelerator.device, accelerator.num_processes,
+                                                accelerator.mixed_precision, state.started,
+                                                timed(state).seconds))}
     accelerator.wait_for_everyone()
     if main:
         _save_member(out_dir, unwrapped, tokenizer, cfg, data, labels, splits, result, best_logits, ckpt.root / LOG,
-                     (len(train_set), len(valid_set)), teacher)
+                     (len(train_set), len(valid_set)), teacher, ckpt.made_with.base)
         ckpt.clear()
     accelerator.wait_for_everyone()
     accelerator.free_memory()
@@ -401,16 +429,18 @@ def _train_loop(micro: int, cfg: MemberConfig, splits: Splits, labels: list[str]
 
 def _save_member(out_dir: Path, model, tokenizer, cfg: MemberConfig, data: DataConfig, labels: list[str],
                  splits: Splits, result: dict, best_logits: torch.Tensor | None, step_log: Path,
-                 sizes: tuple[int, int], teacher: Teacher | None) -> None:
-    """Write the trained member as a standard Hugging Face directory, with the recipe that made it,
-    its metrics, validation logits, step log and model card, all at once (`files.replace_dir`)."""
+                 sizes: tuple[int, int], teacher: Teacher | None, base: str | None) -> None:
+    """Write the trained member as a standard Hugging Face directory, with the recipe that made it
+    (and `base`, the `base_fingerprint` it started from), its metrics, validation logits, step log
+    and model card, all at once (`files.replace_dir`)."""
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         drop_remote_code(tmp)
-        resolved = {"member": recipe_dict(cfg), "data": recipe_dict(data), "labels": labels, "rows": splits.rows}
+        resolved = {"member": recipe_dict(cfg), "data": recipe_dict(data), "labels": labels, "rows": splits.rows,
+                    "base_fingerprint": base}
         (tmp / RECIPE_FILE).write_text(json.dumps(resolved, indent=2), encoding="utf-8")
         (tmp / METRICS_FILE).write_text(json.dumps(result, indent=2), encoding="utf-8")
         if best_logits is not None:
@@ -426,9 +456,16 @@ def _save_member(out_dir: Path, model, tokenizer, cfg: MemberConfig, data: DataC
 
 
 def member_fingerprint(cfg: MemberConfig, labels: list[str], rows: dict, world: int = 1, taught=None) -> str:
-    """What a member's checkpoint must match to be resumed: its settings, labels, data rows (`Splits.rows`),
-    number of processes and teacher."""
-    return fingerprint(recipe_dict(cfg), labels, rows, world, taught)
+    """What a member's checkpoint must match to be resumed (`MadeWith`): its settings but the
+    bookkeeping ones, base model files, labels, data rows (`Splits.rows`), number of processes and teacher.
+
+    Example:
+        >>> from ensemble.recipe import TrainConfig
+        >>> a, b = (MemberConfig("b", init="scratch", arch="bert", train=TrainConfig(checkpoint_every=n)) for n in (0, 5))
+        >>> member_fingerprint(a, ["x", "y"], {}) == member_fingerprint(b, ["x", "y"], {})
+        True
+    """
+    return MadeWith.of(cfg, labels, rows, world, taught).fingerprint()
 
 
 def epoch_line(name: str, record: dict) -> str:

@@ -27,7 +27,7 @@ from queue import Queue
 
 from tqdm.auto import tqdm
 
-from .checkpoint import LOG, Checkpoint, checkpoint_dir, read_progress
+from .checkpoint import LOG, Checkpoint, MadeWith, checkpoint_dir, read_progress
 from .errors import EnsembleError
 from .fit import (OutLock, check_out, diverged_file, finished, fit, keep_trained, load_splits, prepare_out,
                   retrain_why, vote_and_report)
@@ -38,7 +38,7 @@ from .ensemble import check_abstain_label
 from .labels import case_variants
 from .recipe import MemberConfig, Recipe, abstention_key
 from .slots import Slot, plan, split_threads, threads_label, work
-from .train import epoch_line, member_fingerprint
+from .train import checkpoint_mismatch, epoch_line
 
 PARENT = "ENSEMBLE_PARENT_PID"  # a worker stops when this process, its parent, is gone
 LOGS = "ENSEMBLE_WORKER_LOGS"  # ... and removes the parent's log directory, which nobody will read
@@ -119,9 +119,16 @@ def _fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | i
 
 
 def _resumable(member_dir: Path, m: MemberConfig, labels: list[str], rows: dict | None) -> bool:
-    """Whether the member's checkpoint is one its worker (one process, no teacher) will continue."""
+    """Whether the member's checkpoint is one its worker (one process, no teacher) will continue;
+    when there is one it will not, say why here (the worker's own line goes to its log)."""
     progress = read_progress(checkpoint_dir(member_dir))
-    return progress is not None and rows is not None and progress.fingerprint == member_fingerprint(m, labels, rows)
+    if progress is None or rows is None:
+        return False
+    made = MadeWith.of(m, labels, rows)
+    if progress.fingerprint == made.fingerprint():
+        return True
+    print(checkpoint_mismatch(m.name, progress, made))
+    return False
 
 
 def _run_queue(queue: list[MemberConfig], workers: list[_Worker], out: Path, logs: Path, train_rows: int,
