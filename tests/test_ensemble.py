@@ -814,7 +814,7 @@ def test_a_fit_vote_that_fails_midway_leaves_the_fitted_vote_as_it_was(run, vote
     assert ens.predict_proba(["good film"]).shape == (1, 3)
 
 
-def test_member_logits_progress_counts_every_members_rows(run, monkeypatch):
+def test_member_logits_progress_counts_input_rows_once_every_member_ran_them(run, monkeypatch):
     seen = {}
 
     class Bar:
@@ -832,7 +832,7 @@ def test_member_logits_progress_counts_every_members_rows(run, monkeypatch):
 
     monkeypatch.setattr(ensemble_mod, "tqdm", Bar)
     three(run).member_logits(TEXTS[:70], progress="test")
-    assert seen == {"total": 210, "desc": "test (3 members)", "disable": False, "done": 210}
+    assert seen == {"total": 70, "desc": "test (3 members)", "disable": False, "done": 70}  # rows, not member-rows
     three(run).member_logits(TEXTS[:5])
     assert seen["disable"] is True
 

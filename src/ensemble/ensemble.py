@@ -578,13 +578,16 @@ class _RowsBar:
     100 rows done, at the rate rows are answered (members may run in threads, one per GPU)."""
 
     def __init__(self, bar, members: int) -> None:
-        self.bar, self.members, self.member_rows = bar, members, 0
+        self.bar, self.members, self.member_rows, self.shown = bar, members, 0, 0
         self.lock = threading.Lock()
 
     def update(self, n: int) -> None:
         with self.lock:
             self.member_rows += n
-            self.bar.update(self.member_rows // self.members - self.bar.n)
+            rows = self.member_rows // self.members
+            if rows > self.shown:
+                self.bar.update(rows - self.shown)
+                self.shown = rows
 
 
 def check_abstain_label(labels: Sequence[str], setting: str | None, where: str = "") -> None:
