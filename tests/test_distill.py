@@ -236,3 +236,24 @@ def test_unlabeled_texts_are_checked_against_the_held_out_rows_by_content(fitted
                         "--out", str(tmp_path / "s"), "--unlabeled", str(fitted / "train.csv")])
     assert code == 2 and "--unlabeled: 100 of the members' valid rows have the same text as a row of" in err, err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_distill_finds_the_members_data_where_it_moved(fitted, tmp_path, cli):
+    shutil.copytree(fitted / "run", tmp_path / "run")
+    for recipe_file in (tmp_path / "run" / "members").glob("*/recipe.json"):
+        recipe = json.loads(recipe_file.read_text())
+        recipe["data"]["train"] = str(tmp_path / "gone" / "train.csv")
+        recipe_file.write_text(json.dumps(recipe))
+    args = ["distill", "--ensemble", str(tmp_path / "run"), "--student", "scratch:bert:tiny", "--set", "epochs=1",
+            "--quiet", "--out", str(tmp_path / "student")]
+    code, _, err = cli(args)
+    assert code == 2 and "which is gone; put it back, or give its new place with --train FILE" in err, err
+    other = tmp_path / "other.csv"
+    other.write_text("\n".join((fitted / "train.csv").read_text(encoding="utf-8").splitlines()[:301]) + "\n",
+                     encoding="utf-8")
+    code, _, err = cli(args + ["--train", str(other)])
+    assert code == 2 and "--train: the train and valid rows read from it are not those the members were trained on" in err
+    code, out, err = cli(args + ["--train", str(fitted / "train.csv")])
+    assert code == 0, err
+    assert json.loads((tmp_path / "student" / "distill.json").read_text())["rows"] == 100

@@ -323,6 +323,9 @@ def distill(
     text: Optional[str] = typer.Option(None, "--text", help="--unlabeled's text column (default: the members' recipe, else 'text')."),
     text_pair: Optional[str] = typer.Option(None, "--text-pair", help="--unlabeled's second text column, for sentence pairs."),
     set_: List[str] = typer.Option([], "--set", help="Training field for the student: FIELD=VALUE, e.g. lr=1e-4 (default: the first member's)."),
+    train: Optional[Path] = typer.Option(None, "--train", help="The members' training file where it is now, if it moved (its rows must be theirs)."),
+    valid: Optional[Path] = typer.Option(None, "--valid", help="The members' validation file where it is now, if it moved."),
+    test: Optional[Path] = typer.Option(None, "--test", help="The members' test file where it is now, if it moved."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted distillation from its checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -342,7 +345,8 @@ def distill(
     reads = {"--ensemble directory": ensemble, **({"--unlabeled file": unlabeled} if unlabeled is not None else {})}
     not_over_inputs(out, reads, nested_ok=("--ensemble directory",))
     ens = Ensemble.load(ensemble)
-    data = training_data(ens)  # the members' data files: the student trains and is compared on them
+    moved = {k: v for k, v in (("train", train), ("valid", valid), ("test", test)) if v is not None}
+    data = training_data(ens, moved)  # the members' data files: the student trains and is compared on them
     files = {f"data.{key} file": getattr(data, key) for key in ("train", "valid", "test") if getattr(data, key)}
     not_over_inputs(out, {**{f"member '{n}' directory": m.path for n, m in ens.members.items()}, **files})
     if (ensemble / "members").resolve() in out.resolve().parents:  # a student there would pass for a member
@@ -363,7 +367,7 @@ def distill(
                            quoting=quoting_of(ens, None))  # read as the members read their files
     out.parent.mkdir(parents=True, exist_ok=True)
     result = run_distill(ens, spec, out, temperature=temperature, hard_weight=hard_weight, unlabeled=extra,
-                         progress=not quiet, resume=resume)
+                         progress=not quiet, resume=resume, moved=moved)
     if extra is not None:
         typer.echo(f"\n{len(extra)} unlabelled rows from {unlabeled}, taught by the ensemble alone")
     typer.echo(f"\n{result.split} split, {result.rows} rows"

@@ -93,30 +93,40 @@ def student_config(spec: str, name: str, ens: Ensemble, overrides: list[str]) ->
     return MemberConfig(name, model=model, train=train)
 
 
-def training_data(ens: Ensemble) -> DataConfig:
-    """The data the ensemble's members were trained on, from their saved recipe."""
+def training_data(ens: Ensemble, moved: dict[str, Path] | None = None) -> DataConfig:
+    """The data the ensemble's members were trained on, from their saved recipe; `moved` gives
+    a file's new place ({"train": Path("new/train.csv")}) where the recorded one is gone (`distill`
+    checks that its rows are the members')."""
     first = next(iter(ens.members.values()))
     data = saved_recipe(first.path).get("data")
     if not isinstance(data, dict) or not data.get("train"):
         raise EnsembleError(f"--ensemble: member '{first.name}' has no {RECIPE_FILE} naming its training data; "
                             "distill an ensemble made by 'ensemble fit'")
     paths = {k: Path(data[k]) if data.get(k) else None for k in ("train", "valid", "test")}
+    for key, path in (moved or {}).items():
+        if paths[key] is None:
+            raise EnsembleError(f"--{key}: the members were trained without a data.{key} file; drop --{key}")
+        if not Path(path).is_file():
+            raise EnsembleError(f"--{key}: '{path}' is not a file; give the members' data.{key} file where it is now")
+        paths[key] = Path(path)
     for key, path in paths.items():
         if path is not None and not path.is_file():
             raise EnsembleError(f"--ensemble: the members were trained on data.{key} = '{path}', which is gone; "
-                                "put it back to distill")
+                                f"put it back, or give its new place with --{key} FILE")
     known = ("valid_fraction", "split_seed", "text", "text_pair", "label", "on_bad_rows", "quoting")
     return DataConfig(**paths, **{k: data[k] for k in known if k in data})
 
 
 def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: float = 2.0, hard_weight: float = 0.5,
-            unlabeled: TextDataset | None = None, progress: bool = True, resume: bool = False) -> DistillResult:
+            unlabeled: TextDataset | None = None, progress: bool = True, resume: bool = False,
+            moved: dict[str, Path] | None = None) -> DistillResult:
     """Train `student` on `ens`'s soft labels into `out` (a member directory); return the comparison.
 
     `unlabeled` adds a transfer set: texts without gold labels that the ensemble labels and the
     student learns from the soft labels alone. The members fitted the training rows, so there
     their probabilities are overconfident echoes of the labels; on unseen text they carry what
-    the ensemble knows beyond its best member.
+    the ensemble knows beyond its best member. `moved`: the members' data files' new places
+    (see `training_data`); their rows must be those the members trained on.
 
     Example:
         >>> ens = Ensemble.load("runs/demo")  # doctest: +SKIP
@@ -133,8 +143,15 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
     if unlabeled is not None and hard_weight == 1:
         raise EnsembleError("--hard-weight: 1 leaves the soft labels no weight, and the --unlabeled rows have only "
                             "those: give a weight below 1, or drop --unlabeled")
-    data = training_data(ens)  # the members' data: the student learns and is compared on the same rows
+    data = training_data(ens, moved)  # the members' data: the student learns and is compared on the same rows
     splits, test, labels = load_splits(data)
+    recorded = saved_recipe(next(iter(ens.members.values())).path).get("rows")
+    if moved and isinstance(recorded, dict):
+        differ = [k for k in ("train", "valid") if recorded.get(k) not in (None, splits.rows[k])]
+        if differ:
+            flags = " or ".join(f"--{k}" for k in moved)
+            raise EnsembleError(f"{flags}: the {' and '.join(differ)} rows read from it are not those the members "
+                                "were trained on; give the files they were trained on")
     if sorted(labels) != sorted(ens.labels):
         raise EnsembleError(f"--ensemble: its labels {ens.labels} differ from its training data's {labels}")
     preflight([student], offline_hint="use --student scratch:ARCH[:SIZE] (e.g. scratch:bert:tiny) instead")
