@@ -197,3 +197,36 @@ def test_resume_retrains_a_member_whose_local_base_changed_and_keeps_one_whose_p
             "training it again") in out
     assert "already trained" not in out
     assert json.loads((proj / "run" / "members" / "ft" / "recipe.json").read_text())["base_fingerprint"] != recorded
+
+
+class _Rank:
+    """An accelerator's view from one process of two, enough for `Checkpoint.save`."""
+
+    num_processes, device = 2, "cpu"
+
+    def __init__(self, main: bool):
+        self.is_main_process, self.saved = main, []
+
+    def reduce(self, tensor, op):
+        return tensor
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, directory):
+        self.saved.append(Path(directory).name)
+
+
+def test_every_rank_saves_into_the_slot_the_main_one_points_to(tmp_path):
+    # rank 1 kept writing its RNG state into slot 0 while progress.json named slot 1: a resumed
+    # 2-process run then drew other random numbers on rank 1 than the uninterrupted run did
+    from ensemble.checkpoint import Checkpoint, Progress
+
+    slots = {}
+    for main in (True, False):
+        rank, progress = _Rank(main), Progress(fingerprint="f", micro_batch_size=8)
+        ckpt = Checkpoint(tmp_path / ("main" if main else "other"), "f")
+        for _ in range(3):
+            ckpt.save(rank, progress, None)
+        slots[main] = rank.saved
+    assert slots[True] == slots[False] == ["state-0", "state-1", "state-0"]

@@ -161,12 +161,14 @@ class Checkpoint:
             shutil.rmtree(target, ignore_errors=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(target))
+        # every process moves on to this slot: a rank that kept the old one wrote its RNG state
+        # into the slot in use, and resumed with another rank's draws (a resumed run then differed)
+        progress.slot = written.slot = slot
         if accelerator.is_main_process:
             if best_state is not None:
                 save_file({k: v.contiguous() for k, v in best_state.items()}, str(target / BEST))
             if best_logits is not None:
                 save_file({"logits": best_logits.contiguous()}, str(target / BEST_LOGITS))
-            progress.slot = written.slot = slot
             write_json(self.root / PROGRESS, asdict(written))
         accelerator.wait_for_everyone()
 
