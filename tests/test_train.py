@@ -746,6 +746,29 @@ def test_a_checkpoint_resumes_under_other_bookkeeping_and_says_which_setting_cha
             "training it from the start") in capsys.readouterr().out
 
 
+def test_a_checkpoint_of_an_older_version_is_resumed_when_its_fingerprint_matches(monkeypatch, small_splits, tmp_path,
+                                                                                 capsys):
+    """Checkpoints written before MadeWith carry only the old fingerprint (every setting, no base
+    files): an upgrade must not throw them away, nor say the settings changed."""
+    from ensemble.checkpoint import MadeWith
+
+    out, data = tmp_path / "run" / "members" / "bert", DataConfig(train=DEMO / "train.csv")
+    labels, cfg = sorted_labels(small_splits.train.labels), member(epochs=2, checkpoint_every=2)
+    interrupt_at_step(monkeypatch, 7)
+    with pytest.raises(KeyboardInterrupt):
+        train_member(cfg, small_splits, labels, data, out)
+    progress_file = out.parent / ".bert.ckpt" / "progress.json"
+    old = json.loads(progress_file.read_text())
+    for key in ("made_with", "started", "seconds"):  # what the older version did not write
+        del old[key]
+    old["fingerprint"] = MadeWith.legacy(cfg, labels, small_splits.rows)
+    progress_file.write_text(json.dumps(old))
+    capsys.readouterr()
+    train_member(cfg, small_splits, labels, data, out, resume=True)
+    said = capsys.readouterr()
+    assert "resumed at epoch 2 batch 2" in said.out + said.err and "training it from the start" not in said.out
+
+
 # ---------------------------------------------------------------- recorded validation logits
 
 def test_recorded_valid_logits_are_the_saved_members_predictions(demo_splits, tmp_path):

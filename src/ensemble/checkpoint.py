@@ -60,6 +60,12 @@ class MadeWith:
     def fingerprint(self) -> str:
         return fingerprint(asdict(self))
 
+    @staticmethod
+    def legacy(cfg: MemberConfig, labels: list[str], rows: dict, processes: int = 1, teacher=None) -> str:
+        """The fingerprint versions before `MadeWith` gave a checkpoint (every setting, no base
+        files): such a checkpoint is still resumed when it matches, rather than lost to an upgrade."""
+        return fingerprint(recipe_dict(cfg), labels, rows, processes, None if teacher is None else tuple(teacher))
+
     def changes(self, now: MadeWith) -> str:
         """What `now` changes from this, in words ("" when nothing does)."""
         said = []
@@ -121,10 +127,11 @@ class Checkpoint:
         >>> progress = ckpt.load()  # None when there is nothing to resume  # doctest: +SKIP
     """
 
-    def __init__(self, root: Path, fingerprint: str, made_with: MadeWith | None = None):
+    def __init__(self, root: Path, fingerprint: str, made_with: MadeWith | None = None, legacy: str | None = None):
         self.root = root
         self.fingerprint = fingerprint
         self.made_with = made_with  # what the fingerprint was computed from, kept beside it
+        self.legacy = legacy  # `MadeWith.legacy`: what an older version's checkpoint of the same member holds
         self._log = None  # log.jsonl, opened once: it is written every optimizer step
 
     def load(self, main: bool = True) -> Progress | None:
@@ -132,10 +139,11 @@ class Checkpoint:
         epoch's running loss in it covers every process's rows: a process other than the `main`
         one gets zero instead, so that the sum over processes counts each row once."""
         progress = read_progress(self.root)
-        if progress is None:
+        if progress is None or not self.slot_dir(progress.slot).is_dir():
             return None
-        if progress.fingerprint != self.fingerprint or not self.slot_dir(progress.slot).is_dir():
+        if not matches(progress, self.fingerprint, self.legacy):
             return None
+        progress.fingerprint, progress.made_with = self.fingerprint, self.made_with  # its next save: this version's
         if not main:
             progress.loss_sum, progress.seen = 0.0, 0
         return progress
@@ -218,6 +226,13 @@ class Checkpoint:
             self._log.close()
             self._log = None
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def matches(progress: Progress, fingerprint: str, legacy: str | None = None) -> bool:
+    """Whether a saved `progress` is the checkpoint of a member now made with `fingerprint` (or, for
+    a checkpoint of a version before `MadeWith`, `legacy`)."""
+    return progress.fingerprint == fingerprint or (
+        progress.made_with is None and legacy is not None and progress.fingerprint == legacy)
 
 
 def fingerprint(*parts) -> str:

@@ -94,7 +94,7 @@ def train_member(cfg: MemberConfig, splits: Splits, labels: list[str], data: Dat
     taught = None if teacher is None else (teacher.temperature, teacher.hard_weight,
                                            hashlib.sha256(teacher.probs.astype(np.float32).tobytes()).hexdigest())
     made = MadeWith.of(cfg, labels, splits.rows, world, taught)
-    ckpt = Checkpoint(checkpoint_dir(out_dir), made.fingerprint(), made)
+    ckpt = Checkpoint(checkpoint_dir(out_dir), made.fingerprint(), made, MadeWith.legacy(cfg, labels, splits.rows, world, taught))
     saved = ckpt.load(main=process_state().is_main_process) if resume else None
     if resume and saved is None and (other := read_progress(ckpt.root)) is not None:
         # a checkpoint of other settings, data or process count: say so, rather than start over unannounced

@@ -27,7 +27,7 @@ from queue import Queue
 
 from tqdm.auto import tqdm
 
-from .checkpoint import LOG, Checkpoint, MadeWith, checkpoint_dir, read_progress
+from .checkpoint import LOG, Checkpoint, MadeWith, checkpoint_dir, matches, read_progress
 from .errors import EnsembleError
 from .fit import (OutLock, check_out, diverged_file, finished, fit, keep_trained, load_splits, prepare_out,
                   retrain_why, vote_and_report)
@@ -108,7 +108,7 @@ def _fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | i
             resuming.add(m.name)
     for m in queue:
         diverged_file(out, m.name).unlink(missing_ok=True)
-        if not resume:  # an interrupted earlier run's step log must not feed this run's progress
+        if m.name not in resuming:  # a checkpoint not continued: its step log must not feed this run's progress
             shutil.rmtree(checkpoint_dir(out / "members" / m.name), ignore_errors=True)
     if queue:
         print(f"training {len(queue)} members concurrently in {len(slots)} worker processes "
@@ -125,7 +125,7 @@ def _resumable(member_dir: Path, m: MemberConfig, labels: list[str], rows: dict 
     if progress is None or rows is None:
         return False
     made = MadeWith.of(m, labels, rows)
-    if progress.fingerprint == made.fingerprint():
+    if matches(progress, made.fingerprint(), MadeWith.legacy(m, labels, rows)):
         return True
     print(checkpoint_mismatch(m.name, progress, made))
     return False
