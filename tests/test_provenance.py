@@ -134,6 +134,10 @@ def test_a_checkpoint_of_a_moved_local_base_is_resumed_and_one_of_changed_files_
     now = MadeWith.of(cfg, LABELS, ROWS)
     assert now.fingerprint() != made.fingerprint()
     assert made.changes(now) == "other base model files"
+    # a checkpoint holds no tokenizer: one changed under an interrupted member is a change too
+    (tmp_path / "proj2" / "base" / "vocab.txt").write_text("[PAD]\n[UNK]\nthe\n", encoding="utf-8")
+    moved = local("ft", tmp_path / "proj2" / "base")
+    assert MadeWith.of(moved, LABELS, ROWS).changes(made) == "other base model files"
 
 
 def test_the_line_for_a_checkpoint_not_resumed_names_what_changed(tmp_path):

@@ -91,9 +91,11 @@ def base_fingerprint(cfg: MemberConfig) -> str | None:
     return _cached_commit(cfg.model)
 
 
-# The files a member's starting point is loaded from (`members.build_member`): the config and the
-# safetensors weights (the tokenizer is kept in the member itself, and compared there).
-BASE_FILES = ("config.json", "model*.safetensors")
+# The files a member's starting point is loaded from (`members.build_member`): the config, the
+# safetensors weights and the tokenizer (a checkpoint holds no tokenizer: one changed under an
+# interrupted member would otherwise tokenize the rest of its training otherwise).
+BASE_FILES = ("config.json", "model*.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+              "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
 
 
 def _directory_fingerprint(directory: Path) -> str | None:
