@@ -597,6 +597,34 @@ def test_a_moved_ensemble_continues_its_partial_predictions(run, tmp_path):
     assert evaluate_mod._identity(Ensemble.load(tmp_path / "b"), data, "text", None, None, 10, "none") == before
 
 
+def test_members_that_kept_labels_as_written_score_files_read_today(run, tmp_path):
+    # members trained before labels were normalised know "+1" and "True"; a file's labels read "1", "true"
+    from ensemble.data import TextDataset
+
+    names = {"negative": "-1", "neutral": "0", "positive": "+1"}
+    shutil.copytree(run / "run" / "members" / "bert", tmp_path / "bert")
+    config = json.loads((tmp_path / "bert" / "config.json").read_text())
+    config["id2label"] = {i: names[n] for i, n in config["id2label"].items()}
+    config["label2id"] = {n: int(i) for i, n in config["id2label"].items()}
+    (tmp_path / "bert" / "config.json").write_text(json.dumps(config))
+    ens = Ensemble.from_dirs({"bert": tmp_path / "bert"}, load_weights=False)
+    rows = TextDataset(["a", "b", "c", "d"], None, ["1", "-1", "0", "+1"], "t.csv")
+    assert [ens.labels[i] for i in evaluate_mod.gold(ens, rows, "--data")] == ["+1", "-1", "0", "+1"]
+
+
+def test_a_manifest_with_its_labels_reordered_is_refused(run, tmp_path):
+    # its weights and stacker were fitted in the recorded order: another would relabel every row
+    shutil.copytree(run / "run", tmp_path / "run")
+    manifest = json.loads((tmp_path / "run" / "ensemble.json").read_text())
+    manifest["labels"] = manifest["labels"][::-1]
+    (tmp_path / "run" / "ensemble.json").write_text(json.dumps(manifest))
+    with pytest.raises(EnsembleError, match=r"ensemble.json: labels \['positive', 'neutral', 'negative'\] are not the "
+                                            r"members' labels .* in their order; it was edited"):
+        Ensemble.load(tmp_path / "run")
+    with pytest.raises(EnsembleError, match="labels: \\[-1, 1\\] are not the members' labels"):
+        Ensemble([load_member(run / "run" / "members" / "bert")], labels=[-1, 1])
+
+
 def _write_csv(path, header, rows):
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)

@@ -93,7 +93,8 @@ class Ensemble:
         orders = {tuple(m.labels) for m in members}
         self.labels = list(members[0].labels) if len(orders) == 1 else sorted_labels(members[0].labels)
         if labels is not None:
-            if sorted(map(str, labels)) != sorted(self.labels) or len(set(labels)) != len(labels):
+            if (not all(isinstance(label, str) for label in labels) or sorted(labels) != sorted(self.labels)
+                    or len(set(labels)) != len(labels)):
                 raise EnsembleError(f"labels: {list(labels)!r} are not the members' labels {self.labels!r} (in any "
                                     "order); give each of them once, or leave labels out")
             self.labels = list(labels)
@@ -231,6 +232,15 @@ class Ensemble:
             if root not in member_dir.parents:
                 raise EnsembleError(f"ensemble '{path}': member '{name}' path '{rel}' points outside the ensemble directory")
             members.append(load_member(member_dir, name))
+        # the manifest's class order is the one its weights and stacker were fitted in; it must be
+        # an order this library writes (the members' shared one or sorted; before, the first
+        # member's): any other is an edit that would relabel every prediction
+        recorded = manifest.get("labels")
+        written = ([list(members[0].labels), sorted_labels(members[0].labels)] if members else [])
+        if members and recorded is not None and recorded not in written:
+            raise EnsembleError(f"ensemble '{path}': {MANIFEST}: labels {recorded!r} are not the members' labels "
+                                f"{members[0].labels!r} in their order; it was edited or belongs to other members: "
+                                "vote them again ('ensemble vote')")
         stacker = manifest.get("stacker")
         try:
             ensemble = cls(members, manifest.get("method", "soft"), manifest.get("weights"),

@@ -25,7 +25,7 @@ from .data import TextDataset, iter_table, load_table, seen_in
 from .ensemble import ABSTAIN, Ensemble
 from .errors import DISK_FIX, EnsembleError, disk_problem, machine_problem
 from .files import exclusive_lock, write_json
-from .labels import counted
+from .labels import counted, normalize_label
 from .members import saved_metrics
 from .report import append_predictions, build_report, write_predictions, write_report
 
@@ -35,7 +35,11 @@ def gold(ens: Ensemble, ds: TextDataset, split: str, offset: int = 0) -> np.ndar
     and its first data row (counted from 1; `ds` starts at data row `offset` + 1 of its file)."""
     if ds.labels is None:
         return None
-    known = set(ens.labels)
+    # A member's names as files spell them now: members trained when "True" and "+1" stayed as
+    # written know those names, while a file's labels are read as "true" and "1" today.
+    index = {normalize_label(label): i for i, label in enumerate(ens.labels)}
+    index.update({label: i for i, label in enumerate(ens.labels)})
+    known = set(index)
     unknown = Counter(label for label in ds.labels if label not in known)
     if unknown:
         first = next(i for i, label in enumerate(ds.labels) if label not in known)
@@ -46,7 +50,6 @@ def gold(ens: Ensemble, ds: TextDataset, split: str, offset: int = 0) -> np.ndar
                             f"{'are' if len(unknown) > 1 else 'is'} not among the labels the members know "
                             f"({', '.join(ens.labels)}), first at data row {first + offset + 1}{where}; map the file's "
                             f"labels to those names, or predict without gold labels ({flag})")
-    index = {label: i for i, label in enumerate(ens.labels)}
     return np.array([index[y] for y in ds.labels])
 
 
