@@ -27,7 +27,7 @@ import json
 import math
 import re
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -156,8 +156,8 @@ def run_dataset(name: str, args, minilm: Path) -> dict:
         out, begin = work / folder, time.perf_counter()
         done = out / "distill.json"
         settings = {"temperature": 2.0, "hard_weight": 0.5, **kw}
-        result = json.loads(done.read_text()) if done.is_file() else distill(
-            teach, cfg, out, progress=not args.quiet, resume=True, **settings)
+        result = json.loads(done.read_text()) if done.is_file() else asdict(distill(
+            teach, cfg, out, progress=not args.quiet, resume=True, **settings))  # as distill.json holds it
         clock[0] += (time.perf_counter() - begin) / 60
         alone = Ensemble([load_member(out, "student")])
         rows[key] = scores(combine.softmax(alone.member_logits(dev.texts))[0], y_dev, C)
