@@ -61,16 +61,26 @@ def test_a_member_whose_local_base_changed_on_disk_is_trained_again(tmp_path):
     assert not finished(member, cfg, LABELS, ROWS)  # the config is part of the start too
 
 
+def test_a_moved_and_changed_local_base_is_named_as_changed_files(tmp_path):
+    cfg = local("ft", base_dir(tmp_path / "base1"))
+    member = trained(tmp_path / "run" / "ft", cfg, provenance.base_fingerprint(cfg))
+    (tmp_path / "base1").rename(tmp_path / "base2")
+    (tmp_path / "base2" / "model.safetensors").write_bytes(b"weights-2, other weights")
+    moved = local("ft", tmp_path / "base2")
+    assert changed(member, moved, LABELS, ROWS) == (f"its base model changed since it was trained: model "
+                                                    f"'{moved.model}' (was '{cfg.model}') holds other files")
+
+
 def test_a_moved_but_identical_local_base_is_the_same_model(tmp_path):
     before = local("ft", base_dir(tmp_path / "proj" / "base"))
     member = trained(tmp_path / "proj" / "run" / "ft", before, provenance.base_fingerprint(before))
     shutil.copytree(tmp_path / "proj", tmp_path / "proj2")
     moved = local("ft", tmp_path / "proj2" / "base")
     assert finished(tmp_path / "proj2" / "run" / "ft", moved, LABELS, ROWS)
-    # another directory with other files: named as the setting that changed
+    # another directory with other files: named, with the files as the reason
     other = local("ft", base_dir(tmp_path / "other", b"weights-2"))
     assert changed(member, other, LABELS, ROWS) == (
-        f"its settings changed since it was trained (model: '{before.model}' -> '{other.model}')")
+        f"its base model changed since it was trained: model '{other.model}' (was '{before.model}') holds other files")
     # ... and a moved base with another setting changed: only that setting is named
     assert changed(member, local("ft", tmp_path / "proj2" / "base", lr=1e-3), LABELS, ROWS) == (
         "its settings changed since it was trained (train.lr: 5e-05 -> 0.001)")

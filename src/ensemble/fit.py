@@ -316,8 +316,12 @@ def changed(path: Path, member: MemberConfig, labels: list[str], rows: dict | No
     # members from before base fingerprints were recorded (or whose base cannot be told now) are
     # compared by their settings alone, `model` included
     if recorded is not None and current is not None:
-        if recorded != current and before.get("model") == now.get("model"):
-            return f"its base model's files changed since it was trained (model '{member.model}')"
+        if recorded != current and (before.get("model") == now.get("model") or local_base(member) is not None):
+            # a local base is its files, wherever they are: a new path is named, but the files are why
+            if before.get("model") == now.get("model"):
+                return f"its base model's files changed since it was trained (model '{member.model}')"
+            return (f"its base model changed since it was trained: model '{member.model}' (was "
+                    f"'{before.get('model')}') holds other files")
         if recorded == current and local_base(member) is not None:
             before.pop("model", None)  # the same files elsewhere (a moved project): the same start
             now.pop("model", None)
