@@ -277,7 +277,7 @@ def test_ctrl_c_stops_predict_cleanly_and_it_resumes(trained, tmp_path):
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "interrupted (finished chunks are kept: rerun with --resume to continue)"
+    assert err.strip().splitlines()[-1] == "interrupted (finished chunks, if any, are kept: rerun with --resume to continue)"
     assert not (tmp_path / "p.csv").exists()
     resumed = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0 and "resuming after row" in resumed.stdout + resumed.stderr
@@ -301,7 +301,7 @@ def test_sigterm_stops_predict_like_ctrl_c_with_exit_143(trained, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
-    assert err.strip().splitlines()[-1] == "terminated (finished chunks are kept: rerun with --resume to continue)"
+    assert err.strip().splitlines()[-1] == "terminated (finished chunks, if any, are kept: rerun with --resume to continue)"
     assert not (tmp_path / "p.csv").exists()
 
 

@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
         _end_bars()
         terminated = isinstance(exc, _Terminated) or _SIGTERM.is_set()  # click may have turned it into 130
         hints = {"fit": " (training state is saved after every epoch: rerun with --resume to continue)",
-                 "predict": " (finished chunks are kept: rerun with --resume to continue)",
+                 "predict": " (finished chunks, if any, are kept: rerun with --resume to continue)",
                  "distill": " (the student's training state is saved after every epoch: rerun with --resume to continue)"}
         hint = next((h for command, h in hints.items() if command in args), "")
         typer.echo(f"{'terminated' if terminated else 'interrupted'}{hint}", err=True)

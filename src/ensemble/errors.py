@@ -56,7 +56,7 @@ _DISK_MESSAGES = {"No space left on device": errno.ENOSPC, "Disk quota exceeded"
 
 
 # what to do about each, said where the caller words the rest (predict's partial output)
-DISK_FIX = {errno.ENOSPC: "make room", errno.EDQUOT: "make room", errno.EFBIG: "raise the limit or write elsewhere",
+DISK_FIX = {errno.ENOSPC: "make room", errno.EDQUOT: "make room", errno.EFBIG: "raise the file-size limit",
             errno.EROFS: "choose an --out on a writable file system",
             errno.EACCES: "choose an --out you can write to, or fix its permissions",
             errno.EPERM: "choose an --out you can write to, or fix its permissions"}
