@@ -278,5 +278,9 @@ def test_a_killed_votes_temp_directory_is_removed_by_the_next(tmp_path):
     mine.mkdir()
     other = tmp_path / ".other.tmp-1"
     other.mkdir()
+    alike = tmp_path / f".out.tmp-x-{dead.stdout.strip()}"  # not a name vote gives
+    alike.mkdir()
+    link = tmp_path / f".out.tmp-{int(dead.stdout.strip()) + 1000000}"
+    link.symlink_to(other)
     assert remove_stale_temps(tmp_path / "out") == [stale]
-    assert not stale.exists() and mine.is_dir() and other.is_dir()
+    assert not stale.exists() and mine.is_dir() and other.is_dir() and alike.is_dir() and link.is_symlink()

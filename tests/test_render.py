@@ -161,6 +161,7 @@ def test_markdown_escapes_table_syntax_and_html_in_texts():
     ("*a*", "\\*a\\*"), ("_a_", "\\_a\\_"), ("&lt;b&gt;", "\\&lt;b\\&gt;"),
     ("[click](http://x)", "\\[click\\](http://x)"), ("![x](http://e.com/p.png)", "\\!\\[x\\](http://e.com/p.png)"),
     ("a|b", "a\\|b"), ("0.9000", "0.9000"), ("out-of-fold (5 folds)", "out-of-fold (5 folds)"),
+    ("charming! R&D #1", "charming! R&D #1"), ("m_1, _b", "m_1, \\_b"),
 ])
 def test_markdown_shows_a_label_as_written_not_as_markup(text, shown):
     # a label "![x](url)" must not become an image that a markdown viewer fetches

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable
@@ -125,10 +126,11 @@ def remove_stale_temps(out: Path) -> list[Path]:
         [PosixPath('runs/.vote.tmp-4121')]
     """
     removed = []
+    name = re.compile(re.escape(f".{out.name}.tmp-") + r"(\d+)")
     for tmp in out.parent.glob(f".{glob_escape(out.name)}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or not tmp.is_dir() or _running(int(pid)):
-            continue
+        pid = name.fullmatch(tmp.name)
+        if pid is None or tmp.is_symlink() or not tmp.is_dir() or _running(int(pid.group(1))):
+            continue  # not one of ours, or its process (on this machine) still runs
         shutil.rmtree(tmp, ignore_errors=True)
         removed.append(tmp)
     return removed

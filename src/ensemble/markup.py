@@ -12,9 +12,11 @@ import re
 from dataclasses import dataclass
 
 _TOOLTIP_WIDTH = 2000  # characters of the full text kept in report.html's hover title
-# markdown syntax characters, escaped in plain text; "_" inside a word (max_length) is no
-# emphasis in CommonMark and stays as it is
-_MD_ACTIVE = re.compile(r"[\\`*\[\]<>&!|~#]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+# markdown syntax in plain text, escaped where it would act: "\", "`", "*", "[", "]", "<", ">",
+# "|", "~"; "!" only before "[" (an image), "&" only where it starts an entity (&lt;, &#60;),
+# "_" only at a word's edge (max_length is no emphasis in CommonMark). "great!" and "R&D" stay
+# as written, also in viewers that show a needless backslash.
+_MD_ACTIVE = re.compile(r"[\\`*\[\]<>|~]|!(?=\[)|&(?=#?\w+;)|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
 
 
 @dataclass(frozen=True)
