@@ -185,6 +185,8 @@ BAD = [
 def test_data_labels_set_the_class_order_as_names(tmp_path):
     text = '[data]\ntrain = "x.csv"\nlabels = [3, "+1", "2.0", " low "]\n[[members]]\nname = "b"\nmodel = "m"\n'
     assert load_recipe(write(tmp_path, text)).data.labels == ("3", "1", "2", "low")  # as the files' labels are read
+    text = '[data]\ntrain = "x.csv"\nlabels = [true, false]\n[[members]]\nname = "b"\nmodel = "m"\n'
+    assert load_recipe(write(tmp_path, text)).data.labels == ("true", "false")
 
 
 def test_a_member_sets_an_optional_field_back_to_its_default_by_word(tmp_path):

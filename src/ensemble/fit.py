@@ -14,7 +14,7 @@ from .devices import bf16_tip
 from .ensemble import MANIFEST, Ensemble, check_abstain_label
 from .errors import EnsembleError, rows_phrase
 from .evaluate import evaluate, gold
-from .labels import case_variants, check_known_labels, check_label_column, sorted_labels
+from .labels import check_known_labels, check_label_column, label_warnings, sorted_labels
 from .members import METRICS_FILE, saved_metrics, saved_recipe
 from .checkpoint import checkpoint_dir
 from .files import exclusive_lock, write_json
@@ -122,8 +122,9 @@ def _fit(recipe: Recipe, out: Path, overwrite: bool, resume: bool, progress: boo
     splits, test, labels = load_splits(recipe.data)
     check_abstain_label(labels, abstention_key(recipe.vote), recipe.file_name or recipe.path.name)
     preflight(chosen, where=recipe.file_name or recipe.path.name, defaults=recipe.defaults)  # only the members to train: --only b must not need member a's model
-    if state.is_main_process and lock is not None and (alike := case_variants(labels)):  # not in workers
-        print(alike)
+    if state.is_main_process and lock is not None:  # not in workers: their parent said it
+        for warning in label_warnings(splits.train.labels):
+            print(warning)
     tip = bf16_tip(chosen) if progress and state.is_main_process else None
     if tip:
         print(tip)

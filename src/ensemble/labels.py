@@ -159,6 +159,26 @@ def case_variants(labels: Sequence[str]) -> str | None:
             "write them alike in the data")
 
 
+def label_warnings(labels: Sequence[str]) -> list[str]:
+    """What `fit` says about the training labels before it trains: labels differing only in case
+    (`case_variants`), and more than 20 numbered classes off the half-step grid, which the rule
+    of `check_label_column` lets through because each has rows enough (a rounded score?).
+
+    Example:
+        >>> label_warnings([f"{k / 4:.2f}" for k in range(21)] * 5)[0][:61]
+        'warning: 21 numbered classes such as 0.25, 0.75, 1.25 are off'
+    """
+    said = [alike] if (alike := case_variants(sorted(set(labels)))) else []
+    distinct = set(labels)
+    if len(distinct) > 20 and all(_is_number(v) for v in distinct):
+        off_grid = [v for v in sorted_labels(distinct) if not (2 * float(v)).is_integer()]
+        if off_grid:
+            said.append(f"warning: {len(distinct)} numbered classes such as {', '.join(off_grid[:3])} are off the "
+                        "half-step grid: if they are a score rounded (a regression target), each value trains as a "
+                        "class of its own, unordered; bin them into fewer classes if that is not meant")
+    return said
+
+
 def counted(counts: Counter, most: int) -> str:
     """The `most` commonest labels of `counts` with their rows, for a message; "and N more" after.
 

@@ -223,9 +223,8 @@ def _validate(raw: dict, base: Path, where: str) -> Recipe:
     if "data" not in raw:
         raise EnsembleError(f"{where}: missing [data] table (with at least train = \"path\")")
     data_raw = dict(_table(raw, "data", where))
-    if isinstance(data_raw.get("labels"), list):  # numbers are label names too: labels = [1, 2, 3]
-        data_raw["labels"] = [str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
-                              for v in data_raw["labels"]]
+    if isinstance(data_raw.get("labels"), list):  # numbers and booleans are label names too: labels = [1, 2, 3]
+        data_raw["labels"] = [normalize_label(v) if isinstance(v, bool | int | float) else v for v in data_raw["labels"]]
     data = _build(DataConfig, data_raw, "data", where)
     if data.labels is not None:
         data = replace(data, labels=_class_order(data.labels, where))

@@ -35,7 +35,7 @@ from .devices import bf16_tip
 from .members import saved_metrics
 from .preflight import preflight
 from .ensemble import check_abstain_label
-from .labels import case_variants
+from .labels import label_warnings
 from .recipe import MemberConfig, Recipe, abstention_key
 from .slots import Slot, plan, split_threads, threads_label, work
 from .train import checkpoint_mismatch, epoch_line
@@ -87,8 +87,8 @@ def _fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | i
         if len(slots) == 1:  # one member left to train (a resumed run): all the threads for it, here
             shutil.rmtree(logs, ignore_errors=True)
             return fit(recipe, out, overwrite=overwrite, resume=resume, progress=progress)
-        if alike := case_variants(labels):
-            print(alike)
+        for warning in label_warnings(splits.train.labels):
+            print(warning)
         tip = bf16_tip(recipe.members) if progress else None
         if tip:
             print(tip)
