@@ -100,3 +100,47 @@ def test_concurrent_members_one_worker_each_match_sequential(tmp_path):
             assert a["train_loss"] == b["train_loss"] and a["valid_loss"] == b["valid_loss"]
     assert json.loads((tmp_path / "par" / "report.json").read_text())["ensemble"] == \
         json.loads((tmp_path / "seq" / "report.json").read_text())["ensemble"]
+
+
+def test_two_processes_killed_then_resumed_equal_an_uninterrupted_run(tmp_path):
+    """With dropout and length-grouped batches, each rank's random state matters: every rank must
+    save it into the slot that progress.json names (rank 1 used to write into the other one, and a
+    run killed after a save into slot 1 resumed with other draws on rank 1)."""
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    lines = (ROOT / "recipes" / "demo" / "train.csv").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "train.csv").write_text("\n".join(lines[:401]) + "\n", encoding="utf-8")
+    path = tmp_path / "r.toml"
+    path.write_text('[data]\ntrain = "train.csv"\nvalid_fraction = 0.2\n[defaults]\nepochs = 3\nbatch_size = 8\n'
+                    'max_length = 32\nlr = 5e-4\ncheckpoint_every = 12\n[[members]]\nname = "bert"\ninit = "scratch"\n'
+                    'arch = "bert"\n', encoding="utf-8")
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    fit = [torchrun, "--nproc_per_node", "2", "-m", "ensemble", "fit", str(path), "--quiet", "--out"]
+    run(fit + [str(tmp_path / "whole")])
+
+    # kill the launcher and both ranks at once, right after a save into slot 1 in the second epoch
+    proc = subprocess.Popen(fit + [str(tmp_path / "cut")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    progress = tmp_path / "cut" / "members" / ".bert.ckpt" / "progress.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            state = json.loads(progress.read_text())
+            if state["epoch"] == 2 and state["slot"] == 1:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    out = run(fit + [str(tmp_path / "cut"), "--resume"])
+    assert "resumed at epoch 2" in out
+    for one, two in zip(history(tmp_path / "whole"), history(tmp_path / "cut"), strict=True):
+        assert (one["train_loss"], one["valid_loss"]) == (two["train_loss"], two["valid_loss"])
+    whole, cut = (load_file(tmp_path / d / "members" / "bert" / "model.safetensors") for d in ("whole", "cut"))
+    assert whole.keys() == cut.keys() and all((whole[k] == cut[k]).all() for k in whole)
