@@ -1032,3 +1032,13 @@ def test_numbered_classes_and_continuous_targets(tmp_path: Path, values: list[st
             check_label_column(ds, "label")
     else:
         check_label_column(ds, "label")
+
+
+def test_a_named_pipe_is_refused_rather_than_read_twice_or_waited_on(tmp_path: Path) -> None:
+    import os
+
+    pipe = tmp_path / "rows.csv"
+    os.mkfifo(pipe)
+    with pytest.raises(EnsembleError, match=r"^--data: '.*rows.csv' is not a regular file \(a pipe or a device\); "
+                                            "data files are read more than once: save the data to a file"):
+        load_table(pipe, field="--data")

@@ -174,6 +174,9 @@ def _stream_table(
         raise EnsembleError(f"{field}: file not found: '{shown}'{hint}")
     if p.is_dir():
         raise EnsembleError(f"{field}: '{shown}' is a directory; give the path of a data file inside it")
+    if not p.is_file():  # a named pipe would hang, or be used up by the first of the reads (predict checks first)
+        raise EnsembleError(f"{field}: '{shown}' is not a regular file (a pipe or a device); data files are read "
+                            "more than once: save the data to a file and give its path")
     reader = READERS.get(p.suffix.lower())
     if reader is None:
         conll = p.suffix.lower() in (".train", ".testa", ".testb", ".conll", ".iob", ".bio")
