@@ -40,6 +40,23 @@ PREDICT_CHUNK = 20_000  # rows tokenized at a time by `member_logits`: bounds it
 ABSTAIN = "abstain"  # the label of rows the ensemble is not sure enough to answer
 
 
+class _Checked:
+    """An `Ensemble` setting whose every assignment goes through `check(ensemble, value)`, which
+    returns the value to keep or raises."""
+
+    def __init__(self, check) -> None:
+        self.check = check
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.slot = f"_{name}"
+
+    def __get__(self, ens, owner=None):
+        return self if ens is None else getattr(ens, self.slot)
+
+    def __set__(self, ens, value) -> None:
+        setattr(ens, self.slot, self.check(ens, value))
+
+
 class Ensemble:
     """Members that vote. Load a fit or vote output with `Ensemble.load`.
 
@@ -122,65 +139,13 @@ class Ensemble:
 
     # Settings people change on a loaded ensemble (``ens.batch_size = 256``) are checked on
     # assignment as in __init__, so a wrong value fails there, not deep inside predict.
-    @property
-    def method(self) -> str:
-        return self._method
-
-    @method.setter
-    def method(self, value: str) -> None:
-        self._method = _check_method(value)
-
-    @property
-    def weights(self) -> dict[str, float]:
-        return self._weights
-
-    @weights.setter
-    def weights(self, value: dict[str, float] | None) -> None:
-        self._weights = _per_member("weights", value, list(self.members))
-
-    @property
-    def temperatures(self) -> dict[str, float]:
-        return self._temperatures
-
-    @temperatures.setter
-    def temperatures(self, value: dict[str, float] | None) -> None:
-        self._temperatures = _per_member("temperatures", value, list(self.members))
-
-    @property
-    def abstain_on(self) -> str:
-        return self._abstain_on
-
-    @abstain_on.setter
-    def abstain_on(self, value: str) -> None:
-        self._abstain_on = _check_abstain_on(value)
-
-    @property
-    def abstain_below(self) -> float | None:
-        return self._abstain_below
-
-    @abstain_below.setter
-    def abstain_below(self, value: float | None) -> None:
-        value = _check_abstain_below(value)
-        if value is not None and ABSTAIN in getattr(self, "labels", ()):
-            raise EnsembleError(f"abstain_below: '{ABSTAIN}' is one of the labels, so abstaining rows could not be "
-                                "told apart; rename that label or leave abstain_below unset")
-        self._abstain_below = value
-
-    @property
-    def batch_size(self) -> int:
-        return self._batch_size
-
-    @batch_size.setter
-    def batch_size(self, value: int) -> None:
-        self._batch_size = _check_batch_size(value)
-
-    @property
-    def precision(self) -> str:
-        return self._precision
-
-    @precision.setter
-    def precision(self, value: str) -> None:
-        self._precision = check_precision(value)
+    method = _Checked(lambda ens, value: _check_method(value))
+    weights = _Checked(lambda ens, value: _per_member("weights", value, list(ens.members)))
+    temperatures = _Checked(lambda ens, value: _per_member("temperatures", value, list(ens.members)))
+    abstain_on = _Checked(lambda ens, value: _check_abstain_on(value))
+    abstain_below = _Checked(lambda ens, value: _check_abstain_below(value, ens.labels))
+    batch_size = _Checked(lambda ens, value: _check_batch_size(value))
+    precision = _Checked(lambda ens, value: check_precision(value))
 
     def __repr__(self) -> str:
         """What a notebook shows: how it votes, over which members and labels.
@@ -649,9 +614,12 @@ def _check_abstain_on(abstain_on: str) -> str:
     return abstain_on
 
 
-def _check_abstain_below(value: float | None) -> float | None:
+def _check_abstain_below(value: float | None, labels: Sequence[str] = ()) -> float | None:
     if value is not None and not (_is_number(value) and 0 <= value <= 1):
         raise EnsembleError(f"the 'abstain_below' parameter must be a number in [0, 1] or None; got {value!r}")
+    if value is not None and ABSTAIN in labels:
+        raise EnsembleError(f"abstain_below: '{ABSTAIN}' is one of the labels, so abstaining rows could not be "
+                            "told apart; rename that label or leave abstain_below unset")
     return None if value is None else float(value)
 
 
