@@ -11,7 +11,6 @@ import numpy as np
 import torch
 import pytest
 
-import ensemble.ensemble as ensemble_mod
 import ensemble.evaluate as evaluate_mod
 import ensemble.forward as forward
 from ensemble import Ensemble
@@ -858,7 +857,7 @@ def test_member_logits_progress_counts_input_rows_once_every_member_ran_them(run
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr(ensemble_mod, "tqdm", Bar)
+    monkeypatch.setattr(forward, "tqdm", Bar)
     three(run).member_logits(TEXTS[:70], progress="test")
     assert seen == {"total": 70, "desc": "test (3 members)", "disable": False, "done": 70}  # rows, not member-rows
     three(run).member_logits(TEXTS[:5])
@@ -1104,7 +1103,7 @@ def test_rows_go_through_in_chunks_with_the_same_logits_and_counts(run, monkeypa
     texts = TEXTS[:10] + [" ".join(TEXTS[:12])]  # the last one is cut to max_length
     whole_cut, chunked_cut = {}, {}
     whole = ens.member_logits(texts, truncated=whole_cut)
-    monkeypatch.setattr(ensemble_mod, "PREDICT_CHUNK", 4)
+    monkeypatch.setattr(forward, "PREDICT_CHUNK", 4)
     chunked = ens.member_logits(texts, truncated=chunked_cut)
     np.testing.assert_allclose(chunked, whole, atol=1e-5)
     assert chunked_cut == whole_cut == {"bert": 1, "roberta": 1, "bert_twin": 1}

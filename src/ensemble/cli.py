@@ -128,10 +128,11 @@ def vote(
 ) -> None:
     """Combine trained members on a data file: predictions, agreement report, ensemble.json."""
     from .data import load_table
-    from .ensemble import Ensemble, check_abstain_label
+    from .ensemble import Ensemble
     from .evaluate import evaluate, gold
     from .votefit import missing_labels_warning
     from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig
+    from .settings import check_abstain_label
     from .files import remove_stale_temps, replace_dir
 
     if method not in VOTE_METHODS:

@@ -2,59 +2,32 @@
 
 An ensemble directory holds ``ensemble.json`` (labels, vote method, weights, temperatures, the
 stacker's coefficients, abstention, member paths), ``members/<name>/`` (Hugging Face directories)
-and, after `evaluate.evaluate`, ``predictions.csv`` and the report. ``ensemble.json`` is written
-last, so a directory that has it is complete.
+and, after `evaluate.evaluate`, ``predictions.csv`` and the report (see `manifest`).
 """
 
 from __future__ import annotations
 
-import json
-import numbers
-import os
-import shutil
-import sys
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from . import combine, votefit
+from . import combine, manifest as manifest_file, votefit
 from .aggregate import Vote, aggregate
 from .data import TextDataset
-from .errors import EnsembleError, one_of
+from .devices import check_devices, check_precision
+from .errors import EnsembleError
+from .forward import members_logits, split_pairs
 from .labels import sorted_labels
-from .devices import check_devices, check_precision, device_of
-from .files import replace_dir, write_json
-from .forward import encode_per_tokenizer, predict_logits, split_pairs
+from .manifest import FORMAT, MANIFEST
 from .members import Member, load_member, recorded_valid_logits, saved_recipe
-from .recipe import ABSTAIN_ON, VOTE_METHODS, VoteConfig, name_problem
+from .recipe import VoteConfig, name_problem
 from .stacking import Stacker
+from .settings import (ABSTAIN, Checked, check_abstain_below, check_abstain_label, check_abstain_on,
+                       check_batch_size, check_ensemble_temperature, check_method, per_member)
 
-MANIFEST = "ensemble.json"
-FORMAT = "ensemble/1"
-PREDICT_CHUNK = 20_000  # rows tokenized at a time by `member_logits`: bounds its memory
-ABSTAIN = "abstain"  # the label of rows the ensemble is not sure enough to answer
-
-
-class _Checked:
-    """An `Ensemble` setting whose every assignment goes through `check(ensemble, value)`, which
-    returns the value to keep or raises."""
-
-    def __init__(self, check) -> None:
-        self.check = check
-
-    def __set_name__(self, owner, name: str) -> None:
-        self.slot = f"_{name}"
-
-    def __get__(self, ens, owner=None):
-        return self if ens is None else getattr(ens, self.slot)
-
-    def __set__(self, ens, value) -> None:
-        setattr(ens, self.slot, self.check(ens, value))
+__all__ = ["ABSTAIN", "MANIFEST", "Ensemble", "check_abstain_label"]
 
 
 class Ensemble:
@@ -75,13 +48,11 @@ class Ensemble:
                  stacker: Stacker | None = None, abstain_below: float | None = None,
                  abstain_on: str = "confidence", ensemble_temperature: float = 1.0, precision: str = "auto",
                  labels: Sequence[str] | None = None):
-        _check_method(method)
-        _check_abstain_on(abstain_on)
-        _check_abstain_below(abstain_below)
-        _check_batch_size(batch_size)
-        if not (_is_number(ensemble_temperature) and np.isfinite(ensemble_temperature)
-                and ensemble_temperature > 0):
-            raise EnsembleError(f"the 'ensemble_temperature' parameter must be a finite number > 0; got {ensemble_temperature!r}")
+        check_method(method)
+        check_abstain_on(abstain_on)
+        check_abstain_below(abstain_below)
+        check_batch_size(batch_size)
+        ensemble_temperature = check_ensemble_temperature(ensemble_temperature)
         if not members:
             raise EnsembleError("an ensemble needs at least one member")
         odd = next((m for m in members if not isinstance(m, Member)), None)
@@ -98,7 +69,7 @@ class Ensemble:
         if dupes:
             raise EnsembleError(f"members: two members are named '{dupes[0]}'; give each its own name (NAME=DIR)")
         given_weights = bool(weights)
-        weights, temperatures = _per_member("weights", weights, names), _per_member("temperatures", temperatures, names)
+        weights, temperatures = per_member("weights", weights, names), per_member("temperatures", temperatures, names)
         self.members = {m.name: m for m in members}
         for m in members[1:]:
             if sorted(m.labels) != sorted(members[0].labels):
@@ -129,7 +100,7 @@ class Ensemble:
         self.weights_learned = method not in ("weighted", "selection") or given_weights
         self.weights = weights
         self.temperatures = temperatures
-        self.ensemble_temperature = float(ensemble_temperature)  # on the soft vote's probabilities
+        self.ensemble_temperature = ensemble_temperature  # on the soft vote's probabilities
         self.stacker = stacker
         self.abstain_below = abstain_below
         self.abstain_on = abstain_on
@@ -139,13 +110,13 @@ class Ensemble:
 
     # Settings people change on a loaded ensemble (``ens.batch_size = 256``) are checked on
     # assignment as in __init__, so a wrong value fails there, not deep inside predict.
-    method = _Checked(lambda ens, value: _check_method(value))
-    weights = _Checked(lambda ens, value: _per_member("weights", value, list(ens.members)))
-    temperatures = _Checked(lambda ens, value: _per_member("temperatures", value, list(ens.members)))
-    abstain_on = _Checked(lambda ens, value: _check_abstain_on(value))
-    abstain_below = _Checked(lambda ens, value: _check_abstain_below(value, ens.labels))
-    batch_size = _Checked(lambda ens, value: _check_batch_size(value))
-    precision = _Checked(lambda ens, value: check_precision(value))
+    method = Checked(lambda ens, value: check_method(value))
+    weights = Checked(lambda ens, value: per_member("weights", value, list(ens.members)))
+    temperatures = Checked(lambda ens, value: per_member("temperatures", value, list(ens.members)))
+    abstain_on = Checked(lambda ens, value: check_abstain_on(value))
+    abstain_below = Checked(lambda ens, value: check_abstain_below(value, ens.labels))
+    batch_size = Checked(lambda ens, value: check_batch_size(value))
+    precision = Checked(lambda ens, value: check_precision(value))
 
     def __repr__(self) -> str:
         """What a notebook shows: how it votes, over which members and labels.
@@ -169,43 +140,9 @@ class Ensemble:
     def load(cls, path: str | Path, device: str | Sequence[str] = "auto", precision: str = "auto") -> Ensemble:
         """Open a directory written by ``ensemble fit`` or ``ensemble vote``; see `to` for `device`
         and `check_precision` for `precision`."""
-        if not isinstance(path, str | os.PathLike):
-            raise EnsembleError(f"Ensemble.load: path must be a str or Path; got {type(path).__name__} {path!r}")
-        path = Path(path)
         check_devices(device)  # a wrong device or precision is reported before the members load
         check_precision(precision)
-        manifest_file = path / MANIFEST
-        if path.name == MANIFEST and path.is_file():
-            raise EnsembleError(f"ensemble '{path}': the manifest itself; pass its directory '{path.parent}'")
-        if not manifest_file.is_file():
-            if (path / "config.json").is_file():
-                raise EnsembleError(f"ensemble '{path}': a member directory, not an ensemble; vote members with "
-                                    f"'ensemble vote --members {path} ...' (or Ensemble.from_dirs)")
-            missing = "no such directory" if not path.exists() else f"no {MANIFEST}"
-            raise EnsembleError(f"ensemble '{path}': {missing}; pass the --out directory of a finished "
-                                "'ensemble fit' or 'ensemble vote'")
-        try:
-            manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise EnsembleError(f"ensemble '{path}': {MANIFEST} is not valid JSON ({exc})") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("members"), dict):
-            raise EnsembleError(f"ensemble '{path}': {MANIFEST} is not an ensemble manifest (format '{FORMAT}')")
-        root = path.resolve()
-        members = []
-        for name, rel in manifest["members"].items():
-            member_dir = (root / str(rel)).resolve()
-            if root not in member_dir.parents:
-                raise EnsembleError(f"ensemble '{path}': member '{name}' path '{rel}' points outside the ensemble directory")
-            members.append(load_member(member_dir, name))
-        # the manifest's class order is the one its weights and stacker were fitted in; it must be
-        # an order this library writes (the members' shared one or sorted; before, the first
-        # member's): any other is an edit that would relabel every prediction
-        recorded = manifest.get("labels")
-        written = ([list(members[0].labels), sorted_labels(members[0].labels)] if members else [])
-        if members and recorded is not None and recorded not in written:
-            raise EnsembleError(f"ensemble '{path}': {MANIFEST}: labels {recorded!r} are not the members' labels "
-                                f"{members[0].labels!r} in their order; it was edited or belongs to other members: "
-                                "vote them again ('ensemble vote')")
+        manifest, members = manifest_file.read(path)
         stacker = manifest.get("stacker")
         try:
             ensemble = cls(members, manifest.get("method", "soft"), manifest.get("weights"),
@@ -307,54 +244,12 @@ class Ensemble:
         Example:
             >>> ens.save("runs/selected")  # doctest: +SKIP
         """
-
-        if not isinstance(path, (str, os.PathLike)):
-            raise EnsembleError(f"Ensemble.save: the 'path' parameter must be a directory path; got {path!r}")
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise EnsembleError(f"Ensemble.save: '{path}' is a file; give a directory path")
-        self._check_not_over_members(path)
-        if path.is_dir() and any(path.iterdir()) and not overwrite:
-            raise EnsembleError(f"Ensemble.save: '{path}' is not empty; choose a new directory, or pass "
-                                "overwrite=True to replace it (its other files go with it)")
-        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            self.write_into(tmp)
-            replace_dir(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    def _check_not_over_members(self, path: Path) -> None:
-        """Refuse a save that would delete or replace what a member is read from: `path` inside a
-        member's directory, or holding one anywhere but where this save writes it
-        (``path/members/NAME``, which is saving an ensemble over its own directory)."""
-        target = path.resolve()
-        for name, member in self.members.items():
-            if member.path is None:
-                continue
-            if not member.path.is_dir():  # its files are copied (linked) from there
-                raise EnsembleError(f"Ensemble.save: member '{name}' was loaded from '{member.path}', which is gone; "
-                                    "put it back, or save an ensemble without it")
-            source = member.path.resolve()
-            if source == target or source in target.parents:
-                raise EnsembleError(f"Ensemble.save: '{path}' is inside member '{name}' ('{member.path}'), which this "
-                                    "ensemble reads; save it to another directory")
-            if target in source.parents and source != target / "members" / name:
-                raise EnsembleError(f"Ensemble.save: '{path}' holds member '{name}' ('{member.path}'), which replacing "
-                                    "it would delete; save it to another directory")
+        manifest_file.save(self, path, overwrite)
 
     def write_into(self, path: Path) -> None:
         """Write the manifest and the members (hard links where possible) into the existing
         directory `path`, next to what it holds (the CLI's run directory, being built)."""
-        path = Path(path)
-        for name, member in self.members.items():
-            target = path / "members" / name
-            if member.path is not None and member.path.resolve() != target.resolve():
-                shutil.rmtree(target, ignore_errors=True)
-                shutil.copytree(member.path, target, copy_function=_link_or_copy)
-        write_json(path / MANIFEST, self.manifest())
+        manifest_file.write_into(self, path)
 
     # ------------------------------------------------------------ predicting
 
@@ -398,40 +293,7 @@ class Ensemble:
         unloaded = [m.name for m in members if m.model is None]
         if unloaded:
             raise EnsembleError(f"member '{unloaded[0]}' was opened without its weights; open it with load_weights=True to predict")
-        out = np.empty((len(members), len(texts), len(self.labels)), dtype=np.float32)
-        if not texts:  # nothing to tokenize (the tokenizer would fail on an empty batch)
-            return out
-        bar = tqdm(total=len(texts), desc=f"{progress} ({len(members)} members)" if progress else None,
-                   unit="rows", disable=progress is None, delay=1, mininterval=0.5 if sys.stderr.isatty() else 30)
-        rows_bar = _RowsBar(bar, len(members))
-        by_device: dict[str, list[int]] = {}
-        for k, member in enumerate(members):
-            by_device.setdefault(str(device_of(member.model)), []).append(k)
-        with bar:
-            # Token ids take ~5 KB a row as Python lists: rows go through in chunks, so that memory
-            # stays bounded whatever the input's size (length-sorting within a chunk pads as little).
-            for start in range(0, len(texts), PREDICT_CHUNK):
-                stop = min(start + PREDICT_CHUNK, len(texts))
-                cut: dict[str, int] = {}
-                encodings = encode_per_tokenizer(members, texts[start:stop], None if pairs is None else pairs[start:stop],
-                                                 cut)
-                for name, n in cut.items() if truncated is not None else ():
-                    truncated[name] = truncated.get(name, 0) + n
-
-                def run(indices: list[int]) -> None:
-                    for k in indices:
-                        member = members[k]
-                        order = [member.labels.index(label) for label in self.labels]
-                        enc = encodings[member.tokenizer_key or member.name]
-                        out[k, start:stop] = predict_logits(member, enc, self.batch_size, self.precision,
-                                                            rows_bar)[:, order]
-
-                if len(by_device) > 1:
-                    with ThreadPoolExecutor(len(by_device)) as pool:
-                        list(pool.map(run, by_device.values()))
-                else:
-                    run(list(range(len(members))))
-        return out
+        return members_logits(members, self.labels, texts, pairs, self.batch_size, self.precision, truncated, progress)
 
     def recorded_logits(self, valid: TextDataset) -> np.ndarray | None:
         """Every member's logits on `valid` as recorded when its best epoch was evaluated in
@@ -545,97 +407,3 @@ class Ensemble:
             raise EnsembleError("predict_proba needs probabilities, and a hard vote gives labels and vote shares: "
                                 "use predict(), or vote() for the shares, or method 'soft'")
         return self.vote(texts, pairs, member_details=False).scores
-
-
-
-class _RowsBar:
-    """Counts the rows every member has run as input rows on `bar`: 4 members over 100 rows show
-    100 rows done, at the rate rows are answered (members may run in threads, one per GPU)."""
-
-    def __init__(self, bar, members: int) -> None:
-        self.bar, self.members, self.member_rows, self.shown = bar, members, 0, 0
-        self.lock = threading.Lock()
-
-    def update(self, n: int) -> None:
-        with self.lock:
-            self.member_rows += n
-            rows = self.member_rows // self.members
-            if rows > self.shown:
-                self.bar.update(rows - self.shown)
-                self.shown = rows
-
-
-def check_abstain_label(labels: Sequence[str], setting: str | None, where: str = "") -> None:
-    """Refuse abstention (`setting`: the recipe key or flag that asks for it, or None) when a
-    label is named ``"abstain"``: abstaining rows could not be told from that class. Called before
-    any training or prediction, so the mistake costs nothing; `where` (a recipe's file name)
-    starts the message.
-
-    Example:
-        >>> check_abstain_label(["abstain", "keep"], "vote.abstain_coverage")
-        Traceback (most recent call last):
-        ...
-        ensemble.errors.EnsembleError: vote.abstain_coverage: 'abstain' is one of the labels, so abstaining rows could not be told apart; rename that label in the data or leave vote.abstain_coverage unset
-    """
-    if setting is not None and ABSTAIN in labels:
-        raise EnsembleError(f"{where + ': ' if where else ''}{setting}: '{ABSTAIN}' is one of the labels, so abstaining "
-                            f"rows could not be told apart; rename that label in the data or leave {setting} unset")
-
-
-def _per_member(label: str, given: dict[str, float] | None, names: list[str]) -> dict[str, float]:
-    """Checked weights (finite, >= 0, one > 0) or temperatures (finite, > 0) for every member
-    in `names`, 1.0 for those `given` leaves out."""
-    if given is not None and not isinstance(given, dict):
-        raise EnsembleError(f"the '{label}' parameter must be a dict of member name -> number, or None; "
-                            f"got {type(given).__name__}")
-    given = dict(given or {})
-    for name, w in given.items():
-        if name not in names:
-            raise EnsembleError(f"{label}: no member named '{name}'; members: {', '.join(names)}")
-        ok = _is_number(w) and np.isfinite(w) and (w >= 0 if label == "weights" else w > 0)
-        if not ok:
-            rule = ">= 0" if label == "weights" else "> 0"
-            raise EnsembleError(f"{label}.{name}: must be a finite number {rule}; got {w!r}")
-    full = {n: float(given.get(n, 1.0)) for n in names}
-    if label == "weights" and not any(full.values()):
-        raise EnsembleError("weights: at least one member needs a weight > 0")
-    return full
-
-
-def _check_method(method: str) -> str:
-    if method not in VOTE_METHODS:
-        raise EnsembleError(f"the 'method' parameter must be one of {one_of(VOTE_METHODS)}; got {method!r}")
-    return method
-
-
-def _check_abstain_on(abstain_on: str) -> str:
-    if abstain_on not in ABSTAIN_ON:
-        raise EnsembleError(f"the 'abstain_on' parameter must be one of {one_of(ABSTAIN_ON)}; got {abstain_on!r}")
-    return abstain_on
-
-
-def _check_abstain_below(value: float | None, labels: Sequence[str] = ()) -> float | None:
-    if value is not None and not (_is_number(value) and 0 <= value <= 1):
-        raise EnsembleError(f"the 'abstain_below' parameter must be a number in [0, 1] or None; got {value!r}")
-    if value is not None and ABSTAIN in labels:
-        raise EnsembleError(f"abstain_below: '{ABSTAIN}' is one of the labels, so abstaining rows could not be "
-                            "told apart; rename that label or leave abstain_below unset")
-    return None if value is None else float(value)
-
-
-def _check_batch_size(value: int) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)) or value < 1:
-        raise EnsembleError(f"the 'batch_size' parameter must be an integer >= 1; got {value!r}")
-    return int(value)
-
-
-def _is_number(value) -> bool:
-    """A real number, numpy's scalars included; not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)

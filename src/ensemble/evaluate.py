@@ -22,12 +22,13 @@ from tqdm.auto import tqdm
 
 from . import combine
 from .data import TextDataset, iter_table, load_table, seen_in
-from .ensemble import ABSTAIN, Ensemble
+from .ensemble import Ensemble
 from .errors import DISK_FIX, EnsembleError, disk_problem, machine_problem
 from .files import exclusive_lock, write_json
 from .labels import counted, normalize_label
 from .members import saved_metrics
 from .report import append_predictions, build_report, write_predictions, write_report
+from .settings import ABSTAIN
 
 
 def gold(ens: Ensemble, ds: TextDataset, split: str, offset: int = 0) -> np.ndarray | None:

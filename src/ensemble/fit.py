@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .data import TextDataset, load_table, seen_in, stratified_split
 from .devices import bf16_tip
-from .ensemble import MANIFEST, Ensemble, check_abstain_label
+from .ensemble import Ensemble
+from .manifest import MANIFEST
 from .errors import EnsembleError, rows_phrase
 from .evaluate import evaluate, gold
 from .labels import check_known_labels, check_label_column, label_warnings, sorted_labels
@@ -21,6 +22,7 @@ from .files import exclusive_lock, write_json
 from .preflight import preflight
 from .provenance import base_fingerprint, learned_settings, local_base, setting_changes
 from .recipe import DataConfig, MemberConfig, Recipe, abstention_key, recipe_dict
+from .settings import check_abstain_label
 from .train import Diverged, Splits, process_state, train_member
 from .votefit import missing_labels_warning
 

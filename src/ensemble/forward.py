@@ -1,14 +1,19 @@
 """The members' forward pass: texts checked, tokenized once per tokenizer, run in length-sorted batches.
 
-`Ensemble.member_logits` is the only caller; it spreads these calls over the members' devices.
+`members_logits` is what `Ensemble.member_logits` runs: chunks of rows, the members of each device
+in turn and the devices concurrently.
 """
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Mapping, Sequence, Set
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .batching import Collator, Encoded, encode, length_sorted_batches
 from .devices import device_of
@@ -18,6 +23,69 @@ from .members import Member
 
 # Batches queued on a GPU before their logits are read back (see `predict_logits`).
 READBACK_BATCHES = 32
+PREDICT_CHUNK = 20_000  # rows tokenized at a time by `members_logits`: bounds its memory
+
+
+def members_logits(members: Sequence[Member], labels: Sequence[str], texts: list[str], pairs: list[str] | None,
+                   batch_size: int, precision: str = "auto", truncated: dict[str, int] | None = None,
+                   progress: str | None = None) -> np.ndarray:
+    """Logits of every member, shape (members, rows, classes), columns in `labels` order, for
+    checked `texts` (and `pairs`; see `split_pairs`). `truncated` and `progress` are as in
+    `Ensemble.member_logits`.
+
+    Example:
+        >>> members_logits(list(ens.members.values()), ens.labels, ["the story is gripping."], None, 64).shape  # doctest: +SKIP
+        (4, 1, 3)
+    """
+    out = np.empty((len(members), len(texts), len(labels)), dtype=np.float32)
+    if not texts:  # nothing to tokenize (the tokenizer would fail on an empty batch)
+        return out
+    bar = tqdm(total=len(texts), desc=f"{progress} ({len(members)} members)" if progress else None,
+               unit="rows", disable=progress is None, delay=1, mininterval=0.5 if sys.stderr.isatty() else 30)
+    rows_bar = _RowsBar(bar, len(members))
+    by_device: dict[str, list[int]] = {}
+    for k, member in enumerate(members):
+        by_device.setdefault(str(device_of(member.model)), []).append(k)
+    with bar:
+        # Token ids take ~5 KB a row as Python lists: rows go through in chunks, so that memory
+        # stays bounded whatever the input's size (length-sorting within a chunk pads as little).
+        for start in range(0, len(texts), PREDICT_CHUNK):
+            stop = min(start + PREDICT_CHUNK, len(texts))
+            cut: dict[str, int] = {}
+            encodings = encode_per_tokenizer(members, texts[start:stop], None if pairs is None else pairs[start:stop], cut)
+            for name, n in cut.items() if truncated is not None else ():
+                truncated[name] = truncated.get(name, 0) + n
+
+            def run(indices: list[int]) -> None:
+                for k in indices:
+                    member = members[k]
+                    order = [member.labels.index(label) for label in labels]
+                    enc = encodings[member.tokenizer_key or member.name]
+                    out[k, start:stop] = predict_logits(member, enc, batch_size, precision, rows_bar)[:, order]
+
+            if len(by_device) > 1:
+                with ThreadPoolExecutor(len(by_device)) as pool:
+                    list(pool.map(run, by_device.values()))
+            else:
+                run(list(range(len(members))))
+    return out
+
+
+class _RowsBar:
+    """Counts the rows every member has run as input rows on `bar`: 4 members over 100 rows show
+    100 rows done, at the rate rows are answered (members may run in threads, one per GPU)."""
+
+    def __init__(self, bar, members: int) -> None:
+        self.bar, self.members, self.member_rows, self.shown = bar, members, 0, 0
+        self.lock = threading.Lock()
+
+    def update(self, n: int) -> None:
+        with self.lock:
+            self.member_rows += n
+            rows = self.member_rows // self.members
+            if rows > self.shown:
+                self.bar.update(rows - self.shown)
+                self.shown = rows
 
 
 def split_pairs(texts: Sequence, pairs: Sequence[str] | None, text_pair: bool) -> tuple[list[str], list[str] | None]:

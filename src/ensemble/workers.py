@@ -34,7 +34,7 @@ from .fit import (OutLock, check_out, diverged_file, finished, fit, keep_trained
 from .devices import bf16_tip
 from .members import saved_metrics
 from .preflight import preflight
-from .ensemble import check_abstain_label
+from .settings import check_abstain_label
 from .labels import label_warnings
 from .recipe import MemberConfig, Recipe, abstention_key
 from .slots import Slot, plan, split_threads, threads_label, work
