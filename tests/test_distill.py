@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -93,6 +94,24 @@ def fitted(tmp_path_factory) -> Path:
         encoding="utf-8")
     main(["fit", str(tmp / "r.toml"), "--out", str(tmp / "run"), "--quiet"])
     return tmp
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"student": "scratch:bert:tiny"}, "distill: 'student' must be a MemberConfig; got str ('scratch:bert:tiny'): make "
+                                       "one with student_config(spec, name, ens, overrides)"),
+    ({"out": 3}, "distill: 'out' must be a directory path; got 3"),
+    ({"temperature": None}, "--temperature (distill's 'temperature'): must be a number; got None"),
+    ({"hard_weight": "0.5"}, "--hard-weight (distill's 'hard_weight'): must be a number; got '0.5'"),
+])
+def test_distill_from_python_checks_its_arguments_before_any_work(fitted, tmp_path, change, message):
+    from ensemble.distill import distill, student_config
+
+    ens = Ensemble.load(fitted / "run")
+    arguments = {"ens": ens, "student": student_config("scratch:bert:tiny", "student", ens, []),
+                 "out": tmp_path / "student", **change}
+    with pytest.raises(EnsembleError, match=f"^{re.escape(message)}$"):
+        distill(**arguments)
+    assert not (tmp_path / "student").exists()
 
 
 @pytest.mark.slow

@@ -189,6 +189,9 @@ def test_hard_vote_predict_proba_refused_and_pairs_checked(run):
                               "it (e.g. text.encode('utf-8', 'replace').decode())"),
     (["a film", ("a", "b")], "texts[1] must be a string; got tuple (('a', 'b')): give every row as a (text, text_pair) "
                              "tuple, or plain strings with pairs="),
+    ([np.float32("nan")], "texts[0] must be a string; got float32 (np.float32(nan)): fill or drop the missing texts"),
+    ([["a film"], ["dull"]], "texts[0] is a list (['a film']); these members were trained on single texts, not pairs: "
+                             "pass plain strings"),
 ])
 @pytest.mark.parametrize("call", ["predict", "predict_proba", "vote", "member_logits"])
 def test_texts_that_are_not_a_list_of_strings_are_refused_by_name(run, texts, message, call):
@@ -211,6 +214,18 @@ def test_a_dataframe_is_refused_with_how_to_pass_its_column(run):
     with pytest.raises(EnsembleError, match=re.escape("texts: got a DataFrame, which iterates over its column names; "
                                                       "pass its text column (df['text'])")):
         three(run).predict(_Frame())
+
+
+def test_a_dicts_keys_are_texts_in_its_order(run):
+    ens = three(run)
+    assert ens.predict({"the story is gripping.": 1, "the plot is boring.": 0}.keys()) == ens.predict(
+        ["the story is gripping.", "the plot is boring."])
+
+
+def test_one_pair_not_in_a_list_is_told_to_go_in_one():
+    with pytest.raises(EnsembleError, match=re.escape("give (text, text_pair) tuples or pairs=: one pair alone goes in "
+                                                      "a list, [(text, text_pair)]")):
+        forward.split_pairs(("A man plays.", "Someone plays."), None, text_pair=True)
 
 
 def test_an_array_of_two_columns_is_read_as_pairs(run):
@@ -238,7 +253,11 @@ def test_a_bad_batch_size_is_refused(run, kwargs, message):
     ("abstain_on", "margin", "the 'abstain_on' parameter must be one of"),
     ("weights", {"bret": 2.0}, "weights: no member named 'bret'; members: "),
     ("weights", [1, 2], "the 'weights' parameter must be a dict of member name -> number, or None; got list"),
-    ("temperatures", {"bert": 0.0}, "temperatures.bert: must be a finite number > 0; got 0.0"),
+    ("temperatures", {"bert": 0.0}, "temperatures.bert: must be a finite number >= 1e-06; got 0.0"),
+    ("temperatures", {"bert": 1e-39}, "temperatures.bert: must be a finite number >= 1e-06; got 1e-39"),
+    ("ensemble_temperature", "x", "the 'ensemble_temperature' parameter must be a finite number > 0; got 'x'"),
+    ("ensemble_temperature", -1, "the 'ensemble_temperature' parameter must be a finite number > 0; got -1"),
+    ("labels", ["positive", "negative"], "labels: the class order is fixed when an ensemble is made"),
 ])
 def test_a_setting_changed_after_loading_is_checked_on_assignment(run, setting, value, message):
     ens = Ensemble.load(run / "run")
@@ -255,8 +274,61 @@ def test_a_setting_changed_after_loading_takes_effect(run):
     assert set(ens.predict(["the story is gripping.", "the plot is boring."])) == {"abstain"}
     ens.abstain_below = None
     assert "abstain" not in ens.predict(["the story is gripping."])
-    ens.weights = {"bert": 3}  # the others keep weight 1.0
+    ens.weights = {"bert": 3}  # the others get weight 1.0
     assert ens.weights["bert"] == 3.0 and set(ens.weights) == set(ens.members)
+    ens.ensemble_temperature = 2
+    assert ens.ensemble_temperature == 2.0
+
+
+def test_weights_and_temperatures_change_only_by_assignment(run):
+    ens = Ensemble.load(run / "run")
+    with pytest.raises(TypeError):  # in place, a -5 would skip the checks and fail inside predict
+        ens.weights["bert"] = -5.0
+    with pytest.raises(TypeError):
+        ens.temperatures["bert"] = 0.0
+    assert json.loads(json.dumps(ens.manifest()))["weights"] == dict(ens.weights)  # the views save as dicts
+
+
+def test_labels_and_classes_stay_in_step_with_the_probability_columns(run):
+    ens = Ensemble.load(run / "run")
+    ens.labels.reverse()  # a copy: the ensemble's order is not changed behind its back
+    proba = ens.predict_proba(["the story is gripping."])
+    assert list(ens.classes_) == ens.labels and ens.classes_[proba.argmax()] == ens.predict(["the story is gripping."])[0]
+
+
+def test_weights_given_by_assignment_count_as_learned_and_switching_method_asks_again(run):
+    members = run / "run" / "members"
+    ens = Ensemble.from_dirs({n: members / n for n in ("bert", "roberta")}, method="weighted")
+    with pytest.raises(EnsembleError, match="learns its weights on validation data first"):
+        ens.predict(["a fine film"])
+    ens.weights = {"bert": 1, "roberta": 3}
+    assert len(ens.predict(["a fine film"])) == 1
+    plain = Ensemble.from_dirs({n: members / n for n in ("bert", "roberta")})
+    plain.method = "selection"  # the equal weights of a soft vote are not selection's picks
+    with pytest.raises(EnsembleError, match=r"or give them: weights= or ens.weights = \{name: weight\}"):
+        plain.predict(["a fine film"])
+    plain.method = "soft"
+    assert len(plain.predict(["a fine film"])) == 1
+
+
+def test_settings_have_their_docs_in_help(run):
+    assert "read-only view" in Ensemble.weights.__doc__ and "forward pass" in Ensemble.batch_size.__doc__
+    member = Ensemble.load(run / "run").members["bert"]
+    assert repr(member).startswith("Member(name='bert', path=") and len(repr(member)) < 400
+
+
+def test_save_refuses_an_overwrite_that_is_not_a_bool(run, tmp_path):
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "keep.txt").write_text("x")
+    with pytest.raises(EnsembleError, match=r"^Ensemble.save: the 'overwrite' parameter must be True or False; got 'no'$"):
+        Ensemble.load(run / "run").save(tmp_path / "saved", overwrite="no")
+    assert (tmp_path / "saved" / "keep.txt").exists()
+
+
+def test_a_path_may_start_with_a_tilde(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    Ensemble.load(run / "run").save("~/saved")
+    assert (tmp_path / "saved" / "ensemble.json").is_file() and list(Ensemble.load("~/saved").members)
 
 
 def test_numpy_numbers_are_numbers(run):
@@ -392,7 +464,7 @@ def test_abstain_below_marks_rows_in_predict_and_predictions_csv(run, tmp_path):
 
 @pytest.mark.parametrize("change, fragment", [
     (lambda m: m.update(stacker={"format": "ensemble.stacker", "version": 1}), "stacker dict"),
-    (lambda m: m.update(temperatures={"bert": -1.0}), "temperatures.bert: must be a finite number > 0"),
+    (lambda m: m.update(temperatures={"bert": -1.0}), "temperatures.bert: must be a finite number >= 1e-06"),
     (lambda m: m.update(method="average"), "the 'method' parameter must be one of"),
     (lambda m: m.update(abstain_on="mood"), "the 'abstain_on' parameter must be one of"),
 ])

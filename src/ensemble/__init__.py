@@ -36,7 +36,10 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    """The API and the submodules loaded so far (not this file's own imports)."""
+    loaded = {name for name, value in globals().items()
+              if isinstance(value, types.ModuleType) and value.__name__.startswith(f"{__name__}.")}
+    return sorted({*__all__, "__version__", *loaded})
 
 
 class _Package(types.ModuleType):

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .errors import EnsembleError, one_of
+from .settings import MIN_TEMPERATURE
 
 __all__ = ["METHODS", "Vote", "aggregate"]
 
@@ -48,7 +49,7 @@ _WHOLE_CHUNK_ELEMENTS = 1 << 28
 _SHARE_TOL = 1e-9
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays have no one truth value: compare fields with np.array_equal
 class Vote:
     """The ensemble decision and the per-member facts the report is built from.
 
@@ -62,8 +63,7 @@ class Vote:
         member_labels: (members, rows) int64, each member's argmax (None with
             ``member_details=False``).
         member_confidence: (members, rows) float32, each member's probability of its own argmax
-            (None with ``member_details=False``)
-            (after its temperature).
+            after its temperature (None with ``member_details=False``).
         equal_counts: (members, members) int64, rows on which members i and j predict the same
             class (the diagonal is the row count).
     """
@@ -120,7 +120,7 @@ def aggregate(
         logits: (members, rows, classes) tensor or array; float32, bfloat16, float16 or float64.
         method: ``"soft"`` or ``"hard"``.
         weights: one non-negative weight per member, not all zero; None means all equal.
-        temperatures: one positive, finite temperature per member; None means all 1.
+        temperatures: one finite temperature >= 1e-6 per member; None means all 1.
         inputs: ``"logits"`` (the default) or ``"probs"`` when `logits` already holds member
             probabilities (e.g. scikit-learn ``predict_proba`` outputs stacked); they are then
             averaged as they are, or sharpened as ``p ** (1 / T)`` renormalised when
@@ -165,6 +165,9 @@ def aggregate(
         raise EnsembleError(
             f"the 'temperatures' parameter must be positive and finite; got {temperature.tolist()}"
         )
+    if (temperature < MIN_TEMPERATURE).any():  # logits / T would overflow float32: NaN votes
+        raise EnsembleError(f"the 'temperatures' parameter must be >= {MIN_TEMPERATURE:g} (smaller ones overflow "
+                            f"float32 and vote like an argmax: use method 'hard'); got {temperature.tolist()}")
 
     weight = weight / weight.max()  # first: weights that are each finite may overflow in their sum
     weight = weight / weight.sum()

@@ -135,7 +135,20 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
         0.93
     """
     from .fit import load_splits
+    from .settings import is_number
 
+    # checked before the teacher labels a row: a notebook's mistakes cost nothing
+    if not isinstance(ens, Ensemble):
+        raise EnsembleError(f"distill: 'ens' must be an Ensemble (Ensemble.load(dir)); got {type(ens).__name__}")
+    if not isinstance(student, MemberConfig):
+        raise EnsembleError(f"distill: 'student' must be a MemberConfig; got {type(student).__name__} "
+                            f"({student!r:.40}): make one with student_config(spec, name, ens, overrides)")
+    if not isinstance(out, (str, Path)) or not str(out):
+        raise EnsembleError(f"distill: 'out' must be a directory path; got {out!r}")
+    out = Path(out).expanduser()
+    for name, value in (("temperature", temperature), ("hard_weight", hard_weight)):
+        if not is_number(value):
+            raise EnsembleError(f"--{name.replace('_', '-')} (distill's '{name}'): must be a number; got {value!r}")
     if not 0 < temperature <= MAX_TEMPERATURE:  # beyond, float32 softmaxes are flat to rounding: the KL is noise
         raise EnsembleError(f"--temperature: must be > 0 and <= {MAX_TEMPERATURE:g}; got {temperature}")
     if not 0 <= hard_weight <= 1:

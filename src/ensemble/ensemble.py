@@ -7,9 +7,10 @@ and, after `evaluate.evaluate`, ``predictions.csv`` and the report (see `manifes
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
@@ -68,8 +69,6 @@ class Ensemble:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise EnsembleError(f"members: two members are named '{dupes[0]}'; give each its own name (NAME=DIR)")
-        given_weights = bool(weights)
-        weights, temperatures = per_member("weights", weights, names), per_member("temperatures", temperatures, names)
         self.members = {m.name: m for m in members}
         for m in members[1:]:
             if sorted(m.labels) != sorted(members[0].labels):
@@ -79,13 +78,13 @@ class Ensemble:
         # when they share one (a recipe's data.labels), else sorted, so that it never depends on
         # which member is listed first
         orders = {tuple(m.labels) for m in members}
-        self.labels = list(members[0].labels) if len(orders) == 1 else sorted_labels(members[0].labels)
+        self._labels = list(members[0].labels) if len(orders) == 1 else sorted_labels(members[0].labels)
         if labels is not None:
-            if (not all(isinstance(label, str) for label in labels) or sorted(labels) != sorted(self.labels)
+            if (not all(isinstance(label, str) for label in labels) or sorted(labels) != sorted(self._labels)
                     or len(set(labels)) != len(labels)):
-                raise EnsembleError(f"labels: {list(labels)!r} are not the members' labels {self.labels!r} (in any "
+                raise EnsembleError(f"labels: {list(labels)!r} are not the members' labels {self._labels!r} (in any "
                                     "order); give each of them once, or leave labels out")
-            self.labels = list(labels)
+            self._labels = list(labels)
         for m in members[1:]:
             if m.text_pair != members[0].text_pair:
                 kinds = {True: "sentence pairs", False: "single texts"}
@@ -94,10 +93,9 @@ class Ensemble:
         if stacker is not None and (stacker.n_members_, stacker.n_classes_) != (len(members), len(self.labels)):
             raise EnsembleError(f"stacker: fitted for {stacker.n_members_} members x {stacker.n_classes_} classes; this "
                                 f"ensemble has {len(members)} x {len(self.labels)}: fit it again")
-        self.classes_ = np.array(self.labels, dtype=object)
         self.method = method
         # weighted and selection votes learn their weights (fit_vote); given, they count as learned
-        self.weights_learned = method not in ("weighted", "selection") or given_weights
+        self.weights_learned = method not in LEARNED_WEIGHTS
         self.weights = weights
         self.temperatures = temperatures
         self.ensemble_temperature = ensemble_temperature  # on the soft vote's probabilities
@@ -110,13 +108,39 @@ class Ensemble:
 
     # Settings people change on a loaded ensemble (``ens.batch_size = 256``) are checked on
     # assignment as in __init__, so a wrong value fails there, not deep inside predict.
-    method = Checked(lambda ens, value: check_method(value))
-    weights = Checked(lambda ens, value: per_member("weights", value, list(ens.members)))
-    temperatures = Checked(lambda ens, value: per_member("temperatures", value, list(ens.members)))
-    abstain_on = Checked(lambda ens, value: check_abstain_on(value))
-    abstain_below = Checked(lambda ens, value: check_abstain_below(value, ens.labels))
-    batch_size = Checked(lambda ens, value: check_batch_size(value))
-    precision = Checked(lambda ens, value: check_precision(value))
+    method = Checked(lambda ens, value: _assign_method(ens, value),
+                     "How members combine: soft, hard, weighted, selection or stacking. Switching to weighted "
+                     "or selection asks for weights again (fit_vote, or assign weights).")
+    weights = Checked(lambda ens, value: _assign_weights(ens, value),
+                      "Member name -> vote weight (read-only view). Assign a dict to change them: members it "
+                      "leaves out get 1.0; given weights count as learned for weighted and selection.",
+                      MappingProxyType)
+    temperatures = Checked(lambda ens, value: per_member("temperatures", value, list(ens.members)),
+                           "Member name -> softmax temperature (read-only view; fit_vote calibrates them). "
+                           "Assign a dict to change them: members it leaves out get 1.0.", MappingProxyType)
+    ensemble_temperature = Checked(lambda ens, value: check_ensemble_temperature(value),
+                                   "Temperature on the soft vote's probabilities (1: as averaged).")
+    abstain_on = Checked(lambda ens, value: check_abstain_on(value),
+                         "What abstain_below compares: 'confidence' or 'agreement'.")
+    abstain_below = Checked(lambda ens, value: check_abstain_below(value, ens.labels),
+                            "Rows whose abstain_on value is below this (0-1) are answered 'abstain'; None: never.")
+    batch_size = Checked(lambda ens, value: check_batch_size(value), "Rows per forward pass of a member.")
+    precision = Checked(lambda ens, value: check_precision(value), "'auto' (bf16 on GPUs), 'bf16' or 'fp32'.")
+
+    @property
+    def labels(self) -> list[str]:
+        """The class names, in the order of probability columns, reports and ties (a copy)."""
+        return list(self._labels)
+
+    @labels.setter
+    def labels(self, value) -> None:
+        raise EnsembleError("labels: the class order is fixed when an ensemble is made (its weights, stacker and "
+                            "saved manifest use it); for another order make one with Ensemble(members, labels=[...])")
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """`labels` as an array, as scikit-learn names it: the columns of `predict_proba`."""
+        return np.array(self._labels, dtype=object)
 
     def __repr__(self) -> str:
         """What a notebook shows: how it votes, over which members and labels.
@@ -211,8 +235,8 @@ class Ensemble:
         return files
 
     def manifest(self) -> dict:
-        return {"format": FORMAT, "labels": self.labels, "method": self.method, "weights": self.weights,
-                "temperatures": self.temperatures, "ensemble_temperature": self.ensemble_temperature,
+        return {"format": FORMAT, "labels": self.labels, "method": self.method, "weights": dict(self.weights),
+                "temperatures": dict(self.temperatures), "ensemble_temperature": self.ensemble_temperature,
                 "stacker": None if self.stacker is None else self.stacker.to_dict(),
                 "abstain_below": self.abstain_below, "abstain_on": self.abstain_on,
                 "text_pair": self.text_pair, "members": {name: f"members/{name}" for name in self.members}}
@@ -269,14 +293,15 @@ class Ensemble:
         return self
 
     def member_logits(self, texts: Sequence, pairs: Sequence[str] | None = None,
-                      truncated: dict[str, int] | None = None, progress: str | None = None) -> np.ndarray:
+                      truncated: dict[str, int] | None = None, progress: str | bool | None = None) -> np.ndarray:
         """Logits of every member, shape (members, rows, classes), columns in `self.labels` order.
 
         Texts are tokenized once per distinct tokenizer (members fine-tuned from one checkpoint
         share the token ids); members on different GPUs run concurrently, in bf16 autocast unless
         `precision` says "fp32". Pass a dict as `truncated` to receive, per member, how many rows
-        were cut to its max_length. `progress` names a progress bar over the members' rows, shown
-        once the work has taken a second.
+        were cut to its max_length (added to the counts it holds; no rows, no counts). `progress`
+        names a progress bar over the members' rows (True: one without a name), shown once the
+        work has taken a second.
 
         Example:
             >>> cut = {}
@@ -320,11 +345,14 @@ class Ensemble:
             array([2])
         """
         logits = self._checked_logits(logits, "vote_logits")
+        if not isinstance(member_details, (bool, np.bool_)):  # as aggregate says it, for every method
+            raise EnsembleError(f"the 'member_details' parameter must be True or False; got {member_details!r}")
         if hasattr(logits, "detach") and self.method == "stacking":  # the stacker reads NumPy; aggregate takes either
             logits = logits.detach().float().cpu().numpy()
-        if not self.weights_learned:
+        if self.method in LEARNED_WEIGHTS and not self.weights_learned:
             raise EnsembleError(f"method '{self.method}' learns its weights on validation data first: call fit_vote "
-                                "(the CLI's 'ensemble vote --valid FILE' or 'ensemble fit' do), or give weights=")
+                                "(the CLI's 'ensemble vote --valid FILE' or 'ensemble fit' do), or give them: weights= "
+                                "or ens.weights = {name: weight}")
         names = list(self.members)
         temps = [self.temperatures[n] for n in names]
         weights = [self.weights[n] for n in names]
@@ -407,3 +435,25 @@ class Ensemble:
             raise EnsembleError("predict_proba needs probabilities, and a hard vote gives labels and vote shares: "
                                 "use predict(), or vote() for the shares, or method 'soft'")
         return self.vote(texts, pairs, member_details=False).scores
+
+
+LEARNED_WEIGHTS = ("weighted", "selection")  # methods whose weights are learned (fit_vote) or given
+
+
+def _assign_method(ens: Ensemble, value: str) -> str:
+    """`method`, checked; switching to a method that learns its weights asks for them again
+    (weights learned or given for another method are not its own)."""
+    check_method(value)
+    if value not in LEARNED_WEIGHTS:
+        ens.weights_learned = True  # soft and hard vote with any weights, equal by default
+    elif value != getattr(ens, "_method", None):
+        ens.weights_learned = False
+    return value
+
+
+def _assign_weights(ens: Ensemble, value: Mapping[str, float] | None) -> dict[str, float]:
+    """`weights`, checked; given ones count as learned (see `_assign_method`)."""
+    weights = per_member("weights", value, list(ens.members))
+    if value:
+        ens.weights_learned = True
+    return weights

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import KeysView, Mapping, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -28,7 +28,7 @@ PREDICT_CHUNK = 20_000  # rows tokenized at a time by `members_logits`: bounds i
 
 def members_logits(members: Sequence[Member], labels: Sequence[str], texts: list[str], pairs: list[str] | None,
                    batch_size: int, precision: str = "auto", truncated: dict[str, int] | None = None,
-                   progress: str | None = None) -> np.ndarray:
+                   progress: str | bool | None = None) -> np.ndarray:
     """Logits of every member, shape (members, rows, classes), columns in `labels` order, for
     checked `texts` (and `pairs`; see `split_pairs`). `truncated` and `progress` are as in
     `Ensemble.member_logits`.
@@ -40,8 +40,8 @@ def members_logits(members: Sequence[Member], labels: Sequence[str], texts: list
     out = np.empty((len(members), len(texts), len(labels)), dtype=np.float32)
     if not texts:  # nothing to tokenize (the tokenizer would fail on an empty batch)
         return out
-    bar = tqdm(total=len(texts), desc=f"{progress} ({len(members)} members)" if progress else None,
-               unit="rows", disable=progress is None, delay=1, mininterval=0.5 if sys.stderr.isatty() else 30)
+    label = progress if isinstance(progress, str) else ""  # progress=True: a bar without a name
+    bar = tqdm(total=len(texts), desc=f"{label} ({len(members)} members)".lstrip(), unit="rows", disable=not progress, delay=1, mininterval=0.5 if sys.stderr.isatty() else 30)
     rows_bar = _RowsBar(bar, len(members))
     by_device: dict[str, list[int]] = {}
     for k, member in enumerate(members):
@@ -96,7 +96,11 @@ def split_pairs(texts: Sequence, pairs: Sequence[str] | None, text_pair: bool) -
         (['A man plays.'], ['Someone plays.'])
     """
     shaped_as_pairs = isinstance(texts, np.ndarray) and texts.ndim == 2 and texts.shape[1:] == (2,)
+    one_pair = isinstance(texts, tuple) and len(texts) == 2 and all(isinstance(t, str) for t in texts)
     texts = _text_list(texts, "texts")
+    if pairs is None and texts and isinstance(texts[0], (tuple, list)) and not text_pair:
+        raise EnsembleError(f"texts[0] is a {type(texts[0]).__name__} ({texts[0]!r:.60}); these members were trained on "
+                            "single texts, not pairs: pass plain strings")
     if pairs is None and texts and isinstance(texts[0], (tuple, list)):
         for i, t in enumerate(texts):
             if not isinstance(t, (tuple, list)):
@@ -118,7 +122,8 @@ def split_pairs(texts: Sequence, pairs: Sequence[str] | None, text_pair: bool) -
         if len(pairs) != len(texts):
             raise EnsembleError(f"pairs: {len(pairs)} pair texts for {len(texts)} texts; give one per text")
     if text_pair and pairs is None:
-        raise EnsembleError("these members were trained on sentence pairs; give (text, text_pair) tuples or pairs=")
+        hint = ": one pair alone goes in a list, [(text, text_pair)]" if one_pair else ""
+        raise EnsembleError(f"these members were trained on sentence pairs; give (text, text_pair) tuples or pairs={hint}")
     if not text_pair and pairs is not None:
         raise EnsembleError("these members were trained on single texts, not pairs; pass plain strings")
     return texts, pairs
@@ -199,7 +204,7 @@ def _text_list(texts, name: str) -> list:
     if hasattr(texts, "columns") and hasattr(texts, "iloc"):  # a pandas DataFrame
         raise EnsembleError(f"{name}: got a DataFrame, which iterates over its column names; pass its text column "
                             "(df['text']), or pairs as df[['text', 'text_pair']].to_numpy()")
-    if isinstance(texts, (Mapping, Set)):
+    if isinstance(texts, (Mapping, Set)) and not isinstance(texts, KeysView):  # a dict's keys keep its order
         kind = "a dict (its keys would be the texts)" if isinstance(texts, Mapping) else "a set (it has no order)"
         raise EnsembleError(f"{name}: give a list of strings; got {kind}")
     if isinstance(texts, np.ndarray) and texts.ndim == 2 and texts.shape[1] == 2:
@@ -217,7 +222,8 @@ def _strings(texts: list, name: str) -> list[str]:
     """`texts` when every item is a string (numpy's str_ included), else the first offender, named."""
     for i, t in enumerate(texts):
         if not isinstance(t, str):
-            missing = t is None or (isinstance(t, float) and t != t) or type(t).__name__ in ("NAType", "NaTType")
+            missing = (t is None or (isinstance(t, (float, np.floating)) and t != t)
+                       or type(t).__name__ in ("NAType", "NaTType"))
             hint = ": fill or drop the missing texts" if missing else ""
             if isinstance(t, (tuple, list)) and name == "texts":
                 hint = (": with pairs= given, texts are the first texts only (strings); give (text, text_pair) "

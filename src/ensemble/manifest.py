@@ -35,7 +35,7 @@ def read(path: str | os.PathLike) -> tuple[dict, list[Member]]:
     """
     if not isinstance(path, str | os.PathLike):
         raise EnsembleError(f"Ensemble.load: path must be a str or Path; got {type(path).__name__} {path!r}")
-    path = Path(path)
+    path = Path(path).expanduser()
     manifest_file = path / MANIFEST
     if path.name == MANIFEST and path.is_file():
         raise EnsembleError(f"ensemble '{path}': the manifest itself; pass its directory '{path.parent}'")
@@ -74,7 +74,9 @@ def save(ens: Ensemble, path: str | os.PathLike, overwrite: bool = False) -> Non
     """`Ensemble.save`: `ens` built as a directory next to `path` and renamed into place."""
     if not isinstance(path, (str, os.PathLike)):
         raise EnsembleError(f"Ensemble.save: the 'path' parameter must be a directory path; got {path!r}")
-    path = Path(path)
+    if not isinstance(overwrite, bool):  # "no" would be truthy, and replace a directory
+        raise EnsembleError(f"Ensemble.save: the 'overwrite' parameter must be True or False; got {overwrite!r}")
+    path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise EnsembleError(f"Ensemble.save: '{path}' is a file; give a directory path")
     _check_not_over_members(ens, path)

@@ -45,6 +45,11 @@ class Member:
     text_pair: bool  # trained on sentence pairs
     tokenizer_key: str = ""  # equal keys: the same tokenizer files and max_length, so the same token ids
 
+    def __repr__(self) -> str:  # the dataclass's would print the whole model, thousands of lines
+        model = "not loaded" if self.model is None else type(self.model).__name__
+        return (f"Member(name={self.name!r}, path={str(self.path) if self.path else None!r}, model={model}, "
+                f"labels={self.labels}, max_length={self.max_length}{', pairs=True' if self.text_pair else ''})")
+
 
 def quiet_transformers() -> None:
     # The library's own progress bars and load reports would drown ours.
@@ -194,7 +199,7 @@ def load_member(path: str | Path, name: str | None = None, weights: bool = True)
         >>> member.labels  # doctest: +SKIP
         ['negative', 'neutral', 'positive']
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     name = name or path.name
     where = f"member '{name}' ({path})"
     if not path.is_dir():

@@ -8,7 +8,7 @@ module needs only NumPy, so the CLI and `fit`'s workers check a recipe with it c
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -16,20 +16,27 @@ from .errors import EnsembleError, one_of
 from .recipe import ABSTAIN_ON, VOTE_METHODS
 
 ABSTAIN = "abstain"  # the label of rows the ensemble is not sure enough to answer
+# Below this a temperature votes like an argmax and turns ordinary logits into float32 overflows
+# (logits / 1e-39 are infinite): said as an error rather than voted as NaN.
+MIN_TEMPERATURE = 1e-6
 
 
 class Checked:
     """A setting whose every assignment goes through `check(owner, value)`, which returns the
-    value to keep or raises (the old value then stays)."""
+    value to keep or raises (the old value then stays). `doc` is what ``help()`` shows; `view`,
+    when given, wraps what is read (a read-only view of a dict, so that changes go through here)."""
 
-    def __init__(self, check) -> None:
-        self.check = check
+    def __init__(self, check, doc: str = "", view=None) -> None:
+        self.check, self.__doc__, self.view = check, doc, view
 
     def __set_name__(self, owner, name: str) -> None:
         self.slot = f"_{name}"
 
     def __get__(self, obj, owner=None):
-        return self if obj is None else getattr(obj, self.slot)
+        if obj is None:
+            return self
+        value = getattr(obj, self.slot)
+        return value if self.view is None else self.view(value)
 
     def __set__(self, obj, value) -> None:
         setattr(obj, self.slot, self.check(obj, value))
@@ -52,24 +59,24 @@ def check_abstain_label(labels: Sequence[str], setting: str | None, where: str =
                             f"rows could not be told apart; rename that label in the data or leave {setting} unset")
 
 
-def per_member(label: str, given: dict[str, float] | None, names: list[str]) -> dict[str, float]:
-    """Checked weights (finite, >= 0, one > 0) or temperatures (finite, > 0) for every member
-    in `names`, 1.0 for those `given` leaves out.
+def per_member(label: str, given: Mapping[str, float] | None, names: list[str]) -> dict[str, float]:
+    """Checked weights (finite, >= 0, one > 0) or temperatures (finite, >= `MIN_TEMPERATURE`)
+    for every member in `names`, 1.0 for those `given` leaves out.
 
     Example:
         >>> per_member("weights", {"bert": 2}, ["albert", "bert"])
         {'albert': 1.0, 'bert': 2.0}
     """
-    if given is not None and not isinstance(given, dict):
+    if given is not None and not isinstance(given, Mapping):
         raise EnsembleError(f"the '{label}' parameter must be a dict of member name -> number, or None; "
                             f"got {type(given).__name__}")
     given = dict(given or {})
     for name, w in given.items():
         if name not in names:
             raise EnsembleError(f"{label}: no member named '{name}'; members: {', '.join(names)}")
-        ok = is_number(w) and np.isfinite(w) and (w >= 0 if label == "weights" else w > 0)
+        ok = is_number(w) and np.isfinite(w) and (w >= 0 if label == "weights" else w >= MIN_TEMPERATURE)
         if not ok:
-            rule = ">= 0" if label == "weights" else "> 0"
+            rule = ">= 0" if label == "weights" else f">= {MIN_TEMPERATURE:g}"
             raise EnsembleError(f"{label}.{name}: must be a finite number {rule}; got {w!r}")
     full = {n: float(given.get(n, 1.0)) for n in names}
     if label == "weights" and not any(full.values()):
