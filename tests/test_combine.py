@@ -334,3 +334,21 @@ def test_abstain_threshold_errors():
         abstain_threshold(VALUES, np.array(CORRECT), coverage=0)
     with pytest.raises(EnsembleError, match="'correct' must be a bool array"):
         abstain_threshold(VALUES, [1, 0, 1, 1, 0], coverage=0.5)
+
+
+@pytest.mark.parametrize("rows, answered, target, warned", [
+    (300, 1, "accuracy", True),     # 1 answered row "reaches" any accuracy: noise
+    (300, 29, "accuracy", True),
+    (300, 30, "accuracy", False),
+    (20, 20, "accuracy", False),    # every row of a small split answered: nothing thinner to say
+    (300, 1, "coverage", False),    # a coverage target chose its share itself
+])
+def test_an_accuracy_target_met_on_a_handful_of_rows_is_warned_about(rows, answered, target, warned):
+    from ensemble.votefit import thin_abstention_warning
+
+    info = {"valid_rows": rows, "abstention": {"target": target, "value": 0.99, "valid_coverage": answered / rows}}
+    warning = thin_abstention_warning(info, "vote.abstain_accuracy")
+    assert (warning is not None) == warned
+    if warned:
+        assert warning.startswith(f"warning: vote.abstain_accuracy 0.99 is reached by answering {answered} of the "
+                                  f"{rows} validation rows") and warning.endswith("or choose by vote.abstain_coverage")

@@ -529,6 +529,8 @@ def test_calibrated_member_scores_say_so_and_ece_is_defined():
     report = full_report()
     del report["calibration"]
     assert "| NLL | ECE |" in markdown(report) and "after their temperature" not in markdown(report)
+    stacked = {**full_report(), "method": "stacking"}  # the stacker's outputs have no temperature of their own
+    assert ("(see Calibration); the ensemble's are the stacker's probabilities as it gives them." in markdown(stacked))
 
 
 def test_training_table_numbers_in_one_notation_each():

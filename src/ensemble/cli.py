@@ -130,7 +130,7 @@ def vote(
     from .data import load_table
     from .ensemble import Ensemble
     from .evaluate import evaluate, gold
-    from .votefit import missing_labels_warning
+    from .votefit import missing_labels_warning, thin_abstention_warning
     from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig
     from .settings import check_abstain_label
     from .files import remove_stale_temps, replace_dir
@@ -196,8 +196,9 @@ def vote(
             fitted = ens.fit_vote(held_logits, gold(ens, held, "--valid"), spec)
         except EnsembleError as exc:  # the library names the recipe's settings; here they are flags
             raise as_flags(exc, "abstain_accuracy", "abstain_coverage", "abstain_below") from None
-        if (missing := missing_labels_warning(fitted, "--valid")) is not None:
-            typer.echo(missing, err=True)
+        for warning in (missing_labels_warning(fitted, "--valid"), thin_abstention_warning(fitted, "--abstain-accuracy")):
+            if warning is not None:
+                typer.echo(warning, err=True)
     else:
         ens.abstain_below, ens.abstain_on = abstain_below, abstain_on
     warning, info = _leaks(ens, ds, data, held if valid is not None else None, quoting)

@@ -24,7 +24,7 @@ from .provenance import base_fingerprint, learned_settings, local_base, setting_
 from .recipe import DataConfig, MemberConfig, Recipe, abstention_key, recipe_dict
 from .settings import check_abstain_label
 from .train import Diverged, Splits, process_state, train_member
-from .votefit import missing_labels_warning
+from .votefit import missing_labels_warning, thin_abstention_warning
 
 
 def load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str]]:
@@ -246,8 +246,10 @@ def vote_and_report(recipe: Recipe, out: Path, splits: Splits, test: TextDataset
     else:  # the members' own counts, from the same tokenization
         truncated = {name: _valid_truncated(out / "members" / name) for name in ens.members}
     fitted = ens.fit_vote(valid_logits, gold(ens, splits.valid, "data.valid"), recipe.vote)
-    if (missing := missing_labels_warning(fitted, "the validation split")) is not None:
-        print(missing)
+    for warning in (missing_labels_warning(fitted, "the validation split"),
+                    thin_abstention_warning(fitted, "vote.abstain_accuracy")):
+        if warning is not None:
+            print(warning)
     skipped = {"train": splits.train.skipped, "valid": splits.valid.skipped if recipe.data.valid else 0}
     if test is not None:  # only the splits there are
         skipped["test"] = test.skipped

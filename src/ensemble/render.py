@@ -153,7 +153,8 @@ def _metrics(report: dict, names: list[str], has_gold: bool) -> list:
     if "ece" in metrics:
         blocks.append(("NLL: negative log-likelihood of the gold label; ECE: expected calibration error over 15 "
                        "equal-width bins of the top probability; lower is better for both"
-                       + (". The members' are after their temperature scaling (see Calibration)."
+                       + (". The members' are after their temperature scaling (see Calibration)"
+                          + ("; the ensemble's are the stacker's probabilities as it gives them." if stacked else ".")
                           if calibrated else "."),))
     if abstaining:
         blocks.append(_after_abstention(abstention, report))

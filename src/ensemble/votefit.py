@@ -146,3 +146,29 @@ def missing_labels_warning(info: dict | None, where: str) -> str | None:
     never = " (a stacker never predicts it)" if info.get("method") == "stacking" else ""
     return (f"warning: {where} has no row labelled {listed}: the vote was fitted without "
             f"{'that class' if len(missing) == 1 else 'those classes'}{never}")
+
+
+MIN_ANSWERED = 30  # validation rows an accuracy target must answer for its accuracy to mean something
+
+
+def thin_abstention_warning(info: dict | None, setting: str) -> str | None:
+    """The warning for an accuracy target reached by answering almost no validation row (a
+    threshold above all but a few confidences: unseen rows are then nearly all abstained), or None.
+    `setting` names the recipe key or flag that set the target.
+
+    Example:
+        >>> thin_abstention_warning({"valid_rows": 300, "abstention": {"target": "accuracy", "value": 0.99,
+        ...                          "valid_coverage": 1 / 300}}, "--abstain-accuracy")
+        'warning: --abstain-accuracy 0.99 is reached by answering 1 of the 300 validation rows: an accuracy measured on so few rows is noise, and nearly every unseen row will be abstained; lower it, or choose by --abstain-coverage'
+    """
+    chosen = (info or {}).get("abstention")
+    if not chosen or chosen.get("target") != "accuracy" or not info.get("valid_rows"):
+        return None
+    rows = int(info["valid_rows"])
+    answered = round(chosen["valid_coverage"] * rows)
+    if answered >= min(MIN_ANSWERED, rows):
+        return None
+    other = setting.replace("accuracy", "coverage")
+    return (f"warning: {setting} {chosen['value']:g} is reached by answering {answered} of the {rows} validation rows: "
+            "an accuracy measured on so few rows is noise, and nearly every unseen row will be abstained; lower it, "
+            f"or choose by {other}")
