@@ -114,6 +114,27 @@ def test_many_classes_and_members_stay_readable_sizes(tmp_path):
         check_png(tmp_path / "many" / many[key])
 
 
+@pytest.mark.parametrize("fallback", [True, False])
+def test_labels_dejavu_lacks_are_drawn_with_an_installed_font_that_has_them(tmp_path, monkeypatch, fallback):
+    # U+2312 is in DejaVu Sans Mono (shipped with matplotlib) and not in DejaVu Sans: it stands
+    # for a CJK label on a machine with a CJK font
+    assert plots_module.fallback_fonts(["arc \u2312"]) == ["DejaVu Sans Mono"]
+    if not fallback:  # the control: without one, the glyph is missing (a box), which the check sees
+        monkeypatch.setattr(plots_module, "fallback_fonts", lambda texts: [])
+    real, missing = plots_module._save, []
+
+    def save(figure, path):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            real(figure, path)
+        missing.extend(str(w.message) for w in caught if "missing from" in str(w.message))
+
+    monkeypatch.setattr(plots_module, "_save", save)
+    write_plots(report(labels=["arc \u2312", "line", "dot"]), tmp_path)
+    assert bool(missing) is not fallback
+    assert matplotlib.rcParams["font.family"] == ["sans-serif"]  # the user's setting, back
+
+
 def test_failed_save_keeps_the_old_png(tmp_path, monkeypatch):
     data = report(extras=False)
     write_plots(data, tmp_path)

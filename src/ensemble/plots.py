@@ -12,17 +12,18 @@ figure registry keeps them alive after they are saved.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["write_plots"]
+__all__ = ["fallback_fonts", "write_plots"]
 
 _DPI = 100
 _LABEL_WIDTH = 18  # characters of a class or member name shown on an axis or in a legend
@@ -49,6 +50,7 @@ def write_plots(report: dict, out_dir: str | os.PathLike) -> dict[str, str]:
         >>> write_plots(report, tempfile.mkdtemp())
         {'agreement': 'plots/agreement.png'}
     """
+    import matplotlib
     import matplotlib.style
 
     out = Path(out_dir) / "plots"
@@ -60,7 +62,11 @@ def write_plots(report: dict, out_dir: str | os.PathLike) -> dict[str, str]:
     # The default style, not the user's rcParams, so the same report always gives the same PNG;
     # the context restores the user's settings afterwards.
     with warnings.catch_warnings(), matplotlib.style.context("default"):
-        # Labels in scripts DejaVu lacks are drawn as boxes; that is no reason to warn per glyph.
+        names = [*(report.get("labels") or []), *(report.get("members") or {})]
+        fallbacks = fallback_fonts(names)
+        if fallbacks:  # per-glyph fallback (matplotlib >= 3.6): CJK or Thai labels drawn, not boxes
+            matplotlib.rcParams["font.family"] = ["DejaVu Sans", *fallbacks]
+        # Labels in scripts no installed font has are drawn as boxes; no reason to warn per glyph.
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from")
         for key, draw in drawers:
             figure = draw(report)
@@ -70,6 +76,41 @@ def write_plots(report: dict, out_dir: str | os.PathLike) -> dict[str, str]:
             else:
                 (out / f"{key}.png").unlink(missing_ok=True)
     return written
+
+
+def fallback_fonts(texts: Iterable[str]) -> list[str]:
+    """Installed font families that draw the characters of `texts` that DejaVu Sans (the plots'
+    font) lacks, a few covering as many as they can, in a fixed order; [] when DejaVu has them all
+    or no installed font does.
+
+    Example:
+        >>> fallback_fonts(["negative", "positive"])
+        []
+    """
+    from matplotlib import font_manager
+
+    missing = {ord(c) for text in texts for c in str(text) if not c.isspace()}
+    missing -= _charmap(font_manager.findfont("DejaVu Sans"))
+    chosen: list[str] = []
+    for entry in sorted(font_manager.fontManager.ttflist, key=lambda f: (f.name, f.fname)):
+        if not missing:
+            break
+        covered = missing & _charmap(entry.fname)
+        if covered and entry.name not in chosen:
+            chosen.append(entry.name)
+            missing -= covered
+    return chosen
+
+
+@functools.lru_cache(maxsize=None)
+def _charmap(path: str) -> frozenset[int]:
+    """The code points the font file at `path` draws (none when it cannot be read)."""
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        return frozenset(FT2Font(path).get_charmap())
+    except (OSError, RuntimeError, ValueError):
+        return frozenset()
 
 
 # --------------------------------------------------------------------------- figures
