@@ -19,6 +19,7 @@ from ensemble.combine import (
     fit_temperatures,
     fit_weights,
     nll,
+    soften,
     softmax,
 )
 from ensemble.errors import EnsembleError
@@ -352,3 +353,9 @@ def test_an_accuracy_target_met_on_a_handful_of_rows_is_warned_about(rows, answe
     if warned:
         assert warning.startswith(f"warning: vote.abstain_accuracy 0.99 is reached by answering {answered} of the "
                                   f"{rows} validation rows") and warning.endswith("or choose by vote.abstain_coverage")
+
+
+def test_tiny_temperatures_give_the_argmax_not_nan():
+    # logits / 1e-308 overflowed to inf, and inf - inf to NaN; shifted first, the limit is one-hot
+    assert softmax(np.array([[[2.0, 0.0]]]), [1e-308]).tolist() == [[[1.0, 0.0]]]
+    assert soften(np.array([[0.6, 0.4]]), 1e-320).tolist() == [[1.0, 0.0]]

@@ -1042,3 +1042,69 @@ def test_a_named_pipe_is_refused_rather_than_read_twice_or_waited_on(tmp_path: P
     with pytest.raises(EnsembleError, match=r"^--data: '.*rows.csv' is not a regular file \(a pipe or a device\); "
                                             "data files are read more than once: save the data to a file"):
         load_table(pipe, field="--data")
+
+
+# ---------------------------------------------------------------- audit AA: rows and labels as written
+
+def test_an_empty_text_in_a_one_column_file_is_a_row_not_a_blank_line(tmp_path):
+    # csv.writer writes an empty one-column value as "": it used to vanish, uncounted
+    path = tmp_path / "p.csv"
+    path.write_text('text\nthe movie was great\n""\n   \n\nawful film\n', encoding="utf-8")
+    with pytest.raises(EnsembleError, match=r"line 3 of '.*p.csv' has an empty text in column 'text'"):
+        load_table(path, label=None)
+    ds = load_table(path, label=None, on_bad_rows="skip")
+    assert ds.texts == ["the movie was great", "awful film"] and ds.skipped == 2  # the true blank line is no row
+
+
+def test_a_text_longer_than_the_csv_modules_default_limit_is_read(tmp_path):
+    import csv
+
+    path = tmp_path / "long.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["text", "label"], ["x" * 200_000, "a"], ["y", "b"]])
+    assert [len(t) for t in load_table(path).texts] == [200_000, 1]
+
+
+def test_blank_lines_above_the_header_are_skipped_and_line_numbers_stay_true(tmp_path):
+    path = tmp_path / "lead.tsv.csv"
+    path.write_text("\n\ntext\tlabel\na\t1\n\t0\n", encoding="utf-8")  # tab-separated: still detected
+    with pytest.raises(EnsembleError, match=r"line 5 of '.*' has an empty text in column 'text'"):
+        load_table(path)
+    assert load_table(path, on_bad_rows="skip").texts == ["a"]
+
+
+def test_a_non_utf8_byte_is_placed_on_its_line_with_cr_line_ends(tmp_path):
+    path = tmp_path / "cr.csv"
+    path.write_bytes(b"text,label\ra,1\rb,0\rcaf\xe9,1\r")
+    with pytest.raises(EnsembleError, match=r"line 4 of '.*cr.csv' is not valid UTF-8"):
+        load_table(path)
+
+
+@pytest.mark.parametrize("value, label", [(np.float32(0.1), "0.1"), (np.float32(2.3), "2.3"), (np.float16(0.1), "0.1"),
+                                          (np.float32(2.0), "2"), (np.float32(-0.0), "0"), (np.float32("nan"), None)])
+def test_narrow_floats_are_spelled_as_written(value, label):
+    assert normalize_label(value) == label
+
+
+def test_float32_labels_of_npz_and_parquet_match_the_same_labels_read_from_csv(tmp_path):
+    labels = np.array([2.3, 1.7, 2.3], dtype=np.float32)
+    np.savez(tmp_path / "f.npz", text=np.array(["a", "b", "c"]), label=labels)
+    assert load_table(tmp_path / "f.npz").labels == ["2.3", "1.7", "2.3"]  # was 2.299999952316284
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a", "b", "c"], "label": pa.array([2.3, 1.7, None], type=pa.float32())}),
+                   tmp_path / "f.parquet")
+    ds = load_table(tmp_path / "f.parquet", on_bad_rows="skip")
+    assert ds.labels == ["2.3", "1.7"] and ds.skipped == 1
+
+
+@pytest.mark.parametrize("line", ['{"text": "kept?", "text ": "other", "label": "x"}',
+                                  '{"text": "a", "text": "b", "label": "y"}'])
+def test_a_jsonl_key_given_twice_is_a_bad_row_not_the_last_value(tmp_path, line):
+    path = tmp_path / "d.jsonl"
+    path.write_text(line + '\n{"text": "fine", "label": "x"}\n', encoding="utf-8")
+    with pytest.raises(EnsembleError, match=r"line 1 of '.*d.jsonl' has the key 'text' twice \(keys are compared "
+                                            r"without surrounding spaces\); give each column once"):
+        load_table(path)
+    assert load_table(path, on_bad_rows="skip").texts == ["fine"]

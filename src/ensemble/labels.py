@@ -52,6 +52,9 @@ def normalize_label(value: object) -> str | None:
         return "true" if value else "false"
     if isinstance(value, int | np.integer):
         return str(int(value))
+    if isinstance(value, np.floating) and not isinstance(value, float) and not math.isnan(value):
+        # a float32 in its own shortest spelling: np.float32(0.1) is "0.1", not 0.10000000149011612
+        return _number_text(float(value)) if float(value).is_integer() else str(value)
     if isinstance(value, float | np.floating):
         return None if math.isnan(value) else _number_text(float(value))
     if isinstance(value, bytes | bytearray | np.bytes_):
@@ -232,7 +235,6 @@ def check_known_labels(ds: TextDataset, known: Sequence[str], field: str, known_
     training_text = str(training) if len(training) <= 20 else str(training[:20])[:-1] + ", ...]"
     fix = "fix those rows or add examples of them to the training data"
     if known_as:
-        plural = len(unseen) > 1
         raise EnsembleError(f"{field}: label{'s' if plural else ''} {counted(unseen, 10)} in '{ds.path}' "
                             f"{'are' if plural else 'is'} not in {known_as} {training_text}; add "
                             f"{'them' if plural else 'it'} to {known_as} or fix those rows")

@@ -161,7 +161,3 @@ def _hub_reachable() -> bool:
         return True
     except OSError:
         return False
-
-
-# ---------------------------------------------------------------- loading trained members
-

@@ -96,22 +96,30 @@ def _not_utf8(p: Path, shown: str, field: str) -> EnsembleError:
             try:
                 _, used = codecs.utf_8_decode(data, "strict", not block)
             except UnicodeDecodeError as e:
-                line += data.count(b"\n", 0, e.start)
+                line += _line_ends(data, e.start)
                 return EnsembleError(
                     f"{field}: line {line} of '{shown}' is not valid UTF-8 "
                     f"(byte {data[e.start]:#04x} at offset {offset + e.start}); {how}"
                 )
             if not block:  # the file changed under us: say what we know
                 return EnsembleError(f"{field}: '{shown}' is not valid UTF-8; {how}")
-            line += data.count(b"\n", 0, used)
+            line += _line_ends(data, used)
             offset += used
             carry = data[used:]
 
 
+def _line_ends(data: bytes, end: int) -> int:
+    """Line ends in ``data[:end]`` as the text reader counts them: LF, CRLF and a lone CR."""
+    return data.count(b"\n", 0, end) + data.count(b"\r", 0, end) - data.count(b"\r\n", 0, end)
+
+
 @contextmanager
 def _read_delimited(p: Path, shown: str, field: str, quoting: str = "none") -> Iterator[tuple[list[str], _Fetch]]:
+    csv.field_size_limit(2**31 - 1)  # the default, 131,072 characters, refused one long document
     with _open_text(p, shown, field) as lines:
-        header = next(lines, "")
+        header, blank = next(lines, ""), 0
+        while header and not header.strip():  # blank lines above the header, as pandas skips them
+            header, blank = next(lines, ""), blank + 1
         tabbed = p.suffix.lower() == ".tsv" or "\t" in header
         stream = chain([header], lines)
         # By default TSV fields are not quoted, so a quote character is literal text (GLUE's files
@@ -123,17 +131,19 @@ def _read_delimited(p: Path, shown: str, field: str, quoting: str = "none") -> I
             reader = csv.reader(stream, delimiter="\t", quoting=csv.QUOTE_NONE)
         else:
             reader = csv.reader(stream, strict=True)
-        columns = [c.strip() for c in _next_record(reader, shown, field, tabbed) or []]
+        columns = [c.strip() for c in _next_record(reader, shown, field, tabbed, quoting, blank) or []]
 
         def fetch(names: list[str], texts: int) -> Iterator[Row]:  # csv values are always strings
             idx = [columns.index(n) for n in names]
             while True:
-                start = reader.line_num + 1  # a quoted record may span lines; report its first
-                record = _next_record(reader, shown, field, tabbed)
+                start = blank + reader.line_num + 1  # a quoted record may span lines; report its first
+                record = _next_record(reader, shown, field, tabbed, quoting, blank)
                 if record is None:
                     return
-                if len(record) <= 1 and not "".join(record).strip():
-                    continue  # a blank line is not a row
+                # A blank line is not a row; in a one-column file, "" or spaces are an empty text
+                # (a row that is refused or counted as skipped, not lost without a word).
+                if not record or (len(columns) > 1 and len(record) == 1 and not record[0].strip()):
+                    continue
                 problem = None
                 # Extra empty fields are harmless (trailing tabs); extra text means a shifted row.
                 if len(record) < len(columns) or any(f.strip() for f in record[len(columns) :]):
@@ -149,16 +159,19 @@ def _read_delimited(p: Path, shown: str, field: str, quoting: str = "none") -> I
         yield columns, fetch
 
 
-def _next_record(reader: Iterator[list[str]], shown: str, field: str, tabbed: bool = False) -> list[str] | None:
+def _next_record(reader: Iterator[list[str]], shown: str, field: str, tabbed: bool = False, quoting: str = "none",
+                 blank: int = 0) -> list[str] | None:
+    """The next record of `reader`, or None at the end; a csv error as one line naming the line
+    (`blank`: the blank lines above the header, which the reader did not see)."""
     try:
         return next(reader, None)
     except csv.Error as e:
-        line = getattr(reader, "line_num", "?")
+        line = blank + getattr(reader, "line_num", 0)
         # A tab-separated file is only read with CSV quoting when asked to: reading it as plain text is the fix.
         setting = "--quoting none" if field.startswith("--") else 'data.quoting = "none"'
         fix = (f"read it without CSV quoting ({setting}; quotes are then text), or fix its quoting" if tabbed
                else "fix the quoting, or save it tab-separated")
-        kind = "CSV-quoted TSV" if tabbed else "CSV"
+        kind = "CSV-quoted TSV" if tabbed and quoting == "csv" else "TSV" if tabbed else "CSV"
         raise EnsembleError(f"{field}: line {line} of '{shown}' is not valid {kind} ({e}); {fix}") from None
 
 
@@ -230,8 +243,19 @@ def _parse_json_line(line: str) -> object:
     any other JSON value (a bad row: see `_not_object`)."""
     if not line.strip():
         return _BLANK
-    try:
-        obj = json.loads(line.rstrip("\r\n"))  # without the line end, a column past the text is the end
+    repeated: dict[int, str] = {}  # id of an object -> its first key given twice
+
+    def stripped(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        obj: dict[str, object] = {}
+        for key, value in pairs:
+            key = str(key).strip()
+            if key in obj:
+                repeated.setdefault(id(obj), key)
+            obj[key] = value
+        return obj
+
+    try:  # without the line end, a column past the text is the end
+        obj = json.loads(line.rstrip("\r\n"), object_pairs_hook=stripped)
     except json.JSONDecodeError as e:
         hint = _ONE_OBJECT
         if line.lstrip().startswith("["):
@@ -239,8 +263,9 @@ def _parse_json_line(line: str) -> object:
         return _Bad(f"is not valid JSON ({e.msg} at column {e.colno}); {hint}")
     except RecursionError:  # deeply nested brackets
         return _Bad(f"is not valid JSON (nested too deeply); {_ONE_OBJECT}")
-    if isinstance(obj, dict):
-        return {str(k).strip(): v for k, v in obj.items()}
+    if isinstance(obj, dict) and id(obj) in repeated:  # plain json.loads keeps the last value silently
+        return _Bad(f"has the key '{repeated[id(obj)]}' twice (keys are compared without surrounding spaces); "
+                    "give each column once")
     return obj
 
 
@@ -319,7 +344,7 @@ def _read_npz(p: Path, shown: str, field: str, quoting: str = "none") -> Iterato
         if len(set(lengths.values())) > 1:
             listed = ", ".join(f"{k}={v}" for k, v in lengths.items())
             raise EnsembleError(f"{field}: arrays in '{shown}' have different lengths ({listed}); {how}")
-        values = [arrays[name].tolist() for name in names]
+        values = [_values(arrays[name]) for name in names]
         for i in range(lengths[names[0]]):
             yield Row(f"row {i + 1}", [v[i] for v in values])
 
@@ -359,12 +384,27 @@ def _read_parquet(p: Path, shown: str, field: str, quoting: str = "none") -> Ite
         row = 0
         # record batches of the wanted columns only: memory is bounded by a batch, not the file
         for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted):
-            cols = [batch.column(k).to_pylist() for k in range(len(wanted))]
+            cols = [_arrow_values(batch.column(k)) for k in range(len(wanted))]
             for values in zip(*cols):
                 row += 1
                 yield Row(f"row {row}", list(values))
 
     yield columns, fetch
+
+
+def _values(array: np.ndarray) -> list:
+    """A column's values as Python objects, but float32 / float16 as NumPy scalars: as Python
+    floats 0.1f would be 0.10000000149011612, a label no CSV file spells (see `normalize_label`)."""
+    return list(array) if array.dtype.kind == "f" and array.dtype.itemsize < 8 else array.tolist()
+
+
+def _arrow_values(column) -> list:
+    """`_values` for a pyarrow column (nulls of a narrow float column become NaN: missing labels)."""
+    import pyarrow as pa
+
+    if pa.types.is_float32(column.type) or pa.types.is_float16(column.type):
+        return list(column.to_numpy(zero_copy_only=False))
+    return column.to_pylist()
 
 
 def _is_text_type(kind: object) -> bool:
