@@ -73,9 +73,12 @@ def test_usage_errors_exit_2(cli):
     assert code == 2 and "No such option" in err
 
 
-def test_debug_shows_the_traceback(capsys):
-    with pytest.raises(EnsembleError, match="file not found"):
+def test_debug_shows_the_traceback_and_keeps_the_exit_code_of_a_wrong_input(capsys):
+    with pytest.raises(SystemExit) as done:
         main(["fit", "nope.toml", "--debug"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "Traceback (most recent call last)" in err
+    assert err.rstrip().splitlines()[-1].startswith("error: ") and "file not found" in err
 
 
 class PanicException(BaseException):
@@ -226,12 +229,12 @@ def test_version_and_a_bare_command(cli):
 def test_resume_says_when_there_is_nothing_to_continue(tmp_path, capsys):
     from ensemble.fit import check_out
 
-    check_out(tmp_path / "new", overwrite=False, resume=True)
-    assert capsys.readouterr().out == f"--resume: nothing to continue in '{tmp_path / 'new'}'; training from the start\n"
+    note = check_out(tmp_path / "new", overwrite=False, resume=True)
+    assert note == f"--resume: nothing to continue in '{tmp_path / 'new'}'; training from the start"
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "members").mkdir()
-    check_out(tmp_path / "run", overwrite=False, resume=True)  # something to continue: no note
-    assert capsys.readouterr().out == ""
+    assert check_out(tmp_path / "run", overwrite=False, resume=True) is None  # something to continue: no note
+    assert capsys.readouterr().out == ""  # printed by fit, after the other checks
 
 
 def test_library_setting_names_become_the_commands_flags():
@@ -284,3 +287,12 @@ def test_a_killed_votes_temp_directory_is_removed_by_the_next(tmp_path):
     link.symlink_to(other)
     assert remove_stale_temps(tmp_path / "out") == [stale]
     assert not stale.exists() and mine.is_dir() and other.is_dir() and alike.is_dir() and link.is_symlink()
+
+
+@pytest.mark.parametrize("concurrent", ["1", "2"])
+def test_a_data_setting_error_names_the_recipe_as_its_key_errors_do(tmp_path, cli, concurrent):
+    recipe = small_recipe(tmp_path)
+    code, out, err = cli(["fit", str(recipe), "--set", f"data.valid={tmp_path / 'train.csv'}", "--out",
+                          str(tmp_path / "new"), "--resume", "--concurrent", concurrent])
+    assert code == 2 and err.startswith("error: small.toml: data.valid: is the data.train file"), err
+    assert "nothing to continue" not in out  # the --resume note comes only once the inputs are good

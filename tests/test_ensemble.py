@@ -826,6 +826,14 @@ def test_vote_on_the_members_training_rows_warns(run, tmp_path, cli):
     assert code == 0 and ("warning: 7 --data rows have the same text as a training row of 'bert', 'roberta': "
                           "scores on them are optimistic") in err, err
     assert json.loads((tmp_path / "m" / "report.json").read_text())["data"]["seen_in_train"] == {"mixed.csv": 7}
+    # without gold labels there are no scores to call optimistic: the warnings say what holds
+    code, _, err = cli(["vote", "--members", *members, "--data", str(run / "train.csv"), "--label", "",
+                        "--out", str(tmp_path / "u")])
+    assert code == 0 and ("warning: --data is the training file of members 'bert', 'roberta': the members were "
+                          "fitted on these rows, so their predictions say little of how they do on new text") in err, err
+    code, _, err = cli(["vote", "--members", *members, "--data", str(mixed), "--label", "", "--out", str(tmp_path / "n")])
+    assert code == 0 and ("warning: 7 --data rows have the same text as a training row of 'bert', 'roberta': the "
+                          "members were fitted on them (see the report's Data section)") in err, err
 
 
 def test_vote_knows_the_training_rows_after_the_project_moved(run, tmp_path, cli):

@@ -13,6 +13,7 @@ import shutil
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import List, Optional
@@ -224,19 +225,23 @@ def _leaks(ens, ds, data: Path, held, quoting: str) -> tuple[str | None, dict]:
     from .evaluate import seen_in_training
 
     warning, info = None, {}
+    scored = ds.labels is not None  # without gold labels there are no scores, only predictions to trust less
     trained_on = _trained_on(ens, data, rows=ds)
     chosen_on = _trained_on(ens, data, "valid", ds) or (ens.recorded_logits(ds) is not None and "every member")
     if trained_on:
-        warning = (f"--data is the training file of {trained_on}: these scores are measured on rows the members "
-                   "were fitted on, so they are optimistic")
+        warning = (f"--data is the training file of {trained_on}: " + (
+            "these scores are measured on rows the members were fitted on, so they are optimistic" if scored else
+            "the members were fitted on these rows, so their predictions say little of how they do on new text"))
     elif chosen_on:
         warning = (f"--data is the validation file of {chosen_on}: each member's best epoch was chosen on these rows, "
-                   "so these scores are optimistic; score a file the members never saw")
+                   + ("so these scores are optimistic; score a file the members never saw" if scored else
+                      "so predictions on them look better than on new text"))
     elif (seen := seen_in_training(ens, ds, quoting))[0]:  # some rows only: counted, as fit counts them
         info["seen_in_train"] = {data.name: seen[0]}
         typer.echo(f"warning: {rows_phrase(seen[0], '--data')} the same text as a training row of "
-                   f"{', '.join(repr(n) for n in seen[1])}: scores on them are optimistic (see the report's Data "
-                   "section)", err=True)
+                   f"{', '.join(repr(n) for n in seen[1])}: "
+                   + ("scores on them are optimistic" if scored else "the members were fitted on them")
+                   + " (see the report's Data section)", err=True)
     gone = {n: path for n, path in ens.training_files().items() if not path.is_file()}
     if gone and not warning:  # a moved project: say the check could not be made, rather than nothing
         first = next(iter(gone))
@@ -443,9 +448,9 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"{'terminated' if terminated else 'interrupted'}{hint}", err=True)
         sys.exit(143 if terminated else 130)
     except EnsembleError as exc:
-        if debug:
-            raise
         _end_bars()
+        if debug:  # the traceback, and still the exit code of a wrong input (scripts tell them apart by it)
+            traceback.print_exc()
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except SystemExit:

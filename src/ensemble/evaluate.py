@@ -327,7 +327,7 @@ def _predict_file(ens: Ensemble, data: Path, out: Path, *, text: str, text_pair:
 def _checked_rows(ens: Ensemble, data: Path, reading: dict, progress: bool) -> int:
     """Read all of `data` as `predict_file` will, checking every row and gold label; its row count."""
     rows = 0
-    with tqdm(desc="checking rows", unit="rows", disable=not progress, leave=False,
+    with tqdm(desc="checking rows", unit="rows", disable=not progress, leave=False, delay=1,
               mininterval=0.5 if sys.stderr.isatty() else 30) as bar:
         for chunk in iter_table(data, **reading):
             gold(ens, chunk, "--data", offset=rows)

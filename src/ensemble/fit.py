@@ -27,8 +27,19 @@ from .train import Diverged, Splits, process_state, train_member
 from .votefit import missing_labels_warning, thin_abstention_warning
 
 
-def load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str]]:
-    """Train, validation (a file, or a stratified split of train) and optional test data, and the labels."""
+def load_splits(data: DataConfig, where: str = "") -> tuple[Splits, TextDataset | None, list[str]]:
+    """Train, validation (a file, or a stratified split of train) and optional test data, and the
+    labels. `where` (the recipe's file name) starts the errors about its ``data.*`` settings, as it
+    starts those of its keys."""
+    try:
+        return _load_splits(data)
+    except EnsembleError as exc:
+        if where and str(exc).startswith("data."):
+            raise EnsembleError(f"{where}: {exc}") from None
+        raise
+
+
+def _load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str]]:
     files = {name: Path(path).resolve() for name in ("train", "valid", "test") if (path := getattr(data, name)) is not None}
     for later, earlier in (("valid", "train"), ("test", "train"), ("test", "valid")):
         if later in files and files.get(earlier) == files[later]:
@@ -116,20 +127,21 @@ class OutLock:
 def _fit(recipe: Recipe, out: Path, overwrite: bool, resume: bool, progress: bool, only: Sequence[str] | None,
          lock: OutLock | None) -> dict:
     state = process_state()
-    check_out(out, overwrite, resume)
+    note = check_out(out, overwrite, resume)
     unknown = sorted(set(only or ()) - {m.name for m in recipe.members})
     if unknown:
         raise EnsembleError(f"--only: no member named '{unknown[0]}'; members: {', '.join(m.name for m in recipe.members)}")
     chosen = [m for m in recipe.members if only is None or m.name in only]
-    splits, test, labels = load_splits(recipe.data)
+    splits, test, labels = load_splits(recipe.data, recipe.file_name or recipe.path.name)
     check_abstain_label(labels, abstention_key(recipe.vote), recipe.file_name or recipe.path.name)
     preflight(chosen, where=recipe.file_name or recipe.path.name, defaults=recipe.defaults)  # only the members to train: --only b must not need member a's model
     if state.is_main_process and lock is not None:  # not in workers: their parent said it
         for warning in label_warnings(splits.train.labels):
             print(warning)
     tip = bf16_tip(chosen) if progress and state.is_main_process else None
-    if tip:
-        print(tip)
+    for line in (note, tip):
+        if line:
+            print(line)
     state.wait_for_everyone()
     if state.is_main_process:
         if lock is not None:
@@ -165,9 +177,10 @@ def _fit(recipe: Recipe, out: Path, overwrite: bool, resume: bool, progress: boo
     return vote_and_report(recipe, out, splits, test, labels, failed, progress)
 
 
-def check_out(out: Path, overwrite: bool, resume: bool) -> None:
+def check_out(out: Path, overwrite: bool, resume: bool) -> str | None:
     """Refuse an --out that is a file, a non-empty directory without --overwrite / --resume, or
-    both flags at once; say so when --resume finds nothing to continue."""
+    both flags at once. Returns the note to print, once the other inputs are checked too, when
+    --resume finds nothing to continue (printed at once, it would come before their errors)."""
     if overwrite and resume:
         raise EnsembleError("--resume and --overwrite: give one; --resume continues the run in --out, "
                             "--overwrite trains it again from the start")
@@ -177,7 +190,8 @@ def check_out(out: Path, overwrite: bool, resume: bool) -> None:
         raise EnsembleError(f"--out: '{out}' already exists and is not empty; choose another --out, "
                             "pass --resume to continue it, or --overwrite to start again")
     if resume and not (out.is_dir() and any(out.iterdir())) and process_state().is_main_process:
-        print(f"--resume: nothing to continue in '{out}'; training from the start")
+        return f"--resume: nothing to continue in '{out}'; training from the start"
+    return None
 
 
 # What the vote writes into a run directory, the manifest last (`vote_and_report`).

@@ -41,7 +41,8 @@ def members_logits(members: Sequence[Member], labels: Sequence[str], texts: list
     if not texts:  # nothing to tokenize (the tokenizer would fail on an empty batch)
         return out
     label = progress if isinstance(progress, str) else ""  # progress=True: a bar without a name
-    bar = tqdm(total=len(texts), desc=f"{label} ({len(members)} members)".lstrip(), unit="rows", disable=not progress, delay=1, mininterval=0.5 if sys.stderr.isatty() else 30)
+    bar = tqdm(total=len(texts), desc=f"{label} ({len(members)} members)".lstrip(), unit="rows", disable=not progress,
+               delay=1, mininterval=0.5 if sys.stderr.isatty() else 30)
     rows_bar = _RowsBar(bar, len(members))
     by_device: dict[str, list[int]] = {}
     for k, member in enumerate(members):

@@ -70,13 +70,13 @@ def _fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | i
     slots = plan(workers, list(recipe.members))
     if len(slots) == 1:
         return fit(recipe, out, overwrite=overwrite, resume=resume, progress=progress)
-    check_out(out, overwrite, resume)
+    note = check_out(out, overwrite, resume)
     # A fresh run trains every member: start the workers now, so that their imports (~2.5 s)
     # overlap this process's data loading and checks. They stay idle until given a member.
     logs = Path(tempfile.mkdtemp(prefix="ensemble-workers-"))
     started = [] if resume else [_Worker(slot, k, argv, out, logs, resume) for k, slot in enumerate(slots)]
     try:
-        splits, test, labels = load_splits(recipe.data)  # a data error is reported once, here
+        splits, test, labels = load_splits(recipe.data, recipe.file_name or recipe.path.name)  # reported once, here
         check_abstain_label(labels, abstention_key(recipe.vote), recipe.file_name or recipe.path.name)
         preflight(recipe.members, where=recipe.file_name or recipe.path.name, defaults=recipe.defaults)
         rows = splits.rows if resume else None
@@ -90,8 +90,9 @@ def _fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | i
         for warning in label_warnings(splits.train.labels):
             print(warning)
         tip = bf16_tip(recipe.members) if progress else None
-        if tip:
-            print(tip)
+        for line in (note, tip):
+            if line:
+                print(line)
         lock.acquire(out)
         prepare_out(out, recipe, resume=resume)
     except BaseException:
