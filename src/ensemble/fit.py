@@ -21,7 +21,7 @@ from .checkpoint import checkpoint_dir
 from .files import exclusive_lock, write_json
 from .preflight import preflight
 from .provenance import base_fingerprint, learned_settings, local_base, setting_changes
-from .recipe import DataConfig, MemberConfig, Recipe, abstention_key, recipe_dict
+from .recipe import DataConfig, MemberConfig, Recipe, abstention_key, check_distinct_files, recipe_dict
 from .settings import check_abstain_label
 from .train import Diverged, Splits, process_state, train_member
 from .votefit import missing_labels_warning, thin_abstention_warning
@@ -40,12 +40,7 @@ def load_splits(data: DataConfig, where: str = "") -> tuple[Splits, TextDataset 
 
 
 def _load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str]]:
-    files = {name: Path(path).resolve() for name in ("train", "valid", "test") if (path := getattr(data, name)) is not None}
-    for later, earlier in (("valid", "train"), ("test", "train"), ("test", "valid")):
-        if later in files and files.get(earlier) == files[later]:
-            raise EnsembleError(f"data.{later}: is the data.{earlier} file ('{getattr(data, later)}'); scores on rows the "
-                                f"members {'trained' if earlier == 'train' else 'chose their epoch and vote'} on "
-                                f"would be optimistic: give a separate file, or leave data.{later} out")
+    check_distinct_files(data)  # the recipe checked it too; a saved recipe (distill) may have been edited
     columns = dict(text=data.text, text_pair=data.text_pair, label=data.label, on_bad_rows=data.on_bad_rows,
                    quoting=data.quoting)
     train = load_table(data.train, field="data.train", **columns)

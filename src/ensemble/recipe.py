@@ -229,6 +229,10 @@ def _validate(raw: dict, base: Path, where: str) -> Recipe:
     if data.labels is not None:
         data = replace(data, labels=_class_order(data.labels, where))
     data = replace(data, **{k: _path(getattr(data, k), base) for k in ("train", "valid", "test")})
+    try:
+        check_distinct_files(data)  # here, so the mistake is said before torch is imported
+    except EnsembleError as exc:
+        raise EnsembleError(f"{where}: {exc}") from None
     named = [("text", data.text), ("text_pair", data.text_pair), ("label", data.label)]
     for i, (key, column) in enumerate(named):  # the label as a text would train on the answer
         for other, same in named[:i]:
@@ -256,6 +260,24 @@ def _validate(raw: dict, base: Path, where: str) -> Recipe:
     vote = check_vote(_build(VoteConfig, _table(raw, "vote", where), "vote", where), names, where)
     _check_used(_table(raw, "defaults", where), raw_members, members, _table(raw, "vote", where), vote, where)
     return Recipe(path=base, data=data, defaults=defaults, members=tuple(members), vote=vote)
+
+
+def check_distinct_files(data: DataConfig) -> None:
+    """Refuse a ``valid`` or ``test`` file that is the ``train`` (or ``valid``) file: scores on
+    rows the members trained or chose on would be optimistic.
+
+    Example:
+        >>> check_distinct_files(DataConfig(train="a.csv", test="./a.csv"))
+        Traceback (most recent call last):
+        ...
+        ensemble.errors.EnsembleError: data.test: is the data.train file ('./a.csv'); scores on rows the members trained on would be optimistic: give a separate file, or leave data.test out
+    """
+    files = {name: Path(path).resolve() for name in ("train", "valid", "test") if (path := getattr(data, name)) is not None}
+    for later, earlier in (("valid", "train"), ("test", "train"), ("test", "valid")):
+        if later in files and files.get(earlier) == files[later]:
+            raise EnsembleError(f"data.{later}: is the data.{earlier} file ('{getattr(data, later)}'); scores on rows the "
+                                f"members {'trained' if earlier == 'train' else 'chose their epoch and vote'} on "
+                                f"would be optimistic: give a separate file, or leave data.{later} out")
 
 
 def _class_order(given: tuple[str, ...], where: str) -> tuple[str, ...]:
