@@ -225,6 +225,8 @@ GOOD = np.zeros((3, 2, 4), dtype=np.float32)
          "the 'temperatures' parameter must be positive and finite; got [1.0, inf, 1.0]"),
         ({"temperatures": [1, float("nan"), 1]},
          "the 'temperatures' parameter must be positive and finite; got [1.0, nan, 1.0]"),
+        ({"logits": {"a": GOOD[0], "b": GOOD[1]}}, "the 'logits' parameter must be a (members, rows, classes) array; got "
+         "a dict: stack its arrays in member order, e.g. np.stack([logits[name] for name in names])"),
         ({"temperatures": [1e-39, 1, 1]},  # logits / T overflow float32: NaN votes (reference), 6e37 "probabilities"
          "the 'temperatures' parameter must be >= 1e-06 (smaller ones overflow float32 and vote like an argmax: "
          "use method 'hard'); got [1e-39, 1.0, 1.0]"),

@@ -905,7 +905,7 @@ def test_fit_vote_refuses_a_bad_config_before_changing_anything(run, vote, messa
 
 
 @pytest.mark.parametrize("vote, y, message", [
-    (VoteConfig("weighted"), np.array(["a", "b", "c", "a"]), "'y' must hold integer class indices"),
+    (VoteConfig("weighted"), np.array(["a", "b", "c", "a"]), "^fit_vote: 'y' must hold integer class indices"),
     (VoteConfig("stacking"), np.array([0, 1, 7, 0]), "7"),
     (VoteConfig("selection", selection_rounds=0), np.array([0, 1, 2, 0]), "selection_rounds"),
 ])

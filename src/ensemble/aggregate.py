@@ -18,7 +18,7 @@ Tie-breaking, in one place:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Union
 
@@ -395,6 +395,9 @@ def _as_source(logits: ArrayLike) -> torch.Tensor | np.ndarray:
                 f"the 'logits' parameter must hold real numbers; got {logits.dtype}"
             )
     else:
+        if isinstance(logits, Mapping):  # members keyed by name: the order of the stack is the caller's to give
+            raise EnsembleError("the 'logits' parameter must be a (members, rows, classes) array; got a dict: stack "
+                                "its arrays in member order, e.g. np.stack([logits[name] for name in names])")
         try:
             source = np.asarray(logits)
         except ValueError:  # a ragged nested list

@@ -37,9 +37,11 @@ def fit_vote(ens: Ensemble, logits: np.ndarray, y: np.ndarray, vote: VoteConfig)
     before = {key: getattr(ens, key) for key in VOTE_STATE}
     try:
         return _fit(ens, logits, y, vote)
-    except BaseException:
+    except BaseException as exc:
         for key, value in before.items():
             setattr(ens, key, value)
+        if isinstance(exc, EnsembleError) and str(exc).startswith("'y'"):  # from combine's helpers: say whose
+            raise EnsembleError(f"fit_vote: {exc}") from None
         raise
 
 
