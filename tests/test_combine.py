@@ -341,7 +341,9 @@ def test_abstain_threshold_errors():
     (300, 1, "accuracy", True),     # 1 answered row "reaches" any accuracy: noise
     (300, 29, "accuracy", True),
     (300, 30, "accuracy", False),
-    (20, 20, "accuracy", False),    # every row of a small split answered: nothing thinner to say
+    (20, 20, "accuracy", False),    # a small split, most of it answered: nothing thin about it
+    (20, 19, "accuracy", False),
+    (20, 5, "accuracy", True),
     (300, 1, "coverage", False),    # a coverage target chose its share itself
 ])
 def test_an_accuracy_target_met_on_a_handful_of_rows_is_warned_about(rows, answered, target, warned):

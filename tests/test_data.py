@@ -1049,11 +1049,21 @@ def test_a_named_pipe_is_refused_rather_than_read_twice_or_waited_on(tmp_path: P
 def test_an_empty_text_in_a_one_column_file_is_a_row_not_a_blank_line(tmp_path):
     # csv.writer writes an empty one-column value as "": it used to vanish, uncounted
     path = tmp_path / "p.csv"
-    path.write_text('text\nthe movie was great\n""\n   \n\nawful film\n', encoding="utf-8")
+    path.write_text('text\nthe movie was great\n""\n   \n\nawful film\n  ', encoding="utf-8")
     with pytest.raises(EnsembleError, match=r"line 3 of '.*p.csv' has an empty text in column 'text'"):
         load_table(path, label=None)
     ds = load_table(path, label=None, on_bad_rows="skip")
-    assert ds.texts == ["the movie was great", "awful film"] and ds.skipped == 2  # the true blank line is no row
+    assert ds.texts == ["the movie was great", "awful film"] and ds.skipped == 1  # lines of spaces are blank lines
+
+
+def test_the_csv_modules_field_limit_is_restored_after_reading(tmp_path):
+    import csv
+
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\na,x\nb,y\n", encoding="utf-8")
+    before = csv.field_size_limit()
+    load_table(path)
+    assert csv.field_size_limit() == before
 
 
 def test_a_text_longer_than_the_csv_modules_default_limit_is_read(tmp_path):
@@ -1078,6 +1088,12 @@ def test_a_non_utf8_byte_is_placed_on_its_line_with_cr_line_ends(tmp_path):
     path.write_bytes(b"text,label\ra,1\rb,0\rcaf\xe9,1\r")
     with pytest.raises(EnsembleError, match=r"line 4 of '.*cr.csv' is not valid UTF-8"):
         load_table(path)
+    # a CRLF pair split by the scan's 1 MiB block boundary is one line end
+    head = b"text,label\r\n" + b"x" * ((1 << 20) - 15) + b",1\r\n"
+    assert head.index(b"\r\n", 20) == (1 << 20) - 1
+    path.write_bytes(head + b"b,0\r\ncaf\xe9,1\r\n")
+    with pytest.raises(EnsembleError, match=r"line 4 of '.*cr.csv' is not valid UTF-8"):
+        load_table(path)
 
 
 @pytest.mark.parametrize("value, label", [(np.float32(0.1), "0.1"), (np.float32(2.3), "2.3"), (np.float16(0.1), "0.1"),
@@ -1097,6 +1113,14 @@ def test_float32_labels_of_npz_and_parquet_match_the_same_labels_read_from_csv(t
                    tmp_path / "f.parquet")
     ds = load_table(tmp_path / "f.parquet", on_bad_rows="skip")
     assert ds.labels == ["2.3", "1.7"] and ds.skipped == 1
+
+
+def test_nested_json_objects_are_values_as_they_are(tmp_path):
+    # keys repeated or spaced inside a value are the value's business; the row's columns are fine
+    path = tmp_path / "n.jsonl"
+    path.write_text('{"m": {"a": {"z": 1, "z": 2}, "a": 1, " k ": 3}, "text": "t", "label": "y"}\n'
+                    '{"text": "u", "label": "x"}\n', encoding="utf-8")
+    assert load_table(path).texts == ["t", "u"]
 
 
 @pytest.mark.parametrize("line", ['{"text": "kept?", "text ": "other", "label": "x"}',

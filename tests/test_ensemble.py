@@ -281,12 +281,29 @@ def test_a_setting_changed_after_loading_takes_effect(run):
 
 
 def test_weights_and_temperatures_change_only_by_assignment(run):
+    import copy
+    import pickle
+
     ens = Ensemble.load(run / "run")
-    with pytest.raises(TypeError):  # in place, a -5 would skip the checks and fail inside predict
+    with pytest.raises(TypeError, match="assigning a whole dict"):  # in place, a -5 would skip the checks
         ens.weights["bert"] = -5.0
     with pytest.raises(TypeError):
-        ens.temperatures["bert"] = 0.0
-    assert json.loads(json.dumps(ens.manifest()))["weights"] == dict(ens.weights)  # the views save as dicts
+        ens.temperatures.update(bert=0.0)
+    weights = ens.weights  # still a dict: JSON, pickle and copies work
+    assert json.loads(json.dumps(weights)) == pickle.loads(pickle.dumps(weights)) == copy.deepcopy(weights) == weights
+    assert json.loads(json.dumps(ens.manifest()))["weights"] == weights
+    ens.weights = {**ens.weights, "bert": 2.0}
+    assert ens.weights["bert"] == 2.0
+
+
+def test_an_ensemble_without_its_learned_weights_is_not_saved_as_if_it_had_them(run, tmp_path):
+    ens = Ensemble.load(run / "run")
+    ens.method = "weighted"
+    with pytest.raises(EnsembleError, match="^Ensemble.save: method 'weighted' has no weights of its own yet"):
+        ens.save(tmp_path / "w")
+    ens.weights = {"bert": 2.0}
+    ens.save(tmp_path / "w", overwrite=np.True_)
+    assert Ensemble.load(tmp_path / "w").weights["bert"] == 2.0
 
 
 def test_labels_and_classes_stay_in_step_with_the_probability_columns(run):
@@ -312,7 +329,7 @@ def test_weights_given_by_assignment_count_as_learned_and_switching_method_asks_
 
 
 def test_settings_have_their_docs_in_help(run):
-    assert "read-only view" in Ensemble.weights.__doc__ and "forward pass" in Ensemble.batch_size.__doc__
+    assert "read-only copy" in Ensemble.weights.__doc__ and "forward pass" in Ensemble.batch_size.__doc__
     member = Ensemble.load(run / "run").members["bert"]
     assert repr(member).startswith("Member(name='bert', path=") and len(repr(member)) < 400
 

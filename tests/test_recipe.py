@@ -238,3 +238,22 @@ def test_missing_recipe_and_bad_scratch_size(tmp_path):
 def test_train_config_defaults_are_sane():
     t = TrainConfig()
     assert t.best_metric == "valid_loss" and t.optimizer == "adamw" and t.micro_batch_size == t.batch_size
+
+
+@pytest.mark.parametrize("make_valid", ["same", "dotted", "symlink", "hardlink"])
+def test_a_valid_file_that_is_the_train_file_is_refused_with_the_recipe(tmp_path, make_valid):
+    import os
+
+    (tmp_path / "t.csv").write_text("text,label\na,x\n", encoding="utf-8")
+    valid = {"same": "t.csv", "dotted": "./sub/../t.csv", "symlink": "link.csv", "hardlink": "hard.csv"}[make_valid]
+    (tmp_path / "sub").mkdir()
+    os.symlink(tmp_path / "t.csv", tmp_path / "link.csv")
+    os.link(tmp_path / "t.csv", tmp_path / "hard.csv")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[data]\ntrain = "t.csv"\nvalid = "{valid}"\n[[members]]\nname = "a"\ninit = "scratch"\n'
+                      'arch = "bert"\n', encoding="utf-8")
+    with pytest.raises(EnsembleError, match=r"^r.toml: data.valid: is the data.train file"):
+        load_recipe(recipe)
+    (tmp_path / "copy.csv").write_text("text,label\na,x\n", encoding="utf-8")  # equal content, another file: fine
+    recipe.write_text(recipe.read_text().replace(f'valid = "{valid}"', 'valid = "copy.csv"'), encoding="utf-8")
+    assert load_recipe(recipe).data.valid.name == "copy.csv"

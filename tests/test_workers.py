@@ -126,7 +126,7 @@ def test_workers_start_before_the_data_is_read_and_stop_on_its_error(machine, mo
         def stop(self):
             events.append("stop")
 
-    def bad_data(data):
+    def bad_data(data, where=""):
         events.append("read data")
         raise EnsembleError("train: no such file")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -143,7 +144,7 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
     if not isinstance(student, MemberConfig):
         raise EnsembleError(f"distill: 'student' must be a MemberConfig; got {type(student).__name__} "
                             f"({student!r:.40}): make one with student_config(spec, name, ens, overrides)")
-    if not isinstance(out, (str, Path)) or not str(out):
+    if not isinstance(out, (str, os.PathLike)) or not str(out):
         raise EnsembleError(f"distill: 'out' must be a directory path; got {out!r}")
     out = Path(out).expanduser()
     for name, value in (("temperature", temperature), ("hard_weight", hard_weight)):

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from types import MappingProxyType
 
 import numpy as np
 
@@ -25,7 +24,7 @@ from .manifest import FORMAT, MANIFEST
 from .members import Member, load_member, recorded_valid_logits, saved_recipe
 from .recipe import VoteConfig, name_problem
 from .stacking import Stacker
-from .settings import (ABSTAIN, Checked, check_abstain_below, check_abstain_label, check_abstain_on,
+from .settings import (ABSTAIN, Checked, ReadOnlyDict, check_abstain_below, check_abstain_label, check_abstain_on,
                        check_batch_size, check_ensemble_temperature, check_method, per_member)
 
 __all__ = ["ABSTAIN", "MANIFEST", "Ensemble", "check_abstain_label"]
@@ -112,12 +111,12 @@ class Ensemble:
                      "How members combine: soft, hard, weighted, selection or stacking. Switching to weighted "
                      "or selection asks for weights again (fit_vote, or assign weights).")
     weights = Checked(lambda ens, value: _assign_weights(ens, value),
-                      "Member name -> vote weight (read-only view). Assign a dict to change them: members it "
+                      "Member name -> vote weight (a read-only copy). Assign a dict to change them: members it "
                       "leaves out get 1.0; given weights count as learned for weighted and selection.",
-                      MappingProxyType)
+                      ReadOnlyDict)
     temperatures = Checked(lambda ens, value: per_member("temperatures", value, list(ens.members)),
-                           "Member name -> softmax temperature (read-only view; fit_vote calibrates them). "
-                           "Assign a dict to change them: members it leaves out get 1.0.", MappingProxyType)
+                           "Member name -> softmax temperature (a read-only copy; fit_vote calibrates them). "
+                           "Assign a dict to change them: members it leaves out get 1.0.", ReadOnlyDict)
     ensemble_temperature = Checked(lambda ens, value: check_ensemble_temperature(value),
                                    "Temperature on the soft vote's probabilities (1: as averaged).")
     abstain_on = Checked(lambda ens, value: check_abstain_on(value),

@@ -35,7 +35,7 @@ def load_splits(data: DataConfig, where: str = "") -> tuple[Splits, TextDataset 
         return _load_splits(data)
     except EnsembleError as exc:
         if where and str(exc).startswith("data."):
-            raise EnsembleError(f"{where}: {exc}") from None
+            raise EnsembleError(f"{where}: {exc}") from exc  # --debug shows where it came from
         raise
 
 

@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from .errors import EnsembleError
 from .files import replace_dir, write_json
 from .labels import sorted_labels
@@ -74,7 +76,10 @@ def save(ens: Ensemble, path: str | os.PathLike, overwrite: bool = False) -> Non
     """`Ensemble.save`: `ens` built as a directory next to `path` and renamed into place."""
     if not isinstance(path, (str, os.PathLike)):
         raise EnsembleError(f"Ensemble.save: the 'path' parameter must be a directory path; got {path!r}")
-    if not isinstance(overwrite, bool):  # "no" would be truthy, and replace a directory
+    if not ens.weights_learned and ens.method in ("weighted", "selection"):  # loaded, they would count as learned
+        raise EnsembleError(f"Ensemble.save: method '{ens.method}' has no weights of its own yet: call fit_vote, or "
+                            "assign ens.weights, before saving")
+    if not isinstance(overwrite, (bool, np.bool_)):  # "no" would be truthy, and replace a directory
         raise EnsembleError(f"Ensemble.save: the 'overwrite' parameter must be True or False; got {overwrite!r}")
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():

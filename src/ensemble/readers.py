@@ -103,6 +103,8 @@ def _not_utf8(p: Path, shown: str, field: str) -> EnsembleError:
                 )
             if not block:  # the file changed under us: say what we know
                 return EnsembleError(f"{field}: '{shown}' is not valid UTF-8; {how}")
+            if data[:used].endswith(b"\r"):  # its LF may start the next block: count the pair there, once
+                used -= 1
             line += _line_ends(data, used)
             offset += used
             carry = data[used:]
@@ -115,48 +117,57 @@ def _line_ends(data: bytes, end: int) -> int:
 
 @contextmanager
 def _read_delimited(p: Path, shown: str, field: str, quoting: str = "none") -> Iterator[tuple[list[str], _Fetch]]:
-    csv.field_size_limit(2**31 - 1)  # the default, 131,072 characters, refused one long document
-    with _open_text(p, shown, field) as lines:
-        header, blank = next(lines, ""), 0
-        while header and not header.strip():  # blank lines above the header, as pandas skips them
-            header, blank = next(lines, ""), blank + 1
-        tabbed = p.suffix.lower() == ".tsv" or "\t" in header
-        stream = chain([header], lines)
-        # By default TSV fields are not quoted, so a quote character is literal text (GLUE's files
-        # have stray ones: with normal quoting, one would swallow the following rows); quoting =
-        # "csv" reads files written with CSV quoting, as pandas' to_csv(sep="\t") writes them.
-        if tabbed and quoting == "csv":
-            reader = csv.reader(stream, delimiter="\t", strict=True)
-        elif tabbed:
-            reader = csv.reader(stream, delimiter="\t", quoting=csv.QUOTE_NONE)
-        else:
-            reader = csv.reader(stream, strict=True)
-        columns = [c.strip() for c in _next_record(reader, shown, field, tabbed, quoting, blank) or []]
+    limit = csv.field_size_limit(2**31 - 1)  # the default, 131,072 characters, refused one long document
+    try:
+        with _open_text(p, shown, field) as lines:
+            yield from _delimited(lines, p, shown, field, quoting)
+    finally:
+        csv.field_size_limit(limit)  # the process's csv module as it was
 
-        def fetch(names: list[str], texts: int) -> Iterator[Row]:  # csv values are always strings
-            idx = [columns.index(n) for n in names]
-            while True:
-                start = blank + reader.line_num + 1  # a quoted record may span lines; report its first
-                record = _next_record(reader, shown, field, tabbed, quoting, blank)
-                if record is None:
-                    return
-                # A blank line is not a row; in a one-column file, "" or spaces are an empty text
-                # (a row that is refused or counted as skipped, not lost without a word).
-                if not record or (len(columns) > 1 and len(record) == 1 and not record[0].strip()):
-                    continue
-                problem = None
-                # Extra empty fields are harmless (trailing tabs); extra text means a shifted row.
-                if len(record) < len(columns) or any(f.strip() for f in record[len(columns) :]):
-                    problem = f"has {len(record)} fields but the header has {len(columns)}"
-                    if tabbed and quoting == "none" and any(f.startswith('"') and not f.endswith('"') for f in record):
-                        # pandas' to_csv(sep="\t") quotes fields holding a newline or a tab; read
-                        # quote-free, such a field is split over rows (and "skip" would keep its tail)
-                        problem += (" (a field opens a quote it does not close: tab-separated files are read "
-                                    "without CSV quoting unless quoting = \"csv\", so a quoted field spanning "
-                                    "lines or holding a tab breaks rows)")
-                yield Row(f"line {start}", [record[i] if i < len(record) else None for i in idx], problem)
 
-        yield columns, fetch
+def _delimited(lines: Iterator[str], p: Path, shown: str, field: str,
+               quoting: str) -> Iterator[tuple[list[str], _Fetch]]:
+    """`_read_delimited`'s work on the file's `lines`: its columns and the rows' fetcher."""
+    header, blank = next(lines, ""), 0
+    while header and not header.strip():  # blank lines above the header, as pandas skips them
+        header, blank = next(lines, ""), blank + 1
+    tabbed = p.suffix.lower() == ".tsv" or "\t" in header
+    stream = chain([header], lines)
+    # By default TSV fields are not quoted, so a quote character is literal text (GLUE's files
+    # have stray ones: with normal quoting, one would swallow the following rows); quoting =
+    # "csv" reads files written with CSV quoting, as pandas' to_csv(sep="\t") writes them.
+    if tabbed and quoting == "csv":
+        reader = csv.reader(stream, delimiter="\t", strict=True)
+    elif tabbed:
+        reader = csv.reader(stream, delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(stream, strict=True)
+    columns = [c.strip() for c in _next_record(reader, shown, field, tabbed, quoting, blank) or []]
+
+    def fetch(names: list[str], texts: int) -> Iterator[Row]:  # csv values are always strings
+        idx = [columns.index(n) for n in names]
+        while True:
+            start = blank + reader.line_num + 1  # a quoted record may span lines; report its first
+            record = _next_record(reader, shown, field, tabbed, quoting, blank)
+            if record is None:
+                return
+            # A blank line (or one of spaces) is not a row; in a one-column file a quoted "" is
+            # an empty text, as csv.writer writes one: refused or counted, not lost without a word.
+            if not record or (len(record) == 1 and not record[0].strip() and (record[0] or len(columns) > 1)):
+                continue
+            problem = None
+            # Extra empty fields are harmless (trailing tabs); extra text means a shifted row.
+            if len(record) < len(columns) or any(f.strip() for f in record[len(columns) :]):
+                problem = f"has {len(record)} fields but the header has {len(columns)}"
+                if tabbed and quoting == "none" and any(f.startswith('"') and not f.endswith('"') for f in record):
+                    # pandas' to_csv(sep="\t") quotes fields holding a newline or a tab; read
+                    # quote-free, such a field is split over rows (and "skip" would keep its tail)
+                    problem += (" (a field opens a quote it does not close: tab-separated files are read "
+                                "without CSV quoting unless quoting = \"csv\", so a quoted field spanning "
+                                "lines or holding a tab breaks rows)")
+            yield Row(f"line {start}", [record[i] if i < len(record) else None for i in idx], problem)
+
+    yield columns, fetch
 
 
 def _next_record(reader: Iterator[list[str]], shown: str, field: str, tabbed: bool = False, quoting: str = "none",
@@ -243,19 +254,14 @@ def _parse_json_line(line: str) -> object:
     any other JSON value (a bad row: see `_not_object`)."""
     if not line.strip():
         return _BLANK
-    repeated: dict[int, str] = {}  # id of an object -> its first key given twice
+    last: list = []  # the pairs of the object built last: the line's own (inner objects come first)
 
-    def stripped(pairs: list[tuple[str, object]]) -> dict[str, object]:
-        obj: dict[str, object] = {}
-        for key, value in pairs:
-            key = str(key).strip()
-            if key in obj:
-                repeated.setdefault(id(obj), key)
-            obj[key] = value
-        return obj
+    def kept(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        last[:] = [pairs]
+        return dict(pairs)
 
     try:  # without the line end, a column past the text is the end
-        obj = json.loads(line.rstrip("\r\n"), object_pairs_hook=stripped)
+        obj = json.loads(line.rstrip("\r\n"), object_pairs_hook=kept)
     except json.JSONDecodeError as e:
         hint = _ONE_OBJECT
         if line.lstrip().startswith("["):
@@ -263,10 +269,16 @@ def _parse_json_line(line: str) -> object:
         return _Bad(f"is not valid JSON ({e.msg} at column {e.colno}); {hint}")
     except RecursionError:  # deeply nested brackets
         return _Bad(f"is not valid JSON (nested too deeply); {_ONE_OBJECT}")
-    if isinstance(obj, dict) and id(obj) in repeated:  # plain json.loads keeps the last value silently
-        return _Bad(f"has the key '{repeated[id(obj)]}' twice (keys are compared without surrounding spaces); "
-                    "give each column once")
-    return obj
+    if not isinstance(obj, dict):
+        return obj
+    columns: dict[str, object] = {}
+    for key, value in last[0]:
+        key = str(key).strip()
+        if key in columns:  # plain json.loads keeps the last value silently
+            return _Bad(f"has the key '{key}' twice (keys are compared without surrounding spaces); "
+                        "give each column once")
+        columns[key] = value
+    return columns
 
 
 def _json_kind(value: object) -> str:

@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import math
 import numbers
+import os
 import sys
 import types
 import typing
@@ -232,7 +233,7 @@ def _validate(raw: dict, base: Path, where: str) -> Recipe:
     try:
         check_distinct_files(data)  # here, so the mistake is said before torch is imported
     except EnsembleError as exc:
-        raise EnsembleError(f"{where}: {exc}") from None
+        raise EnsembleError(f"{where}: {exc}") from exc
     named = [("text", data.text), ("text_pair", data.text_pair), ("label", data.label)]
     for i, (key, column) in enumerate(named):  # the label as a text would train on the answer
         for other, same in named[:i]:
@@ -273,8 +274,12 @@ def check_distinct_files(data: DataConfig) -> None:
         ensemble.errors.EnsembleError: data.test: is the data.train file ('./a.csv'); scores on rows the members trained on would be optimistic: give a separate file, or leave data.test out
     """
     files = {name: Path(path).resolve() for name in ("train", "valid", "test") if (path := getattr(data, name)) is not None}
+
+    def same(a: Path, b: Path) -> bool:  # a hard link too, where both exist
+        return a == b or (a.is_file() and b.is_file() and os.path.samefile(a, b))
+
     for later, earlier in (("valid", "train"), ("test", "train"), ("test", "valid")):
-        if later in files and files.get(earlier) == files[later]:
+        if later in files and earlier in files and same(files[earlier], files[later]):
             raise EnsembleError(f"data.{later}: is the data.{earlier} file ('{getattr(data, later)}'); scores on rows the "
                                 f"members {'trained' if earlier == 'train' else 'chose their epoch and vote'} on "
                                 f"would be optimistic: give a separate file, or leave data.{later} out")

@@ -42,6 +42,20 @@ class Checked:
         setattr(obj, self.slot, self.check(obj, value))
 
 
+class ReadOnlyDict(dict):
+    """A dict that refuses changes in place (a setting's copy: assign a whole dict to change it);
+    still a dict for JSON, pickle and copies."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a setting of the ensemble is changed by assigning a whole dict, e.g. "
+                        "ens.weights = {**ens.weights, 'bert': 2.0}; not in place")
+
+    __setitem__ = __delitem__ = __ior__ = update = pop = popitem = clear = setdefault = _refuse
+
+    def __reduce__(self):
+        return (type(self), (dict(self),))
+
+
 def check_abstain_label(labels: Sequence[str], setting: str | None, where: str = "") -> None:
     """Refuse abstention (`setting`: the recipe key or flag that asks for it, or None) when a
     label is named ``"abstain"``: abstaining rows could not be told from that class. Called before
