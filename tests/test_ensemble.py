@@ -1216,3 +1216,12 @@ def test_saving_an_ensemble_whose_member_directory_is_gone_names_it(run, tmp_pat
         ens.save(tmp_path / "saved")
     with pytest.raises(EnsembleError, match="member_logits: the 'truncated' parameter must be a dict"):
         three(run).member_logits(TEXTS[:2], truncated=[])
+
+
+def test_from_dirs_takes_the_constructors_settings(run):
+    members = run / "run" / "members"
+    ens = Ensemble.from_dirs({n: members / n for n in ("bert", "roberta")}, batch_size=8, temperatures={"bert": 2.0},
+                             abstain_below=0.5)
+    assert (ens.batch_size, ens.temperatures["bert"], ens.abstain_below) == (8, 2.0, 0.5)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'batch'"):
+        Ensemble.from_dirs({n: members / n for n in ("bert",)}, batch=8)

@@ -185,9 +185,11 @@ class Ensemble:
 
     @classmethod
     def from_dirs(cls, dirs: dict[str, str | Path], method: str = "soft", weights: dict[str, float] | None = None,
-                  device: str | Sequence[str] = "auto", precision: str = "auto", load_weights: bool = True) -> Ensemble:
+                  device: str | Sequence[str] = "auto", precision: str = "auto", load_weights: bool = True,
+                  **settings) -> Ensemble:
         """Members from their directories, keyed by name. With ``load_weights=False`` the members
-        are only described (see `load_member`): the ensemble votes on given logits only.
+        are only described (see `load_member`): the ensemble votes on given logits only. Other
+        keywords (`batch_size`, `temperatures`, `abstain_below`, ...) are the constructor's.
 
         Example:
             >>> ens = Ensemble.from_dirs({"bert": "runs/p1/members/bert", "roberta": "runs/p1/members/roberta"},
@@ -199,7 +201,7 @@ class Ensemble:
             raise EnsembleError(f"Ensemble.from_dirs: 'dirs' must be a dict of member name -> directory, e.g. "
                                 f"{{'bert': 'runs/demo/members/bert'}}; got {type(dirs).__name__}")
         return cls([load_member(d, name, weights=load_weights) for name, d in dirs.items()], method, weights,
-                   precision=precision).to(device)
+                   precision=precision, **settings).to(device)
 
     def data_columns(self) -> dict:
         """The data settings (text, text_pair, label columns, quoting) the members were trained
