@@ -296,3 +296,12 @@ def test_a_data_setting_error_names_the_recipe_as_its_key_errors_do(tmp_path, cl
                           str(tmp_path / "new"), "--resume", "--concurrent", concurrent])
     assert code == 2 and err.startswith("error: small.toml: data.valid: is the data.train file"), err
     assert "nothing to continue" not in out  # the --resume note comes only once the inputs are good
+
+
+def test_fit_says_on_the_console_how_many_rows_it_skipped(tmp_path, cli):
+    recipe = small_recipe(tmp_path, members="bert")
+    with open(tmp_path / "train.csv", "a", encoding="utf-8") as f:
+        f.write(",positive\nanother review,\n")  # an empty text and an empty label
+    code, out, err = cli(["fit", str(recipe), "--set", "data.on_bad_rows=skip", "--out", str(tmp_path / "r"), "--quiet"])
+    assert code == 0, err
+    assert 'note: skipped as bad (data.on_bad_rows = "skip"): 2 train rows; the report\'s Data section counts them' in out

@@ -1132,3 +1132,27 @@ def test_a_jsonl_key_given_twice_is_a_bad_row_not_the_last_value(tmp_path, line)
                                             r"without surrounding spaces\); give each column once"):
         load_table(path)
     assert load_table(path, on_bad_rows="skip").texts == ["fine"]
+
+
+@pytest.mark.parametrize("quoting, suffix, warned", [("none", ".tsv", True), ("csv", ".tsv", False),
+                                                     ("none", ".jsonl", False)])
+def test_a_tab_file_read_without_the_csv_quoting_it_was_written_with_is_warned_about(quoting, suffix, warned):
+    from ensemble.data import quoting_warning
+
+    texts = ['"a ""classic"" film"'] * 5 + ["plain"] * 95  # CFIMDB's escaping, kept by quoting = "none"
+    warning = quoting_warning(TextDataset(texts, None, ["x"] * 100, f"train{suffix}"), quoting)
+    assert (warning is not None) == warned
+    if warned:
+        assert warning.startswith("warning: 5 of 100 texts in 'train.tsv' look CSV-quoted") and warning.endswith(
+            'set data.quoting = "csv"')
+    few = ['"a ""classic"" film"'] * 2 + ["plain"] * 98  # a couple may be meant: no warning
+    assert quoting_warning(TextDataset(few, None, ["x"] * 100, "t.tsv"), "none") is None
+
+
+def test_cfimdb_read_without_csv_quoting_is_warned_about(shared_data):
+    from ensemble.data import quoting_warning
+
+    train = shared_data / "cs224n" / "ids-cfimdb-train.csv"
+    ds = load_table(train, text="sentence", label="sentiment")
+    assert quoting_warning(ds, "none").startswith("warning: 692 of 1707 texts")
+    assert quoting_warning(load_table(train, text="sentence", label="sentiment", quoting="csv"), "csv") is None

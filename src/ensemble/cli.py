@@ -118,8 +118,8 @@ def vote(
     abstain_coverage: Optional[float] = typer.Option(None, "--abstain-coverage", help="Choose the threshold on --valid: answer at least this share of rows (0-1]."),
     abstain_accuracy: Optional[float] = typer.Option(None, "--abstain-accuracy", help="Choose the threshold on --valid: answer the most rows at this accuracy (0-1]."),
     text: Optional[str] = typer.Option(None, "--text", help="Text column (default: the members' recipe, else 'text')."),
-    text_pair: Optional[str] = typer.Option(None, "--text-pair", help="Second text column for sentence pairs."),
-    quoting: Optional[str] = typer.Option(None, "--quoting", help="A .tsv file's quotes: 'none' (text) or 'csv' (CSV-quoted fields, as pandas writes them); default: the members' recipe, else 'none'."),
+    text_pair: Optional[str] = typer.Option(None, "--text-pair", help="Second text column for sentence pairs (default: the members' recipe)."),
+    quoting: Optional[str] = typer.Option(None, "--quoting", help="A tab-separated file's quotes (.tsv, or tabs in a .csv): 'none' (text) or 'csv' (CSV-quoted fields, as pandas writes them); default: the members' recipe, else 'none'."),
     label: Optional[str] = typer.Option(None, "--label", help="Label column, if the data has labels (default: the members' recipe, else 'label'; \"\" reads none)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Rows per forward pass of a member (more: faster on a GPU, more memory)."),
@@ -128,7 +128,7 @@ def vote(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Combine trained members on a data file: predictions, agreement report, ensemble.json."""
-    from .data import load_table
+    from .data import load_table, quoting_warning
     from .ensemble import Ensemble
     from .evaluate import evaluate, gold
     from .votefit import missing_labels_warning, thin_abstention_warning
@@ -174,6 +174,8 @@ def vote(
                             "name the label column, or drop --valid")
     columns = dict(text=text, text_pair=text_pair, label=label, quoting=quoting)
     ds = load_table(data, **columns, field="--data", require_label=label_given)
+    if (quoted := quoting_warning(ds, quoting, "--quoting")) is not None:
+        typer.echo(quoted, err=True)
     gold(ens, ds, "--data")  # a label the members do not know: said as a flag's error, before any member runs
     if out.exists() and not out.is_dir():
         raise EnsembleError(f"--out: '{out}' is a file; the vote writes a directory: choose a directory path")
@@ -285,8 +287,8 @@ def predict(
     data: Path = typer.Option(..., "--data", help="Data file (csv, tsv, jsonl, parquet: streamed, any size; npz: read whole)."),
     out: Path = typer.Option(..., "--out", help="Output CSV: texts, member and ensemble labels, confidence, agreement."),
     text: Optional[str] = typer.Option(None, "--text", help="Text column (default: the members' recipe, else 'text')."),
-    text_pair: Optional[str] = typer.Option(None, "--text-pair", help="Second text column for sentence pairs."),
-    quoting: Optional[str] = typer.Option(None, "--quoting", help="A .tsv file's quotes: 'none' (text) or 'csv' (CSV-quoted fields, as pandas writes them); default: the members' recipe, else 'none'."),
+    text_pair: Optional[str] = typer.Option(None, "--text-pair", help="Second text column for sentence pairs (default: the members' recipe)."),
+    quoting: Optional[str] = typer.Option(None, "--quoting", help="A tab-separated file's quotes (.tsv, or tabs in a .csv): 'none' (text) or 'csv' (CSV-quoted fields, as pandas writes them); default: the members' recipe, else 'none'."),
     label: Optional[str] = typer.Option(None, "--label", help="Gold label column, copied through when present (\"\": none, even if the file has one)."),
     chunk_rows: int = typer.Option(10_000, "--chunk-rows", min=1, help="Rows per chunk (bounds the memory)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Rows per forward pass of a member (more: faster on a GPU, more memory)."),

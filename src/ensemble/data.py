@@ -374,6 +374,30 @@ def _clean_rows(
         )
 
 
+def quoting_warning(ds: TextDataset, quoting: str, setting: str = "data.quoting") -> str | None:
+    """The warning for a tab-separated file read without CSV quoting whose texts look CSV-quoted
+    (``"..."`` around a text with doubled quotes inside: pandas' ``to_csv(sep="\t")``), or None.
+    `setting` names the recipe key or flag that would read them right.
+
+    Example:
+        >>> ds = TextDataset(['"a ""classic"" film"', "plain"] * 10, None, ["x", "y"] * 10, "t.tsv")
+        >>> print(quoting_warning(ds, "none")[:50])
+        warning: 10 of 20 texts in 't.tsv' look CSV-quoted
+        >>> quoting_warning(ds, "csv") is None
+        True
+    """
+    if quoting != "none" or Path(ds.path).suffix.lower() not in (".tsv", ".csv", ".txt"):
+        return None
+    texts = ds.texts + (ds.pairs or [])
+    quoted = sum(len(t) > 1 and t[0] == '"' and t[-1] == '"' and '""' in t for t in texts)
+    if quoted < max(3, len(texts) // 100):  # a few such texts may be meant
+        return None
+    value = '"csv"' if setting.startswith("data.") else "csv"
+    return (f"warning: {quoted} of {len(texts)} texts in '{ds.path}' look CSV-quoted (\"...\" around doubled quotes), "
+            "and the file is read without CSV quoting, so they keep the escaping; if it was written with CSV "
+            f"quoting (pandas' to_csv(sep=\"\\t\")), set {setting} {'= ' if setting.startswith('data.') else ''}{value}")
+
+
 def seen_in(ds: TextDataset, train: TextDataset) -> int:
     """How many rows of `ds` have the same text (and pair) as some row of `train`: duplicates
     there make scores on `ds` optimistic.

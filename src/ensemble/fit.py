@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .data import TextDataset, load_table, seen_in, stratified_split
+from .data import TextDataset, load_table, quoting_warning, seen_in, stratified_split
 from .devices import bf16_tip
 from .ensemble import Ensemble
 from .manifest import MANIFEST
@@ -66,6 +66,19 @@ def _load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str
     if test is not None:
         check_known_labels(test, labels, "data.test")
     return Splits(train, valid), test, labels
+
+
+def data_warnings(data: DataConfig, splits: Splits, test: TextDataset | None) -> list[str]:
+    """What `fit` says about its data before training: rows skipped as bad, labels differing in
+    case, and files read without the CSV quoting they seem written with (each file once)."""
+    files = {"train": splits.train, **({"valid": splits.valid} if data.valid is not None else {}),
+             **({"test": test} if test is not None else {})}
+    skipped = [f"{ds.skipped:,} {key} row{'s' if ds.skipped != 1 else ''}" for key, ds in files.items() if ds.skipped]
+    warnings = ([f"note: skipped as bad (data.on_bad_rows = \"skip\"): {', '.join(skipped)}; the report's Data section "
+                 "counts them"] if skipped else [])
+    warnings += label_warnings(splits.train.labels)
+    warnings += [w for ds in files.values() if (w := quoting_warning(ds, data.quoting)) is not None]
+    return warnings
 
 
 def fit(recipe: Recipe, out: Path, overwrite: bool = False, resume: bool = False, progress: bool = True,
@@ -131,7 +144,7 @@ def _fit(recipe: Recipe, out: Path, overwrite: bool, resume: bool, progress: boo
     check_abstain_label(labels, abstention_key(recipe.vote), recipe.file_name or recipe.path.name)
     preflight(chosen, where=recipe.file_name or recipe.path.name, defaults=recipe.defaults)  # only the members to train: --only b must not need member a's model
     if state.is_main_process and lock is not None:  # not in workers: their parent said it
-        for warning in label_warnings(splits.train.labels):
+        for warning in data_warnings(recipe.data, splits, test):
             print(warning)
     tip = bf16_tip(chosen) if progress and state.is_main_process else None
     for line in (note, tip):

@@ -29,13 +29,12 @@ from tqdm.auto import tqdm
 
 from .checkpoint import LOG, Checkpoint, MadeWith, checkpoint_dir, matches, read_progress
 from .errors import EnsembleError
-from .fit import (OutLock, check_out, diverged_file, finished, fit, keep_trained, load_splits, prepare_out,
-                  retrain_why, vote_and_report)
+from .fit import (OutLock, check_out, data_warnings, diverged_file, finished, fit, keep_trained, load_splits,
+                  prepare_out, retrain_why, vote_and_report)
 from .devices import bf16_tip
 from .members import saved_metrics
 from .preflight import preflight
 from .settings import check_abstain_label
-from .labels import label_warnings
 from .recipe import MemberConfig, Recipe, abstention_key
 from .slots import Slot, plan, split_threads, threads_label, work
 from .train import checkpoint_mismatch, epoch_line
@@ -87,7 +86,7 @@ def _fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | i
         if len(slots) == 1:  # one member left to train (a resumed run): all the threads for it, here
             shutil.rmtree(logs, ignore_errors=True)
             return fit(recipe, out, overwrite=overwrite, resume=resume, progress=progress)
-        for warning in label_warnings(splits.train.labels):
+        for warning in data_warnings(recipe.data, splits, test):
             print(warning)
         tip = bf16_tip(recipe.members) if progress else None
         for line in (note, tip):
