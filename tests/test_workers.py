@@ -133,7 +133,9 @@ def test_workers_start_before_the_data_is_read_and_stop_on_its_error(machine, mo
     from ensemble.recipe import DataConfig, Recipe, VoteConfig
 
     monkeypatch.setattr(workers, "_Worker", FakeWorker)
-    monkeypatch.setattr(workers, "load_splits", bad_data)
+    import ensemble.fit
+
+    monkeypatch.setattr(ensemble.fit, "load_splits", bad_data)  # what checked_inputs reads the data with
     recipe = Recipe(path=tmp_path / "r.toml", data=DataConfig(train="train.csv"), defaults=TrainConfig(),
                     members=tuple(members(2)), vote=VoteConfig())
     with pytest.raises(EnsembleError, match="no such file"):

@@ -131,7 +131,7 @@ def vote(
     from .data import load_table, quoting_warning
     from .ensemble import Ensemble
     from .evaluate import evaluate, gold
-    from .votefit import missing_labels_warning, thin_abstention_warning
+    from .votefit import vote_warnings
     from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig
     from .settings import check_abstain_label
     from .files import remove_stale_temps, replace_dir
@@ -199,9 +199,8 @@ def vote(
             fitted = ens.fit_vote(held_logits, gold(ens, held, "--valid"), spec)
         except EnsembleError as exc:  # the library names the recipe's settings; here they are flags
             raise as_flags(exc, "abstain_accuracy", "abstain_coverage", "abstain_below") from None
-        for warning in (missing_labels_warning(fitted, "--valid"), thin_abstention_warning(fitted, "--abstain-accuracy")):
-            if warning is not None:
-                typer.echo(warning, err=True)
+        for warning in vote_warnings(fitted, "--valid", "--abstain-accuracy"):
+            typer.echo(warning, err=True)
     else:
         ens.abstain_below, ens.abstain_on = abstain_below, abstain_on
     warning, info = _leaks(ens, ds, data, held if valid is not None else None, quoting)

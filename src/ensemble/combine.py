@@ -72,8 +72,11 @@ def _int_param(name: str, value, minimum: int) -> int:
     return int(value)
 
 
-def _softmax_last(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
+def _softmax_last(z: np.ndarray, t=1.0) -> np.ndarray:
+    """softmax(z / t) over the last axis. Shifted before the division: z / 1e-308 overflows to inf
+    (and NaN), (z - max) / t cannot; a tiny t sends the others to -inf, probability 0, as meant."""
+    with np.errstate(over="ignore"):
+        e = np.exp((z - z.max(axis=-1, keepdims=True)) / t)
     return e / e.sum(axis=-1, keepdims=True)
 
 
@@ -95,9 +98,7 @@ def softmax(logits, temperatures=None) -> np.ndarray:
             raise EnsembleError(f"'temperatures' has shape {t.shape} but 'logits' has shape {z.shape}")
         if np.any(t <= 0):
             raise EnsembleError(f"'temperatures' must be > 0; got {t.min()}")
-        # shifted before the division: z / 1e-308 overflows to inf (and NaN), (z - max) / t cannot
-        with np.errstate(over="ignore"):  # a tiny t sends the others to -inf: probability 0, as meant
-            z = (z - z.max(axis=-1, keepdims=True)) / t[:, None, None]
+        return _softmax_last(z, t[:, None, None])
     return _softmax_last(z)
 
 
@@ -114,9 +115,7 @@ def soften(probs2d, temperature: float) -> np.ndarray:
     p = _floats("probs", probs2d, 2, probs=True)
     if not (np.isfinite(temperature) and temperature > 0):
         raise EnsembleError(f"the 'temperature' parameter must be a finite number > 0; got {temperature!r}")
-    z = np.log(np.clip(p, 1e-12, None))
-    with np.errstate(over="ignore"):  # shifted first, as in `softmax`
-        return _softmax_last((z - z.max(axis=-1, keepdims=True)) / temperature)
+    return _softmax_last(np.log(np.clip(p, 1e-12, None)), temperature)
 
 
 def nll(probs2d, y) -> float:

@@ -131,6 +131,11 @@ class Recipe:
     vote: VoteConfig
     file_name: str = ""  # the recipe file's name, which errors found later name (as the recipe's own do)
 
+    @property
+    def where(self) -> str:
+        """What errors about this recipe start with: its file's name."""
+        return self.file_name or self.path.name
+
     def member(self, name: str) -> MemberConfig:
         for member in self.members:
             if member.name == name:

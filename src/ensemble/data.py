@@ -392,10 +392,10 @@ def quoting_warning(ds: TextDataset, quoting: str, setting: str = "data.quoting"
     quoted = sum(len(t) > 1 and t[0] == '"' and t[-1] == '"' and '""' in t for t in texts)
     if quoted < max(3, len(texts) // 100):  # a few such texts may be meant
         return None
-    value = '"csv"' if setting.startswith("data.") else "csv"
+    fix = f'{setting} = "csv"' if setting.startswith("data.") else f"{setting} csv"  # a recipe key, or a flag
     return (f"warning: {quoted} of {len(texts)} texts in '{ds.path}' look CSV-quoted (\"...\" around doubled quotes), "
             "and the file is read without CSV quoting, so they keep the escaping; if it was written with CSV "
-            f"quoting (pandas' to_csv(sep=\"\\t\")), set {setting} {'= ' if setting.startswith('data.') else ''}{value}")
+            f"quoting (pandas' to_csv(sep=\"\\t\")), set {fix}")
 
 
 def seen_in(ds: TextDataset, train: TextDataset) -> int:

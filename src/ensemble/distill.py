@@ -264,10 +264,12 @@ def compare(ens: Ensemble, student, held: TextDataset, split: str) -> dict:
     ensemble_labels = ens.vote_logits(logits, member_details=False).labels
     ensemble_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    student_labels = np.array([alone.labels.index(x) for x in alone.predict(list(zip(held.texts, held.pairs))
-                                                                            if held.pairs else held.texts)])
+    student_names = alone.labels  # `labels` is a copy: taken once, not per row
+    student_labels = np.array([student_names.index(x) for x in alone.predict(list(zip(held.texts, held.pairs))
+                                                                              if held.pairs else held.texts)])
     student_seconds = time.perf_counter() - start
-    student_labels = np.array([ens.labels.index(alone.labels[i]) for i in student_labels])
+    ensemble_names = ens.labels
+    student_labels = np.array([ensemble_names.index(student_names[i]) for i in student_labels])
     members = {name: float((logits[k].argmax(1) == y).mean()) for k, name in enumerate(ens.members)}
     best = max(members, key=members.get)
     acc_ens, acc_student = float((ensemble_labels == y).mean()), float((student_labels == y).mean())

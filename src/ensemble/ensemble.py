@@ -89,9 +89,9 @@ class Ensemble:
                 kinds = {True: "sentence pairs", False: "single texts"}
                 raise EnsembleError(f"member '{m.name}' was trained on {kinds[m.text_pair]} but member "
                                     f"'{members[0].name}' on {kinds[members[0].text_pair]}; they cannot vote together")
-        if stacker is not None and (stacker.n_members_, stacker.n_classes_) != (len(members), len(self.labels)):
+        if stacker is not None and (stacker.n_members_, stacker.n_classes_) != (len(members), len(self._labels)):
             raise EnsembleError(f"stacker: fitted for {stacker.n_members_} members x {stacker.n_classes_} classes; this "
-                                f"ensemble has {len(members)} x {len(self.labels)}: fit it again")
+                                f"ensemble has {len(members)} x {len(self._labels)}: fit it again")
         self.method = method
         # weighted and selection votes learn their weights (fit_vote); given, they count as learned
         self.weights_learned = method not in LEARNED_WEIGHTS
@@ -111,12 +111,12 @@ class Ensemble:
                      "How members combine: soft, hard, weighted, selection or stacking. Switching to weighted "
                      "or selection asks for weights again (fit_vote, or assign weights).")
     weights = Checked(lambda ens, value: _assign_weights(ens, value),
-                      "Member name -> vote weight (a read-only copy). Assign a dict to change them: members it "
-                      "leaves out get 1.0; given weights count as learned for weighted and selection.",
-                      ReadOnlyDict)
-    temperatures = Checked(lambda ens, value: per_member("temperatures", value, list(ens.members)),
-                           "Member name -> softmax temperature (a read-only copy; fit_vote calibrates them). "
-                           "Assign a dict to change them: members it leaves out get 1.0.", ReadOnlyDict)
+                      "Member name -> vote weight (a read-only copy of the dict assigned). Assign a dict to "
+                      "change them: members it leaves out get 1.0; given weights count as learned for weighted "
+                      "and selection.")
+    temperatures = Checked(lambda ens, value: ReadOnlyDict(per_member("temperatures", value, list(ens.members))),
+                           "Member name -> softmax temperature (a read-only copy of the dict assigned; fit_vote "
+                           "calibrates them). Assign a dict to change them: members it leaves out get 1.0.")
     ensemble_temperature = Checked(lambda ens, value: check_ensemble_temperature(value),
                                    "Temperature on the soft vote's probabilities (1: as averaged).")
     abstain_on = Checked(lambda ens, value: check_abstain_on(value),
@@ -148,7 +148,7 @@ class Ensemble:
             >>> Ensemble.load("runs/demo")  # doctest: +SKIP
             Ensemble(method='soft', members=['albert', 'electra', 'roberta', 'bert'], labels=['negative', 'neutral', 'positive'])
         """
-        parts = [f"method={self.method!r}", f"members={list(self.members)}", f"labels={self.labels}"]
+        parts = [f"method={self.method!r}", f"members={list(self.members)}", f"labels={self._labels}"]
         if len(set(self.weights.values())) > 1 and self.method != "stacking":
             parts.append(f"weights={ {n: round(w, 4) for n, w in self.weights.items()} }")
         if self.abstain_below is not None:
@@ -236,7 +236,7 @@ class Ensemble:
         return files
 
     def manifest(self) -> dict:
-        return {"format": FORMAT, "labels": self.labels, "method": self.method, "weights": dict(self.weights),
+        return {"format": FORMAT, "labels": list(self._labels), "method": self.method, "weights": dict(self.weights),
                 "temperatures": dict(self.temperatures), "ensemble_temperature": self.ensemble_temperature,
                 "stacker": None if self.stacker is None else self.stacker.to_dict(),
                 "abstain_below": self.abstain_below, "abstain_on": self.abstain_on,
@@ -295,7 +295,7 @@ class Ensemble:
 
     def member_logits(self, texts: Sequence, pairs: Sequence[str] | None = None,
                       truncated: dict[str, int] | None = None, progress: str | bool | None = None) -> np.ndarray:
-        """Logits of every member, shape (members, rows, classes), columns in `self.labels` order.
+        """Logits of every member, shape (members, rows, classes), columns in `labels` order.
 
         Texts are tokenized once per distinct tokenizer (members fine-tuned from one checkpoint
         share the token ids); members on different GPUs run concurrently, in bf16 autocast unless
@@ -319,11 +319,11 @@ class Ensemble:
         unloaded = [m.name for m in members if m.model is None]
         if unloaded:
             raise EnsembleError(f"member '{unloaded[0]}' was opened without its weights; open it with load_weights=True to predict")
-        return members_logits(members, self.labels, texts, pairs, self.batch_size, self.precision, truncated, progress)
+        return members_logits(members, self._labels, texts, pairs, self.batch_size, self.precision, truncated, progress)
 
     def recorded_logits(self, valid: TextDataset) -> np.ndarray | None:
         """Every member's logits on `valid` as recorded when its best epoch was evaluated in
-        training, shape (members, rows, classes) in `self.labels` order; None unless every member
+        training, shape (members, rows, classes) in `labels` order; None unless every member
         recorded them for exactly these rows (then use `member_logits`).
 
         They are the predictions each member's metrics.json reports (under bf16 autocast, with its
@@ -331,7 +331,7 @@ class Ensemble:
         """
         logits, rows = [], valid.fingerprint()  # hashed once, not once per member
         for member in self.members.values():
-            recorded = None if member.path is None else recorded_valid_logits(member.path, valid, self.labels, rows)
+            recorded = None if member.path is None else recorded_valid_logits(member.path, valid, self._labels, rows)
             if recorded is None:
                 return None
             logits.append(recorded)
@@ -395,9 +395,9 @@ class Ensemble:
                 raise EnsembleError(f"{where}: logits must be a (members, rows, classes) array of numbers; got a "
                                     f"{type(logits).__name__} that is not one (ragged, or not numbers)") from None
         shape = tuple(logits.shape)
-        if len(shape) != 3 or shape[0] != len(self.members) or shape[2] != len(self.labels):
+        if len(shape) != 3 or shape[0] != len(self.members) or shape[2] != len(self._labels):
             raise EnsembleError(f"{where}: logits have shape {shape}; expected ({len(self.members)}, rows, "
-                                f"{len(self.labels)}): members {list(self.members)} x rows x labels {self.labels}")
+                                f"{len(self._labels)}): members {list(self.members)} x rows x labels {self._labels}")
         return logits
 
     def vote(self, texts: Sequence, pairs: Sequence[str] | None = None, member_details: bool = True) -> Vote:
@@ -422,7 +422,7 @@ class Ensemble:
         """
         vote = self.vote(texts, pairs, member_details=False)
         abstain = self.abstained(vote)
-        return [ABSTAIN if abstain is not None and abstain[row] else self.labels[i]
+        return [ABSTAIN if abstain is not None and abstain[row] else self._labels[i]
                 for row, i in enumerate(vote.labels.tolist())]
 
     def predict_proba(self, texts: Sequence, pairs: Sequence[str] | None = None) -> np.ndarray:
@@ -452,9 +452,9 @@ def _assign_method(ens: Ensemble, value: str) -> str:
     return value
 
 
-def _assign_weights(ens: Ensemble, value: Mapping[str, float] | None) -> dict[str, float]:
+def _assign_weights(ens: Ensemble, value: Mapping[str, float] | None) -> ReadOnlyDict:
     """`weights`, checked; given ones count as learned (see `_assign_method`)."""
-    weights = per_member("weights", value, list(ens.members))
+    weights = ReadOnlyDict(per_member("weights", value, list(ens.members)))
     if value:
         ens.weights_learned = True
     return weights

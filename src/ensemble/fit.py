@@ -24,7 +24,7 @@ from .provenance import base_fingerprint, learned_settings, local_base, setting_
 from .recipe import DataConfig, MemberConfig, Recipe, abstention_key, check_distinct_files, recipe_dict
 from .settings import check_abstain_label
 from .train import Diverged, Splits, process_state, train_member
-from .votefit import missing_labels_warning, thin_abstention_warning
+from .votefit import vote_warnings
 
 
 def load_splits(data: DataConfig, where: str = "") -> tuple[Splits, TextDataset | None, list[str]]:
@@ -66,6 +66,15 @@ def _load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str
     if test is not None:
         check_known_labels(test, labels, "data.test")
     return Splits(train, valid), test, labels
+
+
+def checked_inputs(recipe: Recipe, members: Sequence[MemberConfig]) -> tuple[Splits, TextDataset | None, list[str]]:
+    """The recipe's data, read and checked, after the checks that need it (abstention's labels)
+    and those of the `members` to train (`preflight`): every input mistake before any training."""
+    splits, test, labels = load_splits(recipe.data, recipe.where)
+    check_abstain_label(labels, abstention_key(recipe.vote), recipe.where)
+    preflight(members, where=recipe.where, defaults=recipe.defaults)
+    return splits, test, labels
 
 
 def data_warnings(data: DataConfig, splits: Splits, test: TextDataset | None) -> list[str]:
@@ -140,9 +149,7 @@ def _fit(recipe: Recipe, out: Path, overwrite: bool, resume: bool, progress: boo
     if unknown:
         raise EnsembleError(f"--only: no member named '{unknown[0]}'; members: {', '.join(m.name for m in recipe.members)}")
     chosen = [m for m in recipe.members if only is None or m.name in only]
-    splits, test, labels = load_splits(recipe.data, recipe.file_name or recipe.path.name)
-    check_abstain_label(labels, abstention_key(recipe.vote), recipe.file_name or recipe.path.name)
-    preflight(chosen, where=recipe.file_name or recipe.path.name, defaults=recipe.defaults)  # only the members to train: --only b must not need member a's model
+    splits, test, labels = checked_inputs(recipe, chosen)  # only the members to train: --only b must not need a's model
     if state.is_main_process and lock is not None:  # not in workers: their parent said it
         for warning in data_warnings(recipe.data, splits, test):
             print(warning)
@@ -268,10 +275,8 @@ def vote_and_report(recipe: Recipe, out: Path, splits: Splits, test: TextDataset
     else:  # the members' own counts, from the same tokenization
         truncated = {name: _valid_truncated(out / "members" / name) for name in ens.members}
     fitted = ens.fit_vote(valid_logits, gold(ens, splits.valid, "data.valid"), recipe.vote)
-    for warning in (missing_labels_warning(fitted, "the validation split"),
-                    thin_abstention_warning(fitted, "vote.abstain_accuracy")):
-        if warning is not None:
-            print(warning)
+    for warning in vote_warnings(fitted, "the validation split", "vote.abstain_accuracy"):
+        print(warning)
     skipped = {"train": splits.train.skipped, "valid": splits.valid.skipped if recipe.data.valid else 0}
     if test is not None:  # only the splits there are
         skipped["test"] = test.skipped
@@ -343,10 +348,10 @@ def changed(path: Path, member: MemberConfig, labels: list[str], rows: dict | No
     # members from before base fingerprints were recorded (or whose base cannot be told now) are
     # compared by their settings alone, `model` included
     if recorded is not None and current is not None:
-        if recorded != current and (before.get("model") == now.get("model") or local_base(member) is not None):
+        if recorded != current and before.get("model") == now.get("model"):
+            return f"its base model's files changed since it was trained (model '{member.model}')"
+        if recorded != current and local_base(member) is not None:
             # a local base is its files, wherever they are: a new path is named, but the files are why
-            if before.get("model") == now.get("model"):
-                return f"its base model's files changed since it was trained (model '{member.model}')"
             return (f"its base model changed since it was trained: model '{member.model}' (was "
                     f"'{before.get('model')}') holds other files")
         if recorded == current and local_base(member) is not None:

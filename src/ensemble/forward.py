@@ -47,6 +47,7 @@ def members_logits(members: Sequence[Member], labels: Sequence[str], texts: list
     by_device: dict[str, list[int]] = {}
     for k, member in enumerate(members):
         by_device.setdefault(str(device_of(member.model)), []).append(k)
+    orders = [[member.labels.index(label) for label in labels] for member in members]  # to `labels`' columns
     with bar:
         # Token ids take ~5 KB a row as Python lists: rows go through in chunks, so that memory
         # stays bounded whatever the input's size (length-sorting within a chunk pads as little).
@@ -60,9 +61,8 @@ def members_logits(members: Sequence[Member], labels: Sequence[str], texts: list
             def run(indices: list[int]) -> None:
                 for k in indices:
                     member = members[k]
-                    order = [member.labels.index(label) for label in labels]
                     enc = encodings[member.tokenizer_key or member.name]
-                    out[k, start:stop] = predict_logits(member, enc, batch_size, precision, rows_bar)[:, order]
+                    out[k, start:stop] = predict_logits(member, enc, batch_size, precision, rows_bar)[:, orders[k]]
 
             if len(by_device) > 1:
                 with ThreadPoolExecutor(len(by_device)) as pool:

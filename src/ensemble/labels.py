@@ -52,11 +52,12 @@ def normalize_label(value: object) -> str | None:
         return "true" if value else "false"
     if isinstance(value, int | np.integer):
         return str(int(value))
-    if isinstance(value, np.floating) and not isinstance(value, float) and not math.isnan(value):
-        # a float32 in its own shortest spelling: np.float32(0.1) is "0.1", not 0.10000000149011612
-        return _number_text(float(value)) if float(value).is_integer() else str(value)
     if isinstance(value, float | np.floating):
-        return None if math.isnan(value) else _number_text(float(value))
+        if math.isnan(value):
+            return None
+        if not isinstance(value, float) and not float(value).is_integer():
+            return str(value)  # a float32 in its own shortest spelling: "0.1", not 0.10000000149011612
+        return _number_text(float(value))
     if isinstance(value, bytes | bytearray | np.bytes_):
         value = bytes(value).decode("utf-8", errors="backslashreplace")
     s = unicodedata.normalize("NFC", str(value)).strip().strip(_INVISIBLE).strip()
@@ -171,8 +172,8 @@ def label_warnings(labels: Sequence[str]) -> list[str]:
         >>> label_warnings([f"{k / 4:.2f}" for k in range(21)] * 5)[0][:61]
         'warning: 21 numbered classes such as 0.25, 0.75, 1.25 are off'
     """
-    said = [alike] if (alike := case_variants(sorted(set(labels)))) else []
     distinct = set(labels)
+    said = [alike] if (alike := case_variants(sorted(distinct))) else []
     if len(distinct) > 20 and all(_is_number(v) for v in distinct):
         off_grid = [v for v in sorted_labels(distinct) if not (2 * float(v)).is_integer()]
         if off_grid:

@@ -23,28 +23,24 @@ MIN_TEMPERATURE = 1e-6
 
 class Checked:
     """A setting whose every assignment goes through `check(owner, value)`, which returns the
-    value to keep or raises (the old value then stays). `doc` is what ``help()`` shows; `view`,
-    when given, wraps what is read (a read-only view of a dict, so that changes go through here)."""
+    value to keep or raises (the old value then stays). `doc` is what ``help()`` shows."""
 
-    def __init__(self, check, doc: str = "", view=None) -> None:
-        self.check, self.__doc__, self.view = check, doc, view
+    def __init__(self, check, doc: str = "") -> None:
+        self.check, self.__doc__ = check, doc
 
     def __set_name__(self, owner, name: str) -> None:
         self.slot = f"_{name}"
 
     def __get__(self, obj, owner=None):
-        if obj is None:
-            return self
-        value = getattr(obj, self.slot)
-        return value if self.view is None else self.view(value)
+        return self if obj is None else getattr(obj, self.slot)
 
     def __set__(self, obj, value) -> None:
         setattr(obj, self.slot, self.check(obj, value))
 
 
 class ReadOnlyDict(dict):
-    """A dict that refuses changes in place (a setting's copy: assign a whole dict to change it);
-    still a dict for JSON, pickle and copies."""
+    """A dict that refuses changes in place (a setting's value: assign a whole dict to change it,
+    so that the change is checked); still a dict for JSON, pickle and copies."""
 
     def _refuse(self, *args, **kwargs):
         raise TypeError("a setting of the ensemble is changed by assigning a whole dict, e.g. "

@@ -150,6 +150,13 @@ def missing_labels_warning(info: dict | None, where: str) -> str | None:
             f"{'that class' if len(missing) == 1 else 'those classes'}{never}")
 
 
+def vote_warnings(info: dict | None, where: str, accuracy_setting: str) -> list[str]:
+    """What to say about a fitted vote: labels the validation rows lack (`where` names them), and
+    an accuracy target met on a handful of rows (`accuracy_setting` names the key or flag)."""
+    warnings = (missing_labels_warning(info, where), thin_abstention_warning(info, accuracy_setting))
+    return [w for w in warnings if w is not None]
+
+
 MIN_ANSWERED = 30  # validation rows an accuracy target must answer for its accuracy to mean something
 
 

@@ -29,13 +29,11 @@ from tqdm.auto import tqdm
 
 from .checkpoint import LOG, Checkpoint, MadeWith, checkpoint_dir, matches, read_progress
 from .errors import EnsembleError
-from .fit import (OutLock, check_out, data_warnings, diverged_file, finished, fit, keep_trained, load_splits,
+from .fit import (OutLock, check_out, checked_inputs, data_warnings, diverged_file, finished, fit, keep_trained,
                   prepare_out, retrain_why, vote_and_report)
 from .devices import bf16_tip
 from .members import saved_metrics
-from .preflight import preflight
-from .settings import check_abstain_label
-from .recipe import MemberConfig, Recipe, abstention_key
+from .recipe import MemberConfig, Recipe
 from .slots import Slot, plan, split_threads, threads_label, work
 from .train import checkpoint_mismatch, epoch_line
 
@@ -75,9 +73,7 @@ def _fit_concurrent(recipe: Recipe, argv: list[str], out: Path, workers: str | i
     logs = Path(tempfile.mkdtemp(prefix="ensemble-workers-"))
     started = [] if resume else [_Worker(slot, k, argv, out, logs, resume) for k, slot in enumerate(slots)]
     try:
-        splits, test, labels = load_splits(recipe.data, recipe.file_name or recipe.path.name)  # reported once, here
-        check_abstain_label(labels, abstention_key(recipe.vote), recipe.file_name or recipe.path.name)
-        preflight(recipe.members, where=recipe.file_name or recipe.path.name, defaults=recipe.defaults)
+        splits, test, labels = checked_inputs(recipe, recipe.members)  # a data error is reported once, here
         rows = splits.rows if resume else None
         kept = [m for m in recipe.members if resume and finished(out / "members" / m.name, m, labels, rows)]
         queue = [m for m in recipe.members if m not in kept]
