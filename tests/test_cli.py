@@ -1,6 +1,7 @@
 """The command line: one-line errors with exit code 2, bugs exit 1, --debug shows tracebacks,
 and the shipped project1 recipe runs offline with --scratch tiny."""
 
+import csv
 import json
 import os
 import shutil
@@ -305,3 +306,122 @@ def test_fit_says_on_the_console_how_many_rows_it_skipped(tmp_path, cli):
     code, out, err = cli(["fit", str(recipe), "--set", "data.on_bad_rows=skip", "--out", str(tmp_path / "r"), "--quiet"])
     assert code == 0, err
     assert 'note: skipped as bad (data.on_bad_rows = "skip"): 2 train rows; the report\'s Data section counts them' in out
+
+
+def _with_ids(fitted: Path, path: Path, bad_line: int | None = None) -> list[str]:
+    """The first 40 rows of the fitted train.csv with an id column in front; the row `bad_line`
+    (1 = the first data row) loses its text. Returns the ids."""
+    lines = (fitted / "train.csv").read_text(encoding="utf-8").splitlines()[1:41]
+    ids = [f"row-{i}" for i in range(len(lines))]
+    body = [f"{id_},{'' if i + 1 == bad_line else line.rsplit(',', 1)[0]},{line.rsplit(',', 1)[1]}"
+            for i, (id_, line) in enumerate(zip(ids, lines))]
+    path.write_text("id,text,label\n" + "\n".join(body) + "\n", encoding="utf-8")
+    return ids
+
+
+def test_predict_keeps_an_id_column_and_skips_bad_rows_when_asked(fitted, cli, tmp_path):
+    data = tmp_path / "d.csv"
+    ids = _with_ids(fitted, data, bad_line=5)
+    base = ["predict", "--ensemble", str(fitted / "run"), "--data", str(data), "--quiet", "--chunk-rows", "7"]
+    code, _, err = cli(base + ["--out", str(tmp_path / "p.csv"), "--keep-columns", "id"])
+    assert code == 2 and err == (f"error: --data: line 6 of '{data}' has an empty text in column 'text'; fix the row "
+                                 "or pass --on-bad-rows skip to leave it out\n")
+    assert not (tmp_path / "p.csv").exists()
+    code, out, err = cli(base + ["--out", str(tmp_path / "p.csv"), "--keep-columns", "id", "--on-bad-rows", "skip"])
+    assert code == 0, err
+    assert out == f"39 rows predicted: {tmp_path / 'p.csv'}\n"
+    assert f"note: 1 bad row of '{data}' skipped (--on-bad-rows skip): not in '{tmp_path / 'p.csv'}'\n" in err
+    with open(tmp_path / "p.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:3] == ["id", "text", "label"]
+    assert [r["id"] for r in rows] == ids[:4] + ids[5:]  # chunked by 7: every id stays with its own row
+    ens = Ensemble.load(fitted / "run")
+    assert [r["ensemble_label"] for r in rows] == ens.predict([r["text"] for r in rows])
+    # without an id to join on, the note says how to get one
+    code, _, err = cli(base + ["--out", str(tmp_path / "q.csv"), "--on-bad-rows", "skip"])
+    assert code == 0 and "--keep-columns ID copies an id column to join on" in err
+
+
+def test_predict_resume_needs_the_same_kept_columns(fitted, cli, tmp_path):
+    from ensemble.evaluate import _identity
+
+    data = tmp_path / "d.csv"
+    _with_ids(fitted, data)
+    ens = Ensemble.load(fitted / "run")
+    args = ["predict", "--ensemble", str(fitted / "run"), "--data", str(data), "--quiet", "--out", str(tmp_path / "p.csv")]
+    (tmp_path / ".p.csv.partial").write_bytes(b"text\n")
+    before = _identity(ens, data, "text", None, "label", 10_000, "none")
+    (tmp_path / ".p.csv.partial.json").write_text(json.dumps({"identity": before, "rows": 1, "bytes": 5}))
+    code, _, err = cli(args + ["--resume", "--keep-columns", "id"])
+    assert code == 2 and "was written with other settings: --keep-columns [] (now ['id'])" in err, err
+    # a state from before --keep-columns and --on-bad-rows existed is one written without them
+    old = {k: v for k, v in before.items() if k not in ("--keep-columns", "--on-bad-rows")}
+    (tmp_path / ".p.csv.partial.json").write_text(json.dumps({"identity": old, "rows": 1, "bytes": 5}))
+    code, _, err = cli(args + ["--resume", "--on-bad-rows", "skip"])
+    assert code == 2 and "other settings: --on-bad-rows 'error' (now 'skip')" in err, err
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--keep-columns", "nope", "error: --data: column 'nope' not found in '{data}'; columns found: id, text, label "
+                               "(set --keep-columns to one of them)"),
+    ("--keep-columns", "label", "error: --keep-columns: 'label' is a column the predictions have already (the gold "
+                                "label); keep a column of another name, or rename it in the file"),
+    ("--on-bad-rows", "drop", "error: --on-bad-rows: must be one of {'error', 'skip'}; got 'drop'"),
+])
+@pytest.mark.parametrize("command", ["predict", "vote"])
+def test_keep_and_bad_row_flags_say_what_is_wrong(fitted, cli, tmp_path, command, flag, value, message):
+    data = tmp_path / "d.csv"
+    _with_ids(fitted, data)
+    where = (["--ensemble", str(fitted / "run"), "--out", str(tmp_path / "p.csv")] if command == "predict" else
+             ["--members", str(fitted / "run" / "members" / "bert"), "--out", str(tmp_path / "o")])
+    code, _, err = cli([command, *where, "--data", str(data), flag, value, "--quiet"])
+    assert code == 2 and err == message.replace("{data}", str(data)) + "\n"
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "o").exists()
+
+
+def test_vote_keeps_columns_and_counts_the_rows_it_skipped(fitted, cli, tmp_path):
+    data = tmp_path / "d.csv"
+    ids = _with_ids(fitted, data, bad_line=1)
+    members = [str(fitted / "run" / "members" / n) for n in ("bert", "roberta")]
+    code, _, err = cli(["vote", "--members", *members, "--data", str(data), "--out", str(tmp_path / "o"),
+                        "--keep-columns", "id", "--on-bad-rows", "skip", "--quiet"])
+    assert code == 0, err
+    assert "note: skipped as bad (--on-bad-rows skip): 1 --data row; the report's Data section counts them" in err
+    with open(tmp_path / "o" / "predictions.csv", newline="", encoding="utf-8") as f:
+        assert [r["id"] for r in csv.DictReader(f)] == ids[1:]
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["rows"] == 39 and report["data"]["skipped_rows"] == {"data": 1}
+
+
+def test_fit_keeps_the_reported_files_columns(tmp_path, cli):
+    recipe = small_recipe(tmp_path, members="bert")
+    lines = (tmp_path / "train.csv").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "test.csv").write_text("id,text,label\n" + "\n".join(f"t{i},{line}" for i, line in
+                                                                   enumerate(lines[1:31])) + "\n", encoding="utf-8")
+    (tmp_path / "train.csv").write_text("\n".join(lines[:1] + lines[31:]) + "\n", encoding="utf-8")
+    code, _, err = cli(["fit", str(recipe), "--set", f"data.test={tmp_path / 'test.csv'}", "--set",
+                        "data.keep_columns=['bert_label']", "--out", str(tmp_path / "r"), "--quiet"])
+    assert code == 2 and err == ("error: small.toml: data.keep_columns: 'bert_label' is a column the predictions have "
+                                 "already (a member's); keep a column of another name, or rename it in the file\n")
+    # the test file has the id; the training file does not need it
+    code, _, err = cli(["fit", str(recipe), "--set", f"data.test={tmp_path / 'test.csv'}", "--set",
+                        "data.keep_columns=['id']", "--out", str(tmp_path / "r"), "--quiet"])
+    assert code == 0, err
+    with open(tmp_path / "r" / "predictions.csv", newline="", encoding="utf-8") as f:
+        assert [r["id"] for r in csv.DictReader(f)] == [f"t{i}" for i in range(30)]
+
+
+@pytest.mark.parametrize("command", ["predict", "vote"])
+def test_an_id_column_given_as_the_text_is_warned_about(fitted, cli, tmp_path, command):
+    data = tmp_path / "d.csv"
+    _with_ids(fitted, data)
+    where = (["--ensemble", str(fitted / "run"), "--out", str(tmp_path / "p.csv")] if command == "predict" else
+             ["--members", str(fitted / "run" / "members" / "bert"), "--out", str(tmp_path / "o")])
+    code, _, err = cli([command, *where, "--data", str(data), "--text", "id", "--quiet"])
+    assert code == 0, err
+    assert "looks like an id column" not in err  # 'row-0' is neither a number nor a hash
+    data.write_text(data.read_text(encoding="utf-8").replace("row-", ""), encoding="utf-8")
+    code, _, err = cli([command, *where, "--data", str(data), "--text", "id", "--quiet", "--overwrite"])
+    assert code == 0, err
+    assert (f"warning: the text column 'id' of '{data}' looks like an id column: its 40 texts are all different, and "
+            "40 are numbers or hashes (e.g. '0'), not text to classify; name the text column with --text COLUMN") in err

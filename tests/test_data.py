@@ -236,10 +236,10 @@ def test_bad_row_errors_on_first_and_skip_counts(tmp_path: Path, content: str, k
         ("data.train", 'fix the row or set data.on_bad_rows = "skip"'),
         ("data.valid", 'fix the row or set data.on_bad_rows = "skip"'),
         ("data", 'fix the row or set data.on_bad_rows = "skip"'),
-        # vote and predict have no recipe and no way to skip rows: no recipe setting is named.
+        # vote and predict have no recipe: their flag is named.
         # --data's gold labels are optional: going without them is the other way out
-        ("--data", 'fix the row, remove it from the file, or pass --label "" to go without gold labels'),
-        ("--valid", "fix the row or remove it from the file"),
+        ("--data", 'fix the row, pass --on-bad-rows skip to leave it out, or --label "" to go without gold labels'),
+        ("--valid", "fix the row or pass --on-bad-rows skip to leave it out"),
         ("--unlabeled", "fix the row or remove it from the file"),
     ],
 )
@@ -447,7 +447,7 @@ def test_jsonl_text_that_is_not_a_string_is_a_bad_row(
     assert str(info.value) == f'data.train: line 3 of \'{path}\' {problem}; fix the row or set data.on_bad_rows = "skip"'
     with pytest.raises(EnsembleError) as cli:
         load_table(path, field="--data", **kwargs)
-    assert str(cli.value) == f"--data: line 3 of '{path}' {problem}; fix the row or remove it from the file"
+    assert str(cli.value) == f"--data: line 3 of '{path}' {problem}; fix the row or pass --on-bad-rows skip to leave it out"
     ds = load_table(path, on_bad_rows="skip", **kwargs)
     assert ds.texts == ["a", "b"] and ds.labels == ["1", "0"] and ds.skipped == 1
 
@@ -991,7 +991,7 @@ def test_a_label_after_an_unlabelled_first_chunk_is_an_error_at_any_chunk_size(t
     path = write(tmp_path / "x.csv", "text,label\n" + "".join(f"t{i},\n" for i in range(5)) + "t5,pos\n")
     message = (r"line 7 of '.*' has a label in column 'label', but the first 2 rows have none; fill the blank labels"
                if chunk_rows == 2 else r"line 2 of '.*' has an empty label in column 'label'; fix the row")
-    with pytest.raises(EnsembleError, match=message + r".*pass --label \"\" to go without gold labels"):
+    with pytest.raises(EnsembleError, match=message + r".*--label \"\" to go without gold labels"):
         list(iter_table(path, chunk_rows=chunk_rows, require_label=False, field="--data"))
 
 
@@ -1156,3 +1156,115 @@ def test_cfimdb_read_without_csv_quoting_is_warned_about(shared_data):
     ds = load_table(train, text="sentence", label="sentiment")
     assert quoting_warning(ds, "none").startswith("warning: 692 of 1707 texts")
     assert quoting_warning(load_table(train, text="sentence", label="sentiment", quoting="csv"), "csv") is None
+
+
+# --------------------------------------------------------------------------- kept columns (an id to join on)
+
+
+def _kept_files(tmp: Path) -> dict[str, Path]:
+    """One file per format: id, text, label, group; row 2 has an empty text."""
+    ids, texts, labels, groups = [7, 8, 9], ["good film", "", "fine film"], ["1", "0", "1"], ["a", "b", "c"]
+    files = {
+        "csv": write(tmp / "k.csv", "id,text,label,group\n" + "".join(
+            f"{i},{t},{lab},{g}\n" for i, t, lab, g in zip(ids, texts, labels, groups))),
+        "tsv": write(tmp / "k.tsv", "id\ttext\tlabel\tgroup\n" + "".join(
+            f"{i}\t{t}\t{lab}\t{g}\n" for i, t, lab, g in zip(ids, texts, labels, groups))),
+        "jsonl": write(tmp / "k.jsonl", "".join(json.dumps({"id": i, "text": t, "label": int(lab), "group": g}) + "\n"
+                                                for i, t, lab, g in zip(ids, texts, labels, groups))),
+    }
+    np.savez(tmp / "k.npz", id=np.array(ids), text=np.array(texts), label=np.array(labels, dtype=int),
+             group=np.array(groups))
+    files["npz"] = tmp / "k.npz"
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return files
+    pq.write_table(pa.table({"id": ids, "text": texts, "label": [int(v) for v in labels], "group": groups}),
+                   tmp / "k.parquet")
+    files["parquet"] = tmp / "k.parquet"
+    return files
+
+
+@pytest.mark.parametrize("kind", ["csv", "tsv", "jsonl", "npz", "parquet"])
+def test_kept_columns_follow_their_rows_in_every_format(tmp_path: Path, kind: str) -> None:
+    files = _kept_files(tmp_path)
+    if kind not in files:
+        pytest.skip("pyarrow is not installed")
+    ds = load_table(files[kind], keep=["group", "id"], on_bad_rows="skip")
+    # the bad row is skipped with its kept values; numbers are written as they are spelled
+    assert ds.texts == ["good film", "fine film"] and ds.labels == ["1", "1"]
+    assert ds.kept == {"group": ["a", "c"], "id": ["7", "9"]} and list(ds.kept) == ["group", "id"]
+    chunks = list(iter_table(files[kind], chunk_rows=1, keep=["id"], on_bad_rows="skip"))
+    assert [c.kept for c in chunks] == [{"id": ["7"]}, {"id": ["9"]}]
+    assert load_table(files[kind], on_bad_rows="skip").kept is None  # nothing kept unless asked
+
+
+def test_a_kept_column_may_be_the_text_or_label_column_and_survives_subsets(tmp_path: Path) -> None:
+    path = write(tmp_path / "d.csv", "text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(10)))
+    ds = load_table(path, keep=["label", "text"])
+    assert ds.kept == {"label": ds.labels, "text": ds.texts}
+    train, valid = stratified_split(ds, 0.2, seed=0)
+    assert valid.kept == {"label": valid.labels, "text": valid.texts} and train.kept["text"] == train.texts
+
+
+def test_an_unlabelled_file_keeps_its_columns_after_the_blank_label_column(tmp_path: Path) -> None:
+    path = write(tmp_path / "d.csv", "id,text,label\n1,a,\n2,b,\n")
+    ds = load_table(path, keep=["id"], require_label=False)
+    assert ds.labels is None and ds.kept == {"id": ["1", "2"]}
+
+
+@pytest.mark.parametrize(
+    ("field", "keep", "message"),
+    [
+        ("--data", ["ID"], "--data: column 'ID' not found in '{p}'; columns found: id, text, label (set --keep-columns "
+                           "to one of them)"),
+        ("data.test", ["ID"], "data.test: column 'ID' not found in '{p}'; columns found: id, text, label (set "
+                              "data.keep_columns to one of them)"),
+        ("--data", ["id", "id"], "--keep-columns: names column 'id' more than once; name each column once"),
+        ("data.test", ["id", "id"], "data.keep_columns: names column 'id' more than once; name each column once"),
+        ("--data", [" "], "--keep-columns: is empty; give a column name of '{p}': id, text, label"),
+    ],
+)
+def test_kept_column_mistakes_name_the_setting(tmp_path: Path, field: str, keep: list, message: str) -> None:
+    path = write(tmp_path / "d.csv", "id,text,label\n1,a,x\n")
+    with pytest.raises(EnsembleError) as info:
+        load_table(path, keep=keep, field=field)
+    assert str(info.value) == message.format(p=path)
+
+
+def test_a_jsonl_row_without_a_kept_field_is_a_bad_row(tmp_path: Path) -> None:
+    path = write(tmp_path / "d.jsonl", '{"id": 1, "text": "a", "label": 0}\n{"text": "b", "label": 1}\n')
+    with pytest.raises(EnsembleError, match=r"line 2 of .* has no field 'id'; fix the row or pass --on-bad-rows skip"):
+        load_table(path, keep=["id"], field="--data")
+    assert load_table(path, keep=["id"], on_bad_rows="skip").kept == {"id": ["1"]}
+
+
+def test_kept_values_are_not_misaligned_by_a_wrong_length() -> None:
+    with pytest.raises(ValueError, match=r"TextDataset.kept\['id'\] has 1 items but texts has 2"):
+        TextDataset(["a", "b"], None, None, "x.csv", kept={"id": ["1"]})
+
+
+@pytest.mark.parametrize(
+    ("texts", "warned"),
+    [
+        ([str(i) for i in range(100, 140)], True),
+        ([f"{i:025x}" for i in range(40)], True),
+        ([f"12345678-aaaa-bbbb-cccc-{i:012d}" for i in range(40)], True),
+        ([str(i) for i in range(19)], False),  # too few rows to tell
+        ([str(i % 30) for i in range(40)], False),  # repeated values: a category, perhaps, not an id
+        ([str(i) for i in range(37)] + ["a film", "fine", "bad"], False),  # more than 5% real text
+        (["great", "awful", "fine", "meh"] * 10, False),
+    ],
+)
+def test_a_text_column_of_ids_is_warned_about(texts: list[str], warned: bool) -> None:
+    from ensemble.data import id_warning
+
+    ds = TextDataset(texts, None, None, "d.csv")
+    warning = id_warning(ds, "id", "--text")
+    assert (warning is not None) == warned
+    if warned:
+        assert warning == (f"warning: the text column 'id' of 'd.csv' looks like an id column: its 40 texts are all "
+                           f"different, and 40 are numbers or hashes (e.g. '{texts[0]}'), not text to classify; name "
+                           "the text column with --text COLUMN")
+        assert id_warning(ds, "id", "data.text").endswith('with data.text = "..."')

@@ -21,6 +21,7 @@ from ensemble.report import (
     classification_metrics,
     fleiss_kappa,
     per_label_scores,
+    prediction_columns,
     write_predictions,
     write_report,
 )
@@ -317,6 +318,44 @@ def test_predictions_csv_rejects_clashing_member_names(tmp_path):
         write_predictions(tmp_path / "p.csv", names=["a", "ensemble"], labels=["x", "y"], vote=vote,
                           texts=["t"], pairs=None, y_true=None)
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_predictions_csv_starts_with_the_kept_columns(tmp_path):
+    path = tmp_path / "predictions.csv"
+    kept = {"id": [f"r{i}" for i in range(5)], "note": ["a,b", 'say "hi"', "", "x\ny", "é"]}
+    write_predictions(path, names=NAMES, labels=LABELS, vote=hand_vote(), texts=TEXTS, pairs=None, y_true=Y_TRUE,
+                      kept=kept)
+    header, rows = read_csv(path)
+    assert header[:4] == ["id", "note", "text", "label"]
+    assert [row["id"] for row in rows] == kept["id"] and [row["note"] for row in rows] == kept["note"]
+    assert [row["text"] for row in rows] == TEXTS
+    with pytest.raises(ValueError, match=r"got lengths \{\"kept\['id'\]\": 1\}"):
+        write_predictions(path, names=NAMES, labels=LABELS, vote=hand_vote(), texts=TEXTS, pairs=None, y_true=None,
+                          kept={"id": ["r0"]})
+
+
+@pytest.mark.parametrize(
+    ("kept", "pairs", "gold", "what"),
+    [
+        ("text", False, False, "the text"),
+        ("text_pair", True, False, "the second text"),
+        ("label", False, True, "the gold label"),
+        ("a_confidence", False, False, "a member's"),
+        ("ensemble_label", False, False, "the vote's"),
+        ("agreement", False, False, "the vote's"),
+    ],
+)
+def test_a_kept_column_named_like_a_predictions_column_is_refused(kept, pairs, gold, what):
+    with pytest.raises(EnsembleError) as info:
+        prediction_columns(["a"], pairs=pairs, gold=gold, kept=[kept], field="--keep-columns")
+    assert str(info.value) == (f"--keep-columns: '{kept}' is a column the predictions have already ({what}); keep a "
+                               "column of another name, or rename it in the file")
+
+
+@pytest.mark.parametrize(("kept", "pairs", "gold"), [("label", False, False), ("text_pair", False, True),
+                                                     ("b_label", False, False)])
+def test_a_kept_column_is_free_when_the_predictions_have_no_such_column(kept, pairs, gold):
+    assert prediction_columns(["a"], pairs=pairs, gold=gold, kept=[kept])[0] == kept
 
 
 def test_write_report_with_gold(tmp_path):

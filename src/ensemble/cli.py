@@ -21,7 +21,7 @@ from typing import List, Optional
 import typer
 
 from .errors import EnsembleError, machine_problem, one_of, rows_phrase
-from .flags import (as_flags, check_precision, data_columns, expand_multi, given_value, named_dirs, not_over_inputs,
+from .flags import (as_flags, check_bad_rows, check_precision, data_columns, expand_multi, given_value, named_dirs, not_over_inputs,
                     quoting_of, unknown_option, weights_by_name)
 
 try:  # recent typer carries its own copy of click; older releases use click itself
@@ -121,6 +121,8 @@ def vote(
     text_pair: Optional[str] = typer.Option(None, "--text-pair", help="Second text column for sentence pairs (default: the members' recipe)."),
     quoting: Optional[str] = typer.Option(None, "--quoting", help="A tab-separated file's quotes (.tsv, or tabs in a .csv): 'none' (text) or 'csv' (CSV-quoted fields, as pandas writes them); default: the members' recipe, else 'none'."),
     label: Optional[str] = typer.Option(None, "--label", help="Label column, if the data has labels (default: the members' recipe, else 'label'; \"\" reads none)."),
+    keep_columns: List[str] = typer.Option([], "--keep-columns", help="Columns of --data copied into the predictions, first (an id to join on)."),
+    on_bad_rows: str = typer.Option("error", "--on-bad-rows", help="A row of --data or --valid with an empty text or gold label: 'error' (stop, naming its line) or 'skip' (left out and counted)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Rows per forward pass of a member (more: faster on a GPU, more memory)."),
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
@@ -128,9 +130,10 @@ def vote(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Combine trained members on a data file: predictions, agreement report, ensemble.json."""
-    from .data import load_table, quoting_warning
+    from .data import id_warning, load_table, quoting_warning
     from .ensemble import Ensemble
     from .evaluate import evaluate, gold
+    from .report import prediction_columns
     from .votefit import vote_warnings
     from .recipe import ABSTAIN_ON, LEARNED_METHODS, VOTE_METHODS, VoteConfig
     from .settings import check_abstain_label
@@ -139,6 +142,7 @@ def vote(
     if method not in VOTE_METHODS:
         raise EnsembleError(f"--method: must be one of {one_of(VOTE_METHODS)}; got '{method}'")
     check_precision(precision)
+    check_bad_rows(on_bad_rows)
     if abstain_on not in ABSTAIN_ON:
         raise EnsembleError(f"--abstain-on: must be one of {one_of(ABSTAIN_ON)}; got '{abstain_on}'")
     if abstain_below is not None and not 0 <= abstain_below <= 1:
@@ -172,10 +176,13 @@ def vote(
     if label is None and valid is not None:
         raise EnsembleError("--label: '' reads no gold labels, and --valid needs them to fit the vote; "
                             "name the label column, or drop --valid")
-    columns = dict(text=text, text_pair=text_pair, label=label, quoting=quoting)
-    ds = load_table(data, **columns, field="--data", require_label=label_given)
-    if (quoted := quoting_warning(ds, quoting, "--quoting")) is not None:
-        typer.echo(quoted, err=True)
+    columns = dict(text=text, text_pair=text_pair, label=label, quoting=quoting, on_bad_rows=on_bad_rows)
+    ds = load_table(data, **columns, field="--data", require_label=label_given, keep=keep_columns)
+    prediction_columns(list(ens.members), pairs=ds.pairs is not None, gold=ds.labels is not None, kept=keep_columns,
+                       field="--keep-columns")
+    for warning in (quoting_warning(ds, quoting, "--quoting"), id_warning(ds, text, "--text")):
+        if warning is not None:
+            typer.echo(warning, err=True)
     gold(ens, ds, "--data")  # a label the members do not know: said as a flag's error, before any member runs
     if out.exists() and not out.is_dir():
         raise EnsembleError(f"--out: '{out}' is a file; the vote writes a directory: choose a directory path")
@@ -204,6 +211,14 @@ def vote(
     else:
         ens.abstain_below, ens.abstain_on = abstain_below, abstain_on
     warning, info = _leaks(ens, ds, data, held if valid is not None else None, quoting)
+    if on_bad_rows == "skip":  # the report's Data section counts them, as fit's does
+        info["skipped_rows"] = {"data": ds.skipped, **({"valid": held.skipped} if valid is not None else {})}
+        info["on_bad_rows"] = "skip"
+        skipped = [f"{n:,} {flag} row{'s' if n != 1 else ''}" for flag, n in
+                   (("--data", ds.skipped), ("--valid", held.skipped if valid is not None else 0)) if n]
+        if skipped:
+            typer.echo(f"note: skipped as bad (--on-bad-rows skip): {', '.join(skipped)}; the report's Data "
+                       "section counts them", err=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     remove_stale_temps(out)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -289,6 +304,8 @@ def predict(
     text_pair: Optional[str] = typer.Option(None, "--text-pair", help="Second text column for sentence pairs (default: the members' recipe)."),
     quoting: Optional[str] = typer.Option(None, "--quoting", help="A tab-separated file's quotes (.tsv, or tabs in a .csv): 'none' (text) or 'csv' (CSV-quoted fields, as pandas writes them); default: the members' recipe, else 'none'."),
     label: Optional[str] = typer.Option(None, "--label", help="Gold label column, copied through when present (\"\": none, even if the file has one)."),
+    keep_columns: List[str] = typer.Option([], "--keep-columns", help="Columns of --data copied into the predictions, first (an id to join on)."),
+    on_bad_rows: str = typer.Option("error", "--on-bad-rows", help="A row with an empty text or gold label: 'error' (stop, naming its line) or 'skip' (left out and counted)."),
     chunk_rows: int = typer.Option(10_000, "--chunk-rows", min=1, help="Rows per chunk (bounds the memory)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Rows per forward pass of a member (more: faster on a GPU, more memory)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run into the same --out, after its last finished chunk."),
@@ -304,6 +321,7 @@ def predict(
     from .evaluate import check_csv_name, check_predictions_out, predict_file
 
     check_precision(precision)
+    check_bad_rows(on_bad_rows)
     check_devices(device, "--device")
     check_predictions_out(out, data, overwrite)  # before the members load (predict_file checks again)
     not_over_inputs(out, {"--ensemble directory": ensemble}, nested_ok=("--ensemble directory",))
@@ -314,8 +332,8 @@ def predict(
     label_given = bool(label)  # a --label column must exist; the default one is copied through if present
     text, text_pair, label = data_columns(ens, text, text_pair, label)
     rows = predict_file(ens, data, out, text=text, text_pair=text_pair, label=label, quoting=quoting_of(ens, quoting),
-                        chunk_rows=chunk_rows,
-                        progress=not quiet, resume=resume, overwrite=overwrite, require_label=label_given)
+                        chunk_rows=chunk_rows, progress=not quiet, resume=resume, overwrite=overwrite,
+                        require_label=label_given, keep=keep_columns, on_bad_rows=on_bad_rows)
     typer.echo(f"{rows} rows predicted: {out}")
 
 

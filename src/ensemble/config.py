@@ -42,6 +42,7 @@ class DataConfig:
     on_bad_rows: str = "error"
     quoting: str = "none"  # tab-separated files: "none" (a quote is text) or "csv" (pandas' to_csv(sep="\t"))
     labels: tuple[str, ...] | None = None  # the classes in their order (ordinal ones: low, medium, high); default sorted
+    keep_columns: tuple[str, ...] = ()  # copied into predictions.csv from the file reported on (an id to join on)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from .errors import EnsembleError, one_of
 from .labels import normalize_label
 from .readers import READERS, Row
 
-_FLAGS = {"data.text": "--text", "data.text_pair": "--text-pair", "data.label": "--label"}
+_FLAGS = {"data.text": "--text", "data.text_pair": "--text-pair", "data.label": "--label",
+          "data.keep_columns": "--keep-columns"}
 FORMATS = (".csv", ".tsv", ".jsonl", ".npz", ".parquet")
 
 
@@ -41,12 +43,16 @@ class TextDataset:
     labels: list[str] | None
     path: str
     skipped: int = 0
+    kept: dict[str, list[str]] | None = None  # columns copied through to the predictions (an id), by name
 
     def __post_init__(self) -> None:
         for name in ("pairs", "labels"):
             values = getattr(self, name)
             if values is not None and len(values) != len(self.texts):
                 raise ValueError(f"TextDataset.{name} has {len(values)} items but texts has {len(self.texts)}")
+        for name, values in (self.kept or {}).items():
+            if len(values) != len(self.texts):
+                raise ValueError(f"TextDataset.kept['{name}'] has {len(values)} items but texts has {len(self.texts)}")
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -63,6 +69,7 @@ class TextDataset:
             pairs=None if self.pairs is None else [self.pairs[i] for i in pick],
             labels=None if self.labels is None else [self.labels[i] for i in pick],
             path=self.path,
+            kept=None if self.kept is None else {name: [v[i] for i in pick] for name, v in self.kept.items()},
         )
 
 
@@ -77,6 +84,7 @@ def load_table(
     on_bad_rows: str = "error",
     require_label: bool = True,
     quoting: str = "none",
+    keep: Sequence[str] = (),
 ) -> TextDataset:
     """Read a table of texts and labels, picking columns by name.
 
@@ -85,7 +93,9 @@ def load_table(
     on the first one, or are dropped and counted with ``on_bad_rows="skip"``. With
     ``require_label=False`` a label column that is blank in every row means "unlabelled"
     (``labels`` is None). Texts must be strings: a number in a text column is refused (a whole
-    npz or parquet column by its type, a jsonl value as a bad row). `iter_table` reads the same files in chunks, for files too big to hold.
+    npz or parquet column by its type, a jsonl value as a bad row). The `keep` columns (an id to
+    join the predictions on) are read as they are written, into ``kept``; a row missing one is
+    bad. `iter_table` reads the same files in chunks, for files too big to hold.
 
     Example:
         >>> ds = load_table("ids-sst-train.csv", text="sentence", label="sentiment", field="data.train")  # doctest: +SKIP
@@ -96,7 +106,7 @@ def load_table(
     # One chunk holding every row: the shared streaming code with no chunk limit.
     (ds,) = _stream_table(
         path, chunk_rows=None, text=text, text_pair=text_pair, label=label,
-        field=field, on_bad_rows=on_bad_rows, require_label=require_label, quoting=quoting,
+        field=field, on_bad_rows=on_bad_rows, require_label=require_label, quoting=quoting, keep=keep,
     )
     return ds
 
@@ -112,6 +122,7 @@ def iter_table(
     on_bad_rows: str = "error",
     require_label: bool = True,
     quoting: str = "none",
+    keep: Sequence[str] = (),
 ) -> Iterator[TextDataset]:
     """`load_table` in consecutive chunks of at most `chunk_rows` rows, in file order.
 
@@ -144,7 +155,7 @@ def iter_table(
     _check_options(on_bad_rows, quoting)
     return _stream_table(
         path, chunk_rows=int(chunk_rows), text=text, text_pair=text_pair, label=label,
-        field=field, on_bad_rows=on_bad_rows, require_label=require_label, quoting=quoting,
+        field=field, on_bad_rows=on_bad_rows, require_label=require_label, quoting=quoting, keep=keep,
     )
 
 
@@ -166,6 +177,7 @@ def _stream_table(
     on_bad_rows: str,
     require_label: bool,
     quoting: str = "none",
+    keep: Sequence[str] = (),
 ) -> Iterator[TextDataset]:
     """The one implementation behind `load_table` and `iter_table`; `chunk_rows=None` is one chunk."""
     p, shown = Path(path), str(path)
@@ -177,6 +189,10 @@ def _stream_table(
     if not p.is_file():  # a named pipe would hang, or be used up by the first of the reads (predict checks first)
         raise EnsembleError(f"{field}: '{shown}' is not a regular file (a pipe or a device); data files are read "
                             "more than once: save the data to a file and give its path")
+    twice = sorted({name for name in keep if list(keep).count(name) > 1})
+    if twice:
+        flag = _FLAGS["data.keep_columns"] if field.startswith("--") else "data.keep_columns"
+        raise EnsembleError(f"{flag}: names column '{twice[0]}' more than once; name each column once")
     reader = READERS.get(p.suffix.lower())
     if reader is None:
         conll = p.suffix.lower() in (".train", ".testa", ".testb", ".conll", ".iob", ".bio")
@@ -229,30 +245,33 @@ def _stream_table(
                 first, second = (_FLAGS[k] if field.startswith("--") else k for k in (keys[wanted.index(name)], keys[i]))
                 raise EnsembleError(f"{field}: {first} and {second} both name column '{name}' of '{shown}'; "
                                     "each must name a different column")
-        rows = fetch(wanted, 1 if text_pair is None else 2)  # the text columns come first
+        # the kept columns come last, after checking the others: a copy of the text (or label) may be kept
+        label_at = len(wanted) - 1 if use_label else None
+        rows = fetch(wanted + [find(name, "data.keep_columns") for name in keep], 1 if text_pair is None else 2)
         # Look ahead only as far as the decision below needs: one row, or the first chunk.
         decide = use_label and not require_label
         head = list(rows) if decide and chunk_rows is None else list(islice(rows, chunk_rows if decide else 1))
         if not head:
             raise EnsembleError(f"{field}: '{shown}' has column names but no data rows; add rows or use another file")
         # Prediction files often carry a blank label column: that means "unlabelled", not "all rows bad".
-        unlabelled = decide and all(normalize_label(r.values[-1]) is None for r in head)
+        unlabelled = decide and all(normalize_label(r.values[label_at]) is None for r in head)
         if unlabelled:
             use_label = False
-            rows = _no_labels_after(rows, len(head), label, shown, field)  # a label further down is an error
+            rows = _no_labels_after(rows, len(head), label, label_at, shown, field)  # a label further down is an error
         ahead = deque(head)
         del head
         yield from _clean_rows(
             chain(_drain(ahead), rows), shown=shown, field=field, chunk_rows=chunk_rows, text=text,
-            text_pair=text_pair, label=label if use_label else None, on_bad_rows=on_bad_rows,
+            text_pair=text_pair, label=label if use_label else None, on_bad_rows=on_bad_rows, keep=keep,
+            first_kept=len(wanted),
         )
 
 
-def _no_labels_after(rows: Iterator, looked: int, label: str, shown: str, field: str) -> Iterator:
+def _no_labels_after(rows: Iterator, looked: int, label: str, at: int, shown: str, field: str) -> Iterator:
     """`rows`, refusing one with a label: the first `looked` rows had none, so the file was taken
     as unlabelled (a label further down would otherwise be dropped, or kept, by chunk size)."""
     for row in rows:
-        if normalize_label(row.values[-1]) is not None:
+        if normalize_label(row.values[at]) is not None:
             raise EnsembleError(f"{field}: {row.where} of '{shown}' has a label in column '{label}', but the first "
                                 f"{looked} rows have none; fill the blank labels, or pass --label \"\" to go "
                                 "without gold labels")
@@ -280,14 +299,19 @@ def _token_per_line(columns: list[str]) -> bool:
 
 
 def _bad_row_fix(field: str) -> str:
-    """What to do about a bad row: the recipe can skip them; the commands' --data/--valid files cannot.
+    """What to do about a bad row: the recipe and the --data / --valid files of vote and predict can
+    skip them; other command-line files (distill's --unlabeled) cannot.
 
     Example:
         >>> _bad_row_fix("data.train")
         'fix the row or set data.on_bad_rows = "skip"'
         >>> _bad_row_fix("--data")
+        'fix the row or pass --on-bad-rows skip to leave it out'
+        >>> _bad_row_fix("--unlabeled")
         'fix the row or remove it from the file'
     """
+    if field in ("--data", "--valid"):
+        return "fix the row or pass --on-bad-rows skip to leave it out"
     if field.startswith("--"):
         return "fix the row or remove it from the file"
     return 'fix the row or set data.on_bad_rows = "skip"'
@@ -309,6 +333,8 @@ def _clean_rows(
     text_pair: str | None,
     label: str | None,
     on_bad_rows: str,
+    keep: Sequence[str] = (),
+    first_kept: int = 0,
 ) -> Iterator[TextDataset]:
     """Judge each row (empty text, empty label, the reader's problem) and group the good ones in chunks.
 
@@ -319,41 +345,46 @@ def _clean_rows(
     texts: list[str] = []
     pairs: list[str] | None = [] if text_pair is not None else None
     labels: list[str] | None = [] if label is not None else None
+    kept: dict[str, list[str]] = {name: [] for name in keep}
+    at = 1 + (text_pair is not None)  # the label's place in a row's values; the kept columns from `first_kept`
     skipped, yielded = 0, False
 
     def take() -> TextDataset:
         """The rows gathered so far as a chunk, starting an empty one."""
-        nonlocal texts, pairs, labels, skipped, yielded
-        done = TextDataset(texts=texts, pairs=pairs, labels=labels, path=shown, skipped=skipped)
+        nonlocal texts, pairs, labels, kept, skipped, yielded
+        done = TextDataset(texts=texts, pairs=pairs, labels=labels, path=shown, skipped=skipped,
+                           kept=kept if keep else None)
         texts, skipped, yielded = [], 0, True
         pairs = [] if pairs is not None else None
         labels = [] if labels is not None else None
+        kept = {name: [] for name in keep}
         return done
 
     hold = on_bad_rows == "skip"
     for row in rows:
         first = _as_text(row.values[0])
         second = _as_text(row.values[1]) if pairs is not None else ""
-        if labels is not None and isinstance(row.values[-1], list | tuple | dict | np.ndarray):
+        if labels is not None and isinstance(row.values[at], list | tuple | dict | np.ndarray):
             raise EnsembleError(
-                f"{field}: {row.where} of '{shown}' has a {type(row.values[-1]).__name__} as its label in column "
+                f"{field}: {row.where} of '{shown}' has a {type(row.values[at]).__name__} as its label in column "
                 f"'{label}'; a label is one string or number (one class per row: multi-label data is not supported)"
             )
-        name = normalize_label(row.values[-1]) if labels is not None else None
+        name = normalize_label(row.values[at]) if labels is not None else None
         problem = row.problem
         if problem is None and not first:
             problem = f"has an empty text in column '{text}'"
         elif problem is None and pairs is not None and not second:
             problem = f"has an empty text in column '{text_pair}'"
         elif problem is None and labels is not None and name is None:
-            blank = row.values[-1] is None or not str(row.values[-1]).strip()
+            blank = row.values[at] is None or not str(row.values[at]).strip()
             problem = f"has an empty label in column '{label}'" if blank else \
-                f"has an empty label in column '{label}' ({str(row.values[-1]).strip()!r}, read as a missing value)"
+                f"has an empty label in column '{label}' ({str(row.values[at]).strip()!r}, read as a missing value)"
         if problem is not None:
             if on_bad_rows == "error":
                 fix = _bad_row_fix(field)
                 if field == "--data" and problem.startswith("has an empty label"):
-                    fix = fix.replace(" or remove", ", remove") + ', or pass --label "" to go without gold labels'
+                    fix = ('fix the row, pass --on-bad-rows skip to leave it out, or --label "" to go without '
+                           "gold labels")
                 raise EnsembleError(f"{field}: {row.where} of '{shown}' {problem}; {fix}")
             skipped += 1
             continue
@@ -364,6 +395,8 @@ def _clean_rows(
             pairs.append(second)
         if labels is not None and name is not None:
             labels.append(name)
+        for values, value in zip(kept.values(), row.values[first_kept:]):
+            values.append(kept_value(value))
         if not hold and len(texts) == chunk_rows:
             yield take()
     if texts:
@@ -396,6 +429,33 @@ def quoting_warning(ds: TextDataset, quoting: str, setting: str = "data.quoting"
     return (f"warning: {quoted} of {len(texts)} texts in '{ds.path}' look CSV-quoted (\"...\" around doubled quotes), "
             "and the file is read without CSV quoting, so they keep the escaping; if it was written with CSV "
             f"quoting (pandas' to_csv(sep=\"\\t\")), set {fix}")
+
+
+_ID = re.compile(r"[-+]?\d+|[0-9a-fA-F]{8,}|[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+
+
+def id_warning(ds: TextDataset, column: str, setting: str = "data.text") -> str | None:
+    """The warning for a text column that holds ids (every text distinct, and all but a few a
+    whole number, a hex hash or a UUID: nothing to classify), or None.
+    `setting` names the recipe key or flag that chooses the text column.
+
+    Example:
+        >>> ds = TextDataset([f"{i:032x}" for i in range(40)], None, ["x", "y"] * 20, "t.csv")
+        >>> print(id_warning(ds, "id", "--text")[:72])
+        warning: the text column 'id' of 't.csv' looks like an id column: its 40
+        >>> id_warning(TextDataset([f"film {i}" for i in range(40)], None, None, "t.csv"), "text") is None
+        True
+    """
+    texts = ds.texts[:10_000]  # a sample is enough to tell, and keeps the check cheap on big files
+    if len(texts) < 20 or len(set(texts)) < len(texts):
+        return None
+    ids = sum(_ID.fullmatch(t) is not None for t in texts)
+    if ids < 0.95 * len(texts):
+        return None
+    return (f"warning: the text column '{column}' of '{ds.path}' looks like an id column: its {len(texts):,} "
+            f"{'first ' if len(ds.texts) > len(texts) else ''}texts are all different, and {ids:,} are numbers or "
+            f"hashes (e.g. '{texts[0]}'), not text to classify; name the text column with "
+            + (f"{setting} = \"...\"" if setting.startswith("data.") else f"{setting} COLUMN"))
 
 
 def seen_in(ds: TextDataset, train: TextDataset) -> int:
@@ -486,6 +546,27 @@ def _keep_labels_in_training(
         in_train[lab] += 1
         train[t], valid[v] = valid[v], train[t]
     return train, valid
+
+
+def kept_value(value: object) -> str:
+    """A kept column's value as the predictions CSV writes it: as read, JSON's spelling for
+    JSON values (true, null as empty), a missing number (NaN, None) empty.
+
+    Example:
+        >>> [kept_value(v) for v in ("a-17", 17, np.int64(3), 2.5, float("nan"), None, True, {"k": 1})]
+        ['a-17', '17', '3', '2.5', '', '', 'true', '{"k": 1}']
+    """
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _as_text(value: object) -> str:

@@ -15,19 +15,20 @@ import json
 import os
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from . import combine
-from .data import TextDataset, iter_table, load_table, seen_in
+from .data import TextDataset, id_warning, iter_table, load_table, quoting_warning, seen_in
 from .ensemble import Ensemble
 from .errors import DISK_FIX, EnsembleError, disk_problem, machine_problem
 from .files import exclusive_lock, write_json
 from .labels import counted, normalize_label
 from .members import saved_metrics
-from .report import append_predictions, build_report, write_predictions, write_report
+from .report import append_predictions, build_report, prediction_columns, write_predictions, write_report
 from .settings import ABSTAIN
 
 
@@ -71,6 +72,8 @@ def evaluate(ens: Ensemble, ds: TextDataset, split: str, out: Path, *, fitted: d
         >>> report["ensemble"]["accuracy"], report["calibration"]["ensemble"]["nll_after"]  # doctest: +SKIP
         (0.968, 0.11)
     """
+    # a kept column named like one of the predictions' own: refused before the members run
+    prediction_columns(list(ens.members), pairs=ds.pairs is not None, gold=ds.labels is not None, kept=list(ds.kept or {}))
     if logits is None:
         truncated = {}
         logits = ens.member_logits(ds.texts, ds.pairs, truncated, progress=split if progress else None)
@@ -101,7 +104,7 @@ def evaluate(ens: Ensemble, ds: TextDataset, split: str, out: Path, *, fitted: d
     report["training"] = _histories(ens)
     report["data"] = _data_section(ens, data_info or {}, truncated or {})
     write_predictions(out / "predictions.csv", names=names, labels=ens.labels, vote=vote, texts=ds.texts,
-                      pairs=ds.pairs, y_true=y, abstain=abstain)
+                      pairs=ds.pairs, y_true=y, abstain=abstain, kept=ds.kept)
     write_report(out, report)
     return report
 
@@ -200,11 +203,14 @@ def _data_section(ens: Ensemble, data_info: dict, truncated: dict[str, int]) -> 
 
 def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str = "text", text_pair: str | None = None,
                  label: str | None = "label", chunk_rows: int = 10_000, progress: bool = True,
-                 resume: bool = False, overwrite: bool = False, require_label: bool = False, quoting: str = "none") -> int:
+                 resume: bool = False, overwrite: bool = False, require_label: bool = False, quoting: str = "none",
+                 keep: Sequence[str] = (), on_bad_rows: str = "error") -> int:
     """Stream `data` through the ensemble into the CSV `out`, `chunk_rows` rows at a time.
 
     Memory is bounded by the chunk, not the file. The columns are those of predictions.csv
-    (the gold label only when the file has one). Rows go to a hidden ``.<out>.partial`` file,
+    (the gold label only when the file has one), after the `keep` columns of `data` (an id to
+    join on). A bad row (an empty text or gold label) stops the run before any prediction, or
+    with ``on_bad_rows="skip"`` is left out and counted (its line is said). Rows go to a hidden ``.<out>.partial`` file,
     renamed to `out` at the end, so `out` never holds a partial result; an existing `out` is
     replaced only with `overwrite`, and never when it is `data` itself. After each chunk the
     partial file is synced and its progress recorded; with `resume`, an interrupted run (killed,
@@ -232,21 +238,25 @@ def predict_file(ens: Ensemble, data: str | Path, out: str | Path, *, text: str 
                             "directory you can write to") from None
     try:
         return _predict_file(ens, data, out, text=text, text_pair=text_pair, label=label, chunk_rows=chunk_rows,
-                             progress=progress, resume=resume, require_label=require_label, quoting=quoting)
+                             progress=progress, resume=resume, require_label=require_label, quoting=quoting,
+                             keep=tuple(keep), on_bad_rows=on_bad_rows)
     finally:
         lock_file.unlink(missing_ok=True)
         os.close(lock)
 
 
 def _predict_file(ens: Ensemble, data: Path, out: Path, *, text: str, text_pair: str | None, label: str | None,
-                  chunk_rows: int, progress: bool, resume: bool, require_label: bool, quoting: str) -> int:
+                  chunk_rows: int, progress: bool, resume: bool, require_label: bool, quoting: str,
+                  keep: tuple[str, ...], on_bad_rows: str) -> int:
     """`predict_file`'s work, under its lock on `out`."""
     partial = out.with_name(f".{out.name}.partial")
     state_file = out.with_name(f".{out.name}.partial.json")
-    identity = _identity(ens, data, text, text_pair, label, chunk_rows, quoting)
+    identity = _identity(ens, data, text, text_pair, label, chunk_rows, quoting, keep, on_bad_rows)
     done_rows, done_bytes = 0, 0
     if resume:
         state = _read_state(state_file)
+        if state is not None and isinstance(state.get("identity"), dict):
+            state["identity"] = {**_OLDER_IDENTITY, **state["identity"]}
         if state is not None and state.get("identity") != identity:
             raise EnsembleError(f"--resume: '{partial}' was written with {_changes(state.get('identity'), identity)}; "
                                 "run again with the same settings, or without --resume to start over")
@@ -257,10 +267,10 @@ def _predict_file(ens: Ensemble, data: Path, out: Path, *, text: str, text_pair:
     names, rows = list(ens.members), done_rows
     truncated: dict[str, int] = {}  # rows cut to each member's max_length, in this run
     reading = dict(chunk_rows=chunk_rows, text=text, text_pair=text_pair, label=label, field="--data",
-                   require_label=require_label, quoting=quoting)
+                   require_label=require_label, quoting=quoting, keep=keep, on_bad_rows=on_bad_rows)
     # Every row is read and checked before the first is predicted: a bad row at line 900,000 must
     # fail in seconds (reading costs ~4 s per million CSV rows), not after an hour of predicting.
-    total = _checked_rows(ens, data, reading, progress)
+    total, bad = _checked_rows(ens, data, reading, progress)
     chunks = iter_table(data, **reading)
     first = next(chunks, None)
     bar = tqdm(desc="predict", unit="rows", initial=done_rows, total=total, disable=not progress,
@@ -283,7 +293,7 @@ def _predict_file(ens: Ensemble, data: Path, out: Path, *, text: str, text_pair:
                 handle = _TextSink()
                 append_predictions(handle, names=names, labels=ens.labels, vote=vote, texts=chunk.texts,
                                    pairs=chunk.pairs, y_true=gold(ens, chunk, "--data", offset=rows), header=rows == 0,
-                                   abstain=ens.abstained(vote))
+                                   abstain=ens.abstained(vote), kept=chunk.kept)
                 raw.write(handle.getvalue())
                 raw.flush()
                 os.fsync(raw.fileno())
@@ -316,6 +326,9 @@ def _predict_file(ens: Ensemble, data: Path, out: Path, *, text: str, text_pair:
         raise
     finally:
         bar.close()
+    if bad:
+        print(f"note: {bad:,} bad row{'s' if bad != 1 else ''} of '{data}' skipped (--on-bad-rows skip): not in "
+              f"'{out}'" + ("" if keep else "; --keep-columns ID copies an id column to join on"), file=sys.stderr)
     if any(truncated.values()):  # fit and vote report these; a file predicted should say so too
         listed = ", ".join(f"{n} for '{name}' (max_length {ens.members[name].max_length})"
                            for name, n in truncated.items() if n)
@@ -324,16 +337,25 @@ def _predict_file(ens: Ensemble, data: Path, out: Path, *, text: str, text_pair:
     return rows
 
 
-def _checked_rows(ens: Ensemble, data: Path, reading: dict, progress: bool) -> int:
-    """Read all of `data` as `predict_file` will, checking every row and gold label; its row count."""
-    rows = 0
+def _checked_rows(ens: Ensemble, data: Path, reading: dict, progress: bool) -> tuple[int, int]:
+    """Read all of `data` as `predict_file` will, checking every row and gold label: the rows to
+    predict, and the bad rows skipped."""
+    rows, bad = 0, 0
     with tqdm(desc="checking rows", unit="rows", disable=not progress, leave=False, delay=1,
               mininterval=0.5 if sys.stderr.isatty() else 30) as bar:
         for chunk in iter_table(data, **reading):
+            if rows == 0:  # the columns, known from the first chunk (whether it has gold labels)
+                prediction_columns(list(ens.members), pairs=chunk.pairs is not None, gold=chunk.labels is not None,
+                                   kept=reading["keep"], field="--keep-columns")
+                for warning in (quoting_warning(chunk, reading["quoting"], "--quoting"),
+                                id_warning(chunk, reading["text"], "--text")):  # as vote warns (on the first chunk)
+                    if warning is not None:
+                        bar.write(warning, file=sys.stderr)
             gold(ens, chunk, "--data", offset=rows)
             rows += len(chunk)
+            bad += chunk.skipped
             bar.update(len(chunk))
-    return rows
+    return rows, bad
 
 
 class _TextSink:
@@ -403,7 +425,7 @@ def _columns_of(ens: Ensemble, ds: TextDataset) -> dict:
 
 
 def _identity(ens: Ensemble, data: Path, text: str, text_pair: str | None, label: str | None,
-              chunk_rows: int, quoting: str) -> dict:
+              chunk_rows: int, quoting: str, keep: tuple[str, ...] = (), on_bad_rows: str = "error") -> dict:
     """What a partial output depends on, by name: the data file (path, size, mtime), the ensemble
     (its manifest and its members' weights and config files' sizes and modification times,
     hashed), the columns, how quotes are read, the chunk size and the precision (bf16 may flip
@@ -416,7 +438,12 @@ def _identity(ens: Ensemble, data: Path, text: str, text_pair: str | None, label
     return {"data file": [str(data.resolve()), stat and stat.st_size, stat and stat.st_mtime_ns],
             "ensemble": hashlib.sha256(json.dumps(ensemble, sort_keys=True, default=str).encode()).hexdigest(),
             "--text": text, "--text-pair": text_pair, "--label": label, "--quoting": quoting,
-            "--chunk-rows": chunk_rows, "--precision": ens.precision}
+            "--chunk-rows": chunk_rows, "--precision": ens.precision, "--keep-columns": list(keep),
+            "--on-bad-rows": on_bad_rows}
+
+
+# options added after partial files were first written: a state without them was written with these
+_OLDER_IDENTITY = {"--keep-columns": [], "--on-bad-rows": "error"}
 
 
 def _files_stamp(path: Path | None) -> list:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .data import TextDataset, load_table, quoting_warning, seen_in, stratified_split
+from .data import TextDataset, id_warning, load_table, quoting_warning, seen_in, stratified_split
 from .devices import bf16_tip
 from .ensemble import Ensemble
 from .manifest import MANIFEST
@@ -21,6 +21,7 @@ from .checkpoint import checkpoint_dir
 from .files import exclusive_lock, write_json
 from .preflight import preflight
 from .provenance import base_fingerprint, learned_settings, local_base, setting_changes
+from .report import prediction_columns
 from .recipe import DataConfig, MemberConfig, Recipe, abstention_key, check_distinct_files, recipe_dict
 from .settings import check_abstain_label
 from .train import Diverged, Splits, process_state, train_member
@@ -43,15 +44,18 @@ def _load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str
     check_distinct_files(data)  # the recipe checked it too; a saved recipe (distill) may have been edited
     columns = dict(text=data.text, text_pair=data.text_pair, label=data.label, on_bad_rows=data.on_bad_rows,
                    quoting=data.quoting)
-    train = load_table(data.train, field="data.train", **columns)
+    # the kept columns come from the file the report (and predictions.csv) is about
+    reported = "test" if data.test is not None else "valid" if data.valid is not None else "train"
+    keep = {reported: data.keep_columns}
+    train = load_table(data.train, field="data.train", **columns, keep=keep.get("train", ()))
     check_label_column(train, data.label)
     if data.valid is not None:
-        valid = load_table(data.valid, field="data.valid", **columns)
+        valid = load_table(data.valid, field="data.valid", **columns, keep=keep.get("valid", ()))
     else:
         skipped = train.skipped
         train, valid = stratified_split(train, data.valid_fraction, data.split_seed)
         train.skipped = skipped  # bad rows of the file, counted once, on the split they came from
-    test = load_table(data.test, field="data.test", **columns) if data.test is not None else None
+    test = load_table(data.test, field="data.test", **columns, keep=keep.get("test", ())) if data.test is not None else None
     labels = sorted_labels(train.labels)
     if data.labels is not None:  # the recipe's order; every class listed, every listed class trained
         check_known_labels(train, data.labels, "data.train", known_as="data.labels")
@@ -71,6 +75,8 @@ def _load_splits(data: DataConfig) -> tuple[Splits, TextDataset | None, list[str
 def checked_inputs(recipe: Recipe, members: Sequence[MemberConfig]) -> tuple[Splits, TextDataset | None, list[str]]:
     """The recipe's data, read and checked, after the checks that need it (abstention's labels)
     and those of the `members` to train (`preflight`): every input mistake before any training."""
+    prediction_columns([m.name for m in recipe.members], pairs=recipe.data.text_pair is not None, gold=True,
+                       kept=recipe.data.keep_columns, field=f"{recipe.where}: data.keep_columns")
     splits, test, labels = load_splits(recipe.data, recipe.where)
     check_abstain_label(labels, abstention_key(recipe.vote), recipe.where)
     preflight(members, where=recipe.where, defaults=recipe.defaults)
@@ -86,6 +92,7 @@ def data_warnings(data: DataConfig, splits: Splits, test: TextDataset | None) ->
     warnings = ([f"note: skipped as bad (data.on_bad_rows = \"skip\"): {', '.join(skipped)}; the report's Data section "
                  "counts them"] if skipped else [])
     warnings += label_warnings(splits.train.labels)
+    warnings += [w for w in [id_warning(splits.train, data.text)] if w is not None]
     warnings += [w for ds in files.values() if (w := quoting_warning(ds, data.quoting)) is not None]
     return warnings
 

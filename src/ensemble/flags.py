@@ -16,7 +16,7 @@ from .config import QUOTINGS, name_problem
 from .errors import EnsembleError, one_of
 
 # Options that take several values after one flag (`--members a b c`), as the README shows them.
-MULTI_VALUE = ("--members", "--weights", "--set")
+MULTI_VALUE = ("--members", "--weights", "--set", "--keep-columns")
 
 
 def expand_multi(args: list[str]) -> list[str]:
@@ -68,6 +68,20 @@ def not_over_inputs(out: Path, inputs: dict[str, Path], nested_ok: tuple[str, ..
         if parent.exists() and not parent.is_dir():
             raise EnsembleError(f"--out: '{out}' cannot be created: '{parent}' is a file, not a directory; "
                                 "choose another --out")
+
+
+def check_bad_rows(on_bad_rows: str) -> None:
+    """Refuse an --on-bad-rows outside `config.BAD_ROWS`.
+
+    Example:
+        >>> check_bad_rows("drop")
+        Traceback (most recent call last):
+        ensemble.errors.EnsembleError: --on-bad-rows: must be one of {'error', 'skip'}; got 'drop'
+    """
+    from .config import BAD_ROWS
+
+    if on_bad_rows not in BAD_ROWS:
+        raise EnsembleError(f"--on-bad-rows: must be one of {one_of(BAD_ROWS)}; got '{on_bad_rows}'")
 
 
 def check_precision(precision: str) -> None:

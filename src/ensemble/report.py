@@ -27,7 +27,7 @@ from .files import atomic_write
 from .plots import write_plots
 
 __all__ = ["agreement_stats", "build_report", "classification_metrics", "fleiss_kappa", "per_label_scores",
-           "write_predictions", "write_report"]
+           "prediction_columns", "write_predictions", "write_report"]
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
@@ -206,13 +206,14 @@ def build_report(*, names: list[str], labels: list[str], vote: Vote, method: str
 
 def write_predictions(path: str | os.PathLike, *, names: list[str], labels: list[str], vote: Vote,
                       texts: list[str], pairs: list[str] | None, y_true: np.ndarray | None,
-                      abstain: np.ndarray | None = None) -> None:
+                      abstain: np.ndarray | None = None, kept: dict[str, list[str]] | None = None) -> None:
     """Write one CSV row per input row: the text(s), the gold label, each member, the ensemble.
 
-    Columns: ``text``, ``text_pair`` (with pairs), ``label`` (with gold), ``<name>_label`` and
-    ``<name>_confidence`` per member, ``ensemble_label``, ``ensemble_confidence``, ``agreement``.
-    Labels are names, floats have 6 significant digits. Rows marked in `abstain` get the
-    ensemble label ``abstain`` (their confidence and agreement stay). Written atomically.
+    Columns: the `kept` columns of the input (an id to join on), ``text``, ``text_pair`` (with
+    pairs), ``label`` (with gold), ``<name>_label`` and ``<name>_confidence`` per member,
+    ``ensemble_label``, ``ensemble_confidence``, ``agreement``. Labels are names, floats have 6
+    significant digits. Rows marked in `abstain` get the ensemble label ``abstain`` (their
+    confidence and agreement stay). Written atomically.
 
     Example:
         >>> import tempfile
@@ -220,44 +221,64 @@ def write_predictions(path: str | os.PathLike, *, names: list[str], labels: list
         >>> vote = aggregate(np.array([[[2.0, 0.0]], [[0.0, 1.0]]]), "soft")
         >>> out = Path(tempfile.mkdtemp()) / "predictions.csv"
         >>> write_predictions(out, names=["a", "b"], labels=["neg", "pos"], vote=vote,
-        ...     texts=["fine"], pairs=None, y_true=None)
-        >>> out.read_text().splitlines()[1]
-        'fine,neg,0.880797,pos,0.731059,neg,0.574869,0.5'
+        ...     texts=["fine"], pairs=None, y_true=None, kept={"id": ["r-1"]})
+        >>> out.read_text().splitlines()
+        ['id,text,a_label,a_confidence,b_label,b_confidence,ensemble_label,ensemble_confidence,agreement', 'r-1,fine,neg,0.880797,pos,0.731059,neg,0.574869,0.5']
     """
     atomic_write(Path(path), lambda handle: append_predictions(
         handle, names=names, labels=labels, vote=vote, texts=texts, pairs=pairs, y_true=y_true, header=True,
-        abstain=abstain))
+        abstain=abstain, kept=kept))
+
+
+def prediction_columns(names: Sequence[str], *, pairs: bool, gold: bool, kept: Sequence[str] = (),
+                       field: str = "kept columns") -> list[str]:
+    """The columns of predictions.csv, refusing a kept column (`field` names the setting) or a
+    member whose name gives a column twice.
+
+    Example:
+        >>> prediction_columns(["bert"], pairs=False, gold=True, kept=["id"])
+        ['id', 'text', 'label', 'bert_label', 'bert_confidence', 'ensemble_label', 'ensemble_confidence', 'agreement']
+        >>> prediction_columns(["bert"], pairs=False, gold=True, kept=["label"], field="--keep-columns")
+        Traceback (most recent call last):
+        ...
+        ensemble.errors.EnsembleError: --keep-columns: 'label' is a column the predictions have already (the gold label); keep a column of another name, or rename it in the file
+    """
+    own = ["text"] + (["text_pair"] if pairs else []) + (["label"] if gold else [])
+    for name in names:
+        own += [f"{name}_label", f"{name}_confidence"]
+    own += ["ensemble_label", "ensemble_confidence", "agreement"]
+    clashes = sorted({c for c in own if own.count(c) > 1})
+    if clashes:
+        raise EnsembleError(f"member names {list(names)!r} clash with predictions.csv columns {clashes!r}; "
+                            "rename the member")
+    for column in kept:
+        if column in own:
+            what = {"text": "the text", "text_pair": "the second text", "label": "the gold label"}.get(column, "a member's")
+            what = "the vote's" if column.startswith("ensemble_") or column == "agreement" else what
+            raise EnsembleError(f"{field}: '{column}' is a column the predictions have already ({what}); keep a "
+                                "column of another name, or rename it in the file")
+    return [*kept, *own]
 
 
 def append_predictions(handle: IO[str], *, names: list[str], labels: list[str], vote: Vote, texts: list[str],
                        pairs: list[str] | None, y_true: np.ndarray | None, header: bool,
-                       abstain: np.ndarray | None = None) -> None:
+                       abstain: np.ndarray | None = None, kept: dict[str, list[str]] | None = None) -> None:
     """Write prediction rows (and the header line when `header`) to an open text file.
 
     The streaming form of `write_predictions`: ``ensemble predict`` appends one chunk at a time.
     """
-    member_labels, gold = _check_inputs(vote, names, len(labels), texts, pairs, y_true)
-    columns = ["text"] + (["text_pair"] if pairs is not None else [])
-    columns += ["label"] if gold is not None else []
-    for name in names:
-        columns += [f"{name}_label", f"{name}_confidence"]
-    columns += ["ensemble_label", "ensemble_confidence", "agreement"]
-    clashes = sorted({c for c in columns if columns.count(c) > 1})
-    if clashes:
-        raise EnsembleError(
-            f"member names {names!r} clash with predictions.csv columns {clashes!r}; "
-            "rename the member"
-        )
-
+    member_labels, gold = _check_inputs(vote, names, len(labels), texts, pairs, y_true, kept)
+    columns = prediction_columns(names, pairs=pairs is not None, gold=gold is not None, kept=list(kept or {}))
     names_of = np.asarray(labels, dtype=object)  # index -> label name, vectorised
     member_names, ensemble_names = names_of[member_labels], names_of[vote.labels]
     if abstain is not None:
         ensemble_names = np.where(np.asarray(abstain, dtype=bool), "abstain", ensemble_names)
+    kept_values = list((kept or {}).values())
     writer = csv.writer(handle)
     if header:
         writer.writerow(columns)
     for row in range(len(texts)):
-        line = [texts[row]] + ([pairs[row]] if pairs is not None else [])
+        line = [values[row] for values in kept_values] + [texts[row]] + ([pairs[row]] if pairs is not None else [])
         if gold is not None:
             line.append(labels[gold[row]])
         for m in range(len(names)):
@@ -329,7 +350,8 @@ def _indices(values: Any, n_classes: int, ndim: int) -> np.ndarray:
 
 
 def _check_inputs(vote: Vote, names: Sequence[str], n_classes: int, texts: Sequence[str],
-                  pairs: Sequence[str] | None, y_true: Any) -> tuple[np.ndarray, np.ndarray | None]:
+                  pairs: Sequence[str] | None, y_true: Any,
+                  kept: dict[str, list[str]] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """The member labels and gold labels as checked int64 arrays; ValueError on any mismatch."""
     member_labels = _indices(vote.member_labels, n_classes, 2)
     _indices(vote.labels, n_classes, 1)
@@ -339,6 +361,8 @@ def _check_inputs(vote: Vote, names: Sequence[str], n_classes: int, texts: Seque
         sizes["pairs"] = (len(pairs), rows)
     if y_true is not None:
         sizes["y_true"] = (len(y_true), rows)
+    for column, values in (kept or {}).items():
+        sizes[f"kept[{column!r}]"] = (len(values), rows)
     wrong = {k: got for k, (got, want) in sizes.items() if got != want}
     if wrong:
         raise ValueError(f"the vote has {members} members and {rows} rows, but got lengths {wrong}")
