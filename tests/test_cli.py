@@ -390,7 +390,7 @@ def test_vote_keeps_columns_and_counts_the_rows_it_skipped(fitted, cli, tmp_path
     with open(tmp_path / "o" / "predictions.csv", newline="", encoding="utf-8") as f:
         assert [r["id"] for r in csv.DictReader(f)] == ids[1:]
     report = json.loads((tmp_path / "o" / "report.json").read_text())
-    assert report["rows"] == 39 and report["data"]["skipped_rows"] == {"data": 1}
+    assert report["rows"] == 39 and report["data"]["skipped_rows"] == {"--data": 1}
 
 
 def test_fit_keeps_the_reported_files_columns(tmp_path, cli):

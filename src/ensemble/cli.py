@@ -212,10 +212,9 @@ def vote(
         ens.abstain_below, ens.abstain_on = abstain_below, abstain_on
     warning, info = _leaks(ens, ds, data, held if valid is not None else None, quoting)
     if on_bad_rows == "skip":  # the report's Data section counts them, as fit's does
-        info["skipped_rows"] = {"data": ds.skipped, **({"valid": held.skipped} if valid is not None else {})}
+        info["skipped_rows"] = {"--data": ds.skipped, **({"--valid": held.skipped} if valid is not None else {})}
         info["on_bad_rows"] = "skip"
-        skipped = [f"{n:,} {flag} row{'s' if n != 1 else ''}" for flag, n in
-                   (("--data", ds.skipped), ("--valid", held.skipped if valid is not None else 0)) if n]
+        skipped = [f"{n:,} {flag} row{'s' if n != 1 else ''}" for flag, n in info["skipped_rows"].items() if n]
         if skipped:
             typer.echo(f"note: skipped as bad (--on-bad-rows skip): {', '.join(skipped)}; the report's Data "
                        "section counts them", err=True)
