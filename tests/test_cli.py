@@ -417,11 +417,24 @@ def test_an_id_column_given_as_the_text_is_warned_about(fitted, cli, tmp_path, c
     _with_ids(fitted, data)
     where = (["--ensemble", str(fitted / "run"), "--out", str(tmp_path / "p.csv")] if command == "predict" else
              ["--members", str(fitted / "run" / "members" / "bert"), "--out", str(tmp_path / "o")])
-    code, _, err = cli([command, *where, "--data", str(data), "--text", "id", "--quiet"])
+    code, _, err = cli([command, *where, "--data", str(data), "--text", "id", "--quiet", "--chunk-rows", "7"][
+        : None if command == "predict" else -2])  # predict looks past its first chunk
     assert code == 0, err
-    assert "looks like an id column" not in err  # 'row-0' is neither a number nor a hash
-    data.write_text(data.read_text(encoding="utf-8").replace("row-", ""), encoding="utf-8")
-    code, _, err = cli([command, *where, "--data", str(data), "--text", "id", "--quiet", "--overwrite"])
-    assert code == 0, err
-    assert (f"warning: the text column 'id' of '{data}' looks like an id column: its 40 texts are all different, and "
-            "40 are numbers or hashes (e.g. '0'), not text to classify; name the text column with --text COLUMN") in err
+    assert (f"warning: the text column 'id' of '{data}' holds no words: 40 of its 40 texts are numbers or ids "
+            "(e.g. 'row-0'); name the text column with --text COLUMN\n") in err
+    code, _, err = cli([command, *where, "--data", str(data), "--quiet", "--overwrite"])
+    assert code == 0 and "holds no words" not in err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["predict", "--keep-columns", "--on-bad-rows", "skip"], "error: --keep-columns: needs at least one value; got none before --on-bad-rows\n"),
+    (["vote", "--members", "--data", "x.csv"], "error: --members: needs at least one value; got none before --data\n"),
+    (["predict", "--quiet", "--keep-columns"], "error: --keep-columns: needs at least one value; got none\n"),
+])
+def test_a_list_flag_without_values_is_named(cli, args, message):
+    assert cli(args)[::2] == (2, message)
+
+
+def test_a_list_flag_with_equals_takes_the_words_after_it():
+    assert expand_multi(["predict", "--keep-columns=id", "note", "--quiet"]) == [
+        "predict", "--keep-columns=id", "--keep-columns", "note", "--quiet"]

@@ -828,7 +828,7 @@ def test_iter_table_decides_unlabelled_from_the_first_chunk(tmp_path: Path) -> N
     # Blank labels in the first 3 rows: taken as unlabelled, so a later label is an error (it used to be
     # dropped: whether labels were kept depended on the chunk size).
     path = write(tmp_path / "u.csv", "text,label\na,\nb,\nc, \nd,1\ne,\n")
-    with pytest.raises(EnsembleError, match="line 5 of .* has a label in column 'label', but the first 3 rows have none"):
+    with pytest.raises(EnsembleError, match="line 5 of .* has a label in column 'label', but the first 3 rows with a text have none"):
         list(iter_table(path, chunk_rows=3, require_label=False))
     # load_table looks at every row: "d" has a label, so the file is labelled and "a" is a bad row.
     with pytest.raises(EnsembleError, match="line 2 of .* has an empty label"):
@@ -989,7 +989,7 @@ def test_a_tsv_written_with_csv_quoting_reads_whole_with_quoting_csv(tmp_path):
 def test_a_label_after_an_unlabelled_first_chunk_is_an_error_at_any_chunk_size(tmp_path: Path, chunk_rows: int) -> None:
     # the first chunk decided "unlabelled", and later labels were dropped or kept by chunk size
     path = write(tmp_path / "x.csv", "text,label\n" + "".join(f"t{i},\n" for i in range(5)) + "t5,pos\n")
-    message = (r"line 7 of '.*' has a label in column 'label', but the first 2 rows have none; fill the blank labels"
+    message = (r"line 7 of '.*' has a label in column 'label', but the first 2 rows with a text have none; fill the blank labels"
                if chunk_rows == 2 else r"line 2 of '.*' has an empty label in column 'label'; fix the row")
     with pytest.raises(EnsembleError, match=message + r".*--label \"\" to go without gold labels"):
         list(iter_table(path, chunk_rows=chunk_rows, require_label=False, field="--data"))
@@ -1251,10 +1251,17 @@ def test_kept_values_are_not_misaligned_by_a_wrong_length() -> None:
         ([str(i) for i in range(100, 140)], True),
         ([f"{i:025x}" for i in range(40)], True),
         ([f"12345678-aaaa-bbbb-cccc-{i:012d}" for i in range(40)], True),
+        ([f"doc_{i:04d}" for i in range(40)], True),
+        ([f"row{i}" for i in range(40)], True),
+        ([f"ID-{i}" for i in range(40)], True),
+        ([f"{i}.0" for i in range(40)], True),
+        ([f"{i:06x}a1" for i in range(40)], True),
+        (["3"] * 40, True),  # one repeated number: a score column, no words either
         ([str(i) for i in range(19)], False),  # too few rows to tell
-        ([str(i % 30) for i in range(40)], False),  # repeated values: a category, perhaps, not an id
-        ([str(i) for i in range(37)] + ["a film", "fine", "bad"], False),  # more than 5% real text
+        ([str(i) for i in range(37)] + ["a film", "fine", "bad"], False),  # more than 5% words
         (["great", "awful", "fine", "meh"] * 10, False),
+        (["decade", "facade", "accede", "efface"] * 10, False),  # hex letters only: words
+        (["the film is 10/10"] * 40, False),
     ],
 )
 def test_a_text_column_of_ids_is_warned_about(texts: list[str], warned: bool) -> None:
@@ -1264,7 +1271,63 @@ def test_a_text_column_of_ids_is_warned_about(texts: list[str], warned: bool) ->
     warning = id_warning(ds, "id", "--text")
     assert (warning is not None) == warned
     if warned:
-        assert warning == (f"warning: the text column 'id' of 'd.csv' looks like an id column: its 40 texts are all "
-                           f"different, and 40 are numbers or hashes (e.g. '{texts[0]}'), not text to classify; name "
-                           "the text column with --text COLUMN")
+        assert warning == (f"warning: the text column 'id' of 'd.csv' holds no words: 40 of its 40 texts are numbers "
+                           f"or ids (e.g. '{texts[0]}'); name the text column with --text COLUMN")
         assert id_warning(ds, "id", "data.text").endswith('with data.text = "..."')
+        assert "40 of its first 40 texts" in id_warning(ds, "id", total=41)
+
+
+def test_no_text_column_of_the_real_data_is_taken_for_ids(shared_data: Path) -> None:
+    from ensemble.data import id_warning
+
+    for name, text, pair in [("cs224n/ids-sst-train.csv", "sentence", None), ("cs224n/ids-cfimdb-train.csv", "sentence", None),
+                             ("cs224n/quora-dev.csv", "sentence1", "sentence2"), ("cs224n/sts-train.csv", "sentence1", "sentence2"),
+                             ("glue/RTE/train.tsv", "sentence1", "sentence2"), ("glue/MRPC/train.tsv", "#1 String", "#2 String")]:
+        path = shared_data / name
+        for column in filter(None, (text, pair)):
+            ds = load_table(path, text=column, label=None, on_bad_rows="skip")
+            assert id_warning(ds, column) is None, name
+        ds = load_table(path, text="id" if "cs224n" in name else "index" if "RTE" in name else "#1 ID", label=None,
+                        on_bad_rows="skip")
+        assert id_warning(ds, "id") is not None, name
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 10_000])
+def test_rows_without_a_text_do_not_decide_whether_a_file_is_labelled(tmp_path: Path, chunk_rows: int) -> None:
+    # an empty first row (no text, no label) used to make chunk_rows=1 take the file as unlabelled
+    path = write(tmp_path / "x.csv", "id,text,label\n0,,\n1,fine,positive\n2,dull,negative\n3,a film,\n4,,neutral\n")
+    chunks = list(iter_table(path, chunk_rows=chunk_rows, require_label=False, on_bad_rows="skip", keep=["id"]))
+    assert [t for c in chunks for t in c.texts] == ["fine", "dull"]
+    assert [i for c in chunks for i in c.kept["id"]] == ["1", "2"]
+    assert sum(c.skipped for c in chunks) == 3 and all(c.labels is not None for c in chunks)
+    # unlabelled: a row without a text but with a label is a bad row (no text), not "a label further down"
+    path = write(tmp_path / "y.csv", "text,label\n,\nfine,\ndull,\n,positive\ngood,\n")
+    chunks = list(iter_table(path, chunk_rows=chunk_rows, require_label=False, on_bad_rows="skip"))
+    assert [t for c in chunks for t in c.texts] == ["fine", "dull", "good"] and chunks[0].labels is None
+    assert sum(c.skipped for c in chunks) == 2
+
+
+def test_typed_kept_columns_are_written_as_stored(tmp_path: Path) -> None:
+    np.savez(tmp_path / "t.npz", text=np.array(["a", "b"]), label=np.array([0, 1]),
+             f32=np.array([0.1, 2.5], dtype=np.float32), when=np.array(["2024-01-02", "2024-03-04T05:06"], dtype="datetime64[ns]"),
+             raw=np.array([b"01", b"x"]))
+    ds = load_table(tmp_path / "t.npz", keep=["f32", "when", "raw"])
+    assert ds.kept == {"f32": ["0.1", "2.5"], "when": ["2024-01-02T00:00:00.000000000", "2024-03-04T05:06:00.000000000"],
+                       "raw": ["01", "x"]}
+    pa = pytest.importorskip("pyarrow")
+    import datetime
+    import decimal
+
+    import pyarrow.parquet as pq
+
+    table = pa.table({"text": ["a", "b"], "label": [0, 1],
+                      "f32": pa.array([0.1, None], type=pa.float32()),
+                      "ts": pa.array([datetime.datetime(2024, 1, 1, 12, 0, 1), None], type=pa.timestamp("s")),
+                      "day": pa.array([datetime.date(2024, 1, 2), datetime.date(2024, 1, 3)]),
+                      "dec": pa.array([decimal.Decimal("1.50"), decimal.Decimal("2.00")], type=pa.decimal128(5, 2)),
+                      "raw": pa.array([b"01", b"\xff"])})
+    pq.write_table(table, tmp_path / "t.parquet")
+    # text and label kept too: each column is read once, and copied
+    ds = load_table(tmp_path / "t.parquet", keep=["f32", "ts", "day", "dec", "raw", "text", "label"])
+    assert ds.kept == {"f32": ["0.1", ""], "ts": ["2024-01-01 12:00:01", ""], "day": ["2024-01-02", "2024-01-03"],
+                       "dec": ["1.50", "2.00"], "raw": ["01", "\\xff"], "text": ["a", "b"], "label": ["0", "1"]}

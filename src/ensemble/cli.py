@@ -436,7 +436,11 @@ def _summary(report: dict, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: exit 2 for user errors, 1 for bugs, one line each unless --debug."""
-    args = expand_multi(list(sys.argv[1:] if argv is None else argv))
+    try:
+        args = expand_multi(list(sys.argv[1:] if argv is None else argv))
+    except EnsembleError as exc:  # a list flag without its values
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     debug = "--debug" in args or os.environ.get("ENSEMBLE_DEBUG") == "1"
     command = typer.main.get_command(app)
     if "--serve" not in args:  # schedulers (SLURM, timeout, docker stop) send SIGTERM: end as on Ctrl-C

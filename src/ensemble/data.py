@@ -142,9 +142,10 @@ def iter_table(
     after the chunks before them were yielded.
 
     With ``require_label=False``, whether a blank label column means "unlabelled" is decided
-    from the first `chunk_rows` data rows (`load_table` looks at all rows): if every label there
-    is blank, every chunk has ``labels`` None and later labels are ignored; otherwise the file
-    is labelled and a later blank label is a bad row.
+    from the first `chunk_rows` data rows that have their texts (`load_table` looks at all rows;
+    rows without a text are bad either way): if every label there is blank, every chunk has
+    ``labels`` None and a later label is an error; otherwise the file is labelled and a later
+    blank label is a bad row.
 
     Example:
         >>> for chunk in iter_table("big.csv", chunk_rows=10_000, require_label=False):
@@ -247,17 +248,21 @@ def _stream_table(
                                     "each must name a different column")
         # the kept columns come last, after checking the others: a copy of the text (or label) may be kept
         label_at = len(wanted) - 1 if use_label else None
-        rows = fetch(wanted + [find(name, "data.keep_columns") for name in keep], 1 if text_pair is None else 2)
-        # Look ahead only as far as the decision below needs: one row, or the first chunk.
+        n_texts = 1 if text_pair is None else 2
+        rows = fetch(wanted + [find(name, "data.keep_columns") for name in keep], n_texts)
+        # Look ahead only as far as the decision below needs: one row, or the first chunk's rows.
         decide = use_label and not require_label
-        head = list(rows) if decide and chunk_rows is None else list(islice(rows, chunk_rows if decide else 1))
+        head = _first_with_texts(rows, chunk_rows, n_texts) if decide else list(islice(rows, 1))
         if not head:
             raise EnsembleError(f"{field}: '{shown}' has column names but no data rows; add rows or use another file")
         # Prediction files often carry a blank label column: that means "unlabelled", not "all rows bad".
-        unlabelled = decide and all(normalize_label(r.values[label_at]) is None for r in head)
+        # Rows bad for another reason (no text) are judged as bad later, whatever the decision.
+        judged = [r for r in head if _has_texts(r, n_texts)]
+        unlabelled = decide and all(normalize_label(r.values[label_at]) is None for r in judged)
         if unlabelled:
             use_label = False
-            rows = _no_labels_after(rows, len(head), label, label_at, shown, field)  # a label further down is an error
+            # a label further down is an error
+            rows = _no_labels_after(rows, len(judged), label, label_at, n_texts, shown, field)
         ahead = deque(head)
         del head
         yield from _clean_rows(
@@ -267,14 +272,36 @@ def _stream_table(
         )
 
 
-def _no_labels_after(rows: Iterator, looked: int, label: str, at: int, shown: str, field: str) -> Iterator:
-    """`rows`, refusing one with a label: the first `looked` rows had none, so the file was taken
-    as unlabelled (a label further down would otherwise be dropped, or kept, by chunk size)."""
+def _first_with_texts(rows: Iterator[Row], chunk_rows: int | None, n_texts: int) -> list[Row]:
+    """Rows from the start up to the `chunk_rows`-th one with its texts (all rows when None):
+    what decides whether a file is labelled, so that rows without a text (skipped or refused
+    later) do not make the decision depend on the chunk size."""
+    if chunk_rows is None:
+        return list(rows)
+    head, usable = [], 0
     for row in rows:
-        if normalize_label(row.values[at]) is not None:
+        head.append(row)
+        usable += _has_texts(row, n_texts)
+        if usable == chunk_rows:
+            break
+    return head
+
+
+def _has_texts(row: Row, n_texts: int) -> bool:
+    """Whether a row is whole and has every text (its label aside)."""
+    return row.problem is None and all(_as_text(v) for v in row.values[:n_texts])
+
+
+def _no_labels_after(rows: Iterator, looked: int, label: str, at: int, n_texts: int, shown: str,
+                     field: str) -> Iterator:
+    """`rows`, refusing one with a label: the first `looked` rows with texts had none, so the file
+    was taken as unlabelled (a label further down would otherwise be dropped, or kept, by chunk
+    size). A row without its texts is left to be judged as the bad row it is."""
+    for row in rows:
+        if normalize_label(row.values[at]) is not None and _has_texts(row, n_texts):
             raise EnsembleError(f"{field}: {row.where} of '{shown}' has a label in column '{label}', but the first "
-                                f"{looked} rows have none; fill the blank labels, or pass --label \"\" to go "
-                                "without gold labels")
+                                f"{looked} rows with a text have none; fill the blank labels, or pass --label \"\" "
+                                "to go without gold labels")
         yield row
 
 
@@ -431,30 +458,36 @@ def quoting_warning(ds: TextDataset, quoting: str, setting: str = "data.quoting"
             f"quoting (pandas' to_csv(sep=\"\\t\")), set {fix}")
 
 
-_ID = re.compile(r"[-+]?\d+|[0-9a-fA-F]{8,}|[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+# a text that is a code, not words: a number (17, 17.0, 2.5e3), an id with a short prefix (doc_0001,
+# row17, ID-5), a hex hash with a digit (6+ characters), a UUID
+_ID = re.compile(r"[-+]?\d+(\.\d+)?([eE][-+]?\d+)?|[A-Za-z]{1,8}[-_#.]?\d+|(?=[a-fA-F]*\d)[0-9a-fA-F]{6,}"
+                 r"|[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+ID_SAMPLE = 10_000  # texts looked at: enough to tell, and cheap on big files
 
 
-def id_warning(ds: TextDataset, column: str, setting: str = "data.text") -> str | None:
-    """The warning for a text column that holds ids (every text distinct, and all but a few a
-    whole number, a hex hash or a UUID: nothing to classify), or None.
-    `setting` names the recipe key or flag that chooses the text column.
+def id_warning(ds: TextDataset, column: str, setting: str = "data.text", total: int | None = None) -> str | None:
+    """The warning for a text column that holds no words (all but a few of its first `ID_SAMPLE`
+    texts numbers, short-prefixed ids, hashes or UUIDs: an id or score column named as the
+    text), or None. `setting` names the recipe key or flag that chooses the text column; `total`
+    is the file's row count when `ds` holds only its first rows.
 
     Example:
-        >>> ds = TextDataset([f"{i:032x}" for i in range(40)], None, ["x", "y"] * 20, "t.csv")
-        >>> print(id_warning(ds, "id", "--text")[:72])
-        warning: the text column 'id' of 't.csv' looks like an id column: its 40
+        >>> ds = TextDataset([f"doc_{i:04d}" for i in range(40)], None, ["x", "y"] * 20, "t.csv")
+        >>> print(id_warning(ds, "id", "--text"))  # doctest: +NORMALIZE_WHITESPACE
+        warning: the text column 'id' of 't.csv' holds no words: 40 of its 40 texts are numbers or ids
+        (e.g. 'doc_0000'); name the text column with --text COLUMN
         >>> id_warning(TextDataset([f"film {i}" for i in range(40)], None, None, "t.csv"), "text") is None
         True
     """
-    texts = ds.texts[:10_000]  # a sample is enough to tell, and keeps the check cheap on big files
-    if len(texts) < 20 or len(set(texts)) < len(texts):
+    texts = ds.texts[:ID_SAMPLE]
+    if len(texts) < 20:  # too few to tell
         return None
-    ids = sum(_ID.fullmatch(t) is not None for t in texts)
-    if ids < 0.95 * len(texts):
+    codes = sum(_ID.fullmatch(t) is not None for t in texts)
+    if codes < 0.95 * len(texts):
         return None
-    return (f"warning: the text column '{column}' of '{ds.path}' looks like an id column: its {len(texts):,} "
-            f"{'first ' if len(ds.texts) > len(texts) else ''}texts are all different, and {ids:,} are numbers or "
-            f"hashes (e.g. '{texts[0]}'), not text to classify; name the text column with "
+    first = "first " if (total if total is not None else len(ds.texts)) > len(texts) else ""
+    return (f"warning: the text column '{column}' of '{ds.path}' holds no words: {codes:,} of its {first}"
+            f"{len(texts):,} texts are numbers or ids (e.g. '{texts[0]}'); name the text column with "
             + (f"{setting} = \"...\"" if setting.startswith("data.") else f"{setting} COLUMN"))
 
 
@@ -549,24 +582,28 @@ def _keep_labels_in_training(
 
 
 def kept_value(value: object) -> str:
-    """A kept column's value as the predictions CSV writes it: as read, JSON's spelling for
-    JSON values (true, null as empty), a missing number (NaN, None) empty.
+    """A kept column's value as the predictions CSV writes it: as the file spells it where it is
+    text, else as its type prints (float32 as float32, dates as dates, JSON's true and nested
+    values as JSON), bytes decoded, a missing value (None, NaN) empty.
 
     Example:
-        >>> [kept_value(v) for v in ("a-17", 17, np.int64(3), 2.5, float("nan"), None, True, {"k": 1})]
-        ['a-17', '17', '3', '2.5', '', '', 'true', '{"k": 1}']
+        >>> [kept_value(v) for v in ("a-17", 17, np.int64(3), np.float32(0.1), float("nan"), None, True)]
+        ['a-17', '17', '3', '0.1', '', '', 'true']
+        >>> import datetime, decimal
+        >>> [kept_value(v) for v in (datetime.date(2024, 1, 2), decimal.Decimal("1.50"), b"01", {"k": 1})]
+        ['2024-01-02', '1.50', '01', '{"k": 1}']
     """
-    if isinstance(value, np.generic):
-        value = value.item()
     if isinstance(value, str):
         return value
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or (isinstance(value, float | np.floating) and math.isnan(value)):
         return ""
-    if isinstance(value, bool):
+    if isinstance(value, bool | np.bool_):
         return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    if isinstance(value, list | dict | tuple):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)  # numbers (NumPy's shortest spelling for its own precision), dates, decimals
 
 
 def _as_text(value: object) -> str:

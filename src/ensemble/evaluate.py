@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import combine
-from .data import TextDataset, id_warning, iter_table, load_table, quoting_warning, seen_in
+from .data import ID_SAMPLE, TextDataset, id_warning, iter_table, load_table, quoting_warning, seen_in
 from .ensemble import Ensemble
 from .errors import DISK_FIX, EnsembleError, disk_problem, machine_problem
 from .files import exclusive_lock, write_json
@@ -341,20 +341,26 @@ def _checked_rows(ens: Ensemble, data: Path, reading: dict, progress: bool) -> t
     """Read all of `data` as `predict_file` will, checking every row and gold label: the rows to
     predict, and the bad rows skipped."""
     rows, bad = 0, 0
+    sample: list[str] = []  # the first texts (and pairs), for the warnings vote gives on its whole file
+    pairs: list[str] = []
     with tqdm(desc="checking rows", unit="rows", disable=not progress, leave=False, delay=1,
               mininterval=0.5 if sys.stderr.isatty() else 30) as bar:
         for chunk in iter_table(data, **reading):
             if rows == 0:  # the columns, known from the first chunk (whether it has gold labels)
                 prediction_columns(list(ens.members), pairs=chunk.pairs is not None, gold=chunk.labels is not None,
                                    kept=reading["keep"], field="--keep-columns")
-                for warning in (quoting_warning(chunk, reading["quoting"], "--quoting"),
-                                id_warning(chunk, reading["text"], "--text")):  # as vote warns (on the first chunk)
-                    if warning is not None:
-                        bar.write(warning, file=sys.stderr)
             gold(ens, chunk, "--data", offset=rows)
+            if chunk.pairs is not None:
+                pairs += chunk.pairs[:ID_SAMPLE - len(sample)]
+            sample += chunk.texts[:ID_SAMPLE - len(sample)]
             rows += len(chunk)
             bad += chunk.skipped
             bar.update(len(chunk))
+    first = TextDataset(sample, pairs if reading["text_pair"] is not None else None, None, str(data))
+    for warning in (quoting_warning(first, reading["quoting"], "--quoting"),
+                    id_warning(first, reading["text"], "--text", total=rows)):
+        if warning is not None:
+            print(warning, file=sys.stderr)
     return rows, bad
 
 

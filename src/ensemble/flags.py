@@ -20,21 +20,33 @@ MULTI_VALUE = ("--members", "--weights", "--set", "--keep-columns")
 
 
 def expand_multi(args: list[str]) -> list[str]:
-    """`--members a b c` -> `--members a --members b --members c` (click wants the flag repeated).
+    """`--members a b c` -> `--members a --members b --members c` (click wants the flag repeated);
+    ``--keep-columns=id note`` too. Such a flag with no value before the next flag is refused
+    (click would take the next flag as its value, and complain about what follows).
 
     Example:
-        >>> expand_multi(["vote", "--members", "a", "b", "--out", "o"])
-        ['vote', '--members', 'a', '--members', 'b', '--out', 'o']
+        >>> expand_multi(["vote", "--members", "a", "b", "--out", "o", "--keep-columns=id", "x"])
+        ['vote', '--members', 'a', '--members', 'b', '--out', 'o', '--keep-columns=id', '--keep-columns', 'x']
+        >>> expand_multi(["predict", "--keep-columns", "--quiet"])
+        Traceback (most recent call last):
+        ensemble.errors.EnsembleError: --keep-columns: needs at least one value; got none before --quiet
     """
     result, current = [], None
     for arg in args:
         if arg.startswith("-"):
-            current = arg if arg in MULTI_VALUE else None
+            if current is not None and result[-1] == current:
+                raise EnsembleError(f"{current}: needs at least one value; got none before {arg}")
+            name = arg.split("=", 1)[0]
+            current = name if name in MULTI_VALUE else None
+            if current is not None and name != arg:
+                arg, current = arg, name + "="  # a value came with the flag: the next bare words add to it
             result.append(arg)
         elif current and result[-1] != current:
-            result += [current, arg]
+            result += [current.rstrip("="), arg]
         else:
             result.append(arg)
+    if current is not None and result[-1] == current:
+        raise EnsembleError(f"{current}: needs at least one value; got none")
     return result
 
 

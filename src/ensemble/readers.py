@@ -392,11 +392,15 @@ def _read_parquet(p: Path, shown: str, field: str, quoting: str = "none") -> Ite
                     f"{field}: text column '{name}' in '{shown}' holds {kind} values; texts must be strings: "
                     "convert the column to string before saving"
                 )
-        wanted = [schema.names[columns.index(n)] for n in names]
+        # each column read once (a kept copy of the text asks for it twice; pyarrow would drop the repeat)
+        unique = list(dict.fromkeys(names))
+        wanted = [schema.names[columns.index(n)] for n in unique]
+        at = [unique.index(n) for n in names]
         row = 0
         # record batches of the wanted columns only: memory is bounded by a batch, not the file
         for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted):
-            cols = [_arrow_values(batch.column(k)) for k in range(len(wanted))]
+            read = [_arrow_values(batch.column(k)) for k in range(len(wanted))]
+            cols = [read[k] for k in at]
             for values in zip(*cols):
                 row += 1
                 yield Row(f"row {row}", list(values))
@@ -406,7 +410,10 @@ def _read_parquet(p: Path, shown: str, field: str, quoting: str = "none") -> Ite
 
 def _values(array: np.ndarray) -> list:
     """A column's values as Python objects, but float32 / float16 as NumPy scalars: as Python
-    floats 0.1f would be 0.10000000149011612, a label no CSV file spells (see `normalize_label`)."""
+    floats 0.1f would be 0.10000000149011612, a label no CSV file spells (see `normalize_label`);
+    dates and durations as NumPy spells them (``tolist`` gives nanosecond ones as bare integers)."""
+    if array.dtype.kind in "Mm":
+        return [str(v) for v in array]
     return list(array) if array.dtype.kind == "f" and array.dtype.itemsize < 8 else array.tolist()
 
 

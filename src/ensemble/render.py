@@ -368,7 +368,8 @@ def _data(section: Any, report: dict, names: list[str]) -> list:
     # Under the default on_bad_rows = "error" nothing is ever skipped (a bad row stops the run):
     # the table only when a row was skipped, or the recipe (when recorded) said "skip".
     if skipped and (section.get("on_bad_rows") == "skip" or _any_skipped(skipped)):
-        blocks += [("Rows skipped as bad (on_bad_rows = \"skip\"):",),
+        flags = any(str(k).startswith("--") for k in skipped)  # vote's files, by their flags
+        blocks += [("Rows skipped as bad (--on-bad-rows skip):" if flags else "Rows skipped as bad (on_bad_rows = \"skip\"):",),
                    Table(["split", "rows skipped"], [[k, str(v)] for k, v in skipped.items()])]
     seen = section.get("seen_in_train") or {}
     if isinstance(seen, dict) and seen:
