@@ -361,3 +361,14 @@ def test_tiny_temperatures_give_the_argmax_not_nan():
     # logits / 1e-308 overflowed to inf, and inf - inf to NaN; shifted first, the limit is one-hot
     assert softmax(np.array([[[2.0, 0.0]]]), [1e-308]).tolist() == [[[1.0, 0.0]]]
     assert soften(np.array([[0.6, 0.4]]), 1e-320).tolist() == [[1.0, 0.0]]
+
+
+def test_coverage_curve_leaves_out_points_on_a_handful_of_rows_and_keeps_the_chosen_one():
+    values = np.linspace(0.0, 1.0, 200)
+    correct = np.arange(200) % 3 > 0
+    rows = coverage_curve(values, correct, min_answered=30, also=[0.995])
+    answered = [round(r["coverage"] * 200) for r in rows]
+    # every quantile point answers 30 rows or more; the chosen threshold is in even on one row
+    assert min(answered[:-1]) >= 30 and answered[0] == 200 and len(rows) == 21
+    assert rows[-1]["threshold"] == 0.995 and answered[-1] == 1
+    assert [r["threshold"] for r in coverage_curve(values, correct, min_answered=300)] == [0.0]

@@ -208,9 +208,10 @@ def test_plots_say_which_split_and_rows_they_show():
     assert "on test, 40 rows" in plots_module._agreement(data).axes[0].get_title()
     assert "on test, 40 rows" in plots_module._confusion(data).get_suptitle()
     assert "on test, 40 rows" in plots_module._coverage(data).axes[0].get_title()
-    # With abstention on, the ensemble's matrix counts every row: its panel says so.
+    # With abstention on, the ensemble's matrix (the first) counts every row: its panel says so.
     titles = [ax.get_title() for ax in plots_module._confusion(data).axes if ax.get_title()]
-    assert "before abstention" in titles[-1] and "before abstention" not in titles[0]
+    assert titles[0].startswith("ensemble") and "before abstention" in titles[0]
+    assert not any("before abstention" in t for t in titles[1:])
 
 
 def test_agreement_heatmap_tells_near_agreement_from_full_agreement():
@@ -239,3 +240,45 @@ def test_a_plot_this_report_has_no_data_for_is_removed_not_left_stale(tmp_path):
     written = write_plots(report(members=1), tmp_path)  # one member: no agreement to draw
     assert "agreement" not in written and not (tmp_path / "plots" / "agreement.png").exists()
     assert (tmp_path / "plots" / "confusion.png").exists()
+
+
+def test_many_classes_compare_the_members_by_recall_under_the_ensembles_matrix():
+    import numpy as np
+
+    labels = [f"class_{i:02d}" for i in range(20)]
+    rng = np.random.default_rng(0)
+
+    def matrix():
+        counts = rng.integers(0, 3, (20, 20))
+        counts[np.diag_indices(20)] += 20
+        return counts.tolist()
+
+    members = {f"roberta_large_lr2e-5_seed{i}": {"accuracy": 0.8, "confusion": matrix()} for i in range(8)}
+    data = {"labels": labels, "members": members, "ensemble": {"accuracy": 0.9, "confusion": matrix()},
+            "split": "test", "rows": 900}
+    figure = plots_module._confusion(data)
+    # one matrix and one heatmap, not 9 matrices stacked screens tall
+    assert figure.get_figheight() < 16 and "per-class recall" in figure.get_suptitle()
+    titled = [ax for ax in figure.axes if ax.get_title()]
+    assert [ax.get_title().split("\n")[0] for ax in titled] == ["ensemble", "Recall per gold class (share of its rows predicted right)"]
+    rows = [t.get_text() for t in titled[1].get_yticklabels()]
+    assert rows == ["ensemble", *plots_module._distinct(list(members))] and len(set(rows)) == 9
+    counts = np.asarray(data["ensemble"]["confusion"], dtype=float)
+    cells = [t.get_text() for t in titled[1].texts][:20]  # the ensemble's row, hand-computed
+    assert cells == [f"{v:.2f}"[1:] if v < 1 else "1" for v in np.diag(counts) / counts.sum(axis=1)]
+    few = plots_module._confusion({**data, "labels": labels[:3], "members": {
+        n: {"confusion": [[5, 0, 0], [0, 5, 0], [0, 0, 5]]} for n in members},
+        "ensemble": {"confusion": [[5, 0, 0], [0, 5, 0], [0, 0, 5]]}})
+    titles = [ax.get_title() for ax in few.axes if ax.get_title()]
+    assert titles[0] == "ensemble" and len(set(titles)) == 9  # members told apart by their ends
+
+
+def test_labels_no_installed_font_draws_are_said_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(plots_module, "fallback_fonts", lambda texts: [])  # as on a machine without CJK fonts
+    data = report(labels=["日本語", "neg", "pos"])
+    plots_module.write_plots(data, tmp_path)
+    err = capsys.readouterr().err
+    assert err == ("note: no installed font draws every character of '日本語'; the plots show boxes for them (install a "
+                   "font that has them, e.g. Noto: fonts-noto-cjk for Chinese, Japanese and Korean)\n")
+    plots_module.write_plots(report(labels=["éducation", "neg", "pos"]), tmp_path)
+    assert capsys.readouterr().err == ""  # DejaVu draws it

@@ -448,7 +448,7 @@ def test_stacking_shows_what_the_stacker_relies_on_and_no_voting_weights():
     assert "- Validation accuracy (out-of-fold (cross-fitted)): 0.9000" in section
     assert "| model | reliance |\n| --- | ---: |\n| albert | 0.7500 |\n| electra | 0.2500 |" in section
     metrics = md.split("## Metrics")[1].split("\n## ")[0]
-    assert "| albert |  | " in metrics  # the weight column is empty: the stacker combines, not weights
+    assert metrics.strip().startswith("| model | accuracy |")  # no weight column: the stacker combines, not weights
     assert "Method: stacking (a logistic regression over the members' log-probabilities)" in md
     calibration = md.split("## Calibration")[1].split("\n## ")[0]
     assert "| soft average of the members |" in calibration and "**ensemble**" not in calibration
@@ -546,3 +546,21 @@ def test_training_table_numbers_in_one_notation_each():
 def test_no_negative_zero():
     assert render_module._num(-0.0) == "0.0000" and render_module._num(-0.00001) == "0.0000"
     assert render_module._num(-0.5) == "-0.5000"
+
+
+def test_a_threshold_chosen_on_rows_the_vote_was_fitted_on_says_so():
+    report = full_report()
+    report["abstention"]["chosen"] = {"target": "coverage", "value": 0.8, "valid_coverage": 0.8, "valid_accuracy": 1.0}
+    line = ("Chosen on the validation rows for coverage \\>= 0.8000: there it answered 0.8000 of the rows at accuracy "
+            "1.0000")
+    assert line + "\n" in markdown(report)  # nothing recorded as fitted: nothing said
+    report["combining"]["valid_scored"] = "in-sample: fitted on these rows"
+    assert line + " (in-sample: fitted on these rows, so optimistic)" in markdown(report)
+    report["combining"]["valid_scored"] = "nothing fitted"
+    assert line + "\n" in markdown(report)
+
+
+def test_vote_skipped_rows_are_headed_by_the_flag():
+    report = full_report()
+    report["data"]["skipped_rows"] = {"--data": 2, "--valid": 0}
+    assert "Rows skipped as bad (--on-bad-rows skip):\n\n| split | rows skipped |\n| --- | ---: |\n| --data | 2 |" in markdown(report)

@@ -262,19 +262,25 @@ def caruana_selection(probs, y, rounds: int = 50,
     return counts / rounds, picks
 
 
-def coverage_curve(values, correct, points: int | Sequence[float] | None = None) -> list[dict]:
+def coverage_curve(values, correct, points: int | Sequence[float] | None = None, *, min_answered: int = 1,
+                   also: Sequence[float] = ()) -> list[dict]:
     """Accuracy on the rows answered when abstaining below each threshold.
 
     A row is answered when ``value >= threshold``. Thresholds: the distinct values if at most
     ``points`` (default 20), else ``points`` quantiles (at real values); or exactly ``points`` if
-    it is a sequence. ``min(values)`` (answer everything) is always in. Rows come by coverage
-    descending, then threshold; accuracy is None at coverage 0. Empty input gives ``[]``.
+    it is a sequence; plus the thresholds in `also` (a chosen one, to be found in the curve).
+    ``min(values)`` (answer everything) is always in. Thresholds answering fewer than
+    `min_answered` rows are left out (but those of `also`): an accuracy on a handful of rows is
+    noise, and the quantiles then stop where that many rows are still answered. Rows come by
+    coverage descending, then threshold; accuracy is None at coverage 0. Empty input gives ``[]``.
 
     Example:
         >>> coverage_curve([0.9, 0.6, 0.8, 0.6], [True, False, True, True])  # doctest: +NORMALIZE_WHITESPACE
         [{'threshold': 0.6, 'coverage': 1.0, 'accuracy': 0.75},
          {'threshold': 0.8, 'coverage': 0.5, 'accuracy': 1.0},
          {'threshold': 0.9, 'coverage': 0.25, 'accuracy': 1.0}]
+        >>> [r["threshold"] for r in coverage_curve([0.9, 0.6, 0.8, 0.6], [True] * 4, min_answered=2)]
+        [0.6, 0.8]
     """
     v = np.asarray(values, dtype=np.float64)
     ok = np.asarray(correct)
@@ -286,16 +292,22 @@ def coverage_curve(values, correct, points: int | Sequence[float] | None = None)
     v = _floats("values", v, 1)
     if ok.dtype != bool:
         raise EnsembleError(f"'correct' must be a bool array; got dtype {ok.dtype}")
+    least = _int_param("min_answered", min_answered, 1)
     if points is None or isinstance(points, (int, np.integer)):
         n = 20 if points is None else _int_param("points", points, 1)
         thresholds = np.unique(v)
         if thresholds.size > n:
-            thresholds = np.unique(np.quantile(v, np.linspace(0.0, 1.0, n), method="lower"))
+            top = max(0.0, 1.0 - least / v.size) if least > 1 else 1.0
+            thresholds = np.unique(np.quantile(v, np.linspace(0.0, top, n), method="lower"))
     else:
         thresholds = np.unique(np.append(_floats("points", points, 1), v.min()))
+    kept = {float(t) for t in also} if len(also) else set()
+    thresholds = np.unique(np.append(thresholds, sorted(kept))) if kept else thresholds
     rows = []
     for t in thresholds:
         answered = v >= t
+        if least > 1 and answered.sum() < least and t != v.min() and float(t) not in kept:
+            continue
         rows.append({"threshold": float(t), "coverage": float(answered.mean()),
                      "accuracy": float(ok[answered].mean()) if answered.any() else None})
     return sorted(rows, key=lambda r: (-r["coverage"], r["threshold"]))

@@ -153,7 +153,10 @@ def _abstention(ens: Ensemble, vote, y: np.ndarray | None, abstain: np.ndarray |
     if y is not None:
         correct = vote.labels == y
         section["accuracy_answered"] = float(correct[answered].mean()) if answered.any() else None
-        section["curve"] = combine.coverage_curve(values, correct)
+        # no point on a handful of rows (an accuracy of 1.0 on the single most confident row, say),
+        # and the chosen threshold among the points
+        section["curve"] = combine.coverage_curve(values, correct, min_answered=min(30, max(1, len(correct) // 10)),
+                                                  also=[] if ens.abstain_below is None else [ens.abstain_below])
     return section
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,6 +29,7 @@ __all__ = ["fallback_fonts", "write_plots"]
 _DPI = 100
 _LABEL_WIDTH = 18  # characters of a class or member name shown on an axis or in a legend
 _MAX_ANNOTATED = 30  # classes beyond this make per-cell numbers unreadable: colour only
+_MAX_PANELS_CLASSES = 10  # beyond this many classes, members are compared by recall, not a matrix each
 _MIN_SPAN = 0.05  # the least accuracy range the coverage plot's axis shows
 _PAGE_WIDTH = 16.0  # inches a multi-panel figure may grow to before wrapping into rows
 _CURVES = (("train_loss", "train loss"), ("valid_loss", "valid loss"),
@@ -75,6 +77,12 @@ def write_plots(report: dict, out_dir: str | os.PathLike) -> dict[str, str]:
                 written[key] = f"plots/{key}.png"
             else:
                 (out / f"{key}.png").unlink(missing_ok=True)
+    boxed = [str(name) for name in names if _undrawn(str(name), fallbacks)]
+    if boxed and written:  # said once, not per glyph: the fix is a font, not a change to the data
+        shown = ", ".join(repr(name) for name in boxed[:3]) + (f" and {len(boxed) - 3} more" if len(boxed) > 3 else "")
+        print(f"note: no installed font draws every character of {shown}; the plots show boxes for them "
+              "(install a font that has them, e.g. Noto: fonts-noto-cjk for Chinese, Japanese and Korean)",
+              file=sys.stderr)
     return written
 
 
@@ -102,6 +110,19 @@ def fallback_fonts(texts: Iterable[str]) -> list[str]:
     return chosen
 
 
+def _undrawn(text: str, families: list[str]) -> bool:
+    """Whether `text` has a character neither DejaVu Sans nor any of the fallback `families` draws."""
+    from matplotlib import font_manager
+
+    wanted = {ord(c) for c in text if not c.isspace()} - _charmap(font_manager.findfont("DejaVu Sans"))
+    for entry in font_manager.fontManager.ttflist:
+        if not wanted:
+            break
+        if entry.name in families:
+            wanted -= _charmap(entry.fname)
+    return bool(wanted)
+
+
 @functools.lru_cache(maxsize=None)
 def _charmap(path: str) -> frozenset[int]:
     """The code points the font file at `path` draws (none when it cannot be read)."""
@@ -117,25 +138,28 @@ def _charmap(path: str) -> frozenset[int]:
 
 
 def _confusion(report: dict) -> Figure | None:
-    """One panel per member plus the ensemble: counts written in, colour = share of the gold row."""
-    import numpy as np
+    """The ensemble's confusion matrix first, then each member's: counts written in, colour = share
+    of the gold row. Past `_MAX_PANELS_CLASSES` classes a matrix per member would make a figure
+    screens tall: the members are then compared in one per-class recall heatmap under the
+    ensemble's matrix."""
     from matplotlib.figure import Figure
 
     labels = _distinct(report.get("labels") or [])
     k = len(labels)
-    entries = [(str(name), entry) for name, entry in (report.get("members") or {}).items()]
-    entries.append(("ensemble", report.get("ensemble") or {}))
+    entries = [("ensemble", report.get("ensemble") or {})]
+    entries += [(str(name), entry) for name, entry in (report.get("members") or {}).items()]
     panels = [(name, entry) for name, entry in entries if _is_square(entry.get("confusion"), k)]
     if not panels or k == 0:
         return None
     abstention = report.get("abstention")
     abstaining = isinstance(abstention, dict) and abstention.get("threshold") is not None
-
     font = 8 if k <= 10 else 6 if k <= 20 else 5
     # Inches per panel: the cells (0.3 inch a class) plus room for the longest tick label (about
     # 0.6 of the font size a character), so long label names do not squeeze the matrix.
     ticks = (font + 1) / 72 * 0.6 * max(map(len, labels))
     side = 1.2 + 0.3 * k + max(0.5, ticks)
+    if k > _MAX_PANELS_CLASSES and len(panels) > 1:
+        return _confusion_and_recall(report, panels, labels, side, font, abstaining)
     columns = max(1, min(len(panels), 4, int(_PAGE_WIDTH // side)))
     rows = math.ceil(len(panels) / columns)
     # A little short rather than tall: "compressed" then closes the gaps between panels and the
@@ -143,27 +167,11 @@ def _confusion(report: dict) -> Figure | None:
     height = rows * side + 0.6
     figure = Figure(figsize=(columns * side + 1.0, height), layout="compressed")
     axes = figure.subplots(rows, columns, squeeze=False)
-    rotate = k > 6 or max(map(len, labels)) > 5
+    # titles on at most two lines as wide as a panel (about 9 characters an inch at 10 points)
+    titles = dict(zip([n for n, _ in panels], _two_lines([n for n, _ in panels], max(10, int(side * 9)))))
     image = None
     for ax, (name, entry) in zip(axes.flat, panels):
-        counts = np.asarray(entry["confusion"], dtype=np.float64)
-        totals = counts.sum(axis=1, keepdims=True)
-        shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-        image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-        if k <= _MAX_ANNOTATED:
-            for (i, j), count in np.ndenumerate(counts):
-                ax.text(j, i, f"{count:.0f}", ha="center", va="center", fontsize=font,
-                        color="white" if shares[i, j] > 0.55 else "black")
-        ax.set_xticks(range(k), labels, fontsize=font + 1, rotation=90 if rotate else 0)
-        ax.set_yticks(range(k), labels, fontsize=font + 1)
-        ax.set_xlabel("predicted", fontsize=9)
-        ax.set_ylabel("gold", fontsize=9)
-        accuracy = _number(entry.get("accuracy"))
-        title = _short(name, 2 * _LABEL_WIDTH)
-        title += "" if accuracy is None else f"\naccuracy {accuracy:.3f}"
-        if name == "ensemble" and abstaining:
-            title += "\n(every row, before abstention)"
-        ax.set_title(title, fontsize=10, fontweight="bold" if name == "ensemble" else "normal")
+        image = _matrix(ax, entry, labels, font, titles[name], name == "ensemble", abstaining)
     for ax in axes.flat[len(panels):]:
         ax.set_axis_off()
     # Beside one row; above several, where a bar as tall as the figure would dwarf the panels.
@@ -172,6 +180,71 @@ def _confusion(report: dict) -> Figure | None:
         "pad": 0.2 / height}  # pad is a share of the figure's height: keep it to 0.2 inch
     figure.colorbar(image, ax=axes, label="share of gold row", **placement)
     figure.suptitle(f"Confusion matrices{_on_split(report)}", fontsize=11)
+    return figure
+
+
+def _matrix(ax: Any, entry: dict, labels: list[str], font: int, title: str, ensemble: bool, abstaining: bool) -> Any:
+    """One confusion matrix on `ax`: colour the share of the gold row, counts written in."""
+    import numpy as np
+
+    k = len(labels)
+    counts = np.asarray(entry["confusion"], dtype=np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    if k <= _MAX_ANNOTATED:
+        for (i, j), count in np.ndenumerate(counts):
+            ax.text(j, i, f"{count:.0f}", ha="center", va="center", fontsize=font,
+                    color="white" if shares[i, j] > 0.55 else "black")
+    rotate = k > 6 or max(map(len, labels)) > 5
+    ax.set_xticks(range(k), labels, fontsize=font + 1, rotation=90 if rotate else 0)
+    ax.set_yticks(range(k), labels, fontsize=font + 1)
+    ax.set_xlabel("predicted", fontsize=9)
+    ax.set_ylabel("gold", fontsize=9)
+    accuracy = _number(entry.get("accuracy"))
+    title += "" if accuracy is None else f"\naccuracy {accuracy:.3f}"
+    if ensemble and abstaining:
+        title += "\n(every row, before abstention)"
+    ax.set_title(title, fontsize=10, fontweight="bold" if ensemble else "normal")
+    return image
+
+
+def _confusion_and_recall(report: dict, panels: list, labels: list[str], side: float, font: int,
+                          abstaining: bool) -> Figure:
+    """Many classes: the ensemble's confusion matrix, and under it each class's recall (the share
+    of its gold rows predicted right) for the ensemble and every member, a row each."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    k = len(labels)
+    names = [name for name, _ in panels]
+    recall = np.full((len(panels), k), np.nan)
+    for row, (_, entry) in enumerate(panels):
+        counts = np.asarray(entry["confusion"], dtype=np.float64)
+        totals = counts.sum(axis=1)
+        recall[row] = np.divide(np.diag(counts), totals, out=np.full(k, np.nan), where=totals > 0)
+    shown = _distinct(names)
+    name_width = (font + 1) / 72 * 0.6 * max(map(len, shown))
+    heat = 0.3 * len(panels) + 0.9
+    width = max(side, 0.3 * k + name_width + 1.6)
+    figure = Figure(figsize=(width + 1.0, side + heat + 0.8), layout="constrained")
+    top, bottom = figure.subfigures(2, 1, height_ratios=[side, heat])
+    ax = top.subplots()
+    image = _matrix(ax, panels[0][1], labels, font, "ensemble", True, abstaining)
+    top.colorbar(image, ax=ax, shrink=0.8, label="share of gold row")
+    ax = bottom.subplots()
+    image = ax.imshow(recall, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    if k <= _MAX_ANNOTATED:
+        for (i, j), value in np.ndenumerate(recall):
+            if not math.isnan(value):
+                ax.text(j, i, f"{value:.2f}"[1:] if value < 1 else "1", ha="center", va="center", fontsize=font,
+                        color="white" if value > 0.55 else "black")
+    ax.set_xticks(range(k), labels, fontsize=font + 1, rotation=90)
+    ax.set_yticks(range(len(panels)), shown, fontsize=font + 1)
+    ax.get_yticklabels()[0].set_fontweight("bold")
+    ax.set_title("Recall per gold class (share of its rows predicted right)", fontsize=10)
+    bottom.colorbar(image, ax=ax, shrink=0.9, label="recall")
+    figure.suptitle(f"Confusion matrix and per-class recall{_on_split(report)}", fontsize=11)
     return figure
 
 
@@ -340,8 +413,11 @@ def _member_styles(names: list[str]) -> dict[str, dict[str, Any]]:
     from matplotlib import colormaps
 
     palette = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    # tab20 pairs a dark and a light shade of each hue: the 10 dark ones first, then the light ones,
+    # so that neighbours in the legend differ in hue
+    order = list(range(palette.N)) if palette.N == 10 else [*range(0, 20, 2), *range(1, 20, 2)]
     dashes = ("-", "--", "-.", ":")
-    return {name: {"color": palette(i % palette.N), "linestyle": dashes[(i // palette.N) % 4]}
+    return {name: {"color": palette(order[i % palette.N]), "linestyle": dashes[(i // palette.N) % 4]}
             for i, name in enumerate(names)}
 
 
@@ -378,6 +454,28 @@ def _on_split(report: dict) -> str:
         return ""
     counted = f", {rows:,} rows" if isinstance(rows, int) and not isinstance(rows, bool) else ""
     return f" on {_short(split)}{counted}"
+
+
+def _two_lines(names: list[Any], width: int) -> list[str]:
+    """`_distinct` names on up to two lines of `width` characters, broken after a ``_``, ``-``,
+    ``.`` or space in the first line's second half where there is one; a second line too long
+    keeps its end, where members differ (a seed, a learning rate).
+
+    Example:
+        >>> names = ["roberta_large_finetune_lr2e-5_seed1", "roberta_large_finetune_lr2e-5_seed2", "bert"]
+        >>> [name.splitlines() for name in _two_lines(names, 18)]
+        [['roberta_large_', '…tune_lr2e-5_seed1'], ['roberta_large_', '…tune_lr2e-5_seed2'], ['bert']]
+    """
+    lines = []
+    for name in _distinct(names, 2 * width):
+        if len(name) <= width:
+            lines.append(name)
+            continue
+        cut = max((name.rfind(c, width // 2, width) for c in "_-. "), default=-1)
+        cut = cut + 1 if cut > 0 else width
+        rest = name[cut:] if len(name) - cut <= width else "…" + name[-(width - 1):]
+        lines.append(name[:cut] + "\n" + rest)
+    return lines
 
 
 def _distinct(names: list[Any], width: int = _LABEL_WIDTH) -> list[str]:

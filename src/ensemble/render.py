@@ -136,16 +136,17 @@ def _metrics(report: dict, names: list[str], has_gold: bool) -> list:
     headers = [f"{name} (calibrated)" if calibrated and k in ("nll", "ece") else name for k, name in metrics.items()]
     stacked = report.get("method") == "stacking"  # the stacker, not these weights, combines the members
     hard = report.get("method") == "hard"
-    rows = [[name, "" if stacked else _num(report["weights"].get(name))] + [_num(e.get(k)) for k in metrics]
+    # no weight column under stacking: the stacker, not weights, combines the members
+    rows = [[name] + ([] if stacked else [_num(report["weights"].get(name))]) + [_num(e.get(k)) for k in metrics]
             for name, e in zip(names, entries)]
     abstention = report.get("abstention")
     abstaining = _abstaining(report)
     # With abstention on, the row's numbers still count every row: say so where they are read.
     label = "ensemble (all rows, before abstention)" if abstaining else "ensemble"
     # A hard vote's confidence is a vote share, not a probability: not in a column of probabilities.
-    rows.append([Span(label, "strong"), ""] + ["" if hard and k == "mean_confidence" else _num(entries[-1].get(k))
-                                               for k in metrics])
-    blocks: list = [Table(["model", "weight", *headers], rows)]
+    rows.append([Span(label, "strong")] + ([] if stacked else [""])
+                + ["" if hard and k == "mean_confidence" else _num(entries[-1].get(k)) for k in metrics])
+    blocks: list = [Table(["model", *([] if stacked else ["weight"]), *headers], rows)]
     if hard:
         blocks.append(("A hard vote gives labels, not probabilities: its confidence is the share of member weight "
                        f"behind its label (mean {_num(entries[-1].get('mean_agreement'))}), so it has no mean "
@@ -291,7 +292,7 @@ def _abstention(section: Any, report: dict, names: list[str]) -> list:
     decimals = _threshold_decimals(section)
     items = [(f"Abstain on: {_on(section, report)}",),
              (f"Threshold: {'none (every row answered)' if threshold is None else _num(threshold, decimals)}",),
-             *_chosen(section.get("chosen")),
+             *_chosen(section.get("chosen"), (report.get("combining") or {}).get("valid_scored")),
              (f"Abstained rows: {section.get('abstained', '?')} of {report['rows']}",),
              (f"Coverage: {_num(section.get('coverage'))}",)]
     if "accuracy_answered" in section:  # absent without gold labels
@@ -315,13 +316,15 @@ def _threshold_decimals(section: dict) -> int:
     return _decimals([section.get("threshold"), *(p.get("threshold") for p in _curve(section))])
 
 
-def _chosen(chosen: Any) -> list[tuple[str]]:
-    """How validation picked the threshold, when the recipe gave a coverage or accuracy target."""
+def _chosen(chosen: Any, scored: Any = None) -> list[tuple[str]]:
+    """How validation picked the threshold, when the recipe gave a coverage or accuracy target;
+    `scored` says what of the vote was fitted on those rows (its validation score is in-sample too)."""
     if not isinstance(chosen, dict):
         return []
+    fitted = f" ({scored}, so optimistic)" if isinstance(scored, str) and scored.startswith("in-sample") else ""
     return [(f"Chosen on the validation rows for {chosen.get('target', '?')} >= {_num(chosen.get('value'))}: "
              f"there it answered {_num(chosen.get('valid_coverage'))} of the rows at accuracy "
-             f"{_num(chosen.get('valid_accuracy'))}",)]
+             f"{_num(chosen.get('valid_accuracy'))}{fitted}",)]
 
 
 def _training(section: Any, report: dict, names: list[str]) -> list:
