@@ -458,6 +458,10 @@ def test_fit_vote_takes_one_abstain_target(run):
         ens.fit_vote(ens.member_logits(valid.texts[:40]), gold(ens, valid.subset(range(40)), "valid"), spec)
 
 
+def report_vote_labels(ens, ds) -> list[int]:
+    return ens.vote(ds.texts).labels.tolist()
+
+
 def test_abstain_below_marks_rows_in_predict_and_predictions_csv(run, tmp_path):
     from ensemble.data import load_table
     from ensemble.evaluate import evaluate
@@ -473,6 +477,10 @@ def test_abstain_below_marks_rows_in_predict_and_predictions_csv(run, tmp_path):
     with open(tmp_path / "predictions.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [r["ensemble_label"] == "abstain" for r in rows] == expected.tolist()
+    # what the vote said, abstained or not: the label its confidence and agreement are about
+    assert list(rows[0])[-4:] == ["ensemble_label", "voted_label", "ensemble_confidence", "agreement"]
+    assert [r["voted_label"] for r in rows] == [ens.labels[i] for i in report_vote_labels(ens, ds)]
+    assert all(r["ensemble_label"] in ("abstain", r["voted_label"]) for r in rows)
     assert report["abstention"]["abstained"] == int(expected.sum())
     assert report["abstention"]["coverage"] == pytest.approx(1 - expected.mean())
     curve = report["abstention"]["curve"]

@@ -179,7 +179,7 @@ def vote(
     columns = dict(text=text, text_pair=text_pair, label=label, quoting=quoting, on_bad_rows=on_bad_rows)
     ds = load_table(data, **columns, field="--data", require_label=label_given, keep=keep_columns)
     prediction_columns(list(ens.members), pairs=ds.pairs is not None, gold=ds.labels is not None, kept=keep_columns,
-                       field="--keep-columns")
+                       field="--keep-columns", abstaining=bool(given))
     for warning in (quoting_warning(ds, quoting, "--quoting"), id_warning(ds, text, "--text")):
         if warning is not None:
             typer.echo(warning, err=True)

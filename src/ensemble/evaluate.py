@@ -73,7 +73,8 @@ def evaluate(ens: Ensemble, ds: TextDataset, split: str, out: Path, *, fitted: d
         (0.968, 0.11)
     """
     # a kept column named like one of the predictions' own: refused before the members run
-    prediction_columns(list(ens.members), pairs=ds.pairs is not None, gold=ds.labels is not None, kept=list(ds.kept or {}))
+    prediction_columns(list(ens.members), pairs=ds.pairs is not None, gold=ds.labels is not None, kept=list(ds.kept or {}),
+                       abstaining=ens.abstain_below is not None)
     if logits is None:
         truncated = {}
         logits = ens.member_logits(ds.texts, ds.pairs, truncated, progress=split if progress else None)
@@ -351,7 +352,7 @@ def _checked_rows(ens: Ensemble, data: Path, reading: dict, progress: bool) -> t
         for chunk in iter_table(data, **reading):
             if rows == 0:  # the columns, known from the first chunk (whether it has gold labels)
                 prediction_columns(list(ens.members), pairs=chunk.pairs is not None, gold=chunk.labels is not None,
-                                   kept=reading["keep"], field="--keep-columns")
+                                   kept=reading["keep"], field="--keep-columns", abstaining=ens.abstain_below is not None)
             gold(ens, chunk, "--data", offset=rows)
             if chunk.pairs is not None:
                 pairs += chunk.pairs[:ID_SAMPLE - len(sample)]

@@ -76,7 +76,8 @@ def checked_inputs(recipe: Recipe, members: Sequence[MemberConfig]) -> tuple[Spl
     """The recipe's data, read and checked, after the checks that need it (abstention's labels)
     and those of the `members` to train (`preflight`): every input mistake before any training."""
     prediction_columns([m.name for m in recipe.members], pairs=recipe.data.text_pair is not None, gold=True,
-                       kept=recipe.data.keep_columns, field=f"{recipe.where}: data.keep_columns")
+                       kept=recipe.data.keep_columns, field=f"{recipe.where}: data.keep_columns",
+                       abstaining=abstention_key(recipe.vote) is not None)
     splits, test, labels = load_splits(recipe.data, recipe.where)
     check_abstain_label(labels, abstention_key(recipe.vote), recipe.where)
     preflight(members, where=recipe.where, defaults=recipe.defaults)

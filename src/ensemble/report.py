@@ -213,7 +213,8 @@ def write_predictions(path: str | os.PathLike, *, names: list[str], labels: list
     pairs), ``label`` (with gold), ``<name>_label`` and ``<name>_confidence`` per member,
     ``ensemble_label``, ``ensemble_confidence``, ``agreement``. Labels are names, floats have 6
     significant digits. Rows marked in `abstain` get the ensemble label ``abstain`` (their
-    confidence and agreement stay). Written atomically.
+    confidence and agreement stay); with `abstain` a ``voted_label`` column after it holds the
+    label the vote gave every row, the one the confidence and agreement are about. Written atomically.
 
     Example:
         >>> import tempfile
@@ -231,7 +232,7 @@ def write_predictions(path: str | os.PathLike, *, names: list[str], labels: list
 
 
 def prediction_columns(names: Sequence[str], *, pairs: bool, gold: bool, kept: Sequence[str] = (),
-                       field: str = "kept columns") -> list[str]:
+                       field: str = "kept columns", abstaining: bool = False) -> list[str]:
     """The columns of predictions.csv, refusing a kept column (`field` names the setting) or a
     member whose name gives a column twice.
 
@@ -246,7 +247,7 @@ def prediction_columns(names: Sequence[str], *, pairs: bool, gold: bool, kept: S
     own = ["text"] + (["text_pair"] if pairs else []) + (["label"] if gold else [])
     for name in names:
         own += [f"{name}_label", f"{name}_confidence"]
-    own += ["ensemble_label", "ensemble_confidence", "agreement"]
+    own += ["ensemble_label", *["voted_label"] * abstaining, "ensemble_confidence", "agreement"]
     clashes = sorted({c for c in own if own.count(c) > 1})
     if clashes:
         raise EnsembleError(f"member names {list(names)!r} clash with predictions.csv columns {clashes!r}; "
@@ -254,7 +255,7 @@ def prediction_columns(names: Sequence[str], *, pairs: bool, gold: bool, kept: S
     for column in kept:
         if column in own:
             what = {"text": "the text", "text_pair": "the second text", "label": "the gold label"}.get(column, "a member's")
-            what = "the vote's" if column.startswith("ensemble_") or column == "agreement" else what
+            what = "the vote's" if column.startswith("ensemble_") or column in ("agreement", "voted_label") else what
             raise EnsembleError(f"{field}: '{column}' is a column the predictions have already ({what}); keep a "
                                 "column of another name, or rename it in the file")
     return [*kept, *own]
@@ -268,11 +269,13 @@ def append_predictions(handle: IO[str], *, names: list[str], labels: list[str], 
     The streaming form of `write_predictions`: ``ensemble predict`` appends one chunk at a time.
     """
     member_labels, gold = _check_inputs(vote, names, len(labels), texts, pairs, y_true, kept)
-    columns = prediction_columns(names, pairs=pairs is not None, gold=gold is not None, kept=list(kept or {}))
+    columns = prediction_columns(names, pairs=pairs is not None, gold=gold is not None, kept=list(kept or {}),
+                                 abstaining=abstain is not None)
     names_of = np.asarray(labels, dtype=object)  # index -> label name, vectorised
-    member_names, ensemble_names = names_of[member_labels], names_of[vote.labels]
+    member_names, voted = names_of[member_labels], names_of[vote.labels]
+    ensemble_names = voted
     if abstain is not None:
-        ensemble_names = np.where(np.asarray(abstain, dtype=bool), "abstain", ensemble_names)
+        ensemble_names = np.where(np.asarray(abstain, dtype=bool), "abstain", voted)
     kept_values = list((kept or {}).values())
     writer = csv.writer(handle)
     if header:
@@ -283,7 +286,8 @@ def append_predictions(handle: IO[str], *, names: list[str], labels: list[str], 
             line.append(labels[gold[row]])
         for m in range(len(names)):
             line += [member_names[m, row], _g6(vote.member_confidence[m, row])]
-        line += [ensemble_names[row], _g6(vote.confidence[row]), _g6(vote.agreement[row])]
+        line += [ensemble_names[row], *[voted[row]] * (abstain is not None), _g6(vote.confidence[row]),
+                 _g6(vote.agreement[row])]
         writer.writerow(line)
 
 
