@@ -450,6 +450,9 @@ def test_stacking_shows_what_the_stacker_relies_on_and_no_voting_weights():
     metrics = md.split("## Metrics")[1].split("\n## ")[0]
     assert metrics.strip().startswith("| model | accuracy |")  # no weight column: the stacker combines, not weights
     assert "Method: stacking (a logistic regression over the members' log-probabilities)" in md
+    assert "inverse L2 strength" not in md  # reports from before C was chosen: nothing said
+    report["combining"]["stacker_c"] = 0.1
+    assert "- Stacker's inverse L2 strength C: 0.1 (chosen by the lowest out-of-fold log-loss)" in markdown(report)
     calibration = md.split("## Calibration")[1].split("\n## ")[0]
     assert "| soft average of the members |" in calibration and "**ensemble**" not in calibration
     assert "The stacker's own NLL and ECE are the ensemble's in the metrics table" in calibration

@@ -51,14 +51,32 @@ def test_stacker_round_trip_is_exact_and_json():
     assert again.to_dict() == d
 
 
-def test_stacker_matches_sklearn():
+def sklearn_reference(x, y, C=1.0):
+    """scikit-learn's own pipeline: standardized features, then the logistic regression."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000)).fit(x, y)
+
+
+def test_stacker_matches_sklearn():
     probs, y = permuted_case(rows=90)
     s = Stacker().fit(probs, y, C=0.5)
     x = np.log(probs).transpose(1, 0, 2).reshape(90, -1)
-    ref = LogisticRegression(C=0.5, max_iter=2000).fit(x, y).predict_proba(x)
-    np.testing.assert_allclose(s.predict_proba(probs), ref, atol=1e-10)
+    ref = sklearn_reference(x, y, C=0.5).predict_proba(x)
+    np.testing.assert_allclose(s.predict_proba(probs), ref, atol=1e-8)
+    assert s.C_ == 0.5
+
+
+def test_stacker_chooses_c_by_out_of_fold_log_loss():
+    from ensemble.stacking import C_GRID
+
+    probs, y = permuted_case(rows=120)
+    chosen = Stacker().fit(probs, y, folds=3)
+    losses = {c: nll(Stacker().fit(probs, y, folds=3, C=c).oof_probs_, y) for c in C_GRID}
+    assert chosen.C_ == min(losses, key=losses.get)
+    assert nll(chosen.oof_probs_, y) == pytest.approx(min(losses.values()))
 
 
 @pytest.mark.parametrize("classes", [2, 4])
@@ -67,17 +85,15 @@ def test_stacker_binary_and_absent_classes(classes):
     rng = np.random.default_rng(2)
     y = rng.integers(0, 2, size=40)
     probs = 0.6 * np.eye(classes)[y][None] + 0.4 * random_probs(rng, 2, 40, classes)
-    s = Stacker().fit(probs, y, folds=4)
+    s = Stacker().fit(probs, y, folds=4, C=1.0)
     out = s.predict_proba(probs)
     assert out.shape == s.oof_probs_.shape == (40, classes)
     assert s.coef_.shape == (2, 2 * classes)  # binary: the 2-row form
     np.testing.assert_allclose(out.sum(axis=1), 1.0)
     assert np.all(out[:, 2:] == 0) and np.all(s.oof_probs_[:, 2:] == 0)
-    from sklearn.linear_model import LogisticRegression
-
     x = np.log(probs).transpose(1, 0, 2).reshape(40, -1)
-    ref = LogisticRegression(max_iter=2000).fit(x, y).predict_proba(x)
-    np.testing.assert_allclose(out[:, :2], ref, atol=1e-10)
+    ref = sklearn_reference(x, y).predict_proba(x)
+    np.testing.assert_allclose(out[:, :2], ref, atol=1e-8)
 
 
 def test_stacker_reduces_folds_for_rare_classes_and_single_class():
@@ -138,7 +154,7 @@ def test_stacker_parameter_and_shape_errors():
         Stacker().predict_proba(probs)
     with pytest.raises(EnsembleError, match="'folds' parameter must be an int >= 2; got 1"):
         Stacker().fit(probs, y, folds=1)
-    with pytest.raises(EnsembleError, match="'C' parameter must be a float > 0; got 0"):
+    with pytest.raises(EnsembleError, match="'C' parameter must be a float > 0 or None; got 0"):
         Stacker().fit(probs, y, C=0)
     s = Stacker().fit(probs, y, folds=2)
     with pytest.raises(EnsembleError, match=r"'probs' has shape \(2, 30, 3\) but the stacker was fitted on shape \(3, rows, 3\)"):

@@ -265,6 +265,9 @@ def _combining(section: Any, report: dict, names: list[str]) -> list:
     scored = f" ({section['valid_scored']})" if section.get("valid_scored") else ""
     items += [(f"Validation {_NAMES.get(k, k)}{scored}: {_num(v)}",)
               for k, v in (section.get("valid") or {}).items()]
+    if _is_number(section.get("stacker_c")):
+        items.append((f"Stacker's inverse L2 strength C: {section['stacker_c']:g} (chosen by the lowest out-of-fold "
+                      "log-loss)",))
     blocks: list = [items]
     reliance = section.get("reliance")
     if isinstance(reliance, dict) and reliance:

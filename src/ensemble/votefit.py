@@ -84,6 +84,7 @@ def _fit(ens: Ensemble, logits, y, vote: VoteConfig) -> dict:
         oof = ens.stacker.oof_probs_
         info["valid"] = {"accuracy": float((oof.argmax(1) == y).mean()), "nll": combine.nll(oof, y)}
         info["valid_scored"] = "out-of-fold (cross-fitted)"
+        info["stacker_c"] = ens.stacker.C_  # chosen by the out-of-fold log-loss
         # how much the stacker uses each member: its share of the coefficients' norm
         size = len(ens.labels)
         norms = [float(np.linalg.norm(ens.stacker.coef_[:, k * size:(k + 1) * size])) for k in range(len(names))]
