@@ -272,7 +272,7 @@ def _combining(section: Any, report: dict, names: list[str]) -> list:
     reliance = section.get("reliance")
     if isinstance(reliance, dict) and reliance:
         blocks += [("How much the stacker uses each member (its share of the coefficients' norm on that member's "
-                    "log-probabilities):",), Table(["model", "reliance"], [[n, _num(v)] for n, v in reliance.items()])]
+                    "standardized log-probabilities):",), Table(["model", "reliance"], [[n, _num(v)] for n, v in reliance.items()])]
     weights, picks = section.get("weights"), section.get("picks")
     if weights or picks:
         listed = dict.fromkeys([*names, *(weights or {}), *(picks or {})])

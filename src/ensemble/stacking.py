@@ -16,7 +16,7 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from .combine import _EPS, _floats, _int_param, _labels, _softmax_last
 from .errors import EnsembleError
 
-__all__ = ["C_GRID", "Stacker"]
+__all__ = ["C_GRID", "Stacker", "stacker_features"]
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strengths the out-of-fold log-loss chooses from
 
@@ -24,7 +24,7 @@ _STACKER_FORMAT = "ensemble.stacker"
 _STACKER_KEYS = ("format", "version", "n_members", "n_classes", "folds", "classes", "coef", "intercept")
 
 
-def _features(p: np.ndarray) -> np.ndarray:
+def stacker_features(p: np.ndarray) -> np.ndarray:
     # Row i -> [log p[0, i, :], log p[1, i, :], ...]; logs make the model a weighted
     # geometric pool, and let it learn e.g. that member 2's class 0 means class 1.
     return np.log(np.clip(p, _EPS, None)).transpose(1, 0, 2).reshape(p.shape[1], -1)
@@ -107,7 +107,7 @@ class Stacker:
         labels = _labels(y, p.shape, "probs")
         if labels.size < 2:
             raise EnsembleError("Stacker.fit needs at least 2 labelled rows; got 1")
-        x, n_classes = _features(p), p.shape[2]
+        x, n_classes = stacker_features(p), p.shape[2]
         counts = np.unique(labels, return_counts=True)[1]
         k = int(max(2, min(folds, counts.min())))
         # Stratifying needs some class with >= 2 rows; otherwise plain shuffled K-fold.
@@ -142,7 +142,7 @@ class Stacker:
         if (p.shape[0], p.shape[2]) != (self.n_members_, self.n_classes_):
             raise EnsembleError(f"'probs' has shape {p.shape} but the stacker was fitted on shape "
                                 f"({self.n_members_}, rows, {self.n_classes_})")
-        return _apply(_features(p), self.classes_, self.coef_, self.intercept_, self.n_classes_)
+        return _apply(stacker_features(p), self.classes_, self.coef_, self.intercept_, self.n_classes_)
 
     def to_dict(self) -> dict:
         """The fitted model as JSON-able plain data (``oof_probs_`` is not included).

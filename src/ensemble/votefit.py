@@ -13,7 +13,7 @@ import numpy as np
 from . import combine
 from .errors import EnsembleError
 from .recipe import LEARNED_METHODS, VoteConfig, check_vote
-from .stacking import Stacker
+from .stacking import Stacker, stacker_features
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ensemble import Ensemble
@@ -85,9 +85,11 @@ def _fit(ens: Ensemble, logits, y, vote: VoteConfig) -> dict:
         info["valid"] = {"accuracy": float((oof.argmax(1) == y).mean()), "nll": combine.nll(oof, y)}
         info["valid_scored"] = "out-of-fold (cross-fitted)"
         info["stacker_c"] = ens.stacker.C_  # chosen by the out-of-fold log-loss
-        # how much the stacker uses each member: its share of the coefficients' norm
+        # how much the stacker uses each member: its share of the coefficients' norm, on the standardized
+        # features the stacker was fitted on (a member's log-probabilities may spread wider than another's)
         size = len(ens.labels)
-        norms = [float(np.linalg.norm(ens.stacker.coef_[:, k * size:(k + 1) * size])) for k in range(len(names))]
+        coef = ens.stacker.coef_ * stacker_features(probs).std(axis=0)
+        norms = [float(np.linalg.norm(coef[:, k * size:(k + 1) * size])) for k in range(len(names))]
         info["reliance"] = {n: (v / sum(norms) if sum(norms) else 0.0) for n, v in zip(names, norms, strict=True)}
     ens.weights_learned = True  # fitted above (or fixed by the config): the vote below may use them
     ens.ensemble_temperature = 1.0
