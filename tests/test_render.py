@@ -567,3 +567,19 @@ def test_vote_skipped_rows_are_headed_by_the_flag():
     report = full_report()
     report["data"]["skipped_rows"] = {"--data": 2, "--valid": 0}
     assert "Rows skipped as bad (--on-bad-rows skip):\n\n| split | rows skipped |\n| --- | ---: |\n| --data | 2 |" in markdown(report)
+
+
+def test_a_confusion_table_of_many_labels_numbers_its_columns():
+    from ensemble.aggregate import aggregate as vote_of
+
+    labels = [f"label_{i}" for i in range(12)]
+    y = np.arange(24) % 12
+    logits = np.eye(12)[None, y] * 3.0
+    report = build_report(names=["a"], labels=labels, vote=vote_of(logits, "soft"), method="soft",
+                          weights={"a": 1.0}, y_true=y, texts=[str(i) for i in range(24)], pairs=None, split="test")
+    section = markdown(report).split("## Ensemble confusion matrix")[1].split("\n## ")[0]
+    assert "Rows: gold; columns: predicted, numbered as the rows." in section
+    assert "| gold \\ predicted | 1 | 2 | 3 |" in section.replace("`", "")
+    assert "| 12. label_11 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 2 |" in section
+    few = markdown(base_report()).split("## Ensemble confusion matrix")[1].split("\n## ")[0]
+    assert "numbered" not in few

@@ -106,11 +106,16 @@ def _document(report: dict, plots: dict[str, str]) -> tuple[str, list[tuple[str,
         sections[-1][1].extend([(f"Fleiss' kappa (all members): {_num(agreement['fleiss_kappa'])}",),
                                 (f"Unanimous rows: {_num(agreement['unanimous'])}",)])
     if has_gold:
-        matrix = [[labels[i]] + [str(n) for n in row] for i, row in enumerate(ensemble["confusion"])]
+        # many or long labels as column headers make a table pages wide for one- or two-digit cells:
+        # the columns are then numbered, and the rows give each number its label
+        numbered = len(labels) > 10 or sum(len(str(label)) for label in labels) > 120
+        rows = [f"{i + 1}. {label}" if numbered else label for i, label in enumerate(labels)]
+        matrix = [[rows[i]] + [str(n) for n in row] for i, row in enumerate(ensemble["confusion"])]
         sections.append(("Ensemble confusion matrix", [
-            ("Rows: gold; columns: predicted" + (", every row counted, before abstention." if _abstaining(report)
-                                                 else "."),),
-            Table([Span("gold \\ predicted", "literal"), *labels], matrix), *image("confusion"),
+            ("Rows: gold; columns: predicted" + (", numbered as the rows" if numbered else "")
+             + (", every row counted, before abstention." if _abstaining(report) else "."),),
+            Table([Span("gold \\ predicted", "literal"), *([str(i + 1) for i in range(len(labels))] if numbered
+                                                               else labels)], matrix), *image("confusion"),
         ]))
     for heading, build in (("Calibration", _calibration), ("Combining", _combining),
                            ("Abstention", _abstention), ("Training", _training), ("Data", _data)):
