@@ -18,7 +18,9 @@ from .errors import EnsembleError
 
 __all__ = ["C_GRID", "Stacker", "stacker_features"]
 
-C_GRID = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strengths the out-of-fold log-loss chooses from
+# Inverse L2 strengths the out-of-fold log-loss chooses from. Not below 0.1: on SST-5 (7 members, 800
+# validation rows) the log-loss preferred 0.01 by 0.0035 nats, which cost 2.1 points of dev accuracy.
+C_GRID = (0.1, 1.0, 10.0)
 
 _STACKER_FORMAT = "ensemble.stacker"
 _STACKER_KEYS = ("format", "version", "n_members", "n_classes", "folds", "classes", "coef", "intercept")
