@@ -359,6 +359,12 @@ def test_predict_resume_needs_the_same_kept_columns(fitted, cli, tmp_path):
     (tmp_path / ".p.csv.partial.json").write_text(json.dumps({"identity": old, "rows": 1, "bytes": 5}))
     code, _, err = cli(args + ["--resume", "--on-bad-rows", "skip"])
     assert code == 2 and "other settings: --on-bad-rows 'error' (now 'skip')" in err, err
+    # the same settings, but columns another version wrote (an abstaining ensemble gained `voted`): not continued
+    (tmp_path / ".p.csv.partial").write_bytes(b"text,label,old_column\n")
+    (tmp_path / ".p.csv.partial.json").write_text(json.dumps({"identity": old, "rows": 1, "bytes": 22}))
+    code, _, err = cli(args + ["--resume"])
+    assert code == 2 and err == (f"error: --resume: '{tmp_path / '.p.csv.partial'}' has other columns than this version "
+                                 "writes (text, label, old_column); run without --resume to start over\n"), err
 
 
 @pytest.mark.parametrize(("flag", "value", "message"), [

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import tracemalloc
+from time import time_ns
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -1233,11 +1234,16 @@ def test_kept_column_mistakes_name_the_setting(tmp_path: Path, field: str, keep:
     assert str(info.value) == message.format(p=path)
 
 
-def test_a_jsonl_row_without_a_kept_field_is_a_bad_row(tmp_path: Path) -> None:
+def test_a_jsonl_row_without_a_kept_field_keeps_an_empty_value(tmp_path: Path) -> None:
+    # an id column must not decide which rows are read (fit trains on the rows of a file it keeps an id of)
     path = write(tmp_path / "d.jsonl", '{"id": 1, "text": "a", "label": 0}\n{"text": "b", "label": 1}\n')
-    with pytest.raises(EnsembleError, match=r"line 2 of .* has no field 'id'; fix the row or pass --on-bad-rows skip"):
-        load_table(path, keep=["id"], field="--data")
-    assert load_table(path, keep=["id"], on_bad_rows="skip").kept == {"id": ["1"]}
+    ds = load_table(path, keep=["id"], field="--data")
+    assert ds.texts == ["a", "b"] and ds.kept == {"id": ["1", ""]}
+    with pytest.raises(EnsembleError, match=r"line 2 of .* has no field 'label'"):  # the columns read still must be there
+        load_table(write(tmp_path / "e.jsonl", '{"id": 1, "text": "a", "label": 0}\n{"id": 2, "text": "b"}\n'), keep=["id"])
+    with pytest.raises(EnsembleError, match=r"the 'keep' parameter must be a list of column names; got the string 'id' "
+                                            r"\(write \['id'\]\)"):
+        load_table(path, keep="id")
 
 
 def test_kept_values_are_not_misaligned_by_a_wrong_length() -> None:
@@ -1312,8 +1318,7 @@ def test_typed_kept_columns_are_written_as_stored(tmp_path: Path) -> None:
              f32=np.array([0.1, 2.5], dtype=np.float32), when=np.array(["2024-01-02", "2024-03-04T05:06"], dtype="datetime64[ns]"),
              raw=np.array([b"01", b"x"]))
     ds = load_table(tmp_path / "t.npz", keep=["f32", "when", "raw"])
-    assert ds.kept == {"f32": ["0.1", "2.5"], "when": ["2024-01-02T00:00:00.000000000", "2024-03-04T05:06:00.000000000"],
-                       "raw": ["01", "x"]}
+    assert ds.kept == {"f32": ["0.1", "2.5"], "when": ["2024-01-02", "2024-03-04T05:06"], "raw": ["01", "x"]}
     pa = pytest.importorskip("pyarrow")
     import datetime
     import decimal
@@ -1331,3 +1336,20 @@ def test_typed_kept_columns_are_written_as_stored(tmp_path: Path) -> None:
     ds = load_table(tmp_path / "t.parquet", keep=["f32", "ts", "day", "dec", "raw", "text", "label"])
     assert ds.kept == {"f32": ["0.1", ""], "ts": ["2024-01-01 12:00:01", ""], "day": ["2024-01-02", "2024-01-03"],
                        "dec": ["1.50", "2.00"], "raw": ["01", "\\xff"], "text": ["a", "b"], "label": ["0", "1"]}
+
+
+def test_deciding_whether_a_file_is_labelled_reads_a_bounded_look_ahead(tmp_path: Path, monkeypatch) -> None:
+    import ensemble.data as data_module
+
+    path = write(tmp_path / "x.csv", "text,label\n" + ",\n" * 5000 + "fine,pos\n")
+    start = time_ns()
+    with pytest.raises(EnsembleError, match="line 2 of .* has an empty text"):  # "error": the first bad row ends it
+        next(iter_table(path, chunk_rows=10, require_label=False))
+    assert time_ns() - start < 2e9
+    monkeypatch.setattr(data_module, "_LOOK_PAST", 100)  # "skip": at most this many rows without a text looked past
+    looked = []
+    original = data_module._first_with_texts
+    monkeypatch.setattr(data_module, "_first_with_texts", lambda *a: looked.append(original(*a)) or looked[-1])
+    chunks = list(iter_table(path, chunk_rows=10, require_label=False, on_bad_rows="skip"))
+    assert len(looked[0]) == 100 and [c.texts for c in chunks] == [["fine"]]
+    assert chunks[0].labels == ["pos"] and chunks[0].skipped == 5000  # no row with a text looked at: labels are read

@@ -478,9 +478,9 @@ def test_abstain_below_marks_rows_in_predict_and_predictions_csv(run, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["ensemble_label"] == "abstain" for r in rows] == expected.tolist()
     # what the vote said, abstained or not: the label its confidence and agreement are about
-    assert list(rows[0])[-4:] == ["ensemble_label", "voted_label", "ensemble_confidence", "agreement"]
-    assert [r["voted_label"] for r in rows] == [ens.labels[i] for i in report_vote_labels(ens, ds)]
-    assert all(r["ensemble_label"] in ("abstain", r["voted_label"]) for r in rows)
+    assert list(rows[0])[-4:] == ["ensemble_label", "voted", "ensemble_confidence", "agreement"]
+    assert [r["voted"] for r in rows] == [ens.labels[i] for i in report_vote_labels(ens, ds)]
+    assert all(r["ensemble_label"] in ("abstain", r["voted"]) for r in rows)
     assert report["abstention"]["abstained"] == int(expected.sum())
     assert report["abstention"]["coverage"] == pytest.approx(1 - expected.mean())
     curve = report["abstention"]["curve"]

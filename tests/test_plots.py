@@ -263,9 +263,12 @@ def test_many_classes_compare_the_members_by_recall_under_the_ensembles_matrix()
     assert [ax.get_title().split("\n")[0] for ax in titled] == ["ensemble", "Recall per gold class (share of its rows predicted right)"]
     rows = [t.get_text() for t in titled[1].get_yticklabels()]
     assert rows == ["ensemble", *plots_module._distinct(list(members))] and len(set(rows)) == 9
-    counts = np.asarray(data["ensemble"]["confusion"], dtype=float)
-    cells = [t.get_text() for t in titled[1].texts][:20]  # the ensemble's row, hand-computed
-    assert cells == [f"{v:.2f}"[1:] if v < 1 else "1" for v in np.diag(counts) / counts.sum(axis=1)]
+    data["ensemble"]["confusion"] = np.diag([299] + [1] * 19).tolist()  # recall 1 (shown "1") ...
+    data["ensemble"]["confusion"][0][1] = 1  # ... but for the first class: 299 of 300, which rounds to 1
+    data["ensemble"]["confusion"][1][2] = 3  # and 1 of 4
+    figure = plots_module._confusion(data)
+    cells = [t.get_text() for t in [ax for ax in figure.axes if ax.get_title()][1].texts][:3]
+    assert cells == ["1", ".25", "1"]
     few = plots_module._confusion({**data, "labels": labels[:3], "members": {
         n: {"confusion": [[5, 0, 0], [0, 5, 0], [0, 0, 5]]} for n in members},
         "ensemble": {"confusion": [[5, 0, 0], [0, 5, 0], [0, 0, 5]]}})

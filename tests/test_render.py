@@ -556,11 +556,11 @@ def test_a_threshold_chosen_on_rows_the_vote_was_fitted_on_says_so():
     report["abstention"]["chosen"] = {"target": "coverage", "value": 0.8, "valid_coverage": 0.8, "valid_accuracy": 1.0}
     line = ("Chosen on the validation rows for coverage \\>= 0.8000: there it answered 0.8000 of the rows at accuracy "
             "1.0000")
-    assert line + "\n" in markdown(report)  # nothing recorded as fitted: nothing said
-    report["combining"]["valid_scored"] = "in-sample: fitted on these rows"
-    assert line + " (in-sample: fitted on these rows, so optimistic)" in markdown(report)
-    report["combining"]["valid_scored"] = "nothing fitted"
-    assert line + "\n" in markdown(report)
+    assert line + "\n" in markdown(report)  # nothing recorded as fitted (a plain soft vote): nothing said
+    # a stacker's validation score is out-of-fold, but its threshold is chosen on its in-sample confidence
+    report["combining"]["valid_scored"] = "out-of-fold (cross-fitted)"
+    report["abstention"]["chosen"]["scored"] = "in-sample: the vote was fitted on these rows"
+    assert line + " (in-sample: the vote was fitted on these rows, so optimistic)" in markdown(report)
 
 
 def test_vote_skipped_rows_are_headed_by_the_flag():

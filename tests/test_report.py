@@ -586,15 +586,15 @@ def test_per_label_scores_hand_case_and_their_table():
     assert f"| neg | {scores['support'][0]} | {scores['precision'][0]:.4f} | {scores['recall'][0]:.4f} | " in block
 
 
-def test_predictions_csv_keeps_the_voted_label_of_abstained_rows(tmp_path):
+def test_predictions_csv_keeps_the_voted_of_abstained_rows(tmp_path):
     path = tmp_path / "predictions.csv"
     abstain = np.array([True, False, True, False, False])
     write_predictions(path, names=NAMES, labels=LABELS, vote=hand_vote(), texts=TEXTS, pairs=None, y_true=None,
                       abstain=abstain)
     header, rows = read_csv(path)
-    assert header[-4:] == ["ensemble_label", "voted_label", "ensemble_confidence", "agreement"]
-    assert [row["voted_label"] for row in rows] == ["neg", "neu", "pos", "pos", "neu"]  # as the vote gave them
+    assert header[-4:] == ["ensemble_label", "voted", "ensemble_confidence", "agreement"]
+    assert [row["voted"] for row in rows] == ["neg", "neu", "pos", "pos", "neu"]  # as the vote gave them
     assert [row["ensemble_label"] for row in rows] == ["abstain", "neu", "abstain", "pos", "neu"]
-    with pytest.raises(EnsembleError, match="'voted_label' is a column the predictions have already"):
-        prediction_columns(NAMES, pairs=False, gold=False, kept=["voted_label"], abstaining=True)
-    assert prediction_columns(NAMES, pairs=False, gold=False, kept=["voted_label"])[0] == "voted_label"
+    with pytest.raises(EnsembleError, match="'voted' is a column the predictions have already"):
+        prediction_columns(NAMES, pairs=False, gold=False, kept=["voted"], abstaining=True)
+    assert prediction_columns(NAMES, pairs=False, gold=False, kept=["voted"])[0] == "voted"

@@ -161,3 +161,18 @@ def test_stacker_parameter_and_shape_errors():
         s.predict_proba(probs[:2])
 
 
+
+
+def test_a_member_constant_up_to_rounding_gets_no_weight_not_a_huge_one():
+    # member 1 always says [0.6, 0.4, 1e-13]: its features are constant, with a rounding-error spread
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 100)
+    good = 0.6 * np.eye(3)[y] + 0.4 * random_probs(rng, 1, 100, 3)[0]
+    constant = np.tile([0.6, 0.4, 1e-13], (100, 1))
+    s = Stacker().fit(np.stack([good, constant]), y, C=1.0)
+    assert np.abs(s.coef_).max() < 100 and np.all(s.coef_[:, 3:] == 0)
+    moved = np.tile([0.61, 0.39, 1e-13], (100, 1))  # the constant member wavers: nothing changes
+    np.testing.assert_allclose(s.predict_proba(np.stack([good, moved])), s.predict_proba(np.stack([good, constant])))
+    x = np.log(np.stack([good, constant])).transpose(1, 0, 2).reshape(100, -1)
+    ref = sklearn_reference(x[:, :3], y).predict_proba(x[:, :3])  # as if the constant member were not there
+    np.testing.assert_allclose(s.predict_proba(np.stack([good, constant])), ref, atol=1e-8)

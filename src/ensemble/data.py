@@ -190,6 +190,9 @@ def _stream_table(
     if not p.is_file():  # a named pipe would hang, or be used up by the first of the reads (predict checks first)
         raise EnsembleError(f"{field}: '{shown}' is not a regular file (a pipe or a device); data files are read "
                             "more than once: save the data to a file and give its path")
+    if isinstance(keep, str):
+        raise EnsembleError(f"the 'keep' parameter must be a list of column names; got the string {keep!r} "
+                            f"(write [{keep!r}])")
     twice = sorted({name for name in keep if list(keep).count(name) > 1})
     if twice:
         flag = _FLAGS["data.keep_columns"] if field.startswith("--") else "data.keep_columns"
@@ -249,16 +252,18 @@ def _stream_table(
         # the kept columns come last, after checking the others: a copy of the text (or label) may be kept
         label_at = len(wanted) - 1 if use_label else None
         n_texts = 1 if text_pair is None else 2
-        rows = fetch(wanted + [find(name, "data.keep_columns") for name in keep], n_texts)
+        # a jsonl row without a kept key gives an empty value, not a bad row: an id must not decide what trains
+        rows = fetch(wanted + [find(name, "data.keep_columns") for name in keep], n_texts, len(wanted))
         # Look ahead only as far as the decision below needs: one row, or the first chunk's rows.
         decide = use_label and not require_label
-        head = _first_with_texts(rows, chunk_rows, n_texts) if decide else list(islice(rows, 1))
+        head = _first_with_texts(rows, chunk_rows, n_texts, on_bad_rows) if decide else list(islice(rows, 1))
         if not head:
             raise EnsembleError(f"{field}: '{shown}' has column names but no data rows; add rows or use another file")
         # Prediction files often carry a blank label column: that means "unlabelled", not "all rows bad".
         # Rows bad for another reason (no text) are judged as bad later, whatever the decision.
         judged = [r for r in head if _has_texts(r, n_texts)]
-        unlabelled = decide and all(normalize_label(r.values[label_at]) is None for r in judged)
+        # (no row with a text in the look-ahead: nothing says the labels are blank, so they are read)
+        unlabelled = decide and bool(judged) and all(normalize_label(r.values[label_at]) is None for r in judged)
         if unlabelled:
             use_label = False
             # a label further down is an error
@@ -272,16 +277,24 @@ def _stream_table(
         )
 
 
-def _first_with_texts(rows: Iterator[Row], chunk_rows: int | None, n_texts: int) -> list[Row]:
+_LOOK_PAST = 100_000  # rows without a text looked past, at most, to find a chunk of rows with texts
+
+
+def _first_with_texts(rows: Iterator[Row], chunk_rows: int | None, n_texts: int, on_bad_rows: str) -> list[Row]:
     """Rows from the start up to the `chunk_rows`-th one with its texts (all rows when None):
     what decides whether a file is labelled, so that rows without a text (skipped or refused
-    later) do not make the decision depend on the chunk size."""
+    later) do not make the decision depend on the chunk size. Under "error" the first row
+    without its texts ends the look (it stops the run anyway); under "skip" at most
+    `_LOOK_PAST` of them are looked past, so memory stays bounded."""
     if chunk_rows is None:
         return list(rows)
     head, usable = [], 0
     for row in rows:
         head.append(row)
-        usable += _has_texts(row, n_texts)
+        if _has_texts(row, n_texts):
+            usable += 1
+        elif on_bad_rows == "error" or len(head) - usable >= _LOOK_PAST:
+            break
         if usable == chunk_rows:
             break
     return head
@@ -422,8 +435,9 @@ def _clean_rows(
             pairs.append(second)
         if labels is not None and name is not None:
             labels.append(name)
-        for values, value in zip(kept.values(), row.values[first_kept:]):
-            values.append(kept_value(value))
+        if keep:
+            for values, value in zip(kept.values(), row.values[first_kept:]):
+                values.append(kept_value(value))
         if not hold and len(texts) == chunk_rows:
             yield take()
     if texts:

@@ -9,6 +9,7 @@ an interrupted run up where it stopped.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import itertools
 import json
@@ -274,7 +275,10 @@ def _predict_file(ens: Ensemble, data: Path, out: Path, *, text: str, text_pair:
                    require_label=require_label, quoting=quoting, keep=keep, on_bad_rows=on_bad_rows)
     # Every row is read and checked before the first is predicted: a bad row at line 900,000 must
     # fail in seconds (reading costs ~4 s per million CSV rows), not after an hour of predicting.
-    total, bad = _checked_rows(ens, data, reading, progress)
+    total, bad, columns = _checked_rows(ens, data, reading, progress)
+    if done_bytes and _header_of(partial) != columns:  # written by a version that wrote other columns
+        raise EnsembleError(f"--resume: '{partial}' has other columns than this version writes "
+                            f"({', '.join(_header_of(partial) or ['none'])}); run without --resume to start over")
     chunks = iter_table(data, **reading)
     first = next(chunks, None)
     bar = tqdm(desc="predict", unit="rows", initial=done_rows, total=total, disable=not progress,
@@ -341,17 +345,26 @@ def _predict_file(ens: Ensemble, data: Path, out: Path, *, text: str, text_pair:
     return rows
 
 
-def _checked_rows(ens: Ensemble, data: Path, reading: dict, progress: bool) -> tuple[int, int]:
+def _header_of(partial: Path) -> list[str] | None:
+    """The column names on the first line of a partial predictions file, or None."""
+    try:
+        with open(partial, encoding="utf-8", newline="") as handle:
+            return next(csv.reader(handle), None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+
+
+def _checked_rows(ens: Ensemble, data: Path, reading: dict, progress: bool) -> tuple[int, int, list[str]]:
     """Read all of `data` as `predict_file` will, checking every row and gold label: the rows to
-    predict, and the bad rows skipped."""
-    rows, bad = 0, 0
+    predict, the bad rows skipped, and the columns the predictions will have."""
+    rows, bad, columns = 0, 0, []
     sample: list[str] = []  # the first texts (and pairs), for the warnings vote gives on its whole file
     pairs: list[str] = []
     with tqdm(desc="checking rows", unit="rows", disable=not progress, leave=False, delay=1,
               mininterval=0.5 if sys.stderr.isatty() else 30) as bar:
         for chunk in iter_table(data, **reading):
             if rows == 0:  # the columns, known from the first chunk (whether it has gold labels)
-                prediction_columns(list(ens.members), pairs=chunk.pairs is not None, gold=chunk.labels is not None,
+                columns = prediction_columns(list(ens.members), pairs=chunk.pairs is not None, gold=chunk.labels is not None,
                                    kept=reading["keep"], field="--keep-columns", abstaining=ens.abstain_below is not None)
             gold(ens, chunk, "--data", offset=rows)
             if chunk.pairs is not None:
@@ -365,7 +378,7 @@ def _checked_rows(ens: Ensemble, data: Path, reading: dict, progress: bool) -> t
                     id_warning(first, reading["text"], "--text", total=rows)):
         if warning is not None:
             print(warning, file=sys.stderr)
-    return rows, bad
+    return rows, bad, columns
 
 
 class _TextSink:
@@ -438,8 +451,8 @@ def _identity(ens: Ensemble, data: Path, text: str, text_pair: str | None, label
               chunk_rows: int, quoting: str, keep: tuple[str, ...] = (), on_bad_rows: str = "error") -> dict:
     """What a partial output depends on, by name: the data file (path, size, mtime), the ensemble
     (its manifest and its members' weights and config files' sizes and modification times,
-    hashed), the columns, how quotes are read, the chunk size and the precision (bf16 may flip
-    near-tied labels)."""
+    hashed), the columns read and kept, how quotes are read, which bad rows are skipped, the chunk
+    size and the precision (bf16 may flip near-tied labels)."""
     stat = data.stat() if data.is_file() else None
     # the members' files too: an ensemble voted again from other members of the same names has
     # the same manifest and paths

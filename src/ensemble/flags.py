@@ -35,7 +35,7 @@ def expand_multi(args: list[str]) -> list[str]:
     for arg in args:
         if arg.startswith("-"):
             if current is not None and result[-1] == current:
-                raise EnsembleError(f"{current}: needs at least one value; got none before {arg}")
+                raise EnsembleError(f"{current.rstrip('=')}: needs at least one value; got none before {arg}")
             name = arg.split("=", 1)[0]
             current = name if name in MULTI_VALUE else None
             if current is not None and name != arg:
@@ -46,7 +46,7 @@ def expand_multi(args: list[str]) -> list[str]:
         else:
             result.append(arg)
     if current is not None and result[-1] == current:
-        raise EnsembleError(f"{current}: needs at least one value; got none")
+        raise EnsembleError(f"{current.rstrip('=')}: needs at least one value; got none")
     return result
 
 

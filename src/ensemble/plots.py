@@ -237,7 +237,7 @@ def _confusion_and_recall(report: dict, panels: list, labels: list[str], side: f
     if k <= _MAX_ANNOTATED:
         for (i, j), value in np.ndenumerate(recall):
             if not math.isnan(value):
-                ax.text(j, i, f"{value:.2f}"[1:] if value < 1 else "1", ha="center", va="center", fontsize=font,
+                ax.text(j, i, _share(value), ha="center", va="center", fontsize=font,
                         color="white" if value > 0.55 else "black")
     ax.set_xticks(range(k), labels, fontsize=font + 1, rotation=90)
     ax.set_yticks(range(len(panels)), shown, fontsize=font + 1)
@@ -456,26 +456,38 @@ def _on_split(report: dict) -> str:
     return f" on {_short(split)}{counted}"
 
 
+def _share(value: float) -> str:
+    """A share in [0, 1] in 3 characters: ``.83``, ``1`` (only when it rounds to 1), ``0``.
+
+    Example:
+        >>> [_share(v) for v in (0.834, 0.9967, 1.0, 0.0, 0.004)]
+        ['.83', '1', '1', '0', '.00']
+    """
+    text = f"{value:.2f}"
+    return "1" if text == "1.00" else "0" if value == 0 else text.lstrip("0")
+
+
 def _two_lines(names: list[Any], width: int) -> list[str]:
     """`_distinct` names on up to two lines of `width` characters, broken after a ``_``, ``-``,
-    ``.`` or space in the first line's second half where there is one; a second line too long
-    keeps its end, where members differ (a seed, a learning rate).
+    ``.`` or space in the first line's second half where there is one; second lines too long are
+    cut as `_distinct` cuts, so that names alike in their first line still read apart.
 
     Example:
         >>> names = ["roberta_large_finetune_lr2e-5_seed1", "roberta_large_finetune_lr2e-5_seed2", "bert"]
         >>> [name.splitlines() for name in _two_lines(names, 18)]
-        [['roberta_large_', '…tune_lr2e-5_seed1'], ['roberta_large_', '…tune_lr2e-5_seed2'], ['bert']]
+        [['roberta_large_', 'finetune…e-5_seed1'], ['roberta_large_', 'finetune…e-5_seed2'], ['bert']]
+        >>> len(set(_two_lines(["electra_large_lr1e-5_seed1_warmup0.06", "electra_large_lr3e-5_seed1_warmup0.06"], 18)))
+        2
     """
-    lines = []
+    firsts, rests = [], []
     for name in _distinct(names, 2 * width):
-        if len(name) <= width:
-            lines.append(name)
-            continue
-        cut = max((name.rfind(c, width // 2, width) for c in "_-. "), default=-1)
-        cut = cut + 1 if cut > 0 else width
-        rest = name[cut:] if len(name) - cut <= width else "…" + name[-(width - 1):]
-        lines.append(name[:cut] + "\n" + rest)
-    return lines
+        cut = max((name.rfind(c, width // 2, width) for c in "_-. "), default=-1) if len(name) > width else len(name)
+        cut = cut + 1 if 0 < cut < len(name) else min(width, len(name))
+        firsts.append(name[:cut])
+        rests.append(name[cut:])
+    # the second lines cut as `_distinct` cuts, so that two titles alike in their first line differ
+    shown = dict(zip(rests, _distinct(rests, width)))
+    return [first + ("\n" + shown[rest] if rest else "") for first, rest in zip(firsts, rests)]
 
 
 def _distinct(names: list[Any], width: int = _LABEL_WIDTH) -> list[str]:

@@ -31,9 +31,10 @@ class Row:
 
 # A reader is a context manager (it may hold the file open) giving the column names and a
 # function yielding rows for the columns asked for, so that columns are checked by name before
-# any row is judged. `fetch(names, texts)`: the first `texts` of `names` are text columns, whose
-# values must be strings (or missing).
-_Fetch = Callable[[list[str], int], Iterator[Row]]
+# any row is judged. `fetch(names, texts, required)`: the first `texts` of `names` are text
+# columns, whose values must be strings (or missing); a jsonl object must have the first
+# `required` keys (all when None), and gives None for the others it lacks (kept columns).
+_Fetch = Callable[..., Iterator[Row]]
 # Every reader takes the .tsv quoting as a keyword; the formats without quotes ignore it.
 _Reader = Callable[..., AbstractContextManager[tuple[list[str], _Fetch]]]
 
@@ -144,7 +145,7 @@ def _delimited(lines: Iterator[str], p: Path, shown: str, field: str,
         reader = csv.reader(stream, strict=True)
     columns = [c.strip() for c in _next_record(reader, shown, field, tabbed, quoting, blank) or []]
 
-    def fetch(names: list[str], texts: int) -> Iterator[Row]:  # csv values are always strings
+    def fetch(names: list[str], texts: int, required: int | None = None) -> Iterator[Row]:  # values are strings
         idx = [columns.index(n) for n in names]
         while True:
             start = blank + reader.line_num + 1  # a quoted record may span lines; report its first
@@ -222,14 +223,15 @@ def _read_jsonl(p: Path, shown: str, field: str, quoting: str = "none") -> Itera
                 if obj is not _BLANK:
                     yield number, obj
 
-        def fetch(names: list[str], texts: int) -> Iterator[Row]:
+        def fetch(names: list[str], texts: int, required: int | None = None) -> Iterator[Row]:
+            needed = names if required is None else names[:required]
             for number, obj in parsed():
                 if not isinstance(obj, dict):
                     problem = obj.problem if isinstance(obj, _Bad) else _not_object(obj)
                     yield Row(f"line {number}", [None] * len(names), problem)
                     continue
                 values = [obj.get(n) for n in names]
-                absent = [n for n in names if n not in obj]
+                absent = [n for n in needed if n not in obj]
                 problem = f"has no field '{absent[0]}'" if absent else None
                 if problem is None:
                     problem = next(filter(None, (_not_text(n, v) for n, v in zip(names[:texts], values))), None)
@@ -332,7 +334,7 @@ def _read_npz(p: Path, shown: str, field: str, quoting: str = "none") -> Iterato
                     raise EnsembleError(f"{field}: array '{name}' in '{shown}' cannot be read ({e}); {how}") from None
                 refused.add(name)  # refuse only if asked for: an unused object column does no harm
 
-    def fetch(names: list[str], texts: int) -> Iterator[Row]:
+    def fetch(names: list[str], texts: int, required: int | None = None) -> Iterator[Row]:
         for number, name in enumerate(names):
             if name in refused:
                 # Unpickling can run arbitrary code, so object arrays are refused rather than loaded.
@@ -384,7 +386,7 @@ def _read_parquet(p: Path, shown: str, field: str, quoting: str = "none") -> Ite
         ) from None
     columns = [str(c).strip() for c in schema.names]
 
-    def fetch(names: list[str], texts: int) -> Iterator[Row]:
+    def fetch(names: list[str], texts: int, required: int | None = None) -> Iterator[Row]:
         for name in names[:texts]:
             kind = schema.field(columns.index(name)).type
             if not _is_text_type(kind):
@@ -412,8 +414,10 @@ def _values(array: np.ndarray) -> list:
     """A column's values as Python objects, but float32 / float16 as NumPy scalars: as Python
     floats 0.1f would be 0.10000000149011612, a label no CSV file spells (see `normalize_label`);
     dates and durations as NumPy spells them (``tolist`` gives nanosecond ones as bare integers)."""
-    if array.dtype.kind in "Mm":
-        return [str(v) for v in array]
+    if array.dtype.kind == "M":  # to the unit each value needs: 2024-01-02, not 2024-01-02T00:00:00.000000000
+        return [None if np.isnat(v) else str(np.datetime_as_string(v, unit="auto")) for v in array]
+    if array.dtype.kind == "m":
+        return [None if np.isnat(v) else str(v) for v in array]
     return list(array) if array.dtype.kind == "f" and array.dtype.itemsize < 8 else array.tolist()
 
 

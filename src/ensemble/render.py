@@ -300,7 +300,7 @@ def _abstention(section: Any, report: dict, names: list[str]) -> list:
     decimals = _threshold_decimals(section)
     items = [(f"Abstain on: {_on(section, report)}",),
              (f"Threshold: {'none (every row answered)' if threshold is None else _num(threshold, decimals)}",),
-             *_chosen(section.get("chosen"), (report.get("combining") or {}).get("valid_scored")),
+             *_chosen(section.get("chosen")),
              (f"Abstained rows: {section.get('abstained', '?')} of {report['rows']}",),
              (f"Coverage: {_num(section.get('coverage'))}",)]
     if "accuracy_answered" in section:  # absent without gold labels
@@ -324,11 +324,12 @@ def _threshold_decimals(section: dict) -> int:
     return _decimals([section.get("threshold"), *(p.get("threshold") for p in _curve(section))])
 
 
-def _chosen(chosen: Any, scored: Any = None) -> list[tuple[str]]:
-    """How validation picked the threshold, when the recipe gave a coverage or accuracy target;
-    `scored` says what of the vote was fitted on those rows (its validation score is in-sample too)."""
+def _chosen(chosen: Any) -> list[tuple[str]]:
+    """How validation picked the threshold, when the recipe gave a coverage or accuracy target,
+    and whether the vote was fitted on those same rows (then what it got there is optimistic)."""
     if not isinstance(chosen, dict):
         return []
+    scored = chosen.get("scored")
     fitted = f" ({scored}, so optimistic)" if isinstance(scored, str) and scored.startswith("in-sample") else ""
     return [(f"Chosen on the validation rows for {chosen.get('target', '?')} >= {_num(chosen.get('value'))}: "
              f"there it answered {_num(chosen.get('valid_coverage'))} of the rows at accuracy "

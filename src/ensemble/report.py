@@ -213,7 +213,7 @@ def write_predictions(path: str | os.PathLike, *, names: list[str], labels: list
     pairs), ``label`` (with gold), ``<name>_label`` and ``<name>_confidence`` per member,
     ``ensemble_label``, ``ensemble_confidence``, ``agreement``. Labels are names, floats have 6
     significant digits. Rows marked in `abstain` get the ensemble label ``abstain`` (their
-    confidence and agreement stay); with `abstain` a ``voted_label`` column after it holds the
+    confidence and agreement stay); with `abstain` a ``voted`` column after it holds the
     label the vote gave every row, the one the confidence and agreement are about. Written atomically.
 
     Example:
@@ -247,7 +247,7 @@ def prediction_columns(names: Sequence[str], *, pairs: bool, gold: bool, kept: S
     own = ["text"] + (["text_pair"] if pairs else []) + (["label"] if gold else [])
     for name in names:
         own += [f"{name}_label", f"{name}_confidence"]
-    own += ["ensemble_label", *["voted_label"] * abstaining, "ensemble_confidence", "agreement"]
+    own += ["ensemble_label", *["voted"] * abstaining, "ensemble_confidence", "agreement"]
     clashes = sorted({c for c in own if own.count(c) > 1})
     if clashes:
         raise EnsembleError(f"member names {list(names)!r} clash with predictions.csv columns {clashes!r}; "
@@ -255,7 +255,7 @@ def prediction_columns(names: Sequence[str], *, pairs: bool, gold: bool, kept: S
     for column in kept:
         if column in own:
             what = {"text": "the text", "text_pair": "the second text", "label": "the gold label"}.get(column, "a member's")
-            what = "the vote's" if column.startswith("ensemble_") or column in ("agreement", "voted_label") else what
+            what = "the vote's" if column.startswith("ensemble_") or column in ("agreement", "voted") else what
             raise EnsembleError(f"{field}: '{column}' is a column the predictions have already ({what}); keep a "
                                 "column of another name, or rename it in the file")
     return [*kept, *own]

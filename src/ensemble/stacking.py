@@ -40,9 +40,16 @@ def _fit_lr(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndar
     # (54 s of a 74 s vote at 8 members x 20 classes), and one C then means the same for every
     # feature. The coefficients are folded back to act on the raw features.
     mean, scale = x.mean(axis=0), x.std(axis=0)
-    scale[scale == 0] = 1.0  # a constant feature (a class a member never gives weight): left as is
-    model = LogisticRegression(C=c, max_iter=2000).fit((x - mean) / scale, y)
+    # A constant feature (a member that always gives a class the same probability, or one clipped at
+    # 1e-12 on every row) keeps a rounding-error spread (std ~1e-15): divided by it, its coefficient
+    # would come back ~1e12. Such a feature is zeroed: it carries nothing, and gets coefficient 0.
+    constant = scale <= 1e-9 * np.maximum(1.0, np.abs(mean))
+    scale[constant] = 1.0
+    z = (x - mean) / scale
+    z[:, constant] = 0.0
+    model = LogisticRegression(C=c, max_iter=2000).fit(z, y)
     coef = model.coef_ / scale
+    coef[:, constant] = 0.0
     intercept = model.intercept_ - coef @ mean
     if classes.size == 2:  # sklearn's binary (1, F) form: sigmoid(z) == softmax([0, z])[1]
         coef = np.vstack([np.zeros_like(coef), coef])

@@ -130,8 +130,10 @@ def _fit_abstention(ens: Ensemble, logits: np.ndarray, y: np.ndarray, vote: Vote
         values = scored.agreement
     chosen = combine.abstain_threshold(values, correct, **{target: value})
     ens.abstain_below = chosen["threshold"]
+    fitted = vote.method in LEARNED_METHODS or vote.calibrate  # what was fitted on these same rows
     return {"target": target, "value": float(value), "on": vote.abstain_on, "threshold": chosen["threshold"],
-            "valid_coverage": chosen["coverage"], "valid_accuracy": chosen["accuracy"]}
+            "valid_coverage": chosen["coverage"], "valid_accuracy": chosen["accuracy"],
+            **({"scored": "in-sample: the vote was fitted on these rows"} if fitted else {})}
 
 
 def missing_labels_warning(info: dict | None, where: str) -> str | None:
