@@ -557,6 +557,8 @@ def test_the_abstention_threshold_is_chosen_on_validation_for_a_target(run, tmp_
     info = ens.fit_vote(logits, y, VoteConfig(method=method, **target))
     chosen = info["abstention"]
     assert ens.abstain_below == chosen["threshold"]
+    # chosen on the confidence of a vote fitted on these rows (calibrated by default; a stacker refitted on them)
+    assert chosen["scored"] == "in-sample: the vote was fitted on these rows"
     if "abstain_coverage" in target:
         assert chosen["valid_coverage"] >= target["abstain_coverage"]
     else:
@@ -571,7 +573,8 @@ def test_the_abstention_threshold_is_chosen_on_validation_for_a_target(run, tmp_
     test = load_table(ROOT / "recipes" / "demo" / "test.csv").subset(range(100))
     report = evaluate(ens, test, "test", tmp_path / "r", fitted=info)
     assert report["abstention"]["chosen"] == chosen and report["abstention"]["threshold"] == chosen["threshold"]
-    assert "Chosen on the validation rows for" in (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+    assert "(in-sample: the vote was fitted on these rows, so optimistic)" in (tmp_path / "r" / "report.md").read_text(
+        encoding="utf-8")
 
 
 def test_vote_cli_chooses_the_threshold_for_a_coverage(run, tmp_path):

@@ -120,7 +120,7 @@ def test_labels_dejavu_lacks_are_drawn_with_an_installed_font_that_has_them(tmp_
     # for a CJK label on a machine with a CJK font
     assert plots_module.fallback_fonts(["arc \u2312"]) == ["DejaVu Sans Mono"]
     if not fallback:  # the control: without one, the glyph is missing (a box), which the check sees
-        monkeypatch.setattr(plots_module, "fallback_fonts", lambda texts: [])
+        monkeypatch.setattr(plots_module, "_fonts_for", lambda texts: ([], {0x2312}))
     real, missing = plots_module._save, []
 
     def save(figure, path):
@@ -277,7 +277,8 @@ def test_many_classes_compare_the_members_by_recall_under_the_ensembles_matrix()
 
 
 def test_labels_no_installed_font_draws_are_said_once(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(plots_module, "fallback_fonts", lambda texts: [])  # as on a machine without CJK fonts
+    # as on a machine without CJK fonts
+    monkeypatch.setattr(plots_module, "_fonts_for", lambda texts: ([], {ord(c) for t in texts for c in str(t) if ord(c) > 0x3000}))
     data = report(labels=["日本語", "neg", "pos"])
     plots_module.write_plots(data, tmp_path)
     err = capsys.readouterr().err

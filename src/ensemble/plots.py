@@ -65,7 +65,7 @@ def write_plots(report: dict, out_dir: str | os.PathLike) -> dict[str, str]:
     # the context restores the user's settings afterwards.
     with warnings.catch_warnings(), matplotlib.style.context("default"):
         names = [*(report.get("labels") or []), *(report.get("members") or {})]
-        fallbacks = fallback_fonts(names)
+        fallbacks, undrawn = _fonts_for(names)
         if fallbacks:  # per-glyph fallback (matplotlib >= 3.6): CJK or Thai labels drawn, not boxes
             matplotlib.rcParams["font.family"] = ["DejaVu Sans", *fallbacks]
         # Labels in scripts no installed font has are drawn as boxes; no reason to warn per glyph.
@@ -77,7 +77,7 @@ def write_plots(report: dict, out_dir: str | os.PathLike) -> dict[str, str]:
                 written[key] = f"plots/{key}.png"
             else:
                 (out / f"{key}.png").unlink(missing_ok=True)
-    boxed = [str(name) for name in names if _undrawn(str(name), fallbacks)]
+    boxed = [str(name) for name in names if any(ord(c) in undrawn for c in str(name))]
     if boxed and written:  # said once, not per glyph: the fix is a font, not a change to the data
         shown = ", ".join(repr(name) for name in boxed[:3]) + (f" and {len(boxed) - 3} more" if len(boxed) > 3 else "")
         print(f"note: no installed font draws every character of {shown}; the plots show boxes for them "
@@ -95,6 +95,11 @@ def fallback_fonts(texts: Iterable[str]) -> list[str]:
         >>> fallback_fonts(["negative", "positive"])
         []
     """
+    return _fonts_for(texts)[0]
+
+
+def _fonts_for(texts: Iterable[str]) -> tuple[list[str], set[int]]:
+    """`fallback_fonts`, and the code points that neither DejaVu Sans nor they draw."""
     from matplotlib import font_manager
 
     missing = {ord(c) for text in texts for c in str(text) if not c.isspace()}
@@ -107,20 +112,7 @@ def fallback_fonts(texts: Iterable[str]) -> list[str]:
         if covered and entry.name not in chosen:
             chosen.append(entry.name)
             missing -= covered
-    return chosen
-
-
-def _undrawn(text: str, families: list[str]) -> bool:
-    """Whether `text` has a character neither DejaVu Sans nor any of the fallback `families` draws."""
-    from matplotlib import font_manager
-
-    wanted = {ord(c) for c in text if not c.isspace()} - _charmap(font_manager.findfont("DejaVu Sans"))
-    for entry in font_manager.fontManager.ttflist:
-        if not wanted:
-            break
-        if entry.name in families:
-            wanted -= _charmap(entry.fname)
-    return bool(wanted)
+    return chosen, missing
 
 
 @functools.lru_cache(maxsize=None)
