@@ -94,8 +94,8 @@ def load_table(
     ``require_label=False`` a label column that is blank in every row means "unlabelled"
     (``labels`` is None). Texts must be strings: a number in a text column is refused (a whole
     npz or parquet column by its type, a jsonl value as a bad row). The `keep` columns (an id to
-    join the predictions on) are read as they are written, into ``kept``; a row missing one is
-    bad. `iter_table` reads the same files in chunks, for files too big to hold.
+    join the predictions on) are read as they are written, into ``kept`` (a jsonl row without
+    one gives an empty value). `iter_table` reads the same files in chunks, for files too big to hold.
 
     Example:
         >>> ds = load_table("ids-sst-train.csv", text="sentence", label="sentiment", field="data.train")  # doctest: +SKIP
