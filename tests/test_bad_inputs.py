@@ -336,7 +336,7 @@ CASES = [
     ("ensemble dir missing", lambda tmp, m: ["predict", "--ensemble", str(tmp / "nope"), "--data", "x.csv", "--out", str(tmp / "p.csv")],
      2, "nope': no such directory; pass the --out directory of a finished"),
     ("a member dir as --ensemble", lambda tmp, m: ["predict", "--ensemble", str(m), "--data", "x.csv", "--out", str(tmp / "p.csv")],
-     2, "a member directory, not an ensemble; vote members with 'ensemble vote --members"),
+     2, "a member directory (a member or a distilled student), not an ensemble; predict with it through 'ensemble vote --members"),
 ]
 ABSTAIN_ROWS = "text,label\n" + "\n".join(r.replace(",negative", ",abstain") for r in TRAIN_ROWS) + "\n"
 CASES += [

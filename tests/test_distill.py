@@ -114,6 +114,26 @@ def test_distill_from_python_checks_its_arguments_before_any_work(fitted, tmp_pa
     assert not (tmp_path / "student").exists()
 
 
+def test_distill_from_python_guards_its_out_as_the_command_does(fitted, tmp_path):
+    from ensemble.distill import distill, student_config
+
+    run = tmp_path / "run"
+    shutil.copytree(fitted / "run", run)
+    ens = Ensemble.load(run)
+    spec = student_config("scratch:bert:tiny", "student", ens, [])
+    before = (run / "members" / "bert" / "model.safetensors").read_bytes()
+    (tmp_path / "old").mkdir()
+    for out, kwargs, message in (
+            (run / "members" / "bert", {"overwrite": True}, f"--out: '{run / 'members' / 'bert'}' is the member 'bert' directory"),
+            (run / "members" / "new", {}, "is inside the ensemble's members folder"),
+            (tmp_path / "old", {}, f"--out: '{tmp_path / 'old'}' already exists; choose another directory, or pass --overwrite"),
+            (tmp_path / "s", {"overwrite": True, "resume": True}, "--overwrite and --resume: give one")):
+        with pytest.raises(EnsembleError, match=re.escape(message)):
+            distill(ens, spec, out, **kwargs)
+    assert (run / "members" / "bert" / "model.safetensors").read_bytes() == before
+    assert not (tmp_path / "s").exists() and not (run / "members" / "new").exists()
+
+
 @pytest.mark.slow
 def test_distill_command_writes_an_ordinary_member_and_the_comparison(fitted, tmp_path, cli):
     code, out, err = cli(["distill", "--ensemble", str(fitted / "run"), "--student", "scratch:roberta:tiny",
@@ -124,6 +144,8 @@ def test_distill_command_writes_an_ordinary_member_and_the_comparison(fitted, tm
     assert result["split"] == "valid" and result["rows"] == 100
     assert set(result["members_accuracy"]) == {"bert", "electra"}
     assert 0 <= result["student_accuracy"] <= 1 and result["temperature"] == 3.0
+    assert 0 <= result["student_agreement"] <= 1
+    assert f"the student gives the ensemble's label on {result['student_agreement']:.1%} of the rows" in out
     assert result["student"] == "scratch:roberta:tiny"
     from ensemble.distill import DistillResult
 
@@ -196,7 +218,7 @@ def test_distill_never_writes_over_the_ensemble_it_reads(fitted, tmp_path, cli):
     unlabeled.write_text("text\na film\n", encoding="utf-8")
     for out, what in ((run, "is the --ensemble directory"), (run / "members" / "bert", "is inside the --ensemble directory"),
                       (run / "members" / "bert" / "x", "is inside the member 'bert' directory"),
-                      (run / "members" / "student", "is inside the --ensemble's members folder"),
+                      (run / "members" / "student", "is inside the ensemble's members folder"),
                       (tmp_path, "holds the --ensemble directory")):
         code, _, err = cli(["distill", "--ensemble", str(run), "--student", "scratch:bert:tiny", "--out", str(out),
                             "--overwrite", "--quiet"])

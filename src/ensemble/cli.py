@@ -358,10 +358,10 @@ def distill(
 ) -> None:
     """Train one student member on the ensemble's soft labels; compare accuracy and predict speed."""
     from .distill import distill as run_distill
-    from .distill import student_config, training_data
+    from .distill import check_student_out, student_config, training_data
     from .ensemble import Ensemble
 
-    if out.exists() and not (overwrite or resume):
+    if out.exists() and not (overwrite or resume):  # said before the ensemble loads (distill checks it again)
         raise EnsembleError(f"--out: '{out}' already exists; choose another directory, or pass --overwrite or --resume")
     for flag, value in (("--text", text), ("--text-pair", text_pair)):
         if value is not None and unlabeled is None:
@@ -371,17 +371,8 @@ def distill(
     not_over_inputs(out, reads, nested_ok=("--ensemble directory",))
     ens = Ensemble.load(ensemble)
     moved = {k: v for k, v in (("train", train), ("valid", valid), ("test", test)) if v is not None}
-    data = training_data(ens, moved)  # the members' data files: the student trains and is compared on them
-    files = {f"data.{key} file": getattr(data, key) for key in ("train", "valid", "test") if getattr(data, key)}
-    not_over_inputs(out, {**{f"member '{n}' directory": m.path for n, m in ens.members.items()}, **files})
-    if (ensemble / "members").resolve() in out.resolve().parents:  # a student there would pass for a member
-        raise EnsembleError(f"--out: '{out}' is inside the --ensemble's members folder ('{ensemble / 'members'}'), "
-                            "where the student would pass for one of its members; choose another --out")
-    if out.exists() and not out.is_dir():
-        raise EnsembleError(f"--out: '{out}' is a file; the student is a directory: choose a directory path")
-    if out.is_dir() and resume and not overwrite and any(out.iterdir()) and not (out / "config.json").is_file():
-        raise EnsembleError(f"--out: '{out}' is not a student's directory (no config.json), so --resume has nothing "
-                            "there to continue; choose another --out, or pass --overwrite to replace it")
+    # the members, their folder and data files: checked before the student's settings and the transfer set
+    check_student_out(ens, out, training_data(ens, moved), overwrite=overwrite, resume=resume)
     spec = student_config(student, name, ens, set_)
     extra = None
     if unlabeled is not None:
@@ -390,9 +381,8 @@ def distill(
         text, text_pair, _ = data_columns(ens, text, text_pair, None)
         extra = load_table(unlabeled, text=text, text_pair=text_pair, label=None, field="--unlabeled", require_label=False,
                            quoting=quoting_of(ens, None))  # read as the members read their files
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = run_distill(ens, spec, out, temperature=temperature, hard_weight=hard_weight, unlabeled=extra,
-                         progress=not quiet, resume=resume, moved=moved)
+                         progress=not quiet, resume=resume, overwrite=overwrite, moved=moved)
     if extra is not None:
         typer.echo(f"\n{len(extra)} unlabelled rows from {unlabeled}, taught by the ensemble alone")
     typer.echo(f"\n{result.split} split, {result.rows} rows"
@@ -404,6 +394,7 @@ def distill(
     typer.echo(f"{'ensemble':<{first}} {result.ensemble_accuracy:>9.4f} {result.ensemble_rows_per_s:>9.1f}")
     typer.echo(f"{'best member (' + best + ')':<{first}} {result.members_accuracy[best]:>9.4f}")
     typer.echo(f"{'student':<{first}} {result.student_accuracy:>9.4f} {result.student_rows_per_s:>9.1f}")
+    typer.echo(f"the student gives the ensemble's label on {result.student_agreement:.1%} of the rows")
     kept = result.gain_kept
     typer.echo("gain over the best member kept: " + ("n/a (the ensemble does not beat it)" if kept is None else f"{kept:.0%}"))
     typer.echo(f"student: {out}")

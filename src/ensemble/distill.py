@@ -44,6 +44,7 @@ class DistillResult:
     rows: int
     ensemble_accuracy: float
     student_accuracy: float
+    student_agreement: float  # share of the held-out rows where the student gives the ensemble's label
     members_accuracy: dict[str, float]
     best_member: str
     gain_kept: float | None
@@ -120,14 +121,16 @@ def training_data(ens: Ensemble, moved: dict[str, Path] | None = None) -> DataCo
 
 def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: float = 2.0, hard_weight: float = 0.5,
             unlabeled: TextDataset | None = None, progress: bool = True, resume: bool = False,
-            moved: dict[str, Path] | None = None) -> DistillResult:
+            overwrite: bool = False, moved: dict[str, Path] | None = None) -> DistillResult:
     """Train `student` on `ens`'s soft labels into `out` (a member directory); return the comparison.
 
     `unlabeled` adds a transfer set: texts without gold labels that the ensemble labels and the
     student learns from the soft labels alone. The members fitted the training rows, so there
     their probabilities are overconfident echoes of the labels; on unseen text they carry what
     the ensemble knows beyond its best member. `moved`: the members' data files' new places
-    (see `training_data`); their rows must be those the members trained on.
+    (see `training_data`); their rows must be those the members trained on. An existing `out`
+    is replaced only with `overwrite` (or continued with `resume`); an `out` that is or holds one
+    of the ensemble's members or data files, or lies in its members' folder, is refused.
 
     Example:
         >>> ens = Ensemble.load("runs/demo")  # doctest: +SKIP
@@ -147,6 +150,9 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
     if not isinstance(out, (str, os.PathLike)) or not str(out):
         raise EnsembleError(f"distill: 'out' must be a directory path; got {out!r}")
     out = Path(out).expanduser()
+    if overwrite and resume:
+        raise EnsembleError("--overwrite and --resume: give one; --overwrite trains a new student, --resume continues "
+                            "the one there")
     for name, value in (("temperature", temperature), ("hard_weight", hard_weight)):
         if not is_number(value):
             raise EnsembleError(f"--{name.replace('_', '-')} (distill's '{name}'): must be a number; got {value!r}")
@@ -158,6 +164,7 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
         raise EnsembleError("--hard-weight: 1 leaves the soft labels no weight, and the --unlabeled rows have only "
                             "those: give a weight below 1, or drop --unlabeled")
     data = training_data(ens, moved)  # the members' data: the student learns and is compared on the same rows
+    check_student_out(ens, out, data, overwrite=overwrite, resume=resume)
     splits, test, labels = load_splits(data)
     recorded = saved_recipe(next(iter(ens.members.values())).path).get("rows")
     if moved and isinstance(recorded, dict):
@@ -200,6 +207,7 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
         order = [ens.labels.index(label) for label in labels]
         teach = "teacher labels" if progress else None
         probs = _soft_scores(ens, ens.member_logits(splits.train.texts, splits.train.pairs, progress=teach))[:, order]
+        out.parent.mkdir(parents=True, exist_ok=True)  # only now: a refused run leaves no folder behind
         train_member(student, splits, labels, data, out, progress=progress, resume=resume,
                      teacher=Teacher(probs.astype(np.float32), temperature, hard_weight))
 
@@ -208,6 +216,35 @@ def distill(ens: Ensemble, student: MemberConfig, out: Path, *, temperature: flo
                            student=student.model or f"scratch:{student.arch}:{student.size}")
     write_json(out / REPORT, asdict(result))
     return result
+
+
+def check_student_out(ens: Ensemble, out: Path, data: DataConfig, *, overwrite: bool, resume: bool) -> None:
+    """Refuse a student directory that exists (without `overwrite` or `resume`), is a file, or is,
+    holds or lies inside what the ensemble is made of: a member directory, the members' folder
+    (a student there would pass for a member), the members' data files.
+
+    Example:
+        >>> check_student_out(Ensemble.load("runs/demo"), Path("runs/demo/members/bert"), None,
+        ...                   overwrite=True, resume=False)  # doctest: +SKIP
+        Traceback (most recent call last):
+        ensemble.errors.EnsembleError: --out: 'runs/demo/members/bert' is the member 'bert' directory ...
+    """
+    from .flags import not_over_inputs
+
+    if out.exists() and not (overwrite or resume):
+        raise EnsembleError(f"--out: '{out}' already exists; choose another directory, or pass --overwrite or --resume")
+    members = {f"member '{n}' directory": m.path for n, m in ens.members.items() if m.path is not None}
+    files = {f"data.{key} file": getattr(data, key) for key in ("train", "valid", "test") if getattr(data, key)}
+    not_over_inputs(out, {**members, **files})
+    for folder in {m.parent.resolve() for m in members.values() if m.parent.name == "members"}:
+        if folder in out.resolve().parents:  # a student there would pass for one of the members
+            raise EnsembleError(f"--out: '{out}' is inside the ensemble's members folder ('{folder}'), where the "
+                                "student would pass for one of its members; choose another --out")
+    if out.exists() and not out.is_dir():
+        raise EnsembleError(f"--out: '{out}' is a file; the student is a directory: choose a directory path")
+    if out.is_dir() and resume and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise EnsembleError(f"--out: '{out}' is not a student's directory (no config.json), so --resume has nothing "
+                            "there to continue; choose another --out, or pass --overwrite to replace it")
 
 
 def _kept(out: Path, student: MemberConfig, labels: list[str], teaching: dict) -> bool:
@@ -254,7 +291,8 @@ def _what_changed(before: dict, teaching: dict) -> str:
 
 
 def compare(ens: Ensemble, student, held: TextDataset, split: str) -> dict:
-    """Accuracy of the ensemble, its best member and the student on `held`; predict rows/s of each."""
+    """Accuracy of the ensemble, its best member and the student on `held`, how often the student
+    gives the ensemble's label, and the predict rows/s of each."""
     y = gold(ens, held, split)
     if y is None:
         raise EnsembleError(f"{split}: has no labels; the student is compared on labelled held-out rows")
@@ -275,6 +313,7 @@ def compare(ens: Ensemble, student, held: TextDataset, split: str) -> dict:
     acc_ens, acc_student = float((ensemble_labels == y).mean()), float((student_labels == y).mean())
     gain = acc_ens - members[best]
     return {"split": split, "rows": int(len(y)), "ensemble_accuracy": acc_ens, "student_accuracy": acc_student,
+            "student_agreement": float((student_labels == ensemble_labels).mean()),
             "members_accuracy": members, "best_member": best,
             "gain_kept": None if gain <= 0 else (acc_student - members[best]) / gain,
             "ensemble_rows_per_s": len(y) / ensemble_seconds, "student_rows_per_s": len(y) / student_seconds}

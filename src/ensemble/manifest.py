@@ -43,8 +43,10 @@ def read(path: str | os.PathLike) -> tuple[dict, list[Member]]:
         raise EnsembleError(f"ensemble '{path}': the manifest itself; pass its directory '{path.parent}'")
     if not manifest_file.is_file():
         if (path / "config.json").is_file():
-            raise EnsembleError(f"ensemble '{path}': a member directory, not an ensemble; vote members with "
-                                f"'ensemble vote --members {path} ...' (or Ensemble.from_dirs)")
+            raise EnsembleError(f"ensemble '{path}': a member directory (a member or a distilled student), not an "
+                                f"ensemble; predict with it through 'ensemble vote --members {path} --data FILE --out "
+                                f"DIR' (then 'ensemble predict --ensemble DIR'), or Ensemble.from_dirs({{'{path.name}': "
+                                f"'{path}'}})")
         missing = "no such directory" if not path.exists() else f"no {MANIFEST}"
         raise EnsembleError(f"ensemble '{path}': {missing}; pass the --out directory of a finished "
                             "'ensemble fit' or 'ensemble vote'")
