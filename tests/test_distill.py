@@ -180,7 +180,9 @@ def test_distill_command_learns_from_unlabelled_texts(fitted, tmp_path, cli):
     result = json.loads((tmp_path / "student" / "distill.json").read_text())
     assert result["unlabeled_rows"] == 60 and result["hard_weight"] == 0.3
     card = (tmp_path / "student" / "README.md").read_text(encoding="utf-8")
-    assert "- Data: 360 training rows, 100 validation rows" in card  # 300 labelled rows and the transfer set
+    # 300 labelled rows and the transfer set
+    assert "- Data: 360 training rows (60 of them unlabelled, taught by the ensemble alone), 100 validation rows" in card
+    assert "as a student distilled from a voted ensemble" in card
     assert "- Distilled from an ensemble: trained on its soft labels at temperature 2, with 0.3 of the loss" in card
 
 

@@ -10,10 +10,11 @@ from .recipe import MemberConfig, TrainConfig, recipe_dict
 
 
 def write_model_card(path: Path, cfg: MemberConfig, labels: list[str], result: dict, n_train: int, n_valid: int,
-                     arch: str, distilled: tuple[float, float] | None = None) -> None:
+                     arch: str, distilled: tuple[float, float, int] | None = None) -> None:
     """Write a Hugging Face model card: base model, hyperparameters, metrics table, versions.
     `arch` is the model's architecture (its config's ``model_type``, e.g. ``"roberta"``);
-    `distilled` the (temperature, hard-label weight) of a student trained on an ensemble's labels.
+    `distilled` the (temperature, hard-label weight, unlabelled training rows) of a student
+    trained on an ensemble's labels.
 
     Example:
         >>> write_model_card(Path("members/bert/README.md"), cfg, ["neg", "pos"], metrics, 900, 100, "bert")  # doctest: +SKIP
@@ -35,13 +36,17 @@ def write_model_card(path: Path, cfg: MemberConfig, labels: list[str], result: d
         "",
         f"# {cfg.name}",
         "",
-        f"A `{arch}` sequence classifier trained by "
-        "`ensemble` as one member of a voted ensemble. It is a standard Hugging Face "
-        "directory: `AutoModelForSequenceClassification.from_pretrained(this_dir)` opens it.",
+        f"A `{arch}` sequence classifier trained by `ensemble` "
+        + ("as a student distilled from a voted ensemble (its `distill.json` compares the two)" if distilled
+           else "as one member of a voted ensemble")
+        + ". It is a standard Hugging Face directory: `AutoModelForSequenceClassification.from_pretrained(this_dir)` "
+        "opens it.",
         "",
         f"- Base model: {base}",
         f"- Labels: {', '.join(md_inline(Span(label, 'code')) for label in labels)}",
-        f"- Data: {n_train} training rows, {n_valid} validation rows",
+        f"- Data: {n_train} training rows"
+        + (f" ({distilled[2]} of them unlabelled, taught by the ensemble alone)" if distilled and distilled[2] else "")
+        + f", {n_valid} validation rows",
         *([f"- Distilled from an ensemble: trained on its soft labels at temperature {distilled[0]:g}, "
            f"with {distilled[1]:g} of the loss on the gold labels (`ensemble distill`)"] if distilled else []),
         f"- Best epoch: {result['best_epoch']} of {len(result['history'])} (by {result['best_metric']})",

@@ -448,7 +448,8 @@ def _save_member(out_dir: Path, model, tokenizer, cfg: MemberConfig, data: DataC
         if step_log.is_file():
             shutil.copy2(step_log, tmp / LOG)
         write_model_card(tmp / "README.md", cfg, labels, result, *sizes, arch=model.config.model_type,
-                         distilled=None if teacher is None else (teacher.temperature, teacher.hard_weight))
+                         distilled=None if teacher is None else (teacher.temperature, teacher.hard_weight,
+                                                                  sum(label is None for label in splits.train.labels)))
         replace_dir(tmp, out_dir)
     finally:
         # after a crash, leave no half-written member behind (a loadable one, even)
