@@ -130,7 +130,7 @@ def vote(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Combine trained members on a data file: predictions, agreement report, ensemble.json."""
-    from .data import id_warning, load_table, quoting_warning
+    from .data import id_warning, load_table, quoting_warning, skipped_note
     from .ensemble import Ensemble
     from .evaluate import evaluate, gold
     from .report import prediction_columns
@@ -214,10 +214,8 @@ def vote(
     if on_bad_rows == "skip":  # the report's Data section counts them, as fit's does
         info["skipped_rows"] = {"--data": ds.skipped, **({"--valid": held.skipped} if valid is not None else {})}
         info["on_bad_rows"] = "skip"
-        skipped = [f"{n:,} {flag} row{'s' if n != 1 else ''}" for flag, n in info["skipped_rows"].items() if n]
-        if skipped:
-            typer.echo(f"note: skipped as bad (--on-bad-rows skip): {', '.join(skipped)}; the report's Data "
-                       "section counts them", err=True)
+        if (skipped := skipped_note(info["skipped_rows"], "--on-bad-rows skip")) is not None:
+            typer.echo(skipped, err=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     remove_stale_temps(out)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -448,6 +448,19 @@ def _clean_rows(
         )
 
 
+def skipped_note(counts: dict[str, int], setting: str) -> str | None:
+    """The note on the rows skipped as bad, per file (`counts`, keyed as the report's Data section
+    keys them), or None when none was; `setting` is how the skipping was asked for.
+
+    Example:
+        >>> print(skipped_note({"train": 1200, "valid": 0, "test": 1}, 'data.on_bad_rows = "skip"'))
+        note: skipped as bad (data.on_bad_rows = "skip"): 1,200 train rows, 1 test row; the report's Data section counts them
+    """
+    listed = [f"{n:,} {key} row{'s' if n != 1 else ''}" for key, n in counts.items() if n]
+    return (f"note: skipped as bad ({setting}): {', '.join(listed)}; the report's Data section counts them"
+            if listed else None)
+
+
 def quoting_warning(ds: TextDataset, quoting: str, setting: str = "data.quoting") -> str | None:
     """The warning for a tab-separated file read without CSV quoting whose texts look CSV-quoted
     (``"..."`` around a text with doubled quotes inside: pandas' ``to_csv(sep="\t")``), or None.

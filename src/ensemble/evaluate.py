@@ -276,9 +276,10 @@ def _predict_file(ens: Ensemble, data: Path, out: Path, *, text: str, text_pair:
     # Every row is read and checked before the first is predicted: a bad row at line 900,000 must
     # fail in seconds (reading costs ~4 s per million CSV rows), not after an hour of predicting.
     total, bad, columns = _checked_rows(ens, data, reading, progress)
-    if done_bytes and _header_of(partial) != columns:  # written by a version that wrote other columns
+    written = _header_of(partial) if done_bytes else columns
+    if written != columns:  # written by a version that wrote other columns
         raise EnsembleError(f"--resume: '{partial}' has other columns than this version writes "
-                            f"({', '.join(_header_of(partial) or ['none'])}); run without --resume to start over")
+                            f"({', '.join(written or ['none'])}); run without --resume to start over")
     chunks = iter_table(data, **reading)
     first = next(chunks, None)
     bar = tqdm(desc="predict", unit="rows", initial=done_rows, total=total, disable=not progress,

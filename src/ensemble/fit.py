@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .data import TextDataset, id_warning, load_table, quoting_warning, seen_in, stratified_split
+from .data import TextDataset, id_warning, load_table, quoting_warning, seen_in, skipped_note, stratified_split
 from .devices import bf16_tip
 from .ensemble import Ensemble
 from .manifest import MANIFEST
@@ -89,9 +89,8 @@ def data_warnings(data: DataConfig, splits: Splits, test: TextDataset | None) ->
     case, and files read without the CSV quoting they seem written with (each file once)."""
     files = {"train": splits.train, **({"valid": splits.valid} if data.valid is not None else {}),
              **({"test": test} if test is not None else {})}
-    skipped = [f"{ds.skipped:,} {key} row{'s' if ds.skipped != 1 else ''}" for key, ds in files.items() if ds.skipped]
-    warnings = ([f"note: skipped as bad (data.on_bad_rows = \"skip\"): {', '.join(skipped)}; the report's Data section "
-                 "counts them"] if skipped else [])
+    skipped = skipped_note({key: ds.skipped for key, ds in files.items()}, 'data.on_bad_rows = "skip"')
+    warnings = [skipped] if skipped else []
     warnings += label_warnings(splits.train.labels)
     warnings += [w for w in [id_warning(splits.train, data.text)] if w is not None]
     warnings += [w for ds in files.values() if (w := quoting_warning(ds, data.quoting)) is not None]

@@ -473,8 +473,8 @@ def _two_lines(names: list[Any], width: int) -> list[str]:
     """
     firsts, rests = [], []
     for name in _distinct(names, 2 * width):
-        cut = max((name.rfind(c, width // 2, width) for c in "_-. "), default=-1) if len(name) > width else len(name)
-        cut = cut + 1 if 0 < cut < len(name) else min(width, len(name))
+        # after the last separator in the line's second half, else at the width
+        cut = len(name) if len(name) <= width else max(name.rfind(c, width // 2, width) for c in "_-. ") + 1 or width
         firsts.append(name[:cut])
         rests.append(name[cut:])
     # the second lines cut as `_distinct` cuts, so that two titles alike in their first line differ
